@@ -1,0 +1,389 @@
+"""The database seam: the one async transaction API the rest of fdbworkers uses.
+
+Two implementations live behind it: the real one over FoundationDB's Python binding
+(``fdbworkers._fdb``) and the embedded engine with FoundationDB's semantics
+(``fdbworkers._engine``). Nothing else in the package talks to a database.
+
+The API follows the binding closely, so that code reads the same as FDB code, with three
+differences: every read is ``await``-ed (futures are bridged into trio, never waited on in
+a thread), errors are :class:`~fdbworkers.FDBError` with FDB's numeric codes on both
+backends, and ``Database.transact`` is the one retry loop (FDB's ``@transactional``).
+
+Functions that run inside a transaction take it as their first argument::
+
+    async def bump(tr: Transaction, key: bytes) -> None:
+        tr.add(key, (1).to_bytes(8, "little"))
+
+    await db.transact(bump, key)
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import math
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+
+from ._errors import FDBError
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+#: FoundationDB's limits (known-limitations.rst), inclusive.
+MAX_KEY_SIZE = 10_000
+MAX_VALUE_SIZE = 100_000
+MAX_TRANSACTION_SIZE = 10_000_000
+#: Default per-database limit of unfired watches (option ``max_watches``).
+DEFAULT_MAX_WATCHES = 10_000
+#: Versionstamp length in bytes (8-byte commit version + 2-byte batch order).
+VERSIONSTAMP_SIZE = 10
+
+
+class MutationType(enum.IntEnum):
+    """Atomic operations, with FoundationDB's option codes."""
+
+    ADD = 2
+    BIT_AND = 6
+    BIT_OR = 7
+    BIT_XOR = 8
+    APPEND_IF_FITS = 9
+    MAX = 12
+    MIN = 13
+    SET_VERSIONSTAMPED_KEY = 14
+    SET_VERSIONSTAMPED_VALUE = 15
+    BYTE_MIN = 16
+    BYTE_MAX = 17
+    COMPARE_AND_CLEAR = 20
+
+
+@dataclass(frozen=True, slots=True)
+class KeySelector:
+    """FoundationDB's key selector: the ``offset``-th key relative to the last key
+    ``<= key`` (``or_equal``) or ``< key`` (not ``or_equal``)."""
+
+    key: bytes
+    or_equal: bool
+    offset: int
+
+    @classmethod
+    def first_greater_or_equal(cls, key: bytes) -> KeySelector:
+        return cls(key, False, 1)
+
+    @classmethod
+    def first_greater_than(cls, key: bytes) -> KeySelector:
+        return cls(key, True, 1)
+
+    @classmethod
+    def last_less_than(cls, key: bytes) -> KeySelector:
+        return cls(key, False, 0)
+
+    @classmethod
+    def last_less_or_equal(cls, key: bytes) -> KeySelector:
+        return cls(key, True, 0)
+
+    def __add__(self, n: int) -> KeySelector:
+        return KeySelector(self.key, self.or_equal, self.offset + n)
+
+    def __sub__(self, n: int) -> KeySelector:
+        return KeySelector(self.key, self.or_equal, self.offset - n)
+
+
+class KeyValue(NamedTuple):
+    key: bytes
+    value: bytes
+
+
+KeyOrSelector = bytes | KeySelector
+
+
+def strinc(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (FDB's ``strinc``)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        raise ValueError("a key of only 0xff bytes has no successor prefix")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class Watch(abc.ABC):
+    """A watch on one key, created by :meth:`Transaction.watch`.
+
+    It becomes ready after its transaction committed and the key's value then differs
+    from the value the transaction could read; it may also fire spuriously. If the
+    transaction fails to commit, ``wait`` raises that error; if the transaction is reset
+    or cancelled uncommitted, it raises 1025 ``transaction_cancelled``. A watch outlives
+    its transaction: cancel it when no longer needed (it counts against the database's
+    ``max_watches`` until it fires or is cancelled).
+    """
+
+    @abc.abstractmethod
+    async def wait(self) -> None:
+        """Return when the watch fires; raise :class:`FDBError` if it failed."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Stop the watch (idempotent); a pending ``wait`` raises 1101."""
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """True once the watch fired, failed or was cancelled."""
+
+
+class VersionstampFuture(abc.ABC):
+    """The commit versionstamp of a transaction, ready once it committed.
+
+    Awaiting it after a failed or read-only commit raises the error (2021
+    ``no_commit_version`` for a read-only transaction)."""
+
+    @abc.abstractmethod
+    async def get(self) -> bytes:
+        """The 10-byte versionstamp."""
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        return self.get().__await__()
+
+
+class ReadTransaction(abc.ABC):
+    """Reads. ``Transaction.snapshot`` is a ReadTransaction whose reads add no conflicts."""
+
+    @abc.abstractmethod
+    async def get(self, key: bytes) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def get_key(self, selector: KeySelector) -> bytes: ...
+
+    @abc.abstractmethod
+    async def get_range(
+        self,
+        begin: KeyOrSelector,
+        end: KeyOrSelector,
+        *,
+        limit: int = 0,
+        reverse: bool = False,
+    ) -> list[KeyValue]:
+        """Keys in ``[begin, end)`` (bytes are ``first_greater_or_equal``), at most
+        ``limit`` (0 = no limit), in reverse order when asked. The read conflict range
+        covers only what was read up to where the limit stopped it."""
+
+    async def get_range_startswith(
+        self, prefix: bytes, *, limit: int = 0, reverse: bool = False
+    ) -> list[KeyValue]:
+        return await self.get_range(prefix, strinc(prefix), limit=limit, reverse=reverse)
+
+    @abc.abstractmethod
+    async def get_read_version(self) -> int: ...
+
+
+class Transaction(ReadTransaction):
+    """One FoundationDB transaction. Writes are buffered and visible to its own reads."""
+
+    #: True after a retry that followed 1021/1039: an earlier attempt may have committed.
+    maybe_committed: bool = False
+
+    @property
+    @abc.abstractmethod
+    def snapshot(self) -> ReadTransaction:
+        """The same transaction, reading without adding read conflict ranges."""
+
+    @abc.abstractmethod
+    def set(self, key: bytes, value: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def clear(self, key: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def clear_range(self, begin: bytes, end: bytes) -> None: ...
+
+    def clear_range_startswith(self, prefix: bytes) -> None:
+        self.clear_range(prefix, strinc(prefix))
+
+    @abc.abstractmethod
+    def atomic_op(self, op: MutationType, key: bytes, param: bytes) -> None: ...
+
+    # Convenience forms of the atomic operations.
+    def add(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.ADD, key, param)
+
+    def max(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.MAX, key, param)
+
+    def min(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.MIN, key, param)
+
+    def byte_max(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.BYTE_MAX, key, param)
+
+    def byte_min(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.BYTE_MIN, key, param)
+
+    def compare_and_clear(self, key: bytes, param: bytes) -> None:
+        self.atomic_op(MutationType.COMPARE_AND_CLEAR, key, param)
+
+    def set_versionstamped_key(self, key: bytes, value: bytes) -> None:
+        """``key`` ends with a 4-byte little-endian offset of a 10-byte placeholder."""
+        self.atomic_op(MutationType.SET_VERSIONSTAMPED_KEY, key, value)
+
+    def set_versionstamped_value(self, key: bytes, value: bytes) -> None:
+        """``value`` ends with a 4-byte little-endian offset of a 10-byte placeholder."""
+        self.atomic_op(MutationType.SET_VERSIONSTAMPED_VALUE, key, value)
+
+    @abc.abstractmethod
+    def add_read_conflict_range(self, begin: bytes, end: bytes) -> None: ...
+
+    def add_read_conflict_key(self, key: bytes) -> None:
+        self.add_read_conflict_range(key, key + b"\x00")
+
+    @abc.abstractmethod
+    def add_write_conflict_range(self, begin: bytes, end: bytes) -> None: ...
+
+    def add_write_conflict_key(self, key: bytes) -> None:
+        self.add_write_conflict_range(key, key + b"\x00")
+
+    @abc.abstractmethod
+    def watch(self, key: bytes) -> Watch:
+        """Watch ``key``: adds a read conflict on it, like a non-snapshot read."""
+
+    @abc.abstractmethod
+    def get_versionstamp(self) -> VersionstampFuture: ...
+
+    @abc.abstractmethod
+    def get_committed_version(self) -> int:
+        """The commit version after a successful commit (-1 for a read-only one)."""
+
+    @abc.abstractmethod
+    def set_timeout(self, seconds: float) -> None:
+        """Fail with 1031 ``transaction_timed_out`` once the transaction (across its
+        retries) is older than this; 0 disables."""
+
+    @abc.abstractmethod
+    def set_retry_limit(self, retries: int) -> None:
+        """After this many retries ``on_error`` raises the error (-1: no limit)."""
+
+    @abc.abstractmethod
+    async def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    async def on_error(self, error: FDBError) -> None:
+        """FDB's ``on_error``: for a retryable error within the retry limit, wait a
+        backoff and reset the transaction for another attempt; otherwise raise it."""
+
+    @abc.abstractmethod
+    def reset(self) -> None: ...
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class DatabaseStatistics:
+    """Counters of the retry loop, the same on both backends."""
+
+    transactions: int = 0
+    commits: int = 0
+    retries: int = 0
+    conflicts: int = 0
+    unknown_results: int = 0
+    errors_by_code: dict[int, int] = field(default_factory=dict)
+
+    def snapshot(self) -> DatabaseStatistics:
+        return DatabaseStatistics(
+            self.transactions,
+            self.commits,
+            self.retries,
+            self.conflicts,
+            self.unknown_results,
+            dict(self.errors_by_code),
+        )
+
+
+class Database(abc.ABC):
+    """A database handle: creates transactions and runs the shared retry loop."""
+
+    #: "engine", "remote-engine" or "fdb".
+    backend: str = "abstract"
+
+    def __init__(self) -> None:
+        self.stats = DatabaseStatistics()
+        self.default_timeout: float | None = None
+        self.default_retry_limit: int | None = None
+
+    @abc.abstractmethod
+    def create_transaction(self) -> Transaction: ...
+
+    @abc.abstractmethod
+    def set_max_watches(self, n: int) -> None:
+        """The most unfired watches this handle may hold (FDB's ``max_watches``)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the handle: outstanding watches fail, nothing else is touched."""
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(tr, *args, **kwargs)`` and commit, retrying as FoundationDB's
+        retry loop does. ``fn`` may run more than once; after 1021 an earlier run may
+        have committed (``tr.maybe_committed`` tells), so its writes must be idempotent.
+        The database's ``default_timeout`` / ``default_retry_limit`` apply."""
+        return await self.transact_with(fn, *args, **kwargs)
+
+    async def transact_with(
+        self,
+        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        tr = self.create_transaction()
+        if self.default_timeout is not None:
+            tr.set_timeout(self.default_timeout)
+        if self.default_retry_limit is not None:
+            tr.set_retry_limit(self.default_retry_limit)
+        return await run_transaction(self, tr, fn, *args, **kwargs)
+
+
+async def run_transaction(
+    db: Database,
+    tr: Transaction,
+    fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """The retry loop on an already configured transaction (timeout, retry limit)."""
+    stats = db.stats
+    stats.transactions += 1
+    try:
+        while True:
+            try:
+                result = await fn(tr, *args, **kwargs)
+                await tr.commit()
+                stats.commits += 1
+                return result
+            except FDBError as e:
+                stats.errors_by_code[e.code] = stats.errors_by_code.get(e.code, 0) + 1
+                if e.code == 1020:
+                    stats.conflicts += 1
+                if e.maybe_committed:
+                    stats.unknown_results += 1
+                await tr.on_error(e)  # raises when not retryable or out of retries
+                stats.retries += 1
+                if e.maybe_committed:
+                    tr.maybe_committed = True
+    except BaseException:
+        tr.cancel()
+        raise
+
+
+def backoff_delay(attempt: int, *, initial: float = 0.01, maximum: float = 1.0) -> float:
+    """FDB's client backoff: doubles from 10 ms up to ``max_retry_delay`` (1 s)."""
+    return min(maximum, initial * math.pow(2, max(0, attempt)))
