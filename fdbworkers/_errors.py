@@ -39,7 +39,10 @@ FDB_ERRORS: Final[dict[int, tuple[str, str]]] = {
     2007: ("invalid_option", "Option not valid in this context"),
     2017: ("used_during_commit", "Operation issued while a commit was outstanding"),
     2020: ("invalid_mutation_type", "Unrecognized atomic mutation type"),
-    2021: ("no_commit_version", "Transaction is read-only and therefore does not have a commit version"),
+    2021: (
+        "no_commit_version",
+        "Transaction is read-only and therefore does not have a commit version",
+    ),
     2101: ("transaction_too_large", "Transaction exceeds byte limit"),
     2102: ("key_too_large", "Key length exceeds limit"),
     2103: ("value_too_large", "Value length exceeds limit"),

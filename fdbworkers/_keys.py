@@ -1,0 +1,349 @@
+"""Key layout and value codecs (pure: no I/O).
+
+Every key lives under one root prefix so several applications or tenants share a cluster.
+Keys are packed with FoundationDB's tuple layer; values are msgpack maps carrying a small
+schema version ``"v"``. The layout version under ``(root, "layout")`` is checked on open:
+a newer layout is refused with :class:`LayoutError` rather than misread.
+
+::
+
+    (root, "layout")                            -> {"v": LAYOUT_VERSION}
+    (root, "role", role)                        -> RoleConfig {partitions, created_at}
+    (root, "r", role, "epoch")                  -> versionstamp (10 bytes), bumped on every
+                                                   membership change; watched
+    (root, "r", role, "member", wid)            -> MemberRecord
+    (root, "r", role, "health", wid)            -> versionstamp (10 bytes) + msgpack
+                                                   {wall_time, incarnation}
+    (root, "r", role, "jobs_epoch")             -> versionstamp, bumped on job add/remove; watched
+    (root, "r", role, "jobchange", vs)          -> {partition, job, op}: bounded change log
+    (root, "r", role, "job", partition, job_id) -> JobRecord
+    (root, "r", role, "claim", partition, job)  -> versionstamp (the fencing token) + msgpack
+                                                   {wid, incarnation}
+    (root, "r", role, "inbox", wid)             -> versionstamp, bumped when a claim this
+                                                   worker waits for was released; watched
+    (root, "events", vs)                        -> Event: bounded audit log
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from ._db import VERSIONSTAMP_SIZE, strinc
+from ._errors import ConfigError, CorruptDataError, LayoutError
+from ._fdb import pack, unpack
+
+#: The layout this version of fdbworkers reads and writes.
+LAYOUT_VERSION: Final = 1
+#: Schema version written into every value.
+SCHEMA_VERSION: Final = 1
+#: Placeholder for a versionstamp inside a key or value.
+VS_PLACEHOLDER: Final = b"\xff" * VERSIONSTAMP_SIZE
+#: Tuple-layer type code of a 96-bit Versionstamp (10 bytes + 2 user bytes).
+_TUPLE_VERSIONSTAMP_CODE: Final = 0x33
+
+DEFAULT_ROOT: Final = ("fdbworkers",)
+MAX_NAME_LENGTH: Final = 200
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Role, worker and job ids: non-empty printable text of bounded length."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{kind} must be a string, got {type(name).__name__}")
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{kind} must be 1 to {MAX_NAME_LENGTH} characters, got {name!r}")
+    if not name.isprintable():
+        raise ConfigError(f"{kind} must be printable text, got {name!r}")
+    return name
+
+
+def parse_root(root: str | bytes | tuple[str, ...] | None) -> bytes:
+    """The raw key prefix of a root given as a tuple path, a '/'-separated path, raw bytes
+    (used as is), or None for the default ``("fdbworkers",)``."""
+    if root is None:
+        return pack(DEFAULT_ROOT)
+    if isinstance(root, bytes):
+        if not root or root.startswith(b"\xff"):
+            raise ConfigError("a raw root prefix must be non-empty and outside the system keys")
+        return root
+    if isinstance(root, str):
+        parts = tuple(p for p in root.split("/") if p)
+        if not parts:
+            raise ConfigError(f"root path {root!r} is empty")
+        return pack(parts)
+    if isinstance(root, tuple) and root and all(isinstance(p, str) and p for p in root):
+        return pack(root)
+    raise ConfigError(f"root must be a path like 'app/workers', bytes or a tuple, got {root!r}")
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """A value: msgpack map with the schema version."""
+    return msgpack.packb({"v": SCHEMA_VERSION, **obj}, use_bin_type=True)
+
+
+def decode(key: bytes, value: bytes) -> dict[str, Any]:
+    """Decode a value written by :func:`encode`; corrupt or newer data raises clearly."""
+    try:
+        obj = msgpack.unpackb(value, raw=False)
+    except Exception as e:  # msgpack raises several unrelated exception types
+        raise CorruptDataError(f"cannot decode the value at {key!r}: {e}") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("v"), int):
+        raise CorruptDataError(f"the value at {key!r} is not an fdbworkers record")
+    if obj["v"] > SCHEMA_VERSION:
+        raise LayoutError(
+            f"the value at {key!r} has schema version {obj['v']}, newer than this "
+            f"fdbworkers understands ({SCHEMA_VERSION}); upgrade fdbworkers"
+        )
+    return obj
+
+
+def stamped_value(obj: dict[str, Any]) -> bytes:
+    """A SET_VERSIONSTAMPED_VALUE parameter: the stamp first, then a msgpack tail."""
+    return VS_PLACEHOLDER + encode(obj) + struct.pack("<I", 0)
+
+
+def split_stamped(key: bytes, value: bytes) -> tuple[bytes, dict[str, Any]]:
+    """(versionstamp, tail) of a value written with :func:`stamped_value`."""
+    if len(value) < VERSIONSTAMP_SIZE:
+        raise CorruptDataError(f"the value at {key!r} is too short for a versionstamp")
+    tail = value[VERSIONSTAMP_SIZE:]
+    return value[:VERSIONSTAMP_SIZE], (decode(key, tail) if tail else {})
+
+
+def epoch_value() -> bytes:
+    """A SET_VERSIONSTAMPED_VALUE parameter that stores just the commit's stamp."""
+    return VS_PLACEHOLDER + struct.pack("<I", 0)
+
+
+def stamp_version(stamp: bytes) -> int:
+    """The commit version inside a versionstamp."""
+    return int.from_bytes(stamp[:8], "big")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every key of one root; methods are pure."""
+
+    prefix: bytes
+
+    @classmethod
+    def for_root(cls, root: str | bytes | tuple[str, ...] | None = None) -> Layout:
+        return cls(parse_root(root))
+
+    def key(self, *parts: Any) -> bytes:
+        return self.prefix + pack(parts)
+
+    def unpack(self, key: bytes) -> tuple[Any, ...]:
+        if not key.startswith(self.prefix):
+            raise CorruptDataError(f"key {key!r} is outside the root {self.prefix!r}")
+        try:
+            return unpack(key[len(self.prefix) :])
+        except Exception as e:
+            raise CorruptDataError(f"key {key!r} is not a tuple-layer key: {e}") from e
+
+    def range(self, *parts: Any) -> tuple[bytes, bytes]:
+        """[begin, end) of every key strictly below the tuple ``parts``."""
+        begin = self.key(*parts)
+        return begin, strinc(begin)
+
+    # Root-level keys.
+    @property
+    def layout_key(self) -> bytes:
+        return self.key("layout")
+
+    def role_key(self, role: str) -> bytes:
+        return self.key("role", role)
+
+    def roles_range(self) -> tuple[bytes, bytes]:
+        return self.range("role")
+
+    # Per-role keys.
+    def epoch_key(self, role: str) -> bytes:
+        return self.key("r", role, "epoch")
+
+    def member_key(self, role: str, wid: str) -> bytes:
+        return self.key("r", role, "member", wid)
+
+    def members_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "member")
+
+    def health_key(self, role: str, wid: str) -> bytes:
+        return self.key("r", role, "health", wid)
+
+    def health_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "health")
+
+    def jobs_epoch_key(self, role: str) -> bytes:
+        return self.key("r", role, "jobs_epoch")
+
+    def job_key(self, role: str, partition: int, job_id: str) -> bytes:
+        return self.key("r", role, "job", partition, job_id)
+
+    def partition_range(self, role: str, partition: int) -> tuple[bytes, bytes]:
+        return self.range("r", role, "job", partition)
+
+    def jobs_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "job")
+
+    def claim_key(self, role: str, partition: int, job_id: str) -> bytes:
+        return self.key("r", role, "claim", partition, job_id)
+
+    def claims_range(self, role: str, partition: int | None = None) -> tuple[bytes, bytes]:
+        if partition is None:
+            return self.range("r", role, "claim")
+        return self.range("r", role, "claim", partition)
+
+    def inbox_key(self, role: str, wid: str) -> bytes:
+        return self.key("r", role, "inbox", wid)
+
+    def jobchange_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "jobchange")
+
+    def jobchange_key_template(self, role: str) -> bytes:
+        """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry."""
+        return self._stamped_key("r", role, "jobchange")
+
+    def jobchange_after(self, role: str, stamp: bytes) -> bytes:
+        """The first change-log key after the entry stamped ``stamp``."""
+        return self._stamp_key(("r", role, "jobchange"), stamp) + b"\x00"
+
+    def jobchange_before_version(self, role: str, version: int) -> bytes:
+        return self._stamp_key(("r", role, "jobchange"), version.to_bytes(8, "big") + b"\0\0")
+
+    def events_range(self) -> tuple[bytes, bytes]:
+        return self.range("events")
+
+    def event_key_template(self) -> bytes:
+        return self._stamped_key("events")
+
+    def event_key_at(self, stamp: bytes) -> bytes:
+        return self._stamp_key(("events",), stamp)
+
+    def events_before_version(self, version: int) -> bytes:
+        return self._stamp_key(("events",), version.to_bytes(8, "big") + b"\0\0")
+
+    def _stamp_key(self, parts: tuple[Any, ...], stamp: bytes) -> bytes:
+        # A tuple-layer Versionstamp element: code 0x33, 10-byte stamp, 2 user bytes (0).
+        return self.key(*parts) + bytes([_TUPLE_VERSIONSTAMP_CODE]) + stamp + b"\0\0"
+
+    def _stamped_key(self, *parts: Any) -> bytes:
+        head = self.key(*parts) + bytes([_TUPLE_VERSIONSTAMP_CODE])
+        return head + VS_PLACEHOLDER + b"\0\0" + struct.pack("<I", len(head))
+
+    def stamp_of_key(self, key: bytes) -> bytes:
+        """The versionstamp at the end of an events or change-log key."""
+        if len(key) < VERSIONSTAMP_SIZE + 3 or key[-13] != _TUPLE_VERSIONSTAMP_CODE:
+            raise CorruptDataError(f"key {key!r} does not end with a versionstamp")
+        return key[-12:-2]
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    partitions: int
+    created_at: float = 0.0
+
+    def encode(self) -> bytes:
+        return encode({"partitions": self.partitions, "created_at": self.created_at})
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> RoleConfig:
+        obj = decode(key, value)
+        p = obj.get("partitions")
+        if not isinstance(p, int) or p < 1:
+            raise CorruptDataError(f"role config at {key!r} has no valid partition count")
+        return cls(p, float(obj.get("created_at", 0.0)))
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """What a worker publishes about itself under ``(root, "r", role, "member", wid)``."""
+
+    wid: str
+    incarnation: str
+    timeout: float
+    weight: float = 1.0
+    host: str = ""
+    pid: int = 0
+    joined_at: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: Set by an operator (``fdbworkers drain``): the worker leaves gracefully.
+    drain: bool = False
+    #: The incarnation this one replaced (a restart with the same id), if any.
+    replaced: str | None = None
+
+    def encode(self) -> bytes:
+        return encode(
+            {
+                "incarnation": self.incarnation,
+                "timeout": self.timeout,
+                "weight": self.weight,
+                "host": self.host,
+                "pid": self.pid,
+                "joined_at": self.joined_at,
+                "meta": self.meta,
+                "drain": self.drain,
+                "replaced": self.replaced,
+            }
+        )
+
+    @classmethod
+    def decode(cls, wid: str, key: bytes, value: bytes) -> MemberRecord:
+        obj = decode(key, value)
+        try:
+            return cls(
+                wid=wid,
+                incarnation=str(obj["incarnation"]),
+                timeout=float(obj["timeout"]),
+                weight=float(obj.get("weight", 1.0)),
+                host=str(obj.get("host", "")),
+                pid=int(obj.get("pid", 0)),
+                joined_at=float(obj.get("joined_at", 0.0)),
+                meta=dict(obj.get("meta") or {}),
+                drain=bool(obj.get("drain", False)),
+                replaced=obj.get("replaced"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptDataError(f"member record at {key!r} is malformed: {e}") from e
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a job: its stamp is the fencing token (the claim's commit versionstamp)."""
+
+    token: bytes
+    wid: str
+    incarnation: str
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> Claim:
+        stamp, obj = split_stamped(key, value)
+        try:
+            return cls(stamp, str(obj["wid"]), str(obj["incarnation"]))
+        except KeyError as e:
+            raise CorruptDataError(f"claim at {key!r} is malformed: missing {e}") from e
+
+    @staticmethod
+    def encode_new(wid: str, incarnation: str) -> bytes:
+        return stamped_value({"wid": wid, "incarnation": incarnation})
+
+
+def check_layout(key: bytes, value: bytes | None) -> int | None:
+    """The stored layout version; a newer one raises :class:`LayoutError`."""
+    if value is None:
+        return None
+    version = decode(key, value).get("layout")
+    if not isinstance(version, int):
+        raise CorruptDataError(f"layout key {key!r} holds no layout version")
+    if version > LAYOUT_VERSION:
+        raise LayoutError(
+            f"the data under this root uses layout version {version}; this fdbworkers "
+            f"understands up to {LAYOUT_VERSION}. Upgrade fdbworkers, or use another --root."
+        )
+    return version
+
+
+def layout_value() -> bytes:
+    return encode({"layout": LAYOUT_VERSION})

@@ -1,0 +1,118 @@
+"""Liveness arithmetic (pure): neighbour staleness and the worker's own lease.
+
+G6, clock independence: nothing here compares clocks of two hosts. A checker measures on
+its *own* monotonic clock how long a neighbour's heartbeat stamp has stayed the same; a
+worker measures on its own clock how long ago its last heartbeat that committed started.
+
+G2 and G3 follow from two inequalities, with ``T`` the watched worker's timeout:
+
+* A checker evicts only after the stamp stayed unchanged for ``T`` on its clock, counted
+  from the moment it first saw that stamp, which is after the stamp's commit, which is
+  after the heartbeat transaction started. So eviction happens at least ``T`` after the
+  start of the worker's last successful heartbeat. A worker that commits a heartbeat at
+  least once per ``T`` always changes the stamp in time (G2).
+* The worker's lease expires ``T - margin`` after the start of its last successful
+  heartbeat, i.e. at least ``margin`` before anyone may evict it. It stops its jobs when
+  the lease expires (self-fencing), so a new owner, which starts only after the eviction
+  committed, never overlaps it (G3), as long as the clocks' rates differ by less than
+  ``margin / T`` and the jobs stop within the margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._errors import ConfigError
+
+
+@dataclass
+class _Seen:
+    incarnation: str
+    stamp: bytes | None
+    since: float
+
+
+@dataclass
+class NeighbourTracker:
+    """What one checker has seen of its neighbours' heartbeat stamps."""
+
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def observe(self, wid: str, incarnation: str, stamp: bytes | None, now: float) -> None:
+        """Record the stamp read at ``now`` (None: no health key)."""
+        s = self._seen.get(wid)
+        if s is None or s.incarnation != incarnation or s.stamp != stamp:
+            self._seen[wid] = _Seen(incarnation, stamp, now)
+
+    def seen_stamp(self, wid: str) -> bytes | None:
+        s = self._seen.get(wid)
+        return s.stamp if s else None
+
+    def silent_for(self, wid: str, now: float) -> float:
+        """How long the stamp has stayed the same, as far as this checker knows (0 when
+        it has never observed ``wid``: a new neighbour is watched for a full timeout)."""
+        s = self._seen.get(wid)
+        return 0.0 if s is None else max(0.0, now - s.since)
+
+    def stale(self, wid: str, timeout: float, now: float) -> bool:
+        return wid in self._seen and self.silent_for(wid, now) >= timeout
+
+    def suspect(self, wid: str, timeout: float, now: float) -> bool:
+        """Missed at least one heartbeat (they come every timeout/3)."""
+        return wid in self._seen and self.silent_for(wid, now) >= timeout / 2
+
+    def evict_due(self, wid: str, timeout: float) -> float | None:
+        """The earliest local time at which ``wid`` may be declared stale."""
+        s = self._seen.get(wid)
+        return None if s is None else s.since + timeout
+
+    def retain(self, wids: set[str]) -> None:
+        """Forget neighbours no longer watched (a returning one is watched afresh)."""
+        for wid in list(self._seen):
+            if wid not in wids:
+                del self._seen[wid]
+
+
+@dataclass
+class Lease:
+    """The worker's own right to run jobs, renewed by every heartbeat that commits."""
+
+    timeout: float
+    margin: float
+    last_ok_start: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.margin < self.timeout:
+            raise ConfigError(
+                f"fence margin must be between 0 and the timeout ({self.timeout}), "
+                f"got {self.margin}"
+            )
+
+    def renewed(self, heartbeat_started: float) -> None:
+        if self.last_ok_start is None or heartbeat_started > self.last_ok_start:
+            self.last_ok_start = heartbeat_started
+
+    def revoke(self) -> None:
+        self.last_ok_start = None
+
+    @property
+    def expires_at(self) -> float:
+        if self.last_ok_start is None:
+            return float("-inf")
+        return self.last_ok_start + self.timeout - self.margin
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.expires_at - now)
+
+
+def default_check_interval(timeout: float) -> float:
+    """How often a checker reads its neighbour's stamp: G1's bound is
+    ``timeout + check_interval`` (+ one transaction)."""
+    return min(1.0, timeout / 4)
+
+
+def default_fence_margin(timeout: float) -> float:
+    return timeout / 4

@@ -1,0 +1,56 @@
+"""Membership snapshots and their differences (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._keys import MemberRecord
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The members of a role as read at one read version, with the epoch stamp."""
+
+    role: str
+    epoch: bytes
+    members: Mapping[str, MemberRecord]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {w: m.weight for w, m in self.members.items()}
+
+    def __contains__(self, wid: object) -> bool:
+        return wid in self.members
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """What changed between two reported memberships of a role.
+
+    ``restarted`` holds members whose id stayed but whose incarnation changed (a quick
+    restart with a persisted id); they are in neither ``added`` nor ``removed``.
+    """
+
+    role: str
+    added: frozenset[str]
+    removed: frozenset[str]
+    restarted: frozenset[str]
+    members: Mapping[str, MemberRecord]
+    epoch: bytes
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.restarted)
+
+
+def diff(old: Membership | None, new: Membership) -> MembershipChange:
+    before: Mapping[str, MemberRecord] = old.members if old else {}
+    added = frozenset(new.members.keys() - before.keys())
+    removed = frozenset(before.keys() - new.members.keys())
+    restarted = frozenset(
+        w
+        for w in new.members.keys() & before.keys()
+        if new.members[w].incarnation != before[w].incarnation
+    )
+    return MembershipChange(new.role, added, removed, restarted, new.members, new.epoch)

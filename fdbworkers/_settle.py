@@ -1,0 +1,53 @@
+"""The settle window (pure): report a membership change once it has been quiet.
+
+The seed's "cluster stability" logic. Each change restarts the quiet period of
+``window`` seconds, but a report is never delayed more than ``max_delay`` after the first
+unreported change, so a flapping cluster still converges. Rolling restarts and cluster
+start-up thus cause one rebalance per burst, not one per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._errors import ConfigError
+
+
+@dataclass
+class Settler:
+    window: float
+    max_delay: float
+    _first_change: float | None = None
+    _last_change: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise ConfigError(f"settle window must be >= 0 seconds, got {self.window}")
+        if self.max_delay < self.window:
+            raise ConfigError(
+                f"settle max delay ({self.max_delay}) must be >= the window ({self.window})"
+            )
+
+    @property
+    def pending(self) -> bool:
+        return self._first_change is not None
+
+    def changed(self, now: float) -> None:
+        """Record a change seen at ``now``."""
+        if self._first_change is None:
+            self._first_change = now
+        self._last_change = now
+
+    def deadline(self) -> float | None:
+        """When the pending change may be reported (None: nothing pending)."""
+        if self._first_change is None or self._last_change is None:
+            return None
+        return min(self._last_change + self.window, self._first_change + self.max_delay)
+
+    def due(self, now: float) -> bool:
+        d = self.deadline()
+        return d is not None and now >= d
+
+    def reported(self) -> None:
+        self._first_change = None
+        self._last_change = None

@@ -1,0 +1,237 @@
+"""Property tests of the pure membership pieces: ring, settle window, liveness, codecs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
+from fdbworkers._keys import (
+    Claim,
+    Layout,
+    MemberRecord,
+    RoleConfig,
+    check_layout,
+    decode,
+    encode,
+    layout_value,
+    parse_root,
+    split_stamped,
+    stamped_value,
+    validate_name,
+)
+from fdbworkers._liveness import Lease, NeighbourTracker
+from fdbworkers._membership import Membership, diff
+from fdbworkers._ring import checker_of, ring_order, successors, watched_neighbours
+from fdbworkers._settle import Settler
+
+ids = st.lists(st.text(alphabet="abcdefghij0123456789-", min_size=1, max_size=8), unique=True)
+
+
+@given(ids, st.randoms(use_true_random=False))
+def test_ring_order_is_independent_of_input_order(members: list[str], rnd: random.Random) -> None:
+    shuffled = list(members)
+    rnd.shuffle(shuffled)
+    assert ring_order(members) == ring_order(shuffled)
+
+
+def test_ring_order_is_pinned() -> None:
+    # A change of the hash would move every neighbour relation during an upgrade.
+    assert ring_order(["a", "b", "c", "d"]) == ring_order(["d", "c", "b", "a"])
+    assert ring_order(["w1", "w2", "w3"]) == sorted(
+        ["w1", "w2", "w3"], key=lambda w: ring_order(["w1", "w2", "w3"]).index(w)
+    )
+
+
+@given(ids.filter(lambda m: len(m) >= 2))
+def test_every_member_is_checked_by_exactly_one_primary_checker(members: list[str]) -> None:
+    firsts = [successors(w, members)[0] for w in members]
+    assert sorted(firsts) == sorted(members)
+    for w in members:
+        c = checker_of(w, members)
+        assert c is not None and successors(c, members)[0] == w
+
+
+@given(ids.filter(lambda m: len(m) >= 3), st.data())
+def test_watched_neighbours_extend_past_suspects(members: list[str], data: st.DataObject) -> None:
+    me = members[0]
+    suspects = set(data.draw(st.sets(st.sampled_from(members[1:]))))
+    watched = watched_neighbours(me, members[1:], lambda w: w in suspects, limit=100)
+    succ = successors(me, members)
+    assert watched == succ[: len(watched)]
+    assert all(w in suspects for w in watched[:-1])
+    assert len(watched) == len(succ) or watched[-1] not in suspects
+
+
+def test_settler_waits_for_quiet_but_caps_the_delay() -> None:
+    s = Settler(window=2.0, max_delay=5.0)
+    assert s.deadline() is None
+    s.changed(0.0)
+    assert s.deadline() == 2.0
+    s.changed(1.5)
+    assert s.deadline() == 3.5
+    for t in (3.0, 4.0, 4.9):
+        s.changed(t)
+    assert s.deadline() == 5.0  # capped: a flapping cluster still converges
+    assert s.due(5.0)
+    s.reported()
+    assert not s.pending
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=30))
+def test_settler_deadline_bounds(times: list[float]) -> None:
+    times = sorted(times)
+    s = Settler(window=2.0, max_delay=7.0)
+    for t in times:
+        s.changed(t)
+    d = s.deadline()
+    assert d is not None
+    assert d <= times[0] + 7.0
+    assert d <= times[-1] + 2.0
+
+
+def test_settler_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError):
+        Settler(window=-1, max_delay=1)
+    with pytest.raises(ConfigError):
+        Settler(window=5, max_delay=1)
+
+
+def test_tracker_measures_silence_from_first_sight() -> None:
+    t = NeighbourTracker()
+    assert t.silent_for("a", 10.0) == 0.0 and not t.stale("a", 1.0, 10.0)
+    t.observe("a", "i1", b"s1", 10.0)
+    t.observe("a", "i1", b"s1", 14.0)
+    assert t.silent_for("a", 14.0) == 4.0
+    assert t.stale("a", 4.0, 14.0) and not t.stale("a", 4.1, 14.0)
+    t.observe("a", "i1", b"s2", 15.0)  # a heartbeat: silence restarts
+    assert t.silent_for("a", 15.0) == 0.0
+    t.observe("a", "i2", b"s2", 16.0)  # a new incarnation is watched afresh
+    assert t.silent_for("a", 17.0) == 1.0
+    t.retain(set())
+    assert t.silent_for("a", 20.0) == 0.0
+
+
+@given(
+    st.floats(min_value=0.5, max_value=60),
+    st.lists(st.floats(min_value=0, max_value=1000), min_size=1, max_size=20),
+    st.floats(min_value=0, max_value=1),
+)
+def test_lease_expires_margin_before_any_eviction(
+    timeout: float, heartbeat_starts: list[float], commit_delay_fraction: float
+) -> None:
+    """G3's timing argument: a checker sees a stamp only after it committed, i.e. after
+    its transaction started, and evicts only ``timeout`` later on its clock; the lease
+    of the worker expires ``margin`` before that."""
+    lease = Lease(timeout, timeout / 4)
+    for s in heartbeat_starts:
+        lease.renewed(s)
+    last = max(heartbeat_starts)
+    first_seen = last + commit_delay_fraction * timeout
+    t = NeighbourTracker()
+    t.observe("w", "i", b"x", first_seen)
+    earliest_eviction = t.evict_due("w", timeout)
+    assert earliest_eviction is not None
+    assert lease.expires_at + lease.margin <= earliest_eviction + 1e-9
+    assert not lease.valid(lease.expires_at)
+
+
+def test_lease_rejects_bad_margin() -> None:
+    with pytest.raises(ConfigError):
+        Lease(1.0, 1.0)
+
+
+def test_membership_diff() -> None:
+    def rec(w: str, inc: str) -> MemberRecord:
+        return MemberRecord(wid=w, incarnation=inc, timeout=1.0)
+
+    a = Membership("r", b"1", {"a": rec("a", "1"), "b": rec("b", "1")})
+    b = Membership("r", b"2", {"b": rec("b", "2"), "c": rec("c", "1")})
+    ch = diff(a, b)
+    assert ch.added == {"c"} and ch.removed == {"a"} and ch.restarted == {"b"}
+    assert not ch.empty and diff(b, b).empty
+    assert diff(None, a).added == {"a", "b"}
+
+
+@given(
+    st.text(min_size=1, max_size=20).filter(str.isprintable),
+    st.text(min_size=1, max_size=20).filter(str.isprintable),
+    st.floats(min_value=0.3, max_value=1e4),
+    st.floats(min_value=0.01, max_value=1e5),
+    st.dictionaries(
+        st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=3
+    ),
+)
+def test_member_record_round_trip(
+    wid: str, inc: str, timeout: float, weight: float, meta: dict[str, object]
+) -> None:
+    layout = Layout.for_root("t")
+    r = MemberRecord(wid=wid, incarnation=inc, timeout=timeout, weight=weight, meta=meta)
+    key = layout.member_key("role", wid)
+    assert MemberRecord.decode(wid, key, r.encode()) == r
+    assert layout.unpack(key)[-1] == wid
+
+
+def test_codecs_reject_corrupt_and_newer_data() -> None:
+    with pytest.raises(CorruptDataError, match="cannot decode"):
+        decode(b"k", b"\xc1garbage")
+    with pytest.raises(CorruptDataError, match="not an fdbworkers record"):
+        decode(b"k", encode({})[:0] + b"\x90")
+    import msgpack
+
+    with pytest.raises(LayoutError, match="newer"):
+        decode(b"k", msgpack.packb({"v": 99}))
+    with pytest.raises(LayoutError, match="layout version 7"):
+        check_layout(b"k", encode({"layout": 7}))
+    assert check_layout(b"k", layout_value()) == 1
+    assert check_layout(b"k", None) is None
+    with pytest.raises(CorruptDataError):
+        RoleConfig.decode(b"k", encode({"partitions": 0}))
+
+
+def test_stamped_values_and_keys() -> None:
+    v = stamped_value({"wid": "a", "incarnation": "i"})
+    # The placeholder is at offset 0 and the 4-byte offset suffix says so.
+    assert v[-4:] == b"\0\0\0\0" and v[:10] == b"\xff" * 10
+    written = b"\x01" * 10 + v[10:-4]  # what the database stores after commit
+    assert Claim.decode(b"k", written) == Claim(b"\x01" * 10, "a", "i")
+    stamp, tail = split_stamped(b"k", written)
+    assert stamp == b"\x01" * 10 and tail["wid"] == "a"
+    with pytest.raises(CorruptDataError):
+        split_stamped(b"k", b"short")
+    layout = Layout.for_root(("app", "w"))
+    tmpl = layout.event_key_template()
+    offset = int.from_bytes(tmpl[-4:], "little")
+    key = tmpl[:offset] + b"\x02" * 10 + tmpl[offset + 10 : -4]
+    assert layout.stamp_of_key(key) == b"\x02" * 10
+    assert key.startswith(layout.events_range()[0]) and key < layout.events_range()[1]
+    assert layout.event_key_at(b"\x02" * 10) == key
+    assert layout.events_before_version(int.from_bytes(b"\x02" * 8, "big") + 1) > key
+
+
+def test_roots_and_names() -> None:
+    assert parse_root(None) == parse_root("fdbworkers") == parse_root(("fdbworkers",))
+    assert parse_root("a/b") == parse_root(("a", "b"))
+    for bad in ("", "/", b"", b"\xffsys", ("",), 3):
+        with pytest.raises(ConfigError):
+            parse_root(bad)  # type: ignore[arg-type]
+    for bad_name in ("", "x" * 201, "a\nb"):
+        with pytest.raises(ConfigError):
+            validate_name("role", bad_name)
+    a, b = Layout.for_root("a"), Layout.for_root("b")
+    assert not a.member_key("r", "w").startswith(b.prefix)
+    assert Layout.for_root("t").member_key("r", "w") > Layout.for_root("t").members_range("r")[0]
+
+
+@settings(max_examples=50)
+@given(st.integers(min_value=0, max_value=2**31), st.text(min_size=1, max_size=30))
+def test_job_keys_sort_by_partition(p: int, job: str) -> None:
+    layout = Layout.for_root("t")
+    k = layout.job_key("r", p, job)
+    lo, hi = layout.partition_range("r", p)
+    assert lo <= k < hi
+    jlo, jhi = layout.jobs_range("r")
+    assert jlo <= lo and hi <= jhi
