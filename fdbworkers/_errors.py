@@ -38,7 +38,8 @@ FDB_ERRORS: Final[dict[int, tuple[str, str]]] = {
     2006: ("invalid_option_value", "Option set with an invalid value"),
     2007: ("invalid_option", "Option not valid in this context"),
     2017: ("used_during_commit", "Operation issued while a commit was outstanding"),
-    2020: ("invalid_mutation_type", "Unrecognized atomic mutation type"),
+    2018: ("invalid_mutation_type", "Unrecognized atomic mutation type"),
+    2020: ("transaction_invalid_version", "Transaction does not have a valid commit version"),
     2021: (
         "no_commit_version",
         "Transaction is read-only and therefore does not have a commit version",
