@@ -25,6 +25,26 @@ from ._errors import (
     LayoutError,
 )
 
+from ._jobs import (
+    Job,
+    JobRecord,
+    JobRunner,
+    OwnershipChange,
+    RunnerStatistics,
+    add_job,
+    remove_job,
+)
+from ._membership import Membership, MembershipChange
+from ._worker import (
+    Worker,
+    WorkerOptions,
+    WorkerState,
+    WorkerStatistics,
+    WorkerSupersededError,
+    open_worker,
+    run_worker,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,5 +65,21 @@ __all__ = [
     "Transaction",
     "VersionstampFuture",
     "Watch",
+    "Job",
+    "JobRecord",
+    "JobRunner",
+    "Membership",
+    "MembershipChange",
+    "OwnershipChange",
+    "RunnerStatistics",
+    "Worker",
+    "WorkerOptions",
+    "WorkerState",
+    "WorkerStatistics",
+    "WorkerSupersededError",
     "__version__",
+    "add_job",
+    "open_worker",
+    "remove_job",
+    "run_worker",
 ]

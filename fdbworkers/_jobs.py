@@ -1,0 +1,830 @@
+"""Jobs: the job store, claims with fencing tokens, and the job runner.
+
+A job of a role lives in one of the role's partitions (a stable hash of its id, fixed at
+role creation), so a worker reads only the partitions it owns. A worker runs a job only
+after it committed a *claim* for it; the claim's commit versionstamp is the job's
+fencing token, increasing per job. The handoff (G3, at most one runner):
+
+1. every member computes the same owner for the job from the same settled membership;
+2. the old owner stops its handler (grace, then cancellation) and only then clears its
+   claim, notifying the new owner's inbox key;
+3. the new owner commits a claim only if the claim is absent, or its holder is no longer
+   a member (evicted: it fenced itself before that could happen, see ``_liveness``), or
+   its holder was replaced by a newer incarnation of the same id and the holder's timeout
+   has passed since the claimant first saw that;
+4. the claim transaction also reads the claimant's own member record, so a claim by a
+   worker that was just evicted conflicts and fails.
+
+``Job.fence(tr)`` adds the claim check to the application's own transaction: its writes
+commit only while the job's claim still carries the job's token.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from ._assign import Assignment, assign, job_partition
+from ._db import Database, Transaction, VersionstampFuture, run_transaction
+from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
+from ._keys import (
+    Claim,
+    Layout,
+    MemberRecord,
+    RoleConfig,
+    decode,
+    encode,
+    epoch_value,
+    split_stamped,
+    stamp_version,
+    stamped_value,
+    validate_name,
+)
+from ._membership import Membership
+from ._worker import (
+    DEFAULT_PARTITIONS,
+    VERSIONS_PER_SECOND,
+    Worker,
+    WorkerState,
+    tx_ensure_role,
+)
+
+#: Change-log entries older than this (in cluster versions) are trimmed.
+JOBCHANGE_RETENTION = 600.0
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: id, partition, the application's spec (any msgpack value)."""
+
+    id: str
+    partition: int
+    spec: Any = None
+    weight: float = 1.0
+    added_at: float = 0.0
+
+    def encode(self) -> bytes:
+        return encode({"spec": self.spec, "weight": self.weight, "added_at": self.added_at})
+
+    @classmethod
+    def decode(cls, job_id: str, partition: int, key: bytes, value: bytes) -> JobRecord:
+        obj = decode(key, value)
+        return cls(
+            job_id,
+            partition,
+            obj.get("spec"),
+            float(obj.get("weight", 1.0)),
+            float(obj.get("added_at", 0.0)),
+        )
+
+
+# --- the job store (used by the API and the CLI) ----------------------------------------
+
+
+def _log_job_change(
+    tr: Transaction, layout: Layout, role: str, partition: int, job_id: str, op: str
+) -> None:
+    tr.set_versionstamped_key(
+        layout.jobchange_key_template(role),
+        encode({"partition": partition, "job": job_id, "op": op}),
+    )
+    tr.set_versionstamped_value(layout.jobs_epoch_key(role), epoch_value())
+
+
+async def _trim_job_changes(tr: Transaction, layout: Layout, role: str) -> None:
+    rv = await tr.get_read_version()
+    cut = rv - int(JOBCHANGE_RETENTION * VERSIONS_PER_SECOND)
+    if cut > 0:
+        begin, _ = layout.jobchange_range(role)
+        tr.clear_range(begin, layout.jobchange_before_version(role, cut))
+
+
+async def tx_add_job(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    job_id: str,
+    spec: Any = None,
+    weight: float = 1.0,
+    partitions: int = DEFAULT_PARTITIONS,
+) -> tuple[JobRecord, bool]:
+    """Add (or update) a job. Returns (record, changed). Idempotent: adding the same job
+    with the same spec again changes nothing and wakes nobody."""
+    validate_name("job id", job_id)
+    if not isinstance(weight, int | float) or not 0 < weight < 1e9 or math.isnan(weight):
+        raise ConfigError(f"job weight must be a positive number, got {weight!r}")
+    try:
+        encode({"spec": spec})
+    except Exception as e:
+        raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
+    cfg = await tx_ensure_role(tr, layout, role, partitions)
+    p = job_partition(job_id, cfg.partitions)
+    key = layout.job_key(role, p, job_id)
+    old = await tr.get(key)
+    if old is not None:
+        prev = JobRecord.decode(job_id, p, key, old)
+        if prev.spec == spec and prev.weight == weight:
+            return prev, False
+    rec = JobRecord(job_id, p, spec, float(weight), time.time())
+    tr.set(key, rec.encode())
+    _log_job_change(tr, layout, role, p, job_id, "add" if old is None else "update")
+    await _trim_job_changes(tr, layout, role)
+    return rec, True
+
+
+async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str) -> bool:
+    """Remove a job; its owner stops it. False if there was no such job."""
+    validate_name("job id", job_id)
+    cfg = await tx_role_config(tr, layout, role)
+    if cfg is None:
+        return False
+    p = job_partition(job_id, cfg.partitions)
+    key = layout.job_key(role, p, job_id)
+    if await tr.get(key) is None:
+        return False
+    tr.clear(key)
+    _log_job_change(tr, layout, role, p, job_id, "remove")
+    await _trim_job_changes(tr, layout, role)
+    return True
+
+
+async def tx_role_config(tr: Transaction, layout: Layout, role: str) -> RoleConfig | None:
+    raw = await tr.get(layout.role_key(role))
+    return None if raw is None else RoleConfig.decode(layout.role_key(role), raw)
+
+
+async def tx_get_job(tr: Transaction, layout: Layout, role: str, job_id: str) -> JobRecord | None:
+    cfg = await tx_role_config(tr, layout, role)
+    if cfg is None:
+        return None
+    p = job_partition(job_id, cfg.partitions)
+    key = layout.job_key(role, p, job_id)
+    raw = await tr.get(key)
+    return None if raw is None else JobRecord.decode(job_id, p, key, raw)
+
+
+async def tx_read_partitions(
+    tr: Transaction, layout: Layout, role: str, partitions: Iterable[int], *, snapshot: bool = False
+) -> tuple[dict[str, JobRecord], dict[str, Claim]]:
+    """Jobs and claims of the given partitions (two range reads per partition, issued
+    concurrently)."""
+    jobs: dict[str, JobRecord] = {}
+    claims: dict[str, Claim] = {}
+    reader = tr.snapshot if snapshot else tr
+    parts = sorted(set(partitions))
+
+    async def one(p: int) -> None:
+        jb, je = layout.partition_range(role, p)
+        for kv in await reader.get_range(jb, je):
+            try:
+                jid = str(layout.unpack(kv.key)[-1])
+                jobs[jid] = JobRecord.decode(jid, p, kv.key, kv.value)
+            except CorruptDataError as e:
+                structlog.get_logger("fdbworkers").error("corrupt_job_record", error=str(e))
+        cb, ce = layout.claims_range(role, p)
+        for kv in await reader.get_range(cb, ce):
+            try:
+                jid = str(layout.unpack(kv.key)[-1])
+                claims[jid] = Claim.decode(kv.key, kv.value)
+            except CorruptDataError as e:
+                structlog.get_logger("fdbworkers").error("corrupt_claim", error=str(e))
+
+    for i in range(0, len(parts), 64):
+        async with trio.open_nursery() as nursery:
+            for p in parts[i : i + 64]:
+                nursery.start_soon(one, p)
+    return jobs, claims
+
+
+async def tx_list_jobs(
+    tr: Transaction, layout: Layout, role: str, *, limit: int = 0
+) -> tuple[list[JobRecord], dict[str, Claim]]:
+    """Every job of the role with its claim (for operators: reads the whole table)."""
+    out: list[JobRecord] = []
+    jb, je = layout.jobs_range(role)
+    for kv in await tr.snapshot.get_range(jb, je, limit=limit):
+        t = layout.unpack(kv.key)
+        out.append(JobRecord.decode(str(t[-1]), int(t[-2]), kv.key, kv.value))
+    claims: dict[str, Claim] = {}
+    cb, ce = layout.claims_range(role)
+    for kv in await tr.snapshot.get_range(cb, ce):
+        claims[str(layout.unpack(kv.key)[-1])] = Claim.decode(kv.key, kv.value)
+    return out, claims
+
+
+# --- claims ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """``kind``: "claimed" (token set), "held" (a live holder), "superseded" (the holder
+    was replaced by a newer incarnation of its id: wait its timeout), "gone" (no job),
+    "not_member" (we are not a member any more)."""
+
+    kind: str
+    token: bytes | None = None
+    holder: Claim | None = None
+    holder_timeout: float = 0.0
+
+
+async def tx_claim(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    partition: int,
+    job_id: str,
+    wid: str,
+    incarnation: str,
+    nonce: str,
+    take_superseded: frozenset[str],
+) -> ClaimOutcome:
+    me_key = layout.member_key(role, wid)
+    me_raw = await tr.get(me_key)  # conflicts with our own eviction
+    if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
+        return ClaimOutcome("not_member")
+    ckey = layout.claim_key(role, partition, job_id)
+    raw = await tr.get(ckey)
+    if raw is not None:
+        stamp, obj = split_stamped(ckey, raw)
+        holder = Claim(stamp, str(obj.get("wid")), str(obj.get("incarnation")))
+        if holder.wid == wid and holder.incarnation == incarnation and obj.get("nonce") == nonce:
+            return ClaimOutcome("claimed", stamp)  # an earlier attempt committed (1021)
+        if not (holder.wid == wid and holder.incarnation == incarnation):
+            hkey = layout.member_key(role, holder.wid)
+            hraw = await tr.get(hkey)
+            if hraw is not None:
+                try:
+                    hrec = MemberRecord.decode(holder.wid, hkey, hraw)
+                except CorruptDataError:
+                    return ClaimOutcome("held", holder=holder)
+                if hrec.incarnation == holder.incarnation:
+                    return ClaimOutcome("held", holder=holder)
+                if holder.incarnation not in take_superseded:
+                    return ClaimOutcome("superseded", holder=holder, holder_timeout=hrec.timeout)
+    if await tr.get(layout.job_key(role, partition, job_id)) is None:
+        return ClaimOutcome("gone")
+    tr.set_versionstamped_value(
+        ckey, stamped_value({"wid": wid, "incarnation": incarnation, "nonce": nonce})
+    )
+    return ClaimOutcome("claimed")
+
+
+async def tx_release(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    partition: int,
+    job_id: str,
+    wid: str,
+    incarnation: str,
+    token: bytes | None,
+    notify: str | None,
+) -> bool:
+    ckey = layout.claim_key(role, partition, job_id)
+    raw = await tr.get(ckey)
+    released = False
+    if raw is not None:
+        c = Claim.decode(ckey, raw)
+        if c.wid == wid and c.incarnation == incarnation and (token is None or c.token == token):
+            tr.clear(ckey)
+            released = True
+    if notify is not None:
+        tr.set_versionstamped_value(layout.inbox_key(role, notify), epoch_value())
+    return released
+
+
+# --- the job handle and the runner ------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What a handler gets: the job and its fencing token.
+
+    ``token`` is the claim's commit versionstamp (10 bytes, increasing per job): pass it
+    to external systems that can reject stale writers. ``fence(tr)`` makes the
+    application's own FDB transaction commit only while this claim still holds.
+    ``check()`` raises :class:`FencedError` once the worker's lease expired, which a
+    handler should call before any side effect outside FoundationDB.
+    """
+
+    id: str
+    role: str
+    partition: int
+    spec: Any
+    weight: float
+    token: bytes
+    _worker: Worker = field(repr=False)
+    stopping: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    @property
+    def token_version(self) -> int:
+        return stamp_version(self.token)
+
+    def check(self) -> None:
+        if self.stopping.is_set():
+            raise FencedError(f"job {self.id!r} is being stopped on this worker")
+        if not self._worker.lease_valid():
+            raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
+
+    async def fence(self, tr: Transaction) -> None:
+        """Add the claim check to ``tr``: a read (with a conflict range) of the claim,
+        which must still carry this job's token. If another worker takes the claim
+        before ``tr`` commits, ``tr`` conflicts, and its retry raises FencedError."""
+        layout, role = self._worker.layout, self.role
+        ckey = layout.claim_key(role, self.partition, self.id)
+        raw = await tr.get(ckey)
+        if raw is None or Claim.decode(ckey, raw).token != self.token:
+            raise FencedError(f"job {self.id!r}: the claim with this token is gone")
+        if not self._worker.lease_valid():
+            raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
+
+
+Handler = Callable[[Job], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class OwnershipChange:
+    """What the runner did in one reconcile step."""
+
+    started: frozenset[str]
+    stopped: frozenset[str]
+    owned: frozenset[str]
+    epoch: bytes
+
+
+@dataclass
+class _Running:
+    job: Job
+    scope: trio.CancelScope
+    done: trio.Event
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class RunnerStatistics:
+    running: int
+    target: int
+    pending_claims: int
+    started: int
+    stopped: int
+    handler_crashes: int
+    claims_committed: int
+    claims_blocked: int
+    reconciles: int
+    moves_deferred: int
+
+
+class JobRunner:
+    """Runs ``handler(job)`` for each job this worker owns; see ``Worker.run_jobs``."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        handler: Handler,
+        *,
+        grace: float = 5.0,
+        max_moves: int | None = None,
+        move_interval: float = 1.0,
+        restart_backoff: tuple[float, float] = (1.0, 60.0),
+        resync_interval: float = 60.0,
+        claim_poll: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if grace < 0:
+            raise ConfigError("grace must be >= 0")
+        if max_moves is not None and max_moves < 1:
+            raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
+        if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
+            raise ConfigError("restart_backoff must be (initial > 0, maximum >= initial)")
+        self.w = worker
+        self.handler = handler
+        self.grace = grace
+        self.max_moves = max_moves
+        self.move_interval = move_interval
+        self.restart_backoff = restart_backoff
+        self.resync_interval = resync_interval
+        self.claim_poll = claim_poll
+        self._rng = rng or random.Random()
+        self.running: dict[str, _Running] = {}
+        self.target: dict[str, JobRecord] = {}
+        self.assignment: Assignment | None = None
+        self._owned_parts: frozenset[int] = frozenset()
+        self._pending: dict[str, float] = {}  # job -> first time seen blocked by superseded
+        self._wake = trio.Event()
+        self._full_resync = True
+        self._dirty_parts: set[int] = set()
+        self._last_change: bytes | None = None
+        self._nursery: trio.Nursery | None = None
+        self._subscribers: list[trio.MemorySendChannel[OwnershipChange]] = []
+        self._stopped_for_good = False
+        self.log = worker.log.bind(component="jobs")
+        self._started = self._stopped = self._crashes = 0
+        self._claims = self._blocked = self._reconciles = self._deferred = 0
+        worker.on_stop_work(self._stop_all_and_release)
+
+    def statistics(self) -> RunnerStatistics:
+        return RunnerStatistics(
+            running=len(self.running),
+            target=len(self.target),
+            pending_claims=len([j for j in self.target if j not in self.running]),
+            started=self._started,
+            stopped=self._stopped,
+            handler_crashes=self._crashes,
+            claims_committed=self._claims,
+            claims_blocked=self._blocked,
+            reconciles=self._reconciles,
+            moves_deferred=self._deferred,
+        )
+
+    def subscribe(self, buffer: int = 64) -> trio.MemoryReceiveChannel[OwnershipChange]:
+        send, recv = trio.open_memory_channel[OwnershipChange](buffer)
+        self._subscribers.append(send)
+        return recv
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _tx(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        tr = self.w.db.create_transaction()
+        tr.set_timeout(self.w.options.op_timeout)
+        return await run_transaction(self.w.db, tr, fn, *args)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watch_loop)
+            nursery.start_soon(self._reconcile_loop)
+
+    # -- watches: membership, job changes, inbox ---------------------------------------
+
+    async def _watch_loop(self) -> None:
+        """Wakes the reconciler on job changes and on our inbox (claims released for
+        us). Two watches, armed in the transaction that read the change log."""
+        w = self.w
+        while True:
+            try:
+                changes, watches = await self._tx(self._tx_read_changes)
+            except FDBError as e:
+                self.log.warning("job_changes_read_failed", error=e.name)
+                await trio.sleep(1.0)
+                continue
+            if changes:
+                self.wake()
+            try:
+                async with trio.open_nursery() as n:
+
+                    async def one(watch: Any, n: trio.Nursery = n) -> None:
+                        try:
+                            await watch.wait()
+                        except FDBError as e:
+                            if e.code == 1032:
+                                await trio.sleep(w.options.poll_interval)
+                        n.cancel_scope.cancel()
+
+                    for watch in watches:
+                        n.start_soon(one, watch)
+                    with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
+                        await trio.sleep_forever()
+                    self._full_resync = True
+                    n.cancel_scope.cancel()
+            finally:
+                for watch in watches:
+                    watch.cancel()
+            self.wake()
+
+    async def _tx_read_changes(self, tr: Transaction) -> tuple[bool, list[Any]]:
+        layout, role = self.w.layout, self.w.role
+        begin, end = layout.jobchange_range(role)
+        if self._last_change is not None:
+            begin = layout.jobchange_after(role, self._last_change)
+        kvs = await tr.get_range(begin, end, limit=1001)
+        watches = [
+            tr.watch(layout.jobs_epoch_key(role)),
+            tr.watch(layout.inbox_key(role, self.w.id)),
+        ]
+        if self._last_change is None:
+            # First read: everything will be read by the first full resync.
+            if kvs:
+                last = await tr.get_range(begin, end, limit=1, reverse=True)
+                self._last_change = layout.stamp_of_key(last[0].key)
+            return False, watches
+        if len(kvs) > 1000:
+            self._full_resync = True
+            last = await tr.get_range(begin, end, limit=1, reverse=True)
+            self._last_change = layout.stamp_of_key(last[0].key)
+            return True, watches
+        rv = await tr.get_read_version()
+        if stamp_version(self._last_change) < rv - int(
+            JOBCHANGE_RETENTION / 2 * VERSIONS_PER_SECOND
+        ):
+            self._full_resync = True  # we may have missed trimmed entries
+        for kv in kvs:
+            try:
+                obj = decode(kv.key, kv.value)
+                self._dirty_parts.add(int(obj["partition"]))
+            except (CorruptDataError, KeyError, ValueError):
+                self._full_resync = True
+            self._last_change = layout.stamp_of_key(kv.key)
+        return bool(kvs), watches
+
+    # -- reconcile ---------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        w = self.w
+        epoch_seen: bytes | None = None
+        while True:
+            self._wake = trio.Event()
+            if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
+                await self._stop_all(reason="fenced", release=False)
+                await w.wait_state_change()
+                self._full_resync = True
+                continue
+            if w.state is not WorkerState.ACTIVE or self._stopped_for_good:
+                await w.wait_state_change()
+                continue
+            m = w.membership
+            if m is None:
+                await self._wait_any(w.wait_membership)
+                continue
+            if m.epoch != epoch_seen:
+                self._full_resync = True
+                epoch_seen = m.epoch
+            try:
+                more = await self._reconcile(m)
+            except FDBError as e:
+                self.log.warning("reconcile_failed", error=e.name)
+                more = True
+            delay = self.claim_poll if more else None
+            await self._wait_any(w.wait_membership, w.wait_state_change, delay=delay)
+
+    async def _wait_any(
+        self, *waits: Callable[[], Awaitable[Any]], delay: float | None = None
+    ) -> None:
+        async with trio.open_nursery() as n:
+
+            async def one(fn: Callable[[], Awaitable[Any]]) -> None:
+                await fn()
+                n.cancel_scope.cancel()
+
+            for fn in waits:
+                n.start_soon(one, fn)
+            n.start_soon(one, self._wake.wait)
+            if delay is not None:
+                n.cancel_scope.deadline = trio.current_time() + delay
+
+    def _compute_assignment(self, m: Membership) -> Assignment:
+        weights = {wid: r.weight for wid, r in m.members.items() if not r.drain}
+        if not weights:
+            weights = {wid: r.weight for wid, r in m.members.items()}
+        cfg = self.w.role_config
+        return assign(weights, cfg.partitions if cfg else DEFAULT_PARTITIONS)
+
+    async def _reconcile(self, m: Membership) -> bool:
+        """One step towards the target; True if something is still pending."""
+        self._reconciles += 1
+        w = self.w
+        a = self._compute_assignment(m)
+        self.assignment = a
+        owned = frozenset(a.partitions_of(w.id))
+        if self._full_resync or owned != self._owned_parts:
+            read_parts: Iterable[int] = owned
+            self.target = {}
+        else:
+            read_parts = self._dirty_parts & owned
+        self._dirty_parts.clear()
+        self._full_resync = False
+        self._owned_parts = owned
+        read_parts = sorted(read_parts)
+        jobs, claims = await self._tx(self._tx_read, read_parts)
+        for p in read_parts:
+            for jid in [j for j, r in self.target.items() if r.partition == p]:
+                del self.target[jid]
+        self.target.update(jobs)
+        # Stop what we no longer own first, then start what we gained.
+        budget = self.max_moves if self.max_moves is not None else math.inf
+        lost = [j for j in self.running if j not in self.target]
+        stopped: set[str] = set()
+        for jid in lost:
+            if budget <= 0:
+                self._deferred += 1
+                continue
+            budget -= 1
+            r = self.running[jid]
+            new_owner = a.owner(r.job.partition)
+            await self._stop_one(jid, reason="moved", release=True, notify=new_owner)
+            stopped.add(jid)
+        started: set[str] = set()
+        pending = False
+        for jid, rec in sorted(self.target.items()):
+            if jid in self.running:
+                continue
+            if budget <= 0:
+                self._deferred += 1
+                pending = True
+                continue
+            if not w.lease_valid():
+                return True
+            outcome = await self._claim(rec, claims.get(jid))
+            if outcome.kind == "claimed" and outcome.token is not None:
+                budget -= 1
+                self._start(rec, outcome.token)
+                started.add(jid)
+            elif outcome.kind in ("held", "superseded"):
+                pending = True
+            elif outcome.kind == "not_member":
+                return True
+        if started or stopped:
+            ch = OwnershipChange(
+                frozenset(started), frozenset(stopped), frozenset(self.running), m.epoch
+            )
+            self.log.info(
+                "ownership_changed",
+                started=len(started),
+                stopped=len(stopped),
+                running=len(self.running),
+            )
+            for s in list(self._subscribers):
+                with suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    s.send_nowait(ch)
+        return pending or (self.max_moves is not None and budget <= 0)
+
+    async def _tx_read(
+        self, tr: Transaction, parts: list[int]
+    ) -> tuple[dict[str, JobRecord], dict[str, Claim]]:
+        return await tx_read_partitions(tr, self.w.layout, self.w.role, parts, snapshot=True)
+
+    async def _claim(self, rec: JobRecord, seen: Claim | None) -> ClaimOutcome:
+        w = self.w
+        now = trio.current_time()
+        take: set[str] = set()
+        if seen is not None and rec.id in self._pending:
+            holder_timeout = w.options.timeout
+            if now - self._pending[rec.id] >= holder_timeout:
+                take.add(seen.incarnation)
+        nonce = f"{self._rng.getrandbits(64):016x}"
+        stamps: list[VersionstampFuture] = []
+
+        async def attempt(tr: Transaction) -> ClaimOutcome:
+            out = await tx_claim(
+                tr,
+                w.layout,
+                w.role,
+                rec.partition,
+                rec.id,
+                w.id,
+                w.incarnation,
+                nonce,
+                frozenset(take),
+            )
+            stamps.clear()
+            if out.kind == "claimed" and out.token is None:
+                stamps.append(tr.get_versionstamp())
+            return out
+
+        out: ClaimOutcome = await self._tx(attempt)
+        if out.kind == "claimed":
+            self._pending.pop(rec.id, None)
+            self._claims += 1
+            token = out.token if out.token is not None else await stamps[0].get()
+            return ClaimOutcome("claimed", token)
+        if out.kind == "superseded":
+            self._pending.setdefault(rec.id, now)
+        elif out.kind == "held":
+            self._blocked += 1
+        return out
+
+    def _start(self, rec: JobRecord, token: bytes) -> None:
+        assert self._nursery is not None
+        job = Job(rec.id, self.w.role, rec.partition, rec.spec, rec.weight, token, self.w)
+        r = _Running(job, trio.CancelScope(), trio.Event())
+        self.running[rec.id] = r
+        self._started += 1
+        self.log.info("job_started", job=rec.id, token=token.hex())
+        self._nursery.start_soon(self._job_task, r)
+
+    async def _job_task(self, r: _Running) -> None:
+        lo, hi = self.restart_backoff
+        try:
+            with r.scope:
+                while True:
+                    try:
+                        await self.handler(r.job)
+                        self.log.info("job_handler_returned", job=r.job.id)
+                        await trio.sleep_forever()  # finished: stays owned until it moves
+                    except FencedError as e:
+                        self.log.warning("job_fenced", job=r.job.id, error=str(e))
+                        await trio.sleep_forever()
+                    except Exception as e:
+                        self._crashes += 1
+                        r.restarts += 1
+                        delay = min(hi, lo * 2 ** (r.restarts - 1)) * (0.5 + self._rng.random() / 2)
+                        self.log.error(
+                            "job_handler_crashed",
+                            job=r.job.id,
+                            error=repr(e),
+                            restarts=r.restarts,
+                            retry_in=round(delay, 3),
+                        )
+                        await trio.sleep(delay)
+        finally:
+            r.done.set()
+
+    async def _stop_one(
+        self, jid: str, *, reason: str, release: bool, notify: str | None = None
+    ) -> None:
+        r = self.running.get(jid)
+        if r is None:
+            return
+        r.job.stopping.set()
+        grace = self.grace if reason != "fenced" else min(self.grace, self.w.lease.margin / 2)
+        with trio.move_on_after(grace):
+            await r.done.wait()
+        r.scope.cancel()
+        await r.done.wait()
+        del self.running[jid]
+        self._stopped += 1
+        self.log.info("job_stopped", job=jid, reason=reason)
+        if release:
+            try:
+                await self._tx(
+                    tx_release,
+                    self.w.layout,
+                    self.w.role,
+                    r.job.partition,
+                    jid,
+                    self.w.id,
+                    self.w.incarnation,
+                    r.job.token,
+                    notify if notify != self.w.id else None,
+                )
+            except FDBError as e:
+                # The claim stays; the new owner takes it once we are evicted or rejoin.
+                self.log.warning("job_release_failed", job=jid, error=e.name)
+
+    async def _stop_all(self, *, reason: str, release: bool) -> None:
+        if not self.running:
+            return
+        async with trio.open_nursery() as n:
+            for jid in list(self.running):
+                n.start_soon(lambda j=jid: self._stop_one(j, reason=reason, release=release))
+
+    async def _stop_all_and_release(self, reason: str) -> None:
+        if reason in ("drained", "left"):
+            self._stopped_for_good = True
+        m = self.w.latest
+        notify_map: Assignment | None = None
+        if m is not None:
+            others = {
+                wid: r.weight for wid, r in m.members.items() if wid != self.w.id and not r.drain
+            }
+            if others:
+                cfg = self.w.role_config
+                notify_map = assign(others, cfg.partitions if cfg else DEFAULT_PARTITIONS)
+        async with trio.open_nursery() as n:
+            for jid, r in list(self.running.items()):
+                target = notify_map.owner(r.job.partition) if notify_map else None
+                n.start_soon(
+                    lambda j=jid, t=target: self._stop_one(j, reason=reason, release=True, notify=t)
+                )
+        self.target = {}
+        self._full_resync = True
+
+
+async def run_jobs(worker: Worker, handler: Handler, **options: Any) -> None:
+    """Run ``handler`` for every job ``worker`` owns until cancelled (see JobRunner)."""
+    runner = JobRunner(worker, handler, **options)
+    worker._runner = runner  # type: ignore[attr-defined]
+    await runner.run()
+
+
+async def add_job(
+    db: Database,
+    role: str,
+    job_id: str,
+    spec: Any = None,
+    *,
+    weight: float = 1.0,
+    root: str | bytes | tuple[str, ...] | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
+) -> bool:
+    """Add or update a job; True if anything changed. ``partitions`` applies only when
+    this call creates the role."""
+    validate_name("role", role)
+    layout = Layout.for_root(root)
+    _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
+    return bool(changed)
+
+
+async def remove_job(
+    db: Database, role: str, job_id: str, *, root: str | bytes | tuple[str, ...] | None = None
+) -> bool:
+    validate_name("role", role)
+    return bool(await db.transact(tx_remove_job, Layout.for_root(root), role, job_id))

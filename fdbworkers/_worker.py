@@ -1,0 +1,1022 @@
+"""The worker: registration, heartbeat, neighbour check, membership watch, settle,
+self-fencing, rejoin and graceful leave. A thin trio shell around the pure pieces
+(``_keys``, ``_ring``, ``_liveness``, ``_settle``, ``_membership``).
+
+Every transaction is a function taking the transaction as its first argument, run by the
+shared retry loop (``_db.run_transaction``) with a timeout, so nothing hangs forever.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import structlog
+import trio
+
+from ._db import Database, Transaction, run_transaction
+from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
+from ._keys import (
+    Layout,
+    MemberRecord,
+    RoleConfig,
+    check_layout,
+    encode,
+    epoch_value,
+    layout_value,
+    stamped_value,
+    validate_name,
+)
+from ._liveness import Lease, NeighbourTracker, default_check_interval, default_fence_margin
+from ._membership import Membership, MembershipChange, diff
+from ._ring import watched_neighbours
+from ._settle import Settler
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_PARTITIONS = 4096
+#: Versions advance about this many per second (FDB's VERSIONS_PER_SECOND).
+VERSIONS_PER_SECOND = 1_000_000
+DEFAULT_EVENT_RETENTION = 7 * 24 * 3600.0
+
+
+class WorkerState(enum.Enum):
+    """The worker's state machine (inspect ``worker.state``; ``wait_state`` waits)."""
+
+    STARTING = "starting"
+    #: Registered, lease valid: may run jobs.
+    ACTIVE = "active"
+    #: No heartbeat committed for ``timeout - fence_margin``: jobs must stop.
+    FENCED = "fenced"
+    #: Found its own record gone (evicted): re-registering as a new incarnation.
+    REJOINING = "rejoining"
+    #: Leaving gracefully (drain requested or exit).
+    DRAINING = "draining"
+    LEFT = "left"
+    #: Another process registered with the same worker id: this one stopped.
+    SUPERSEDED = "superseded"
+
+
+class WorkerSupersededError(FdbworkersError):
+    """Another process registered with this worker id; this one stopped its work."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Validated options of one worker in one role (see ``open_worker``)."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    weight: float = 1.0
+    settle: float = 2.0
+    settle_max: float | None = None
+    check_interval: float | None = None
+    fence_margin: float | None = None
+    poll_interval: float = 5.0
+    partitions: int = DEFAULT_PARTITIONS
+    event_retention: float = DEFAULT_EVENT_RETENTION
+    leave_timeout: float | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float) -> None:
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+
+        positive("timeout", self.timeout)
+        if self.timeout < 0.3:
+            raise ConfigError(f"timeout must be at least 0.3 s, got {self.timeout}")
+        if not isinstance(self.weight, int | float) or not (0 < self.weight < 1e6):
+            raise ConfigError(f"weight must be a number in (0, 1e6), got {self.weight!r}")
+        if not isinstance(self.settle, int | float) or self.settle < 0:
+            raise ConfigError(f"settle must be >= 0 seconds, got {self.settle!r}")
+        if self.settle_max is not None and self.settle_max < self.settle:
+            raise ConfigError("settle_max must be >= settle")
+        if self.check_interval is not None:
+            positive("check_interval", self.check_interval)
+            if self.check_interval > self.timeout:
+                raise ConfigError("check_interval must not exceed timeout")
+        if self.fence_margin is not None and not 0 < self.fence_margin < self.timeout * 2 / 3:
+            raise ConfigError(
+                "fence_margin must be between 0 and 2/3 of the timeout (heartbeats come "
+                f"every timeout/3), got {self.fence_margin!r}"
+            )
+        positive("poll_interval", self.poll_interval)
+        if not isinstance(self.partitions, int) or not 1 <= self.partitions <= 1_000_000:
+            raise ConfigError(f"partitions must be an integer in [1, 1e6], got {self.partitions!r}")
+        positive("event_retention", self.event_retention)
+        if not isinstance(self.meta, Mapping):
+            raise ConfigError("meta must be a mapping")
+        try:
+            encode({"meta": dict(self.meta)})
+        except Exception as e:
+            raise ConfigError(f"meta must be msgpack-serialisable: {e}") from e
+
+    @property
+    def effective_check_interval(self) -> float:
+        return self.check_interval or default_check_interval(self.timeout)
+
+    @property
+    def effective_fence_margin(self) -> float:
+        return self.fence_margin or default_fence_margin(self.timeout)
+
+    @property
+    def effective_settle_max(self) -> float:
+        return self.settle_max if self.settle_max is not None else max(self.settle * 5, 1.0)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.timeout / 3
+
+    @property
+    def op_timeout(self) -> float:
+        """The timeout of each transaction: no operation waits longer."""
+        return max(0.1, min(self.timeout / 3, 5.0))
+
+
+@dataclass(frozen=True)
+class WorkerStatistics:
+    """What operators ask about a worker (``worker.statistics()``)."""
+
+    role: str
+    worker_id: str
+    incarnation: str
+    state: str
+    epoch: str
+    members: int
+    heartbeats_sent: int
+    heartbeat_failures: int
+    heartbeat_latency_last: float
+    heartbeat_latency_max: float
+    lease_remaining: float
+    evictions_done: int
+    watch_fires: int
+    membership_reads: int
+    membership_changes_reported: int
+    polling: bool
+    fences: int
+    rejoins: int
+    corrupt_records: int
+
+
+def resolve_worker_id(worker_id: str | None, id_file: str | os.PathLike[str] | None) -> str:
+    """The worker id: given, or kept in ``id_file`` so a quick restart keeps it, or new."""
+    if worker_id is not None:
+        return validate_name("worker id", worker_id)
+    if id_file is not None:
+        path = Path(id_file)
+        try:
+            existing = path.read_text().strip()
+        except FileNotFoundError:
+            existing = ""
+        except OSError as e:
+            raise ConfigError(f"cannot read the worker id file {path}: {e}") from e
+        if existing:
+            return validate_name(f"worker id in {path}", existing)
+        new = new_worker_id()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(new + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            raise ConfigError(f"cannot write the worker id file {path}: {e}") from e
+        return new
+    return new_worker_id()
+
+
+def new_worker_id() -> str:
+    host = socket.gethostname().split(".")[0] or "worker"
+    return f"{host}-{uuid.uuid4().hex[:8]}"
+
+
+# --- transactions ---------------------------------------------------------------------
+
+
+async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions: int) -> RoleConfig:
+    """Check the layout version and create the role's config once (set at creation)."""
+    lv = await tr.get(layout.layout_key)
+    if check_layout(layout.layout_key, lv) is None:
+        tr.set(layout.layout_key, layout_value())
+    key = layout.role_key(role)
+    raw = await tr.get(key)
+    if raw is not None:
+        return RoleConfig.decode(key, raw)
+    cfg = RoleConfig(partitions, time.time())
+    tr.set(key, cfg.encode())
+    return cfg
+
+
+def write_event(tr: Transaction, layout: Layout, kind: str, role: str, **data: Any) -> None:
+    """Append to the audit log (a versionstamped key: ordered, never conflicting)."""
+    tr.set_versionstamped_key(
+        layout.event_key_template(),
+        encode({"type": kind, "role": role, "wall_time": time.time(), **data}),
+    )
+
+
+async def trim_events(tr: Transaction, layout: Layout, retention: float) -> None:
+    """Drop events older than ``retention`` seconds of cluster versions (a blind clear)."""
+    rv = await tr.get_read_version()
+    cut = rv - int(retention * VERSIONS_PER_SECOND)
+    if cut > 0:
+        begin, _ = layout.events_range()
+        tr.clear_range(begin, layout.events_before_version(cut))
+
+
+def bump_epoch(tr: Transaction, layout: Layout, role: str) -> None:
+    tr.set_versionstamped_value(layout.epoch_key(role), epoch_value())
+
+
+async def tx_register(
+    tr: Transaction, layout: Layout, role: str, record: MemberRecord, retention: float
+) -> MemberRecord:
+    """Write member record + health, bump the epoch, log the join. Blind writes only
+    (plus a snapshot read of our own record), so joins never conflict with each other."""
+    key = layout.member_key(role, record.wid)
+    old_raw = await tr.snapshot.get(key)
+    replaced = None
+    if old_raw is not None:
+        try:
+            old = MemberRecord.decode(record.wid, key, old_raw)
+        except CorruptDataError:
+            old = None
+        if old is not None and old.incarnation == record.incarnation:
+            return old  # an earlier attempt committed (1021): nothing more to do
+        replaced = old.incarnation if old is not None else None
+    rec = MemberRecord(**{**record.__dict__, "replaced": replaced})
+    tr.set(key, rec.encode())
+    tr.set_versionstamped_value(
+        layout.health_key(role, rec.wid),
+        stamped_value({"wall_time": time.time(), "incarnation": rec.incarnation}),
+    )
+    bump_epoch(tr, layout, role)
+    write_event(
+        tr,
+        layout,
+        "joined",
+        role,
+        worker=rec.wid,
+        incarnation=rec.incarnation,
+        replaced=replaced,
+        host=rec.host,
+        pid=rec.pid,
+        weight=rec.weight,
+        timeout=rec.timeout,
+    )
+    await trim_events(tr, layout, retention)
+    return rec
+
+
+async def tx_heartbeat(
+    tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str
+) -> MemberRecord | None:
+    """A blind versionstamped write of the health key, if our record is still ours.
+    The snapshot read of our record adds no conflict: a heartbeat never conflicts."""
+    key = layout.member_key(role, wid)
+    raw = await tr.snapshot.get(key)
+    if raw is None:
+        return None
+    rec = MemberRecord.decode(wid, key, raw)
+    if rec.incarnation != incarnation:
+        return rec
+    tr.set_versionstamped_value(
+        layout.health_key(role, wid),
+        stamped_value({"wall_time": time.time(), "incarnation": incarnation}),
+    )
+    return rec
+
+
+async def tx_read_membership(
+    tr: Transaction, layout: Layout, role: str, arm_for: str | None
+) -> tuple[Membership, list[bytes], int, list[Any]]:
+    """Membership at one read version; optionally arms watches (epoch key and our own
+    member key) in the same transaction, so no later change can be missed."""
+    epoch = await tr.get(layout.epoch_key(role)) or b""
+    begin, end = layout.members_range(role)
+    members: dict[str, MemberRecord] = {}
+    corrupt: list[bytes] = []
+    for kv in await tr.get_range(begin, end):
+        try:
+            wid = layout.unpack(kv.key)[-1]
+            members[str(wid)] = MemberRecord.decode(str(wid), kv.key, kv.value)
+        except CorruptDataError:
+            corrupt.append(kv.key)
+    watches: list[Any] = []
+    if arm_for is not None:
+        watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
+    rv = await tr.get_read_version()
+    return Membership(role, epoch, members), corrupt, rv, watches
+
+
+async def tx_read_health(
+    tr: Transaction, layout: Layout, role: str, wids: list[str]
+) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for wid in wids:
+        raw = await tr.get(layout.health_key(role, wid))
+        out[wid] = raw[:10] if raw is not None and len(raw) >= 10 else None
+    return out
+
+
+async def tx_evict(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    stamp: bytes | None,
+    by: str,
+    silent_for: float,
+    reason: str,
+    retention: float,
+) -> bool:
+    """Compare-and-clear: clear the member only if its stamp is still the one seen going
+    stale. The (non-snapshot) read of the health key makes a concurrent heartbeat
+    conflict with this transaction: a late heartbeat wins."""
+    hkey = layout.health_key(role, wid)
+    raw = await tr.get(hkey)
+    current = raw[:10] if raw is not None and len(raw) >= 10 else None
+    if current != stamp:
+        return False
+    mkey = layout.member_key(role, wid)
+    mraw = await tr.get(mkey)
+    if mraw is None:
+        return False
+    try:
+        rec = MemberRecord.decode(wid, mkey, mraw)
+        if rec.incarnation != incarnation:
+            return False
+    except CorruptDataError:
+        pass  # a corrupt record of a silent worker is evicted like any other
+    tr.clear(mkey)
+    tr.clear(hkey)
+    bump_epoch(tr, layout, role)
+    write_event(
+        tr,
+        layout,
+        "evicted",
+        role,
+        worker=wid,
+        incarnation=incarnation,
+        by=by,
+        reason=reason,
+        silent_for=round(silent_for, 3),
+    )
+    await trim_events(tr, layout, retention)
+    return True
+
+
+async def tx_leave(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    kind: str,
+    retention: float,
+) -> bool:
+    mkey = layout.member_key(role, wid)
+    raw = await tr.get(mkey)
+    if raw is None:
+        return False
+    try:
+        if MemberRecord.decode(wid, mkey, raw).incarnation != incarnation:
+            return False
+    except CorruptDataError:
+        pass
+    tr.clear(mkey)
+    tr.clear(layout.health_key(role, wid))
+    bump_epoch(tr, layout, role)
+    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation)
+    await trim_events(tr, layout, retention)
+    return True
+
+
+async def tx_event(
+    tr: Transaction, layout: Layout, kind: str, role: str, retention: float, **data: Any
+) -> None:
+    write_event(tr, layout, kind, role, **data)
+    await trim_events(tr, layout, retention)
+
+
+# --- the worker -----------------------------------------------------------------------
+
+
+class Worker:
+    """One worker in one role. Create it with :func:`open_worker` or :func:`run_worker`.
+
+    The worker registers, heartbeats every ``timeout/3``, checks its ring neighbours,
+    watches the membership and reports settled :class:`MembershipChange` s. It fences
+    itself (``state == FENCED``) when it cannot commit a heartbeat for ``timeout -
+    fence_margin``, rejoins as a new incarnation when it finds itself evicted, and
+    leaves gracefully when drained or closed.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        role: str,
+        worker_id: str,
+        options: WorkerOptions,
+        *,
+        root: str | bytes | tuple[str, ...] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.role = validate_name("role", role)
+        self.id = validate_name("worker id", worker_id)
+        self.options = options
+        self.layout = Layout.for_root(root)
+        self._rng = rng or random.Random()
+        self.incarnation = self._new_incarnation()
+        self.state = WorkerState.STARTING
+        self.role_config: RoleConfig | None = None
+        self.lease = Lease(options.timeout, options.effective_fence_margin)
+        self._tracker = NeighbourTracker()
+        self._settler = Settler(options.settle, options.effective_settle_max)
+        #: The latest membership read (unsettled): used for liveness.
+        self.latest: Membership | None = None
+        #: The last settled membership reported to the application.
+        self.membership: Membership | None = None
+        self._reported: Membership | None = None
+        self._state_event = trio.Event()
+        self._membership_event = trio.Event()
+        self._wake_reader = trio.Event()
+        self._wake_settle = trio.Event()
+        self._wake_heartbeat = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[MembershipChange]] = []
+        self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
+        self._body_scope: trio.CancelScope | None = None
+        self._replaced_seen_at: float | None = None
+        self.log = structlog.get_logger("fdbworkers").bind(
+            role=self.role, worker=self.id, incarnation=self.incarnation
+        )
+        # Statistics.
+        self._hb_sent = 0
+        self._hb_failures = 0
+        self._hb_latency_last = 0.0
+        self._hb_latency_max = 0.0
+        self._evictions = 0
+        self._watch_fires = 0
+        self._membership_reads = 0
+        self._changes_reported = 0
+        self._polling = False
+        self._fences = 0
+        self._rejoins = 0
+        self._corrupt = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.id!r} role={self.role!r} state={self.state.value} "
+            f"incarnation={self.incarnation[:8]} "
+            f"members={len(self.latest.members) if self.latest else 0}>"
+        )
+
+    # -- public surface ----------------------------------------------------------------
+
+    @property
+    def fenced(self) -> bool:
+        return self.state is not WorkerState.ACTIVE
+
+    def lease_valid(self) -> bool:
+        """True while this worker may run jobs (checked synchronously: a worker resumed
+        after a long pause sees its lease expired before anything else runs)."""
+        return self.state is WorkerState.ACTIVE and self.lease.valid(trio.current_time())
+
+    async def wait_state_change(self) -> WorkerState:
+        await self._state_event.wait()
+        return self.state
+
+    async def wait_membership(self) -> Membership:
+        """Wait for the next settled membership report."""
+        await self._membership_event.wait()
+        assert self.membership is not None
+        return self.membership
+
+    @asynccontextmanager
+    async def changes(
+        self, buffer: int = 64
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipChange]]:
+        """``async with worker.changes() as stream: async for change in stream: ...``
+
+        Every settled change is delivered in order; a consumer that falls ``buffer``
+        changes behind loses the oldest ones (the latest membership is always current
+        in ``worker.membership``)."""
+        send, recv = trio.open_memory_channel[MembershipChange](buffer)
+        self._subscribers.append(send)
+        if self.membership is not None:
+            send.send_nowait(diff(None, self.membership))
+        try:
+            async with recv:
+                yield recv
+        finally:
+            self._subscribers.remove(send)
+            send.close()
+
+    def on_stop_work(self, fn: Callable[[str], Awaitable[None]]) -> None:
+        """Register ``await fn(reason)``, called to stop all work before the worker leaves
+        (reason "drain"/"leave") and when it rejoins; on fencing, work must stop by
+        itself by watching ``state`` (no transaction can be trusted then)."""
+        self._work_stoppers.append(fn)
+
+    def statistics(self) -> WorkerStatistics:
+        now = trio.current_time()
+        return WorkerStatistics(
+            role=self.role,
+            worker_id=self.id,
+            incarnation=self.incarnation,
+            state=self.state.value,
+            epoch=(self.membership.epoch.hex() if self.membership else ""),
+            members=len(self.latest.members) if self.latest else 0,
+            heartbeats_sent=self._hb_sent,
+            heartbeat_failures=self._hb_failures,
+            heartbeat_latency_last=self._hb_latency_last,
+            heartbeat_latency_max=self._hb_latency_max,
+            lease_remaining=self.lease.remaining(now),
+            evictions_done=self._evictions,
+            watch_fires=self._watch_fires,
+            membership_reads=self._membership_reads,
+            membership_changes_reported=self._changes_reported,
+            polling=self._polling,
+            fences=self._fences,
+            rejoins=self._rejoins,
+            corrupt_records=self._corrupt,
+        )
+
+    async def drain(self) -> None:
+        """Leave gracefully now: stop work, release it, remove the records."""
+        await self._leave("drained")
+
+    async def run_jobs(self, handler: Callable[[Any], Awaitable[None]], **options: Any) -> None:
+        """Run ``await handler(job)`` in its own task for every job this worker owns,
+        until cancelled. See :class:`fdbworkers.JobRunner` for the options (grace,
+        max_moves, move_interval, restart_backoff, ...)."""
+        from ._jobs import run_jobs
+
+        await run_jobs(self, handler, **options)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _new_incarnation(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
+    def _set_state(self, state: WorkerState) -> None:
+        if state is self.state:
+            return
+        self.log.info("worker_state", old=self.state.value, new=state.value)
+        self.state = state
+        ev, self._state_event = self._state_event, trio.Event()
+        ev.set()
+
+    async def _tx(
+        self,
+        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        tr = self.db.create_transaction()
+        tr.set_timeout(self.options.op_timeout)
+        return await run_transaction(self.db, tr, fn, *args, **kwargs)
+
+    def _record(self) -> MemberRecord:
+        meta = dict(self.options.meta)
+        return MemberRecord(
+            wid=self.id,
+            incarnation=self.incarnation,
+            timeout=self.options.timeout,
+            weight=float(self.options.weight),
+            host=str(meta.pop("host", socket.gethostname())),
+            pid=int(meta.pop("pid", os.getpid())),
+            joined_at=time.time(),
+            meta=meta,
+        )
+
+    async def _register(self) -> None:
+        deadline_log = 0.0
+        while True:
+            try:
+                self.role_config = await self._tx(
+                    tx_ensure_role, self.layout, self.role, self.options.partitions
+                )
+                started = trio.current_time()
+                rec = await self._tx(
+                    tx_register,
+                    self.layout,
+                    self.role,
+                    self._record(),
+                    self.options.event_retention,
+                )
+                break
+            except FDBError as e:
+                if trio.current_time() >= deadline_log:
+                    self.log.warning("register_failed", error=str(e), code=e.code)
+                    deadline_log = trio.current_time() + 10
+                await trio.sleep(min(1.0, self.options.heartbeat_interval))
+        self.lease.renewed(started)
+        if rec.replaced:
+            # A previous incarnation with our id may still be running somewhere: its jobs
+            # are taken over only once its lease must have expired (see _jobs).
+            self._replaced_seen_at = trio.current_time()
+            self.log.info("replaced_incarnation", old=rec.replaced)
+        self._settler.changed(trio.current_time())
+        self._set_state(WorkerState.ACTIVE)
+        self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
+        self._wake_reader.set()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.options.heartbeat_interval
+        while True:
+            start = trio.current_time()
+            try:
+                rec = await self._tx(
+                    tx_heartbeat, self.layout, self.role, self.id, self.incarnation
+                )
+            except FDBError as e:
+                self._hb_failures += 1
+                self.log.warning("heartbeat_failed", error=e.name, code=e.code)
+                await trio.sleep(min(interval, 0.5 + self._rng.random() * 0.5))
+                continue
+            latency = trio.current_time() - start
+            self._hb_latency_last = latency
+            self._hb_latency_max = max(self._hb_latency_max, latency)
+            if rec is None or rec.incarnation != self.incarnation:
+                await self._lost_record(rec)
+                continue
+            self._hb_sent += 1
+            self.lease.renewed(start)
+            if self.state is WorkerState.FENCED and self.lease.valid(trio.current_time()):
+                self.log.info("unfenced")
+                self._set_state(WorkerState.ACTIVE)
+            if rec.drain and self.state is WorkerState.ACTIVE:
+                self._drain_requested()
+            self._wake_heartbeat = trio.Event()
+            with trio.move_on_at(start + interval):
+                await self._wake_heartbeat.wait()
+
+    async def _lease_watchdog(self) -> None:
+        while True:
+            now = trio.current_time()
+            if self.state is WorkerState.ACTIVE and not self.lease.valid(now):
+                self._fences += 1
+                self.log.warning(
+                    "self_fenced",
+                    reason="no heartbeat committed within timeout - margin",
+                    margin=self.lease.margin,
+                )
+                self._set_state(WorkerState.FENCED)
+                await self._emit_fence_event()
+            if self.state is WorkerState.ACTIVE:
+                await trio.sleep_until(self.lease.expires_at)
+            else:
+                await self.wait_state_change()
+
+    async def _emit_fence_event(self) -> None:
+        # Best effort: the cluster may be unreachable, which is why we fenced.
+        with trio.move_on_after(self.options.op_timeout):
+            with suppress(FDBError):
+                await self._tx(
+                    tx_event,
+                    self.layout,
+                    "self_fenced",
+                    self.role,
+                    self.options.event_retention,
+                    worker=self.id,
+                    incarnation=self.incarnation,
+                )
+
+    async def _lost_record(self, rec: MemberRecord | None) -> None:
+        if rec is not None and rec.incarnation != self.incarnation:
+            self.log.error(
+                "worker_superseded",
+                by_incarnation=rec.incarnation,
+                hint="another process registered with this worker id",
+            )
+            self._set_state(WorkerState.SUPERSEDED)
+            raise WorkerSupersededError(
+                f"worker id {self.id!r} in role {self.role!r} was taken over by incarnation "
+                f"{rec.incarnation}; stopping this one ({self.incarnation})"
+            )
+        if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
+            return
+        self.log.warning("found_self_evicted", action="stop work and rejoin")
+        self.lease.revoke()
+        self._set_state(WorkerState.REJOINING)
+        await self._stop_work("rejoin")
+        self._rejoins += 1
+        self.incarnation = self._new_incarnation()
+        self.log = self.log.bind(incarnation=self.incarnation)
+        await self._register()
+
+    async def _stop_work(self, reason: str) -> None:
+        for fn in list(self._work_stoppers):
+            await fn(reason)
+
+    def _drain_requested(self) -> None:
+        self.log.info("drain_requested")
+        self._set_state(WorkerState.DRAINING)
+
+    async def _membership_loop(self) -> None:
+        arm = True
+        while True:
+            self._wake_reader = trio.Event()
+            try:
+                m, corrupt, _rv, watches = await self._tx(
+                    tx_read_membership, self.layout, self.role, self.id if arm else None
+                )
+            except FDBError as e:
+                self.log.warning("membership_read_failed", error=e.name, code=e.code)
+                await trio.sleep(min(1.0, self.options.heartbeat_interval))
+                continue
+            self._membership_reads += 1
+            if corrupt:
+                self._corrupt += len(corrupt)
+                self.log.error("corrupt_member_records", keys=[k.hex() for k in corrupt])
+            old = self.latest
+            self.latest = m
+            if old is None or old.epoch != m.epoch or dict(old.members) != dict(m.members):
+                self._settler.changed(trio.current_time())
+                self._wake_settle.set()
+            mine = m.members.get(self.id)
+            if (mine is None or mine.incarnation != self.incarnation) and self.state in (
+                WorkerState.ACTIVE,
+                WorkerState.FENCED,
+            ):
+                self._wake_heartbeat.set()  # it finds out and rejoins (or stops)
+            if (
+                mine is not None
+                and mine.incarnation == self.incarnation
+                and mine.drain
+                and self.state in (WorkerState.ACTIVE, WorkerState.FENCED)
+            ):
+                self._drain_requested()
+            if watches:
+                arm = await self._wait_watches(watches)
+            else:
+                with trio.move_on_after(self.options.poll_interval):
+                    await self._wake_reader.wait()
+                arm = True
+
+    async def _wait_watches(self, watches: list[Any]) -> bool:
+        """Wait for either watch; returns whether to arm watches next time."""
+        fired: list[BaseException | None] = []
+        async with trio.open_nursery() as nursery:
+
+            async def one(w: Any) -> None:
+                try:
+                    await w.wait()
+                    fired.append(None)
+                except FDBError as e:
+                    fired.append(e)
+                nursery.cancel_scope.cancel()
+
+            for w in watches:
+                nursery.start_soon(one, w)
+        for w in watches:
+            w.cancel()
+        errors = [e for e in fired if isinstance(e, FDBError)]
+        if errors and any(e.code == 1032 for e in errors):
+            if not self._polling:
+                self.log.warning(
+                    "watch_limit_reached",
+                    action=f"polling membership every {self.options.poll_interval}s",
+                )
+            self._polling = True
+            await trio.sleep(self.options.poll_interval)
+            return True
+        if errors:
+            self.log.info("watch_failed", error=str(errors[0]))
+            await trio.sleep(0.05 + self._rng.random() * 0.1)
+        else:
+            self._watch_fires += 1
+            if self._polling:
+                self.log.info("watches_restored")
+            self._polling = False
+        return True
+
+    async def _settle_loop(self) -> None:
+        while True:
+            self._wake_settle = trio.Event()
+            deadline = self._settler.deadline()
+            if deadline is None:
+                await self._wake_settle.wait()
+                continue
+            with trio.move_on_at(deadline):
+                await self._wake_settle.wait()
+            if not self._settler.due(trio.current_time()) or self.latest is None:
+                continue
+            self._settler.reported()
+            self._report(self.latest)
+
+    def _report(self, m: Membership) -> None:
+        change = diff(self._reported, m)
+        self._reported = m
+        self.membership = m
+        if change.empty and self._changes_reported > 0:
+            return
+        self._changes_reported += 1
+        self.log = self.log.bind(epoch=m.epoch.hex())
+        self.log.info(
+            "membership_changed",
+            added=sorted(change.added),
+            removed=sorted(change.removed),
+            restarted=sorted(change.restarted),
+            members=len(m.members),
+        )
+        for ch in list(self._subscribers):
+            try:
+                ch.send_nowait(change)
+            except trio.WouldBlock:
+                self.log.warning("membership_subscriber_lagging")
+            except trio.BrokenResourceError:
+                pass
+        ev, self._membership_event = self._membership_event, trio.Event()
+        ev.set()
+
+    async def _check_loop(self) -> None:
+        interval = self.options.effective_check_interval
+        while True:
+            m = self.latest
+            now = trio.current_time()
+            if m is None or self.state is not WorkerState.ACTIVE or len(m.members) < 2:
+                await trio.sleep(interval)
+                continue
+            members = m.members
+
+            def suspect(
+                w: str, now: float = now, members: Mapping[str, MemberRecord] = members
+            ) -> bool:
+                rec = members.get(w)
+                return rec is not None and self._tracker.suspect(w, rec.timeout, now)
+
+            neighbours = watched_neighbours(self.id, [w for w in members if w != self.id], suspect)
+            self._tracker.retain(set(neighbours))
+            try:
+                stamps = await self._tx(tx_read_health, self.layout, self.role, neighbours)
+            except FDBError as e:
+                self.log.warning("neighbour_read_failed", error=e.name)
+                await trio.sleep(interval)
+                continue
+            now = trio.current_time()
+            next_due = now + interval
+            for wid in neighbours:
+                rec = members.get(wid)
+                if rec is None:
+                    continue
+                self._tracker.observe(wid, rec.incarnation, stamps.get(wid), now)
+                if self._tracker.stale(wid, rec.timeout, now):
+                    await self._evict(wid, rec, stamps.get(wid), self._tracker.silent_for(wid, now))
+                else:
+                    due = self._tracker.evict_due(wid, rec.timeout)
+                    if due is not None:
+                        next_due = min(next_due, due)
+            await trio.sleep_until(max(next_due, trio.current_time() + interval / 20))
+
+    async def _evict(
+        self, wid: str, rec: MemberRecord, stamp: bytes | None, silent_for: float
+    ) -> None:
+        try:
+            done = await self._tx(
+                tx_evict,
+                self.layout,
+                self.role,
+                wid,
+                rec.incarnation,
+                stamp,
+                self.id,
+                silent_for,
+                "heartbeat silent for longer than its timeout",
+                self.options.event_retention,
+            )
+        except FDBError as e:
+            self.log.warning("evict_failed", neighbour=wid, error=e.name)
+            return
+        if done:
+            self._evictions += 1
+            self.log.warning(
+                "neighbour_evicted",
+                neighbour=wid,
+                silent_for=round(silent_for, 3),
+                timeout=rec.timeout,
+            )
+            self._wake_reader.set()
+        else:
+            self.log.info("eviction_skipped", neighbour=wid, reason="heartbeat changed or gone")
+
+    async def _drain_watcher(self) -> None:
+        while self.state is not WorkerState.DRAINING:
+            await self.wait_state_change()
+        await self._leave("drained")
+        if self._body_scope is not None:
+            self._body_scope.cancel()
+
+    async def _leave(self, kind: str) -> None:
+        if self.state in (WorkerState.LEFT, WorkerState.SUPERSEDED):
+            return
+        self._set_state(WorkerState.DRAINING)
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + (
+                self.options.leave_timeout or max(self.options.timeout, 5.0)
+            )
+            await self._stop_work(kind)
+            try:
+                await self._tx(
+                    tx_leave,
+                    self.layout,
+                    self.role,
+                    self.id,
+                    self.incarnation,
+                    kind,
+                    self.options.event_retention,
+                )
+            except FDBError as e:
+                self.log.warning("leave_failed", error=e.name, hint="neighbours will evict us")
+        if scope.cancelled_caught:
+            self.log.warning("leave_timed_out", hint="neighbours will evict us")
+        self._set_state(WorkerState.LEFT)
+        self.log.info("left", kind=kind)
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._register()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._lease_watchdog)
+            nursery.start_soon(self._membership_loop)
+            nursery.start_soon(self._settle_loop)
+            nursery.start_soon(self._check_loop)
+            nursery.start_soon(self._drain_watcher)
+            task_status.started()
+
+
+def _make_options(options: WorkerOptions | None, overrides: dict[str, Any]) -> WorkerOptions:
+    if options is not None and overrides:
+        raise ConfigError("pass either options= or individual options, not both")
+    if options is not None:
+        return options
+    try:
+        return WorkerOptions(**overrides)
+    except TypeError as e:
+        raise ConfigError(str(e)) from e
+
+
+@asynccontextmanager
+async def open_worker(
+    db: Database,
+    role: str,
+    *,
+    worker_id: str | None = None,
+    id_file: str | os.PathLike[str] | None = None,
+    root: str | bytes | tuple[str, ...] | None = None,
+    options: WorkerOptions | None = None,
+    rng: random.Random | None = None,
+    **option_overrides: Any,
+) -> AsyncIterator[Worker]:
+    """Register a worker in ``role`` for the duration of the block::
+
+        async with open_worker(db, "replicator", timeout=10) as worker:
+            async with worker.changes() as changes:
+                async for change in changes:
+                    print(change.members)
+
+    On exit (normal, exception or cancellation) the worker leaves gracefully. When an
+    operator drains it, it leaves and the block is cancelled (the ``async with`` then
+    exits normally). Options: see :class:`WorkerOptions`.
+    """
+    opts = _make_options(options, option_overrides)
+    wid = resolve_worker_id(worker_id, id_file)
+    worker = Worker(db, role, wid, opts, root=root, rng=rng)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker._run)
+        try:
+            with trio.CancelScope() as body:
+                worker._body_scope = body
+                yield worker
+        finally:
+            worker._body_scope = None
+            await worker._leave("left")
+            nursery.cancel_scope.cancel()
+
+
+async def run_worker(
+    db: Database,
+    role: str,
+    *,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+    **kwargs: Any,
+) -> None:
+    """The nursery form: ``worker = await nursery.start(run_worker, db, role)``; runs
+    until cancelled or drained, then leaves gracefully."""
+    async with open_worker(db, role, **kwargs) as worker:
+        task_status.started(worker)
+        await trio.sleep_forever()
