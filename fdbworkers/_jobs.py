@@ -366,6 +366,8 @@ class _Running:
     scope: trio.CancelScope
     done: trio.Event
     restarts: int = 0
+    #: Set once the job was stopped, removed and (if asked) released.
+    stopped: trio.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -717,9 +719,13 @@ class JobRunner:
                 while True:
                     try:
                         await self.handler(r.job)
+                        if r.job.stopping.is_set():
+                            return
                         self.log.info("job_handler_returned", job=r.job.id)
                         await trio.sleep_forever()  # finished: stays owned until it moves
                     except FencedError as e:
+                        if r.job.stopping.is_set():
+                            return
                         self.log.warning("job_fenced", job=r.job.id, error=str(e))
                         await trio.sleep_forever()
                     except Exception as e:
@@ -743,31 +749,39 @@ class JobRunner:
         r = self.running.get(jid)
         if r is None:
             return
-        r.job.stopping.set()
-        grace = self.grace if reason != "fenced" else min(self.grace, self.w.lease.margin / 2)
-        with trio.move_on_after(grace):
+        if r.stopped is not None:  # someone else is stopping it: wait for them
+            await r.stopped.wait()
+            return
+        r.stopped = trio.Event()
+        try:
+            r.job.stopping.set()
+            grace = self.grace if reason != "fenced" else min(self.grace, self.w.lease.margin / 2)
+            with trio.move_on_after(grace):
+                await r.done.wait()
+            r.scope.cancel()
             await r.done.wait()
-        r.scope.cancel()
-        await r.done.wait()
-        del self.running[jid]
-        self._stopped += 1
-        self.log.info("job_stopped", job=jid, reason=reason)
-        if release:
-            try:
-                await self._tx(
-                    tx_release,
-                    self.w.layout,
-                    self.w.role,
-                    r.job.partition,
-                    jid,
-                    self.w.id,
-                    self.w.incarnation,
-                    r.job.token,
-                    notify if notify != self.w.id else None,
-                )
-            except FDBError as e:
-                # The claim stays; the new owner takes it once we are evicted or rejoin.
-                self.log.warning("job_release_failed", job=jid, error=e.name)
+            self._stopped += 1
+            self.log.info("job_stopped", job=jid, reason=reason)
+            if release:
+                try:
+                    await self._tx(
+                        tx_release,
+                        self.w.layout,
+                        self.w.role,
+                        r.job.partition,
+                        jid,
+                        self.w.id,
+                        self.w.incarnation,
+                        r.job.token,
+                        notify if notify != self.w.id else None,
+                    )
+                except FDBError as e:
+                    # The claim stays; the new owner takes it once we are evicted or rejoin.
+                    self.log.warning("job_release_failed", job=jid, error=e.name)
+        finally:
+            if self.running.get(jid) is r:
+                del self.running[jid]
+            r.stopped.set()
 
     async def _stop_all(self, *, reason: str, release: bool) -> None:
         if not self.running:

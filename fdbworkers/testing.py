@@ -1,0 +1,214 @@
+"""Test and simulation helpers: many workers in one process, a ledger of job runs that
+checks "at most one runner" (G3) as it happens, and a seeded fault simulation on the
+embedded engine's virtual clock (:class:`Simulation`).
+
+Users can test their own handlers with it::
+
+    async def test_my_handler(autojump_clock):
+        sim = Simulation(seed=1, workers=5, jobs=100)
+        report = await sim.run(duration=300, handler=my_handler)
+        report.raise_for_violations()
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ._db import Database
+from ._errors import FencedError
+from ._jobs import Job, JobRunner
+from ._worker import Worker, WorkerOptions, WorkerState
+
+Handler = Callable[[Job], Awaitable[None]]
+
+
+async def idle_handler(job: Job) -> None:
+    """A job that runs until stopped, checking its lease like a careful handler."""
+    while True:
+        job.check()
+        await trio.sleep(0.5)
+
+
+@dataclass
+class Run:
+    job: str
+    worker: str
+    incarnation: str
+    token: bytes
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class Violation:
+    time: float
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"t={self.time:.3f} {self.kind}: {self.detail}"
+
+
+@dataclass
+class RunLedger:
+    """Every handler run: start and end time (on the event loop's clock) and token.
+
+    G3 is checked at each start: no other run of the same job may be active on a worker
+    whose lease is still valid, and tokens of a job only increase."""
+
+    runs: list[Run] = field(default_factory=list)
+    active: dict[str, list[tuple[Run, Worker]]] = field(default_factory=dict)
+    last_token: dict[str, bytes] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    starts: int = 0
+
+    def started(self, job: Job, worker: Worker) -> Run:
+        now = trio.current_time()
+        self.starts += 1
+        for other, ow in self.active.get(job.id, []):
+            if ow is not worker and ow.lease_valid():
+                self.violations.append(
+                    Violation(
+                        now,
+                        "G3 two runners",
+                        f"job {job.id} started on {worker.id} (token {job.token.hex()}) while "
+                        f"running on {other.worker} (token {other.token.hex()}) with a valid lease",
+                    )
+                )
+        last = self.last_token.get(job.id)
+        if last is not None and job.token <= last:
+            self.violations.append(
+                Violation(now, "G3 token order", f"job {job.id} token {job.token.hex()} <= {last.hex()}")
+            )
+        self.last_token[job.id] = job.token
+        run = Run(job.id, worker.id, worker.incarnation, job.token, now)
+        self.runs.append(run)
+        self.active.setdefault(job.id, []).append((run, worker))
+        return run
+
+    def ended(self, run: Run) -> None:
+        run.end = trio.current_time()
+        lst = self.active.get(run.job, [])
+        self.active[run.job] = [(r, w) for r, w in lst if r is not run]
+
+    def running_on(self, job_id: str) -> list[str]:
+        return [w.id for r, w in self.active.get(job_id, []) if w.lease_valid()]
+
+
+class FleetWorker:
+    """A worker and its job runner under a cancel scope of their own: ``crash()``
+    cancels both without leaving (as kill -9 would), ``stop()`` leaves gracefully."""
+
+    def __init__(self, fleet: Fleet, wid: str, db: Database, options: WorkerOptions) -> None:
+        self.fleet = fleet
+        self.id = wid
+        self.db = db
+        self.options = options
+        self.worker: Worker | None = None
+        self.runner: JobRunner | None = None
+        self._scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+        self.crashed = False
+        self.error: BaseException | None = None
+
+    async def _main(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        f = self.fleet
+        w = Worker(self.db, f.role, self.id, self.options, root=f.root, rng=random.Random(f.rng.random()))
+        self.worker = w
+        ledger = f.ledger
+        user_handler = f.handler
+
+        async def handler(job: Job) -> None:
+            run = ledger.started(job, w)
+            try:
+                await user_handler(job)
+            finally:
+                ledger.ended(run)
+
+        self.runner = JobRunner(w, handler, grace=f.grace, rng=random.Random(f.rng.random()), **f.runner_options)
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as n:
+                    await n.start(w._run)
+                    n.start_soon(self.runner.run)
+                    task_status.started()
+                    await trio.sleep_forever()
+        except FencedError:
+            raise
+        except Exception as e:  # a worker that dies of an error is reported, not hidden
+            self.error = e
+        finally:
+            self._done.set()
+
+    def crash(self) -> None:
+        """Vanish without leaving: no more heartbeats, jobs cancelled at once."""
+        self.crashed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def stop(self) -> None:
+        """Leave gracefully (drain)."""
+        if self.worker is not None and self.worker.state is WorkerState.ACTIVE:
+            await self.worker.drain()
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._done.wait()
+
+    @property
+    def alive(self) -> bool:
+        return not self._done.is_set()
+
+
+class Fleet:
+    """Several workers of one role in this process, sharing a ledger of job runs."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        db_for: Callable[[str], Database],
+        *,
+        role: str = "sim",
+        root: str | bytes | tuple[str, ...] | None = "fdbworkers-test",
+        options: WorkerOptions | None = None,
+        handler: Handler = idle_handler,
+        grace: float = 0.2,
+        rng: random.Random | None = None,
+        runner_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.nursery = nursery
+        self.db_for = db_for
+        self.role = role
+        self.root = root
+        self.options = options or WorkerOptions(timeout=3.0, settle=0.5)
+        self.handler = handler
+        self.grace = grace
+        self.rng = rng or random.Random(0)
+        self.runner_options = runner_options or {}
+        self.ledger = RunLedger()
+        self.workers: dict[str, FleetWorker] = {}
+
+    async def start(self, wid: str, options: WorkerOptions | None = None) -> FleetWorker:
+        fw = FleetWorker(self, wid, self.db_for(wid), options or self.options)
+        self.workers[wid] = fw
+        await self.nursery.start(fw._main)
+        return fw
+
+    def live(self) -> list[FleetWorker]:
+        return [fw for fw in self.workers.values() if fw.alive]
+
+    def owners(self) -> dict[str, list[str]]:
+        """job -> the workers running it right now (with a valid lease)."""
+        out: dict[str, list[str]] = {}
+        for fw in self.live():
+            if fw.runner is None:
+                continue
+            for jid in fw.runner.running:
+                if fw.worker is not None and fw.worker.lease_valid():
+                    out.setdefault(jid, []).append(fw.id)
+        return out
