@@ -3,6 +3,7 @@
 This module is the whole public API; everything else lives in private modules.
 """
 
+from ._connect import open_database
 from ._db import (
     Database,
     DatabaseStatistics,
@@ -24,7 +25,6 @@ from ._errors import (
     FencedError,
     LayoutError,
 )
-
 from ._jobs import (
     Job,
     JobRecord,
@@ -57,21 +57,21 @@ __all__ = [
     "FDBError",
     "FdbworkersError",
     "FencedError",
-    "KeySelector",
-    "KeyValue",
-    "LayoutError",
-    "MutationType",
-    "ReadTransaction",
-    "Transaction",
-    "VersionstampFuture",
-    "Watch",
     "Job",
     "JobRecord",
     "JobRunner",
+    "KeySelector",
+    "KeyValue",
+    "LayoutError",
     "Membership",
     "MembershipChange",
+    "MutationType",
     "OwnershipChange",
+    "ReadTransaction",
     "RunnerStatistics",
+    "Transaction",
+    "VersionstampFuture",
+    "Watch",
     "Worker",
     "WorkerOptions",
     "WorkerState",
@@ -79,6 +79,7 @@ __all__ = [
     "WorkerSupersededError",
     "__version__",
     "add_job",
+    "open_database",
     "open_worker",
     "remove_job",
     "run_worker",

@@ -325,6 +325,11 @@ class Job:
     stopping: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
+    def db(self) -> Database:
+        """The database of the worker running this job."""
+        return self._worker.db
+
+    @property
     def token_version(self) -> int:
         return stamp_version(self.token)
 

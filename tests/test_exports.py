@@ -1,0 +1,26 @@
+"""The public API is exactly what fdbworkers/__init__.py re-exports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import fdbworkers
+
+
+def test_all_names_exist_and_are_public() -> None:
+    for name in fdbworkers.__all__:
+        assert hasattr(fdbworkers, name), name
+    public = {n for n in dir(fdbworkers) if not n.startswith("_")}
+    # Submodules imported as a side effect are not API, except the documented one.
+    modules = {n for n in public if type(getattr(fdbworkers, n)).__name__ == "module"}
+    assert public - modules - {"annotations"} <= set(fdbworkers.__all__)
+    assert modules <= {"testing", "cli"}
+
+
+def test_import_does_not_load_libfdb_c() -> None:
+    code = (
+        "import sys, fdbworkers, fdbworkers.testing\n"
+        "assert 'fdb.impl' not in sys.modules, sorted(m for m in sys.modules if m.startswith('fdb'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
