@@ -1,0 +1,252 @@
+"""Shared fixtures: one database fixture over both backends, and the clocks they need.
+
+``db`` is parametrized over ``engine`` (the embedded engine, on trio's virtual clock:
+``MockClock(autojump_threshold=0)``) and ``fdb`` (a real FoundationDB cluster named by
+``FDB_CLUSTER_FILE``, on the real clock, marked ``real_fdb``; skipped with the reason
+when there is no cluster or no libfdb_c). ``prefix`` is a fresh random key prefix per
+test; on the real cluster it is cleared after the test. ``engine`` gives an embedded
+engine directly, ``real_db`` a real-cluster database directly.
+
+The clock is chosen per test item: every async test whose backend is the engine (or that
+uses the ``engine`` fixture) runs under ``trio.run(..., clock=MockClock(autojump))``
+unless it asks for a clock fixture itself; every real-cluster test runs on the real
+clock (autojump would skip over real waits for the cluster) under a wall-clock deadline
+of ``REAL_TEST_DEADLINE`` seconds, so a hung cluster fails the test instead of the run.
+This is done with pytest-trio's own ``pytest.mark.trio(run=...)`` marker, prepended at
+collection.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from fdbworkers._db import Database
+
+#: Wall-clock limit of one real-cluster test, fixtures included.
+REAL_TEST_DEADLINE = 120.0
+
+BACKENDS = [
+    pytest.param("engine", id="engine"),
+    pytest.param("fdb", id="fdb", marks=pytest.mark.real_fdb),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Is a real cluster here?
+# --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def real_cluster_unavailable() -> str | None:
+    """None when real-cluster tests can run, else the reason they are skipped."""
+    if not os.environ.get("FDB_CLUSTER_FILE"):
+        return (
+            "no real FoundationDB cluster: FDB_CLUSTER_FILE is not set "
+            "(./scripts/test starts a local one from ../shared/fdb)"
+        )
+    from fdbworkers._errors import FdbworkersError
+    from fdbworkers._fdb import fdb_client_info, resolve_cluster_file
+
+    try:
+        resolve_cluster_file()
+        fdb_client_info()
+    except FdbworkersError as e:
+        return f"real FoundationDB cluster unusable: {e}"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Clocks: virtual for the engine, real for the cluster
+# --------------------------------------------------------------------------------------
+
+TrioRun = Callable[..., Any]
+
+
+def _virtual_clock_run(
+    fn: Callable[[], Awaitable[Any]],
+    *,
+    clock: trio.abc.Clock | None = None,
+    instruments: Any = (),
+) -> Any:
+    if clock is None:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(fn, clock=clock, instruments=instruments)
+
+
+def _real_clock_run(
+    fn: Callable[[], Awaitable[Any]],
+    *,
+    clock: trio.abc.Clock | None = None,
+    instruments: Any = (),
+) -> Any:
+    if isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold != math.inf:
+        raise pytest.UsageError(
+            "a real-cluster test cannot run on trio's autojump clock: it would jump "
+            "over the waits for the cluster"
+        )
+
+    async def with_deadline() -> Any:
+        with trio.fail_after(REAL_TEST_DEADLINE):
+            return await fn()
+
+    return trio.run(with_deadline, clock=clock, instruments=instruments)
+
+
+def _backend_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "backend" in callspec.params:
+        return str(callspec.params["backend"])
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        backend = _backend_of(item)
+        if "real_db" in fixtures and item.get_closest_marker("real_fdb") is None:
+            item.add_marker(pytest.mark.real_fdb)
+        real = item.get_closest_marker("real_fdb") is not None
+        if real:
+            reason = real_cluster_unavailable()
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+        fn = getattr(item, "obj", None)
+        if not inspect.iscoroutinefunction(fn):
+            continue
+        has_own_run = any(m.kwargs.get("run") for m in item.iter_markers("trio"))
+        if has_own_run and not any(
+            m.kwargs.get("run") is trio.run for m in item.iter_markers("trio")
+        ):
+            continue  # the test chose its own runner
+        if real or backend == "fdb":
+            item.add_marker(pytest.mark.trio(run=_real_clock_run), append=False)
+        elif backend == "engine" or "engine" in fixtures:
+            item.add_marker(pytest.mark.trio(run=_virtual_clock_run), append=False)
+
+
+# --------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """``engine`` or ``fdb``: which backend this run of the test uses."""
+    return str(request.param)
+
+
+async def _open_engine_database() -> Database:
+    from fdbworkers._engine import Engine
+
+    opened: Any = Engine().open_database()
+    if inspect.isawaitable(opened):
+        opened = await opened
+    assert isinstance(opened, Database)
+    return opened
+
+
+def _open_real_database() -> Database:
+    reason = real_cluster_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    from fdbworkers._fdb import open_fdb
+
+    return open_fdb()
+
+
+@pytest.fixture
+async def db(backend: str) -> AsyncIterator[Database]:
+    """A database of the test's backend: a fresh embedded engine, or the real cluster."""
+    database = await _open_engine_database() if backend == "engine" else _open_real_database()
+    try:
+        yield database
+    finally:
+        await database.aclose()
+
+
+@pytest.fixture
+async def real_db() -> AsyncIterator[Database]:
+    """A real-cluster database (the test is marked ``real_fdb`` automatically)."""
+    database = _open_real_database()
+    try:
+        yield database
+    finally:
+        await database.aclose()
+
+
+@pytest.fixture
+async def engine() -> Any:
+    """An embedded engine of its own, for engine-only tests (on the virtual clock)."""
+    from fdbworkers._engine import Engine
+
+    return Engine()
+
+
+@pytest.fixture
+async def prefix(request: pytest.FixtureRequest) -> AsyncIterator[bytes]:
+    """A random key prefix of this test; on the real cluster it is cleared afterwards."""
+    p = b"fdbworkers-test/%016x/" % random.getrandbits(64)
+    yield p
+    real = _backend_of(request.node) == "fdb" or request.node.get_closest_marker("real_fdb")
+    if real and real_cluster_unavailable() is None:
+        await clear_real_prefix(p)
+
+
+async def clear_real_prefix(p: bytes) -> None:
+    from fdbworkers._db import Transaction, strinc
+    from fdbworkers._fdb import open_fdb
+
+    cleaner = open_fdb()
+    cleaner.default_timeout = 10.0
+
+    async def clear(tr: Transaction) -> None:
+        tr.clear_range(p, strinc(p))
+
+    try:
+        await cleaner.transact(clear)
+    finally:
+        await cleaner.aclose()
+
+
+# --------------------------------------------------------------------------------------
+# How many tests ran on the real cluster
+# --------------------------------------------------------------------------------------
+
+_real_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "real_fdb" not in report.keywords:
+        return
+    previous = _real_outcomes.get(report.nodeid)
+    if report.failed:
+        _real_outcomes[report.nodeid] = "failed"
+    elif report.skipped and previous is None:
+        _real_outcomes[report.nodeid] = "skipped"
+    elif report.when == "call" and report.passed and previous is None:
+        _real_outcomes[report.nodeid] = "passed"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _real_outcomes:
+        return
+    counts = {
+        k: sum(1 for v in _real_outcomes.values() if v == k)
+        for k in ("passed", "failed", "skipped")
+    }
+    where = os.environ.get("FDB_CLUSTER_FILE") or "no FDB_CLUSTER_FILE"
+    terminalreporter.write_sep("-", "real FoundationDB cluster")
+    terminalreporter.write_line(
+        f"real-cluster tests ({where}): {counts['passed']} passed, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped"
+    )
