@@ -1,0 +1,569 @@
+"""The real backend itself: loading libfdb_c, version fit, addresses, the future bridge,
+an unreachable cluster. (Its semantics are pinned by tests/contract on both backends.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fdbworkers._connect import ClusterAddress, open_database, parse_cluster_address
+from fdbworkers._db import Database, Transaction
+from fdbworkers._errors import BackendUnavailableError, ConfigError, FDBError
+from fdbworkers._fdb import (
+    Versionstamp,
+    _Bridge,
+    check_version_fit,
+    pack,
+    pack_with_versionstamp,
+    resolve_cluster_file,
+    tuple_range,
+    unpack,
+)
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def _run_python(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env if env is not None else dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _env_without_libfdb_c() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LD_LIBRARY_PATH", None)
+    return env
+
+
+def _libfdb_c_findable_without_ld_path() -> bool:
+    found = _run_python(
+        """
+        import ctypes.util, json, os
+        import fdb
+        here = os.path.dirname(fdb.__file__)
+        beside = os.path.exists(os.path.join(here, "libfdb_c.so"))
+        print(json.dumps({"found": bool(ctypes.util.find_library("fdb_c")) or beside}))
+        """,
+        _env_without_libfdb_c(),
+    )
+    return bool(found["found"])
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> str:
+    """A cluster file that points at a closed port on 127.0.0.1."""
+    path = tmp_path / "unreachable.cluster"
+    path.write_text(f"test:unreachable@127.0.0.1:{_closed_port()}\n")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------
+# Importing never loads libfdb_c; a clear error without it
+# --------------------------------------------------------------------------------------
+
+
+def test_import_does_not_load_libfdb_c() -> None:
+    result = _run_python(
+        """
+        import json, sys
+        import fdbworkers, fdbworkers._fdb, fdbworkers._connect
+        from fdbworkers._fdb import Versionstamp, pack, pack_with_versionstamp, unpack
+        key = pack(("a", 1, Versionstamp(b"\\x01" * 10, 3)))
+        template = pack_with_versionstamp(("log", Versionstamp.incomplete(1)))
+        maps = open("/proc/self/maps").read()
+        print(json.dumps({
+            "loaded": "libfdb_c" in maps,
+            "impl": "fdb.impl" in sys.modules,
+            "roundtrip": unpack(key) == ("a", 1, Versionstamp(b"\\x01" * 10, 3)),
+            "template": template.hex(),
+        }))
+        """,
+        _env_without_libfdb_c(),
+    )
+    assert result["loaded"] is False
+    assert result["impl"] is False
+    assert result["roundtrip"] is True
+    # 0x02 "log" 0x00, 0x33, 10 x 0xff + user version 1, then the offset of the 0xff (6)
+    assert result["template"] == "026c6f6700" + "33" + "ff" * 10 + "0001" + "06000000"
+
+
+def test_missing_libfdb_c_gives_a_clear_error(cluster_file: str) -> None:
+    if _libfdb_c_findable_without_ld_path():
+        pytest.skip("libfdb_c is installed system-wide here: cannot test its absence")
+    result = _run_python(
+        f"""
+        import json
+        from fdbworkers._errors import BackendUnavailableError
+        from fdbworkers._fdb import open_fdb
+        from fdbworkers._connect import open_database
+        out = {{}}
+        for name, fn in [("open_fdb", lambda: open_fdb({cluster_file!r})),
+                         ("open_database", lambda: open_database("fdb:{cluster_file}"))]:
+            try:
+                fn()
+                out[name] = None
+            except BackendUnavailableError as e:
+                out[name] = str(e)
+        print(json.dumps(out))
+        """,
+        _env_without_libfdb_c(),
+    )
+    for message in result.values():
+        assert message is not None
+        assert "libfdb_c" in message
+        assert "foundationdb-clients" in message
+        assert "LD_LIBRARY_PATH" in message
+        assert "memory" in message  # the embedded engine as the alternative
+
+
+# --------------------------------------------------------------------------------------
+# Version fit
+# --------------------------------------------------------------------------------------
+
+FIT = {
+    "binding_version": "7.3.79",
+    "header_api_version": 730,
+    "library_max_api_version": 730,
+    "library_version": "7.3.79",
+    "api_version": 730,
+}
+
+
+def test_version_fit_accepts_the_supported_combination() -> None:
+    check_version_fit(**FIT)  # type: ignore[arg-type]
+    check_version_fit(**{**FIT, "api_version": 710})  # type: ignore[arg-type]
+    check_version_fit(**{**FIT, "selected_api_version": 730})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "mentions"),
+    [
+        ({"binding_version": "8.0.2", "header_api_version": 800}, ["8.0.2", "7.3"]),
+        ({"binding_version": "7.1.61", "header_api_version": 710}, ["7.1.61", "7.3"]),
+        ({"library_max_api_version": 710, "library_version": "7.1.3"}, ["730", "710", "7.1.3"]),
+        ({"api_version": 740}, ["740", "730"]),
+        ({"api_version": 520}, ["520"]),
+        ({"selected_api_version": 720}, ["720", "730"]),
+    ],
+)
+def test_version_misfit_names_both_versions(change: dict[str, Any], mentions: list[str]) -> None:
+    with pytest.raises(BackendUnavailableError) as info:
+        check_version_fit(**{**FIT, **change})
+    for text in mentions:
+        assert text in str(info.value)
+
+
+@pytest.mark.real_fdb
+def test_newer_binding_header_is_refused_by_the_real_library(cluster_file: str) -> None:
+    """A binding that announces API 740 (like the 8.x line) against libfdb_c 7.3."""
+    result = _run_python(
+        f"""
+        import json
+        import fdb
+        fdb.LATEST_API_VERSION = 740
+        from fdbworkers._errors import BackendUnavailableError
+        from fdbworkers._fdb import open_fdb
+        try:
+            open_fdb({cluster_file!r})
+            print(json.dumps({{"error": None}}))
+        except BackendUnavailableError as e:
+            print(json.dumps({{"error": str(e)}}))
+        """
+    )
+    assert result["error"] is not None
+    assert "740" in result["error"] and "730" in result["error"]
+
+
+@pytest.mark.real_fdb
+def test_one_api_version_per_process(cluster_file: str) -> None:
+    result = _run_python(
+        f"""
+        import json
+        from fdbworkers._errors import BackendUnavailableError
+        from fdbworkers._fdb import open_fdb
+        open_fdb({cluster_file!r})
+        try:
+            open_fdb({cluster_file!r}, api_version=720)
+            print(json.dumps({{"error": None}}))
+        except BackendUnavailableError as e:
+            print(json.dumps({{"error": str(e)}}))
+        """
+    )
+    assert result["error"] is not None
+    assert "720" in result["error"] and "730" in result["error"]
+
+
+# --------------------------------------------------------------------------------------
+# Cluster files and addresses
+# --------------------------------------------------------------------------------------
+
+
+def test_resolve_cluster_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster_file: str
+) -> None:
+    assert resolve_cluster_file(cluster_file) == cluster_file
+    monkeypatch.setenv("FDB_CLUSTER_FILE", cluster_file)
+    assert resolve_cluster_file() == cluster_file
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_cluster_file(str(tmp_path / "nope.cluster"))
+    monkeypatch.setenv("FDB_CLUSTER_FILE", str(tmp_path / "gone.cluster"))
+    with pytest.raises(ConfigError, match="FDB_CLUSTER_FILE"):
+        resolve_cluster_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("memory", ClusterAddress("memory")),
+        ("memory:", ClusterAddress("memory")),
+        ("MEMORY", ClusterAddress("memory")),
+        ("sim://127.0.0.1:4500", ClusterAddress("sim", host="127.0.0.1", port=4500)),
+        ("sim://localhost:1/", ClusterAddress("sim", host="localhost", port=1)),
+        ("sim://[::1]:4500", ClusterAddress("sim", host="::1", port=4500)),
+        ("fdb", ClusterAddress("fdb")),
+        ("fdb:", ClusterAddress("fdb")),
+        (
+            "fdb:/etc/foundationdb/fdb.cluster",
+            ClusterAddress("fdb", "/etc/foundationdb/fdb.cluster"),
+        ),
+    ],
+)
+def test_parse_cluster_address(text: str, expected: ClusterAddress) -> None:
+    assert parse_cluster_address(text) == expected
+    assert parse_cluster_address(str(expected)) == expected
+
+
+def test_a_cluster_file_path_is_an_address(cluster_file: str) -> None:
+    assert parse_cluster_address(cluster_file) == ClusterAddress("fdb", cluster_file)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("memory:foo", "takes no argument"),
+        ("sim://", "expected sim://HOST:PORT"),
+        ("sim://host", "port is missing"),
+        ("sim://:4500", "host is missing"),
+        ("sim://host:0", "not 1..65535"),
+        ("sim://host:70000", "not 1..65535"),
+        ("sim://host:http", "not 1..65535"),
+        ("sim:host:1", "expected sim://HOST:PORT"),
+        ("fdb://host:4500", "cluster file"),
+        ("redis://x", "unknown cluster address scheme"),
+        ("/no/such/fdb.cluster", "neither a known form nor a file"),
+    ],
+)
+def test_bad_cluster_addresses(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_cluster_address(text)
+
+
+def test_a_folder_is_not_a_cluster_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="folder"):
+        parse_cluster_address(str(tmp_path))
+
+
+def test_open_database_without_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FDBWORKERS_CLUSTER", raising=False)
+    monkeypatch.delenv("FDB_CLUSTER_FILE", raising=False)
+    with pytest.raises(ConfigError, match="FDBWORKERS_CLUSTER") as info:
+        open_database()
+    assert "memory" in str(info.value) and "FDB_CLUSTER_FILE" in str(info.value)
+    monkeypatch.setenv("FDBWORKERS_CLUSTER", "sim://h:1")
+    with pytest.raises(ConfigError, match="not available yet"):
+        open_database()
+    monkeypatch.setenv("FDBWORKERS_CLUSTER", "bogus://")
+    with pytest.raises(ConfigError, match="unknown cluster address scheme"):
+        open_database()
+
+
+def test_open_database_falls_back_to_fdb_cluster_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FDBWORKERS_CLUSTER", raising=False)
+    monkeypatch.setenv("FDB_CLUSTER_FILE", str(tmp_path / "missing.cluster"))
+    # it chose the real backend: the error is about that cluster file
+    with pytest.raises(ConfigError, match=r"missing\.cluster"):
+        open_database()
+
+
+def test_open_database_memory_is_a_fresh_engine() -> None:
+    from fdbworkers import _engine
+
+    if not hasattr(_engine, "Engine"):
+        pytest.skip("the embedded engine is not here yet")
+
+    async def write(tr: Transaction) -> None:
+        tr.set(b"k", b"v")
+
+    async def get(tr: Transaction) -> bytes | None:
+        return await tr.get(b"k")
+
+    async def main() -> None:
+        a, b = open_database("memory"), open_database("memory:")
+        assert a.backend == b.backend == "engine"
+        await a.transact(write)
+        assert await a.transact(get) == b"v"
+        assert await b.transact(get) is None  # each 'memory' is its own engine
+        await a.aclose()
+        await b.aclose()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --------------------------------------------------------------------------------------
+# The tuple layer (pure)
+# --------------------------------------------------------------------------------------
+
+ELEMENTS = st.one_of(
+    st.none(),
+    st.binary(max_size=20),
+    st.text(max_size=20),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.booleans(),
+    st.builds(Versionstamp, st.binary(min_size=10, max_size=10), st.integers(0, 65535)),
+)
+
+
+@given(st.lists(ELEMENTS, max_size=6).map(tuple))
+def test_tuple_roundtrip(t: tuple[Any, ...]) -> None:
+    assert unpack(pack(t)) == t
+    assert unpack(pack(t, prefix=b"p/"), prefix_len=2) == t
+
+
+@given(st.lists(st.integers(-1000, 1000), min_size=2, max_size=2))
+def test_tuple_order_is_preserved(pair: list[int]) -> None:
+    a, b = pair
+    assert (pack((a,)) < pack((b,))) == (a < b)
+
+
+def test_tuple_range_covers_extensions() -> None:
+    begin, end = tuple_range(("a",))
+    assert begin < pack(("a", 1)) < end
+    assert not begin <= pack(("b",)) < end
+    assert not begin <= pack(("a",)) < end  # the tuple itself is not an extension
+
+
+def test_unpack_returns_our_versionstamp() -> None:
+    (vs,) = unpack(pack((Versionstamp(b"\x00" * 9 + b"\x01", 2),)))
+    assert type(vs) is Versionstamp
+    assert vs.to_bytes() == b"\x00" * 9 + b"\x01" + b"\x00\x02"
+    assert Versionstamp.incomplete(5).completed(b"\x02" * 10) == Versionstamp(b"\x02" * 10, 5)
+    assert repr(vs).startswith("Versionstamp(")
+
+
+def test_pack_rejects_non_tuples_and_incomplete_stamps() -> None:
+    with pytest.raises(TypeError):
+        pack(["a"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Incomplete"):
+        pack(("a", Versionstamp.incomplete()))
+    with pytest.raises(ValueError, match="No incomplete"):
+        pack_with_versionstamp(("a",))
+
+
+# --------------------------------------------------------------------------------------
+# The future bridge (with a stand-in future: no libfdb_c needed)
+# --------------------------------------------------------------------------------------
+
+
+class FakeFuture:
+    """Behaves like an FDB future: one on_ready callback, called inline if ready."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.cancelled = False
+        self.callbacks = 0
+        self._callback: Callable[[Any], None] | None = None
+        self._lock = threading.Lock()
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def on_ready(self, callback: Callable[[Any], None]) -> None:
+        with self._lock:
+            assert self._callback is None, "libfdb_c allows one callback per future"
+            self.callbacks += 1
+            if not self.ready:
+                self._callback = callback
+                return
+        callback(self)
+
+    def set_ready(self) -> None:
+        with self._lock:
+            self.ready = True
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback(self)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.set_ready()
+
+
+async def test_bridge_wakes_from_another_thread() -> None:
+    fut = FakeFuture()
+    bridge = _Bridge(fut)
+    before = threading.active_count()
+    timer = threading.Timer(0.05, fut.set_ready)  # stands in for FDB's network thread
+    timer.start()
+    with trio.fail_after(5):
+        await bridge.wait(cancel_on_abort=True)
+    timer.join()
+    assert fut.callbacks == 1
+    assert not fut.cancelled
+    assert threading.active_count() <= before + 1  # no thread of ours per call
+
+
+async def test_bridge_of_a_ready_future_returns_at_once() -> None:
+    fut = FakeFuture()
+    fut.ready = True
+    await _Bridge(fut).wait(cancel_on_abort=True)
+    assert fut.callbacks == 0
+
+
+async def test_bridge_callback_fired_inline_while_registering() -> None:
+    class ReadyOnRegister(FakeFuture):
+        def on_ready(self, callback: Callable[[Any], None]) -> None:
+            self.ready = True
+            super().on_ready(callback)
+
+    fut = ReadyOnRegister()
+    with trio.fail_after(5):
+        await _Bridge(fut).wait(cancel_on_abort=True)
+    assert fut.callbacks == 1
+
+
+async def test_cancelled_waiter_cancels_the_future() -> None:
+    fut = FakeFuture()
+    with trio.move_on_after(0.05):
+        await _Bridge(fut).wait(cancel_on_abort=True)
+    assert fut.cancelled
+
+
+async def test_cancelled_watch_waiter_keeps_the_future() -> None:
+    fut = FakeFuture()
+    bridge = _Bridge(fut)
+    with trio.move_on_after(0.05):
+        await bridge.wait(cancel_on_abort=False)
+    assert not fut.cancelled
+    # waiting again registers no second callback
+    threading.Timer(0.05, fut.set_ready).start()
+    with trio.fail_after(5):
+        await bridge.wait(cancel_on_abort=False)
+    assert fut.callbacks == 1
+
+
+def test_callback_after_the_run_finished_is_harmless() -> None:
+    fut = FakeFuture()
+
+    async def main() -> None:
+        with trio.move_on_after(0.01):
+            await _Bridge(fut).wait(cancel_on_abort=False)
+
+    trio.run(main)
+    fut.set_ready()  # the trio run is over: RunFinishedError is swallowed
+
+
+# --------------------------------------------------------------------------------------
+# The real library: an unreachable cluster, cancellation, a closed handle
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.real_fdb
+async def test_unreachable_cluster_fails_with_1031_within_the_timeout(cluster_file: str) -> None:
+    from fdbworkers._fdb import open_fdb
+
+    start = trio.current_time()
+    db = open_fdb(cluster_file)
+    assert trio.current_time() - start < 1.0  # open_fdb returns at once
+    db.default_timeout = 1.0
+
+    async def read(tr: Transaction) -> bytes | None:
+        return await tr.get(b"k")
+
+    start = trio.current_time()
+    with trio.fail_after(15), pytest.raises(FDBError) as info:
+        await db.transact(read)
+    assert info.value.code == 1031
+    assert 0.9 <= trio.current_time() - start < 5.0
+    await db.aclose()
+
+
+@pytest.mark.real_fdb
+async def test_cancelling_a_read_on_an_unreachable_cluster_returns_promptly(
+    cluster_file: str,
+) -> None:
+    from fdbworkers._fdb import open_fdb
+
+    db = open_fdb(cluster_file)
+    tr = db.create_transaction()
+    start = trio.current_time()
+    with trio.move_on_after(0.2) as scope:
+        await tr.get(b"k")
+    assert scope.cancelled_caught
+    assert trio.current_time() - start < 2.0
+    await db.aclose()
+
+
+async def test_closed_handle_refuses_new_transactions(real_db: Database) -> None:
+    await real_db.aclose()
+    await real_db.aclose()  # idempotent
+    with pytest.raises(FDBError) as info:
+        real_db.create_transaction()
+    assert info.value.code == 2000
+    assert "closed" in repr(real_db)
+
+
+async def test_real_database_options(real_db: Database) -> None:
+    assert real_db.backend == "fdb"
+    real_db.set_max_watches(100)
+    with pytest.raises(ConfigError):
+        real_db.set_max_watches(2_000_000)
+    tr = real_db.create_transaction()
+    with pytest.raises(ConfigError):
+        tr.set_timeout(-1)
+    with pytest.raises(ConfigError):
+        tr.set_retry_limit(-2)
+    with pytest.raises(TypeError):
+        tr.set("k", b"v")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        await tr.get_range(b"a", b"b", limit=-1)
+    tr.set_timeout(1e-6)  # rounds up to 1 ms, not 0 (which would disable it)
+    await trio.sleep(0.05)
+    with pytest.raises(FDBError) as info:
+        await tr.get(b"k")
+    assert info.value.code == 1031
