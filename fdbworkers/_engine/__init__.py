@@ -1,0 +1,31 @@
+"""The embedded engine: FoundationDB's semantics in this process, on trio's clock.
+
+``Engine`` is one "cluster" (data, versions, conflicts, watches, faults); each
+``engine.open_database()`` is a client handle implementing :class:`fdbworkers.Database`.
+See docs/_engine.md for what it models and what it does not.
+"""
+
+from ._database import (
+    Engine,
+    EngineDatabase,
+    EngineStatistics,
+    EngineTransaction,
+    EngineVersionstampFuture,
+    EngineWatch,
+)
+from ._faults import FaultPlan, Latency
+from ._store import MVCC_WINDOW, VERSIONS_PER_SECOND, Store
+
+__all__ = [
+    "MVCC_WINDOW",
+    "VERSIONS_PER_SECOND",
+    "Engine",
+    "EngineDatabase",
+    "EngineStatistics",
+    "EngineTransaction",
+    "EngineVersionstampFuture",
+    "EngineWatch",
+    "FaultPlan",
+    "Latency",
+    "Store",
+]
