@@ -1,7 +1,10 @@
 """Shared fixtures: one database fixture over both backends, and the clocks they need.
 
 ``db`` is parametrized over ``engine`` (the embedded engine, on trio's virtual clock:
-``MockClock(autojump_threshold=0)``) and ``fdb`` (a real FoundationDB cluster named by
+``MockClock(autojump_threshold=0)``), ``remote`` (the same engine served by a
+``fdbworkers._devserver.DevServer`` in the test's nursery, reached by a
+``RemoteDatabase`` over an in-memory stream: the dev server protocol, on the virtual
+clock too) and ``fdb`` (a real FoundationDB cluster named by
 ``FDB_CLUSTER_FILE``, on the real clock, marked ``real_fdb``; skipped with the reason
 when there is no cluster or no libfdb_c). ``prefix`` is a fresh random key prefix per
 test; on the real cluster it is cleared after the test. ``engine`` gives an embedded
@@ -18,6 +21,7 @@ collection.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -37,6 +41,9 @@ REAL_TEST_DEADLINE = 120.0
 
 BACKENDS = [
     pytest.param("engine", id="engine"),
+    # The engine behind the dev server protocol (fdbworkers._remote <-> _devserver),
+    # over an in-memory stream, so it runs on the virtual clock too.
+    pytest.param("remote", id="remote"),
     pytest.param("fdb", id="fdb", marks=pytest.mark.real_fdb),
 ]
 
@@ -130,7 +137,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue  # the test chose its own runner
         if real or backend == "fdb":
             item.add_marker(pytest.mark.trio(run=_real_clock_run), append=False)
-        elif backend == "engine" or "engine" in fixtures:
+        elif backend in ("engine", "remote") or "engine" in fixtures:
             item.add_marker(pytest.mark.trio(run=_virtual_clock_run), append=False)
 
 
@@ -141,7 +148,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """``engine`` or ``fdb``: which backend this run of the test uses."""
+    """``engine``, ``remote`` (the engine behind the dev server protocol) or ``fdb``:
+    which backend this run of the test uses."""
     return str(request.param)
 
 
@@ -164,10 +172,25 @@ def _open_real_database() -> Database:
     return open_fdb()
 
 
+async def _open_remote_database(nursery: trio.Nursery) -> Database:
+    from fdbworkers._devserver import DevServer
+    from fdbworkers._remote import RemoteDatabase
+
+    server = DevServer()
+    await nursery.start(functools.partial(server.run, listen=False))
+    return RemoteDatabase("memory", 0, connector=server.connect_in_memory)
+
+
 @pytest.fixture
-async def db(backend: str) -> AsyncIterator[Database]:
-    """A database of the test's backend: a fresh embedded engine, or the real cluster."""
-    database = await _open_engine_database() if backend == "engine" else _open_real_database()
+async def db(backend: str, nursery: trio.Nursery) -> AsyncIterator[Database]:
+    """A database of the test's backend: a fresh embedded engine, the same behind the
+    dev server's protocol, or the real cluster."""
+    if backend == "engine":
+        database = await _open_engine_database()
+    elif backend == "remote":
+        database = await _open_remote_database(nursery)
+    else:
+        database = _open_real_database()
     try:
         yield database
     finally:
