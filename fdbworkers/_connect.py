@@ -5,15 +5,21 @@ Addresses (the CLI's ``--cluster``, ``FDBWORKERS_CLUSTER``):
 ``memory`` or ``memory:``
     a fresh embedded engine in this process (its data lives as long as the handle).
 ``sim://HOST:PORT``
-    the embedded engine served by ``fdbworkers dev-server`` on another process.
+    the embedded engine served by ``fdbworkers devserver`` (``fdbworkers._devserver``)
+    in another process, so that several processes share one database; a
+    :class:`~fdbworkers._remote.RemoteDatabase` (backend ``"remote-engine"``). It
+    connects on first use; when the server goes away, operations fail with 1026
+    ``connection_failed`` and a later transaction reconnects.
 ``fdb``, ``fdb:`` or ``fdb:PATH``
     a real FoundationDB cluster through libfdb_c; without PATH the cluster file is
     ``FDB_CLUSTER_FILE``, else ``/etc/foundationdb/fdb.cluster``.
 a path to a cluster file
     the same as ``fdb:PATH``.
 
-Without an address, ``FDBWORKERS_CLUSTER`` is used, else ``FDB_CLUSTER_FILE`` (a real
-cluster), else :class:`ConfigError` explains the choices.
+Without an address, the environment variable ``FDBWORKERS_CLUSTER`` is used (any of
+the forms above, e.g. ``FDBWORKERS_CLUSTER=sim://127.0.0.1:4700`` to point every
+process of a demo at one dev server), else ``FDB_CLUSTER_FILE`` (a real cluster), else
+:class:`ConfigError` explains the choices.
 """
 
 from __future__ import annotations
@@ -136,10 +142,10 @@ def open_database(cluster: str | None = None) -> Database:
 
         return Engine().open_database()
     if address.kind == "sim":
-        raise ConfigError(
-            f"cluster address {address}: the dev-server client is not available yet "
-            f"in this version; use 'memory' or a real cluster"
-        )
+        from ._remote import RemoteDatabase
+
+        assert address.host is not None and address.port is not None
+        return RemoteDatabase(address.host, address.port)
     from ._fdb import open_fdb
 
     return open_fdb(address.cluster_file)
