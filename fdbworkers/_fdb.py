@@ -527,10 +527,11 @@ class FdbWatch(Watch):
 
     @property
     def done(self) -> bool:
-        return self._bridge.ready
+        # libfdb_c completes a cancelled future on its network thread, a moment later.
+        return self._cancelled or self._bridge.ready
 
     def __repr__(self) -> str:
-        state = "done" if self.done else ("cancelled" if self._cancelled else "pending")
+        state = "cancelled" if self._cancelled else ("done" if self.done else "pending")
         return f"<FdbWatch key={self.key!r} {state}>"
 
 
