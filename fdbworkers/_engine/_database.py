@@ -93,6 +93,14 @@ class EngineStatistics:
     watches_fired: int = 0
     reads_by_op: dict[str, int] = field(default_factory=dict)
 
+    def add(self, other: EngineStatistics) -> None:
+        """Add ``other``'s counters to these."""
+        for f in fields(self):
+            if f.name != "reads_by_op":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for op, n in other.reads_by_op.items():
+            self.reads_by_op[op] = self.reads_by_op.get(op, 0) + n
+
     def snapshot(self) -> EngineStatistics:
         copy = EngineStatistics(
             **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "reads_by_op"}
@@ -134,8 +142,16 @@ class Engine:
         self._clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.faults = faults if faults is not None else FaultPlan()
-        self.stats = EngineStatistics()
         self.store = Store(self.now)
+        self._handles: list[EngineDatabase] = []
+
+    @property
+    def stats(self) -> EngineStatistics:
+        """Counters of all handles of this engine (a snapshot: read it again later)."""
+        total = EngineStatistics()
+        for db in self._handles:
+            total.add(db.engine_stats)
+        return total
 
     def now(self) -> float:
         """The engine's clock, in seconds."""
@@ -149,7 +165,9 @@ class Engine:
 
     def open_database(self, name: str = "client") -> EngineDatabase:
         """A client handle of this engine."""
-        return EngineDatabase(self, name)
+        db = EngineDatabase(self, name)
+        self._handles.append(db)
+        return db
 
     def dump_snapshot(self) -> tuple[int, list[tuple[bytes, bytes]]]:
         """(last commit version, latest key-values in key order): what a dev server
@@ -169,10 +187,7 @@ class Engine:
         return faults.draw_latency(self.rng, op)
 
     def __repr__(self) -> str:
-        return (
-            f"<Engine version={self.store.last_commit_version} "
-            f"commits={self.stats.transactions_committed}>"
-        )
+        return f"<Engine version={self.store.last_commit_version} handles={len(self._handles)}>"
 
 
 class EngineDatabase(Database):
@@ -238,14 +253,15 @@ class EngineDatabase(Database):
         await trio.lowlevel.checkpoint()
 
     def _count_read(self, op: str, keys: int, nbytes: int) -> None:
-        for s in (self.engine.stats, self.engine_stats):
-            s.reads_by_op[op] = s.reads_by_op.get(op, 0) + 1
-            s.keys_read += keys
-            s.bytes_read += nbytes
+        s = self.engine_stats
+        by_op = s.reads_by_op
+        by_op[op] = by_op.get(op, 0) + 1
+        s.keys_read += keys
+        s.bytes_read += nbytes
 
     def _count(self, name: str, n: int = 1) -> None:
-        for s in (self.engine.stats, self.engine_stats):
-            setattr(s, name, getattr(s, name) + n)
+        s = self.engine_stats
+        setattr(s, name, getattr(s, name) + n)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -511,7 +527,7 @@ class EngineTransaction(Transaction):
         self._db = db
         self._engine = db.engine
         self._store = db.engine.store
-        self._snapshot = _SnapshotView(self)
+        self._snapshot: _SnapshotView | None = None
         self.maybe_committed = False
         try:
             self._created: float | None = self._engine.now()
@@ -650,12 +666,20 @@ class EngineTransaction(Transaction):
                 if partitioned:
                     db._waiting.discard(self)
 
+    async def _network(self, op: str, gen: int) -> None:
+        """One network round trip of operation ``op`` (latency, partition, timeout)."""
+        if self._engine.faults.latency is None and not self._db._partitioned:
+            await trio.lowlevel.checkpoint()
+            if gen != self._gen or self._reset_code is not None or self._deadline is not None:
+                self._check_alive(gen)
+            return
+        await self._wait(self._engine._latency(op), gen)
+
     async def _ensure_read_version(self, gen: int) -> _Reader:
         if self._reader is None:
             engine = self._engine
-            lat = engine._latency("get_read_version")
-            if lat > 0 or self._db._partitioned:
-                await self._wait(lat, gen)
+            if engine.faults.latency is not None or self._db._partitioned:
+                await self._wait(engine._latency("get_read_version"), gen)
             if self._reader is None:
                 rv = self._store.read_version()
                 self._rv = rv
@@ -690,7 +714,10 @@ class EngineTransaction(Transaction):
     # -- reads -------------------------------------------------------------------------
     @property
     def snapshot(self) -> ReadTransaction:
-        return self._snapshot
+        view = self._snapshot
+        if view is None:
+            view = self._snapshot = _SnapshotView(self)
+        return view
 
     async def get(self, key: bytes) -> bytes | None:
         return await self._get(key, False)
@@ -727,9 +754,17 @@ class EngineTransaction(Transaction):
         return self._rv
 
     async def _get(self, key: bytes, snapshot: bool) -> bytes | None:
-        _check_key(key)
+        if type(key) is not bytes:
+            _check_key(key)
         gen = self._gen
-        code = self._read_error()
+        code = None
+        if (
+            self._deferred is not None
+            or self._commit_started
+            or self._reset_code is not None
+            or self._deadline is not None
+        ):
+            code = self._read_error()
         if code is None and key >= MAX_KEY:
             code = 2004
         if code is not None:
@@ -740,8 +775,10 @@ class EngineTransaction(Transaction):
             return None
         self._in_flight += 1
         try:
-            reader = await self._ensure_read_version(gen)
-            await self._wait(self._engine._latency("get"), gen)
+            reader = self._reader
+            if reader is None:
+                reader = await self._ensure_read_version(gen)
+            await self._network("get", gen)
             value = self._rw.get(reader, key, snapshot)
         except FDBError as e:
             if e.code == 1007:
@@ -765,8 +802,10 @@ class EngineTransaction(Transaction):
             raise FDBError(code)
         self._in_flight += 1
         try:
-            reader = await self._ensure_read_version(gen)
-            await self._wait(self._engine._latency("get_key"), gen)
+            reader = self._reader
+            if reader is None:
+                reader = await self._ensure_read_version(gen)
+            await self._network("get_key", gen)
             key = self._rw.get_key(reader, selector, snapshot)
         except FDBError as e:
             if e.code == 1007:
@@ -798,8 +837,10 @@ class EngineTransaction(Transaction):
             raise FDBError(code)
         self._in_flight += 1
         try:
-            reader = await self._ensure_read_version(gen)
-            await self._wait(self._engine._latency("get_range"), gen)
+            reader = self._reader
+            if reader is None:
+                reader = await self._ensure_read_version(gen)
+            await self._network("get_range", gen)
             rows = self._rw.get_range(reader, b, e, limit, reverse, snapshot)
         except FDBError as exc:
             if exc.code == 1007:
@@ -995,16 +1036,22 @@ class EngineTransaction(Transaction):
                 await self._wait_reads(gen)
             mutations, writes, reads, size = self._rw.commit_request()
             if not mutations and not writes:
-                await self._wait(0.0, gen, network=False)
-                db._count("read_only_commits")
+                await trio.lowlevel.checkpoint()
+                self._check_alive(gen)
+                db.engine_stats.read_only_commits += 1
                 self._committed(None)
                 return
             if size > MAX_TRANSACTION_SIZE:
                 raise FDBError(2101)
             faults = engine.faults
             rng = engine.rng
-            latency = engine._latency("commit")
-            await self._wait(latency / 2, gen)
+            fast = faults.latency is None and not db._partitioned
+            latency = 0.0 if fast else engine._latency("commit")
+            if fast:
+                await trio.lowlevel.checkpoint()
+                self._check_alive(gen)
+            else:
+                await self._wait(latency / 2, gen)
             p = faults.conflict_probability
             if reads and p > 0 and rng.random() < p:
                 raise FDBError(1020)  # a spurious conflict
@@ -1016,7 +1063,9 @@ class EngineTransaction(Transaction):
                 raise FDBError(1021)
             result = self._apply(reads, writes, mutations)
             self._committed_version = result.version
-            if await self._wait(latency / 2, gen):
+            if fast and not db._partitioned:
+                self._check_alive(gen)
+            elif await self._wait(latency / 2, gen):
                 raise FDBError(1021)  # the reply was lost in the partition
             self._committed(result)
         except FDBError as e:
@@ -1040,10 +1089,10 @@ class EngineTransaction(Transaction):
         nbytes = 0
         for _, k, p in mutations:
             nbytes += len(k) + (len(p) if p is not None else 0)
-        db = self._db
-        db._count("transactions_committed")
-        db._count("keys_written", len(mutations))
-        db._count("bytes_written", nbytes)
+        st = self._db.engine_stats
+        st.transactions_committed += 1
+        st.keys_written += len(mutations)
+        st.bytes_written += nbytes
         return result
 
     def _committed(self, result: CommitResult | None) -> None:

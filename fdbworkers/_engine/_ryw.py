@@ -102,6 +102,10 @@ class RangeSet:
         return out
 
 
+#: The shared empty RangeSet of a fresh write map (never added to).
+_NO_RANGES: Final = RangeSet()
+
+
 class _Entry:
     """The write map's state of one key.
 
@@ -145,8 +149,8 @@ class WriteMap:
     def __init__(self) -> None:
         self.points: dict[bytes, _Entry] = {}
         self._point_keys: list[bytes] = []  # sorted keys of ``points``
-        self.clears = RangeSet()
-        self.unreadable = RangeSet()
+        self.clears = _NO_RANGES  # replaced by a RangeSet of its own on first use
+        self.unreadable = _NO_RANGES
         self.vs_keys: list[tuple[bytes, bytes, bytes]] = []  # (range begin, key, value)
         self.read_conflicts: list[KeyRange] = []
         self.write_conflicts: list[KeyRange] = []
@@ -200,6 +204,8 @@ class WriteMap:
             for k in keys[i:j]:
                 del points[k]
             del keys[i:j]
+        if self.clears is _NO_RANGES:
+            self.clears = RangeSet()
         self.clears.add(begin, end)
         if self.unreadable:
             self.unreadable.remove(begin, end)
@@ -238,6 +244,8 @@ class WriteMap:
     def set_versionstamped_key(self, key: bytes, value: bytes, read_version: int | None) -> None:
         begin, end = versionstamp_key_range(key, read_version)
         if begin < end:
+            if self.unreadable is _NO_RANGES:
+                self.unreadable = RangeSet()
             self.unreadable.add(begin, end)
             keys = self._point_keys
             for k in keys[bisect_left(keys, begin) : bisect_left(keys, end)]:
@@ -486,8 +494,8 @@ class WriteMap:
 
     # -- commit ------------------------------------------------------------------------
     def commit_request(self) -> tuple[list[Mutation], list[KeyRange], list[KeyRange], int]:
-        """(mutations, sorted write conflict ranges, sorted read conflict ranges, size
-        in bytes as FDB counts it for the 10 MB limit)."""
+        """(mutations, write conflict ranges, sorted and disjoint read conflict ranges,
+        size in bytes as FDB counts it for the 10 MB limit)."""
         mutations: list[Mutation] = []
         writes: list[KeyRange] = list(self.write_conflicts)
         size = 0
@@ -513,8 +521,8 @@ class WriteMap:
         for _, key, value in self.vs_keys:
             mutations.append((SET_VERSIONSTAMPED_KEY, key, value))
             size += len(key) + len(value)
-        writes = merge_ranges(writes)
-        reads = merge_ranges(self.read_conflicts)
+        rc = self.read_conflicts
+        reads = rc if len(rc) <= 1 else merge_ranges(rc)
         for rb, re in writes:
             size += len(rb) + len(re)
         for rb, re in reads:
