@@ -1,0 +1,273 @@
+"""The generic ``--exec`` job handler: programs in any language as job runners.
+
+``fdbworkers worker --role R --exec CMD`` runs CMD once per job this worker owns, with
+the job in its environment:
+
+==============================  ===============================================
+``FDBWORKERS_JOB_ID``           the job id
+``FDBWORKERS_JOB_SPEC``         the spec as JSON (bytes as ``{"$bytes": base64}``)
+``FDBWORKERS_FENCING_TOKEN``    the claim's versionstamp, 20 hex digits; increases
+                                with every new owner of the job
+``FDBWORKERS_TOKEN_VERSION``    its commit version (an integer, same order)
+``FDBWORKERS_ROLE``             the role
+``FDBWORKERS_WORKER_ID``        this worker's id (``FDBWORKERS_INCARNATION`` too)
+``FDBWORKERS_JOB_PARTITION``    the job's partition; ``FDBWORKERS_JOB_WEIGHT``
+``FDBWORKERS_ATTEMPT``          0 for the first run, then 1, 2... after restarts
+==============================  ===============================================
+
+Each run is a new process group (its own session), so the whole tree is signalled.
+When the job must stop (ownership moved, the job was removed, the worker leaves or fences
+itself) the group gets SIGTERM, then SIGKILL after ``stop_grace`` seconds; if the job
+runner's own grace runs out first (a fenced worker has only part of its fence margin)
+the group is killed at once. The handler returns only after the process is gone, so the
+claim is released (and a new owner starts) only after the old process ended.
+
+A process that exits by itself is started again after a backoff (doubling from
+``backoff_initial`` to ``backoff_max``, with jitter; reset after a run of at least
+``healthy_after`` seconds); with ``restart="on-failure"`` an exit code 0 means the job
+is done and it is not restarted (the job stays owned until it moves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+import trio
+
+from ._errors import ConfigError
+from ._jobs import Job
+
+RESTART_MODES: Final = ("always", "on-failure")
+
+
+def _jsonable(value: Any) -> Any:
+    import base64
+
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def split_command(command: str | Sequence[str]) -> tuple[str, ...]:
+    """CMD as an argv: a string is split like a POSIX shell would (no shell runs)."""
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as e:
+            raise ConfigError(f"cannot split the command {command!r}: {e}") from e
+    else:
+        argv = list(command)
+    if not argv or not argv[0]:
+        raise ConfigError("the command to run is empty")
+    return tuple(argv)
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    argv: tuple[str, ...]
+    stop_grace: float = 10.0
+    restart: str = "always"
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    healthy_after: float = 30.0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ConfigError("the command to run is empty")
+        if self.stop_grace < 0:
+            raise ConfigError("stop grace must be >= 0 seconds")
+        if self.restart not in RESTART_MODES:
+            raise ConfigError(f"restart must be one of {', '.join(RESTART_MODES)}")
+        if not 0 < self.backoff_initial <= self.backoff_max:
+            raise ConfigError("backoff must be 0 < initial <= maximum")
+
+
+@dataclass(frozen=True)
+class ExecStatistics:
+    running: int
+    started: int
+    exited: int
+    terminated: int
+    killed: int
+    restarts: int
+    spawn_failures: int
+
+
+def job_environment(
+    job: Job, *, worker_id: str, incarnation: str, attempt: int = 0
+) -> dict[str, str]:
+    """The ``FDBWORKERS_*`` variables of one run of ``job``."""
+    return {
+        "FDBWORKERS_JOB_ID": job.id,
+        "FDBWORKERS_JOB_SPEC": json.dumps(_jsonable(job.spec), separators=(",", ":")),
+        "FDBWORKERS_FENCING_TOKEN": job.token.hex(),
+        "FDBWORKERS_TOKEN_VERSION": str(int.from_bytes(job.token[:8], "big")),
+        "FDBWORKERS_ROLE": job.role,
+        "FDBWORKERS_WORKER_ID": worker_id,
+        "FDBWORKERS_INCARNATION": incarnation,
+        "FDBWORKERS_JOB_PARTITION": str(job.partition),
+        "FDBWORKERS_JOB_WEIGHT": f"{job.weight:g}",
+        "FDBWORKERS_ATTEMPT": str(attempt),
+    }
+
+
+def _signal_group(pid: int, sig: int) -> bool:
+    """Signal the process group led by ``pid``; False if it is gone."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+class ExecRunner:
+    """A job handler that runs a command per job (see the module doc)."""
+
+    def __init__(
+        self,
+        options: ExecOptions,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self._rng = rng or random.Random()
+        self._live: dict[int, trio.Process] = {}
+        self._started = self._exited = self._terminated = self._killed = 0
+        self._restarts = self._spawn_failures = 0
+        self.log = structlog.get_logger("fdbworkers").bind(component="exec")
+
+    def statistics(self) -> ExecStatistics:
+        return ExecStatistics(
+            running=len(self._live),
+            started=self._started,
+            exited=self._exited,
+            terminated=self._terminated,
+            killed=self._killed,
+            restarts=self._restarts,
+            spawn_failures=self._spawn_failures,
+        )
+
+    def kill_all(self) -> None:
+        """SIGKILL every running process group (a hard exit of the worker)."""
+        for pid in list(self._live):
+            if _signal_group(pid, signal.SIGKILL):
+                self._killed += 1
+
+    async def __call__(self, job: Job) -> None:
+        """The :class:`~fdbworkers.JobRunner` handler."""
+        w = job._worker
+
+        def env_for(attempt: int) -> dict[str, str]:
+            return job_environment(job, worker_id=w.id, incarnation=w.incarnation, attempt=attempt)
+
+        await self.run_job(env_for, job.stopping, label=job.id)
+
+    async def run_job(
+        self,
+        env_for: Any,
+        stopping: trio.Event,
+        *,
+        label: str,
+    ) -> None:
+        """Run the command until ``stopping`` is set (then stop it and return), restarting
+        it with backoff when it exits by itself. ``env_for(attempt)`` gives the
+        ``FDBWORKERS_*`` variables of each run."""
+        o = self.options
+        attempt = 0
+        failures = 0
+        log = self.log.bind(job=label)
+        while not stopping.is_set():
+            env = {**os.environ, **o.env, **env_for(attempt)}
+            started = trio.current_time()
+            try:
+                proc = await trio.lowlevel.open_process(
+                    list(o.argv), env=env, start_new_session=True
+                )
+            except OSError as e:
+                self._spawn_failures += 1
+                log.error("job_process_spawn_failed", command=o.argv[0], error=str(e))
+                code: int | None = None
+            else:
+                self._started += 1
+                log.info("job_process_started", pid=proc.pid, attempt=attempt)
+                code = await self._supervise(proc, stopping, log)
+                if stopping.is_set():
+                    return
+                self._exited += 1
+            ran = trio.current_time() - started
+            if code == 0 and o.restart == "on-failure":
+                log.info("job_process_finished", code=0, ran=round(ran, 3))
+                await stopping.wait()
+                return
+            if ran >= o.healthy_after:
+                failures = 0
+            delay = min(o.backoff_max, o.backoff_initial * 2**failures)
+            delay *= 0.75 + self._rng.random() / 2
+            failures += 1
+            attempt += 1
+            self._restarts += 1
+            log.warning(
+                "job_process_exited", code=code, ran=round(ran, 3), restart_in=round(delay, 3)
+            )
+            with trio.move_on_after(delay):
+                await stopping.wait()
+
+    async def _supervise(self, proc: trio.Process, stopping: trio.Event, log: Any) -> int | None:
+        """Wait for the process; on ``stopping`` SIGTERM its group, then SIGKILL after the
+        grace; on cancellation SIGKILL at once. Returns after the process is reaped."""
+        self._live[proc.pid] = proc
+        try:
+            async with trio.open_nursery() as n:
+
+                async def stopper() -> None:
+                    await stopping.wait()
+                    if proc.returncode is None and _signal_group(proc.pid, signal.SIGTERM):
+                        self._terminated += 1
+                        log.info(
+                            "job_process_terminating", pid=proc.pid, grace=self.options.stop_grace
+                        )
+                    with trio.move_on_after(self.options.stop_grace):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        self._kill(proc, log, "grace period over")
+
+                async def waiter() -> None:
+                    await proc.wait()
+                    n.cancel_scope.cancel()
+
+                n.start_soon(stopper)
+                n.start_soon(waiter)
+        except BaseException:
+            # Cancelled (the runner's grace ran out, or a hard stop): kill and reap.
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    self._kill(proc, log, "cancelled")
+                with trio.move_on_after(5):
+                    await proc.wait()
+            raise
+        finally:
+            # Whatever is left of the group (children of a process that exited) goes too.
+            _signal_group(proc.pid, signal.SIGKILL)
+            self._live.pop(proc.pid, None)
+        log.info("job_process_ended", pid=proc.pid, code=proc.returncode)
+        return proc.returncode
+
+    def _kill(self, proc: trio.Process, log: Any, why: str) -> None:
+        if _signal_group(proc.pid, signal.SIGKILL):
+            self._killed += 1
+            log.warning("job_process_killed", pid=proc.pid, reason=why)

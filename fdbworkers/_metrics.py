@@ -1,0 +1,311 @@
+"""Prometheus metrics of a worker process (the optional ``metrics`` extra).
+
+``fdbworkers worker --metrics-port 9464`` serves ``/metrics``. The numbers come from
+what the objects report about themselves: ``worker.statistics()``,
+``runner.statistics()``, the exec runner's statistics and the database's retry-loop
+counters (``db.stats``), read when Prometheus scrapes. The HTTP endpoint is a small
+trio server in the worker's own event loop (no thread: the statistics are read on the
+loop that owns them).
+
+Library users can do the same: ``WorkerMetrics(worker, runner).render()`` returns the
+exposition text, or ``await nursery.start(serve_metrics, metrics, host, port)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import structlog
+import trio
+
+from ._db import Database
+from ._errors import FDB_ERRORS, ConfigError
+from ._worker import Worker
+
+#: Buckets of the heartbeat latency histogram (seconds).
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MAX_REQUEST: Final = 8192
+
+
+def require_prometheus() -> Any:
+    """The ``prometheus_client`` module, or a clear :class:`ConfigError`."""
+    try:
+        return importlib.import_module("prometheus_client")
+    except ImportError as e:
+        raise ConfigError(
+            "metrics need the optional 'metrics' extra: pip install 'fdbworkers[metrics]' "
+            f"(prometheus-client is not installed: {e})"
+        ) from e
+
+
+class WorkerMetrics:
+    """A Prometheus collector over one worker (and optionally its job runner, its exec
+    runner and the database), with a sampled heartbeat latency histogram."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        runner: Any | None = None,
+        *,
+        db: Database | None = None,
+        exec_runner: Any | None = None,
+    ) -> None:
+        prom = require_prometheus()
+        from prometheus_client.registry import CollectorRegistry
+
+        self.worker = worker
+        self.runner = runner
+        self.exec_runner = exec_runner
+        self.db = db if db is not None else worker.db
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._prom = prom
+        self._labels = {"role": worker.role, "worker": worker.id}
+        self.heartbeat_latency = prom.Histogram(
+            "fdbworkers_heartbeat_latency_seconds",
+            "Latency of committed heartbeat transactions (sampled once per heartbeat).",
+            ["role", "worker"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._hb_seen = 0
+        self.registry.register(_Collector(self))
+
+    def sample(self) -> None:
+        """Record the latest heartbeat latency if a new heartbeat committed."""
+        st = self.worker.statistics()
+        if st.heartbeats_sent > self._hb_seen:
+            self._hb_seen = st.heartbeats_sent
+            self.heartbeat_latency.labels(**self._labels).observe(st.heartbeat_latency_last)
+
+    async def sampler(self) -> None:
+        """Sample each heartbeat's latency (run in the worker's nursery)."""
+        interval = self.worker.options.heartbeat_interval / 2
+        while True:
+            self.sample()
+            await trio.sleep(interval)
+
+    def render(self) -> bytes:
+        """The exposition text (Prometheus text format)."""
+        self.sample()
+        data: bytes = self._prom.generate_latest(self.registry)
+        return data
+
+    @property
+    def content_type(self) -> str:
+        return str(self._prom.CONTENT_TYPE_LATEST)
+
+
+class _Collector:
+    def __init__(self, m: WorkerMetrics) -> None:
+        self.m = m
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m = self.m
+        names = ["role", "worker"]
+        values = [m.worker.role, m.worker.id]
+
+        def gauge(name: str, doc: str, value: float) -> Any:
+            g = GaugeMetricFamily(name, doc, labels=names)
+            g.add_metric(values, float(value))
+            return g
+
+        def counter(name: str, doc: str, value: float) -> Any:
+            c = CounterMetricFamily(name, doc, labels=names)
+            c.add_metric(values, float(value))
+            return c
+
+        st = m.worker.statistics()
+        yield gauge("fdbworkers_members", "Members of the role this worker sees.", st.members)
+        state = GaugeMetricFamily(
+            "fdbworkers_worker_state", "1 for the worker's current state.", labels=[*names, "state"]
+        )
+        from ._worker import WorkerState
+
+        for s in WorkerState:
+            state.add_metric([*values, s.value], 1.0 if s.value == st.state else 0.0)
+        yield state
+        yield gauge(
+            "fdbworkers_heartbeat_latency_last_seconds",
+            "Latency of the last heartbeat.",
+            st.heartbeat_latency_last,
+        )
+        yield gauge(
+            "fdbworkers_heartbeat_latency_max_seconds",
+            "Largest heartbeat latency seen.",
+            st.heartbeat_latency_max,
+        )
+        yield gauge(
+            "fdbworkers_lease_remaining_seconds",
+            "Time left on this worker's lease.",
+            st.lease_remaining,
+        )
+        yield counter("fdbworkers_heartbeats", "Heartbeats committed.", st.heartbeats_sent)
+        yield counter(
+            "fdbworkers_heartbeat_failures",
+            "Heartbeat transactions that failed.",
+            st.heartbeat_failures,
+        )
+        yield counter("fdbworkers_evictions", "Neighbours this worker evicted.", st.evictions_done)
+        yield counter(
+            "fdbworkers_rebalances",
+            "Settled membership changes (each rebalances the jobs).",
+            st.membership_changes_reported,
+        )
+        yield counter("fdbworkers_watch_fires", "Membership watches that fired.", st.watch_fires)
+        yield counter("fdbworkers_membership_reads", "Membership reads.", st.membership_reads)
+        yield counter("fdbworkers_fences", "Times this worker fenced itself.", st.fences)
+        yield counter(
+            "fdbworkers_rejoins", "Times this worker found itself evicted and rejoined.", st.rejoins
+        )
+        yield counter(
+            "fdbworkers_corrupt_records", "Member records that did not decode.", st.corrupt_records
+        )
+        yield gauge(
+            "fdbworkers_polling",
+            "1 while watches are unavailable and membership is polled.",
+            1 if st.polling else 0,
+        )
+        if m.runner is not None:
+            rs = m.runner.statistics()
+            yield gauge("fdbworkers_owned_jobs", "Jobs running on this worker.", rs.running)
+            yield gauge(
+                "fdbworkers_target_jobs", "Jobs the assignment gives this worker.", rs.target
+            )
+            yield gauge(
+                "fdbworkers_pending_claims",
+                "Jobs assigned here, not yet claimed.",
+                rs.pending_claims,
+            )
+            yield counter(
+                "fdbworkers_job_starts", "Jobs started here (moves in and new jobs).", rs.started
+            )
+            yield counter(
+                "fdbworkers_job_stops",
+                "Jobs stopped here (moves out, removals, leaving).",
+                rs.stopped,
+            )
+            yield counter(
+                "fdbworkers_moves",
+                "Jobs started or stopped here because ownership changed.",
+                rs.started + rs.stopped,
+            )
+            yield counter(
+                "fdbworkers_handler_crashes", "Job handlers that raised.", rs.handler_crashes
+            )
+            yield counter("fdbworkers_claims", "Claims committed.", rs.claims_committed)
+            yield counter(
+                "fdbworkers_claims_blocked",
+                "Claims still held by another live member.",
+                rs.claims_blocked,
+            )
+            yield counter(
+                "fdbworkers_reconciles", "Reconcile steps of the job runner.", rs.reconciles
+            )
+        if m.exec_runner is not None:
+            es = m.exec_runner.statistics()
+            yield gauge("fdbworkers_exec_processes", "Job processes running.", es.running)
+            yield counter("fdbworkers_exec_process_starts", "Job processes started.", es.started)
+            yield counter(
+                "fdbworkers_exec_process_exits",
+                "Job processes that exited by themselves.",
+                es.exited,
+            )
+            yield counter(
+                "fdbworkers_exec_process_kills", "Job processes killed with SIGKILL.", es.killed
+            )
+        ds = m.db.stats
+        yield counter(
+            "fdbworkers_transactions", "Transactions run by the retry loop.", ds.transactions
+        )
+        yield counter("fdbworkers_transaction_commits", "Transactions committed.", ds.commits)
+        yield counter("fdbworkers_transaction_retries", "Retries of the retry loop.", ds.retries)
+        yield counter(
+            "fdbworkers_transaction_conflicts", "Conflicts (1020 not_committed).", ds.conflicts
+        )
+        yield counter(
+            "fdbworkers_transaction_unknown_results",
+            "Commits with an unknown result (1021).",
+            ds.unknown_results,
+        )
+        errors = CounterMetricFamily(
+            "fdbworkers_transaction_errors",
+            "Transaction errors by FDB code.",
+            labels=[*names, "code", "name"],
+        )
+        for code, n in sorted(ds.errors_by_code.items()):
+            errors.add_metric(
+                [*values, str(code), FDB_ERRORS.get(code, (f"error_{code}", ""))[0]], float(n)
+            )
+        yield errors
+
+
+# --- a tiny HTTP endpoint on trio ------------------------------------------------------
+
+
+async def _handle(stream: trio.abc.Stream, render: Callable[[], tuple[bytes, str]]) -> None:
+    try:
+        with trio.move_on_after(10):
+            data = b""
+            while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+            line = data.split(b"\n", 1)[0].decode("latin-1").strip()
+            parts = line.split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, body, ctype = "405 Method Not Allowed", b"only GET\n", "text/plain"
+            elif path in ("/metrics", "/"):
+                body, ctype = render()
+                status = "200 OK"
+            elif path == "/healthz":
+                status, body, ctype = "200 OK", b"ok\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("latin-1")
+            await stream.send_all(head + (b"" if parts and parts[0] == "HEAD" else body))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def serve_metrics(
+    metrics: WorkerMetrics,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics`` on ``host:port`` (0: any free port) until cancelled; reports
+    the bound port through ``task_status``."""
+    log = structlog.get_logger("fdbworkers").bind(component="metrics")
+
+    def render() -> tuple[bytes, str]:
+        return metrics.render(), metrics.content_type
+
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as e:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}") from e
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("metrics_serving", host=host, port=bound)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(metrics.sampler)
+        task_status.started(bound)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await _handle(stream, render)
+
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

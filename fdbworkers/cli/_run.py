@@ -1,0 +1,457 @@
+"""Long-running commands: worker, devserver, demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+import trio
+
+from .._errors import ConfigError, FdbworkersError
+from .._worker import DEFAULT_PARTITIONS, WorkerSupersededError
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    Settings,
+    configure_logging,
+    open_db,
+    settings,
+    translate,
+    unwrap,
+)
+from ._read import name_arg
+
+
+def parse_meta(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+WORKER_EPILOG = """\b
+Examples:
+  fdbworkers worker --role replicator --exec './replicate.sh'
+  fdbworkers worker --role replicator --exec 'python -m myapp.job' --id-file /var/lib/myapp/id \\
+      --timeout 10 --grace 30 --metrics-port 9464
+  fdbworkers worker --role demo --demo-handler --id w1
+
+\b
+The command of --exec gets, in its environment: FDBWORKERS_JOB_ID, FDBWORKERS_JOB_SPEC
+(JSON), FDBWORKERS_FENCING_TOKEN (hex; increases with each new owner of the job),
+FDBWORKERS_TOKEN_VERSION, FDBWORKERS_ROLE, FDBWORKERS_WORKER_ID, FDBWORKERS_INCARNATION,
+FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
+"""
+
+
+@click.command(epilog=WORKER_EPILOG)
+@click.option("--role", required=True, callback=name_arg("role"), help="The role to join.")
+@click.option(
+    "--exec",
+    "exec_cmd",
+    metavar="CMD",
+    help="Run CMD (split like a shell would) for each owned job.",
+)
+@click.option("--demo-handler", is_flag=True, help="Run the demo's job handler (records its runs).")
+@click.option(
+    "--id",
+    "worker_id",
+    callback=name_arg("worker id"),
+    help="This worker's id [default: HOST-RANDOM].",
+)
+@click.option(
+    "--id-file",
+    type=click.Path(dir_okay=False),
+    help="Keep the worker id in this file, so a restart keeps it (and takes over its jobs).",
+)
+@click.option(
+    "--timeout",
+    "liveness_timeout",
+    type=click.FloatRange(min=0.3, max=3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Liveness timeout: silent this long, the worker is evicted (heartbeats every timeout/3).",
+)
+@click.option(
+    "--weight", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0, max=3600),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Quiet period before a membership change rebalances jobs.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0, max=3600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a job may take to stop (SIGTERM, then SIGKILL for --exec).",
+)
+@click.option(
+    "--restart",
+    type=click.Choice(["always", "on-failure"]),
+    default="always",
+    show_default=True,
+    help="--exec: restart the command whenever it exits, or only when it fails.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    help="Partitions of the role, used only when this creates the role.",
+)
+@click.option(
+    "--meta",
+    multiple=True,
+    callback=parse_meta,
+    metavar="KEY=VALUE",
+    help="Published in the member record.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on this port.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics endpoint.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--demo-log", type=click.Path(file_okay=False), hidden=True)
+@click.option("--demo-work-interval", type=float, default=1.0, hidden=True)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    role: str,
+    exec_cmd: str | None,
+    demo_handler: bool,
+    worker_id: str | None,
+    id_file: str | None,
+    liveness_timeout: float,
+    weight: float,
+    settle: float,
+    grace: float,
+    restart: str,
+    partitions: int,
+    meta: dict[str, str],
+    metrics_port: int | None,
+    metrics_host: str,
+    log_format: str,
+    log_level: str,
+    demo_log: str | None,
+    demo_work_interval: float,
+) -> None:
+    """Run a worker in a role: register, heartbeat, watch the membership, evict a silent
+    neighbour, and run the jobs this worker owns, with --exec CMD (any program, one
+    process per job) or the demo's handler. SIGTERM or Ctrl-C leaves gracefully (jobs
+    stopped and released, records removed); a second one exits at once."""
+    s = settings(ctx)
+    if bool(exec_cmd) == demo_handler:
+        raise click.UsageError("give exactly one of --exec CMD or --demo-handler")
+    if worker_id is not None and id_file is not None:
+        raise click.UsageError("give either --id or --id-file, not both")
+    if demo_handler and not demo_log:
+        demo_log = None
+    from .._exec import ExecOptions, ExecRunner, split_command
+    from .._worker import WorkerOptions
+
+    exec_runner = None
+    try:
+        options = WorkerOptions(
+            timeout=liveness_timeout,
+            weight=weight,
+            settle=settle,
+            partitions=partitions,
+            meta=meta,
+            leave_timeout=grace + max(liveness_timeout, 5.0),
+        )
+        if exec_cmd:
+            exec_runner = ExecRunner(
+                ExecOptions(split_command(exec_cmd), stop_grace=grace, restart=restart)
+            )
+        if metrics_port is not None:
+            from .._metrics import require_prometheus
+
+            require_prometheus()
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+    configure_logging(log_level, log_format)
+    code = run_worker_process(
+        s,
+        role,
+        options,
+        worker_id=worker_id,
+        id_file=id_file,
+        exec_runner=exec_runner,
+        demo_log=demo_log,
+        demo_work_interval=demo_work_interval,
+        grace=grace,
+        metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
+    )
+    ctx.exit(code)
+
+
+def run_worker_process(
+    s: Settings,
+    role: str,
+    options: Any,
+    *,
+    worker_id: str | None,
+    id_file: str | None,
+    exec_runner: Any,
+    demo_log: str | None,
+    demo_work_interval: float,
+    grace: float,
+    metrics: tuple[str, int] | None,
+) -> int:
+    from .._jobs import JobRunner
+    from .._worker import open_worker
+
+    log = structlog.get_logger("fdbworkers").bind(component="cli", role=role)
+
+    async def main() -> int:
+        db = open_db(s)
+        handler: Any
+        if exec_runner is not None:
+            handler = exec_runner
+            runner_grace = grace + 1.0  # the exec runner's own SIGTERM -> SIGKILL comes first
+        else:
+            from .._demo import DemoHandler
+
+            handler = DemoHandler(demo_log, work_interval=demo_work_interval)
+            runner_grace = grace
+        signals = 0
+        try:
+            async with trio.open_nursery() as outer:
+                body = trio.CancelScope()
+                worker_box: list[Any] = []
+
+                async def on_signals() -> None:
+                    nonlocal signals
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                        async for signum in received:
+                            signals += 1
+                            if signals == 1 and worker_box:
+                                log.info("leaving", signal=signal.Signals(signum).name)
+                                # Leave (event "left"): stop and release the jobs
+                                # gracefully first; the worker block then ends.
+                                outer.start_soon(worker_box[0]._leave, "left")
+                            elif signals == 1:
+                                body.cancel()
+                            else:
+                                log.warning("exiting_now", signal=signal.Signals(signum).name)
+                                if exec_runner is not None:
+                                    exec_runner.kill_all()
+                                os._exit(EXIT_INTERRUPTED)
+
+                outer.start_soon(on_signals)
+                with body:
+                    async with open_worker(
+                        db, role, worker_id=worker_id, id_file=id_file, root=s.root, options=options
+                    ) as w:
+                        worker_box.append(w)
+                        runner = JobRunner(w, handler, grace=runner_grace)
+                        if hasattr(handler, "bind"):
+                            handler.bind(w)
+                        async with trio.open_nursery() as n:
+                            if metrics is not None:
+                                from .._metrics import WorkerMetrics, serve_metrics
+
+                                m = WorkerMetrics(w, runner, db=db, exec_runner=exec_runner)
+                                port = await n.start(serve_metrics, m, metrics[0], metrics[1])
+                                log.info(
+                                    "metrics_endpoint", url=f"http://{metrics[0]}:{port}/metrics"
+                                )
+                            n.start_soon(runner.run)
+                            log.info(
+                                "worker_running",
+                                worker=w.id,
+                                incarnation=w.incarnation,
+                                cluster=s.cluster,
+                            )
+                            await trio.sleep_forever()
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await db.aclose()
+        log.info("worker_exited")
+        return 0
+
+    try:
+        return trio.run(main, strict_exception_groups=True)
+    except BaseException as e:
+        inner = unwrap(e)
+        if isinstance(inner, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(inner, WorkerSupersededError):
+            raise CliError(str(inner), EXIT_FAILURE) from None
+        if isinstance(inner, ConfigError):
+            raise CliError(str(inner), EXIT_USAGE) from None
+        known = translate(s, inner)
+        if known is not None:
+            raise known from None
+        if isinstance(inner, FdbworkersError):
+            raise CliError(str(inner)) from None
+        raise
+
+
+# --- devserver -------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=4690, show_default=True,
+              help="Port (0: any free port; see --ready-file).")  # fmt: skip
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Persist the database to this file (loaded at start, saved every second and at exit).",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the address (sim://HOST:PORT) here once listening.",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Listen on a non-loopback address (there is no authentication: anyone who "
+    "reaches it can read and write everything).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def devserver(
+    host: str,
+    port: int,
+    data: Path | None,
+    ready_file: Path | None,
+    allow_remote: bool,
+    log_level: str,
+) -> None:
+    """Serve the embedded engine to other processes, for development: workers and the CLI
+    on one laptop share one database with --cluster sim://HOST:PORT (or
+    FDBWORKERS_CLUSTER). Same transaction API and semantics as in-process, watches
+    included. Stops on Ctrl-C or SIGTERM (saving --data first). A development tool:
+    production uses FoundationDB.
+
+    \b
+    Examples:
+      fdbworkers devserver --port 4690 --data /tmp/fdbworkers.db
+      export FDBWORKERS_CLUSTER=sim://127.0.0.1:4690
+    """
+    configure_logging(log_level)
+    from .._devserver import run_devserver
+
+    try:
+        run_devserver(host, port, data, ready_file=ready_file, allow_remote=allow_remote)
+    except BaseException as outer:
+        e = unwrap(outer)
+        if isinstance(e, KeyboardInterrupt):
+            return
+        if isinstance(e, ConfigError):
+            raise CliError(str(e), EXIT_USAGE) from None
+        if isinstance(e, OSError):
+            raise CliError(f"cannot serve on {host}:{port}: {e}") from None
+        if isinstance(e, FdbworkersError):
+            raise CliError(str(e)) from None
+        raise
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--duration", type=click.FloatRange(min=10, max=3600), default=45.0,
+              show_default=True, metavar="SECONDS", help="Length of the timeline.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=2, max=32), default=4, show_default=True,
+              help="Worker processes at the start.")  # fmt: skip
+@click.option(
+    "--jobs", "n_jobs", type=click.IntRange(min=1, max=10_000), default=40, show_default=True
+)
+@click.option("--worker-timeout", type=click.FloatRange(min=1, max=60), default=3.0,
+              show_default=True, metavar="SECONDS",
+              help="The workers' liveness timeout.")  # fmt: skip
+@click.option("--keep", is_flag=True, help="Keep the demo's folder (logs, job run records).")
+@click.option("--plain", is_flag=True, help="Plain line output even in a terminal.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    duration: float,
+    workers: int,
+    n_jobs: int,
+    worker_timeout: float,
+    keep: bool,
+    plain: bool,
+) -> None:
+    """The whole system in one command: a dev server (or FoundationDB with
+    --cluster-file), worker processes running a demo job handler, jobs, and a live view.
+    On a timeline it kills a worker with SIGKILL and lets its neighbour evict it, adds a
+    worker, drains one, adds and removes jobs, then prints a summary: detection time of
+    the crash against the bound, jobs moved against the optimum, and whether any job
+    ever ran on two workers at once. Exit code 0 when every check passes.
+
+    \b
+    Examples:
+      fdbworkers demo
+      fdbworkers demo --duration 20 --workers 3 --jobs 30
+      fdbworkers --cluster-file "$FDB_CLUSTER_FILE" demo     # on FoundationDB
+    """
+    from .._demo import DemoOptions, run_demo
+
+    s = settings(ctx)
+    cluster = (
+        s.cluster
+        if s.cluster_source in ("--cluster-file", "FDB_CLUSTER_FILE", "--cluster")
+        else None
+    )
+    if cluster is not None and cluster.startswith("sim://"):
+        pass  # an existing dev server
+    opts = DemoOptions(
+        duration=duration,
+        workers=workers,
+        jobs=n_jobs,
+        worker_timeout=worker_timeout,
+        cluster=cluster,
+        keep=keep,
+        live=sys.stdout.isatty() and not plain,
+        op_timeout=s.timeout,
+    )
+    ctx.exit(run_demo(opts))
+
+
+COMMANDS = [worker, devserver, demo]

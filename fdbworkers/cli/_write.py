@@ -1,0 +1,335 @@
+"""Write commands: job add/remove (and show), evict, drain."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sys
+from typing import Any
+
+import click
+import trio
+
+from .._db import Database, Transaction
+from .._errors import CorruptDataError
+from .._keys import Layout, MemberRecord
+from .._worker import DEFAULT_EVENT_RETENTION, DEFAULT_PARTITIONS, bump_epoch, tx_evict, write_event
+from ._common import EXIT_USAGE, CliError, echo, run, settings
+from ._model import HealthStamp, observe_health, require_role
+from ._read import json_option, name_arg, show_job
+
+
+def operator() -> str:
+    """Who is acting, for the audit log: ``cli:user@host``."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "?"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def parse_spec(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e.msg} at column {e.colno}): {value!r}") from e
+
+
+# --- job -------------------------------------------------------------------------------
+
+
+@click.group()
+def job() -> None:
+    """Add, remove or show one job."""
+
+
+@job.command("add")
+@click.argument("role", callback=name_arg("role"))
+@click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
+@click.option("--spec", callback=parse_spec, metavar="JSON", help="The job's spec, as JSON.")
+@click.option(
+    "--weight", type=click.FloatRange(min=0, min_open=True, max=1e9), default=1.0, show_default=True
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=DEFAULT_PARTITIONS,
+    show_default=True,
+    help="Partitions of the role, used only when this creates the role.",
+)
+@click.pass_context
+def job_add(
+    ctx: click.Context, role: str, job_id: str, spec: Any, weight: float, partitions: int
+) -> None:
+    """Add JOB to ROLE (or update its spec or weight). Idempotent: adding the same job
+    again changes nothing. The role is created if it does not exist.
+
+    \b
+    Examples:
+      fdbworkers job add replicator db1-to-db2 --spec '{"source": "db1", "target": "db2"}'
+      fdbworkers job add replicator big-one --weight 4
+    """
+    from .._jobs import tx_add_job
+
+    s = settings(ctx)
+
+    async def main(db: Database) -> tuple[Any, bool, bool]:
+        async def existed(tr: Transaction) -> bool:
+            from .._jobs import tx_get_job
+
+            return await tx_get_job(tr, s.layout, role, job_id) is not None
+
+        before = await db.transact(existed)
+        rec, changed = await db.transact(
+            tx_add_job, s.layout, role, job_id, spec, weight, partitions
+        )
+        return rec, changed, before
+
+    rec, changed, existed = run(s, main)
+    what = "unchanged" if not changed else ("updated" if existed else "added")
+    echo(f"{what} job {job_id!r} in role {role!r} (partition {rec.partition})")
+
+
+@job.command("remove")
+@click.argument("role", callback=name_arg("role"))
+@click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
+@click.option("--missing-ok", is_flag=True, help="Succeed when the job does not exist.")
+@click.pass_context
+def job_remove(ctx: click.Context, role: str, job_id: str, missing_ok: bool) -> None:
+    """Remove JOB from ROLE: its owner stops it (after its grace period) and releases it.
+
+    \b
+    Example:
+      fdbworkers job remove replicator db1-to-db2
+    """
+    from .._jobs import tx_remove_job
+
+    s = settings(ctx)
+    removed = run(s, lambda db: db.transact(tx_remove_job, s.layout, role, job_id))
+    if removed:
+        echo(f"removed job {job_id!r} from role {role!r}")
+    elif missing_ok:
+        echo(f"no job {job_id!r} in role {role!r} (nothing to do)")
+    else:
+        raise CliError(f"no job {job_id!r} in role {role!r}")
+
+
+@job.command("show")
+@click.argument("role", callback=name_arg("role"))
+@click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
+@json_option
+@click.pass_context
+def job_show(ctx: click.Context, role: str, job_id: str, as_json: bool) -> None:
+    """Show JOB: spec, owner, the member the assignment names, fencing token, state.
+
+    \b
+    Example:
+      fdbworkers job show replicator db1-to-db2 --json
+    """
+    show_job(settings(ctx), role, job_id, as_json)
+
+
+# --- evict -----------------------------------------------------------------------------
+
+
+async def read_member(
+    db: Database, layout: Layout, role: str, wid: str
+) -> tuple[MemberRecord, HealthStamp]:
+    await require_role(db, layout, role)
+
+    async def tx(tr: Transaction) -> tuple[bytes | None, bytes | None]:
+        return await tr.get(layout.member_key(role, wid)), await tr.get(
+            layout.health_key(role, wid)
+        )
+
+    raw, hraw = await db.transact(tx)
+    if raw is None:
+        raise CliError(f"no member {wid!r} in role {role!r}")
+    try:
+        rec = MemberRecord.decode(wid, layout.member_key(role, wid), raw)
+    except CorruptDataError as e:
+        raise CliError(f"the member record of {wid!r} is corrupt: {e}") from e
+    return rec, HealthStamp.parse(layout.health_key(role, wid), hraw)
+
+
+def confirm_or_refuse(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(
+            "refusing to evict without confirmation (stdin is not a terminal)",
+            EXIT_USAGE,
+            hint="pass --yes",
+        )
+    if not click.confirm(question, default=False, err=True):
+        raise CliError("not evicted", 1)
+
+
+@click.command()
+@click.argument("role", callback=name_arg("role"))
+@click.argument("worker", callback=name_arg("worker id"))
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Evict even a worker that is heartbeating (it will find itself evicted, stop its "
+    "jobs and rejoin as a new incarnation).",
+)
+@click.pass_context
+def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) -> None:
+    """Remove WORKER from ROLE, as its neighbour would: a compare-and-clear that commits
+    only if its heartbeat stamp is still the one seen going silent.
+
+    Without --force it first watches WORKER's heartbeat stamp for the worker's timeout
+    on this machine's clock and refuses if the stamp changes (the worker is alive: use
+    drain to make it leave). A live worker's neighbours evict a dead one by themselves
+    within timeout + check interval; this command is for a role left with a single
+    member, or for impatient operators.
+
+    \b
+    Examples:
+      fdbworkers evict replicator host3-77aa           # asks, after watching it
+      fdbworkers evict replicator host3-77aa --yes --force
+    """
+    s = settings(ctx)
+    layout = s.layout
+    rec, health = run(s, lambda db: read_member(db, layout, role, worker))
+    stamp = health.stamp
+    silent = 0.0
+    if not force:
+        echo(
+            f"watching the heartbeat of {worker} for up to its timeout ({rec.timeout:g}s) ...",
+            err=True,
+        )
+
+        async def watch_it(db: Database) -> tuple[bytes | None, float, bool]:
+            obs = await observe_health(
+                db, layout, role, {worker: rec}, cap=rec.timeout + 0.5, resolve_after=1.0
+            )
+            o = obs[worker]
+            return o.stamp, o.silent_for, o.changed
+
+        stamp, silent, changed = run(s, watch_it, extra=rec.timeout + 0.5)
+        if changed:
+            raise CliError(
+                f"{worker} is heartbeating (its stamp changed while watched): not evicting",
+                hint="use 'fdbworkers drain' to make it leave gracefully, or --force",
+            )
+        if silent < rec.timeout:
+            raise CliError(
+                f"{worker} was watched for only {silent:.1f}s of its {rec.timeout:g}s "
+                "timeout: not evicting"
+            )
+        question = (
+            f"{worker} has been silent for {silent:.1f}s (timeout {rec.timeout:g}s). Evict it?"
+        )
+    else:
+        question = f"Evict {worker} (incarnation {rec.incarnation[:8]}) even if it is alive?"
+    confirm_or_refuse(question, yes)
+
+    by = operator()
+    reason = "forced by an operator" if force else "silent for its timeout, evicted by an operator"
+
+    async def do_evict(db: Database) -> bool:
+        current = stamp
+        for _ in range(3 if force else 1):
+            done = await db.transact(
+                tx_evict, layout, role, worker, rec.incarnation, current, by, silent, reason,
+                DEFAULT_EVENT_RETENTION,
+            )  # fmt: skip
+            if done or not force:
+                return bool(done)
+            _, h = await read_member(db, layout, role, worker)  # a heartbeat raced us
+            current = h.stamp
+        return False
+
+    if run(s, do_evict):
+        echo(f"evicted {worker} from role {role!r}")
+    else:
+        raise CliError(
+            f"{worker} was not evicted: its heartbeat stamp changed or it restarted meanwhile"
+        )
+
+
+# --- drain -----------------------------------------------------------------------------
+
+
+async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str, by: str) -> str:
+    """Set ``drain`` in the member record and bump the epoch (so the others move its jobs
+    away at once). Returns "requested", "already" or "missing"."""
+    key = layout.member_key(role, wid)
+    raw = await tr.get(key)
+    if raw is None:
+        return "missing"
+    rec = MemberRecord.decode(wid, key, raw)
+    if rec.drain:
+        return "already"
+    tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
+    bump_epoch(tr, layout, role)
+    write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
+    return "requested"
+
+
+@click.command()
+@click.argument("role", callback=name_arg("role"))
+@click.argument("worker", callback=name_arg("worker id"))
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0, max=3600), default=None,
+              metavar="SECONDS",
+              help="Wait until the worker has left, at most this long.")  # fmt: skip
+@click.pass_context
+def drain(ctx: click.Context, role: str, worker: str, wait_s: float | None) -> None:
+    """Ask WORKER to leave ROLE gracefully: the other members stop assigning it jobs, it
+    stops and releases its jobs (each after its grace period), removes its records and
+    exits its worker block.
+
+    \b
+    Examples:
+      fdbworkers drain replicator host1-3f2a
+      fdbworkers drain replicator host1-3f2a --wait 60
+    """
+    s = settings(ctx)
+    layout = s.layout
+
+    async def main(db: Database) -> str:
+        await require_role(db, layout, role)
+        return str(await db.transact(tx_request_drain, layout, role, worker, operator()))
+
+    outcome = run(s, main)
+    if outcome == "missing":
+        raise CliError(f"no member {worker!r} in role {role!r}")
+    echo(
+        f"drain requested for {worker} in role {role!r}"
+        if outcome == "requested"
+        else f"{worker} is already draining"
+    )
+    if wait_s is None:
+        return
+
+    async def wait_gone(db: Database) -> bool:
+        with trio.move_on_after(wait_s):
+            while True:
+
+                async def tx(tr: Transaction) -> tuple[bool, Any]:
+                    key = layout.member_key(role, worker)
+                    present = await tr.get(key) is not None
+                    return present, (tr.watch(key) if present else None)
+
+                present, w = await db.transact(tx)
+                if not present:
+                    return True
+                try:
+                    await w.wait()
+                finally:
+                    w.cancel()
+        return False
+
+    if run(s, wait_gone, extra=wait_s):
+        echo(f"{worker} has left")
+    else:
+        raise CliError(f"{worker} has not left within {wait_s:g}s")
+
+
+COMMANDS = [job, evict, drain]
