@@ -291,6 +291,54 @@ class _Reader:
         return self.store.get_range(begin, end, self.version, limit, reverse)
 
 
+class _LazyReader:
+    """The reader handed to read-your-writes: it takes the transaction's read version
+    only when a read really reaches the store (reads answered by the transaction's own
+    writes take none, as in FDB)."""
+
+    __slots__ = ("_tr",)
+
+    def __init__(self, tr: EngineTransaction) -> None:
+        self._tr = tr
+
+    def _reader(self) -> _Reader:
+        r = self._tr._reader
+        return r if r is not None else self._tr._read_version_now()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._reader().get(key)
+
+    def iter_range(self, begin: bytes, end: bytes, reverse: bool) -> Iterator[KeyValue]:
+        return self._reader().iter_range(begin, end, reverse)
+
+    def get_range(self, begin: bytes, end: bytes, limit: int, reverse: bool) -> list[KeyValue]:
+        return self._reader().get_range(begin, end, limit, reverse)
+
+
+class _NeedsStorage(Exception):
+    """Raised by :data:`_LOCAL_ONLY` when a read cannot be answered locally."""
+
+
+class _LocalOnly:
+    """A reader for a first, local attempt at a read: reads answered by the
+    transaction's own writes need no network round trip and no read version (FDB
+    answers them from its write map at once)."""
+
+    __slots__ = ()
+
+    def get(self, key: bytes) -> bytes | None:
+        raise _NeedsStorage
+
+    def iter_range(self, begin: bytes, end: bytes, reverse: bool) -> Iterator[KeyValue]:
+        raise _NeedsStorage
+
+    def get_range(self, begin: bytes, end: bytes, limit: int, reverse: bool) -> list[KeyValue]:
+        raise _NeedsStorage
+
+
+_LOCAL_ONLY: Final = _LocalOnly()
+
+
 class _VersionstampState:
     __slots__ = ("error", "event", "stamp")
 
@@ -541,6 +589,7 @@ class EngineTransaction(Transaction):
         self._gen = 0
         self._wake: trio.Event | None = None
         self._in_flight = 0
+        self._lazy = _LazyReader(self)
         self._new_attempt()
 
     # -- attempt state -----------------------------------------------------------------
@@ -773,13 +822,22 @@ class EngineTransaction(Transaction):
         if len(key) > MAX_READ_KEY_SIZE:
             await self._wait(0.0, gen, network=False)
             return None
+        rw = self._rw
+        if rw.points or rw.clears or rw.unreadable:
+            try:  # answered by its own writes: no network, no read version
+                value = rw.get(_LOCAL_ONLY, key, snapshot)
+            except _NeedsStorage:
+                pass
+            else:
+                await self._wait(0.0, gen, network=False)
+                self._db._count_read("get", 0 if value is None else 1, len(value or b""))
+                return value
         self._in_flight += 1
         try:
-            reader = self._reader
-            if reader is None:
-                reader = await self._ensure_read_version(gen)
+            if self._reader is None:
+                await self._ensure_read_version(gen)
             await self._network("get", gen)
-            value = self._rw.get(reader, key, snapshot)
+            value = self._rw.get(self._lazy, key, snapshot)
         except FDBError as e:
             if e.code == 1007:
                 self._db._count("too_old")
@@ -800,13 +858,22 @@ class EngineTransaction(Transaction):
         if code is not None:
             await trio.lowlevel.checkpoint()
             raise FDBError(code)
+        rw = self._rw
+        if rw.points or rw.clears or rw.unreadable:
+            try:  # resolved within its own writes: no network, no read version
+                key = rw.get_key(_LOCAL_ONLY, selector, snapshot)
+            except _NeedsStorage:
+                pass
+            else:
+                await self._wait(0.0, gen, network=False)
+                self._db._count_read("get_key", 1, len(key))
+                return key
         self._in_flight += 1
         try:
-            reader = self._reader
-            if reader is None:
-                reader = await self._ensure_read_version(gen)
+            if self._reader is None:
+                await self._ensure_read_version(gen)
             await self._network("get_key", gen)
-            key = self._rw.get_key(reader, selector, snapshot)
+            key = self._rw.get_key(self._lazy, selector, snapshot)
         except FDBError as e:
             if e.code == 1007:
                 self._db._count("too_old")
@@ -835,13 +902,29 @@ class EngineTransaction(Transaction):
         if code is not None:
             await trio.lowlevel.checkpoint()
             raise FDBError(code)
+        if b.offset >= e.offset and (
+            (b.key + b"\x00" if b.or_equal else b.key) >= (e.key + b"\x00" if e.or_equal else e.key)
+        ):
+            # Empty by its selectors alone: answered without a read version (like RYW).
+            await self._wait(0.0, gen, network=False)
+            return []
+        rw = self._rw
+        if rw.points or rw.clears or rw.unreadable:
+            try:  # decided by its own writes: no network, no read version
+                rows = rw.get_range(_LOCAL_ONLY, b, e, limit, reverse, snapshot)
+            except _NeedsStorage:
+                pass
+            else:
+                await self._wait(0.0, gen, network=False)
+                nbytes = sum(len(k) + len(v) for k, v in rows)
+                self._db._count_read("get_range", len(rows), nbytes)
+                return rows
         self._in_flight += 1
         try:
-            reader = self._reader
-            if reader is None:
-                reader = await self._ensure_read_version(gen)
+            if self._reader is None:
+                await self._ensure_read_version(gen)
             await self._network("get_range", gen)
-            rows = self._rw.get_range(reader, b, e, limit, reverse, snapshot)
+            rows = self._rw.get_range(self._lazy, b, e, limit, reverse, snapshot)
         except FDBError as exc:
             if exc.code == 1007:
                 self._db._count("too_old")
@@ -981,7 +1064,7 @@ class EngineTransaction(Transaction):
         value: bytes | None = None
         if code is None:
             try:
-                value = self._rw.get(self._read_version_now(), key, False)
+                value = self._rw.get(self._lazy, key, False)
             except FDBError as e:
                 code = e.code
         if code is None and db._unfired >= db._max_watches:
@@ -1035,6 +1118,8 @@ class EngineTransaction(Transaction):
             if self._in_flight > 0:  # FDB's commit waits for outstanding reads
                 await self._wait_reads(gen)
             mutations, writes, reads, size = self._rw.commit_request()
+            if reads and self._reader is None:  # conflict ranges but no read yet: a GRV
+                await self._ensure_read_version(gen)
             if not mutations and not writes:
                 await trio.lowlevel.checkpoint()
                 self._check_alive(gen)

@@ -129,6 +129,11 @@ class _Entry:
         self.unreadable = unreadable
 
 
+#: The value yielded for a "phantom" position when walking key selectors (see
+#: ``_resolve_selector``); compared by identity, never a user's value.
+_PHANTOM: Final = bytes(bytearray(b"<phantom>"))
+
+
 def _unreadable() -> FDBError:
     return FDBError(1036)
 
@@ -328,47 +333,122 @@ class WriteMap:
         return value
 
     def iter_merged(
-        self, reader: SnapshotReader, lo: bytes, hi: bytes, reverse: bool
+        self, reader: SnapshotReader, lo: bytes, hi: bytes, reverse: bool, phantoms: bool = False
     ) -> Iterator[KeyValue]:
-        """Present keys in ``[lo, hi)`` as this transaction sees them, in order."""
+        """Present keys in ``[lo, hi)`` as this transaction sees them, in order.
+
+        The store is consulted lazily, only for the parts its own writes do not decide
+        (outside its cleared ranges, past its own keys at the cursor), like FDB's RYW
+        iterator: a walk that ends inside what the transaction wrote reads nothing.
+        With ``phantoms``, keys that a pending atomic op clears are yielded too, with
+        the value ``_PHANTOM``."""
         if lo >= hi:
             return
         keys = self._point_keys
         pk = keys[bisect_left(keys, lo) : bisect_left(keys, hi)]
-        clears = self.clears if self.clears else None
-        points = self.points
-        store = reader.iter_range(lo, hi, reverse)
-        if not pk and clears is None:
-            yield from store
+        clears = self.clears
+        if not pk and not clears:
+            yield from reader.iter_range(lo, hi, reverse)
             return
+        segments: list[KeyRange] = []  # the parts of [lo, hi) outside cleared ranges
+        pos = lo
+        if clears:
+            for cb, ce in clears.overlapping(lo, hi):
+                if pos < cb:
+                    segments.append((pos, cb))
+                pos = ce
+        if pos < hi:
+            segments.append((pos, hi))
         if reverse:
             pk.reverse()
+            segments.reverse()
+        points = self.points
         pi = 0
         np = len(pk)
-        for kv in store:
-            k = kv[0]
-            # Own writes that come before this snapshot key.
-            while pi < np and (pk[pi] > k if reverse else pk[pi] < k):
-                pkey = pk[pi]
-                pi += 1
-                value = self._resolve_point(reader, pkey, points[pkey])
-                if value is not None:
-                    yield KeyValue(pkey, value)
-            if pi < np and pk[pi] == k:
-                pi += 1
-                value = self._resolve_point(reader, k, points[k])
-                if value is not None:
-                    yield KeyValue(k, value)
-                continue
-            if clears is not None and clears.contains(k):
-                continue
-            yield kv
-        while pi < np:
-            pkey = pk[pi]
-            pi += 1
-            value = self._resolve_point(reader, pkey, points[pkey])
+
+        def point(pkey: bytes) -> KeyValue | None:
+            e = points[pkey]
+            value = self._resolve_point(reader, pkey, e)
             if value is not None:
-                yield KeyValue(pkey, value)
+                return KeyValue(pkey, value)
+            if phantoms and not e.independent:
+                return KeyValue(pkey, _PHANTOM)
+            return None
+
+        for sb, se in segments:
+            if not reverse:
+                while pi < np and pk[pi] < sb:  # own keys inside a cleared range
+                    kv = point(pk[pi])
+                    pi += 1
+                    if kv is not None:
+                        yield kv
+                cursor = sb
+                while pi < np and pk[pi] == cursor:  # own keys right at the cursor
+                    kv = point(cursor)
+                    pi += 1
+                    cursor = cursor + b"\x00"
+                    if kv is not None:
+                        yield kv
+                if cursor >= se:
+                    continue
+                for skv in reader.iter_range(cursor, se, False):
+                    k = skv[0]
+                    while pi < np and pk[pi] < k:
+                        kv = point(pk[pi])
+                        pi += 1
+                        if kv is not None:
+                            yield kv
+                    if pi < np and pk[pi] == k:
+                        kv = point(k)
+                        pi += 1
+                        if kv is not None:
+                            yield kv
+                        continue
+                    yield skv
+                while pi < np and pk[pi] < se:
+                    kv = point(pk[pi])
+                    pi += 1
+                    if kv is not None:
+                        yield kv
+            else:
+                while pi < np and pk[pi] >= se:
+                    kv = point(pk[pi])
+                    pi += 1
+                    if kv is not None:
+                        yield kv
+                cursor = se
+                while pi < np and pk[pi] >= sb and pk[pi] + b"\x00" == cursor:
+                    cursor = pk[pi]
+                    kv = point(cursor)
+                    pi += 1
+                    if kv is not None:
+                        yield kv
+                if cursor <= sb:
+                    continue
+                for skv in reader.iter_range(sb, cursor, True):
+                    k = skv[0]
+                    while pi < np and pk[pi] > k:
+                        kv = point(pk[pi])
+                        pi += 1
+                        if kv is not None:
+                            yield kv
+                    if pi < np and pk[pi] == k:
+                        kv = point(k)
+                        pi += 1
+                        if kv is not None:
+                            yield kv
+                        continue
+                    yield skv
+                while pi < np and pk[pi] >= sb:
+                    kv = point(pk[pi])
+                    pi += 1
+                    if kv is not None:
+                        yield kv
+        while pi < np:
+            kv = point(pk[pi])
+            pi += 1
+            if kv is not None:
+                yield kv
 
     def _check_readable(self, lo: bytes, hi: bytes) -> None:
         if self.unreadable and self.unreadable.intersects(lo, hi):
@@ -401,20 +481,26 @@ class WriteMap:
         self, reader: SnapshotReader, key: bytes, offset: int
     ) -> tuple[bytes, bool, bool]:
         """A normalized selector (or_equal removed) resolved in this transaction's view:
-        (key, ran off the beginning, ran off the end)."""
+        (key, ran off the beginning, ran off the end).
+
+        Like FDB 7.3's read-your-writes, a key that a pending atomic op of this
+        transaction clears (COMPARE_AND_CLEAR) still counts as a position; landing on
+        it yields the next present key in the walking direction."""
         if offset > 0:
             n = offset
-            for k, _ in self.iter_merged(reader, key, MAX_KEY, False):
-                n -= 1
-                if n == 0:
+            for k, v in self.iter_merged(reader, key, MAX_KEY, False, phantoms=True):
+                if n > 0:
+                    n -= 1
+                if n == 0 and v is not _PHANTOM:
                     self._check_readable(key, k + b"\x00")
                     return k, False, False
             self._check_readable(key, MAX_KEY)
             return MAX_KEY, False, True
         n = 1 - offset
-        for k, _ in self.iter_merged(reader, b"", key, True):
-            n -= 1
-            if n == 0:
+        for k, v in self.iter_merged(reader, b"", key, True, phantoms=True):
+            if n > 0:
+                n -= 1
+            if n == 0 and v is not _PHANTOM:
                 self._check_readable(k, key)
                 return k, False, False
         self._check_readable(b"", key)

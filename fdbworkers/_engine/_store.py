@@ -265,9 +265,9 @@ class Store:
         *,
         check_conflicts: bool = True,
     ) -> CommitResult:
-        """Resolve and apply one transaction. ``reads`` are sorted, disjoint conflict
-        ranges, ``writes`` any conflict ranges (kept, not copied); ``mutations`` apply in
-        order. Raises 1007 or 1020."""
+        """Resolve and apply one transaction. ``reads`` are sorted, disjoint, non-empty
+        conflict ranges, ``writes`` any non-empty conflict ranges (kept, not copied);
+        ``mutations`` apply in order. Raises 1007 or 1020."""
         if reads and read_version is not None and check_conflicts:
             if self.now_version() - read_version > MVCC_WINDOW:
                 raise FDBError(1007)
