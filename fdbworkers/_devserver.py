@@ -26,6 +26,7 @@ Production uses FoundationDB.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import math
 import os
@@ -267,6 +268,7 @@ class _Session:
         self.send_ch, self.recv_ch = trio.open_memory_channel[bytes](math.inf)
         self.nursery: trio.Nursery | None = None
         self.flushed = trio.Event()
+        self.closed = False
         self.log = log.bind(peer=peer)
 
     # -- answers -------------------------------------------------------------------------
@@ -295,6 +297,8 @@ class _Session:
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
+                if self.closed:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._write_loop)
                 try:
                     await self._handshake(reader)
@@ -361,6 +365,10 @@ class _Session:
             self.nursery_cancel()
         finally:
             self.flushed.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.nursery_cancel()
 
     def nursery_cancel(self) -> None:
         if self.nursery is not None:
@@ -706,6 +714,7 @@ class DevServer:
         self._commits = 0
         self._saves = 0
         self._saved_version = 0
+        self._sessions: set[_Session] = set()
         self.host: str | None = None
         self.port: int | None = None
 
@@ -745,16 +754,17 @@ class DevServer:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            if listener is not None:
-                await trio.aclose_forcefully(listener)
-            if self.data is not None:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                if listener is not None:
+                    await trio.aclose_forcefully(listener)
+                if self.data is not None:
                     await self.save()
 
     async def connect_in_memory(self) -> trio.abc.Stream:
-        """A client stream connected to this server through memory (no TCP)."""
+        """A client stream connected to this server through memory (no TCP); raises
+        :class:`ConnectionRefusedError` when the server is not running."""
         if self._nursery is None:
-            raise RuntimeError("the dev server is not running")
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "the dev server is not running")
         client, server = trio.testing.memory_stream_pair()
         self._nursery.start_soon(self._handle, server, "memory")
         return client
@@ -769,14 +779,25 @@ class DevServer:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await self._handle(stream, name)
 
+    def close_connections(self) -> int:
+        """Drop every client connection (their pending operations fail, as when the
+        server restarts); the server keeps running. Returns how many were open."""
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.close()
+        return len(sessions)
+
     async def _handle(self, stream: trio.abc.Stream, peer: str) -> None:
         self._connections_total += 1
         self._connections_open += 1
+        session = _Session(self, stream, peer)
+        self._sessions.add(session)
         try:
-            await _Session(self, stream, peer).run()
+            await session.run()
         except Exception:
             log.exception("devserver_connection_failed", peer=peer)
         finally:
+            self._sessions.discard(session)
             self._connections_open -= 1
             log.debug("devserver_client_disconnected", peer=peer)
 

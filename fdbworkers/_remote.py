@@ -440,16 +440,21 @@ class _Pushed:
         return self._rid
 
     async def wait(self) -> Any:
-        owner = self.owner
-        if owner is not None and not self.slot.done:
+        if self.owner is not None and not self.slot.done:
             # Its transaction never waited yet: bind it now, so that the server holds
             # the request (and fails it with 1025 if the transaction is dropped).
-            try:
-                await owner._ready()
-            except FDBError as e:
-                self.slot.fail(e)
+            await self._bind_owner()
         await self.slot.event.wait()
         return self.slot.result()
+
+    async def _bind_owner(self) -> None:
+        # A separate frame, so that no reference to the transaction outlives binding.
+        owner = self.owner
+        assert owner is not None
+        try:
+            await owner._ready()
+        except FDBError as e:
+            self.slot.fail(e)
 
     def withdraw(self, error: FDBError) -> None:
         """Fail it locally and tell the server to cancel it."""
@@ -597,8 +602,6 @@ class RemoteTransaction(Transaction):
         self._retries_at_bind = 0
         self._committed_version = -1
         self._cancelled = False
-        self._reads = _RemoteReads(self, snapshot=False)
-        self._snapshot = _RemoteReads(self, snapshot=True)
         self.maybe_committed = False
         conn = db._live_connection()
         if conn is not None:
@@ -688,13 +691,15 @@ class RemoteTransaction(Transaction):
     # -- reads ---------------------------------------------------------------------------
     @property
     def snapshot(self) -> ReadTransaction:
-        return self._snapshot
+        # A new view each time: the transaction holds no reference to it, so it is
+        # freed (and dropped on the server) as soon as the caller lets go of it.
+        return _RemoteReads(self, snapshot=True)
 
     async def get(self, key: bytes) -> bytes | None:
-        return await self._reads.get(key)
+        return await _RemoteReads(self, snapshot=False).get(key)
 
     async def get_key(self, selector: KeySelector) -> bytes:
-        return await self._reads.get_key(selector)
+        return await _RemoteReads(self, snapshot=False).get_key(selector)
 
     async def get_range(
         self,
@@ -704,10 +709,12 @@ class RemoteTransaction(Transaction):
         limit: int = 0,
         reverse: bool = False,
     ) -> list[KeyValue]:
-        return await self._reads.get_range(begin, end, limit=limit, reverse=reverse)
+        return await _RemoteReads(self, snapshot=False).get_range(
+            begin, end, limit=limit, reverse=reverse
+        )
 
     async def get_read_version(self) -> int:
-        return await self._reads.get_read_version()
+        return await _RemoteReads(self, snapshot=False).get_read_version()
 
     # -- writes --------------------------------------------------------------------------
     def set(self, key: bytes, value: bytes) -> None:
