@@ -12,7 +12,7 @@ from contract_util import (
     raises_code,
 )
 
-from fdbworkers._db import Database, Watch
+from fdbworkers._db import Database, Transaction, Watch
 from fdbworkers._errors import FDBError
 
 
@@ -192,3 +192,44 @@ async def test_closing_the_database_fails_its_watches(db: Database, prefix: byte
     await db.aclose()
     with trio.fail_after(MUST_HAPPEN_WITHIN), pytest.raises(FDBError):
         await w.wait()
+
+
+async def test_watch_after_own_write_compares_with_the_written_value(
+    db: Database, prefix: bytes
+) -> None:
+    k = prefix + b"k"
+    await put(db, {k: b"orig"})
+    tr = db.create_transaction()
+    tr.set(k, b"mine")
+    w = tr.watch(k)
+    await tr.commit()
+    assert not await fires_within(w, MUST_NOT_HAPPEN_WITHIN)  # the value is still "mine"
+    await put(db, {k: b"other"})
+    assert await fires_within(w, MUST_HAPPEN_WITHIN)
+
+
+async def test_watch_fires_on_own_later_clear(db: Database, prefix: bytes) -> None:
+    k = prefix + b"k"
+    await put(db, {k: b"v"})
+    tr = db.create_transaction()
+    w = tr.watch(k)
+    tr.clear(k)
+    assert await fires_within(w, MUST_HAPPEN_WITHIN)
+    tr.cancel()
+
+
+async def test_committed_watch_outlives_the_transaction_timeout(
+    db: Database, prefix: bytes
+) -> None:
+    """The timeout option ends the transaction, not the watches it committed (real 7.3:
+    still pending 2 s after a 0.5 s timeout)."""
+    k = prefix + b"k"
+    db.default_timeout = 0.5
+
+    async def make(tr: Transaction) -> Watch:
+        return tr.watch(k)
+
+    w = await db.transact(make)
+    assert not await fires_within(w, 1.0)
+    await put(db, {k: b"x"})
+    assert await fires_within(w, MUST_HAPPEN_WITHIN)
