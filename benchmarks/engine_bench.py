@@ -1,7 +1,7 @@
 """Throughput of the embedded engine, against a no-MVCC baseline measured in the same run
 (and against a real FoundationDB cluster when ``FDB_CLUSTER_FILE`` is set).
 
-    .venv/bin/python benchmarks/engine_bench.py            # about 15 s
+    .venv/bin/python benchmarks/engine_bench.py            # about 25 s
     .venv/bin/python benchmarks/engine_bench.py --quick    # CI smoke, a few seconds
     .venv/bin/python benchmarks/engine_bench.py --json     # machine-readable
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=10_000, help="table size (default 10000)")
     ap.add_argument("--workers", type=int, default=300, help="simulation workers (default 300)")
     ap.add_argument(
-        "--virtual-seconds", type=float, default=1000.0, help="simulated time (default 1000)"
+        "--virtual-seconds", type=float, default=300.0, help="simulated time (default 300)"
     )
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args(argv)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         keys, n, min_s = min(args.keys, 2_000), 200, 0.2
         workers, vsec = min(args.workers, 50), min(args.virtual_seconds, 20.0)
     else:
-        keys, n, min_s = args.keys, 2_000, 1.5
+        keys, n, min_s = args.keys, 2_000, 1.0
         workers, vsec = args.workers, args.virtual_seconds
 
     async def micro() -> dict[str, Any]:
