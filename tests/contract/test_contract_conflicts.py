@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from contract_util import le64, put, raises_code, read
 
-from fdbworkers._db import Database, Transaction, strinc
+from fdbworkers._db import Database, KeySelector, Transaction, strinc
+from fdbworkers._errors import FDBError
 
 
 async def _racing_pair(db: Database) -> tuple[Transaction, Transaction]:
@@ -138,8 +140,6 @@ async def test_limited_reverse_range_read_conflict(db: Database, prefix: bytes) 
 
 
 async def test_get_key_adds_a_read_conflict(db: Database, prefix: bytes) -> None:
-    from fdbworkers._db import KeySelector
-
     await put(db, {prefix + b"a": b"", prefix + b"c": b""})
     t1, t2 = await _racing_pair(db)
     assert await t1.get_key(KeySelector.first_greater_than(prefix + b"a")) == prefix + b"c"
@@ -230,3 +230,77 @@ async def test_conflict_with_transaction_committed_before_first_read(
     assert await t1.get(k) == b"old"  # read version taken now, after the write
     t1.set(k, b"new")
     await t1.commit()
+
+
+async def test_reading_own_writes_adds_no_read_conflict(db: Database, prefix: bytes) -> None:
+    """Real 7.3: a read answered entirely by the transaction's own set/clear/clear_range
+    records no read conflict; a range read records conflicts only for the keys that its
+    own writes do not cover."""
+    k, m = prefix + b"k", prefix + b"m"
+
+    async def own_set(tr: Transaction) -> None:
+        tr.set(k, b"mine")
+        assert await tr.get(k) == b"mine"
+
+    async def own_clear(tr: Transaction) -> None:
+        tr.clear(k)
+        assert await tr.get(k) is None
+
+    async def own_clear_range(tr: Transaction) -> None:
+        tr.clear_range(prefix + b"a", prefix + b"z")
+        assert await tr.get_range(prefix + b"a", prefix + b"z") == []
+
+    async def own_set_then_range(tr: Transaction) -> None:
+        tr.set(k, b"mine")
+        await tr.get_range(prefix + b"a", prefix + b"z")
+
+    for reads in (own_set, own_clear, own_clear_range, own_set_then_range):
+        await put(db, {k: b"old", m: b"old"})
+        t1, t2 = await _racing_pair(db)
+        await reads(t1)
+        t1.set(prefix + b"out", b"1")
+        t2.set(k, b"theirs")
+        await t2.commit()
+        await t1.commit()
+
+    # ... but the part of a range read not covered by its own writes does conflict
+    await put(db, {k: b"old", m: b"old"})
+    t1, t2 = await _racing_pair(db)
+    await own_set_then_range(t1)
+    t2.set(m, b"theirs")
+    await t2.commit()
+    await raises_code(t1.commit(), 1020)
+
+
+async def test_reading_own_atomic_op_adds_a_read_conflict(db: Database, prefix: bytes) -> None:
+    """The result of an atomic op depends on the stored value: reading it conflicts."""
+    k = prefix + b"k"
+    await put(db, {k: b"\x01"})
+    t1, t2 = await _racing_pair(db)
+    t1.add(k, b"\x01")
+    assert await t1.get(k) == b"\x02"
+    t2.set(k, b"\x09")
+    await t2.commit()
+    await raises_code(t1.commit(), 1020)
+
+
+async def test_snapshot_then_plain_read_conflicts(db: Database, prefix: bytes) -> None:
+    k = prefix + b"k"
+    await put(db, {k: b"v"})
+    t1, t2 = await _racing_pair(db)
+    await t1.snapshot.get(k)
+    await t1.get(k)  # the plain read records the conflict, cached value or not
+    t1.set(prefix + b"out", b"1")
+    t2.set(k, b"w")
+    await t2.commit()
+    await raises_code(t1.commit(), 1020)
+
+
+async def test_inverted_conflict_range_raises_2005_at_once(db: Database, prefix: bytes) -> None:
+    tr = db.create_transaction()
+    for add in (tr.add_read_conflict_range, tr.add_write_conflict_range):
+        with pytest.raises(FDBError) as info:
+            add(prefix + b"z", prefix + b"a")
+        assert info.value.code == 2005
+    tr.set(prefix + b"k", b"v")
+    await tr.commit()  # the refused range left the transaction usable
