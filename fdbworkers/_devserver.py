@@ -44,8 +44,8 @@ import structlog
 import trio
 import trio.testing
 
-from ._db import Database, KeySelector, MutationType, Transaction, Watch
-from ._engine import Engine, FaultPlan
+from ._db import KeySelector, MutationType, Transaction, Watch
+from ._engine import Engine, EngineDatabase, FaultPlan
 from ._engine._mutations import SET
 from ._engine._ryw import MAX_KEY
 from ._engine._store import BASE_VERSION, VERSIONS_PER_SECOND
@@ -262,7 +262,7 @@ class _Session:
         self.server = server
         self.stream = stream
         self.peer = peer
-        self.db: Database | None = None
+        self.db: EngineDatabase | None = None
         self.trs: dict[int, _ServerTransaction] = {}
         self.requests: dict[int, tuple[trio.CancelScope, Watch | None]] = {}
         self.send_ch, self.recv_ch = trio.open_memory_channel[bytes](math.inf)
@@ -779,6 +779,11 @@ class DevServer:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await self._handle(stream, name)
 
+    def client_handles(self) -> list[EngineDatabase]:
+        """The engine handle of each open connection (named by the client's hello, by
+        default ``host:pid``), e.g. to partition one client: ``h.partitioned = True``."""
+        return [s.db for s in self._sessions if isinstance(s.db, EngineDatabase)]
+
     def close_connections(self) -> int:
         """Drop every client connection (their pending operations fail, as when the
         server restarts); the server keeps running. Returns how many were open."""
@@ -801,8 +806,15 @@ class DevServer:
             self._connections_open -= 1
             log.debug("devserver_client_disconnected", peer=peer)
 
-    def _open_handle(self, name: str) -> Database:
+    def _open_handle(self, name: str) -> EngineDatabase:
         return self.engine.open_database(name)
+
+    def __repr__(self) -> str:
+        where = self.address or ("in-memory" if self._nursery is not None else "stopped")
+        return (
+            f"<DevServer {where} connections={self._connections_open} "
+            f"data={str(self.data) if self.data else None}>"
+        )
 
     def statistics(self) -> DevServerStatistics:
         return DevServerStatistics(

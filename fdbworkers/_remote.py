@@ -527,6 +527,13 @@ def _selector(k: KeyOrSelector) -> KeySelector:
     raise TypeError(f"a key must be bytes or a KeySelector, not {type(k).__name__}")
 
 
+def _now_or_none() -> float | None:
+    try:
+        return trio.current_time()
+    except RuntimeError:  # outside trio: the clock starts at first use
+        return None
+
+
 class _RemoteReads(ReadTransaction):
     """The reads of a :class:`RemoteTransaction`, with or without conflicts."""
 
@@ -594,8 +601,8 @@ class RemoteTransaction(Transaction):
         self._tid = 0
         self._buffer: list[tuple[str, tuple[Any, ...], _Pushed | None]] = []
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._created = trio.current_time()
-        self._bound_at = self._created
+        self._created = _now_or_none()
+        self._bound_at = self._created or 0.0
         self._timeout = 0.0
         self._retry_limit = -1
         self._retries = 0
@@ -642,13 +649,20 @@ class RemoteTransaction(Transaction):
     def _server_timeout(self) -> float:
         # The engine measures from its own transaction's creation, which is when we
         # bound; FDB measures from the client transaction's creation.
-        return max(0.001, self._timeout - (self._bound_at - self._created))
+        return max(0.001, self._timeout - (self._bound_at - self._started()))
 
     def _server_retry_limit(self) -> int:
         return max(0, self._retry_limit - self._retries_at_bind)
 
     def _deadline(self) -> float:
-        return self._created + self._timeout if self._timeout > 0 else math.inf
+        return self._started() + self._timeout if self._timeout > 0 else math.inf
+
+    def _started(self) -> float:
+        """When the transaction was created (or reset); outside trio that is its first
+        use inside trio."""
+        if self._created is None:
+            self._created = trio.current_time()
+        return self._created
 
     async def _ready(self) -> _Connection:
         conn = self._conn
@@ -821,7 +835,7 @@ class RemoteTransaction(Transaction):
 
     def reset(self) -> None:
         self.maybe_committed = False
-        self._created = trio.current_time()
+        self._created = _now_or_none()
         self._timeout = 0.0
         self._retry_limit = -1
         self._retries = 0
@@ -829,7 +843,7 @@ class RemoteTransaction(Transaction):
         self._cancelled = False
         conn = self._conn
         if conn is not None and conn.alive:
-            self._bound_at = self._created
+            self._bound_at = self._created or 0.0
             self._retries_at_bind = 0
             conn.send("reset", self._tid)
         else:

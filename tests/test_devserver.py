@@ -594,3 +594,34 @@ def test_data_file_format(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="damaged"):
         load_data_file(path)
+
+
+async def test_partitioning_one_client_of_the_server(
+    memserver: DevServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    a = memclient(memserver, name="a")
+    b = memclient(memserver, name="b")
+    await put(a, {b"k": b"1"})
+    await put(b, {b"k": b"2"})
+    (handle_a,) = [h for h in memserver.client_handles() if h.name == "a"]
+    handle_a.partitioned = True
+    tr = a.create_transaction()
+    tr.set_timeout(1.0)
+    with pytest.raises(FDBError) as info:
+        await tr.get(b"k")
+    assert info.value.code == 1031  # the engine's own timeout, through the server
+    assert await read(b, b"k") == b"2"  # the other client is not affected
+    handle_a.partitioned = False
+    assert await read(a, b"k") == b"2"
+
+
+def test_transaction_created_outside_trio_and_repr() -> None:
+    db = RemoteDatabase("127.0.0.1", 1)
+    tr = db.create_transaction()
+    tr.set(b"k", b"v")
+    tr.set_timeout(1.0)
+    assert "unbound" in repr(tr)
+    assert repr(db) == "<RemoteDatabase sim://127.0.0.1:1 idle>"
+    assert repr(DevServer()).startswith("<DevServer stopped")
+    with pytest.raises(ConfigError):
+        RemoteDatabase("127.0.0.1", 1, connect_timeout=0)
