@@ -213,3 +213,40 @@ async def test_reads_of_oversized_keys_find_nothing(db: Database, prefix: bytes)
     """Real 7.3: a get of a key over 10,000 bytes is not an error; no such key exists."""
     tr = db.create_transaction()
     assert await tr.get(prefix + b"k" * 10_001) is None
+
+
+async def test_read_your_writes_merges_with_limits_and_reverse(db: Database, prefix: bytes) -> None:
+    p = prefix
+    await put(db, {p + b"a": b"1", p + b"c": b"3", p + b"e": b"5", p + b"g": b"7"})
+    tr = db.create_transaction()
+    tr.set(p + b"b", b"2")
+    tr.clear(p + b"c")
+    tr.clear_range(p + b"f", p + b"h")
+    tr.set(p + b"ff", b"6")
+    tr.add(p + b"e", b"\x01")
+    end = strinc(p)
+
+    async def keys(limit: int = 0, reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        got = await tr.get_range(p, end, limit=limit, reverse=reverse)
+        return [(kv.key[len(p) :], kv.value) for kv in got]
+
+    everything = [(b"a", b"1"), (b"b", b"2"), (b"e", b"6"), (b"ff", b"6")]
+    assert await keys() == everything
+    assert await keys(limit=2) == everything[:2]
+    assert await keys(limit=3) == everything[:3]
+    assert await keys(reverse=True) == everything[::-1]
+    assert await keys(limit=2, reverse=True) == everything[::-1][:2]
+    assert await tr.get_key(KeySelector.first_greater_than(p + b"a")) == p + b"b"
+    assert await tr.get_key(KeySelector.first_greater_or_equal(p + b"a") + 2) == p + b"e"
+    assert await tr.get_key(KeySelector.last_less_than(p + b"g")) == p + b"ff"
+    tr.cancel()
+
+
+async def test_selectors_resolving_past_each_other_read_nothing(
+    db: Database, prefix: bytes
+) -> None:
+    await _seed(db, prefix)  # a..h
+    tr = db.create_transaction()
+    p = prefix
+    assert await tr.get_range(KeySelector.first_greater_or_equal(p + b"c") + 3, p + b"e") == []
+    assert await tr.get_range(p + b"c", KeySelector.last_less_than(p + b"c")) == []
