@@ -134,8 +134,9 @@ class Watch(abc.ABC):
 class VersionstampFuture(abc.ABC):
     """The commit versionstamp of a transaction, ready once it committed.
 
-    Awaiting it after a failed or read-only commit raises the error (2021
-    ``no_commit_version`` for a read-only transaction)."""
+    Awaiting it after a failed or read-only commit raises an error: 2020
+    ``transaction_invalid_version`` after a failed commit, 2021 ``no_commit_version``
+    for a read-only transaction (both as on a real 7.3 cluster)."""
 
     @abc.abstractmethod
     async def get(self) -> bytes:
