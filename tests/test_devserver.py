@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -625,3 +626,62 @@ def test_transaction_created_outside_trio_and_repr() -> None:
     assert repr(DevServer()).startswith("<DevServer stopped")
     with pytest.raises(ConfigError):
         RemoteDatabase("127.0.0.1", 1, connect_timeout=0)
+
+
+# --------------------------------------------------------------------------------------
+# Workers over the dev server (virtual clock, in-memory streams)
+# --------------------------------------------------------------------------------------
+
+
+async def test_workers_over_the_dev_server_survive_a_restart_and_evict_a_crash(
+    memserver: DevServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Each worker on its own RemoteDatabase, as separate processes would be: the dev
+    server restarting (every connection dropped, 1 s unreachable) costs failed
+    heartbeats, not an eviction; a crashed worker is still evicted and its jobs move."""
+    from fdbworkers import WorkerOptions, add_job
+    from fdbworkers.testing import Fleet
+
+    options = WorkerOptions(timeout=3.0, settle=0.5, partitions=16)
+    root = "devserver-test"
+    down = False
+
+    async def connector() -> trio.abc.Stream:
+        if down:
+            raise ConnectionRefusedError("the dev server is restarting")
+        return await memserver.connect_in_memory()
+
+    def client(wid: str) -> Database:
+        return RemoteDatabase("memory", 1, connector=connector, name=wid)
+
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, client, root=root, options=options, rng=random.Random(7))
+        for i in range(4):
+            await fleet.start(f"w{i}")
+        admin = client("admin")
+        for j in range(12):
+            await add_job(admin, "sim", f"job{j}", {"n": j}, root=root, partitions=16)
+
+        def owned_once() -> bool:
+            owners = fleet.owners()
+            return len(owners) == 12 and all(len(o) == 1 for o in owners.values())
+
+        await eventually(owned_once, 30)
+        down = True  # the dev server "restarts"
+        assert memserver.close_connections() >= 5
+        await trio.sleep(1.0)
+        down = False
+        await trio.sleep(10)
+        failures = 0
+        for fw in fleet.live():
+            assert fw.worker is not None
+            st = fw.worker.statistics()
+            assert st.evictions_done == 0 and st.rejoins == 0, (fw.id, st)
+            failures += st.heartbeat_failures
+        assert failures > 0
+        await eventually(owned_once, 30)
+        fleet.workers["w2"].crash()
+        await eventually(
+            lambda: owned_once() and all("w2" not in o for o in fleet.owners().values()), 30
+        )
+        n.cancel_scope.cancel()
