@@ -71,6 +71,7 @@ __all__ = [
     "open_fdb",
     "pack",
     "pack_with_versionstamp",
+    "probe_cluster_blocking",
     "resolve_cluster_file",
     "tuple_range",
     "unpack",
@@ -767,3 +768,25 @@ def open_fdb(
         handle = fdb_module.impl.create_database(path)
     log.debug("fdb_database_opened", cluster_file=path, api_version=api_version)
     return FdbDatabase(handle, fdb_module, path, api_version)
+
+
+def probe_cluster_blocking(cluster_file: str | None = None, *, timeout: float = 5.0) -> str | None:
+    """Ask the cluster for a read version, **blocking** the calling thread for at most
+    ``timeout`` seconds: None if it answered, else why not. For start-up checks outside
+    the event loop (test collection, a CLI's first look); never call it from trio code."""
+    try:
+        path = resolve_cluster_file(cluster_file)
+        fdb_module = _ensure_started(DEFAULT_API_VERSION)
+    except (ConfigError, BackendUnavailableError) as e:
+        return str(e)
+    handle = fdb_module.impl.create_database(path)
+    tr = handle.create_transaction()
+    tr.options.set_timeout(max(1, math.ceil(timeout * 1000)))
+    try:
+        tr.get_read_version().wait()
+    except fdb_module.impl.FDBError as e:
+        err = _convert(e)
+        if err.code == 1031:
+            return f"the cluster in {path} did not answer within {timeout:g} s"
+        return f"the cluster in {path} failed: {err}"
+    return None

@@ -72,6 +72,16 @@ def real_cluster_unavailable() -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
+def real_cluster_unreachable() -> str | None:
+    """None when the configured cluster answers within 10 s, else why not. A dead
+    cluster makes every real-cluster test fail at once instead of each one waiting out
+    its deadline."""
+    from fdbworkers._fdb import probe_cluster_blocking
+
+    return probe_cluster_blocking(timeout=10.0)
+
+
 # --------------------------------------------------------------------------------------
 # Clocks: virtual for the engine, real for the cluster
 # --------------------------------------------------------------------------------------
@@ -101,6 +111,11 @@ def _real_clock_run(
             "a real-cluster test cannot run on trio's autojump clock: it would jump "
             "over the waits for the cluster"
         )
+
+    if real_cluster_unavailable() is None:
+        reason = real_cluster_unreachable()
+        if reason is not None:
+            pytest.fail(f"the real FoundationDB cluster is not usable: {reason}")
 
     async def with_deadline() -> Any:
         with trio.fail_after(REAL_TEST_DEADLINE):

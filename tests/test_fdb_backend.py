@@ -567,3 +567,13 @@ async def test_real_database_options(real_db: Database) -> None:
     with pytest.raises(FDBError) as info:
         await tr.get(b"k")
     assert info.value.code == 1031
+
+
+@pytest.mark.real_fdb
+def test_blocking_probe(cluster_file: str) -> None:
+    from fdbworkers._fdb import probe_cluster_blocking
+
+    assert probe_cluster_blocking(timeout=10.0) is None  # the configured cluster answers
+    reason = probe_cluster_blocking(cluster_file, timeout=0.5)
+    assert reason is not None and "did not answer within 0.5 s" in reason
+    assert "does not exist" in (probe_cluster_blocking("/no/such.cluster") or "")
