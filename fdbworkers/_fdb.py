@@ -211,7 +211,8 @@ def check_version_fit(
     the API version, and libfdb_c refuses a header version newer than it knows: the
     8.x binding (header 740+) cannot load libfdb_c 7.3 (max 730)."""
     lib = f"libfdb_c ({library_version})" if library_version else "the installed libfdb_c"
-    if _parse_version(binding_version)[:2] != SUPPORTED_BINDING:
+    parsed = _parse_version(binding_version)
+    if parsed and parsed[:2] != SUPPORTED_BINDING:  # () = no package metadata: header check
         want = ".".join(map(str, SUPPORTED_BINDING))
         raise BackendUnavailableError(
             f"the foundationdb Python binding is {binding_version}, but fdbworkers needs "
