@@ -549,10 +549,16 @@ def status(
     async def main(db: Database) -> list[RoleStatus]:
         deadline = trio.current_time() + wait_for
         while True:
-            with trio.fail_after(s.timeout * 3 + 2 + (observe if observe is not None else 60)):
-                names = [role] if role else sorted(await read_role_configs(db, s.layout))
-                await read_layout_version(db, s.layout)
-                out = [await role_status(db, s, r, observe) for r in names]
+            try:
+                with trio.fail_after(s.timeout * 3 + 2 + (observe if observe is not None else 60)):
+                    names = [role] if role else sorted(await read_role_configs(db, s.layout))
+                    await read_layout_version(db, s.layout)
+                    out = [await role_status(db, s, r, observe) for r in names]
+            except LookupError:  # the role does not exist (yet)
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.5)
+                continue
             if all(r.healthy for r in out) or trio.current_time() >= deadline:
                 return out
             await trio.sleep(min(1.0, max(0.0, deadline - trio.current_time())))

@@ -401,7 +401,12 @@ def devserver(
 @click.option("--workers", type=click.IntRange(min=2, max=32), default=4, show_default=True,
               help="Worker processes at the start.")  # fmt: skip
 @click.option(
-    "--jobs", "n_jobs", type=click.IntRange(min=1, max=10_000), default=40, show_default=True
+    "--jobs",
+    "n_jobs",
+    type=click.IntRange(min=1, max=10_000),
+    default=40,
+    show_default=True,
+    help="Jobs at the start (a quarter more are added, then a quarter removed).",
 )
 @click.option("--worker-timeout", type=click.FloatRange(min=1, max=60), default=3.0,
               show_default=True, metavar="SECONDS",
@@ -434,13 +439,20 @@ def demo(
     from .._demo import DemoOptions, run_demo
 
     s = settings(ctx)
-    cluster = (
-        s.cluster
-        if s.cluster_source in ("--cluster-file", "FDB_CLUSTER_FILE", "--cluster")
-        else None
-    )
-    if cluster is not None and cluster.startswith("sim://"):
-        pass  # an existing dev server
+    # A cluster named on the command line or by FDB_CLUSTER_FILE is used (under a fresh
+    # root, cleared at the end); FDBWORKERS_CLUSTER only when it names FoundationDB (a
+    # dev server left in the environment by the quick start is not reused).
+    cluster = None
+    if s.cluster_source in ("--cluster", "--cluster-file", "FDB_CLUSTER_FILE"):
+        cluster = s.cluster
+    elif s.cluster_source == "FDBWORKERS_CLUSTER" and s.cluster:
+        is_engine = s.cluster.strip().lower().startswith(("sim:", "memory"))
+        cluster = None if is_engine else s.cluster
+    if cluster is not None and cluster.strip().lower().startswith("memory"):
+        raise click.UsageError(
+            "the demo's workers are separate processes and cannot share a 'memory' engine; "
+            "omit --cluster to start a dev server"
+        )
     opts = DemoOptions(
         duration=duration,
         workers=workers,

@@ -1,0 +1,222 @@
+"""The ``--exec`` runner: one process per job with the job in its environment, stopped
+with SIGTERM then SIGKILL, killed at once when cancelled, restarted with backoff when it
+exits. Real processes on the real clock (short: about a second each); then the whole
+``fdbworkers worker --exec`` against a dev server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from cli_util import Cli, cli_on, started_devserver, wait_for
+
+from fdbworkers._errors import ConfigError
+from fdbworkers._exec import ExecOptions, ExecRunner, job_environment, split_command
+
+PY = sys.executable
+
+#: A job program: records its pid and environment, says whether it got SIGTERM.
+PROGRAM = r"""
+import json, os, signal, sys, time
+out = sys.argv[1]
+mode = sys.argv[2] if len(sys.argv) > 2 else "wait"
+def record(event):
+    with open(out, "a") as f:
+        f.write(json.dumps({"event": event, "pid": os.getpid(),
+                            "attempt": os.environ.get("FDBWORKERS_ATTEMPT"),
+                            "job": os.environ.get("FDBWORKERS_JOB_ID"),
+                            "token": os.environ.get("FDBWORKERS_FENCING_TOKEN"),
+                            "spec": os.environ.get("FDBWORKERS_JOB_SPEC"),
+                            "role": os.environ.get("FDBWORKERS_ROLE"),
+                            "worker": os.environ.get("FDBWORKERS_WORKER_ID")}) + "\n")
+if mode == "ignore-term":
+    signal.signal(signal.SIGTERM, lambda *a: record("term-ignored"))
+else:
+    signal.signal(signal.SIGTERM, lambda *a: (record("term"), sys.exit(0)))
+record("start")
+if mode == "exit":
+    sys.exit(int(sys.argv[3]))
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def devserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with started_devserver(tmp_path_factory.mktemp("devserver")) as address:
+        yield address
+
+
+@pytest.fixture
+def cli(devserver: str, tmp_path: Path) -> Iterator[Cli]:
+    with cli_on(["--cluster", devserver], tmp_path) as c:
+        yield c
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        import os
+
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_until(cond: Any, limit: float = 10.0) -> None:
+    """Wait for a file written by another process (nothing to wait on but time)."""
+    with trio.fail_after(limit):
+        while not cond():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+def runner(tmp_path: Path, *args: str, **kw: Any) -> tuple[ExecRunner, Path]:
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    out = tmp_path / "out.jsonl"
+    return ExecRunner(ExecOptions((PY, str(prog), str(out), *args), **kw)), out
+
+
+def env_for(attempt: int) -> dict[str, str]:
+    return {"FDBWORKERS_JOB_ID": "j1", "FDBWORKERS_ATTEMPT": str(attempt)}
+
+
+async def test_stop_sends_sigterm_and_returns_after_the_process_ended(tmp_path: Path) -> None:
+    r, out = runner(tmp_path, stop_grace=5.0)
+    stopping = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+        await wait_until(lambda: [e["event"] for e in events(out)] == ["start"])
+        pid = events(out)[0]["pid"]
+        stopping.set()
+    assert [e["event"] for e in events(out)] == ["start", "term"]
+    assert not pid_alive(pid)
+    st = r.statistics()
+    assert (st.started, st.terminated, st.killed, st.running, st.restarts) == (1, 1, 0, 0, 0)
+
+
+async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    r, out = runner(tmp_path, "ignore-term", stop_grace=0.3)
+    stopping = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+        await wait_until(lambda: len(events(out)) == 1)
+        pid = events(out)[0]["pid"]
+        stopping.set()
+    assert [e["event"] for e in events(out)] == ["start", "term-ignored"]
+    assert not pid_alive(pid)
+    assert r.statistics().killed == 1
+
+
+async def test_cancellation_kills_at_once(tmp_path: Path) -> None:
+    r, out = runner(tmp_path, "ignore-term", stop_grace=30.0)
+    stopping = trio.Event()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+            await wait_until(lambda: len(events(out)) == 1)
+            pid = events(out)[0]["pid"]
+            start = trio.current_time()
+            scope.cancel()
+    assert trio.current_time() - start < 5  # not the 30 s grace
+    assert not pid_alive(pid)
+    assert r.statistics().killed == 1
+
+
+async def test_a_process_that_exits_is_restarted_with_backoff(tmp_path: Path) -> None:
+    r, out = runner(tmp_path, "exit", "3", backoff_initial=0.05, backoff_max=0.2)
+    stopping = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+        await wait_until(lambda: len(events(out)) >= 4)
+        stopping.set()
+    attempts = [e["attempt"] for e in events(out)]
+    assert attempts[:4] == ["0", "1", "2", "3"]
+    assert r.statistics().restarts >= 3
+
+
+async def test_on_failure_mode_does_not_restart_a_finished_job(tmp_path: Path) -> None:
+    r, out = runner(tmp_path, "exit", "0", restart="on-failure", backoff_initial=0.05)
+    stopping = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+        await wait_until(lambda: r.statistics().exited == 1)
+        await trio.sleep(0.3)
+        stopping.set()
+    assert len(events(out)) == 1 and r.statistics().restarts == 0
+
+
+async def test_a_missing_program_is_retried_not_fatal(tmp_path: Path) -> None:
+    r = ExecRunner(ExecOptions(("/no/such/program",), backoff_initial=0.05, backoff_max=0.1))
+    stopping = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
+        await wait_until(lambda: r.statistics().spawn_failures >= 2)
+        stopping.set()
+
+
+def test_job_environment_and_options() -> None:
+    from types import SimpleNamespace
+
+    job = SimpleNamespace(
+        id="j1", role="r", partition=7, spec={"a": b"\x01", "b": [1, 2]}, weight=2.0,
+        token=(5).to_bytes(8, "big") + b"\x00\x01",
+    )  # fmt: skip
+    env = job_environment(job, worker_id="w", incarnation="inc", attempt=2)  # type: ignore[arg-type]
+    assert env["FDBWORKERS_FENCING_TOKEN"] == "00000000000000050001"
+    assert env["FDBWORKERS_TOKEN_VERSION"] == "5"
+    assert json.loads(env["FDBWORKERS_JOB_SPEC"]) == {"a": {"$bytes": "AQ=="}, "b": [1, 2]}
+    assert env["FDBWORKERS_ATTEMPT"] == "2" and env["FDBWORKERS_JOB_PARTITION"] == "7"
+    assert split_command("python -c 'print(1)'") == ("python", "-c", "print(1)")
+    with pytest.raises(ConfigError):
+        split_command("  ")
+    with pytest.raises(ConfigError):
+        ExecOptions(("x",), restart="sometimes")
+
+
+def test_worker_exec_runs_each_owned_job_and_stops_them_on_sigterm(
+    cli: Cli, tmp_path: Path
+) -> None:
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    out = tmp_path / "runs.jsonl"
+    for i in range(3):
+        assert (
+            cli(
+                "job", "add", "ex", f"e{i}", "--spec", json.dumps({"i": i}), "--partitions", "16"
+            ).returncode
+            == 0
+        )
+    w = cli.worker("ex", "x1", "--exec", f"{PY} {prog} {out}", timeout=3.0)
+    wait_for(lambda: len(events(out)) >= 3, 30, "three job processes")
+    started = events(out)
+    assert sorted(e["job"] for e in started) == ["e0", "e1", "e2"]
+    assert {e["role"] for e in started} == {"ex"} and {e["worker"] for e in started} == {"x1"}
+    assert all(len(e["token"]) == 20 for e in started)
+    assert {json.loads(e["spec"])["i"] for e in started} == {0, 1, 2}
+    jobs = json.loads(cli("jobs", "ex", "--json").stdout)["jobs"]
+    assert {j["id"]: j["token"] for j in jobs} == {e["job"]: e["token"] for e in started}
+    # Removing a job stops its process (SIGTERM); SIGTERM to the worker stops the rest.
+    assert cli("job", "remove", "ex", "e1").returncode == 0
+    wait_for(
+        lambda: any(e["event"] == "term" and e["job"] == "e1" for e in events(out)),
+        20,
+        "e1 to stop",
+    )
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    terms = {e["job"] for e in events(out) if e["event"] == "term"}
+    assert terms == {"e0", "e1", "e2"}
+    assert not any(pid_alive(e["pid"]) for e in started)
