@@ -108,7 +108,7 @@ def check_bind_host(host: str, *, allow_remote: bool = False) -> list[tuple[Any,
                 raise ConfigError(
                     f"refusing to serve on {host!r} ({address}): the dev server has no "
                     f"authentication, so it binds to loopback (127.0.0.1, ::1) only. Pass "
-                    f"the explicit allow-remote flag to expose it on a network you trust; "
+                    f"--allow-remote (allow_remote=True) to expose it on a network you trust; "
                     f"production uses FoundationDB"
                 )
     return list(infos)
@@ -124,9 +124,9 @@ async def _open_listener(host: str, port: int, *, allow_remote: bool) -> trio.So
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind((sockaddr[0], port, *sockaddr[2:]))
         sock.listen(128)
-    except OSError as e:
+    except OSError:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e}") from None
+        raise
     return trio.SocketListener(sock)
 
 
