@@ -47,6 +47,8 @@ import trio
 
 from ._db import (
     DEFAULT_MAX_WATCHES,
+    MAX_KEY_SIZE,
+    MAX_VALUE_SIZE,
     VERSIONSTAMP_SIZE,
     Database,
     KeyOrSelector,
@@ -513,6 +515,21 @@ class RemoteVersionstampFuture(VersionstampFuture):
 # --------------------------------------------------------------------------------------
 
 
+#: Keys and values longer than FDB allows are sent cut to these lengths: the engine only
+#: checks their length (2102/2103, or "no such key" for reads) and orders them by the
+#: first bytes, which the cut keeps, so the answer is the same and frames stay small.
+_KEY_CAP: Final = MAX_KEY_SIZE + 8 + 1
+_VALUE_CAP: Final = MAX_VALUE_SIZE + 1
+
+
+def _k(key: bytes) -> bytes:
+    return key if len(key) <= _KEY_CAP else key[:_KEY_CAP]
+
+
+def _v(value: bytes) -> bytes:
+    return value if len(value) <= _VALUE_CAP else value[:_VALUE_CAP]
+
+
 def _check_bytes(value: object, what: str = "key") -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
@@ -543,7 +560,7 @@ class _RemoteReads(ReadTransaction):
 
     async def get(self, key: bytes) -> bytes | None:
         _check_bytes(key)
-        value = await self._tr._call("get", self._snapshot, key)
+        value = await self._tr._call("get", self._snapshot, _k(key))
         if value is not None and not isinstance(value, bytes):
             raise FDBError(4100, f"dev server sent a bad value {value!r:.100}")
         return value
@@ -553,7 +570,7 @@ class _RemoteReads(ReadTransaction):
             raise TypeError("get_key takes a KeySelector")
         _check_bytes(selector.key)
         key = await self._tr._call(
-            "get_key", self._snapshot, selector.key, selector.or_equal, selector.offset
+            "get_key", self._snapshot, _k(selector.key), selector.or_equal, selector.offset
         )
         if not isinstance(key, bytes):
             raise FDBError(4100, f"dev server sent a bad key {key!r:.100}")
@@ -574,8 +591,8 @@ class _RemoteReads(ReadTransaction):
         rows = await self._tr._call(
             "get_range",
             self._snapshot,
-            [b.key, b.or_equal, b.offset],
-            [e.key, e.or_equal, e.offset],
+            [_k(b.key), b.or_equal, b.offset],
+            [_k(e.key), e.or_equal, e.offset],
             limit,
             bool(reverse),
         )
@@ -734,41 +751,41 @@ class RemoteTransaction(Transaction):
     def set(self, key: bytes, value: bytes) -> None:
         _check_bytes(key)
         _check_bytes(value, "value")
-        self._send("set", key, value)
+        self._send("set", _k(key), _v(value))
 
     def clear(self, key: bytes) -> None:
         _check_bytes(key)
-        self._send("clear", key)
+        self._send("clear", _k(key))
 
     def clear_range(self, begin: bytes, end: bytes) -> None:
         _check_bytes(begin)
         _check_bytes(end)
-        self._send("clear_range", begin, end)
+        self._send("clear_range", _k(begin), _k(end))
 
     def atomic_op(self, op: MutationType, key: bytes, param: bytes) -> None:
         code = int(MutationType(op))
         _check_bytes(key)
         _check_bytes(param, "param")
-        self._send("atomic", code, key, param)
+        self._send("atomic", code, _k(key), _v(param))
 
     def add_read_conflict_range(self, begin: bytes, end: bytes) -> None:
         _check_bytes(begin)
         _check_bytes(end)
         if begin > end:
             raise FDBError(2005)
-        self._send("read_conflict", begin, end)
+        self._send("read_conflict", _k(begin), _k(end))
 
     def add_write_conflict_range(self, begin: bytes, end: bytes) -> None:
         _check_bytes(begin)
         _check_bytes(end)
         if begin > end:
             raise FDBError(2005)
-        self._send("write_conflict", begin, end)
+        self._send("write_conflict", _k(begin), _k(end))
 
     def watch(self, key: bytes) -> Watch:
         _check_bytes(key)
         w = RemoteWatch(key, self)
-        self._push("watch", w.pushed, key)
+        self._push("watch", w.pushed, _k(key))
         self._db._track_watch(w)
         return w
 

@@ -524,6 +524,20 @@ async def test_deferred_errors_and_sync_checks(
     with pytest.raises(FDBError) as info:
         await tr.commit()
     assert info.value.code == 2103
+    # oversized keys and values never make oversized frames; the answers are the same
+    tr.reset()
+    huge = b"k" * 200_000
+    assert await tr.get(huge) is None
+    assert await tr.get_range(huge, huge + b"\x00") == []
+    tr.set(b"k", b"v" * 150_000_000)
+    with pytest.raises(FDBError) as info:
+        await tr.commit()
+    assert info.value.code == 2103
+    tr.reset()
+    tr.set(huge, b"v")
+    with pytest.raises(FDBError) as info:
+        await tr.commit()
+    assert info.value.code == 2102
 
 
 async def test_protocol_version_mismatch_is_refused(
