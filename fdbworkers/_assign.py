@@ -36,6 +36,7 @@ deployment's map, so it must bump :data:`ALGORITHM_VERSION`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -788,7 +789,19 @@ def assign(
     _check_replicas(replicas)
     _check_balance(balance)
     ids, weights = _check_members(members)
-    p = int(partitions)
+    return _assign(ids, weights, int(partitions), int(replicas), balance)
+
+
+@functools.lru_cache(maxsize=4)
+def _assign(
+    ids: tuple[str, ...],
+    weights: tuple[float, ...],
+    p: int,
+    replicas: int,
+    balance: float | str | None,
+) -> Assignment:
+    """:func:`assign` after validation; memoized (the result is immutable), since every
+    reconcile of a worker asks for the map of the same settled membership."""
     if not ids:
         empty = np.zeros(p, dtype=np.int64)
         return Assignment(ids, weights, p, replicas, balance, empty, np.zeros((p, 0), np.int64))

@@ -384,6 +384,12 @@ def test_empty_membership() -> None:
     assert moved(a, assign({"x": 1.0}, 8)) == frozenset(range(8))
 
 
+def test_repeated_calls_share_one_result() -> None:
+    members = {"a": 1.0, "b": 2.0}
+    assert assign(members, 64) is assign({"b": 2, "a": 1}, 64)
+    assert assign(members, 64) is not assign(members, 64, balance=None)
+
+
 def test_single_member_owns_everything() -> None:
     a = assign({"solo": 3.0}, 100, replicas=3)
     assert a.partitions_of("solo") == frozenset(range(100))
