@@ -699,3 +699,22 @@ async def test_workers_over_the_dev_server_survive_a_restart_and_evict_a_crash(
             lambda: owned_once() and all("w2" not in o for o in fleet.owners().values()), 30
         )
         n.cancel_scope.cancel()
+
+
+async def test_server_state_is_released(
+    memserver: DevServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Transactions the client let go of are dropped on the server (no leak), and
+    finished or withdrawn requests leave nothing behind."""
+    db = memclient(memserver)
+    for i in range(200):
+        await put(db, {b"k%d" % i: b"v"})
+        assert await read(db, b"k%d" % i) == b"v"
+    watches = [await arm_watch(db, b"w%d" % i) for i in range(50)]
+    for w in watches:
+        w.cancel()
+    await trio.sleep(1.5)  # the drops travel with the next batch or keepalive ping
+    (session,) = memserver._sessions
+    assert len(session.trs) <= 1
+    assert session.requests == {}
+    assert memserver.client_handles()[0].unfired_watches == 0
