@@ -17,8 +17,9 @@ Two layers (measurements and reasons in ``docs/_assign.md``):
    only, so every partition has a fixed preference order over all possible members.
    Since a member's ranks form a permutation rather than independent draws, loads are
    more even than classic rendezvous (variance about ``q/2`` instead of ``q`` for ``q``
-   partitions per member), and a member's best partitions can be *listed* by inverting
-   nothing: computing the whole map costs ``O(P)`` candidate pairs, not ``O(P * N)``.
+   partitions per member), and a member's best partitions can be *listed* (permute its
+   ranks 0, 1, 2, ...): computing the whole map costs ``O(P)`` candidate pairs, not
+   ``O(P * N)`` hashes.
 2. **Capacities.** Member ``i`` may own at most ``cap_i = floor(fair_i + slack_i + d_i)``
    partitions, ``fair_i = P * w_i / W``, ``d_i`` a per-member dither in [0, 1) (so that
    capacities drop one member at a time as the membership grows, not all at once).
@@ -73,8 +74,8 @@ DEFAULT_PARTITIONS: Final = 65536
 #: Default capacity rule (see :func:`assign`).
 DEFAULT_BALANCE: Final = "auto"
 
-#: Largest partition count accepted (ranks and partitions are packed in 64-bit words).
-MAX_PARTITIONS: Final = 1 << 30
+#: Largest partition count accepted (the solver keeps a few arrays of P entries).
+MAX_PARTITIONS: Final = 1 << 24
 #: Accepted weights (a worker's share is proportional to its weight).
 MIN_WEIGHT: Final = 1e-9
 MAX_WEIGHT: Final = 1e9

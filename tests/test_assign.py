@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from fdbworkers._assign import (
     _GOLDEN,
     DEFAULT_PARTITIONS,
+    MAX_PARTITIONS,
     MAX_WEIGHT,
     Assignment,
     _capacities,
@@ -366,7 +367,7 @@ def test_exponential_score_is_increasing() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(max_size=20), st.integers(min_value=1, max_value=1 << 30))
+@given(st.text(max_size=20), st.integers(min_value=1, max_value=MAX_PARTITIONS))
 def test_job_partition_is_multiply_shift_of_the_stable_hash(job: str, partitions: int) -> None:
     p = job_partition(job, partitions)
     assert 0 <= p < partitions
@@ -423,7 +424,7 @@ def test_bad_members_are_config_errors(members: object) -> None:
         ({"partitions": 0}, "partitions"),
         ({"partitions": True}, "partitions"),
         ({"partitions": 2.0}, "partitions"),
-        ({"partitions": (1 << 30) + 1}, "partitions"),
+        ({"partitions": MAX_PARTITIONS + 1}, "partitions"),
         ({"replicas": 0}, "replicas"),
         ({"replicas": 1.5}, "replicas"),
         ({"balance": 0.99}, "balance"),
