@@ -224,6 +224,8 @@ def write_event(tr: Transaction, layout: Layout, kind: str, role: str, **data: A
         layout.event_key_template(),
         encode({"type": kind, "role": role, "wall_time": time.time(), **data}),
     )
+    # A blind atomic write (no read conflict): event writers never conflict on it.
+    tr.set_versionstamped_value(layout.events_head_key, epoch_value())
 
 
 async def trim_events(tr: Transaction, layout: Layout, retention: float) -> None:
@@ -460,6 +462,7 @@ class Worker:
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
         self._body_scope: trio.CancelScope | None = None
         self._replaced_seen_at: float | None = None
+        self._leaving: trio.Event | None = None
         self.log = structlog.get_logger("fdbworkers").bind(
             role=self.role, worker=self.id, incarnation=self.incarnation
         )
@@ -809,7 +812,7 @@ class Worker:
         while True:
             self._wake_settle = trio.Event()
             deadline = self._settler.deadline()
-            if deadline is None:
+            if deadline is None or self.latest is None:
                 await self._wake_settle.wait()
                 continue
             with trio.move_on_at(deadline):
@@ -924,6 +927,19 @@ class Worker:
     async def _leave(self, kind: str) -> None:
         if self.state in (WorkerState.LEFT, WorkerState.SUPERSEDED):
             return
+        if self._leaving is not None:
+            # Another task is leaving (drain() wakes _drain_watcher): wait for it
+            # (bounded by its own deadline) instead of stopping the work twice.
+            with trio.CancelScope(shield=True):
+                await self._leaving.wait()
+            return
+        self._leaving = trio.Event()
+        try:
+            await self._leave_once(kind)
+        finally:
+            self._leaving.set()
+
+    async def _leave_once(self, kind: str) -> None:
         self._set_state(WorkerState.DRAINING)
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + (

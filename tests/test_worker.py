@@ -1,0 +1,309 @@
+"""Membership and liveness on the embedded engine, on trio's virtual clock (G1, G2, G6,
+G7): deterministic and seeded, no wall-clock waits."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from fdbworkers import ConfigError, WorkerOptions, WorkerState, open_worker
+from fdbworkers._engine import Engine, FaultPlan
+from fdbworkers._keys import Layout, MemberRecord
+from fdbworkers._ring import ring_order
+from fdbworkers._worker import resolve_worker_id, tx_read_membership
+from fdbworkers.testing import Fleet
+
+# Every async test here takes ``autojump_clock``: it runs on trio's virtual clock.
+
+TIMEOUT = 3.0
+OPTS = WorkerOptions(timeout=TIMEOUT, settle=0.5, partitions=64)
+ROOT = "fdbworkers-test"
+
+
+def fresh_engine(seed: int = 0, faults: FaultPlan | None = None) -> Engine:
+    return Engine(rng=random.Random(seed), faults=faults)
+
+
+async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
+    start = trio.current_time()
+    with trio.fail_after(limit):
+        while not cond():
+            await trio.sleep(step)
+    return trio.current_time() - start
+
+
+async def members_now(engine: Engine, role: str = "sim") -> dict[str, MemberRecord]:
+    db = engine.open_database("observer")
+    m, _, _, _ = await db.transact(tx_read_membership, Layout.for_root(ROOT), role, None)
+    return dict(m.members)
+
+
+async def test_join_leave_and_restart_with_same_id(autojump_clock: MockClock) -> None:
+    engine = fresh_engine()
+    db = engine.open_database("a")
+    async with open_worker(db, "sim", worker_id="a", root=ROOT, options=OPTS) as a:
+        async with open_worker(
+            engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS
+        ) as b:
+            m = await a.wait_membership()
+            while set(m.members) != {"a", "b"}:
+                m = await a.wait_membership()
+            assert b.state is WorkerState.ACTIVE
+            first_incarnation = b.incarnation
+        # b left gracefully: a sees it go without an eviction.
+        await wait_until(
+            lambda: a.membership is not None and set(a.membership.members) == {"a"}, 10
+        )
+        assert a.statistics().evictions_done == 0
+        # A restart with the same id replaces the old incarnation.
+        async with open_worker(
+            engine.open_database("b2"), "sim", worker_id="b", root=ROOT, options=OPTS
+        ) as b2:
+            assert b2.incarnation != first_incarnation
+            await wait_until(lambda: a.membership is not None and "b" in a.membership.members, 10)
+            assert a.membership is not None
+            assert a.membership.members["b"].incarnation == b2.incarnation
+    assert await members_now(engine) == {}
+
+
+async def test_changes_stream_reports_settled_changes(autojump_clock: MockClock) -> None:
+    engine = fresh_engine()
+    async with open_worker(
+        engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=OPTS
+    ) as a:
+        async with a.changes() as changes:
+            async with trio.open_nursery() as n:
+                for i in range(5):  # a burst of joins: one settled report, not five
+                    n.start_soon(
+                        lambda i=i: open_and_hold(engine, f"w{i}", 20.0)  # type: ignore[misc]
+                    )
+                seen = []
+                with trio.move_on_after(10):
+                    async for ch in changes:
+                        seen.append(ch)
+                        if len(ch.members) == 6:
+                            break
+                n.cancel_scope.cancel()
+    assert seen[-1].added >= {f"w{i}" for i in range(5)} or len(seen[-1].members) == 6
+    assert len(seen) <= 3, [sorted(c.added) for c in seen]
+
+
+async def open_and_hold(engine: Engine, wid: str, hold: float) -> None:
+    async with open_worker(
+        engine.open_database(wid), "sim", worker_id=wid, root=ROOT, options=OPTS
+    ):
+        await trio.sleep(hold)
+
+
+async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockClock) -> None:
+    """G1: evicted within timeout + check_interval (+ one transaction) after its last
+    committed heartbeat, measured on the virtual clock."""
+    engine = fresh_engine(1, FaultPlan(latency=(0.001, 0.02)))
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
+        for i in range(5):
+            await fleet.start(f"w{i}")
+        await trio.sleep(5)
+        victim = fleet.workers["w3"]
+        assert victim.worker is not None
+        victim.crash()
+        last_ok = victim.worker.lease.last_ok_start
+        assert last_ok is not None
+        elapsed = await wait_until(
+            lambda: "w3" not in (fleet.workers["w0"].worker.latest.members), 30
+        )  # type: ignore[union-attr]
+        gone_at = trio.current_time()
+        bound = TIMEOUT + OPTS.effective_check_interval + 0.2
+        assert gone_at - last_ok <= bound, (gone_at - last_ok, bound, elapsed)
+        assert sum(fw.worker.statistics().evictions_done for fw in fleet.live() if fw.worker) == 1
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_no_false_eviction_under_latency_jitter_and_conflicts(autojump_clock: MockClock, seed: int) -> None:
+    """G2: heartbeats that commit in time are never evicted, with latency up to 0.3 s,
+    spurious conflicts, unknown results and delayed watches."""
+    faults = FaultPlan(
+        latency=(0.0, 0.3),
+        conflict_probability=0.2,
+        unknown_result_probability=0.05,
+        watch_delay_max=0.5,
+        spurious_watch_rate=0.1,
+    )
+    engine = fresh_engine(seed, faults)
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS, rng=random.Random(seed))
+        for i in range(6):
+            await fleet.start(f"w{i}")
+        await trio.sleep(300)
+        for fw in fleet.live():
+            assert fw.worker is not None
+            st = fw.worker.statistics()
+            assert st.evictions_done == 0, f"seed {seed}: {fw.id} evicted someone"
+            assert st.rejoins == 0, f"seed {seed}: {st}"  # rejoin == it was evicted
+        n.cancel_scope.cancel()
+
+
+async def test_long_pause_fences_before_eviction_and_rejoins(autojump_clock: MockClock) -> None:
+    """A partitioned (or paused) worker fences itself before anyone may evict it, the
+    rest evict it, and once healed it rejoins as a new incarnation by itself."""
+    engine = fresh_engine(4)
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
+        for i in range(4):
+            await fleet.start(f"w{i}")
+        await trio.sleep(5)
+        victim = fleet.workers["w1"]
+        w = victim.worker
+        assert w is not None
+        old_incarnation = w.incarnation
+        victim.db.partitioned = True  # type: ignore[attr-defined]
+        await wait_until(lambda: w.state is WorkerState.FENCED, 10)
+        fenced_at = trio.current_time()
+        observer = fleet.workers["w0"].worker
+        assert observer is not None
+        await wait_until(
+            lambda: observer.latest is not None and "w1" not in observer.latest.members, 15
+        )
+        evicted_at = trio.current_time()
+        assert fenced_at < evicted_at - OPTS.effective_fence_margin / 2
+        victim.db.partitioned = False  # type: ignore[attr-defined]
+        await wait_until(
+            lambda: w.state is WorkerState.ACTIVE and w.incarnation != old_incarnation, 15
+        )
+        await wait_until(
+            lambda: observer.latest is not None and "w1" in observer.latest.members, 10
+        )
+        assert w.statistics().rejoins == 1 and w.statistics().fences >= 1
+        n.cancel_scope.cancel()
+
+
+async def test_hundred_workers_join_at_once_without_conflicts(autojump_clock: MockClock) -> None:
+    """G7: registration, heartbeats and leaves are blind writes: no conflicts at all."""
+    engine = fresh_engine(5)
+    opts = WorkerOptions(timeout=10.0, settle=1.0, partitions=64)
+    handles = {}
+
+    def db_for(wid: str):  # type: ignore[no-untyped-def]
+        handles[wid] = engine.open_database(wid)
+        return handles[wid]
+
+    # The role exists (its creation is the one write joins could race on).
+    async with open_worker(
+        engine.open_database("first"), "sim", worker_id="first", root=ROOT, options=opts
+    ):
+        async with trio.open_nursery() as n:
+            fleet = Fleet(n, db_for, root=ROOT, options=opts)
+            async with trio.open_nursery() as starters:
+                for i in range(100):
+                    starters.start_soon(fleet.start, f"w{i:03}")
+            await trio.sleep(60)
+            assert len(await members_now(engine)) == 101
+            conflicts = sum(h.stats.conflicts for h in handles.values())
+            assert conflicts == 0
+            assert all(
+                fw.worker and fw.worker.statistics().heartbeats_sent >= 15 for fw in fleet.live()
+            )
+            n.cancel_scope.cancel()
+
+
+async def test_chain_of_dead_neighbours_is_cleaned_up_quickly(autojump_clock: MockClock) -> None:
+    engine = fresh_engine(6)
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
+        ids = [f"w{i}" for i in range(8)]
+        for wid in ids:
+            await fleet.start(wid)
+        await trio.sleep(5)
+        ring = ring_order(ids)
+        dead = ring[2:5]  # three consecutive members: two of them checked by dead ones
+        for wid in dead:
+            fleet.workers[wid].crash()
+        start = trio.current_time()
+        alive = fleet.workers[ring[0]].worker
+        assert alive is not None
+        await wait_until(lambda: not (set(dead) & set(alive.latest.members)), 60)  # type: ignore[union-attr]
+        took = trio.current_time() - start
+        # Not one timeout per dead member: suspects are observed ahead of time.
+        assert took <= TIMEOUT + 3 * OPTS.effective_check_interval + 1.0, took
+        n.cancel_scope.cancel()
+
+
+async def test_drain_flag_makes_the_worker_leave(autojump_clock: MockClock) -> None:
+    engine = fresh_engine(7)
+    layout = Layout.for_root(ROOT)
+    async with open_worker(
+        engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=OPTS
+    ) as a:
+        async with open_worker(
+            engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS
+        ) as b:
+            await trio.sleep(2)
+
+            async def set_drain(tr):  # type: ignore[no-untyped-def]
+                key = layout.member_key("sim", "b")
+                rec = MemberRecord.decode("b", key, await tr.get(key))
+                tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
+
+            await engine.open_database("cli").transact(set_drain)
+            await trio.sleep_forever()  # the drain cancels this block
+        assert b.state is WorkerState.LEFT
+        await wait_until(lambda: a.latest is not None and "b" not in a.latest.members, 5)
+        assert a.statistics().evictions_done == 0
+
+
+async def test_watch_limit_falls_back_to_polling(autojump_clock: MockClock) -> None:
+    engine = fresh_engine(8)
+    db = engine.open_database("a")
+    db.set_max_watches(0)
+    opts = WorkerOptions(timeout=TIMEOUT, settle=0.2, poll_interval=1.0, partitions=64)
+    async with open_worker(db, "sim", worker_id="a", root=ROOT, options=opts) as a:
+        async with open_worker(
+            engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS
+        ):
+            await wait_until(lambda: a.membership is not None and "b" in a.membership.members, 10)
+            assert a.statistics().polling
+
+
+def test_invalid_options_are_rejected_clearly() -> None:
+    for bad in (
+        {"timeout": 0},
+        {"timeout": -1},
+        {"timeout": float("nan")},
+        {"weight": 0},
+        {"settle": -1},
+        {"partitions": 0},
+        {"meta": {"x": object()}},
+        {"timeout": 3.0, "check_interval": 100.0},
+        {"timeout": 3.0, "fence_margin": 2.5},
+    ):
+        with pytest.raises(ConfigError):
+            WorkerOptions(**bad)  # type: ignore[arg-type]
+
+
+async def test_open_worker_rejects_bad_arguments(autojump_clock: MockClock) -> None:
+    engine = fresh_engine()
+    with pytest.raises(ConfigError):
+        async with open_worker(engine.open_database(), "", root=ROOT):
+            pass
+    with pytest.raises(ConfigError, match="not both"):
+        async with open_worker(engine.open_database(), "r", options=OPTS, timeout=3):
+            pass
+    with pytest.raises(ConfigError):
+        async with open_worker(engine.open_database(), "r", bogus=1):
+            pass
+
+
+def test_worker_id_file_keeps_the_id(tmp_path: Path) -> None:
+    f = tmp_path / "sub" / "worker-id"
+    first = resolve_worker_id(None, f)
+    assert resolve_worker_id(None, f) == first
+    assert resolve_worker_id("given", f) == "given"
+    f.write_text("bad\nid")
+    with pytest.raises(ConfigError):
+        resolve_worker_id(None, f)
