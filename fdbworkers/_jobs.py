@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -197,10 +198,21 @@ async def tx_read_partitions(
             except CorruptDataError as e:
                 structlog.get_logger("fdbworkers").error("corrupt_claim", error=str(e))
 
-    for i in range(0, len(parts), 64):
-        async with trio.open_nursery() as nursery:
-            for p in parts[i : i + 64]:
-                nursery.start_soon(one, p)
+    try:
+        for i in range(0, len(parts), 64):
+            async with trio.open_nursery() as nursery:
+                for p in parts[i : i + 64]:
+                    nursery.start_soon(one, p)
+    except BaseExceptionGroup as group:
+        # The retry loop (and the callers' ``except FDBError``) do not look into
+        # exception groups: raise one of the FDB errors when nothing else failed.
+        fdb_errors, rest = group.split(FDBError)
+        if rest is not None or fdb_errors is None:
+            raise
+        first: BaseException = fdb_errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     return jobs, claims
 
 
@@ -793,7 +805,7 @@ class JobRunner:
             return
         async with trio.open_nursery() as n:
             for jid in list(self.running):
-                n.start_soon(lambda j=jid: self._stop_one(j, reason=reason, release=release))
+                n.start_soon(partial(self._stop_one, jid, reason=reason, release=release))
 
     async def _stop_all_and_release(self, reason: str) -> None:
         if reason in ("drained", "left"):
@@ -811,7 +823,7 @@ class JobRunner:
             for jid, r in list(self.running.items()):
                 target = notify_map.owner(r.job.partition) if notify_map else None
                 n.start_soon(
-                    lambda j=jid, t=target: self._stop_one(j, reason=reason, release=True, notify=t)
+                    partial(self._stop_one, jid, reason=reason, release=True, notify=target)
                 )
         self.target = {}
         self._full_resync = True

@@ -22,6 +22,7 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
     (root, "r", role, "inbox", wid)             -> versionstamp, bumped when a claim this
                                                    worker waits for was released; watched
     (root, "events", vs)                        -> Event: bounded audit log
+    (root, "events_head")                       -> versionstamp of the latest event; watched
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def parse_root(root: str | bytes | tuple[str, ...] | None) -> bytes:
 
 def encode(obj: dict[str, Any]) -> bytes:
     """A value: msgpack map with the schema version."""
-    return msgpack.packb({"v": SCHEMA_VERSION, **obj}, use_bin_type=True)
+    packed: bytes = msgpack.packb({"v": SCHEMA_VERSION, **obj}, use_bin_type=True)
+    return packed
 
 
 def decode(key: bytes, value: bytes) -> dict[str, Any]:
@@ -215,6 +217,12 @@ class Layout:
 
     def events_range(self) -> tuple[bytes, bytes]:
         return self.range("events")
+
+    @property
+    def events_head_key(self) -> bytes:
+        """Bumped (a versionstamped value) with every event: what ``events --follow``
+        and the live view watch. Outside ``events_range``."""
+        return self.key("events_head")
 
     def event_key_template(self) -> bytes:
         return self._stamped_key("events")

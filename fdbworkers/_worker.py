@@ -407,7 +407,7 @@ async def tx_leave(
 
 
 async def tx_event(
-    tr: Transaction, layout: Layout, kind: str, role: str, retention: float, **data: Any
+    tr: Transaction, /, layout: Layout, kind: str, role: str, retention: float, **data: Any
 ) -> None:
     write_event(tr, layout, kind, role, **data)
     await trim_events(tr, layout, retention)

@@ -83,7 +83,9 @@ class RunLedger:
         last = self.last_token.get(job.id)
         if last is not None and job.token <= last:
             self.violations.append(
-                Violation(now, "G3 token order", f"job {job.id} token {job.token.hex()} <= {last.hex()}")
+                Violation(
+                    now, "G3 token order", f"job {job.id} token {job.token.hex()} <= {last.hex()}"
+                )
             )
         self.last_token[job.id] = job.token
         run = Run(job.id, worker.id, worker.incarnation, job.token, now)
@@ -98,6 +100,16 @@ class RunLedger:
 
     def running_on(self, job_id: str) -> list[str]:
         return [w.id for r, w in self.active.get(job_id, []) if w.lease_valid()]
+
+
+async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
+    """Poll ``cond`` every ``step`` seconds (virtual time in tests) until it holds;
+    fail after ``limit`` seconds. Returns how long it took."""
+    start = trio.current_time()
+    with trio.fail_after(limit):
+        while not cond():  # noqa: ASYNC110 - conditions on other workers' state
+            await trio.sleep(step)
+    return trio.current_time() - start
 
 
 class FleetWorker:
@@ -118,7 +130,9 @@ class FleetWorker:
 
     async def _main(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         f = self.fleet
-        w = Worker(self.db, f.role, self.id, self.options, root=f.root, rng=random.Random(f.rng.random()))
+        w = Worker(
+            self.db, f.role, self.id, self.options, root=f.root, rng=random.Random(f.rng.random())
+        )
         self.worker = w
         ledger = f.ledger
         user_handler = f.handler
@@ -130,7 +144,9 @@ class FleetWorker:
             finally:
                 ledger.ended(run)
 
-        self.runner = JobRunner(w, handler, grace=f.grace, rng=random.Random(f.rng.random()), **f.runner_options)
+        self.runner = JobRunner(
+            w, handler, grace=f.grace, rng=random.Random(f.rng.random()), **f.runner_options
+        )
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope

@@ -4,7 +4,6 @@ G7): deterministic and seeded, no wall-clock waits."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from fdbworkers._engine import Engine, FaultPlan
 from fdbworkers._keys import Layout, MemberRecord
 from fdbworkers._ring import ring_order
 from fdbworkers._worker import resolve_worker_id, tx_read_membership
-from fdbworkers.testing import Fleet
+from fdbworkers.testing import Fleet, wait_until
 
 # Every async test here takes ``autojump_clock``: it runs on trio's virtual clock.
 
@@ -27,14 +26,6 @@ ROOT = "fdbworkers-test"
 
 def fresh_engine(seed: int = 0, faults: FaultPlan | None = None) -> Engine:
     return Engine(rng=random.Random(seed), faults=faults)
-
-
-async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
-    start = trio.current_time()
-    with trio.fail_after(limit):
-        while not cond():
-            await trio.sleep(step)
-    return trio.current_time() - start
 
 
 async def members_now(engine: Engine, role: str = "sim") -> dict[str, MemberRecord]:
@@ -73,22 +64,22 @@ async def test_join_leave_and_restart_with_same_id(autojump_clock: MockClock) ->
 
 async def test_changes_stream_reports_settled_changes(autojump_clock: MockClock) -> None:
     engine = fresh_engine()
-    async with open_worker(
-        engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=OPTS
-    ) as a:
-        async with a.changes() as changes:
-            async with trio.open_nursery() as n:
-                for i in range(5):  # a burst of joins: one settled report, not five
-                    n.start_soon(
-                        lambda i=i: open_and_hold(engine, f"w{i}", 20.0)  # type: ignore[misc]
-                    )
-                seen = []
-                with trio.move_on_after(10):
-                    async for ch in changes:
-                        seen.append(ch)
-                        if len(ch.members) == 6:
-                            break
-                n.cancel_scope.cancel()
+    async with (
+        open_worker(engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=OPTS) as a,
+        a.changes() as changes,
+        trio.open_nursery() as n,
+    ):
+        for i in range(5):  # a burst of joins: one settled report, not five
+            n.start_soon(
+                lambda i=i: open_and_hold(engine, f"w{i}", 20.0)  # type: ignore[misc]
+            )
+        seen = []
+        with trio.move_on_after(10):
+            async for ch in changes:
+                seen.append(ch)
+                if len(ch.members) == 6:
+                    break
+        n.cancel_scope.cancel()
     assert seen[-1].added >= {f"w{i}" for i in range(5)} or len(seen[-1].members) == 6
     assert len(seen) <= 3, [sorted(c.added) for c in seen]
 
@@ -114,9 +105,11 @@ async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockCl
         victim.crash()
         last_ok = victim.worker.lease.last_ok_start
         assert last_ok is not None
+        observer = fleet.workers["w0"].worker
+        assert observer is not None
         elapsed = await wait_until(
-            lambda: "w3" not in (fleet.workers["w0"].worker.latest.members), 30
-        )  # type: ignore[union-attr]
+            lambda: observer.latest is not None and "w3" not in observer.latest.members, 30
+        )
         gone_at = trio.current_time()
         bound = TIMEOUT + OPTS.effective_check_interval + 0.2
         assert gone_at - last_ok <= bound, (gone_at - last_ok, bound, elapsed)
@@ -125,7 +118,9 @@ async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockCl
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_no_false_eviction_under_latency_jitter_and_conflicts(autojump_clock: MockClock, seed: int) -> None:
+async def test_no_false_eviction_under_latency_jitter_and_conflicts(
+    autojump_clock: MockClock, seed: int
+) -> None:
     """G2: heartbeats that commit in time are never evicted, with latency up to 0.3 s,
     spurious conflicts, unknown results and delayed watches."""
     faults = FaultPlan(
@@ -194,22 +189,24 @@ async def test_hundred_workers_join_at_once_without_conflicts(autojump_clock: Mo
         return handles[wid]
 
     # The role exists (its creation is the one write joins could race on).
-    async with open_worker(
-        engine.open_database("first"), "sim", worker_id="first", root=ROOT, options=opts
+    async with (
+        open_worker(
+            engine.open_database("first"), "sim", worker_id="first", root=ROOT, options=opts
+        ),
+        trio.open_nursery() as n,
     ):
-        async with trio.open_nursery() as n:
-            fleet = Fleet(n, db_for, root=ROOT, options=opts)
-            async with trio.open_nursery() as starters:
-                for i in range(100):
-                    starters.start_soon(fleet.start, f"w{i:03}")
-            await trio.sleep(60)
-            assert len(await members_now(engine)) == 101
-            conflicts = sum(h.stats.conflicts for h in handles.values())
-            assert conflicts == 0
-            assert all(
-                fw.worker and fw.worker.statistics().heartbeats_sent >= 15 for fw in fleet.live()
-            )
-            n.cancel_scope.cancel()
+        fleet = Fleet(n, db_for, root=ROOT, options=opts)
+        async with trio.open_nursery() as starters:
+            for i in range(100):
+                starters.start_soon(fleet.start, f"w{i:03}")
+        await trio.sleep(60)
+        assert len(await members_now(engine)) == 101
+        conflicts = sum(h.stats.conflicts for h in handles.values())
+        assert conflicts == 0
+        assert all(
+            fw.worker and fw.worker.statistics().heartbeats_sent >= 15 for fw in fleet.live()
+        )
+        n.cancel_scope.cancel()
 
 
 async def test_chain_of_dead_neighbours_is_cleaned_up_quickly(autojump_clock: MockClock) -> None:
@@ -262,12 +259,12 @@ async def test_watch_limit_falls_back_to_polling(autojump_clock: MockClock) -> N
     db = engine.open_database("a")
     db.set_max_watches(0)
     opts = WorkerOptions(timeout=TIMEOUT, settle=0.2, poll_interval=1.0, partitions=64)
-    async with open_worker(db, "sim", worker_id="a", root=ROOT, options=opts) as a:
-        async with open_worker(
-            engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS
-        ):
-            await wait_until(lambda: a.membership is not None and "b" in a.membership.members, 10)
-            assert a.statistics().polling
+    async with (
+        open_worker(db, "sim", worker_id="a", root=ROOT, options=opts) as a,
+        open_worker(engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS),
+    ):
+        await wait_until(lambda: a.membership is not None and "b" in a.membership.members, 10)
+        assert a.statistics().polling
 
 
 def test_invalid_options_are_rejected_clearly() -> None:
@@ -283,7 +280,7 @@ def test_invalid_options_are_rejected_clearly() -> None:
         {"timeout": 3.0, "fence_margin": 2.5},
     ):
         with pytest.raises(ConfigError):
-            WorkerOptions(**bad)  # type: ignore[arg-type]
+            WorkerOptions(**bad)
 
 
 async def test_open_worker_rejects_bad_arguments(autojump_clock: MockClock) -> None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 from fdbworkers import WorkerOptions, WorkerState, add_job, remove_job
-from fdbworkers._db import Database
+from fdbworkers._db import Database, Transaction
 from fdbworkers._keys import Layout
-from fdbworkers.testing import Fleet
+from fdbworkers.testing import Fleet, wait_until
 
 pytestmark = pytest.mark.real_fdb
 
@@ -26,7 +26,9 @@ OPTIONS = WorkerOptions(timeout=TIMEOUT, settle=0.3, partitions=64)
 @pytest.fixture
 async def real_db() -> AsyncIterator[Database]:
     if not os.environ.get("FDB_CLUSTER_FILE"):
-        pytest.skip("no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)")
+        pytest.skip(
+            "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
+        )
     from fdbworkers._fdb import open_fdb
 
     try:
@@ -35,14 +37,6 @@ async def real_db() -> AsyncIterator[Database]:
         pytest.skip(f"cannot open the real cluster: {e}")
     db.default_timeout = 5.0
     yield db
-
-
-async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
-    start = trio.current_time()
-    with trio.fail_after(limit):
-        while not cond():
-            await trio.sleep(step)
-    return trio.current_time() - start
 
 
 async def test_fleet_on_real_cluster(real_db: Database) -> None:
@@ -94,7 +88,9 @@ async def test_fleet_on_real_cluster(real_db: Database) -> None:
             # A job removed stops; one added starts, each within a watch round trip.
             await remove_job(real_db, "rep", "job0", root=root)
             await add_job(real_db, "rep", "job-new", None, root=root)
-            await wait_until(lambda: "job0" not in fleet.owners() and "job-new" in fleet.owners(), 5)
+            await wait_until(
+                lambda: "job0" not in fleet.owners() and "job-new" in fleet.owners(), 5
+            )
 
             # Drain one: it leaves gracefully, its jobs move, no job runs twice.
             leaving = fleet.workers["w2"]
@@ -109,7 +105,7 @@ async def test_fleet_on_real_cluster(real_db: Database) -> None:
     finally:
         b, e = layout.prefix, layout.prefix + b"\xff"
 
-        async def clear(tr: object) -> None:
-            tr.clear_range(b, e)  # type: ignore[attr-defined]
+        async def clear(tr: Transaction) -> None:
+            tr.clear_range(b, e)
 
-        await real_db.transact(clear)  # type: ignore[arg-type]
+        await real_db.transact(clear)
