@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import msgpack
 
+from ._assign import ALGORITHM_VERSION
 from ._db import VERSIONSTAMP_SIZE, strinc
 from ._errors import ConfigError, CorruptDataError, LayoutError
 from ._fdb import pack, unpack
@@ -178,6 +179,10 @@ class Layout:
     def health_range(self, role: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "health")
 
+    def job_count_key(self, role: str) -> bytes:
+        """An 8-byte little-endian counter of the role's jobs (atomic ADD)."""
+        return self.key("r", role, "job_count")
+
     def jobs_epoch_key(self, role: str) -> bytes:
         return self.key("r", role, "jobs_epoch")
 
@@ -250,11 +255,21 @@ class Layout:
 
 @dataclass(frozen=True)
 class RoleConfig:
+    """Set once when the role is created: the partition count and the version of the
+    assignment algorithm (all members must compute the same map)."""
+
     partitions: int
     created_at: float = 0.0
+    algorithm: int = 1
 
     def encode(self) -> bytes:
-        return encode({"partitions": self.partitions, "created_at": self.created_at})
+        return encode(
+            {
+                "partitions": self.partitions,
+                "created_at": self.created_at,
+                "algorithm": self.algorithm,
+            }
+        )
 
     @classmethod
     def decode(cls, key: bytes, value: bytes) -> RoleConfig:
@@ -262,7 +277,13 @@ class RoleConfig:
         p = obj.get("partitions")
         if not isinstance(p, int) or p < 1:
             raise CorruptDataError(f"role config at {key!r} has no valid partition count")
-        return cls(p, float(obj.get("created_at", 0.0)))
+        algorithm = obj.get("algorithm", 1)
+        if not isinstance(algorithm, int) or algorithm > ALGORITHM_VERSION:
+            raise LayoutError(
+                f"role config at {key!r} uses assignment algorithm {algorithm!r}; this "
+                f"fdbworkers implements up to {ALGORITHM_VERSION}: upgrade fdbworkers"
+            )
+        return cls(p, float(obj.get("created_at", 0.0)), algorithm)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import structlog
 import trio
 
+from ._assign import ALGORITHM_VERSION
+from ._assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
 from ._db import Database, Transaction, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
 from ._keys import (
@@ -46,7 +48,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_PARTITIONS = 4096
+#: Partitions of a new role: the assignment's measured choice (docs/assignment.md).
+DEFAULT_PARTITIONS = ASSIGN_DEFAULT_PARTITIONS
 #: Versions advance about this many per second (FDB's VERSIONS_PER_SECOND).
 VERSIONS_PER_SECOND = 1_000_000
 DEFAULT_EVENT_RETENTION = 7 * 24 * 3600.0
@@ -213,7 +216,7 @@ async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions:
     raw = await tr.get(key)
     if raw is not None:
         return RoleConfig.decode(key, raw)
-    cfg = RoleConfig(partitions, time.time())
+    cfg = RoleConfig(partitions, time.time(), ALGORITHM_VERSION)
     tr.set(key, cfg.encode())
     return cfg
 
@@ -284,10 +287,15 @@ async def tx_register(
 async def tx_heartbeat(
     tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str
 ) -> MemberRecord | None:
-    """A blind versionstamped write of the health key, if our record is still ours.
-    The snapshot read of our record adds no conflict: a heartbeat never conflicts."""
+    """A versionstamped write of the health key, if our record is still ours.
+
+    The read of our own record is *not* a snapshot read: if our eviction (or a newer
+    incarnation of our id) commits between this read and our commit, the heartbeat
+    conflicts and its retry finds the record gone, so a heartbeat that commits proves
+    we were still a member at its commit, which the lease relies on (see _liveness).
+    Nothing else writes our member key, so heartbeats never conflict otherwise (G7)."""
     key = layout.member_key(role, wid)
-    raw = await tr.snapshot.get(key)
+    raw = await tr.get(key)
     if raw is None:
         return None
     rec = MemberRecord.decode(wid, key, raw)
@@ -649,7 +657,8 @@ class Worker:
             except FDBError as e:
                 self._hb_failures += 1
                 self.log.warning("heartbeat_failed", error=e.name, code=e.code)
-                await trio.sleep(min(interval, 0.5 + self._rng.random() * 0.5))
+                # Try again soon (the lease keeps running from the last success).
+                await trio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
                 continue
             latency = trio.current_time() - start
             self._hb_latency_last = latency

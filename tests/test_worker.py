@@ -121,10 +121,10 @@ async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockCl
 async def test_no_false_eviction_under_latency_jitter_and_conflicts(
     autojump_clock: MockClock, seed: int
 ) -> None:
-    """G2: heartbeats that commit in time are never evicted, with latency up to 0.3 s,
-    spurious conflicts, unknown results and delayed watches."""
+    """G2: heartbeats that commit in time are never evicted, with latency up to 0.1 s per
+    operation, spurious conflicts, unknown results and delayed watches."""
     faults = FaultPlan(
-        latency=(0.0, 0.3),
+        latency=(0.0, 0.1),
         conflict_probability=0.2,
         unknown_result_probability=0.05,
         watch_delay_max=0.5,
