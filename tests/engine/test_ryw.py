@@ -42,11 +42,19 @@ class Reader:
         return self.store.get_range(b, e, self.version, limit, reverse)
 
 
-def model_get_key(model: dict[bytes, bytes], sel: KeySelector) -> bytes:
-    keys = sorted(model)
+def model_get_key(
+    model: dict[bytes, bytes], sel: KeySelector, phantoms: frozenset[bytes] = frozenset()
+) -> bytes:
+    """FDB 7.3's read-your-writes get_key: a key that a pending COMPARE_AND_CLEAR of the
+    transaction cleared (a phantom) still counts as a position; landing on it yields the
+    next present key in the walking direction (checked on a real cluster)."""
+    keys = sorted(set(model) | phantoms)
     nk = sel.key + b"\x00" if sel.or_equal else sel.key
     i = bisect_left(keys, nk)  # index of the first key >= nk
     j = i + sel.offset - 1
+    step = 1 if sel.offset > 0 else -1
+    while 0 <= j < len(keys) and keys[j] in phantoms:
+        j += step
     if j < 0:
         return b""
     if j >= len(keys):
@@ -89,27 +97,40 @@ def test_transaction_view_matches_a_dict_model(
     reader = Reader(store, store.read_version())
     rw = WriteMap()
     model = dict(initial)
+    # Keys a pending COMPARE_AND_CLEAR cleared on top of the stored value (an atomic op
+    # on a key this transaction set or cleared is evaluated at once: no phantom).
+    phantoms: set[bytes] = set()
+    local: set[bytes] = set()
     for op in script:
         kind = op[0]
         if kind == "set":
             rw.set(op[1], op[2])
             model[op[1]] = op[2]
+            phantoms.discard(op[1])
+            local.add(op[1])
         elif kind == "clear":
             rw.clear(op[1])
             model.pop(op[1], None)
+            phantoms.discard(op[1])
+            local.add(op[1])
         elif kind == "clear_range":
             b, e = op[1], op[2]
             if b < e:
                 rw.clear_range(b, e)
                 for k in [k for k in model if b <= k < e]:
                     del model[k]
+                phantoms -= {k for k in phantoms if b <= k < e}
+                local |= {k for k in KEYS if b <= k < e}
         elif kind == "atomic":
             rw.atomic(op[1], op[2], op[3])
             new = apply_atomic(op[1], model.get(op[2]), op[3])
             if new is None:
                 model.pop(op[2], None)
+                if op[2] not in local:
+                    phantoms.add(op[2])
             else:
                 model[op[2]] = new
+                phantoms.discard(op[2])
         elif kind == "get":
             assert rw.get(reader, op[1], op[2]) == model.get(op[1])
         elif kind == "range":
@@ -125,7 +146,7 @@ def test_transaction_view_matches_a_dict_model(
             assert [tuple(kv) for kv in got] == want
         elif kind == "get_key":
             sel = KeySelector(op[1], op[2], op[3])
-            assert rw.get_key(reader, sel, False) == model_get_key(model, sel)
+            assert rw.get_key(reader, sel, False) == model_get_key(model, sel, frozenset(phantoms))
     mutations, writes, reads, _ = rw.commit_request()
     store.commit(reader.version, reads, writes, mutations)
     after = store.read_version()
