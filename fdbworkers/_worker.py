@@ -252,6 +252,7 @@ async def tx_register(
     key = layout.member_key(role, record.wid)
     old_raw = await tr.snapshot.get(key)
     replaced = None
+    replaced_weight: float | None = None
     if old_raw is not None:
         try:
             old = MemberRecord.decode(record.wid, key, old_raw)
@@ -260,6 +261,7 @@ async def tx_register(
         if old is not None and old.incarnation == record.incarnation:
             return old  # an earlier attempt committed (1021): nothing more to do
         replaced = old.incarnation if old is not None else None
+        replaced_weight = old.weight if old is not None else None
     rec = MemberRecord(**{**record.__dict__, "replaced": replaced})
     tr.set(key, rec.encode())
     tr.set_versionstamped_value(
@@ -275,6 +277,7 @@ async def tx_register(
         worker=rec.wid,
         incarnation=rec.incarnation,
         replaced=replaced,
+        replaced_weight=replaced_weight,
         host=rec.host,
         pid=rec.pid,
         weight=rec.weight,
@@ -364,10 +367,12 @@ async def tx_evict(
     mraw = await tr.get(mkey)
     if mraw is None:
         return False
+    weight: float | None = None  # recorded for replay (fdbworkers explain)
     try:
         rec = MemberRecord.decode(wid, mkey, mraw)
         if rec.incarnation != incarnation:
             return False
+        weight = rec.weight
     except CorruptDataError:
         pass  # a corrupt record of a silent worker is evicted like any other
     tr.clear(mkey)
@@ -383,6 +388,7 @@ async def tx_evict(
         by=by,
         reason=reason,
         silent_for=round(silent_for, 3),
+        weight=weight,
     )
     await trim_events(tr, layout, retention)
     return True
@@ -401,15 +407,18 @@ async def tx_leave(
     raw = await tr.get(mkey)
     if raw is None:
         return False
+    weight: float | None = None  # recorded for replay (fdbworkers explain)
     try:
-        if MemberRecord.decode(wid, mkey, raw).incarnation != incarnation:
+        rec = MemberRecord.decode(wid, mkey, raw)
+        if rec.incarnation != incarnation:
             return False
+        weight = rec.weight
     except CorruptDataError:
         pass
     tr.clear(mkey)
     tr.clear(layout.health_key(role, wid))
     bump_epoch(tr, layout, role)
-    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation)
+    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight)
     await trim_events(tr, layout, retention)
     return True
 
