@@ -112,9 +112,9 @@ def cli(
 
 
 def _register() -> None:
-    from . import _read, _run, _write
+    from . import _insight, _read, _run, _write
 
-    for module in (_read, _write, _run):
+    for module in (_read, _write, _run, _insight):
         for command in module.COMMANDS:
             cli.add_command(command)
 
