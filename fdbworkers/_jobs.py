@@ -241,10 +241,21 @@ async def tx_read_partitions(
         for kv in await reader.get_range(*layout.claims_range(role, p)):
             take_claim(kv.key, kv.value, None)
 
-    for i in range(0, len(parts), 64):
-        async with trio.open_nursery() as nursery:
-            for p in parts[i : i + 64]:
-                nursery.start_soon(one, p)
+    try:
+        for i in range(0, len(parts), 64):
+            async with trio.open_nursery() as nursery:
+                for p in parts[i : i + 64]:
+                    nursery.start_soon(one, p)
+    except BaseExceptionGroup as group:
+        # The retry loop (and the callers' ``except FDBError``) do not look into
+        # exception groups: raise one of the FDB errors when nothing else failed.
+        fdb_errors, rest = group.split(FDBError)
+        if rest is not None or fdb_errors is None:
+            raise
+        first: BaseException = fdb_errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     return jobs, claims
 
 
@@ -468,7 +479,9 @@ class JobRunner:
         self.target: dict[str, JobRecord] = {}
         self.assignment: Assignment | None = None
         self._owned_parts: frozenset[int] = frozenset()
-        self._pending: dict[str, float] = {}  # job -> first time seen blocked by superseded
+        #: job -> (holder incarnation, holder timeout, when we first saw that holder
+        #: superseded by a newer incarnation of its id): taken once the timeout passed.
+        self._superseded: dict[str, tuple[str, float, float]] = {}
         self._wake = trio.Event()
         self._full_resync = True
         self._dirty_parts: set[int] = set()
@@ -595,7 +608,9 @@ class JobRunner:
             self._wake = trio.Event()
             if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
                 await self._stop_all(reason="fenced", release=False)
-                await w.wait_state_change()
+                # Stopping takes time: the state may have moved on meanwhile.
+                if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
+                    await w.wait_state_change()
                 self._full_resync = True
                 continue
             if w.state is not WorkerState.ACTIVE or self._stopped_for_good:
@@ -656,7 +671,7 @@ class JobRunner:
         self._dirty_parts.clear()
         self._full_resync = False
         self._owned_parts = owned
-        jobs, claims = await self._tx(self._tx_read, sorted(read_parts))
+        jobs, _claims = await self._tx(self._tx_read, sorted(read_parts))
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
         # Stop what we no longer own first, then start what we gained.
@@ -683,7 +698,7 @@ class JobRunner:
                 continue
             if not w.lease_valid():
                 return True
-            outcome = await self._claim(rec, claims.get(jid))
+            outcome = await self._claim(rec)
             if outcome.kind == "claimed" and outcome.token is not None:
                 budget -= 1
                 self._start(rec, outcome.token)
@@ -712,14 +727,13 @@ class JobRunner:
     ) -> tuple[dict[str, JobRecord], dict[str, Claim]]:
         return await tx_read_partitions(tr, self.w.layout, self.w.role, parts, snapshot=True)
 
-    async def _claim(self, rec: JobRecord, seen: Claim | None) -> ClaimOutcome:
+    async def _claim(self, rec: JobRecord) -> ClaimOutcome:
         w = self.w
         now = trio.current_time()
         take: set[str] = set()
-        if seen is not None and rec.id in self._pending:
-            holder_timeout = w.options.timeout
-            if now - self._pending[rec.id] >= holder_timeout:
-                take.add(seen.incarnation)
+        blocked = self._superseded.get(rec.id)
+        if blocked is not None and now - blocked[2] >= blocked[1]:
+            take.add(blocked[0])
         nonce = f"{self._rng.getrandbits(64):016x}"
         stamps: list[VersionstampFuture] = []
 
@@ -742,12 +756,14 @@ class JobRunner:
 
         out: ClaimOutcome = await self._tx(attempt)
         if out.kind == "claimed":
-            self._pending.pop(rec.id, None)
+            self._superseded.pop(rec.id, None)
             self._claims += 1
             token = out.token if out.token is not None else await stamps[0].get()
             return ClaimOutcome("claimed", token)
-        if out.kind == "superseded":
-            self._pending.setdefault(rec.id, now)
+        if out.kind == "superseded" and out.holder is not None:
+            held = self._superseded.get(rec.id)
+            if held is None or held[0] != out.holder.incarnation:
+                self._superseded[rec.id] = (out.holder.incarnation, out.holder_timeout, now)
         elif out.kind == "held":
             self._blocked += 1
         return out

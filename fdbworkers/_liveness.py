@@ -44,6 +44,12 @@ class NeighbourTracker:
         if s is None or s.incarnation != incarnation or s.stamp != stamp:
             self._seen[wid] = _Seen(incarnation, stamp, now)
 
+    def tracked(self) -> list[str]:
+        return list(self._seen)
+
+    def forget(self, wid: str) -> None:
+        self._seen.pop(wid, None)
+
     def seen_stamp(self, wid: str) -> bytes | None:
         s = self._seen.get(wid)
         return s.stamp if s else None

@@ -882,6 +882,11 @@ class Worker:
                 return rec is not None and self._tracker.suspect(w, rec.timeout, now)
 
             neighbours = watched_neighbours(self.id, [w for w in members if w != self.id], suspect)
+            # A neighbour that the ring gave to another checker (a join landed between
+            # us) stays observed until its stamp changes: the new checker starts from
+            # zero, and a dead one would otherwise wait a full timeout more (G1).
+            former = [w for w in self._tracker.tracked() if w in members and w not in neighbours]
+            neighbours = neighbours + former
             self._tracker.retain(set(neighbours))
             try:
                 stamps = await self._tx(tx_read_health, self.layout, self.role, neighbours)
@@ -896,6 +901,9 @@ class Worker:
                 if rec is None:
                     continue
                 self._tracker.observe(wid, rec.incarnation, stamps.get(wid), now)
+                if wid in former and self._tracker.silent_for(wid, now) == 0.0:
+                    self._tracker.forget(wid)  # alive: its new checker has it
+                    continue
                 if self._tracker.stale(wid, rec.timeout, now):
                     await self._evict(wid, rec, stamps.get(wid), self._tracker.silent_for(wid, now))
                 else:

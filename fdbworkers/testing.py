@@ -228,3 +228,358 @@ class Fleet:
                 if fw.worker is not None and fw.worker.lease_valid():
                     out.setdefault(jid, []).append(fw.id)
         return out
+
+
+# --- the seeded fault simulation ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Size and fault mix of one simulation run (virtual seconds)."""
+
+    workers: int = 6
+    jobs: int = 60
+    duration: float = 150.0
+    timeout: float = 3.0
+    settle: float = 0.5
+    partitions: int = 64
+    #: Scheduled faults (crash, partition/pause, join, leave, job add/remove) per second.
+    fault_rate: float = 1 / 8
+    #: Network faults of the engine: latency, spurious conflicts, 1021, watch delays.
+    network_faults: bool = True
+
+
+@dataclass
+class SimReport:
+    seed: int
+    config: SimConfig
+    violations: list[Violation]
+    timeline: list[str]
+    stats: dict[str, Any]
+
+    def format(self) -> str:
+        lines = [
+            f"simulation seed={self.seed} {self.config}",
+            f"reproduce: Simulation(seed={self.seed}, config=...).run() or "
+            f"./scripts/soak --seed {self.seed}",
+            "violations:",
+            *[f"  {v}" for v in self.violations],
+            "timeline:",
+            *[f"  {t}" for t in self.timeline[-80:]],
+        ]
+        return "\n".join(lines)
+
+    def raise_for_violations(self) -> None:
+        if self.violations:
+            raise AssertionError(self.format())
+
+
+class Simulation:
+    """N workers on the embedded engine on the virtual clock, a seeded schedule of
+    faults, and the invariants checked from ground truth kept here:
+
+    * G1: a crashed worker's record is gone within ``timeout + check_interval`` (+ one
+      transaction) of its last successful heartbeat, when no other fault overlaps;
+      within three timeouts otherwise;
+    * G2: no incarnation that was never crashed, partitioned or stopped loses its record;
+    * G3: never two runners of one job with valid leases (checked at every start and
+      every 50 ms), fencing tokens only increase;
+    * G4: once quiet for the settle window plus a few timeouts, every job runs on exactly
+      one live worker, the one the assignment names.
+
+    A paused process is modelled as a partitioned one (its database handle hangs);
+    what differs, its tasks not running, is what ``job.check()`` covers.
+    Run it inside ``trio.run(..., clock=MockClock(autojump_threshold=0))``.
+    """
+
+    def __init__(
+        self, seed: int, config: SimConfig | None = None, handler: Handler = idle_handler
+    ) -> None:
+        self.seed = seed
+        self.config = config or SimConfig()
+        self.handler = handler
+        self.rng = random.Random(seed)
+        self.timeline: list[str] = []
+        self.violations: list[Violation] = []
+
+    def _note(self, text: str) -> None:
+        self.timeline.append(f"t={trio.current_time():9.3f} {text}")
+
+    def _violate(self, kind: str, detail: str) -> None:
+        v = Violation(trio.current_time(), kind, detail)
+        self.violations.append(v)
+        self._note(f"VIOLATION {v}")
+
+    async def run(self) -> SimReport:
+        from ._engine import Engine, FaultPlan
+        from ._keys import Layout, MemberRecord
+        from ._worker import tx_ensure_role
+
+        with suppress_import_error():
+            # trio shuffles runnable tasks with its own RNG: seed it for reproducibility.
+            trio._core._run._r.seed(self.seed)  # type: ignore[attr-defined]
+        cfg = self.config
+        rng = self.rng
+        faults = (
+            FaultPlan(
+                latency=(0.0, 0.05),
+                conflict_probability=0.05,
+                unknown_result_probability=0.02,
+                watch_delay_max=0.3,
+                spurious_watch_rate=0.02,
+            )
+            if cfg.network_faults
+            else FaultPlan()
+        )
+        engine = Engine(rng=random.Random(rng.random()), faults=faults)
+        opts = WorkerOptions(timeout=cfg.timeout, settle=cfg.settle, partitions=cfg.partitions)
+        root = "sim"
+        layout = Layout.for_root(root)
+        role = "sim"
+        store = engine.store
+        start_time = trio.current_time()
+        admin = engine.open_database("admin")
+        await admin.transact(tx_ensure_role, layout, role, cfg.partitions)
+
+        # Ground truth about incarnations: (wid, incarnation) -> why it may vanish.
+        excused: set[tuple[str, str]] = set()
+        seen_records: dict[tuple[str, str], float] = {}
+        crashes: list[tuple[str, str, float, float]] = []  # wid, inc, crash time, last ok
+        fault_times: list[float] = []
+        gone_at: dict[tuple[str, str], float] = {}
+
+        def records() -> dict[str, MemberRecord]:
+            out: dict[str, MemberRecord] = {}
+            version = store.read_version()
+            begin, end = layout.members_range(role)
+            for k, v in store.get_range(begin, end, version):
+                wid = str(layout.unpack(k)[-1])
+                out[wid] = MemberRecord.decode(wid, k, v)
+            return out
+
+        async def monitor() -> None:
+            while True:
+                now = trio.current_time()
+                current = {(w, r.incarnation) for w, r in records().items()}
+                for key in current:
+                    seen_records.setdefault(key, now)
+                for key in list(seen_records):
+                    if key not in current and key not in gone_at:
+                        gone_at[key] = now
+                        if key not in excused:
+                            self._violate(
+                                "G2 false eviction",
+                                f"{key[0]} incarnation {key[1]} lost its record without a fault",
+                            )
+                        else:
+                            self._note(f"record gone: {key[0]}/{key[1][:6]}")
+                for jid, owners in fleet.owners().items():
+                    if len(owners) > 1:
+                        self._violate("G3 two runners", f"job {jid} runs on {owners}")
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as nursery:
+            fleet = Fleet(
+                nursery,
+                engine.open_database,
+                role=role,
+                root=root,
+                options=opts,
+                handler=self.handler,
+                rng=random.Random(rng.random()),
+            )
+            next_id = 0
+
+            async def start(wid: str) -> None:
+                fw = await fleet.start(wid)
+                self._note(f"start {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
+
+            for _ in range(cfg.workers):
+                await start(f"w{next_id}")
+                next_id += 1
+            for j in range(cfg.jobs):
+                await add_job_for_sim(admin, layout, role, f"j{j}", cfg.partitions)
+            ledger = fleet.ledger
+            nursery.start_soon(monitor)
+
+            quiet = opts.effective_settle_max + 4 * cfg.timeout + 5
+            t_end_faults = start_time + cfg.duration - quiet
+            next_job = cfg.jobs
+            while trio.current_time() < t_end_faults:
+                gap = rng.expovariate(cfg.fault_rate)
+                if trio.current_time() + gap >= t_end_faults:
+                    break
+                await trio.sleep(gap)
+                live = [fw for fw in fleet.live() if fw.worker is not None]
+                kind = rng.choices(
+                    ["crash", "partition", "join", "leave", "add", "remove"],
+                    weights=[3, 3, 2, 1, 2, 1],
+                )[0]
+                if kind in ("crash", "partition", "leave") and len(live) <= 2:
+                    kind = "join"
+                now = trio.current_time()
+                if kind == "crash":
+                    fw = rng.choice(live)
+                    w = fw.worker
+                    assert w is not None
+                    excused.add((w.id, w.incarnation))
+                    crashes.append((w.id, w.incarnation, now, w.lease.last_ok_start or now))
+                    fault_times.append(now)
+                    self._note(f"crash {w.id}/{w.incarnation[:6]}")
+                    fw.crash()
+                    if rng.random() < 0.5:  # a quick restart with the same id, later
+                        delay = rng.uniform(0.5, 2 * cfg.timeout)
+                        nursery.start_soon(restart_later, fleet, fw.id, delay, self)
+                elif kind == "partition":
+                    fw = rng.choice(live)
+                    w = fw.worker
+                    assert w is not None
+                    dur = rng.uniform(0.3, 3.0) * cfg.timeout
+                    fault_times.append(now)
+                    self._note(f"partition {w.id}/{w.incarnation[:6]} for {dur:.2f}s")
+                    nursery.start_soon(partition_for, fw, dur, excused, self)
+                elif kind == "join":
+                    await start(f"w{next_id}")
+                    next_id += 1
+                elif kind == "leave":
+                    fw = rng.choice(live)
+                    w = fw.worker
+                    assert w is not None
+                    excused.add((w.id, w.incarnation))
+                    self._note(f"leave {w.id}")
+                    nursery.start_soon(fw.stop)
+                elif kind == "add":
+                    await add_job_for_sim(admin, layout, role, f"j{next_job}", cfg.partitions)
+                    self._note(f"add job j{next_job}")
+                    next_job += 1
+                else:
+                    jid = f"j{rng.randrange(next_job)}"
+                    await remove_job_for_sim(admin, layout, role, jid)
+                    self._note(f"remove job {jid}")
+
+            # Quiet: heal, no more faults, then check agreement at rest (G4).
+            engine.faults = FaultPlan()
+            for fw in fleet.workers.values():
+                fw.db.partitioned = False  # type: ignore[attr-defined]
+            self._note("quiet period starts")
+            await trio.sleep(max(0.0, start_time + cfg.duration - trio.current_time()))
+            self._check_at_rest(fleet, store, layout, role, cfg)
+            self._check_liveness(crashes, gone_at, fault_times, opts)
+            for v in ledger.violations:
+                self.violations.append(v)
+            stats = {
+                "job_starts": ledger.starts,
+                "workers_started": next_id,
+                "crashes": len(crashes),
+                "evictions": sum(
+                    fw.worker.statistics().evictions_done
+                    for fw in fleet.workers.values()
+                    if fw.worker
+                ),
+                "engine": engine.stats,
+            }
+            nursery.cancel_scope.cancel()
+        return SimReport(self.seed, cfg, self.violations, self.timeline, stats)
+
+    def _check_liveness(
+        self,
+        crashes: list[tuple[str, str, float, float]],
+        gone_at: dict[tuple[str, str], float],
+        fault_times: list[float],
+        opts: WorkerOptions,
+    ) -> None:
+        slack = 1.0  # one transaction with retries under the injected latency
+        for wid, inc, t_crash, last_ok in crashes:
+            bound = last_ok + opts.timeout + opts.effective_check_interval + slack
+            overlapping = any(
+                t_crash - opts.timeout <= t <= bound and t != t_crash for t in fault_times
+            )
+            limit = bound if not overlapping else last_ok + 3 * opts.timeout + 3 * slack
+            gone = gone_at.get((wid, inc))
+            if gone is None:
+                self._violate(
+                    "G1 not evicted", f"{wid}/{inc[:6]} crashed at {t_crash:.3f}, never removed"
+                )
+            elif gone > limit:
+                self._violate(
+                    "G1 late eviction",
+                    f"{wid}/{inc[:6]}: last heartbeat {last_ok:.3f}, removed {gone:.3f} "
+                    f"> bound {limit:.3f}{' (overlapping faults)' if overlapping else ''}",
+                )
+
+    def _check_at_rest(
+        self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig
+    ) -> None:
+        from ._assign import assign
+
+        version = store.read_version()
+        jobs: dict[str, int] = {}
+        for k, _ in store.get_range(*layout.jobs_range(role), version):
+            t = layout.unpack(k)
+            jobs[str(t[-1])] = int(t[-2])
+        live = [fw for fw in fleet.live() if fw.worker is not None and fw.runner is not None]
+        weights = {fw.id: fw.worker.options.weight for fw in live if fw.worker}
+        if not weights:
+            self._violate("G4 no workers", "no live worker at rest")
+            return
+        a = assign(weights, cfg.partitions)
+        owners = fleet.owners()
+        for jid, p in jobs.items():
+            got = owners.get(jid, [])
+            if got != [a.owner(p)]:
+                self._violate(
+                    "G4 not converged",
+                    f"job {jid} (partition {p}) runs on {got}, owner is {a.owner(p)}",
+                )
+        for jid in owners:
+            if jid not in jobs:
+                self._violate(
+                    "G4 removed job runs", f"job {jid} was removed but runs on {owners[jid]}"
+                )
+        for fw in live:
+            assert fw.worker is not None
+            if fw.worker.state is not WorkerState.ACTIVE:
+                self._violate("G4 worker not active", f"{fw.id} is {fw.worker.state.value} at rest")
+
+
+class suppress_import_error:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], (AttributeError, ImportError))  # type: ignore[arg-type]
+
+
+async def restart_later(fleet: Fleet, wid: str, delay: float, sim: Simulation) -> None:
+    await trio.sleep(delay)
+    fw = await fleet.start(wid)
+    sim._note(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
+
+
+async def partition_for(
+    fw: FleetWorker, duration: float, excused: set[tuple[str, str]], sim: Simulation
+) -> None:
+    w = fw.worker
+    if w is None:
+        return
+    excused.add((w.id, w.incarnation))
+    fw.db.partitioned = True  # type: ignore[attr-defined]
+    await trio.sleep(duration)
+    fw.db.partitioned = False  # type: ignore[attr-defined]
+    if fw.worker is not None:
+        # A rejoin after the partition is a new incarnation: excuse the old one only.
+        sim._note(f"heal {w.id}")
+
+
+async def add_job_for_sim(
+    db: Database, layout: Any, role: str, job_id: str, partitions: int
+) -> None:
+    from ._jobs import tx_add_job
+
+    await db.transact(tx_add_job, layout, role, job_id, {"sim": True}, 1.0, partitions)
+
+
+async def remove_job_for_sim(db: Database, layout: Any, role: str, job_id: str) -> None:
+    from ._jobs import tx_remove_job
+
+    await db.transact(tx_remove_job, layout, role, job_id)
