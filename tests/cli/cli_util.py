@@ -82,7 +82,8 @@ class Cli:
     ) -> subprocess.Popen[bytes]:
         return self.spawn(
             "worker", "--role", role, "--id", wid, "--timeout", str(timeout), "--settle", "0.3",
-            "--grace", "1", "--log-format", "json", *extra, log=f"{wid}.log",
+            "--grace", "1", "--partitions", "64", "--log-format", "json", *extra,
+            log=f"{wid}.log",
         )  # fmt: skip
 
     def log(self, name: str) -> str:

@@ -286,20 +286,11 @@ def test_jobs_lifecycle_and_errors(cli: Cli) -> None:
 
 
 def test_workers_members_status_watch_drain_and_events(cli: Cli) -> None:
-    for i in range(6):
-        assert (
-            cli(
-                "job",
-                "add",
-                "demo",
-                f"job-{i}",
-                "--spec",
-                json.dumps({"n": i}),
-                "--partitions",
-                "64",
-            ).returncode
-            == 0
-        )
+    adds = cli.many(
+        *[["job", "add", "demo", f"job-{i}", "--spec", json.dumps({"n": i}), "--partitions", "64"]
+          for i in range(6)]
+    )  # fmt: skip
+    assert all(r.returncode == 0 for r in adds), [r.stderr for r in adds]
     w1 = cli.worker("demo", "w1", "--demo-handler")
     w2 = cli.worker("demo", "w2", "--demo-handler")
     follow = subprocess.Popen(
@@ -310,6 +301,14 @@ def test_workers_members_status_watch_drain_and_events(cli: Cli) -> None:
     )  # fmt: skip
     cli.procs.append(follow)  # type: ignore[arg-type]
     try:
+
+        def member_ids() -> set[str]:
+            r = cli("members", "demo", "--json", "--observe", "0")
+            return (
+                {m["id"] for m in json.loads(r.stdout)["members"]} if r.returncode == 0 else set()
+            )
+
+        wait_for(lambda: member_ids() == {"w1", "w2"}, 30, "both workers to register")
         r = cli("status", "demo", "--wait", "30")
         assert r.returncode == 0, r.stdout + r.stderr + cli.log("w1.log")[-3000:]
         assert "healthy" in r.stdout
@@ -416,27 +415,24 @@ def test_a_crashed_single_worker_is_evicted_by_the_operator(cli: Cli) -> None:
 
 def test_force_evicting_a_live_worker_makes_it_rejoin(cli: Cli) -> None:
     cli.worker("forced", "f1", "--demo-handler")
-    assert cli("status", "forced", "--wait", "20").returncode == 0
-    before = as_json(cli("members", "forced", "--json"), "members")["members"][0]["incarnation"]
+
+    def incarnations() -> list[str]:
+        r = cli("members", "forced", "--json")
+        return (
+            [m["incarnation"] for m in json.loads(r.stdout)["members"]] if r.returncode == 0 else []
+        )
+
+    wait_for(lambda: len(incarnations()) == 1, 20, "the worker to register")
+    before = incarnations()[0]
     r = cli("evict", "forced", "f1", "--yes", "--force")
     assert r.returncode == 0, r.stderr
-    wait_for(
-        lambda: (
-            [
-                m["incarnation"]
-                for m in as_json(cli("members", "forced", "--json"), "members")["members"]
-            ]
-            not in ([], [before])
-        ),
-        20,
-        "the worker to rejoin as a new incarnation",
-    )
+    wait_for(lambda: incarnations() not in ([], [before]), 20, "the worker to rejoin")
 
 
 @pytest.mark.real_fdb
 def test_cli_read_commands_on_the_real_cluster(real_cli: Cli) -> None:
-    for i in range(4):
-        assert real_cli("job", "add", "rr", f"j{i}", "--partitions", "64").returncode == 0
+    adds = real_cli.many(*[["job", "add", "rr", f"j{i}", "--partitions", "64"] for i in range(4)])
+    assert all(r.returncode == 0 for r in adds), [r.stderr for r in adds]
     real_cli.worker("rr", "r1", "--demo-handler")
     real_cli.worker("rr", "r2", "--demo-handler")
     r = real_cli("status", "rr", "--wait", "30")

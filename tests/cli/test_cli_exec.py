@@ -192,13 +192,11 @@ def test_worker_exec_runs_each_owned_job_and_stops_them_on_sigterm(
     prog = tmp_path / "prog.py"
     prog.write_text(PROGRAM)
     out = tmp_path / "runs.jsonl"
-    for i in range(3):
-        assert (
-            cli(
-                "job", "add", "ex", f"e{i}", "--spec", json.dumps({"i": i}), "--partitions", "16"
-            ).returncode
-            == 0
-        )
+    adds = cli.many(
+        *[["job", "add", "ex", f"e{i}", "--spec", json.dumps({"i": i}), "--partitions", "16"]
+          for i in range(3)]
+    )  # fmt: skip
+    assert all(r.returncode == 0 for r in adds), [r.stderr for r in adds]
     w = cli.worker("ex", "x1", "--exec", f"{PY} {prog} {out}", timeout=3.0)
     wait_for(lambda: len(events(out)) >= 3, 30, "three job processes")
     started = events(out)
