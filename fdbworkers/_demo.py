@@ -644,6 +644,11 @@ class Demo:
             f"{'total':<28} moved {total_moved:3d}  required {total_required:3d}  "
             f"optimum {total_optimum:3d}"
         )
+        move_lines.append(
+            "(moved: jobs that started on another worker; required: jobs whose owner the "
+            "assignment changed; optimum: the fewest moves a perfectly balanced map needs, "
+            "a leaver's jobs or a newcomer's fair share)"
+        )
         self.checks.append(CheckResult("jobs moved only as required", moves_ok, move_lines))
         # At most one runner.
         jobs, problems = check_single_runner(runs)

@@ -22,6 +22,7 @@ from ._common import (
     Settings,
     configure_logging,
     open_db,
+    resolve_cluster,
     settings,
     translate,
     unwrap,
@@ -413,6 +414,18 @@ def devserver(
               help="The workers' liveness timeout.")  # fmt: skip
 @click.option("--keep", is_flag=True, help="Keep the demo's folder (logs, job run records).")
 @click.option("--plain", is_flag=True, help="Plain line output even in a terminal.")
+@click.option(
+    "--cluster-file",
+    "demo_cluster_file",
+    metavar="PATH",
+    help="Run on this FoundationDB cluster (the same as the global option).",
+)
+@click.option(
+    "--cluster",
+    "demo_cluster",
+    metavar="ADDRESS",
+    help="Run on this cluster (fdb:PATH, or sim://HOST:PORT for a running dev server).",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -422,6 +435,8 @@ def demo(
     worker_timeout: float,
     keep: bool,
     plain: bool,
+    demo_cluster_file: str | None,
+    demo_cluster: str | None,
 ) -> None:
     """The whole system in one command: a dev server (or FoundationDB with
     --cluster-file), worker processes running a demo job handler, jobs, and a live view.
@@ -439,6 +454,11 @@ def demo(
     from .._demo import DemoOptions, run_demo
 
     s = settings(ctx)
+    if demo_cluster or demo_cluster_file:  # after the command: ./scripts/demo --cluster-file P
+        address, source = resolve_cluster(
+            demo_cluster, demo_cluster_file, demo_cluster is not None, demo_cluster_file is not None
+        )
+        s = Settings(address, source, s.root, s.timeout, s.verbose)
     # A cluster named on the command line or by FDB_CLUSTER_FILE is used (under a fresh
     # root, cleared at the end); FDBWORKERS_CLUSTER only when it names FoundationDB (a
     # dev server left in the environment by the quick start is not reused).

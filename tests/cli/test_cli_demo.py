@@ -49,7 +49,8 @@ def test_demo_on_a_dev_server() -> None:
 def test_demo_on_the_real_cluster() -> None:
     cluster_file = os.environ.get("FDB_CLUSTER_FILE", "")
     r = subprocess.run(
-        [sys.executable, "-m", "fdbworkers", "--cluster-file", cluster_file, *ARGS],
+        # The form ./scripts/demo --cluster-file PATH runs: the option after the command.
+        [sys.executable, "-m", "fdbworkers", *ARGS, "--cluster-file", cluster_file],
         env=clean_env(),
         capture_output=True,
         text=True,
