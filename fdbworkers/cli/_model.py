@@ -152,9 +152,22 @@ async def read_roles(db: Database, layout: Layout) -> list[RoleInfo]:
     out = []
     for role, cfg in sorted(configs.items()):
         members = await count_keys(db, *layout.members_range(role))
-        jobs = await count_keys(db, *layout.jobs_range(role))
+        jobs = await job_count(db, layout, role)
         out.append(RoleInfo(role, cfg.partitions, cfg.created_at, members, jobs))
     return out
+
+
+async def job_count(db: Database, layout: Layout, role: str) -> int:
+    """The role's job counter (kept by job add/remove with atomic adds); a scan of the
+    job table when there is no counter (a role written by an older version)."""
+
+    async def tx(tr: Transaction) -> bytes | None:
+        return await tr.snapshot.get(layout.job_count_key(role))
+
+    raw = await db.transact(tx)
+    if raw is not None and len(raw) == 8:
+        return max(0, int.from_bytes(raw, "little", signed=True))
+    return await count_keys(db, *layout.jobs_range(role))
 
 
 async def require_role(db: Database, layout: Layout, role: str) -> RoleConfig:
