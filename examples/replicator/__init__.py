@@ -1,0 +1,1 @@
+"""A replication job runner on fdbworkers (see README.md)."""
