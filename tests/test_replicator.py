@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import struct
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from fdbworkers import Database, Transaction, WorkerOptions
+from fdbworkers import Database, FDBError, FencedError, Job, Transaction, WorkerOptions
 from fdbworkers._engine import Engine, FaultPlan
+from fdbworkers._keys import Layout
 from fdbworkers.testing import Fleet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.replicator.replicator import (
+    BatchResult,
     ReplicationSpec,
     Store,
     add_replication,
@@ -45,6 +48,51 @@ def replications() -> dict[str, ReplicationSpec]:
     # Two replications from one source (fan-out).
     out["rep-fan"] = ReplicationSpec("src0", "tgt-fan", {"type": "b"})
     return out
+
+
+@dataclass(frozen=True)
+class StallingStore(Store):
+    """The replicator's store, able to freeze a worker inside its next batch, after the
+    batch's reads and before its commit: a GC or VM pause at the worst moment. The
+    whole process is frozen: its handle is cut off (so it fences itself and is evicted,
+    and a new owner takes the job) and the frozen batch cannot be cancelled (shielded).
+    When it resumes, it commits with its old read version, which is still inside FDB's
+    5 s window. Only the fence (and the checkpoint's read conflict) may stop it: the
+    test counts stale commits that got through."""
+
+    stalls: dict[str, float] = field(default_factory=dict)
+    stalled: list[str] = field(default_factory=list)
+    stale_commits: list[str] = field(default_factory=list)
+
+    async def tx_copy_batch(
+        self, tr: Transaction, job: Job, spec: ReplicationSpec, batch_size: int, audit: bool
+    ) -> BatchResult:
+        worker = job._worker
+        hold = self.stalls.pop(worker.id, None)
+        if hold is None:
+            return await super().tx_copy_batch(tr, job, spec, batch_size, audit)
+        db = worker.db
+        frozen = db.create_transaction()
+        frozen.set_timeout(10.0)
+        with trio.CancelScope(shield=True):
+            try:
+                result = await super().tx_copy_batch(frozen, job, spec, batch_size, audit)
+                if not result.changes:
+                    return result
+                self.stalled.append(f"{trio.current_time():.1f} {worker.id} {job.id}")
+                db.partitioned = True  # type: ignore[attr-defined]
+                try:
+                    await trio.sleep(hold)
+                finally:
+                    db.partitioned = False  # type: ignore[attr-defined]
+                await frozen.commit()
+                self.stale_commits.append(f"{worker.id} {job.id} state={worker.state.value}")
+                return result
+            except FencedError:
+                raise
+            except FDBError as e:
+                self.stalled.append(f"  rejected: {e.code}")
+                raise FencedError(f"stale batch rejected: {e}") from e
 
 
 async def read_all(db: Database, begin: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
@@ -76,13 +124,15 @@ async def app_writer(
         await trio.sleep(rng.uniform(0.01, 0.15))
 
 
-async def chaos(fleet: Fleet, rng: random.Random, until: float, log: list[str]) -> None:
+async def chaos(
+    fleet: Fleet, store: Store, rng: random.Random, until: float, log: list[str]
+) -> None:
     """Crashes, pauses past the timeout, partitions, joins and drains, one every few s."""
     n = len(fleet.workers)
     while trio.current_time() < until:
         await trio.sleep(rng.uniform(2.0, 6.0))
         live = [fw for fw in fleet.live() if fw.worker is not None]
-        action = rng.choice(["crash", "pause", "partition", "join", "drain"])
+        action = rng.choice(["crash", "pause", "partition", "join", "drain", "stall", "stall"])
         if action == "join" or len(live) <= 2:
             n += 1
             log.append(f"{trio.current_time():.1f} join w{n}")
@@ -90,7 +140,12 @@ async def chaos(fleet: Fleet, rng: random.Random, until: float, log: list[str]) 
             continue
         victim = rng.choice(live)
         log.append(f"{trio.current_time():.1f} {action} {victim.id}")
-        if action == "crash":
+        if action == "stall":
+            # Inside its next batch, for longer than the timeout and shorter than FDB's
+            # 5 s transaction lifetime.
+            assert isinstance(store, StallingStore)
+            store.stalls[victim.id] = rng.uniform(4.3, 4.8)
+        elif action == "crash":
             victim.crash()
         elif action == "drain":
             fleet.nursery.start_soon(victim.stop)
@@ -154,7 +209,7 @@ async def run_simulation(seed: int) -> None:
         conflict_probability=0.02,
     )
     engine = Engine(rng=random.Random(seed), faults=faults)
-    store = Store.at("replicator-test-data")
+    store = StallingStore(Layout.for_root("replicator-test-data"))
     app = engine.open_database("app")
     app.default_timeout = 5.0
     reps = replications()
@@ -186,7 +241,7 @@ async def run_simulation(seed: int) -> None:
         stop = trio.Event()
         written = [0]
         n.start_soon(app_writer, app, store, random.Random(seed + 100), stop, written)
-        await chaos(fleet, rng, trio.current_time() + 60, events)
+        await chaos(fleet, store, rng, trio.current_time() + 60, events)
         stop.set()
         # Heal everything, stop the faults, and let the replications catch up.
         engine.faults = FaultPlan()
@@ -207,6 +262,9 @@ async def run_simulation(seed: int) -> None:
                 await trio.sleep(0.5)
         await trio.sleep(2)
         assert written[0] > 100
+        assert isinstance(store, StallingStore)
+        stale = [c for c in store.stale_commits if "state=active" not in c]
+        assert not stale, f"stale batches committed: {stale}; stalls: {store.stalled}"
         assert not fleet.ledger.violations, [str(v) for v in fleet.ledger.violations]
         await check_final_state(app, store, reps)
         n.cancel_scope.cancel()
