@@ -105,7 +105,7 @@ def _log_job_change(
     tr: Transaction, layout: Layout, role: str, partition: int, job_id: str, op: str
 ) -> None:
     tr.set_versionstamped_key(
-        layout.jobchange_key_template(role),
+        layout.jobchange_key_template(role, job_id),
         encode({"partition": partition, "job": job_id, "op": op}),
     )
     tr.set_versionstamped_value(layout.jobs_epoch_key(role), epoch_value())
@@ -482,6 +482,9 @@ class JobRunner:
         #: job -> (holder incarnation, holder timeout, when we first saw that holder
         #: superseded by a newer incarnation of its id): taken once the timeout passed.
         self._superseded: dict[str, tuple[str, float, float]] = {}
+        #: Stopped jobs whose claim release has not committed yet: job -> (partition,
+        #: token, new owner to notify).
+        self._unreleased: dict[str, tuple[int, bytes, str | None]] = {}
         self._wake = trio.Event()
         self._full_resync = True
         self._dirty_parts: set[int] = set()
@@ -578,12 +581,12 @@ class JobRunner:
             # First read: everything will be read by the first full resync.
             if kvs:
                 last = await tr.get_range(begin, end, limit=1, reverse=True)
-                self._last_change = layout.stamp_of_key(last[0].key)
+                self._last_change = layout.jobchange_stamp(role, last[0].key)
             return False, watches
         if len(kvs) > 1000:
             self._full_resync = True
             last = await tr.get_range(begin, end, limit=1, reverse=True)
-            self._last_change = layout.stamp_of_key(last[0].key)
+            self._last_change = layout.jobchange_stamp(role, last[0].key)
             return True, watches
         rv = await tr.get_read_version()
         if stamp_version(self._last_change) < rv - int(
@@ -596,7 +599,7 @@ class JobRunner:
                 self._dirty_parts.add(int(obj["partition"]))
             except (CorruptDataError, KeyError, ValueError):
                 self._full_resync = True
-            self._last_change = layout.stamp_of_key(kv.key)
+            self._last_change = layout.jobchange_stamp(role, kv.key)
         return bool(kvs), watches
 
     # -- reconcile ---------------------------------------------------------------------
@@ -628,6 +631,8 @@ class JobRunner:
             except FDBError as e:
                 self.log.warning("reconcile_failed", error=e.name)
                 more = True
+            if w.membership is not m or w.state is not WorkerState.ACTIVE:
+                continue  # it changed while we reconciled: no wake-up was lost
             delay = self.claim_poll if more else None
             await self._wait_any(w.wait_membership, w.wait_state_change, delay=delay)
 
@@ -657,6 +662,9 @@ class JobRunner:
         """One step towards the target; True if something is still pending."""
         self._reconciles += 1
         w = self.w
+        for jid in list(self._unreleased):
+            if jid not in self.running:
+                await self._release(jid)
         a = await self._compute_assignment(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id))
@@ -720,7 +728,7 @@ class JobRunner:
             for s in list(self._subscribers):
                 with suppress(trio.WouldBlock, trio.BrokenResourceError):
                     s.send_nowait(ch)
-        return pending or (self.max_moves is not None and budget <= 0)
+        return pending or bool(self._unreleased) or (self.max_moves is not None and budget <= 0)
 
     async def _tx_read(
         self, tr: Transaction, parts: list[int]
@@ -825,28 +833,39 @@ class JobRunner:
                 await r.done.wait()
             r.scope.cancel()
             await r.done.wait()
+            if self.running.get(jid) is r:
+                del self.running[jid]  # the handler has finished: it no longer runs
             self._stopped += 1
             self.log.info("job_stopped", job=jid, reason=reason)
             if release:
-                try:
-                    await self._tx(
-                        tx_release,
-                        self.w.layout,
-                        self.w.role,
-                        r.job.partition,
-                        jid,
-                        self.w.id,
-                        self.w.incarnation,
-                        r.job.token,
-                        notify if notify != self.w.id else None,
-                    )
-                except FDBError as e:
-                    # The claim stays; the new owner takes it once we are evicted or rejoin.
-                    self.log.warning("job_release_failed", job=jid, error=e.name)
+                self._unreleased[jid] = (r.job.partition, r.job.token, notify)
+                await self._release(jid)
         finally:
             if self.running.get(jid) is r:
                 del self.running[jid]
             r.stopped.set()
+
+    async def _release(self, jid: str) -> bool:
+        """Clear our claim of a stopped job (and wake its new owner). A failure is
+        retried by every later reconcile: the new owner waits for this release."""
+        partition, token, notify = self._unreleased[jid]
+        try:
+            await self._tx(
+                tx_release,
+                self.w.layout,
+                self.w.role,
+                partition,
+                jid,
+                self.w.id,
+                self.w.incarnation,
+                token,
+                notify if notify != self.w.id else None,
+            )
+        except FDBError as e:
+            self.log.warning("job_release_failed", job=jid, error=e.name, action="retry later")
+            return False
+        self._unreleased.pop(jid, None)
+        return True
 
     async def _stop_all(self, *, reason: str, release: bool) -> None:
         if not self.running:
@@ -875,6 +894,9 @@ class JobRunner:
                 n.start_soon(
                     partial(self._stop_one, jid, reason=reason, release=True, notify=target)
                 )
+        async with trio.open_nursery() as n:
+            for jid in list(self._unreleased):  # earlier releases that did not commit
+                n.start_soon(self._release, jid)
         self.target = {}
         self._full_resync = True
 

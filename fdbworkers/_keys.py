@@ -209,13 +209,23 @@ class Layout:
     def jobchange_range(self, role: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "jobchange")
 
-    def jobchange_key_template(self, role: str) -> bytes:
-        """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry."""
-        return self._stamped_key("r", role, "jobchange")
+    def jobchange_key_template(self, role: str, job_id: str) -> bytes:
+        """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry
+        ``(..., "jobchange", stamp, job_id)``: the job id keeps several changes made
+        in one transaction (one stamp) apart."""
+        head = self.key("r", role, "jobchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
+        return head + VS_PLACEHOLDER + b"\0\0" + pack((job_id,)) + struct.pack("<I", len(head))
+
+    def jobchange_stamp(self, role: str, key: bytes) -> bytes:
+        """The versionstamp of a change-log key."""
+        at = len(self.key("r", role, "jobchange")) + 1
+        if len(key) < at + VERSIONSTAMP_SIZE or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
+            raise CorruptDataError(f"change-log key {key!r} has no versionstamp")
+        return key[at : at + VERSIONSTAMP_SIZE]
 
     def jobchange_after(self, role: str, stamp: bytes) -> bytes:
-        """The first change-log key after the entry stamped ``stamp``."""
-        return self._stamp_key(("r", role, "jobchange"), stamp) + b"\x00"
+        """The first change-log key after every entry stamped ``stamp``."""
+        return strinc(self._stamp_key(("r", role, "jobchange"), stamp))
 
     def jobchange_before_version(self, role: str, version: int) -> bytes:
         return self._stamp_key(("r", role, "jobchange"), version.to_bytes(8, "big") + b"\0\0")

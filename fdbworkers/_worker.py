@@ -218,6 +218,8 @@ async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions:
         return RoleConfig.decode(key, raw)
     cfg = RoleConfig(partitions, time.time(), ALGORITHM_VERSION)
     tr.set(key, cfg.encode())
+    # The job counter starts at 0, so readers of a new role choose the cheap scan.
+    tr.set(layout.job_count_key(role), (0).to_bytes(8, "little", signed=True))
     return cfg
 
 
@@ -479,6 +481,10 @@ class Worker:
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
         self._body_scope: trio.CancelScope | None = None
         self._replaced_seen_at: float | None = None
+        #: When the last heartbeat's commit returned (this process's clock).
+        self.last_heartbeat_committed: float | None = None
+        #: True while a heartbeat transaction runs (it may commit at any moment).
+        self.heartbeat_in_flight = False
         self._leaving: trio.Event | None = None
         self.log = structlog.get_logger("fdbworkers").bind(
             role=self.role, worker=self.id, incarnation=self.incarnation
@@ -659,16 +665,19 @@ class Worker:
         interval = self.options.heartbeat_interval
         while True:
             start = trio.current_time()
+            self.heartbeat_in_flight = True
             try:
                 rec = await self._tx(
                     tx_heartbeat, self.layout, self.role, self.id, self.incarnation
                 )
             except FDBError as e:
+                self.heartbeat_in_flight = False
                 self._hb_failures += 1
                 self.log.warning("heartbeat_failed", error=e.name, code=e.code)
                 # Try again soon (the lease keeps running from the last success).
                 await trio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
                 continue
+            self.heartbeat_in_flight = False
             latency = trio.current_time() - start
             self._hb_latency_last = latency
             self._hb_latency_max = max(self._hb_latency_max, latency)
@@ -676,6 +685,7 @@ class Worker:
                 await self._lost_record(rec)
                 continue
             self._hb_sent += 1
+            self.last_heartbeat_committed = trio.current_time()
             self.lease.renewed(start)
             if self.state is WorkerState.FENCED and self.lease.valid(trio.current_time()):
                 self.log.info("unfenced")

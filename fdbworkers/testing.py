@@ -279,8 +279,8 @@ class Simulation:
     faults, and the invariants checked from ground truth kept here:
 
     * G1: a crashed worker's record is gone within ``timeout + check_interval`` (+ one
-      transaction) of its last successful heartbeat, when no other fault overlaps;
-      within three timeouts otherwise;
+      transaction) of its last heartbeat that may have committed, when no other fault
+      or ring change (join, leave) overlaps; within three timeouts otherwise;
     * G2: no incarnation that was never crashed, partitioned or stopped loses its record;
     * G3: never two runners of one job with valid leases (checked at every start and
       every 50 ms), fencing tokens only increase;
@@ -317,7 +317,7 @@ class Simulation:
 
         with suppress_import_error():
             # trio shuffles runnable tasks with its own RNG: seed it for reproducibility.
-            trio._core._run._r.seed(self.seed)  # type: ignore[attr-defined]
+            trio._core._run._r.seed(self.seed)
         cfg = self.config
         rng = self.rng
         faults = (
@@ -373,7 +373,8 @@ class Simulation:
                             )
                         else:
                             self._note(f"record gone: {key[0]}/{key[1][:6]}")
-                for jid, owners in fleet.owners().items():
+                for jid in list(ledger.active):
+                    owners = ledger.running_on(jid)
                     if len(owners) > 1:
                         self._violate("G3 two runners", f"job {jid} runs on {owners}")
                 await trio.sleep(0.1)
@@ -423,7 +424,12 @@ class Simulation:
                     w = fw.worker
                     assert w is not None
                     excused.add((w.id, w.incarnation))
-                    crashes.append((w.id, w.incarnation, now, w.lease.last_ok_start or now))
+                    # The last heartbeat that may have committed: one in flight may
+                    # commit up to the crash itself.
+                    last = w.last_heartbeat_committed or w.lease.last_ok_start or now
+                    if w.heartbeat_in_flight:
+                        last = now
+                    crashes.append((w.id, w.incarnation, now, last))
                     fault_times.append(now)
                     self._note(f"crash {w.id}/{w.incarnation[:6]}")
                     fw.crash()
@@ -439,6 +445,7 @@ class Simulation:
                     self._note(f"partition {w.id}/{w.incarnation[:6]} for {dur:.2f}s")
                     nursery.start_soon(partition_for, fw, dur, excused, self)
                 elif kind == "join":
+                    fault_times.append(now)  # a ring change: checkers change too
                     await start(f"w{next_id}")
                     next_id += 1
                 elif kind == "leave":
@@ -446,6 +453,7 @@ class Simulation:
                     w = fw.worker
                     assert w is not None
                     excused.add((w.id, w.incarnation))
+                    fault_times.append(now)
                     self._note(f"leave {w.id}")
                     nursery.start_soon(fw.stop)
                 elif kind == "add":

@@ -1,0 +1,29 @@
+"""The fault simulation over 200 seeds (G1-G4 checked continuously; see
+fdbworkers.testing.Simulation). A failing seed prints its timeline; reproduce it with
+``./scripts/soak --seed N``."""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+from trio.testing import MockClock
+
+from fdbworkers._soak import main as soak_main
+from fdbworkers.testing import SimConfig, Simulation
+
+
+def test_two_hundred_seeds_of_mixed_faults() -> None:
+    # Two processes: the machine has two cores.
+    assert soak_main(["--seeds", "0:200", "--parallel", "2"]) == 0
+
+
+async def test_one_seed_in_process_reports_and_is_clean(autojump_clock: MockClock) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        report = await Simulation(7, SimConfig(workers=4, jobs=20, duration=60.0)).run()
+    finally:
+        structlog.reset_defaults()
+    report.raise_for_violations()
+    assert report.stats["job_starts"] >= 20
+    assert "start w0" in report.format()
