@@ -365,33 +365,49 @@ async def tx_evict(
     current = raw[:10] if raw is not None and len(raw) >= 10 else None
     if current != stamp:
         return False
+    return await _remove_member(
+        tr,
+        layout,
+        role,
+        wid,
+        incarnation,
+        "evicted",
+        retention,
+        by=by,
+        reason=reason,
+        silent_for=round(silent_for, 3),
+    )
+
+
+async def _remove_member(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    kind: str,
+    retention: float,
+    **event: Any,
+) -> bool:
+    """Clear member and health of ``wid`` if its record is still ``incarnation`` (a
+    corrupt record counts as it), bump the epoch and log ``kind``. False otherwise, so
+    a retry after 1021 of an already applied removal writes nothing twice."""
     mkey = layout.member_key(role, wid)
-    mraw = await tr.get(mkey)
-    if mraw is None:
+    raw = await tr.get(mkey)
+    if raw is None:
         return False
     weight: float | None = None  # recorded for replay (fdbworkers explain)
     try:
-        rec = MemberRecord.decode(wid, mkey, mraw)
+        rec = MemberRecord.decode(wid, mkey, raw)
         if rec.incarnation != incarnation:
             return False
         weight = rec.weight
     except CorruptDataError:
-        pass  # a corrupt record of a silent worker is evicted like any other
+        pass  # a corrupt record of a silent worker is removed like any other
     tr.clear(mkey)
-    tr.clear(hkey)
+    tr.clear(layout.health_key(role, wid))
     bump_epoch(tr, layout, role)
-    write_event(
-        tr,
-        layout,
-        "evicted",
-        role,
-        worker=wid,
-        incarnation=incarnation,
-        by=by,
-        reason=reason,
-        silent_for=round(silent_for, 3),
-        weight=weight,
-    )
+    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
     await trim_events(tr, layout, retention)
     return True
 
@@ -405,24 +421,7 @@ async def tx_leave(
     kind: str,
     retention: float,
 ) -> bool:
-    mkey = layout.member_key(role, wid)
-    raw = await tr.get(mkey)
-    if raw is None:
-        return False
-    weight: float | None = None  # recorded for replay (fdbworkers explain)
-    try:
-        rec = MemberRecord.decode(wid, mkey, raw)
-        if rec.incarnation != incarnation:
-            return False
-        weight = rec.weight
-    except CorruptDataError:
-        pass
-    tr.clear(mkey)
-    tr.clear(layout.health_key(role, wid))
-    bump_epoch(tr, layout, role)
-    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight)
-    await trim_events(tr, layout, retention)
-    return True
+    return await _remove_member(tr, layout, role, wid, incarnation, kind, retention)
 
 
 async def tx_event(
