@@ -77,8 +77,10 @@ class StallingStore(Store):
         with trio.CancelScope(shield=True):
             try:
                 result = await super().tx_copy_batch(frozen, job, spec, batch_size, audit)
-                if not result.changes:
-                    return result
+                if not result.changes:  # nothing to freeze in: the next batch then
+                    frozen.cancel()
+                    self.stalls[worker.id] = hold
+                    return await super().tx_copy_batch(tr, job, spec, batch_size, audit)
                 self.stalled.append(f"{trio.current_time():.1f} {worker.id} {job.id}")
                 db.partitioned = True  # type: ignore[attr-defined]
                 try:
@@ -93,6 +95,7 @@ class StallingStore(Store):
             except FDBError as e:
                 self.stalled.append(f"  rejected: {e.code}")
                 raise FencedError(f"stale batch rejected: {e}") from e
+        raise AssertionError("unreachable: a shielded scope is never cancelled")
 
 
 async def read_all(db: Database, begin: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
