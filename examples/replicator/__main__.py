@@ -4,6 +4,7 @@ repository root. See README.md next to this file."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+import structlog
 import trio
 
 from fdbworkers import Database, Job, open_database, open_worker
@@ -71,9 +73,20 @@ def run(opts: Opts, fn: Callable[[Database], Awaitable[T]]) -> T:
 @click.option(
     "--data-root", default=DATA_ROOT, show_default=True, help="The databases and checkpoints."
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
 @click.pass_context
-def cli(ctx: click.Context, cluster: str, root: str, data_root: str) -> None:
+def cli(ctx: click.Context, cluster: str, root: str, data_root: str, log_level: str) -> None:
     """A replication job runner on fdbworkers (CouchDB's replicator in miniature)."""
+    # The application configures logging (the library never does).
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, log_level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     ctx.obj = Opts(cluster, root, data_root)
 
 
