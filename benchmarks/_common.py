@@ -1,0 +1,112 @@
+"""Helpers shared by the scale, peer-comparison and real-cluster benchmarks: tables,
+percentiles, bulk job loading, and per-handle engine counters."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from fdbworkers._assign import job_partition
+from fdbworkers._db import Database, Transaction
+from fdbworkers._jobs import JobRecord
+from fdbworkers._keys import Layout
+from fdbworkers._worker import tx_ensure_role
+
+ROOT = "fdbworkers-bench"
+ROLE = "bench"
+
+
+def quiet_logs(level: int = logging.ERROR) -> None:
+    """Benchmarks print tables, not the library's per-job log lines."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+
+
+def pct(samples: Sequence[float], p: float) -> float:
+    """The p-quantile (nearest rank) of ``samples``; nan when empty."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples) if samples else math.nan
+
+
+def fmt(x: Any) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "-"
+        if x == 0:
+            return "0"
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        if abs(x) >= 10:
+            return f"{x:.1f}"
+        if abs(x) >= 0.01:
+            return f"{x:.3f}".rstrip("0").rstrip(".")
+        return f"{x:.2e}"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,}"
+    return str(x)
+
+
+def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table, printed and returned."""
+    lines = [f"\n### {title}\n", "| " + " | ".join(headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(c) for c in r) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def job_ids(n: int, seed: int = 0) -> list[str]:
+    return [f"job-{seed}-{i:07d}" for i in range(n)]
+
+
+async def load_jobs(
+    db: Database,
+    ids: Sequence[str],
+    partitions: int,
+    *,
+    root: str = ROOT,
+    role: str = ROLE,
+    count: int | None = None,
+    batch: int = 2000,
+) -> None:
+    """Write jobs straight into their partitions (what ``add_job`` stores, without the
+    change log, which only matters to running workers), and set the role's job counter
+    to ``count`` (default ``len(ids)``)."""
+    layout = Layout.for_root(root)
+
+    async def ensure(tr: Transaction) -> None:
+        await tx_ensure_role(tr, layout, role, partitions)
+        tr.set(
+            layout.job_count_key(role),
+            (len(ids) if count is None else count).to_bytes(8, "little", signed=True),
+        )
+
+    await db.transact(ensure)
+    for i in range(0, len(ids), batch):
+        chunk = ids[i : i + batch]
+
+        async def write(tr: Transaction, chunk: Sequence[str] = chunk) -> None:
+            for jid in chunk:
+                p = job_partition(jid, partitions)
+                tr.set(layout.job_key(role, p, jid), JobRecord(jid, p, None).encode())
+
+        await db.transact(write)
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,816 @@
+"""How fdbworkers' cost grows with workers (N) and jobs (J): scale curves on the embedded
+engine's virtual clock, plus a wall-clock run of worker processes on a dev server.
+
+    .venv/bin/python benchmarks/scale_bench.py                 # everything (~10-20 min)
+    .venv/bin/python benchmarks/scale_bench.py --quick         # CI size, ~20 s
+    .venv/bin/python benchmarks/scale_bench.py --part fleet    # only the fleet runs
+    .venv/bin/python benchmarks/scale_bench.py --part reads    # only rebalance reads
+    .venv/bin/python benchmarks/scale_bench.py --part wallclock --procs 50
+    .venv/bin/python benchmarks/scale_bench.py --plots docs/img   # also write PNGs
+
+Parts:
+
+* ``fleet``: N workers and J jobs in one process on one engine, trio's MockClock (the
+  figures are about the protocol, not this machine). Per worker and in total, at rest:
+  transactions, keys read and written per virtual second, conflicts, watches held. Then
+  a crash (time to eviction, time until all its jobs run elsewhere), a join (time to a
+  settled balanced map, jobs moved against the optimum) and the keys read by every
+  rebalance transaction (``tx_read_partitions``) during the join.
+* ``reads``: the keys and requests of one worker's full rebalance read for J up to
+  1,000,000 and N up to 1,000: exact, by loading only the jobs of that worker's
+  partitions (and their claims) into an engine whose job counter says J, then running
+  ``tx_read_partitions`` for those partitions; a worker reads nothing else.
+* ``wallclock``: a dev server and ``--procs`` worker processes (``python -m fdbworkers
+  worker --demo-handler``) with real timeouts: CPU per worker at rest, detection and
+  reassignment after a SIGKILL against the bound ``timeout + check_interval``.
+
+Baselines in the same run: the per-worker rest cost at the smallest N (ratios against
+it show O(1) per worker), and J/N (ratios show O(J/N) reads and moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, table
+
+from fdbworkers._assign import assign, job_partition
+from fdbworkers._db import Transaction
+from fdbworkers._engine import Engine, EngineDatabase, EngineStatistics
+from fdbworkers._jobs import Job, JobRunner, tx_read_partitions
+from fdbworkers._keys import Layout, stamped_value
+from fdbworkers._worker import WorkerOptions
+from fdbworkers.testing import Fleet, FleetWorker, wait_until
+
+LAYOUT = Layout.for_root(ROOT)
+
+
+async def sleeper(job: Job) -> None:
+    """A job that runs until it is stopped (no wake-ups of its own)."""
+    await trio.sleep_forever()
+
+
+# --------------------------------------------------------------------------------------
+# Counting each rebalance read (tx_read_partitions through the runner)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadSample:
+    worker: str
+    at: float
+    partitions: int
+    keys: int
+    requests: int
+
+
+READS: list[ReadSample] = []
+_orig_tx_read = JobRunner._tx_read
+
+
+async def _counted_tx_read(self: JobRunner, tr: Transaction, parts: list[int]) -> Any:
+    db = self.w.db
+    st = db.engine_stats if isinstance(db, EngineDatabase) else None
+    k0 = st.keys_read if st else 0
+    r0 = sum(st.reads_by_op.values()) if st else 0
+    out = await _orig_tx_read(self, tr, parts)
+    if st is not None:
+        READS.append(
+            ReadSample(
+                self.w.id,
+                trio.current_time(),
+                len(parts),
+                st.keys_read - k0,
+                sum(st.reads_by_op.values()) - r0,
+            )
+        )
+    return out
+
+
+JobRunner._tx_read = _counted_tx_read  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------
+# Fleet runs on the virtual clock
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FleetResult:
+    n: int
+    j: int
+    partitions: int
+    timeout: float
+    rest_seconds: float
+    start_settle: float = 0.0
+    wall_seconds: float = 0.0
+    rest: dict[str, float] = field(default_factory=dict)
+    per_worker_max: dict[str, float] = field(default_factory=dict)
+    watches_per_worker: float = 0.0
+    watches_max: int = 0
+    conflicts_total: int = 0
+    crash_to_evict: float = 0.0
+    crash_to_reassigned: float = 0.0
+    victim_jobs: int = 0
+    join_to_settled: float = 0.0
+    join_moved: int = 0
+    join_newcomer_jobs: int = 0
+    join_reads: dict[str, float] = field(default_factory=dict)
+    double_runners: int = 0
+    join_conflicts: int = 0
+
+
+def _stats(dbs: dict[str, EngineDatabase]) -> dict[str, tuple[EngineStatistics, int, int]]:
+    return {
+        w: (db.engine_stats.snapshot(), db.stats.transactions, db.stats.conflicts)
+        for w, db in dbs.items()
+    }
+
+
+async def fleet_run(
+    n: int, j: int, partitions: int, liveness: float, rest: float, seed: int
+) -> FleetResult:
+    wall0 = time.perf_counter()
+    res = FleetResult(n, j, partitions, liveness, rest)
+    engine = Engine(rng=random.Random(seed))
+    admin = engine.open_database("admin")
+    ids = job_ids(j, seed)
+    await load_jobs(admin, ids, partitions)
+    dbs: dict[str, EngineDatabase] = {}
+
+    def db_for(wid: str) -> EngineDatabase:
+        db = engine.open_database(wid)
+        dbs[wid] = db
+        return db
+
+    opts = WorkerOptions(timeout=liveness, settle=2.0, partitions=partitions)
+
+    def owners(fleet: Fleet) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for fw in fleet.live():
+            if fw.runner is not None and fw.worker is not None and fw.worker.lease_valid():
+                for jid in fw.runner.running:
+                    out.setdefault(jid, []).append(fw.id)
+        return out
+
+    def settled(fleet: Fleet, members: int) -> bool:
+        live = fleet.live()
+        for fw in live:
+            w, r = fw.worker, fw.runner
+            if w is None or r is None or w.membership is None:
+                return False
+            if len(w.membership.members) != members or r.assignment is None:
+                return False
+            if set(r.running) != set(r.target):
+                return False
+        total = sum(len(fw.runner.running) for fw in live if fw.runner is not None)
+        if total != j:
+            return False
+        return len(owners(fleet)) == j
+
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(
+            nursery,
+            db_for,
+            role=ROLE,
+            root=ROOT,
+            options=opts,
+            handler=sleeper,
+            grace=0.1,
+            rng=random.Random(seed),
+        )
+        t0 = trio.current_time()
+        for i in range(n):
+            await fleet.start(f"w{i:04d}")
+        step = 0.25 if j * n <= 1_000_000 else 1.0
+        await wait_until(lambda: settled(fleet, n), 600 + n, step)
+        res.start_settle = trio.current_time() - t0
+        # Let the start-up burst (first resyncs, watch re-arms) pass, then measure rest.
+        await trio.sleep(2 * liveness)
+        s0 = _stats(dbs)
+        tr0 = trio.current_time()
+        await trio.sleep(rest)
+        s1 = _stats(dbs)
+        dt = trio.current_time() - tr0
+        per: dict[str, list[float]] = {
+            "tx": [],
+            "read": [],
+            "requests": [],
+            "written": [],
+            "conflicts": [],
+        }
+        for w in s1:
+            a, ta, ca = s0[w]
+            b, tb, cb = s1[w]
+            per["tx"].append((tb - ta) / dt)
+            per["read"].append((b.keys_read - a.keys_read) / dt)
+            per["requests"].append((sum(b.reads_by_op.values()) - sum(a.reads_by_op.values())) / dt)
+            per["written"].append((b.keys_written - a.keys_written) / dt)
+            per["conflicts"].append(cb - ca)
+        res.rest = {k: sum(v) for k, v in per.items()}
+        res.per_worker_max = {k: max(v) for k, v in per.items()}
+        watches = [db.unfired_watches for db in dbs.values()]
+        res.watches_per_worker = sum(watches) / len(watches)
+        res.watches_max = max(watches)
+        res.conflicts_total = sum(db.stats.conflicts for db in dbs.values())
+
+        # Crash one worker: time to eviction, time until its jobs run elsewhere.
+        rng = random.Random(seed)
+        victim: FleetWorker = rng.choice(fleet.live())
+        assert victim.runner is not None
+        victim_jobs = set(victim.runner.running)
+        res.victim_jobs = len(victim_jobs)
+        member_key = LAYOUT.member_key(ROLE, victim.id)
+        tc = trio.current_time()
+        victim.crash()
+
+        async def gone(tr: Transaction) -> bool:
+            return await tr.get(member_key) is None
+
+        evicted_at: float | None = None
+        reassigned_at: float | None = None
+        with trio.fail_after(10 * liveness + 60):
+            while evicted_at is None or reassigned_at is None:
+                await trio.sleep(0.05)
+                if evicted_at is None and await admin.transact(gone):
+                    evicted_at = trio.current_time()
+                if reassigned_at is None:
+                    running = 0
+                    for fw in fleet.live():
+                        if fw.runner is not None:
+                            running += len(victim_jobs & fw.runner.running.keys())
+                    if running >= len(victim_jobs):
+                        reassigned_at = trio.current_time()
+        res.crash_to_evict = evicted_at - tc
+        res.crash_to_reassigned = reassigned_at - tc
+        await wait_until(lambda: settled(fleet, n - 1), 120 + n, step)
+
+        # Join one worker: time to a settled balanced map, jobs moved, reads.
+        before = {jid: ws[0] for jid, ws in owners(fleet).items()}
+        c0 = sum(db.stats.conflicts for db in dbs.values())
+        READS.clear()
+        tj = trio.current_time()
+        newcomer = await fleet.start("w-new")
+        await wait_until(lambda: settled(fleet, n), 120 + n, step)
+        res.join_to_settled = trio.current_time() - tj
+        after = owners(fleet)
+        res.double_runners = sum(1 for ws in after.values() if len(ws) > 1)
+        res.join_moved = sum(1 for jid, ws in after.items() if before.get(jid) != ws[0])
+        assert newcomer.runner is not None
+        res.join_newcomer_jobs = len(newcomer.runner.running)
+        res.join_conflicts = sum(db.stats.conflicts for db in dbs.values()) - c0
+        keys = [s.keys for s in READS]
+        reqs = [s.requests for s in READS]
+        by_worker: dict[str, int] = {}
+        for s in READS:
+            by_worker[s.worker] = by_worker.get(s.worker, 0) + s.keys
+        res.join_reads = {
+            "reads": len(READS),
+            "keys_mean": sum(keys) / max(1, len(keys)),
+            "keys_max": max(keys, default=0),
+            "requests_mean": sum(reqs) / max(1, len(reqs)),
+            "requests_max": max(reqs, default=0),
+            "keys_total": sum(keys),
+            "keys_per_worker_max": max(by_worker.values(), default=0),
+        }
+        assert all(not fw.crashed or not fw.alive for fw in fleet.workers.values())
+        if fleet.ledger.violations:
+            res.double_runners += len(fleet.ledger.violations)
+        nursery.cancel_scope.cancel()
+    res.wall_seconds = time.perf_counter() - wall0
+    return res
+
+
+def run_virtual(fn: Any, *args: Any) -> Any:
+    return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespace) -> list[Any]:
+    results: list[FleetResult] = []
+    for n, j, rest in configs:
+        note(f"fleet N={n} J={j} P={args.partitions} rest={rest}s ...")
+        r = run_virtual(fleet_run, n, j, args.partitions, args.timeout, rest, args.seed)
+        note(f"  done in {r.wall_seconds:.1f} s wall")
+        note(json.dumps(r.__dict__, default=str))  # each result as soon as it is known
+        results.append(r)
+    base = results[0]
+    base_tx = base.rest["tx"] / base.n
+    base_read = base.rest["read"] / base.n
+    table(
+        f"At rest (virtual clock, timeout {args.timeout:g} s, P = {args.partitions}); "
+        f"ratios: per worker against N={base.n}, J={base.j}",
+        [
+            "N",
+            "J",
+            "rest (s)",
+            "tx/s total",
+            "tx/s per worker",
+            "ratio",
+            "keys read/s per worker",
+            "ratio",
+            "read requests/s per worker",
+            "keys written/s per worker",
+            "max tx/s one worker",
+            "max keys read/s one worker",
+            "watches per worker",
+            "conflicts (whole run)",
+            "start to settled (s)",
+            "wall (s)",
+        ],
+        [
+            (
+                r.n,
+                r.j,
+                r.rest_seconds,
+                r.rest["tx"],
+                r.rest["tx"] / r.n,
+                (r.rest["tx"] / r.n) / base_tx,
+                r.rest["read"] / r.n,
+                (r.rest["read"] / r.n) / base_read,
+                r.rest["requests"] / r.n,
+                r.rest["written"] / r.n,
+                r.per_worker_max["tx"],
+                r.per_worker_max["read"],
+                r.watches_per_worker,
+                r.conflicts_total,
+                r.start_settle,
+                r.wall_seconds,
+            )
+            for r in results
+        ],
+    )
+    bound = args.timeout + min(1.0, args.timeout / 4)
+    table(
+        f"Crash and join (bound on eviction: timeout + check interval = {bound:g} s)",
+        [
+            "N",
+            "J",
+            "crash to eviction (s)",
+            "crash to all its jobs running elsewhere (s)",
+            "its jobs",
+            "join to settled balanced map (s)",
+            "jobs moved on join",
+            "newcomer's jobs (optimum)",
+            "moved / optimum",
+            "J/N",
+            "two runners",
+            "conflicts during join",
+        ],
+        [
+            (
+                r.n,
+                r.j,
+                r.crash_to_evict,
+                r.crash_to_reassigned,
+                r.victim_jobs,
+                r.join_to_settled,
+                r.join_moved,
+                r.join_newcomer_jobs,
+                r.join_moved / max(1, r.join_newcomer_jobs),
+                r.j / r.n,
+                r.double_runners,
+                r.join_conflicts,
+            )
+            for r in results
+        ],
+    )
+    table(
+        "Rebalance reads during the join (every tx_read_partitions of every worker, "
+        "counted on its own handle)",
+        [
+            "N",
+            "J",
+            "reads",
+            "keys per read (mean)",
+            "keys per read (max)",
+            "max keys read by one worker",
+            "(J/N + N)",
+            "ratio",
+            "requests per read (mean)",
+            "requests per read (max)",
+            "keys total",
+            "keys total / J",
+        ],
+        [
+            (
+                r.n,
+                r.j,
+                int(r.join_reads["reads"]),
+                r.join_reads["keys_mean"],
+                int(r.join_reads["keys_max"]),
+                int(r.join_reads["keys_per_worker_max"]),
+                r.j / r.n + r.n,
+                r.join_reads["keys_per_worker_max"] / (r.j / r.n + r.n),
+                r.join_reads["requests_mean"],
+                int(r.join_reads["requests_max"]),
+                int(r.join_reads["keys_total"]),
+                r.join_reads["keys_total"] / r.j,
+            )
+            for r in results
+        ],
+    )
+    return [r.__dict__ for r in results]
+
+
+# --------------------------------------------------------------------------------------
+# One worker's full rebalance read for large J (exact, sampled worker)
+# --------------------------------------------------------------------------------------
+
+
+async def one_read(n: int, j: int, partitions: int, seed: int) -> dict[str, Any]:
+    wall0 = time.perf_counter()
+    members = {f"w{i:04d}": 1.0 for i in range(n)}
+    a = assign(members, partitions)
+    me = sorted(members)[seed % n]
+    owned = set(a.partitions_of(me))
+    engine = Engine(rng=random.Random(seed))
+    db = engine.open_database("loader")
+    # Generate all J ids, keep only those in our partitions (the others are never read),
+    # unless the read scans the whole role (few jobs: the counter says at most two per
+    # owned partition), which reads every job and claim: then load them all.
+    mine = job_ids(j, seed)
+    if j > 2 * len(owned):
+        mine = [jid for jid in mine if job_partition(jid, partitions) in owned]
+    await load_jobs(db, mine, partitions, count=j)
+
+    async def claims(tr: Transaction, chunk: Sequence[str]) -> None:
+        for jid in chunk:
+            p = job_partition(jid, partitions)
+            tr.set_versionstamped_value(
+                LAYOUT.claim_key(ROLE, p, jid),
+                stamped_value({"wid": me, "incarnation": "0", "nonce": "0"}),
+            )
+
+    for i in range(0, len(mine), 2000):
+        await db.transact(claims, mine[i : i + 2000])
+    reader = engine.open_database("reader")
+    t = time.perf_counter()
+    jobs, cl = await reader.transact(tx_read_partitions, LAYOUT, ROLE, sorted(owned), snapshot=True)
+    read_wall = time.perf_counter() - t
+    st = reader.engine_stats
+    return {
+        "n": n,
+        "j": j,
+        "whole_role_scan": j <= 2 * len(owned),
+        "partitions_owned": len(owned),
+        "jobs_owned": len(jobs),
+        "claims": len(cl),
+        "keys_read": st.keys_read,
+        "requests": sum(st.reads_by_op.values()),
+        "read_wall_s": read_wall,
+        "wall_s": time.perf_counter() - wall0,
+    }
+
+
+def reads_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) -> list[Any]:
+    out = []
+    for n in ns:
+        for j in js:
+            note(f"rebalance read N={n} J={j} ...")
+            out.append(run_virtual(one_read, n, j, args.partitions, args.seed))
+    table(
+        f"One worker's full rebalance read (tx_read_partitions), P = {args.partitions}; "
+        "exact for the sampled worker",
+        [
+            "N",
+            "J",
+            "partitions owned",
+            "jobs owned",
+            "whole-role scan",
+            "keys read",
+            "J/N + N",
+            "keys / (J/N + N)",
+            "keys / (2J/N)",
+            "range requests",
+            "engine wall (s)",
+        ],
+        [
+            (
+                r["n"],
+                r["j"],
+                r["partitions_owned"],
+                r["jobs_owned"],
+                "yes" if r["whole_role_scan"] else "no",
+                r["keys_read"],
+                r["j"] / r["n"] + r["n"],
+                r["keys_read"] / (r["j"] / r["n"] + r["n"]),
+                r["keys_read"] / (2 * r["j"] / r["n"]),
+                r["requests"],
+                r["read_wall_s"],
+            )
+            for r in out
+        ],
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Wall clock: worker processes on a dev server
+# --------------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(parts[11]) + int(parts[12])) / ticks
+
+
+def _cli(address: str, *args: str, timeout: float = 30) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-m", "fdbworkers", "--cluster", address, "--root", ROOT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
+    procs_n, jobs_n, timeout = args.procs, args.wall_jobs, args.wall_timeout
+    tmp = Path(tempfile.mkdtemp(prefix="fdbw-scale-"))
+    ready = tmp / "ready"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fdbworkers",
+            "devserver",
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "server.log", "w"),  # noqa: SIM115
+    )
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+    result: dict[str, Any] = {"procs": procs_n, "jobs": jobs_n, "timeout": timeout}
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() or not ready.read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError("dev server did not start")
+            time.sleep(0.05)
+        address = ready.read_text().strip()
+        note(f"dev server at {address}; adding {jobs_n} jobs")
+        # Jobs through the CLI would be one process per job: load them in bulk instead.
+        from fdbworkers._remote import RemoteDatabase
+
+        host, port = address[len("sim://") :].rsplit(":", 1)
+
+        async def load() -> None:
+            db = RemoteDatabase(host, int(port))
+            await load_jobs(db, job_ids(jobs_n, args.seed), args.wall_partitions)
+            await db.aclose()
+
+        trio.run(load)
+        t_start = time.monotonic()
+        for i in range(procs_n):
+            wid = f"p{i:03d}"
+            workers[wid] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fdbworkers",
+                    "--cluster",
+                    address,
+                    "--root",
+                    ROOT,
+                    "worker",
+                    "--role",
+                    ROLE,
+                    "--id",
+                    wid,
+                    "--demo-handler",
+                    "--timeout",
+                    str(timeout),
+                    "--settle",
+                    "1",
+                    "--grace",
+                    "0.5",
+                    "--log-level",
+                    "warning",
+                    "--log-format",
+                    "json",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{wid}.log", "w"),  # noqa: SIM115
+            )
+        note(f"started {procs_n} worker processes; waiting for a settled map")
+
+        def jobs_state() -> tuple[int, dict[str, str]]:
+            data = _cli(address, "jobs", ROLE, "--json")
+            rows = data["jobs"] if isinstance(data, dict) else data
+            owners = {r["id"]: r.get("owner") for r in rows}
+            return len(rows), {k: v for k, v in owners.items() if v}
+
+        def members() -> set[str]:
+            data = _cli(address, "members", ROLE, "--json")
+            rows = data["members"] if isinstance(data, dict) else data
+            return {r["id"] for r in rows}
+
+        deadline = time.monotonic() + 120 + 2 * procs_n
+        while time.monotonic() < deadline:
+            if len(members()) == procs_n:
+                total, owned = jobs_state()
+                if len(owned) == total == jobs_n and set(owned.values()) <= set(workers):
+                    break
+            time.sleep(1.0)
+        else:
+            raise RuntimeError("the fleet did not settle in time")
+        result["start_to_settled_s"] = time.monotonic() - t_start
+        # CPU at rest.
+        time.sleep(3)
+        pids = {w: p.pid for w, p in workers.items()}
+        c0 = {w: _cpu_seconds(pid) for w, pid in pids.items()}
+        s0 = _cpu_seconds(server.pid)
+        t0 = time.monotonic()
+        time.sleep(args.wall_rest)
+        dt = time.monotonic() - t0
+        cpu = [(_cpu_seconds(pids[w]) - c0[w]) / dt for w in pids]
+        result["cpu_per_worker_mean_pct"] = 100 * sum(cpu) / len(cpu)
+        result["cpu_per_worker_max_pct"] = 100 * max(cpu)
+        result["cpu_server_pct"] = 100 * (_cpu_seconds(server.pid) - s0) / dt
+        result["rest_s"] = dt
+        # SIGKILL one worker: detection and reassignment.
+        _, owned = jobs_state()
+        victim = sorted(workers)[len(workers) // 2]
+        victim_jobs = {j for j, w in owned.items() if w == victim}
+        tk = time.monotonic()
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait()
+        detected = reassigned = None
+        deadline = tk + 10 * timeout + 30
+        while (detected is None or reassigned is None) and time.monotonic() < deadline:
+            now = time.monotonic()
+            if detected is None and victim not in members():
+                detected = now - tk
+            if reassigned is None:
+                _, owned = jobs_state()
+                if all(owned.get(j) not in (None, victim) for j in victim_jobs):
+                    reassigned = now - tk
+            time.sleep(0.1)
+        result.update(
+            victim_jobs=len(victim_jobs),
+            kill_to_evicted_s=detected,
+            kill_to_reassigned_s=reassigned,
+            bound_s=timeout + min(1.0, timeout / 4),
+            poll_resolution_s="0.1 s + one CLI call (~0.3-0.6 s)",
+        )
+    finally:
+        for p in workers.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in workers.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    table(
+        f"Wall clock: {procs_n} worker processes on a dev server, {jobs_n} jobs, "
+        f"timeout {timeout:g} s (this machine: {os.cpu_count()} cores)",
+        ["figure", "value"],
+        [(k, v) for k, v in result.items()],
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------
+
+
+def plots(out: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    fleet = out.get("fleet") or []
+    if fleet:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for j in sorted({r["j"] for r in fleet}):
+            rs = sorted((r for r in fleet if r["j"] == j), key=lambda r: r["n"])
+            ns = [r["n"] for r in rs]
+            ax[0].plot(ns, [r["rest"]["tx"] / r["n"] for r in rs], "o-", label=f"J={j:,}")
+            ax[1].plot(ns, [r["rest"]["read"] / r["n"] for r in rs], "o-", label=f"J={j:,}")
+        for a, what in zip(ax, ["transactions/s", "keys read/s"], strict=True):
+            a.set_xscale("log")
+            a.set_xlabel("workers N")
+            a.set_ylabel(f"{what} per worker at rest")
+            a.set_ylim(bottom=0)
+            a.legend()
+            a.grid(alpha=0.3)
+        fig.suptitle("Cost at rest per worker (virtual clock)")
+        fig.tight_layout()
+        p = folder / "scale_rest.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    reads = out.get("reads") or []
+    if reads:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in sorted({r["n"] for r in reads}):
+            rs = sorted((r for r in reads if r["n"] == n), key=lambda r: r["j"])
+            ax.plot([r["j"] for r in rs], [r["keys_read"] for r in rs], "o-", label=f"N={n}")
+            ax.plot(
+                [r["j"] for r in rs],
+                [2 * r["j"] / n for r in rs],
+                ":",
+                color="grey",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("jobs J")
+        ax.set_ylabel("keys read by one worker's rebalance")
+        ax.set_title("Rebalance read (dotted: 2J/N)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = folder / "scale_reads.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI-size run")
+    parser.add_argument("--part", choices=["all", "fleet", "reads", "wallclock"], default="all")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=10.0, help="worker timeout (virtual)")
+    parser.add_argument("--partitions", type=int, default=65536)
+    parser.add_argument("--procs", type=int, default=50, help="wallclock: worker processes")
+    parser.add_argument("--wall-jobs", type=int, default=1000)
+    parser.add_argument("--wall-timeout", type=float, default=3.0)
+    parser.add_argument("--wall-rest", type=float, default=20.0)
+    parser.add_argument("--wall-partitions", type=int, default=4096)
+    parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
+    args = parser.parse_args()
+    quiet_logs()
+    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    if args.quick:
+        args.partitions = min(args.partitions, 1024)
+        fleet_cfg = [(5, 100, 10.0), (20, 200, 10.0)]
+        reads_ns, reads_js = [10, 100], [1000, 10_000]
+        args.procs, args.wall_jobs, args.wall_rest = min(args.procs, 4), 40, 3.0
+    else:
+        # N=1000 rests 20 virtual seconds (a 1,000-worker fleet in one process is
+        # slow in wall time); the others 120 s, two full-resync periods.
+        fleet_cfg = [
+            (10, 1000, 120.0),
+            (100, 1000, 120.0),
+            (10, 10_000, 120.0),
+            (100, 10_000, 120.0),
+            (10, 100_000, 120.0),
+            (1000, 10_000, 20.0),
+        ]
+        reads_ns, reads_js = [10, 100, 1000], [1000, 10_000, 100_000, 1_000_000]
+    if args.part in ("all", "fleet"):
+        out["fleet"] = fleet_part(fleet_cfg, args)
+    if args.part in ("all", "reads"):
+        out["reads"] = reads_part(reads_ns, reads_js, args)
+    if args.part in ("all", "wallclock"):
+        out["wallclock"] = wallclock_part(args)
+    if args.plots:
+        for p in plots(out, args.plots):
+            note(f"wrote {p}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

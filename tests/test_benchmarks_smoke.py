@@ -1,0 +1,82 @@
+"""The scale, peer-comparison and real-cluster benchmarks, run with tiny sizes so that
+they do not rot (each as a subprocess, exactly as a user runs it). The figures are not
+checked here, only that each script finishes on its own and prints its tables; the
+ZooKeeper half skips with the reason when ZooKeeper (or kazoo) is not installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from peer_compare import zookeeper_available  # noqa: E402
+
+
+def run(script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_scale_bench_fleet_and_reads_quick() -> None:
+    out = run("scale_bench.py", "--quick", "--part", "fleet")
+    assert "At rest" in out and "Crash and join" in out and "Rebalance reads" in out
+    out = run("scale_bench.py", "--quick", "--part", "reads")
+    assert "One worker's full rebalance read" in out
+
+
+def test_scale_bench_wallclock_quick() -> None:
+    out = run(
+        "scale_bench.py",
+        "--part",
+        "wallclock",
+        "--procs",
+        "2",
+        "--wall-jobs",
+        "10",
+        "--wall-timeout",
+        "1",
+        "--wall-rest",
+        "1",
+        "--wall-partitions",
+        "64",
+    )
+    assert "kill_to_reassigned_s" in out
+
+
+def test_real_cluster_bench_quick() -> None:
+    # Engine and dev server only: the real cluster is measured when FDB_CLUSTER_FILE is
+    # set by whoever runs the benchmark, not in this smoke test.
+    env = {k: v for k, v in os.environ.items() if k != "FDB_CLUSTER_FILE"}
+    out = run("real_cluster_bench.py", "--quick", "--samples", "20", env=env)
+    assert "heartbeat median" in out
+
+
+TINY = ["--workers", "2", "--jobs", "8", "--timeout", "1", "--settle", "0.3", "--skip-seed"]
+
+
+def test_peer_compare_on_the_dev_server_and_seed_baseline() -> None:
+    out = run("peer_compare.py", *TINY, "--systems", "devserver")
+    assert "fdbworkers on the dev server" in out
+    assert "| jobs that ever had two runners | 0 |" in out
+    env = {k: v for k, v in os.environ.items() if k != "FDB_CLUSTER_FILE"}
+    out = run("peer_compare.py", "--quick", "--systems", "none", env=env)
+    assert "seed's member-list value" in out
+
+
+@pytest.mark.skipif(zookeeper_available() is not None, reason=str(zookeeper_available()))
+def test_peer_compare_on_zookeeper() -> None:
+    out = run("peer_compare.py", *TINY, "--systems", "zookeeper")
+    assert "ZooKeeper + kazoo SetPartitioner" in out
