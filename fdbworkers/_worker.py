@@ -681,6 +681,8 @@ class Worker:
             self._hb_latency_last = latency
             self._hb_latency_max = max(self._hb_latency_max, latency)
             if rec is None or rec.incarnation != self.incarnation:
+                if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
+                    return  # our leave removed the record: nothing more to renew
                 await self._lost_record(rec)
                 continue
             self._hb_sent += 1

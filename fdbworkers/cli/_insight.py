@@ -1,6 +1,6 @@
 """Insight commands: ``explain`` (a job's ownership history, replayed from the event
 log) and ``plan`` (a dry run of a membership change). The logic is pure, in
-``fdbworkers._insight``; this module reads and prints. See docs/_insight.md."""
+``fdbworkers._insight``; this module reads and prints. See docs/insight.md."""
 
 from __future__ import annotations
 
