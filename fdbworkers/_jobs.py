@@ -630,6 +630,10 @@ class JobRunner:
                 more = await self._reconcile(m)
             except FDBError as e:
                 self.log.warning("reconcile_failed", error=e.name)
+                # _reconcile cleared the target and recorded the new partitions before
+                # its read failed: read them all again, or the next step would see an
+                # empty target and stop every running job until the periodic resync.
+                self._full_resync = True
                 more = True
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
