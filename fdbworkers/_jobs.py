@@ -395,14 +395,22 @@ class Job:
             raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
 
     async def fence(self, tr: Transaction) -> None:
-        """Add the claim check to ``tr``: a read (with a conflict range) of the claim,
-        which must still carry this job's token. If another worker takes the claim
-        before ``tr`` commits, ``tr`` conflicts, and its retry raises FencedError."""
-        layout, role = self._worker.layout, self.role
+        """Add the claim check to ``tr``: reads (with conflict ranges) of the job's claim,
+        which must still carry this job's token, and of this worker's member record,
+        which must still be this incarnation. If another worker takes the claim, or this
+        worker is evicted, before ``tr`` commits, ``tr`` conflicts (1020), and its retry
+        raises FencedError: a worker that lost the job, or was evicted while paused in
+        the middle of a transaction, never commits a fenced write."""
+        w = self._worker
+        layout, role = w.layout, self.role
         ckey = layout.claim_key(role, self.partition, self.id)
+        mkey = layout.member_key(role, w.id)
         raw = await tr.get(ckey)
         if raw is None or Claim.decode(ckey, raw).token != self.token:
             raise FencedError(f"job {self.id!r}: the claim with this token is gone")
+        mraw = await tr.get(mkey)
+        if mraw is None or MemberRecord.decode(w.id, mkey, mraw).incarnation != w.incarnation:
+            raise FencedError(f"worker {w.id!r} is no longer a member with this incarnation")
         if not self._worker.lease_valid():
             raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
 
