@@ -465,6 +465,7 @@ class JobRunner:
         move_interval: float = 1.0,
         restart_backoff: tuple[float, float] = (1.0, 60.0),
         resync_interval: float = 60.0,
+        full_resync_interval: float = 3600.0,
         claim_poll: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -480,7 +481,12 @@ class JobRunner:
         self.max_moves = max_moves
         self.move_interval = move_interval
         self.restart_backoff = restart_backoff
+        #: The change log and the watches are re-armed this often (a safety net: O(1)).
         self.resync_interval = resync_interval
+        #: All owned partitions are re-read this often even when nothing says so
+        #: (O(J/N) keys, O(P/N) requests): rare, so the cost at rest stays O(1).
+        self.full_resync_interval = full_resync_interval
+        self._last_full_resync = -math.inf
         self.claim_poll = claim_poll
         self._rng = rng or random.Random()
         self.running: dict[str, _Running] = {}
@@ -568,7 +574,8 @@ class JobRunner:
                         n.start_soon(one, watch)
                     with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
                         await trio.sleep_forever()
-                    self._full_resync = True
+                    if trio.current_time() - self._last_full_resync >= self.full_resync_interval:
+                        self._full_resync = True
                     n.cancel_scope.cancel()
             finally:
                 for watch in watches:
@@ -681,6 +688,7 @@ class JobRunner:
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id))
         if self._full_resync:
+            self._last_full_resync = trio.current_time()
             read_parts: set[int] = set(owned)
             self.target = {}
         else:
