@@ -25,7 +25,10 @@ ROLE = "bench"
 
 def quiet_logs(level: int = logging.ERROR) -> None:
     """Benchmarks print tables, not the library's per-job log lines."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 def pct(samples: Sequence[float], p: float) -> float:

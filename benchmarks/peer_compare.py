@@ -188,9 +188,11 @@ def child_fdbworkers(args: argparse.Namespace) -> None:
                 ) as worker:
 
                     async def handler(job: Any) -> None:
+                        # A well-behaved handler: returns as soon as the job must stop
+                        # (like the kazoo child, which stops at once on a release).
                         _emit("start", job=job.id)
                         try:
-                            await trio.sleep_forever()
+                            await job.stopping.wait()
                         finally:
                             _emit("stop", job=job.id)
 
@@ -203,11 +205,18 @@ def child_fdbworkers(args: argparse.Namespace) -> None:
                         # The unsettled membership (what liveness uses): when the
                         # eviction of a dead neighbour is first seen.
                         seen = -1
+                        state: tuple[int, int] = (-1, -1)
                         while True:
                             m = worker.latest
                             if m is not None and len(m.members) != seen:
                                 seen = len(m.members)
                                 _emit("seen", n=seen)
+                            runner = getattr(worker, "_runner", None)
+                            if runner is not None:
+                                now = (len(runner.running), len(runner.target))
+                                if now != state:
+                                    state = now
+                                    _emit("state", running=now[0], target=now[1])
                             await trio.sleep(0.02)
 
                     outer.start_soon(members)
@@ -406,6 +415,18 @@ class System:
         live = [w for w, p in self.procs.items() if p.poll() is None]
         if len(live) != n or any(seen.get(w) != n for w in live):
             return False
+        if self.kind == "fdbworkers":
+            # Every runner has read its target and runs exactly it (a failed rebalance
+            # read leaves a target short, and nothing moves: that is not settled).
+            states: dict[str, tuple[int, int]] = {}
+            with self.tl.lock:
+                for _t, w, ev, obj in self.tl.events:
+                    if ev == "state":
+                        states[w] = (obj["running"], obj["target"])
+            if any(states.get(w, (0, -1))[0] != states.get(w, (0, -1))[1] for w in live):
+                return False
+            if sum(states[w][1] for w in live) != self.args.jobs:
+                return False
         return time.time() - last >= quiet
 
     def wait_settled(self, n: int, limit: float) -> None:
@@ -501,7 +522,7 @@ class System:
             out["join_interrupted"] = runs_after - stops_before
             # Rolling restart of all.
             tr = time.time()
-            for wid in sorted(self.procs):
+            for wid in sorted(self.procs, key=lambda w: (w == "w-new", w)):
                 if self.procs[wid].poll() is not None:
                     continue
                 self.stop(wid)
