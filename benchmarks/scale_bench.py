@@ -54,9 +54,10 @@ from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, table
 from fdbworkers._assign import assign, job_partition
 from fdbworkers._db import Transaction
 from fdbworkers._engine import Engine, EngineDatabase, EngineStatistics
-from fdbworkers._jobs import Job, JobRunner, tx_read_partitions
-from fdbworkers._keys import Layout, stamped_value
-from fdbworkers._worker import WorkerOptions
+from fdbworkers._jobs import Job, JobRunner, tx_list_jobs, tx_read_partitions
+from fdbworkers._keys import Layout, decode, stamped_value
+from fdbworkers._remote import RemoteDatabase
+from fdbworkers._worker import WorkerOptions, tx_read_membership
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
 LAYOUT = Layout.for_root(ROOT)
@@ -533,17 +534,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / ticks
 
 
-def _cli(address: str, *args: str, timeout: float = 30) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "fdbworkers", "--cluster", address, "--root", ROOT, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
-    return json.loads(out.stdout)
-
-
 def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
     procs_n, jobs_n, timeout = args.procs, args.wall_jobs, args.wall_timeout
     tmp = Path(tempfile.mkdtemp(prefix="fdbw-scale-"))
@@ -577,8 +567,6 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
         address = ready.read_text().strip()
         note(f"dev server at {address}; adding {jobs_n} jobs")
         # Jobs through the CLI would be one process per job: load them in bulk instead.
-        from fdbworkers._remote import RemoteDatabase
-
         host, port = address[len("sim://") :].rsplit(":", 1)
 
         async def load() -> None:
@@ -622,26 +610,32 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
             )
         note(f"started {procs_n} worker processes; waiting for a settled map")
 
-        def jobs_state() -> tuple[int, dict[str, str]]:
-            data = _cli(address, "jobs", ROLE, "--json")
-            rows = data["jobs"] if isinstance(data, dict) else data
-            owners = {r["id"]: r.get("owner") for r in rows}
-            return len(rows), {k: v for k, v in owners.items() if v}
+        # The fleet is observed through one client (no CLI process per poll): claims
+        # say who runs what; the audit log's "evicted" event carries its wall time.
+        host, port = address[len("sim://") :].rsplit(":", 1)
+        layout = Layout.for_root(ROOT)
 
-        def members() -> set[str]:
-            data = _cli(address, "members", ROLE, "--json")
-            rows = data["members"] if isinstance(data, dict) else data
-            return {r["id"] for r in rows}
+        async def observe_settled() -> float:
+            db = RemoteDatabase(host, int(port))
+            t0 = time.monotonic()
+            try:
+                with trio.fail_after(120 + 2 * procs_n):
+                    while True:
+                        m, _, _, _ = await db.transact(tx_read_membership, layout, ROLE, None)
+                        if len(m.members) == procs_n:
+                            jobs, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                            owners = {c.wid for c in claims.values()}
+                            if (
+                                len(jobs) == jobs_n
+                                and len(claims) == jobs_n
+                                and owners <= set(workers)
+                            ):
+                                return time.monotonic() - t0
+                        await trio.sleep(0.5)
+            finally:
+                await db.aclose()
 
-        deadline = time.monotonic() + 120 + 2 * procs_n
-        while time.monotonic() < deadline:
-            if len(members()) == procs_n:
-                total, owned = jobs_state()
-                if len(owned) == total == jobs_n and set(owned.values()) <= set(workers):
-                    break
-            time.sleep(1.0)
-        else:
-            raise RuntimeError("the fleet did not settle in time")
+        trio.run(observe_settled)
         result["start_to_settled_s"] = time.monotonic() - t_start
         # CPU at rest.
         time.sleep(3)
@@ -656,30 +650,49 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
         result["cpu_per_worker_max_pct"] = 100 * max(cpu)
         result["cpu_server_pct"] = 100 * (_cpu_seconds(server.pid) - s0) / dt
         result["rest_s"] = dt
-        # SIGKILL one worker: detection and reassignment.
-        _, owned = jobs_state()
+        # SIGKILL one worker: detection (the eviction event's own wall time) and
+        # reassignment (every claim of its jobs held by another worker).
         victim = sorted(workers)[len(workers) // 2]
-        victim_jobs = {j for j, w in owned.items() if w == victim}
-        tk = time.monotonic()
-        workers[victim].send_signal(signal.SIGKILL)
+
+        ev_begin, ev_end = layout.events_range()
+
+        async def events(tr: Transaction) -> list[Any]:
+            return list(await tr.get_range(ev_begin, ev_end))
+
+        async def kill_and_observe() -> dict[str, Any]:
+            db = RemoteDatabase(host, int(port))
+            try:
+                _, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                victim_jobs = {j for j, c in claims.items() if c.wid == victim}
+                tk = time.time()
+                workers[victim].send_signal(signal.SIGKILL)
+                evicted = reassigned = None
+                with trio.move_on_after(10 * timeout + 30):
+                    while evicted is None or reassigned is None:
+                        if evicted is None:
+                            for kv in await db.transact(events):
+                                ev = decode(kv.key, kv.value)
+                                if ev.get("type") == "evicted" and ev.get("worker") == victim:
+                                    evicted = float(ev["wall_time"]) - tk
+                        if reassigned is None:
+                            _, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                            held = [claims.get(j) for j in victim_jobs]
+                            if all(c is not None and c.wid != victim for c in held):
+                                reassigned = time.time() - tk
+                        await trio.sleep(0.05)
+                return {
+                    "victim_jobs": len(victim_jobs),
+                    "kill_to_evicted_s": evicted,
+                    "kill_to_reassigned_s": reassigned,
+                }
+            finally:
+                await db.aclose()
+
+        result.update(trio.run(kill_and_observe))
         workers[victim].wait()
-        detected = reassigned = None
-        deadline = tk + 10 * timeout + 30
-        while (detected is None or reassigned is None) and time.monotonic() < deadline:
-            now = time.monotonic()
-            if detected is None and victim not in members():
-                detected = now - tk
-            if reassigned is None:
-                _, owned = jobs_state()
-                if all(owned.get(j) not in (None, victim) for j in victim_jobs):
-                    reassigned = now - tk
-            time.sleep(0.1)
         result.update(
-            victim_jobs=len(victim_jobs),
-            kill_to_evicted_s=detected,
-            kill_to_reassigned_s=reassigned,
             bound_s=timeout + min(1.0, timeout / 4),
-            poll_resolution_s="0.1 s + one CLI call (~0.3-0.6 s)",
+            observation="eviction: its audit-log wall_time; reassignment: claims polled / 50 ms",
         )
     finally:
         for p in workers.values():
