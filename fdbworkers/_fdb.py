@@ -403,6 +403,12 @@ class _Bridge:
     def cancel(self) -> None:
         self._future.cancel()
 
+    def wake(self) -> None:
+        """Wake the waiting tasks now, whether or not the FDB future is ready (trio
+        thread only)."""
+        if self._event is not None:
+            self._event.set()
+
 
 async def _result(future: Any, extract: Any) -> Any:
     """Await a read-like FDB future and extract its result (cancels on abort)."""
@@ -516,10 +522,18 @@ class FdbWatch(Watch):
         self._future = future
         self.key = key
         self._cancelled = False
+        #: Set when we fail the watch ourselves (its transaction was cancelled).
+        self._error: FDBError | None = None
 
     async def wait(self) -> None:
         # Cancelling the waiting task does not cancel the watch (call ``cancel``).
-        await self._bridge.wait(cancel_on_abort=False)
+        if self._error is None:
+            await self._bridge.wait(cancel_on_abort=False)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._error is not None:
+            # The FDB future may still be pending: never block on it.
+            raise FDBError(self._error.code, self._error.description)
         with _translated():
             self._future.wait()
 
@@ -527,10 +541,24 @@ class FdbWatch(Watch):
         self._cancelled = True
         self._bridge.cancel()
 
+    def _fail_cancelled(self) -> None:
+        """Fail the watch with 1025 because its transaction was cancelled uncommitted.
+
+        libfdb_c 7.3 does not reliably do this itself: after
+        ``fdb_transaction_cancel`` the watch future of an uncommitted transaction
+        sometimes never becomes ready (about one run in twenty in a fresh process), so
+        ``wait`` would hang. We record the error, wake the waiters, and cancel the FDB
+        future so that it no longer counts against ``max_watches``."""
+        if self._error is not None or self._cancelled or self._bridge.ready:
+            return
+        self._error = FDBError(1025)
+        self._bridge.cancel()
+        self._bridge.wake()
+
     @property
     def done(self) -> bool:
         # libfdb_c completes a cancelled future on its network thread, a moment later.
-        return self._cancelled or self._bridge.ready
+        return self._cancelled or self._error is not None or self._bridge.ready
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else ("done" if self.done else "pending")
@@ -560,6 +588,9 @@ class FdbTransaction(Transaction):
         self._reads = _FdbReads(tr, streaming)
         self._snapshot = _FdbReads(tr.snapshot, streaming)
         self.maybe_committed = False
+        #: Watches created since the last reset, commit or on_error: the ones that
+        #: ``cancel`` must fail with 1025.
+        self._uncommitted_watches: list[FdbWatch] = []
 
     # -- reads -------------------------------------------------------------------------
     @property
@@ -627,6 +658,7 @@ class FdbTransaction(Transaction):
             future = self._tr.watch(key)
         w = FdbWatch(future, key)
         self._db._track_watch(w)
+        self._uncommitted_watches.append(w)
         return w
 
     def get_versionstamp(self) -> VersionstampFuture:
@@ -655,22 +687,38 @@ class FdbTransaction(Transaction):
     async def commit(self) -> None:
         with _translated():
             future = self._tr.commit()
-        await _result(future, _void)
+        try:
+            await _result(future, _void)
+        except FDBError:
+            # The watches fail with the commit's error (libfdb_c does that).
+            self._uncommitted_watches.clear()
+            raise
+        # Committed: the watches now belong to the database, a later cancel leaves them.
+        self._uncommitted_watches.clear()
 
     async def on_error(self, error: FDBError) -> None:
         # FDB's own on_error: its retry predicate, backoff, retry limit and timeout.
+        # The watches of the failed attempt fail with its error (libfdb_c does that).
+        self._uncommitted_watches.clear()
         with _translated():
             future = self._tr.on_error(error.code)
         await _result(future, _void)
 
     def reset(self) -> None:
         self.maybe_committed = False
+        # libfdb_c fails the uncommitted watches with 1025 on reset itself.
+        self._uncommitted_watches.clear()
         with _translated():
             self._tr.reset()
 
     def cancel(self) -> None:
         with _translated():
             self._tr.cancel()
+        # libfdb_c 7.3 sometimes leaves the watch future of a cancelled uncommitted
+        # transaction pending forever; fail those watches with 1025 ourselves.
+        watches, self._uncommitted_watches = self._uncommitted_watches, []
+        for w in watches:
+            w._fail_cancelled()
 
     def __repr__(self) -> str:
         return f"<FdbTransaction maybe_committed={self.maybe_committed}>"
