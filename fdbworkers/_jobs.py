@@ -621,7 +621,6 @@ class JobRunner:
 
     async def _reconcile_loop(self) -> None:
         w = self.w
-        epoch_seen: bytes | None = None
         while True:
             self._wake = trio.Event()
             if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
@@ -638,9 +637,8 @@ class JobRunner:
             if m is None:
                 await self._wait_any(w.wait_membership)
                 continue
-            if m.epoch != epoch_seen:
-                self._full_resync = True
-                epoch_seen = m.epoch
+            # A new epoch needs no full re-read: _reconcile reads the partitions it
+            # gained (and the change log the partitions whose jobs changed).
             try:
                 more = await self._reconcile(m)
             except FDBError as e:
@@ -699,22 +697,29 @@ class JobRunner:
         self._dirty_parts.clear()
         self._full_resync = False
         self._owned_parts = owned
-        jobs, _claims = await self._tx(self._tx_read, sorted(read_parts))
+        # The read may touch many partitions: it gets the 5 s of a transaction, not the
+        # short timeout of the liveness transactions.
+        tr = w.db.create_transaction()
+        tr.set_timeout(max(w.options.op_timeout, 5.0))
+        jobs, _claims = await run_transaction(w.db, tr, self._tx_read, sorted(read_parts))
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
         # Stop what we no longer own first, then start what we gained.
         budget = self.max_moves if self.max_moves is not None else math.inf
         lost = [j for j in self.running if j not in self.target]
         stopped: set[str] = set()
-        for jid in lost:
-            if budget <= 0:
-                self._deferred += 1
-                continue
-            budget -= 1
-            r = self.running[jid]
-            new_owner = a.owner(r.job.partition)
-            await self._stop_one(jid, reason="moved", release=True, notify=new_owner)
-            stopped.add(jid)
+        # Moved jobs stop concurrently: each may take its grace period to finish.
+        async with trio.open_nursery() as n:
+            for jid in lost:
+                if budget <= 0:
+                    self._deferred += 1
+                    continue
+                budget -= 1
+                new_owner = a.owner(self.running[jid].job.partition)
+                n.start_soon(
+                    partial(self._stop_one, jid, reason="moved", release=True, notify=new_owner)
+                )
+                stopped.add(jid)
         started: set[str] = set()
         pending = False
         for jid, rec in sorted(self.target.items()):
