@@ -593,10 +593,8 @@ class JobRunner:
             tr.watch(layout.inbox_key(role, self.w.id)),
         ]
         if self._last_change is None:
-            # First read: everything will be read by the first full resync.
-            if kvs:
-                last = await tr.get_range(begin, end, limit=1, reverse=True)
-                self._last_change = layout.jobchange_stamp(role, last[0].key)
+            # No full read yet: it sets the cursor to its own read version, so that no
+            # change committed after it is skipped (see _reconcile).
             return False, watches
         if len(kvs) > 1000:
             self._full_resync = True
@@ -701,7 +699,17 @@ class JobRunner:
         # short timeout of the liveness transactions.
         tr = w.db.create_transaction()
         tr.set_timeout(max(w.options.op_timeout, 5.0))
-        jobs, _claims = await run_transaction(w.db, tr, self._tx_read, sorted(read_parts))
+        full = read_parts == set(owned)
+        jobs, _claims, read_version = await run_transaction(
+            w.db, tr, self._tx_read, sorted(read_parts)
+        )
+        if full:
+            # Changes up to this read version are in what we read: the change log is
+            # followed from here (re-reading a few entries is harmless; skipping one
+            # would lose a job until the next full read).
+            cursor = read_version.to_bytes(8, "big") + b"\0\0"
+            if self._last_change is None or cursor < self._last_change:
+                self._last_change = cursor
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
         # Stop what we no longer own first, then start what we gained.
@@ -757,8 +765,11 @@ class JobRunner:
 
     async def _tx_read(
         self, tr: Transaction, parts: list[int]
-    ) -> tuple[dict[str, JobRecord], dict[str, Claim]]:
-        return await tx_read_partitions(tr, self.w.layout, self.w.role, parts, snapshot=True)
+    ) -> tuple[dict[str, JobRecord], dict[str, Claim], int]:
+        jobs, claims = await tx_read_partitions(
+            tr, self.w.layout, self.w.role, parts, snapshot=True
+        )
+        return jobs, claims, await tr.get_read_version()
 
     async def _claim(self, rec: JobRecord) -> ClaimOutcome:
         w = self.w
