@@ -106,6 +106,23 @@ def strinc(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def check_bytes(value: object, what: str = "key") -> None:
+    """The type check every backend makes on keys and values (a TypeError, as the
+    binding raises, before anything reaches the database)."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def as_selector(k: KeyOrSelector) -> KeySelector:
+    """A range bound as a key selector (bytes mean ``first_greater_or_equal``)."""
+    if isinstance(k, KeySelector):
+        check_bytes(k.key)
+        return k
+    if isinstance(k, bytes):
+        return KeySelector.first_greater_or_equal(k)
+    raise TypeError(f"a key must be bytes or a KeySelector, not {type(k).__name__}")
+
+
 class Watch(abc.ABC):
     """A watch on one key, created by :meth:`Transaction.watch`.
 

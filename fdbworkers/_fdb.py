@@ -58,6 +58,12 @@ from ._db import (
     VersionstampFuture,
     Watch,
 )
+from ._db import (
+    as_selector as _selector,
+)
+from ._db import (
+    check_bytes as _check_key,
+)
 from ._errors import BackendUnavailableError, ConfigError, FDBError
 
 __all__ = [
@@ -428,19 +434,6 @@ def _void(future: Any) -> None:
 
 def _int_of(future: Any) -> int:
     return int(future.wait())
-
-
-def _selector(k: KeyOrSelector) -> KeySelector:
-    if isinstance(k, KeySelector):
-        return k
-    if isinstance(k, bytes):
-        return KeySelector.first_greater_or_equal(k)
-    raise TypeError(f"a key must be bytes or a KeySelector, not {type(k).__name__}")
-
-
-def _check_key(key: object, what: str = "key") -> None:
-    if not isinstance(key, bytes):
-        raise TypeError(f"{what} must be bytes, not {type(key).__name__}")
 
 
 # --------------------------------------------------------------------------------------

@@ -61,6 +61,12 @@ from ._db import (
     Watch,
     backoff_delay,
 )
+from ._db import (
+    as_selector as _selector,
+)
+from ._db import (
+    check_bytes as _check_bytes,
+)
 from ._errors import ConfigError, FDBError
 
 __all__ = [
@@ -528,20 +534,6 @@ def _k(key: bytes) -> bytes:
 
 def _v(value: bytes) -> bytes:
     return value if len(value) <= _VALUE_CAP else value[:_VALUE_CAP]
-
-
-def _check_bytes(value: object, what: str = "key") -> None:
-    if not isinstance(value, bytes):
-        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
-
-
-def _selector(k: KeyOrSelector) -> KeySelector:
-    if isinstance(k, KeySelector):
-        _check_bytes(k.key)
-        return k
-    if isinstance(k, bytes):
-        return KeySelector.first_greater_or_equal(k)
-    raise TypeError(f"a key must be bytes or a KeySelector, not {type(k).__name__}")
 
 
 def _now_or_none() -> float | None:

@@ -44,6 +44,12 @@ from .._db import (
     VersionstampFuture,
     Watch,
 )
+from .._db import (
+    as_selector as _selector,
+)
+from .._db import (
+    check_bytes as _check_key,
+)
 from .._errors import RETRYABLE, ConfigError, FDBError
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
@@ -107,20 +113,6 @@ class EngineStatistics:
         )
         copy.reads_by_op = dict(self.reads_by_op)
         return copy
-
-
-def _check_key(key: object, what: str = "key") -> None:
-    if not isinstance(key, bytes):
-        raise TypeError(f"{what} must be bytes, not {type(key).__name__}")
-
-
-def _selector(k: KeyOrSelector) -> KeySelector:
-    if isinstance(k, KeySelector):
-        _check_key(k.key)
-        return k
-    if isinstance(k, bytes):
-        return KeySelector(k, False, 1)
-    raise TypeError(f"a key must be bytes or a KeySelector, not {type(k).__name__}")
 
 
 class Engine:
