@@ -63,6 +63,9 @@ JOBCHANGE_RETENTION = 600.0
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
 #: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
 THREADED_ASSIGN_PARTITIONS = 16384
+#: Handoffs read per inbox wake-up (a leaver hands over at most its own partitions; any
+#: left over are dropped: those jobs take the normal path, after the settle window).
+MAX_HANDOFFS = 100_000
 _ONE = (1).to_bytes(8, "little", signed=True)
 _MINUS_ONE = (-1).to_bytes(8, "little", signed=True)
 
@@ -342,7 +345,12 @@ async def tx_release(
     incarnation: str,
     token: bytes | None,
     notify: str | None,
+    handoff: bool = False,
 ) -> bool:
+    """Clear our claim of a stopped job and wake ``notify`` (its next owner). With
+    ``handoff`` (a worker leaving for good) also hand the job's partition to ``notify``:
+    it may claim the partition's jobs before its settled view shows us gone (see
+    ``JobRunner._adopt``). Idempotent: a retry after 1021 writes the same keys."""
     ckey = layout.claim_key(role, partition, job_id)
     raw = await tr.get(ckey)
     released = False
@@ -352,8 +360,29 @@ async def tx_release(
             tr.clear(ckey)
             released = True
     if notify is not None:
+        if handoff:
+            tr.set(
+                layout.handoff_key(role, notify, partition),
+                encode({"from": wid, "incarnation": incarnation}),
+            )
         tr.set_versionstamped_value(layout.inbox_key(role, notify), epoch_value())
     return released
+
+
+async def tx_take_handoffs(
+    tr: Transaction, layout: Layout, role: str, wid: str
+) -> dict[int, tuple[str, str]]:
+    """Read and clear the partitions handed to ``wid``: partition -> (from, incarnation)."""
+    begin, end = layout.handoffs_range(role, wid)
+    out: dict[int, tuple[str, str]] = {}
+    for kv in await tr.get_range(begin, end, limit=MAX_HANDOFFS):
+        try:
+            obj = decode(kv.key, kv.value)
+            out[int(layout.unpack(kv.key)[-1])] = (str(obj["from"]), str(obj["incarnation"]))
+        except (CorruptDataError, KeyError, ValueError, IndexError):
+            structlog.get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
+    tr.clear_range(begin, end)
+    return out
 
 
 # --- the job handle and the runner ------------------------------------------------------
@@ -450,6 +479,8 @@ class RunnerStatistics:
     claims_blocked: int
     reconciles: int
     moves_deferred: int
+    #: Partitions taken over from a leaving worker before the membership settled.
+    handoffs_adopted: int = 0
 
 
 class JobRunner:
@@ -497,8 +528,13 @@ class JobRunner:
         #: superseded by a newer incarnation of its id): taken once the timeout passed.
         self._superseded: dict[str, tuple[str, float, float]] = {}
         #: Stopped jobs whose claim release has not committed yet: job -> (partition,
-        #: token, new owner to notify).
-        self._unreleased: dict[str, tuple[int, bytes, str | None]] = {}
+        #: token, new owner to notify, hand the partition over to it).
+        self._unreleased: dict[str, tuple[int, bytes, str | None, bool]] = {}
+        #: Partitions a leaving worker handed to us, kept while our settled view still
+        #: lists that worker (that incarnation) as their owner: partition -> (wid, inc).
+        self._adopted: dict[int, tuple[str, str]] = {}
+        self._take_handoffs = True
+        self._adoptions = 0
         self._wake = trio.Event()
         self._full_resync = True
         self._dirty_parts: set[int] = set()
@@ -523,6 +559,7 @@ class JobRunner:
             claims_blocked=self._blocked,
             reconciles=self._reconciles,
             moves_deferred=self._deferred,
+            handoffs_adopted=self._adoptions,
         )
 
     def subscribe(self, buffer: int = 64) -> trio.MemoryReceiveChannel[OwnershipChange]:
@@ -562,16 +599,18 @@ class JobRunner:
             try:
                 async with trio.open_nursery() as n:
 
-                    async def one(watch: Any, n: trio.Nursery = n) -> None:
+                    async def one(watch: Any, inbox: bool, n: trio.Nursery = n) -> None:
                         try:
                             await watch.wait()
                         except FDBError as e:
                             if e.code == 1032:
                                 await trio.sleep(w.options.poll_interval)
+                        if inbox:
+                            self._take_handoffs = True
                         n.cancel_scope.cancel()
 
-                    for watch in watches:
-                        n.start_soon(one, watch)
+                    for i, watch in enumerate(watches):
+                        n.start_soon(one, watch, i == 1)
                     with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
                         await trio.sleep_forever()
                     if trio.current_time() - self._last_full_resync >= self.full_resync_interval:
@@ -682,7 +721,7 @@ class JobRunner:
                 await self._release(jid)
         a = await self._compute_assignment(m)
         self.assignment = a
-        owned = frozenset(a.partitions_of(w.id))
+        owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
         if self._full_resync:
             self._last_full_resync = trio.current_time()
             read_parts: set[int] = set(owned)
@@ -762,6 +801,44 @@ class JobRunner:
                 with suppress(trio.WouldBlock, trio.BrokenResourceError):
                     s.send_nowait(ch)
         return pending or bool(self._unreleased) or (self.max_moves is not None and budget <= 0)
+
+    async def _adopt(self, m: Membership, a: Assignment) -> frozenset[int]:
+        """Partitions handed to us by a leaving worker that we run before our settled
+        view shows it gone.
+
+        A worker leaving for good stops its jobs, clears their claims and hands each
+        partition to the owner it computed without itself (``tx_release``). Waiting for
+        the membership to settle would leave those jobs without a runner for the settle
+        window plus a read; instead the successor adopts a partition at once, while its
+        own view still gives it to the leaver (that incarnation), i.e. exactly until its
+        view catches up: then the partition is ours by the map, or moves on like any
+        other. Safety does not depend on it: a claim is still taken only when absent."""
+        if self._take_handoffs:
+            self._take_handoffs = False
+            w = self.w
+            try:
+                handed = await self._tx(tx_take_handoffs, w.layout, w.role, w.id)
+            except FDBError as e:
+                self.log.warning("handoff_read_failed", error=e.name)
+                self._take_handoffs = True
+                handed = {}
+            for p, (frm, inc) in handed.items():
+                rec = m.members.get(frm)
+                if (
+                    0 <= p < a.partitions
+                    and a.owner(p) == frm
+                    and rec is not None
+                    and rec.incarnation == inc
+                ):
+                    self._adopted[p] = (frm, inc)
+                    self._adoptions += 1
+            if handed:
+                self.log.info("handoffs", received=len(handed), adopted=len(self._adopted))
+        for p, (frm, inc) in list(self._adopted.items()):
+            rec = m.members.get(frm)
+            if a.owner(p) != frm or rec is None or rec.incarnation != inc:
+                del self._adopted[p]
+        return frozenset(self._adopted)
 
     async def _tx_read(
         self, tr: Transaction, parts: list[int]
@@ -853,7 +930,13 @@ class JobRunner:
             r.done.set()
 
     async def _stop_one(
-        self, jid: str, *, reason: str, release: bool, notify: str | None = None
+        self,
+        jid: str,
+        *,
+        reason: str,
+        release: bool,
+        notify: str | None = None,
+        handoff: bool = False,
     ) -> None:
         r = self.running.get(jid)
         if r is None:
@@ -874,7 +957,7 @@ class JobRunner:
             self._stopped += 1
             self.log.info("job_stopped", job=jid, reason=reason)
             if release:
-                self._unreleased[jid] = (r.job.partition, r.job.token, notify)
+                self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
                 await self._release(jid)
         finally:
             if self.running.get(jid) is r:
@@ -884,7 +967,7 @@ class JobRunner:
     async def _release(self, jid: str) -> bool:
         """Clear our claim of a stopped job (and wake its new owner). A failure is
         retried by every later reconcile: the new owner waits for this release."""
-        partition, token, notify = self._unreleased[jid]
+        partition, token, notify, handoff = self._unreleased[jid]
         try:
             await self._tx(
                 tx_release,
@@ -896,6 +979,7 @@ class JobRunner:
                 self.w.incarnation,
                 token,
                 notify if notify != self.w.id else None,
+                handoff,
             )
         except FDBError as e:
             self.log.warning("job_release_failed", job=jid, error=e.name, action="retry later")
@@ -911,7 +995,8 @@ class JobRunner:
                 n.start_soon(partial(self._stop_one, jid, reason=reason, release=release))
 
     async def _stop_all_and_release(self, reason: str) -> None:
-        if reason in ("drained", "left"):
+        leaving = reason in ("drained", "left")
+        if leaving:
             self._stopped_for_good = True
         m = self.w.latest
         notify_map: Assignment | None = None
@@ -928,7 +1013,14 @@ class JobRunner:
             for jid, r in list(self.running.items()):
                 target = notify_map.owner(r.job.partition) if notify_map else None
                 n.start_soon(
-                    partial(self._stop_one, jid, reason=reason, release=True, notify=target)
+                    partial(
+                        self._stop_one,
+                        jid,
+                        reason=reason,
+                        release=True,
+                        notify=target,
+                        handoff=leaving,
+                    )
                 )
         async with trio.open_nursery() as n:
             for jid in list(self._unreleased):  # earlier releases that did not commit

@@ -21,6 +21,8 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
                                                    {wid, incarnation}
     (root, "r", role, "inbox", wid)             -> versionstamp, bumped when a claim this
                                                    worker waits for was released; watched
+    (root, "r", role, "handoff", wid, partition) -> {from, incarnation}: a leaving worker
+                                                   handed this partition's jobs to wid
     (root, "events", vs)                        -> Event: bounded audit log
     (root, "events_head")                       -> versionstamp of the latest event; watched
 """
@@ -205,6 +207,12 @@ class Layout:
 
     def inbox_key(self, role: str, wid: str) -> bytes:
         return self.key("r", role, "inbox", wid)
+
+    def handoff_key(self, role: str, wid: str, partition: int) -> bytes:
+        return self.key("r", role, "handoff", wid, partition)
+
+    def handoffs_range(self, role: str, wid: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "handoff", wid)
 
     def jobchange_range(self, role: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "jobchange")

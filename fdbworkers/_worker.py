@@ -406,6 +406,7 @@ async def _remove_member(
         pass  # a corrupt record of a silent worker is removed like any other
     tr.clear(mkey)
     tr.clear(layout.health_key(role, wid))
+    tr.clear_range(*layout.handoffs_range(role, wid))  # partitions handed to it, unread
     bump_epoch(tr, layout, role)
     write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
     await trim_events(tr, layout, retention)

@@ -1,0 +1,191 @@
+"""The job runner on the embedded engine and trio's virtual clock: handoffs on a
+graceful leave, restarts with the same id, and handoff records that must be ignored."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+from trio.testing import MockClock
+
+from fdbworkers import WorkerOptions, add_job
+from fdbworkers._assign import assign, job_partition
+from fdbworkers._db import Transaction
+from fdbworkers._engine import Engine
+from fdbworkers._jobs import tx_take_handoffs
+from fdbworkers._keys import Layout, encode, epoch_value
+from fdbworkers._worker import tx_leave
+from fdbworkers.testing import Fleet, wait_until
+
+ROOT = "fdbworkers-test"
+ROLE = "sim"
+LAYOUT = Layout.for_root(ROOT)
+P = 64
+# A long settle window, so that "at once" and "after the settle window" differ clearly.
+OPTS = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
+
+
+async def add_jobs(engine: Engine, n: int) -> list[str]:
+    admin = engine.open_database("admin")
+    ids = [f"job-{i:03d}" for i in range(n)]
+    for jid in ids:
+        await add_job(admin, ROLE, jid, root=ROOT, partitions=P)
+    return ids
+
+
+def settled(fleet: Fleet, ids: list[str]) -> bool:
+    live = fleet.live()
+    weights = {}
+    for fw in live:
+        w, r = fw.worker, fw.runner
+        if w is None or r is None or w.membership is None or r.assignment is None:
+            return False
+        if set(w.membership.members) != {f.id for f in live}:
+            return False
+        if set(r.running) != set(r.target):
+            return False
+        weights[fw.id] = w.options.weight
+    a = assign(weights, P)
+    owners = fleet.owners()
+    return all(owners.get(j) == [a.owner(r)] for j, r in _partitions(ids).items())
+
+
+def _partitions(ids: list[str]) -> dict[str, int]:
+    return {j: job_partition(j, P) for j in ids}
+
+
+def runner_of(fleet: Fleet, jid: str) -> list[str]:
+    return fleet.owners().get(jid, [])
+
+
+def moved_off(fleet: Fleet, jobs: set[str], wid: str, inc: str) -> bool:
+    """Every job in ``jobs`` runs on exactly one worker, and not on ``wid``/``inc``."""
+    for j in jobs:
+        runs = [(w.id, w.incarnation) for _, w in fleet.ledger.active.get(j, [])]
+        if len(runs) != 1 or runs[0] == (wid, inc):
+            return False
+    return True
+
+
+async def test_a_leaving_worker_hands_its_jobs_over_before_the_settle_window(
+    autojump_clock: MockClock,
+) -> None:
+    engine = Engine(rng=random.Random(1))
+    ids = await add_jobs(engine, 60)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        for i in range(4):
+            await fleet.start(f"w{i}")
+        await wait_until(lambda: settled(fleet, ids), 60)
+        leaver = fleet.workers["w1"]
+        assert leaver.runner is not None
+        its_jobs = set(leaver.runner.running)
+        assert its_jobs and leaver.worker is not None
+        inc = leaver.worker.incarnation
+        t0 = trio.current_time()
+        async with trio.open_nursery() as n:
+            n.start_soon(leaver.stop)
+            took = await wait_until(lambda: moved_off(fleet, its_jobs, "w1", inc), 30, 0.01)
+        # Stop (grace) + release + claim: well inside the settle window of 2 s.
+        assert took < OPTS.settle / 2, took
+        successors = {j: runner_of(fleet, j)[0] for j in its_jobs}
+        await wait_until(lambda: settled(fleet, ids), 60)
+        # The adopted jobs stayed where they went: one move per job, no second handoff.
+        assert {j: runner_of(fleet, j)[0] for j in its_jobs} == successors
+        adopted = sum(fw.runner.statistics().handoffs_adopted for fw in fleet.live() if fw.runner)
+        assert adopted > 0
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        moved_twice = [r.job for r in fleet.ledger.runs if r.start > t0 and r.end is not None]
+        assert not moved_twice, moved_twice
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners(
+    autojump_clock: MockClock,
+) -> None:
+    engine = Engine(rng=random.Random(2))
+    ids = await add_jobs(engine, 40)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        for i in range(3):
+            await fleet.start(f"w{i}")
+        await wait_until(lambda: settled(fleet, ids), 60)
+        for round_ in range(3):  # a rolling restart, twice over plus one
+            wid = f"w{round_ % 3}"
+            fw = fleet.workers[wid]
+            assert fw.runner is not None
+            its_jobs = set(fw.runner.running)
+            assert fw.worker is not None
+            inc = fw.worker.incarnation
+            t0 = trio.current_time()
+            await fw.stop()
+            await fleet.start(wid)
+            await wait_until(lambda js=its_jobs, w=wid, i=inc: moved_off(fleet, js, w, i), 30, 0.01)
+            gap = trio.current_time() - t0
+            assert gap < OPTS.settle, (round_, gap)
+            await wait_until(lambda: settled(fleet, ids), 60)
+            back = fleet.workers[wid].runner
+            assert back is not None and set(back.running) == its_jobs
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_handoffs_from_non_members_or_corrupt_are_dropped(
+    autojump_clock: MockClock,
+) -> None:
+    engine = Engine(rng=random.Random(3))
+    ids = await add_jobs(engine, 20)
+    admin = engine.open_database("admin")
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        for i in range(2):
+            await fleet.start(f"w{i}")
+        await wait_until(lambda: settled(fleet, ids), 60)
+        w0 = fleet.workers["w0"].runner
+        assert w0 is not None and w0.assignment is not None
+        mine = w0.assignment.partitions_of("w0")
+        other = next(p for p in range(P) if p not in mine)
+
+        async def plant(tr: Transaction) -> None:
+            # A ghost, a live member that is not leaving (wrong incarnation), junk.
+            ghost = encode({"from": "ghost", "incarnation": "x"})
+            tr.set(LAYOUT.handoff_key(ROLE, "w0", 1), ghost)
+            wrong = encode({"from": "w1", "incarnation": "not-its-incarnation"})
+            tr.set(LAYOUT.handoff_key(ROLE, "w0", other), wrong)
+            tr.set(LAYOUT.handoff_key(ROLE, "w0", 2), b"\x00junk")
+            tr.set_versionstamped_value(LAYOUT.inbox_key(ROLE, "w0"), epoch_value())
+
+        await admin.transact(plant)
+        await trio.sleep(5)
+        assert settled(fleet, ids)
+        assert w0.statistics().handoffs_adopted == 0
+        left = await admin.transact(tx_take_handoffs, LAYOUT, ROLE, "w0")
+        assert left == {}  # read and cleared by w0
+        assert not fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_removing_a_member_clears_the_handoffs_addressed_to_it(
+    autojump_clock: MockClock,
+) -> None:
+    engine = Engine(rng=random.Random(4))
+    await add_jobs(engine, 4)
+    admin = engine.open_database("admin")
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        fw = await fleet.start("w0")
+        assert fw.worker is not None
+        inc = fw.worker.incarnation
+        fw.crash()
+
+        async def plant(tr: Transaction) -> None:
+            tr.set(LAYOUT.handoff_key(ROLE, "w0", 5), encode({"from": "a", "incarnation": "b"}))
+
+        await admin.transact(plant)
+        assert await admin.transact(tx_leave, LAYOUT, ROLE, "w0", inc, "left", 600.0)
+
+        async def count(tr: Transaction) -> int:
+            return len(await tr.get_range(*LAYOUT.handoffs_range(ROLE, "w0")))
+
+        assert await admin.transact(count) == 0
+        nursery.cancel_scope.cancel()
