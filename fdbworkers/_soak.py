@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 
 import structlog
@@ -20,9 +21,15 @@ from .testing import SimConfig, Simulation
 
 def run_seed(seed: int, config: SimConfig) -> tuple[int, list[str], str]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    report = trio.run(
-        Simulation(seed, config).run, clock=trio.testing.MockClock(autojump_threshold=0)
-    )
+    try:
+        report = trio.run(
+            Simulation(seed, config).run, clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+    except BaseException as e:  # a crash of the harness or a worker is a failure too
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        text = "".join(traceback.format_exception(e))
+        return seed, [f"crashed: {e!r}"], f"seed {seed} crashed (rerun: --seed {seed}):\n{text}"
     return seed, [str(v) for v in report.violations], report.format()
 
 

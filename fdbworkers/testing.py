@@ -147,6 +147,7 @@ class FleetWorker:
         self.runner = JobRunner(
             w, handler, grace=f.grace, rng=random.Random(f.rng.random()), **f.runner_options
         )
+        started = False
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -154,6 +155,7 @@ class FleetWorker:
                     await n.start(w._run)
                     n.start_soon(self.runner.run)
                     task_status.started()
+                    started = True
                     await trio.sleep_forever()
         except FencedError:
             raise
@@ -161,6 +163,8 @@ class FleetWorker:
             self.error = e
         finally:
             self._done.set()
+        if not started:  # crashed while registering (crash() during start): not an error
+            task_status.started()
 
     def crash(self) -> None:
         """Vanish without leaving: no more heartbeats, jobs cancelled at once."""
@@ -472,7 +476,7 @@ class Simulation:
             self._note("quiet period starts")
             await trio.sleep(max(0.0, start_time + cfg.duration - trio.current_time()))
             self._check_at_rest(fleet, store, layout, role, cfg)
-            self._check_liveness(crashes, gone_at, fault_times, opts)
+            self._check_liveness(crashes, gone_at, seen_records, fault_times, opts)
             for v in ledger.violations:
                 self.violations.append(v)
             stats = {
@@ -493,11 +497,14 @@ class Simulation:
         self,
         crashes: list[tuple[str, str, float, float]],
         gone_at: dict[tuple[str, str], float],
+        seen: dict[tuple[str, str], float],
         fault_times: list[float],
         opts: WorkerOptions,
     ) -> None:
         slack = 1.0  # one transaction with retries under the injected latency
         for wid, inc, t_crash, last_ok in crashes:
+            if (wid, inc) not in seen:
+                continue  # crashed while registering, and the registration never committed
             bound = last_ok + opts.timeout + opts.effective_check_interval + slack
             overlapping = any(
                 t_crash - opts.timeout <= t <= bound and t != t_crash for t in fault_times
