@@ -149,6 +149,17 @@ class Layout:
         except Exception as e:
             raise CorruptDataError(f"key {key!r} is not a tuple-layer key: {e}") from e
 
+    def unpack_below(self, parent: bytes, key: bytes) -> tuple[Any, ...]:
+        """The tuple elements of ``key`` after ``parent`` (the begin of one of this
+        layout's ranges): what :meth:`unpack` returns past the parent, without decoding
+        the root and role again (the hot path of membership and partition reads)."""
+        if not key.startswith(parent):
+            raise CorruptDataError(f"key {key!r} is outside {parent!r}")
+        try:
+            return unpack(key, len(parent))
+        except Exception as e:
+            raise CorruptDataError(f"key {key!r} is not a tuple-layer key: {e}") from e
+
     def range(self, *parts: Any) -> tuple[bytes, bytes]:
         """[begin, end) of every key strictly below the tuple ``parts``."""
         begin = self.key(*parts)

@@ -173,6 +173,12 @@ def test_member_record_round_trip(
     key = layout.member_key("role", wid)
     assert MemberRecord.decode(wid, key, r.encode()) == r
     assert layout.unpack(key)[-1] == wid
+    begin, _ = layout.members_range("role")
+    assert layout.unpack_below(begin, key) == (wid,)
+    with pytest.raises(CorruptDataError):
+        layout.unpack_below(layout.members_range("other")[0], key)
+    with pytest.raises(CorruptDataError):
+        layout.unpack_below(begin, begin + b"\x99junk")
 
 
 def test_codecs_reject_corrupt_and_newer_data() -> None:
