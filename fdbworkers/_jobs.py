@@ -70,8 +70,16 @@ _ONE = (1).to_bytes(8, "little", signed=True)
 _MINUS_ONE = (-1).to_bytes(8, "little", signed=True)
 
 
-async def compute_assignment(weights: dict[str, float], partitions: int) -> Assignment:
-    if partitions >= THREADED_ASSIGN_PARTITIONS:
+async def compute_assignment(
+    weights: dict[str, float], partitions: int, *, in_thread: bool | None = None
+) -> Assignment:
+    """The map, computed in a worker thread above THREADED_ASSIGN_PARTITIONS (or as
+    ``in_thread`` says). Simulations on trio's MockClock pass False: while every task
+    waits for a thread, an autojumping clock skips to the next timer, so virtual time
+    would run ahead of the protocol."""
+    if in_thread is None:
+        in_thread = partitions >= THREADED_ASSIGN_PARTITIONS
+    if in_thread:
         return await trio.to_thread.run_sync(assign, weights, partitions)
     return assign(weights, partitions)
 
@@ -499,18 +507,25 @@ class JobRunner:
         full_resync_interval: float = 3600.0,
         claim_poll: float = 1.0,
         rng: random.Random | None = None,
+        assign_in_thread: bool | None = None,
     ) -> None:
         if grace < 0:
             raise ConfigError("grace must be >= 0")
         if max_moves is not None and max_moves < 1:
             raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
+        if not move_interval > 0 or not claim_poll > 0:
+            raise ConfigError("move_interval and claim_poll must be > 0 seconds")
         if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
             raise ConfigError("restart_backoff must be (initial > 0, maximum >= initial)")
         self.w = worker
         self.handler = handler
         self.grace = grace
         self.max_moves = max_moves
+        #: With max_moves: at most max_moves moves in any window of this length.
         self.move_interval = move_interval
+        self._velocity_limited = False
+        self._moves_window_end = -math.inf
+        self._moves_left = 0
         self.restart_backoff = restart_backoff
         #: The change log and the watches are re-armed this often (a safety net: O(1)).
         self.resync_interval = resync_interval
@@ -519,6 +534,8 @@ class JobRunner:
         self.full_resync_interval = full_resync_interval
         self._last_full_resync = -math.inf
         self.claim_poll = claim_poll
+        #: None: a thread above THREADED_ASSIGN_PARTITIONS; False on a virtual clock.
+        self.assign_in_thread = assign_in_thread
         self._rng = rng or random.Random()
         self.running: dict[str, _Running] = {}
         self.target: dict[str, JobRecord] = {}
@@ -687,7 +704,10 @@ class JobRunner:
                 more = True
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
-            delay = self.claim_poll if more else None
+            if self._velocity_limited:
+                delay: float | None = max(0.0, self._moves_window_end - trio.current_time())
+            else:
+                delay = self.claim_poll if more else None
             await self._wait_any(w.wait_membership, w.wait_state_change, delay=delay)
 
     async def _wait_any(
@@ -710,11 +730,14 @@ class JobRunner:
         if not weights:
             weights = {wid: r.weight for wid, r in m.members.items()}
         cfg = self.w.role_config
-        return await compute_assignment(weights, cfg.partitions if cfg else DEFAULT_PARTITIONS)
+        return await compute_assignment(
+            weights, cfg.partitions if cfg else DEFAULT_PARTITIONS, in_thread=self.assign_in_thread
+        )
 
     async def _reconcile(self, m: Membership) -> bool:
         """One step towards the target; True if something is still pending."""
         self._reconciles += 1
+        self._velocity_limited = False
         w = self.w
         for jid in list(self._unreleased):
             if jid not in self.running:
@@ -752,7 +775,15 @@ class JobRunner:
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
         # Stop what we no longer own first, then start what we gained.
-        budget = self.max_moves if self.max_moves is not None else math.inf
+        # Velocity limit: at most max_moves of our running jobs stopped to move per
+        # move_interval (a live-to-live move; starting a job nobody runs is not limited).
+        now = trio.current_time()
+        if self.max_moves is None:
+            budget: float = math.inf
+        else:
+            if now >= self._moves_window_end:
+                self._moves_left = self.max_moves  # a new window opens at its first move
+            budget = self._moves_left
         lost = [j for j in self.running if j not in self.target]
         stopped: set[str] = set()
         # Moved jobs stop concurrently: each may take its grace period to finish.
@@ -772,21 +803,18 @@ class JobRunner:
         for jid, rec in sorted(self.target.items()):
             if jid in self.running:
                 continue
-            if budget <= 0:
-                self._deferred += 1
-                pending = True
-                continue
             if not w.lease_valid():
-                return True
+                pending = True
+                break
             outcome = await self._claim(rec)
             if outcome.kind == "claimed" and outcome.token is not None:
-                budget -= 1
                 self._start(rec, outcome.token)
                 started.add(jid)
             elif outcome.kind in ("held", "superseded"):
                 pending = True
             elif outcome.kind == "not_member":
-                return True
+                pending = True
+                break
         if started or stopped:
             ch = OwnershipChange(
                 frozenset(started), frozenset(stopped), frozenset(self.running), m.epoch
@@ -800,7 +828,12 @@ class JobRunner:
             for s in list(self._subscribers):
                 with suppress(trio.WouldBlock, trio.BrokenResourceError):
                     s.send_nowait(ch)
-        return pending or bool(self._unreleased) or (self.max_moves is not None and budget <= 0)
+        if self.max_moves is not None:
+            if budget < self._moves_left and now >= self._moves_window_end:
+                self._moves_window_end = now + self.move_interval
+            self._moves_left = int(budget)
+        self._velocity_limited = self.max_moves is not None and budget <= 0
+        return pending or bool(self._unreleased) or self._velocity_limited
 
     async def _adopt(self, m: Membership, a: Assignment) -> frozenset[int]:
         """Partitions handed to us by a leaving worker that we run before our settled
@@ -1007,7 +1040,9 @@ class JobRunner:
             if others:
                 cfg = self.w.role_config
                 notify_map = await compute_assignment(
-                    others, cfg.partitions if cfg else DEFAULT_PARTITIONS
+                    others,
+                    cfg.partitions if cfg else DEFAULT_PARTITIONS,
+                    in_thread=self.assign_in_thread,
                 )
         async with trio.open_nursery() as n:
             for jid, r in list(self.running.items()):

@@ -3,8 +3,10 @@ graceful leave, restarts with the same id, and handoff records that must be igno
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -189,3 +191,49 @@ async def test_removing_a_member_clears_the_handoffs_addressed_to_it(
 
         assert await admin.transact(count) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_max_moves_spaces_moves_by_move_interval(autojump_clock: MockClock) -> None:
+    engine = Engine(rng=random.Random(5))
+    ids = await add_jobs(engine, 40)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(
+            nursery,
+            engine.open_database,
+            role=ROLE,
+            root=ROOT,
+            options=OPTS,
+            runner_options={"max_moves": 3, "move_interval": 4.0},
+        )
+        first = await fleet.start("w0")
+        await wait_until(lambda: settled(fleet, ids), 120)
+        assert first.runner is not None and len(first.runner.running) == 40
+        t0 = trio.current_time()
+        await fleet.start("w1")
+        await wait_until(lambda: settled(fleet, ids), 300)
+        stops = sorted(r.end for r in fleet.ledger.runs if r.worker == "w0" and r.end)
+        assert stops and all(t > t0 for t in stops)
+        # Batches of at most 3 stops, each batch at least move_interval after the last.
+        batches: list[list[float]] = []
+        for t in stops:
+            if batches and t - batches[-1][0] < 1.0:
+                batches[-1].append(t)
+            else:
+                batches.append([t])
+        assert all(len(b) <= 3 for b in batches), batches
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(batches)]
+        assert len(batches) >= 4 and min(gaps) >= 4.0 - 1e-6, gaps
+        assert not fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+def test_runner_options_are_validated() -> None:
+    from fdbworkers import ConfigError
+    from fdbworkers._jobs import JobRunner
+
+    async def handler(job: object) -> None:
+        return None
+
+    for bad in ({"move_interval": 0}, {"claim_poll": -1}, {"max_moves": 0}, {"grace": -1}):
+        with pytest.raises(ConfigError):
+            JobRunner(None, handler, **bad)  # type: ignore[arg-type]
