@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
+import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -113,3 +117,25 @@ async def load_jobs(
 
         await db.transact(write)
         await trio.lowlevel.checkpoint()
+
+
+def start_devserver(tmp: Path, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``fdbworkers devserver`` on a free loopback port; returns the process and
+    its ``sim://`` address (killed and raised if it is not up within 30 s)."""
+    ready = tmp / "ready"
+    err = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    argv = [sys.executable, "-m", "fdbworkers", "devserver", "--port", "0"]
+    p = subprocess.Popen(
+        [*argv, "--ready-file", str(ready), "--log-level", "warning"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists() or not ready.read_text().strip():
+        if time.monotonic() > deadline or p.poll() is not None:
+            p.kill()
+            p.wait()
+            raise RuntimeError(f"the dev server did not start (log: {log or 'not kept'})")
+        time.sleep(0.05)
+    return p, ready.read_text().strip()

@@ -63,7 +63,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import itertools
 
-from _common import ROLE, ROOT, job_ids, load_jobs, median, note, pct, quiet_logs, table
+from _common import (
+    ROLE,
+    ROOT,
+    job_ids,
+    load_jobs,
+    median,
+    note,
+    pct,
+    quiet_logs,
+    start_devserver,
+    table,
+)
 
 from fdbworkers._db import Transaction
 from fdbworkers._engine import Engine, FaultPlan
@@ -615,29 +626,7 @@ class FdbworkersSystem(System):
             self.address = f"fdb:{self.cluster_file}"
             self.server = None
         else:
-            ready = self.tmp / "ready"
-            self.server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fdbworkers",
-                    "devserver",
-                    "--port",
-                    "0",
-                    "--ready-file",
-                    str(ready),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.tmp / "devserver.log", "w"),  # noqa: SIM115
-            )
-            deadline = time.time() + 30
-            while not ready.exists() or not ready.read_text().strip():
-                if time.time() > deadline:
-                    raise RuntimeError("the dev server did not start")
-                time.sleep(0.05)
-            self.address = ready.read_text().strip()
+            self.server, self.address = start_devserver(self.tmp, self.tmp / "devserver.log")
         from fdbworkers import open_database
 
         async def load() -> None:

@@ -42,7 +42,18 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROLE, ROOT, job_ids, load_jobs, median, note, pct, quiet_logs, table
+from _common import (
+    ROLE,
+    ROOT,
+    job_ids,
+    load_jobs,
+    median,
+    note,
+    pct,
+    quiet_logs,
+    start_devserver,
+    table,
+)
 
 from fdbworkers import open_database
 from fdbworkers._assign import assign
@@ -143,33 +154,6 @@ async def on_address(args: argparse.Namespace, address: str, root: str) -> dict[
         with trio.move_on_after(30):
             await db.transact(clear)
         await db.aclose()
-
-
-def start_devserver(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    ready = tmp / "ready"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fdbworkers",
-            "devserver",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while not ready.exists() or not ready.read_text().strip():
-        if time.time() > deadline or p.poll() is not None:
-            p.kill()
-            raise RuntimeError("the dev server did not start")
-        time.sleep(0.05)
-    return p, ready.read_text().strip()
 
 
 def main() -> None:

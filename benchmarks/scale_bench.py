@@ -49,7 +49,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, table
+from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, start_devserver, table
 
 from fdbworkers._assign import assign, job_partition
 from fdbworkers._db import Transaction
@@ -196,6 +196,9 @@ async def fleet_run(
             handler=sleeper,
             grace=0.1,
             rng=random.Random(seed),
+            # On the virtual clock the map is computed inline: a thread would let the
+            # autojumping clock run ahead while every task waits for it.
+            runner_options={"assign_in_thread": False},
         )
         t0 = trio.current_time()
         for i in range(n):
@@ -537,34 +540,11 @@ def _cpu_seconds(pid: int) -> float:
 def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
     procs_n, jobs_n, timeout = args.procs, args.wall_jobs, args.wall_timeout
     tmp = Path(tempfile.mkdtemp(prefix="fdbw-scale-"))
-    ready = tmp / "ready"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fdbworkers",
-            "devserver",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "server.log", "w"),  # noqa: SIM115
-    )
+    server, address = start_devserver(tmp, tmp / "server.log")
     workers: dict[str, subprocess.Popen[bytes]] = {}
     result: dict[str, Any] = {"procs": procs_n, "jobs": jobs_n, "timeout": timeout}
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() or not ready.read_text().strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError("dev server did not start")
-            time.sleep(0.05)
-        address = ready.read_text().strip()
         note(f"dev server at {address}; adding {jobs_n} jobs")
         # Jobs through the CLI would be one process per job: load them in bulk instead.
         host, port = address[len("sim://") :].rsplit(":", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from functools import partial
 
 import pytest
 import trio
@@ -122,7 +123,7 @@ async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners
             t0 = trio.current_time()
             await fw.stop()
             await fleet.start(wid)
-            await wait_until(lambda js=its_jobs, w=wid, i=inc: moved_off(fleet, js, w, i), 30, 0.01)
+            await wait_until(partial(moved_off, fleet, its_jobs, wid, inc), 30, 0.01)
             gap = trio.current_time() - t0
             assert gap < OPTS.settle, (round_, gap)
             await wait_until(lambda: settled(fleet, ids), 60)
