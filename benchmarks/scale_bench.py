@@ -134,6 +134,9 @@ class FleetResult:
     join_moved: int = 0
     join_newcomer_jobs: int = 0
     join_reads: dict[str, float] = field(default_factory=dict)
+    #: Every key any transaction of a worker read from the join until settled
+    #: (membership reads included): mean and max over workers.
+    join_keys_all: dict[str, float] = field(default_factory=dict)
     double_runners: int = 0
     join_conflicts: int = 0
 
@@ -270,10 +273,18 @@ async def fleet_run(
         before = {jid: ws[0] for jid, ws in owners(fleet).items()}
         c0 = sum(db.stats.conflicts for db in dbs.values())
         READS.clear()
+        sj0 = _stats(dbs)
         tj = trio.current_time()
         newcomer = await fleet.start("w-new")
         await wait_until(lambda: settled(fleet, n), 120 + n, step)
         res.join_to_settled = trio.current_time() - tj
+        sj1 = _stats(dbs)
+        all_keys = [
+            st.keys_read - (sj0[w][0].keys_read if w in sj0 else 0)
+            for w, (st, _, _) in sj1.items()
+            if w in {fw.id for fw in fleet.live()}
+        ]
+        res.join_keys_all = {"mean": sum(all_keys) / len(all_keys), "max": max(all_keys)}
         after = owners(fleet)
         res.double_runners = sum(1 for ws in after.values() if len(ws) > 1)
         res.join_moved = sum(1 for jid, ws in after.items() if before.get(jid) != ws[0])
@@ -411,6 +422,9 @@ def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespa
             "requests per read (max)",
             "keys total",
             "keys total / J",
+            "all keys read per worker, mean",
+            "max",
+            "max / (J/N + N)",
         ],
         [
             (
@@ -426,6 +440,9 @@ def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespa
                 int(r.join_reads["requests_max"]),
                 int(r.join_reads["keys_total"]),
                 r.join_reads["keys_total"] / r.j,
+                r.join_keys_all["mean"],
+                int(r.join_keys_all["max"]),
+                r.join_keys_all["max"] / (r.j / r.n + r.n),
             )
             for r in results
         ],
@@ -731,6 +748,30 @@ def plots(out: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p)
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for j in sorted({r["j"] for r in fleet}):
+            rs = sorted((r for r in fleet if r["j"] == j), key=lambda r: r["n"])
+            ns = [r["n"] for r in rs]
+            ax[0].plot(ns, [r["crash_to_evict"] for r in rs], "o-", label=f"eviction, J={j:,}")
+            ax[0].plot(
+                ns, [r["crash_to_reassigned"] for r in rs], "s--", label=f"jobs moved, J={j:,}"
+            )
+            ax[1].plot(ns, [r["join_to_settled"] for r in rs], "o-", label=f"J={j:,}")
+        ax[0].axhline(fleet[0]["timeout"] + min(1.0, fleet[0]["timeout"] / 4), color="grey", ls=":")
+        ax[0].set_ylabel("seconds after the crash (dotted: eviction bound)")
+        ax[1].set_ylabel("seconds from a join to a settled map")
+        for a in ax:
+            a.set_xscale("log")
+            a.set_xlabel("workers N")
+            a.set_ylim(bottom=0)
+            a.legend(fontsize=7)
+            a.grid(alpha=0.3)
+        fig.suptitle("Failover and join (virtual clock)")
+        fig.tight_layout()
+        p = folder / "scale_failover.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
     reads = out.get("reads") or []
     if reads:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -784,14 +825,8 @@ def main() -> None:
         reads_ns, reads_js = [10, 100], [1000, 10_000]
         args.procs, args.wall_jobs, args.wall_rest = min(args.procs, 4), 40, 3.0
     else:
-        # What completes in ~10 min of wall time (one process simulates every worker);
-        # larger fleets with --fleet N,J,REST (N=1000 did not settle within 50 min).
-        fleet_cfg = [
-            (10, 1000, 120.0),
-            (100, 1000, 120.0),
-            (10, 10_000, 120.0),
-            (100, 10_000, 120.0),
-        ]
+        # One process simulates every worker; other sizes with --fleet N,J,REST.
+        fleet_cfg = [(n, j, 60.0) for j in (1000, 10_000, 100_000) for n in (10, 100, 1000)]
         reads_ns, reads_js = [10, 100, 1000], [1000, 10_000, 100_000, 1_000_000]
     if args.fleet:
         fleet_cfg = [(int(n), int(j), float(r)) for n, j, r in (c.split(",") for c in args.fleet)]
