@@ -208,6 +208,16 @@ class _Collector:
             yield counter(
                 "fdbworkers_reconciles", "Reconcile steps of the job runner.", rs.reconciles
             )
+            yield counter(
+                "fdbworkers_handoffs_adopted",
+                "Partitions taken over from a leaving worker before the membership settled.",
+                rs.handoffs_adopted,
+            )
+            yield counter(
+                "fdbworkers_moves_deferred",
+                "Moves postponed by the velocity limit (max_moves).",
+                rs.moves_deferred,
+            )
         if m.exec_runner is not None:
             es = m.exec_runner.statistics()
             yield gauge("fdbworkers_exec_processes", "Job processes running.", es.running)

@@ -24,7 +24,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Final
+from typing import Final, TypeVar, TypeVarTuple
 
 import structlog
 import trio
@@ -53,7 +53,7 @@ from .._db import (
 from .._errors import RETRYABLE, ConfigError, FDBError
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
-from ._ryw import MAX_KEY, WriteMap
+from ._ryw import MAX_KEY, SnapshotReader, WriteMap
 from ._store import CommitResult, Mutation, Store, StoreWatch
 
 __all__ = [
@@ -329,6 +329,27 @@ class _LocalOnly:
 
 
 _LOCAL_ONLY: Final = _LocalOnly()
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
+
+
+def _value_read(value: bytes | None) -> tuple[int, int]:
+    """The keys and bytes a point read counts."""
+    return (0, 0) if value is None else (1, len(value))
+
+
+def _key_read(key: bytes) -> tuple[int, int]:
+    """The keys and bytes a key selector's resolution counts."""
+    return 1, len(key)
+
+
+def _rows_read(rows: list[KeyValue]) -> tuple[int, int]:
+    """The keys and bytes a range read counts."""
+    nbytes = 0
+    for k, v in rows:
+        nbytes += len(k) + len(v)
+    return len(rows), nbytes
 
 
 class _VersionstampState:
@@ -707,15 +728,6 @@ class EngineTransaction(Transaction):
                 if partitioned:
                     db._waiting.discard(self)
 
-    async def _network(self, op: str, gen: int) -> None:
-        """One network round trip of operation ``op`` (latency, partition, timeout)."""
-        if self._engine.faults.latency is None and not self._db._partitioned:
-            await trio.lowlevel.checkpoint()
-            if gen != self._gen or self._reset_code is not None or self._deadline is not None:
-                self._check_alive(gen)
-            return
-        await self._wait(self._engine._latency(op), gen)
-
     async def _ensure_read_version(self, gen: int) -> _Reader:
         if self._reader is None:
             engine = self._engine
@@ -814,30 +826,7 @@ class EngineTransaction(Transaction):
         if len(key) > MAX_READ_KEY_SIZE:
             await self._wait(0.0, gen, network=False)
             return None
-        rw = self._rw
-        if rw.points or rw.clears or rw.unreadable:
-            try:  # answered by its own writes: no network, no read version
-                value = rw.get(_LOCAL_ONLY, key, snapshot)
-            except _NeedsStorage:
-                pass
-            else:
-                await self._wait(0.0, gen, network=False)
-                self._db._count_read("get", 0 if value is None else 1, len(value or b""))
-                return value
-        self._in_flight += 1
-        try:
-            if self._reader is None:
-                await self._ensure_read_version(gen)
-            await self._network("get", gen)
-            value = self._rw.get(self._lazy, key, snapshot)
-        except FDBError as e:
-            if e.code == 1007:
-                self._db._count("too_old")
-            raise
-        finally:
-            self._ended_read()
-        self._db._count_read("get", 0 if value is None else 1, 0 if value is None else len(value))
-        return value
+        return await self._read("get", gen, WriteMap.get, _value_read, key, snapshot)
 
     async def _get_key(self, selector: KeySelector, snapshot: bool) -> bytes:
         if not isinstance(selector, KeySelector):
@@ -850,30 +839,7 @@ class EngineTransaction(Transaction):
         if code is not None:
             await trio.lowlevel.checkpoint()
             raise FDBError(code)
-        rw = self._rw
-        if rw.points or rw.clears or rw.unreadable:
-            try:  # resolved within its own writes: no network, no read version
-                key = rw.get_key(_LOCAL_ONLY, selector, snapshot)
-            except _NeedsStorage:
-                pass
-            else:
-                await self._wait(0.0, gen, network=False)
-                self._db._count_read("get_key", 1, len(key))
-                return key
-        self._in_flight += 1
-        try:
-            if self._reader is None:
-                await self._ensure_read_version(gen)
-            await self._network("get_key", gen)
-            key = self._rw.get_key(self._lazy, selector, snapshot)
-        except FDBError as e:
-            if e.code == 1007:
-                self._db._count("too_old")
-            raise
-        finally:
-            self._ended_read()
-        self._db._count_read("get_key", 1, len(key))
-        return key
+        return await self._read("get_key", gen, WriteMap.get_key, _key_read, selector, snapshot)
 
     async def _get_range(
         self,
@@ -900,34 +866,57 @@ class EngineTransaction(Transaction):
             # Empty by its selectors alone: answered without a read version (like RYW).
             await self._wait(0.0, gen, network=False)
             return []
+        return await self._read(
+            "get_range", gen, WriteMap.get_range, _rows_read, b, e, limit, reverse, snapshot
+        )
+
+    async def _read(
+        self,
+        op: str,
+        gen: int,
+        read: Callable[[WriteMap, SnapshotReader, *_Args], _T],
+        counted: Callable[[_T], tuple[int, int]],
+        *args: *_Args,
+    ) -> _T:
+        """The part every read shares once its own checks passed: ``read(rw, reader,
+        *args)`` first against the transaction's own writes (when they decide it: no
+        network, no read version, one checkpoint), else at the read version after one
+        network round trip of ``op`` (the read counts as in flight for commit, 1007
+        counts as ``too_old``). ``counted(result)`` gives the keys and bytes it read."""
         rw = self._rw
         if rw.points or rw.clears or rw.unreadable:
-            try:  # decided by its own writes: no network, no read version
-                rows = rw.get_range(_LOCAL_ONLY, b, e, limit, reverse, snapshot)
+            try:  # answered by its own writes: no network, no read version
+                result = read(rw, _LOCAL_ONLY, *args)
             except _NeedsStorage:
                 pass
             else:
-                await self._wait(0.0, gen, network=False)
-                nbytes = sum(len(k) + len(v) for k, v in rows)
-                self._db._count_read("get_range", len(rows), nbytes)
-                return rows
+                await trio.lowlevel.checkpoint()  # = self._wait(0.0, gen, network=False)
+                self._check_alive(gen)
+                keys, nbytes = counted(result)
+                self._db._count_read(op, keys, nbytes)
+                return result
         self._in_flight += 1
         try:
             if self._reader is None:
                 await self._ensure_read_version(gen)
-            await self._network("get_range", gen)
-            rows = self._rw.get_range(self._lazy, b, e, limit, reverse, snapshot)
+            # One network round trip of ``op`` (latency, partition, timeout), inline:
+            # the hot path of every read that reaches the store.
+            if self._engine.faults.latency is None and not self._db._partitioned:
+                await trio.lowlevel.checkpoint()
+                if gen != self._gen or self._reset_code is not None or self._deadline is not None:
+                    self._check_alive(gen)
+            else:
+                await self._wait(self._engine._latency(op), gen)
+            result = read(self._rw, self._lazy, *args)
         except FDBError as exc:
             if exc.code == 1007:
                 self._db._count("too_old")
             raise
         finally:
             self._ended_read()
-        nbytes = 0
-        for k, v in rows:
-            nbytes += len(k) + len(v)
-        self._db._count_read("get_range", len(rows), nbytes)
-        return rows
+        keys, nbytes = counted(result)
+        self._db._count_read(op, keys, nbytes)
+        return result
 
     # -- writes ------------------------------------------------------------------------
     def set(self, key: bytes, value: bytes) -> None:
