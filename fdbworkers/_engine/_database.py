@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Final, TypeVar, TypeVarTuple
+from typing import Final, NoReturn, TypeVar, TypeVarTuple
 
 import structlog
 import trio
@@ -332,6 +332,12 @@ _LOCAL_ONLY: Final = _LocalOnly()
 
 _T = TypeVar("_T")
 _Args = TypeVarTuple("_Args")
+
+
+async def _fail(code: int) -> NoReturn:
+    """A read failing before it starts: one checkpoint, then ``code``."""
+    await trio.lowlevel.checkpoint()
+    raise FDBError(code)
 
 
 def _value_read(value: bytes | None) -> tuple[int, int]:
@@ -806,7 +812,7 @@ class EngineTransaction(Transaction):
         assert self._rv is not None
         return self._rv
 
-    async def _get(self, key: bytes, snapshot: bool) -> bytes | None:
+    def _get(self, key: bytes, snapshot: bool) -> Awaitable[bytes | None]:
         if type(key) is not bytes:
             _check_key(key)
         gen = self._gen
@@ -821,14 +827,12 @@ class EngineTransaction(Transaction):
         if code is None and key >= MAX_KEY:
             code = 2004
         if code is not None:
-            await trio.lowlevel.checkpoint()
-            raise FDBError(code)
+            return _fail(code)
         if len(key) > MAX_READ_KEY_SIZE:
-            await self._wait(0.0, gen, network=False)
-            return None
-        return await self._read("get", gen, WriteMap.get, _value_read, key, snapshot)
+            return self._answer(gen, None)
+        return self._read("get", gen, WriteMap.get, _value_read, key, snapshot)
 
-    async def _get_key(self, selector: KeySelector, snapshot: bool) -> bytes:
+    def _get_key(self, selector: KeySelector, snapshot: bool) -> Awaitable[bytes]:
         if not isinstance(selector, KeySelector):
             raise TypeError(f"get_key takes a KeySelector, not {type(selector).__name__}")
         _check_key(selector.key)
@@ -837,18 +841,17 @@ class EngineTransaction(Transaction):
         if code is None and selector.key > MAX_KEY:
             code = 2004
         if code is not None:
-            await trio.lowlevel.checkpoint()
-            raise FDBError(code)
-        return await self._read("get_key", gen, WriteMap.get_key, _key_read, selector, snapshot)
+            return _fail(code)
+        return self._read("get_key", gen, WriteMap.get_key, _key_read, selector, snapshot)
 
-    async def _get_range(
+    def _get_range(
         self,
         begin: KeyOrSelector,
         end: KeyOrSelector,
         limit: int,
         reverse: bool,
         snapshot: bool,
-    ) -> list[KeyValue]:
+    ) -> Awaitable[list[KeyValue]]:
         b = _selector(begin)
         e = _selector(end)
         if not isinstance(limit, int) or limit < 0:
@@ -858,17 +861,20 @@ class EngineTransaction(Transaction):
         if code is None and (b.key > MAX_KEY or e.key > MAX_KEY):
             code = 2004
         if code is not None:
-            await trio.lowlevel.checkpoint()
-            raise FDBError(code)
+            return _fail(code)
         if b.offset >= e.offset and (
             (b.key + b"\x00" if b.or_equal else b.key) >= (e.key + b"\x00" if e.or_equal else e.key)
         ):
             # Empty by its selectors alone: answered without a read version (like RYW).
-            await self._wait(0.0, gen, network=False)
-            return []
-        return await self._read(
+            return self._answer(gen, [])
+        return self._read(
             "get_range", gen, WriteMap.get_range, _rows_read, b, e, limit, reverse, snapshot
         )
+
+    async def _answer(self, gen: int, result: _T) -> _T:
+        """A read decided by its arguments alone: one checkpoint, no read version."""
+        await self._wait(0.0, gen, network=False)
+        return result
 
     async def _read(
         self,
