@@ -42,6 +42,15 @@ def parse_meta(
     return out
 
 
+#: ``--log-level`` of the long-running commands (worker, devserver).
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+
+
 WORKER_EPILOG = """\b
 Examples:
   fdbworkers worker --role replicator --exec './replicate.sh'
@@ -143,12 +152,7 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
     default="auto",
     show_default=True,
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 @click.option("--demo-log", type=click.Path(file_okay=False), hidden=True)
 @click.option("--demo-work-interval", type=float, default=1.0, hidden=True)
 @click.pass_context
@@ -350,12 +354,7 @@ def run_worker_process(
     help="Listen on a non-loopback address (there is no authentication: anyone who "
     "reaches it can read and write everything).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def devserver(
     host: str,
     port: int,
