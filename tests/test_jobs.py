@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -70,16 +71,24 @@ def moved_off(fleet: Fleet, jobs: set[str], wid: str, inc: str) -> bool:
     return True
 
 
+async def start_fleet(
+    nursery: trio.Nursery, engine: Engine, workers: int, ids: list[str], **kw: Any
+) -> Fleet:
+    """``workers`` workers w0, w1, ... of the role, started and settled on ``ids``."""
+    fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS, **kw)
+    for i in range(workers):
+        await fleet.start(f"w{i}")
+    await wait_until(lambda: settled(fleet, ids), 120)
+    return fleet
+
+
 async def test_a_leaving_worker_hands_its_jobs_over_before_the_settle_window(
     autojump_clock: MockClock,
 ) -> None:
     engine = Engine(rng=random.Random(1))
     ids = await add_jobs(engine, 60)
     async with trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
-        for i in range(4):
-            await fleet.start(f"w{i}")
-        await wait_until(lambda: settled(fleet, ids), 60)
+        fleet = await start_fleet(nursery, engine, 4, ids)
         leaver = fleet.workers["w1"]
         assert leaver.runner is not None
         its_jobs = set(leaver.runner.running)
@@ -109,10 +118,7 @@ async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners
     engine = Engine(rng=random.Random(2))
     ids = await add_jobs(engine, 40)
     async with trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
-        for i in range(3):
-            await fleet.start(f"w{i}")
-        await wait_until(lambda: settled(fleet, ids), 60)
+        fleet = await start_fleet(nursery, engine, 3, ids)
         for round_ in range(3):  # a rolling restart, twice over plus one
             wid = f"w{round_ % 3}"
             fw = fleet.workers[wid]
@@ -140,10 +146,7 @@ async def test_handoffs_from_non_members_or_corrupt_are_dropped(
     ids = await add_jobs(engine, 20)
     admin = engine.open_database("admin")
     async with trio.open_nursery() as nursery:
-        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
-        for i in range(2):
-            await fleet.start(f"w{i}")
-        await wait_until(lambda: settled(fleet, ids), 60)
+        fleet = await start_fleet(nursery, engine, 2, ids)
         w0 = fleet.workers["w0"].runner
         assert w0 is not None and w0.assignment is not None
         mine = w0.assignment.partitions_of("w0")
