@@ -626,6 +626,8 @@ class JobRunner:
                             self._take_handoffs = True
                         n.cancel_scope.cancel()
 
+                    # watches = [jobs_epoch, inbox] (_tx_read_changes): an inbox fire
+                    # may bring handoffs from a leaving worker.
                     for i, watch in enumerate(watches):
                         n.start_soon(one, watch, i == 1)
                     with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
