@@ -304,3 +304,38 @@ def test_worker_id_file_keeps_the_id(tmp_path: Path) -> None:
     f.write_text("bad\nid")
     with pytest.raises(ConfigError):
         resolve_worker_id(None, f)
+
+
+async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
+    autojump_clock: MockClock,
+) -> None:
+    """60 workers joining within ~3 s: every join fires every worker's epoch watch, but
+    a worker reads the membership at most once per membership_read_gap (not once per
+    join), and the last view still has every member."""
+    engine = fresh_engine(7, FaultPlan(latency=(0.001, 0.005)))
+    opts = WorkerOptions(timeout=TIMEOUT, settle=1.0, partitions=64)
+    gap = opts.membership_read_gap
+    assert gap == 0.25
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=opts)
+        first = await fleet.start("w00")
+        assert first.worker is not None
+        t0 = trio.current_time()
+        reads0 = first.worker.statistics().membership_reads
+        for i in range(1, 61):
+            await fleet.start(f"w{i:02d}")
+            await trio.sleep(0.05)
+        await wait_until(
+            lambda: (
+                first.worker is not None
+                and first.worker.membership is not None
+                and len(first.worker.membership.members) == 61
+            ),
+            30,
+        )
+        took = trio.current_time() - t0
+        reads = first.worker.statistics().membership_reads - reads0
+        # One read per gap at most, plus the one that ends the burst.
+        assert reads <= took / gap + 2, (reads, took)
+        assert reads < 30, reads  # 60 joins: without the gap, about one read per join
+        n.cancel_scope.cancel()
