@@ -218,10 +218,12 @@ async def tx_read_partitions(
     if not parts:
         return jobs, claims
     log = structlog.get_logger("fdbworkers")
+    # Keys are decoded below these (the root and role are the same for every key).
+    jobs_begin, claims_begin = layout.jobs_range(role)[0], layout.claims_range(role)[0]
 
     def take_job(key: bytes, value: bytes, wanted: set[int] | None) -> None:
         try:
-            t = layout.unpack(key)
+            t = layout.unpack_below(jobs_begin, key)
             p, jid = int(t[-2]), str(t[-1])
             if wanted is None or p in wanted:
                 jobs[jid] = JobRecord.decode(jid, p, key, value)
@@ -230,7 +232,7 @@ async def tx_read_partitions(
 
     def take_claim(key: bytes, value: bytes, wanted: set[int] | None) -> None:
         try:
-            t = layout.unpack(key)
+            t = layout.unpack_below(claims_begin, key)
             if wanted is None or int(t[-2]) in wanted:
                 claims[str(t[-1])] = Claim.decode(key, value)
         except (CorruptDataError, ValueError, IndexError) as e:
@@ -386,7 +388,8 @@ async def tx_take_handoffs(
     for kv in await tr.get_range(begin, end, limit=MAX_HANDOFFS):
         try:
             obj = decode(kv.key, kv.value)
-            out[int(layout.unpack(kv.key)[-1])] = (str(obj["from"]), str(obj["incarnation"]))
+            partition = int(layout.unpack_below(begin, kv.key)[0])
+            out[partition] = (str(obj["from"]), str(obj["incarnation"]))
         except (CorruptDataError, KeyError, ValueError, IndexError):
             structlog.get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
     tr.clear_range(begin, end)
@@ -523,6 +526,7 @@ class JobRunner:
         self.max_moves = max_moves
         #: With max_moves: at most max_moves moves in any window of this length.
         self.move_interval = move_interval
+        #: The last reconcile step used up its window's moves (set by _reconcile).
         self._velocity_limited = False
         self._moves_window_end = -math.inf
         self._moves_left = 0
