@@ -1011,32 +1011,30 @@ class EngineTransaction(Transaction):
         if self._pending_watches:
             self._trigger_watches(key, key + b"\x00", None, False)
 
-    def add_read_conflict_range(self, begin: bytes, end: bytes) -> None:
+    def _conflict_bounds(self, begin: bytes, end: bytes) -> tuple[bytes, bytes] | None:
+        """A manual conflict range's checks, shared by reads and writes: 2005 at once for
+        an inverted range, a deferred 2004 beyond the system keys, keys cut to the
+        longest a conflict range keeps; None when nothing is to be added."""
         _check_key(begin)
         _check_key(end)
         if begin > end:
             raise FDBError(2005)
         if self._write_error():
-            return
+            return None
         if begin > MAX_KEY or end > MAX_KEY:
             self._defer(2004)
-            return
-        self._rw.add_read_conflict(begin[: MAX_READ_KEY_SIZE + 1], end[: MAX_READ_KEY_SIZE + 1])
+            return None
+        return begin[: MAX_READ_KEY_SIZE + 1], end[: MAX_READ_KEY_SIZE + 1]
+
+    def add_read_conflict_range(self, begin: bytes, end: bytes) -> None:
+        bounds = self._conflict_bounds(begin, end)
+        if bounds is not None:
+            self._rw.add_read_conflict(*bounds)
 
     def add_write_conflict_range(self, begin: bytes, end: bytes) -> None:
-        _check_key(begin)
-        _check_key(end)
-        if begin > end:
-            raise FDBError(2005)
-        if self._write_error():
-            return
-        if begin > MAX_KEY or end > MAX_KEY:
-            self._defer(2004)
-            return
-        begin = begin[: MAX_READ_KEY_SIZE + 1]
-        end = end[: MAX_READ_KEY_SIZE + 1]
-        if begin < end:
-            self._rw.add_write_conflict(begin, end)
+        bounds = self._conflict_bounds(begin, end)
+        if bounds is not None and bounds[0] < bounds[1]:
+            self._rw.add_write_conflict(*bounds)
 
     # -- watches -----------------------------------------------------------------------
     def watch(self, key: bytes) -> Watch:
