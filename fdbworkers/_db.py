@@ -113,6 +113,12 @@ def check_bytes(value: object, what: str = "key") -> None:
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
 
 
+def check_limit(limit: object) -> None:
+    """The row limit of a range read: an int >= 0 (0 = no limit), on every backend."""
+    if not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = no limit), not {limit}")
+
+
 def as_selector(k: KeyOrSelector) -> KeySelector:
     """A range bound as a key selector (bytes mean ``first_greater_or_equal``)."""
     if isinstance(k, KeySelector):

@@ -57,6 +57,7 @@ from ._db import (
     Transaction,
     VersionstampFuture,
     Watch,
+    check_limit,
 )
 from ._db import (
     as_selector as _selector,
@@ -472,8 +473,7 @@ class _FdbReads(ReadTransaction):
         limit: int = 0,
         reverse: bool = False,
     ) -> list[KeyValue]:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0 (0 = no limit), not {limit}")
+        check_limit(limit)
         b = _selector(begin)
         e = _selector(end)
         # EXACT asks for `limit` rows in one batch, WANT_ALL for everything as early as

@@ -60,6 +60,7 @@ from ._db import (
     VersionstampFuture,
     Watch,
     backoff_delay,
+    check_limit,
 )
 from ._db import (
     as_selector as _selector,
@@ -576,8 +577,7 @@ class _RemoteReads(ReadTransaction):
         limit: int = 0,
         reverse: bool = False,
     ) -> list[KeyValue]:
-        if not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be >= 0 (0 = no limit), not {limit}")
+        check_limit(limit)
         b = _selector(begin)
         e = _selector(end)
         rows = await self._tr._call(

@@ -43,6 +43,7 @@ from .._db import (
     Transaction,
     VersionstampFuture,
     Watch,
+    check_limit,
 )
 from .._db import (
     as_selector as _selector,
@@ -854,8 +855,7 @@ class EngineTransaction(Transaction):
     ) -> Awaitable[list[KeyValue]]:
         b = _selector(begin)
         e = _selector(end)
-        if not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be >= 0 (0 = no limit), not {limit}")
+        check_limit(limit)
         gen = self._gen
         code = self._read_error()
         if code is None and (b.key > MAX_KEY or e.key > MAX_KEY):
