@@ -17,10 +17,10 @@ from typing import Any
 import structlog
 import trio
 
-from fdbworkers._assign import job_partition
+from fdbworkers._core.assign import job_partition
+from fdbworkers._core.keys import Layout
 from fdbworkers._db import Database, Transaction
-from fdbworkers._jobs import JobRecord
-from fdbworkers._keys import Layout
+from fdbworkers._runner import JobRecord
 from fdbworkers._worker import tx_ensure_role
 
 ROOT = "fdbworkers-bench"

@@ -1,4 +1,4 @@
-"""Benchmark of the job-to-worker assignment (fdbworkers._assign) against baselines.
+"""Benchmark of the job-to-worker assignment (fdbworkers._core.assign) against baselines.
 
     python benchmarks/assign_bench.py            # full sizes, about two minutes
     python benchmarks/assign_bench.py --quick    # CI smoke run, a few seconds
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from fdbworkers import _assign as assign_module
-from fdbworkers._assign import (
+from fdbworkers._core import assign as assign_module
+from fdbworkers._core.assign import (
     DEFAULT_BALANCE,
     DEFAULT_PARTITIONS,
     assign,

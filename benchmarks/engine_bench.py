@@ -39,8 +39,8 @@ from typing import Any
 import trio
 import trio.testing
 
+from fdbworkers._backends.engine import Engine
 from fdbworkers._db import Database, KeyValue, Transaction, strinc
-from fdbworkers._engine import Engine
 
 PREFIX = b"bench/"
 STAMP_PARAM = b"\x00" * 10 + (0).to_bytes(4, "little")
@@ -216,7 +216,7 @@ async def bench_real(keys: int, n: int, min_seconds: float) -> dict[str, float] 
     if not os.environ.get("FDB_CLUSTER_FILE"):
         return "skipped: FDB_CLUSTER_FILE is not set"
     try:
-        from fdbworkers._fdb import open_fdb
+        from fdbworkers._backends.fdb import open_fdb
     except ImportError as e:  # pragma: no cover - the module is part of the package
         return f"skipped: {e}"
     try:

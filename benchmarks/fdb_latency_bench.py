@@ -22,8 +22,8 @@ from typing import Any
 
 import trio
 
+from fdbworkers._backends.fdb import FdbDatabase, FdbTransaction, open_fdb
 from fdbworkers._db import Transaction
-from fdbworkers._fdb import FdbDatabase, FdbTransaction, open_fdb
 
 PREFIX = b"fdbworkers-bench/latency/"
 

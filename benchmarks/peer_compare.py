@@ -76,9 +76,9 @@ from _common import (
     table,
 )
 
+from fdbworkers._backends.engine import Engine, FaultPlan
+from fdbworkers._core.keys import Layout, MemberRecord, decode, encode, stamped_value
 from fdbworkers._db import Transaction
-from fdbworkers._engine import Engine, FaultPlan
-from fdbworkers._keys import Layout, MemberRecord, decode, encode, stamped_value
 from fdbworkers._worker import tx_register
 
 ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"

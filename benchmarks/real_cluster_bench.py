@@ -56,11 +56,11 @@ from _common import (
 )
 
 from fdbworkers import open_database
-from fdbworkers._assign import assign
+from fdbworkers._backends.engine import Engine
+from fdbworkers._core.assign import assign
+from fdbworkers._core.keys import Layout, MemberRecord
 from fdbworkers._db import Database, Transaction
-from fdbworkers._engine import Engine
-from fdbworkers._jobs import tx_claim, tx_read_partitions
-from fdbworkers._keys import Layout, MemberRecord
+from fdbworkers._runner import tx_claim, tx_read_partitions
 from fdbworkers._worker import tx_heartbeat, tx_read_membership, tx_register
 
 
@@ -104,7 +104,7 @@ async def measure(db: Database, args: argparse.Namespace, root: str) -> dict[str
 
     out["rebalance read"] = await timed(max(5, n // 10), read_parts)
     out["rebalance jobs"] = jobs_seen[0] if jobs_seen else 0
-    from fdbworkers._assign import job_partition
+    from fdbworkers._core.assign import job_partition
 
     claimable = ids[:n]
 

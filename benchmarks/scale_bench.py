@@ -51,12 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, start_devserver, table
 
-from fdbworkers._assign import assign, job_partition
+from fdbworkers._backends.engine import Engine, EngineDatabase, EngineStatistics
+from fdbworkers._backends.remote import RemoteDatabase
+from fdbworkers._core.assign import assign, job_partition
+from fdbworkers._core.keys import Layout, decode, stamped_value
 from fdbworkers._db import Transaction
-from fdbworkers._engine import Engine, EngineDatabase, EngineStatistics
-from fdbworkers._jobs import Job, JobRunner, tx_list_jobs, tx_read_partitions
-from fdbworkers._keys import Layout, decode, stamped_value
-from fdbworkers._remote import RemoteDatabase
+from fdbworkers._runner import Job, JobRunner, tx_list_jobs, tx_read_partitions
 from fdbworkers._worker import WorkerOptions, tx_read_membership
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 

@@ -3,7 +3,8 @@
 This module is the whole public API; everything else lives in private modules.
 """
 
-from ._connect import open_database
+from ._backends.connect import open_database
+from ._core.membership import Membership, MembershipChange
 from ._db import (
     Database,
     DatabaseStatistics,
@@ -25,7 +26,7 @@ from ._errors import (
     FencedError,
     LayoutError,
 )
-from ._jobs import (
+from ._runner import (
     Job,
     JobRecord,
     JobRunner,
@@ -34,7 +35,6 @@ from ._jobs import (
     add_job,
     remove_job,
 )
-from ._membership import Membership, MembershipChange
 from ._worker import (
     Worker,
     WorkerOptions,

@@ -1,8 +1,8 @@
 """The database seam: the one async transaction API the rest of fdbworkers uses.
 
 Two implementations live behind it: the real one over FoundationDB's Python binding
-(``fdbworkers._fdb``) and the embedded engine with FoundationDB's semantics
-(``fdbworkers._engine``). Nothing else in the package talks to a database.
+(``fdbworkers._backends.fdb``) and the embedded engine with FoundationDB's semantics
+(``fdbworkers._backends.engine``). Nothing else in the package talks to a database.
 
 The API follows the binding closely, so that code reads the same as FDB code, with three
 differences: every read is ``await``-ed (futures are bridged into trio, never waited on in
@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
+from ._core.tuples import VERSIONSTAMP_SIZE as VERSIONSTAMP_SIZE
+from ._core.tuples import strinc as strinc
 from ._errors import FDBError
 
 T = TypeVar("T")
@@ -37,8 +39,6 @@ MAX_VALUE_SIZE = 100_000
 MAX_TRANSACTION_SIZE = 10_000_000
 #: Default per-database limit of unfired watches (option ``max_watches``).
 DEFAULT_MAX_WATCHES = 10_000
-#: Versionstamp length in bytes (8-byte commit version + 2-byte batch order).
-VERSIONSTAMP_SIZE = 10
 
 
 class MutationType(enum.IntEnum):
@@ -96,14 +96,6 @@ class KeyValue(NamedTuple):
 
 
 KeyOrSelector = bytes | KeySelector
-
-
-def strinc(prefix: bytes) -> bytes:
-    """The first key after every key that starts with ``prefix`` (FDB's ``strinc``)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        raise ValueError("a key of only 0xff bytes has no successor prefix")
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def check_bytes(value: object, what: str = "key") -> None:

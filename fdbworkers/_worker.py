@@ -24,11 +24,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import structlog
 import trio
 
-from ._assign import ALGORITHM_VERSION
-from ._assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
-from ._db import Database, Transaction, run_transaction
-from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
-from ._keys import (
+from ._core.assign import ALGORITHM_VERSION
+from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
+from ._core.keys import (
     Layout,
     MemberRecord,
     RoleConfig,
@@ -39,10 +37,12 @@ from ._keys import (
     stamped_value,
     validate_name,
 )
-from ._liveness import Lease, NeighbourTracker, default_check_interval, default_fence_margin
-from ._membership import Membership, MembershipChange, diff
-from ._ring import watched_neighbours
-from ._settle import Settler
+from ._core.liveness import Lease, NeighbourTracker, default_check_interval, default_fence_margin
+from ._core.membership import Membership, MembershipChange, diff
+from ._core.ring import watched_neighbours
+from ._core.settle import Settler
+from ._db import Database, Transaction, run_transaction
+from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -599,7 +599,7 @@ class Worker:
         """Run ``await handler(job)`` in its own task for every job this worker owns,
         until cancelled. See :class:`fdbworkers.JobRunner` for the options (grace,
         max_moves, move_interval, restart_backoff, ...)."""
-        from ._jobs import run_jobs
+        from ._runner import run_jobs
 
         await run_jobs(self, handler, **options)
 

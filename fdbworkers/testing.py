@@ -21,7 +21,7 @@ import trio
 
 from ._db import Database
 from ._errors import FencedError
-from ._jobs import Job, JobRunner
+from ._runner import Job, JobRunner
 from ._worker import Worker, WorkerOptions, WorkerState
 
 Handler = Callable[[Job], Awaitable[None]]
@@ -315,8 +315,8 @@ class Simulation:
         self._note(f"VIOLATION {v}")
 
     async def run(self) -> SimReport:
-        from ._engine import Engine, FaultPlan
-        from ._keys import Layout, MemberRecord
+        from ._backends.engine import Engine, FaultPlan
+        from ._core.keys import Layout, MemberRecord
         from ._worker import tx_ensure_role
 
         with suppress_import_error():
@@ -525,7 +525,7 @@ class Simulation:
     def _check_at_rest(
         self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig
     ) -> None:
-        from ._assign import assign
+        from ._core.assign import assign
 
         version = store.read_version()
         jobs: dict[str, int] = {}
@@ -589,12 +589,12 @@ async def partition_for(
 async def add_job_for_sim(
     db: Database, layout: Any, role: str, job_id: str, partitions: int
 ) -> None:
-    from ._jobs import tx_add_job
+    from ._runner import tx_add_job
 
     await db.transact(tx_add_job, layout, role, job_id, {"sim": True}, 1.0, partitions)
 
 
 async def remove_job_for_sim(db: Database, layout: Any, role: str, job_id: str) -> None:
-    from ._jobs import tx_remove_job
+    from ._runner import tx_remove_job
 
     await db.transact(tx_remove_job, layout, role, job_id)

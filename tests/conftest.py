@@ -2,7 +2,7 @@
 
 ``db`` is parametrized over ``engine`` (the embedded engine, on trio's virtual clock:
 ``MockClock(autojump_threshold=0)``), ``remote`` (the same engine served by a
-``fdbworkers._devserver.DevServer`` in the test's nursery, reached by a
+``fdbworkers._backends.devserver.DevServer`` in the test's nursery, reached by a
 ``RemoteDatabase`` over an in-memory stream: the dev server protocol, on the virtual
 clock too) and ``fdb`` (a real FoundationDB cluster named by
 ``FDB_CLUSTER_FILE``, on the real clock, marked ``real_fdb``; skipped with the reason
@@ -41,7 +41,7 @@ REAL_TEST_DEADLINE = 120.0
 
 BACKENDS = [
     pytest.param("engine", id="engine"),
-    # The engine behind the dev server protocol (fdbworkers._remote <-> _devserver),
+    # The engine behind the dev server protocol (fdbworkers._backends.remote <-> _devserver),
     # over an in-memory stream, so it runs on the virtual clock too.
     pytest.param("remote", id="remote"),
     pytest.param("fdb", id="fdb", marks=pytest.mark.real_fdb),
@@ -61,8 +61,8 @@ def real_cluster_unavailable() -> str | None:
             "no real FoundationDB cluster: FDB_CLUSTER_FILE is not set "
             "(./scripts/test starts a local one from ../shared/fdb)"
         )
+    from fdbworkers._backends.fdb import fdb_client_info, resolve_cluster_file
     from fdbworkers._errors import FdbworkersError
-    from fdbworkers._fdb import fdb_client_info, resolve_cluster_file
 
     try:
         resolve_cluster_file()
@@ -77,7 +77,7 @@ def real_cluster_unreachable() -> str | None:
     """None when the configured cluster answers within 10 s, else why not. A dead
     cluster makes every real-cluster test fail at once instead of each one waiting out
     its deadline."""
-    from fdbworkers._fdb import probe_cluster_blocking
+    from fdbworkers._backends.fdb import probe_cluster_blocking
 
     return probe_cluster_blocking(timeout=10.0)
 
@@ -169,7 +169,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 async def _open_engine_database() -> Database:
-    from fdbworkers._engine import Engine
+    from fdbworkers._backends.engine import Engine
 
     opened: Any = Engine().open_database()
     if inspect.isawaitable(opened):
@@ -182,14 +182,14 @@ def _open_real_database() -> Database:
     reason = real_cluster_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    from fdbworkers._fdb import open_fdb
+    from fdbworkers._backends.fdb import open_fdb
 
     return open_fdb()
 
 
 async def _open_remote_database(nursery: trio.Nursery) -> Database:
-    from fdbworkers._devserver import DevServer
-    from fdbworkers._remote import RemoteDatabase
+    from fdbworkers._backends.devserver import DevServer
+    from fdbworkers._backends.remote import RemoteDatabase
 
     server = DevServer()
     await nursery.start(functools.partial(server.run, listen=False))
@@ -225,7 +225,7 @@ async def real_db() -> AsyncIterator[Database]:
 @pytest.fixture
 async def engine() -> Any:
     """An embedded engine of its own, for engine-only tests (on the virtual clock)."""
-    from fdbworkers._engine import Engine
+    from fdbworkers._backends.engine import Engine
 
     return Engine()
 
@@ -241,8 +241,8 @@ async def prefix(request: pytest.FixtureRequest) -> AsyncIterator[bytes]:
 
 
 async def clear_real_prefix(p: bytes) -> None:
+    from fdbworkers._backends.fdb import open_fdb
     from fdbworkers._db import Transaction, strinc
-    from fdbworkers._fdb import open_fdb
 
     cleaner = open_fdb()
     cleaner.default_timeout = 10.0

@@ -1,4 +1,4 @@
-"""Property tests of the job-to-worker assignment (fdbworkers._assign).
+"""Property tests of the job-to-worker assignment (fdbworkers._core.assign).
 
 The lazy solver (listed bands, prefixes completed on demand, deferred acceptance) is
 checked against a brute-force reference that scores the full P x N table and runs the
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdbworkers._assign import (
+from fdbworkers._core.assign import (
     _GOLDEN,
     DEFAULT_PARTITIONS,
     MAX_PARTITIONS,
@@ -141,7 +141,7 @@ def test_golden_assignments() -> None:
 
 def test_same_map_in_another_process() -> None:
     code = (
-        "import hashlib; from fdbworkers._assign import assign; "
+        "import hashlib; from fdbworkers._core.assign import assign; "
         "a = assign({f'w{i}': 1.0 + i % 3 for i in range(40)}, 4096); "
         "print(hashlib.blake2b('|'.join(a.primaries()).encode()).hexdigest())"
     )

@@ -1,4 +1,4 @@
-"""The dev server (fdbworkers._devserver) and its client (fdbworkers._remote).
+"""The dev server (fdbworkers._backends.devserver) and its client (fdbworkers._backends.remote).
 
 The contract suite already runs over the dev server protocol (the ``remote`` backend of
 the ``db`` fixture). Here: several clients and processes sharing one server over TCP
@@ -27,9 +27,8 @@ import pytest
 import trio
 import trio.testing
 
-from fdbworkers._connect import open_database
-from fdbworkers._db import Database, KeyValue, Transaction, Watch
-from fdbworkers._devserver import (
+from fdbworkers._backends.connect import open_database
+from fdbworkers._backends.devserver import (
     DATA_FORMAT,
     DevServer,
     check_bind_host,
@@ -37,9 +36,8 @@ from fdbworkers._devserver import (
     save_data_file,
     serve,
 )
-from fdbworkers._engine import FaultPlan
-from fdbworkers._errors import ConfigError, FDBError
-from fdbworkers._remote import (
+from fdbworkers._backends.engine import FaultPlan
+from fdbworkers._backends.remote import (
     PROTOCOL_VERSION,
     STATUS_PROTOCOL_ERROR,
     ConnectionLostError,
@@ -47,6 +45,8 @@ from fdbworkers._remote import (
     RemoteDatabase,
     encode_frame,
 )
+from fdbworkers._db import Database, KeyValue, Transaction, Watch
+from fdbworkers._errors import ConfigError, FDBError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def free_port() -> int:
 SERVER_PROCESS = """
 import sys
 from pathlib import Path
-from fdbworkers._devserver import run_devserver
+from fdbworkers._backends.devserver import run_devserver
 port, data, ready = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 run_devserver("127.0.0.1", port, Path(data) if data else None, ready_file=ready,
               save_interval=0.1)
@@ -232,7 +232,7 @@ async def test_another_process_talks_to_the_same_server(nursery: trio.Nursery) -
     await put(db, {b"from-test": b"hello"})
     snippet = (
         "import trio\n"
-        "from fdbworkers._connect import open_database\n"
+        "from fdbworkers._backends.connect import open_database\n"
         "async def main():\n"
         "    db = open_database()  # FDBWORKERS_CLUSTER\n"
         "    db.default_timeout = 5\n"

@@ -17,22 +17,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
-from hypothesis import strategies as st
 
-from fdbworkers._connect import ClusterAddress, open_database, parse_cluster_address
+from fdbworkers._backends.connect import ClusterAddress, open_database, parse_cluster_address
+from fdbworkers._backends.fdb import _Bridge, check_version_fit, resolve_cluster_file
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import BackendUnavailableError, ConfigError, FDBError
-from fdbworkers._fdb import (
-    Versionstamp,
-    _Bridge,
-    check_version_fit,
-    pack,
-    pack_with_versionstamp,
-    resolve_cluster_file,
-    tuple_range,
-    unpack,
-)
 
 # --------------------------------------------------------------------------------------
 # Helpers
@@ -98,8 +87,8 @@ def test_import_does_not_load_libfdb_c() -> None:
     result = _run_python(
         """
         import json, sys
-        import fdbworkers, fdbworkers._fdb, fdbworkers._connect
-        from fdbworkers._fdb import Versionstamp, pack, pack_with_versionstamp, unpack
+        import fdbworkers, fdbworkers._backends.fdb, fdbworkers._backends.connect
+        from fdbworkers._core.tuples import Versionstamp, pack, pack_with_versionstamp, unpack
         key = pack(("a", 1, Versionstamp(b"\\x01" * 10, 3)))
         template = pack_with_versionstamp(("log", Versionstamp.incomplete(1)))
         maps = open("/proc/self/maps").read()
@@ -126,8 +115,8 @@ def test_missing_libfdb_c_gives_a_clear_error(cluster_file: str) -> None:
         f"""
         import json
         from fdbworkers._errors import BackendUnavailableError
-        from fdbworkers._fdb import open_fdb
-        from fdbworkers._connect import open_database
+        from fdbworkers._backends.fdb import open_fdb
+        from fdbworkers._backends.connect import open_database
         out = {{}}
         for name, fn in [("open_fdb", lambda: open_fdb({cluster_file!r})),
                          ("open_database", lambda: open_database("fdb:{cluster_file}"))]:
@@ -194,7 +183,7 @@ def test_newer_binding_header_is_refused_by_the_real_library(cluster_file: str) 
         import fdb
         fdb.LATEST_API_VERSION = 740
         from fdbworkers._errors import BackendUnavailableError
-        from fdbworkers._fdb import open_fdb
+        from fdbworkers._backends.fdb import open_fdb
         try:
             open_fdb({cluster_file!r})
             print(json.dumps({{"error": None}}))
@@ -212,7 +201,7 @@ def test_one_api_version_per_process(cluster_file: str) -> None:
         f"""
         import json
         from fdbworkers._errors import BackendUnavailableError
-        from fdbworkers._fdb import open_fdb
+        from fdbworkers._backends.fdb import open_fdb
         open_fdb({cluster_file!r})
         try:
             open_fdb({cluster_file!r}, api_version=720)
@@ -322,7 +311,7 @@ def test_open_database_falls_back_to_fdb_cluster_file(
 
 
 def test_open_database_memory_is_a_fresh_engine() -> None:
-    from fdbworkers import _engine
+    from fdbworkers._backends import engine as _engine
 
     if not hasattr(_engine, "Engine"):
         pytest.skip("the embedded engine is not here yet")
@@ -343,56 +332,6 @@ def test_open_database_memory_is_a_fresh_engine() -> None:
         await b.aclose()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-# --------------------------------------------------------------------------------------
-# The tuple layer (pure)
-# --------------------------------------------------------------------------------------
-
-ELEMENTS = st.one_of(
-    st.none(),
-    st.binary(max_size=20),
-    st.text(max_size=20),
-    st.integers(min_value=-(2**64), max_value=2**64),
-    st.booleans(),
-    st.builds(Versionstamp, st.binary(min_size=10, max_size=10), st.integers(0, 65535)),
-)
-
-
-@given(st.lists(ELEMENTS, max_size=6).map(tuple))
-def test_tuple_roundtrip(t: tuple[Any, ...]) -> None:
-    assert unpack(pack(t)) == t
-    assert unpack(pack(t, prefix=b"p/"), prefix_len=2) == t
-
-
-@given(st.lists(st.integers(-1000, 1000), min_size=2, max_size=2))
-def test_tuple_order_is_preserved(pair: list[int]) -> None:
-    a, b = pair
-    assert (pack((a,)) < pack((b,))) == (a < b)
-
-
-def test_tuple_range_covers_extensions() -> None:
-    begin, end = tuple_range(("a",))
-    assert begin < pack(("a", 1)) < end
-    assert not begin <= pack(("b",)) < end
-    assert not begin <= pack(("a",)) < end  # the tuple itself is not an extension
-
-
-def test_unpack_returns_our_versionstamp() -> None:
-    (vs,) = unpack(pack((Versionstamp(b"\x00" * 9 + b"\x01", 2),)))
-    assert type(vs) is Versionstamp
-    assert vs.to_bytes() == b"\x00" * 9 + b"\x01" + b"\x00\x02"
-    assert Versionstamp.incomplete(5).completed(b"\x02" * 10) == Versionstamp(b"\x02" * 10, 5)
-    assert repr(vs).startswith("Versionstamp(")
-
-
-def test_pack_rejects_non_tuples_and_incomplete_stamps() -> None:
-    with pytest.raises(TypeError):
-        pack(["a"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Incomplete"):
-        pack(("a", Versionstamp.incomplete()))
-    with pytest.raises(ValueError, match="No incomplete"):
-        pack_with_versionstamp(("a",))
 
 
 # --------------------------------------------------------------------------------------
@@ -505,7 +444,7 @@ def test_callback_after_the_run_finished_is_harmless() -> None:
 
 @pytest.mark.real_fdb
 async def test_unreachable_cluster_fails_with_1031_within_the_timeout(cluster_file: str) -> None:
-    from fdbworkers._fdb import open_fdb
+    from fdbworkers._backends.fdb import open_fdb
 
     start = trio.current_time()
     db = open_fdb(cluster_file)
@@ -527,7 +466,7 @@ async def test_unreachable_cluster_fails_with_1031_within_the_timeout(cluster_fi
 async def test_cancelling_a_read_on_an_unreachable_cluster_returns_promptly(
     cluster_file: str,
 ) -> None:
-    from fdbworkers._fdb import open_fdb
+    from fdbworkers._backends.fdb import open_fdb
 
     db = open_fdb(cluster_file)
     tr = db.create_transaction()
@@ -571,7 +510,7 @@ async def test_real_database_options(real_db: Database) -> None:
 
 @pytest.mark.real_fdb
 def test_blocking_probe(cluster_file: str) -> None:
-    from fdbworkers._fdb import probe_cluster_blocking
+    from fdbworkers._backends.fdb import probe_cluster_blocking
 
     assert probe_cluster_blocking(timeout=10.0) is None  # the configured cluster answers
     reason = probe_cluster_blocking(cluster_file, timeout=0.5)

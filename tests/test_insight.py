@@ -1,4 +1,4 @@
-"""explain and plan (fdbworkers._insight, fdbworkers.cli._insight).
+"""explain and plan (fdbworkers._core.insight, fdbworkers.cli._insight).
 
 * plan is exact: a plan is computed from the live membership and jobs, then the change
   is applied with real workers in a Fleet on the engine's virtual clock, and the set of
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 from fdbworkers import ConfigError, WorkerOptions, WorkerState, add_job
-from fdbworkers._assign import assign, moved
-from fdbworkers._engine import Engine
-from fdbworkers._insight import (
+from fdbworkers._backends.engine import Engine
+from fdbworkers._core.assign import assign, moved
+from fdbworkers._core.insight import (
     Change,
     ClaimInfo,
     MemberState,
@@ -36,9 +36,9 @@ from fdbworkers._insight import (
     plan_change,
     replay_membership,
 )
-from fdbworkers._keys import Layout
+from fdbworkers._core.keys import Layout
+from fdbworkers._store.admin import RoleSnapshot, read_role_snapshot
 from fdbworkers.cli._insight import member_states, read_history
-from fdbworkers.cli._model import RoleSnapshot, read_role_snapshot
 from fdbworkers.cli._write import tx_request_drain
 from fdbworkers.testing import Fleet
 

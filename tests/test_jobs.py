@@ -13,11 +13,11 @@ import trio
 from trio.testing import MockClock
 
 from fdbworkers import WorkerOptions, add_job
-from fdbworkers._assign import assign, job_partition
+from fdbworkers._backends.engine import Engine
+from fdbworkers._core.assign import assign, job_partition
+from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._db import Transaction
-from fdbworkers._engine import Engine
-from fdbworkers._jobs import tx_take_handoffs
-from fdbworkers._keys import Layout, encode, epoch_value
+from fdbworkers._runner import tx_take_handoffs
 from fdbworkers._worker import tx_leave
 from fdbworkers.testing import Fleet, wait_until
 
@@ -233,7 +233,7 @@ async def test_max_moves_spaces_moves_by_move_interval(autojump_clock: MockClock
 
 def test_runner_options_are_validated() -> None:
     from fdbworkers import ConfigError
-    from fdbworkers._jobs import JobRunner
+    from fdbworkers._runner import JobRunner
 
     async def handler(job: object) -> None:
         return None

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
-from fdbworkers._keys import (
+from fdbworkers._core.keys import (
     Claim,
     Layout,
     MemberRecord,
@@ -23,10 +22,11 @@ from fdbworkers._keys import (
     stamped_value,
     validate_name,
 )
-from fdbworkers._liveness import Lease, NeighbourTracker
-from fdbworkers._membership import Membership, diff
-from fdbworkers._ring import checker_of, ring_order, successors, watched_neighbours
-from fdbworkers._settle import Settler
+from fdbworkers._core.liveness import Lease, NeighbourTracker
+from fdbworkers._core.membership import Membership, diff
+from fdbworkers._core.ring import checker_of, ring_order, successors, watched_neighbours
+from fdbworkers._core.settle import Settler
+from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
 
 ids = st.lists(st.text(alphabet="abcdefghij0123456789-", min_size=1, max_size=8), unique=True)
 

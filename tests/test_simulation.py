@@ -9,7 +9,7 @@ import logging
 import structlog
 from trio.testing import MockClock
 
-from fdbworkers._soak import main as soak_main
+from fdbworkers.cli._soak import main as soak_main
 from fdbworkers.testing import SimConfig, Simulation
 
 

@@ -11,9 +11,9 @@ import trio
 from trio.testing import MockClock
 
 from fdbworkers import ConfigError, WorkerOptions, WorkerState, open_worker
-from fdbworkers._engine import Engine, FaultPlan
-from fdbworkers._keys import Layout, MemberRecord
-from fdbworkers._ring import ring_order
+from fdbworkers._backends.engine import Engine, FaultPlan
+from fdbworkers._core.keys import Layout, MemberRecord
+from fdbworkers._core.ring import ring_order
 from fdbworkers._worker import resolve_worker_id, tx_read_membership
 from fdbworkers.testing import Fleet, wait_until
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from fdbworkers import WorkerOptions, WorkerState, add_job, remove_job
+from fdbworkers._core.keys import Layout
 from fdbworkers._db import Database, Transaction
-from fdbworkers._keys import Layout
 from fdbworkers.testing import Fleet, wait_until
 
 pytestmark = pytest.mark.real_fdb
@@ -29,7 +29,7 @@ async def real_db() -> AsyncIterator[Database]:
         pytest.skip(
             "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
         )
-    from fdbworkers._fdb import open_fdb
+    from fdbworkers._backends.fdb import open_fdb
 
     try:
         db = open_fdb()

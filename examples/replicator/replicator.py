@@ -50,7 +50,7 @@ from fdbworkers import (
     add_job,
     remove_job,
 )
-from fdbworkers._keys import Layout, validate_name
+from fdbworkers._core.keys import Layout, validate_name
 
 ROLE: Final = "replicator"
 DATA_ROOT: Final = "replicator-example"

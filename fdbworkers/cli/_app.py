@@ -8,8 +8,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .._core.keys import parse_root
 from .._errors import ConfigError
-from .._keys import parse_root
 from ._common import (
     DEFAULT_TIMEOUT,
     EXIT_INTERRUPTED,

@@ -14,6 +14,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import trio
 
+from .._core.keys import Layout
 from .._db import Database
 from .._errors import (
     BackendUnavailableError,
@@ -24,7 +25,6 @@ from .._errors import (
     FdbworkersError,
     LayoutError,
 )
-from .._keys import Layout
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def settings(ctx: click.Context) -> Settings:
 
 
 def open_db(s: Settings) -> Database:
-    from .._connect import open_database
+    from .._backends.connect import open_database
 
     address = s.address()
     try:

@@ -1,6 +1,6 @@
 """Insight commands: ``explain`` (a job's ownership history, replayed from the event
 log) and ``plan`` (a dry run of a membership change). The logic is pure, in
-``fdbworkers._insight``; this module reads and prints. See docs/insight.md."""
+``fdbworkers._core.insight``; this module reads and prints. See docs/insight.md."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from typing import Any, Final
 
 import click
 
-from .._assign import job_partition
-from .._db import Database, Transaction
-from .._errors import ConfigError, CorruptDataError
-from .._insight import (
+from .._core.assign import job_partition
+from .._core.insight import (
     MAX_ADD,
     Change,
     ClaimInfo,
@@ -28,15 +26,17 @@ from .._insight import (
     plan_change,
     replay_membership,
 )
-from .._keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
-from ._common import CliError, echo, print_json, print_table, run, settings
-from ._model import (
+from .._core.keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
+from .._db import Database, Transaction
+from .._errors import ConfigError, CorruptDataError
+from .._store.admin import (
     EventInfo,
     parse_event,
     read_events_after,
     read_role_snapshot,
     require_role,
 )
+from ._common import CliError, echo, print_json, print_table, run, settings
 from ._read import json_option, name_arg
 
 SCHEMAS: Final = {"explain": "fdbworkers.explain/1", "plan": "fdbworkers.plan/1"}

@@ -11,24 +11,10 @@ from typing import Any
 import click
 import trio
 
+from .._core.keys import LAYOUT_VERSION, Layout, validate_name
 from .._db import DEFAULT_MAX_WATCHES, Database, Transaction
 from .._errors import ConfigError, FDBError, LayoutError
-from .._keys import LAYOUT_VERSION, Layout, validate_name
-from ._common import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    CliError,
-    Settings,
-    echo,
-    guarded,
-    print_json,
-    print_json_line,
-    print_table,
-    run,
-    settings,
-    stdout_is_terminal,
-)
-from ._model import (
+from .._store.admin import (
     SCHEMAS,
     EventInfo,
     JobView,
@@ -46,6 +32,20 @@ from ._model import (
     read_role_configs,
     read_role_snapshot,
     read_roles,
+)
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    Settings,
+    echo,
+    guarded,
+    print_json,
+    print_json_line,
+    print_table,
+    run,
+    settings,
+    stdout_is_terminal,
 )
 
 #: Watches each worker process holds (membership: epoch + own record; jobs: jobs_epoch
@@ -233,7 +233,7 @@ def members(ctx: click.Context, role: str, as_json: bool, observe: float) -> Non
 def spec_text(spec: Any, width: int | None) -> str:
     import json
 
-    from ._model import jsonable
+    from .._store.admin import jsonable
 
     text = "" if spec is None else json.dumps(jsonable(spec), separators=(",", ":"))
     if width is not None and len(text) > width:
@@ -311,7 +311,7 @@ def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
         return
     import json
 
-    from ._model import jsonable
+    from .._store.admin import jsonable
 
     fields = [
         ("job", j.id),
@@ -453,7 +453,7 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
       fdbworkers watch replicator
     """
     s = settings(ctx)
-    from .._view import LiveRole, render_plain, render_view
+    from ._view import LiveRole, render_plain, render_view
 
     async def main(db: Database) -> None:
         await guarded(s, read_role_snapshot(db, s.layout, role))  # the role must exist
@@ -624,7 +624,7 @@ async def doctor_checks(db: Database, s: Settings) -> list[dict[str, Any]]:
     detail = f"{db.backend} at {s.cluster}"
     if db.backend == "fdb":
         try:
-            from .._fdb import fdb_client_info
+            from .._backends.fdb import fdb_client_info
 
             info = fdb_client_info()
             detail += ", " + ", ".join(f"{k}={v}" for k, v in info.items())

@@ -188,8 +188,8 @@ def worker(
         raise click.UsageError("give either --id or --id-file, not both")
     if demo_handler and not demo_log:
         demo_log = None
-    from .._exec import ExecOptions, ExecRunner, split_command
     from .._worker import WorkerOptions
+    from ._exec import ExecOptions, ExecRunner, split_command
 
     exec_runner = None
     try:
@@ -240,7 +240,7 @@ def run_worker_process(
     grace: float,
     metrics: tuple[str, int] | None,
 ) -> int:
-    from .._jobs import JobRunner
+    from .._runner import JobRunner
     from .._worker import open_worker
 
     log = structlog.get_logger("fdbworkers").bind(component="cli", role=role)
@@ -252,7 +252,7 @@ def run_worker_process(
             handler = exec_runner
             runner_grace = grace + 1.0  # the exec runner's own SIGTERM -> SIGKILL comes first
         else:
-            from .._demo import DemoHandler
+            from ._demo import DemoHandler
 
             handler = DemoHandler(demo_log, work_interval=demo_work_interval)
             runner_grace = grace
@@ -375,7 +375,7 @@ def devserver(
       export FDBWORKERS_CLUSTER=sim://127.0.0.1:4690
     """
     configure_logging(log_level)
-    from .._devserver import run_devserver
+    from .._backends.devserver import run_devserver
 
     try:
         run_devserver(host, port, data, ready_file=ready_file, allow_remote=allow_remote)
@@ -450,7 +450,7 @@ def demo(
       fdbworkers demo --duration 20 --workers 3 --jobs 30
       fdbworkers --cluster-file "$FDB_CLUSTER_FILE" demo     # on FoundationDB
     """
-    from .._demo import DemoOptions, run_demo
+    from ._demo import DemoOptions, run_demo
 
     s = settings(ctx)
     if demo_cluster or demo_cluster_file:  # after the command: ./scripts/demo --cluster-file P

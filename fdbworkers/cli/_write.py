@@ -11,12 +11,12 @@ from typing import Any
 import click
 import trio
 
+from .._core.keys import Layout, MemberRecord
 from .._db import Database, Transaction
 from .._errors import CorruptDataError
-from .._keys import Layout, MemberRecord
+from .._store.admin import HealthStamp, observe_health, require_role
 from .._worker import DEFAULT_EVENT_RETENTION, DEFAULT_PARTITIONS, bump_epoch, tx_evict, write_event
 from ._common import EXIT_USAGE, CliError, echo, run, settings
-from ._model import HealthStamp, observe_health, require_role
 from ._read import json_option, name_arg, show_job
 
 
@@ -72,13 +72,13 @@ def job_add(
       fdbworkers job add replicator db1-to-db2 --spec '{"source": "db1", "target": "db2"}'
       fdbworkers job add replicator big-one --weight 4
     """
-    from .._jobs import tx_add_job
+    from .._runner import tx_add_job
 
     s = settings(ctx)
 
     async def main(db: Database) -> tuple[Any, bool, bool]:
         async def existed(tr: Transaction) -> bool:
-            from .._jobs import tx_get_job
+            from .._runner import tx_get_job
 
             return await tx_get_job(tr, s.layout, role, job_id) is not None
 
@@ -105,7 +105,7 @@ def job_remove(ctx: click.Context, role: str, job_id: str, missing_ok: bool) -> 
     Example:
       fdbworkers job remove replicator db1-to-db2
     """
-    from .._jobs import tx_remove_job
+    from .._runner import tx_remove_job
 
     s = settings(ctx)
     removed = run(s, lambda db: db.transact(tx_remove_job, s.layout, role, job_id))

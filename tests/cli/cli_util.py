@@ -149,8 +149,8 @@ def real_cli_on(tmp_path: Path) -> Iterator[Cli]:
             c.stop_all()
             clear = (
                 "import trio\n"
-                "from fdbworkers._fdb import open_fdb\n"
-                "from fdbworkers._keys import Layout\n"
+                "from fdbworkers._backends.fdb import open_fdb\n"
+                "from fdbworkers._core.keys import Layout\n"
                 f"p = Layout.for_root({c.root!r}).prefix\n"
                 "async def main():\n"
                 "    db = open_fdb(); db.default_timeout = 10\n"

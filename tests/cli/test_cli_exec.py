@@ -17,7 +17,7 @@ import trio
 from cli_util import Cli, cli_on, started_devserver, wait_for
 
 from fdbworkers._errors import ConfigError
-from fdbworkers._exec import ExecOptions, ExecRunner, job_environment, split_command
+from fdbworkers.cli._exec import ExecOptions, ExecRunner, job_environment, split_command
 
 PY = sys.executable
 

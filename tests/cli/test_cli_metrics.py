@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker
-from fdbworkers._engine import Engine
+from fdbworkers._backends.engine import Engine
 from fdbworkers._errors import ConfigError
 from fdbworkers._metrics import WorkerMetrics, require_prometheus, serve_metrics
 

@@ -11,11 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fdbworkers._demo import Phase, Run, check_single_runner, count_moves, required_and_optimum
-from fdbworkers._keys import Claim, MemberRecord, RoleConfig
-from fdbworkers._view import ViewSnapshot, render_plain, render_to_string
-from fdbworkers.cli._common import plain_table, resolve_cluster
-from fdbworkers.cli._model import (
+from fdbworkers._core.keys import Claim, MemberRecord, RoleConfig
+from fdbworkers._store.admin import (
     EventInfo,
     JobInfoRecord,
     JobView,
@@ -28,6 +25,9 @@ from fdbworkers.cli._model import (
     member_state,
     member_views,
 )
+from fdbworkers.cli._common import plain_table, resolve_cluster
+from fdbworkers.cli._demo import Phase, Run, check_single_runner, count_moves, required_and_optimum
+from fdbworkers.cli._view import ViewSnapshot, render_plain, render_to_string
 
 
 def rec(wid: str, *, timeout: float = 3.0, drain: bool = False, inc: str = "i1") -> MemberRecord:

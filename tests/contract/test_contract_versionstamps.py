@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from contract_util import le32, raises_code, read, read_prefix
 
+from fdbworkers._core.tuples import Versionstamp, pack, pack_with_versionstamp, unpack
 from fdbworkers._db import VERSIONSTAMP_SIZE, Database, Transaction, strinc
-from fdbworkers._fdb import Versionstamp, pack, pack_with_versionstamp, unpack
 
 PLACEHOLDER = b"\xff" * VERSIONSTAMP_SIZE
 
@@ -72,7 +72,7 @@ async def test_versionstamped_keys_sort_by_commit_order(db: Database, prefix: by
 
 async def test_tuple_layer_versionstamp_key(db: Database, prefix: bytes) -> None:
     """The tuple layer's 12-byte Versionstamp (10 + 2 user bytes) in a versionstamped key,
-    without libfdb_c (``fdbworkers._fdb.pack_with_versionstamp``)."""
+    without libfdb_c (``fdbworkers._core.tuples.pack_with_versionstamp``)."""
     key = pack_with_versionstamp(("events", Versionstamp.incomplete(7)), prefix=prefix)
     tr = db.create_transaction()
     tr.set_versionstamped_key(key, b"e")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from fdbworkers._backends.engine import Engine
 from fdbworkers._db import Database, KeySelector, MutationType, Transaction, strinc
-from fdbworkers._engine import Engine
 from fdbworkers._errors import FDBError
 
 SEEDS = [1, 2, 3, 4, 5, 6]

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from fdbworkers._backends.engine import Engine, EngineDatabase, FaultPlan
 from fdbworkers._db import Database, KeySelector, Transaction
-from fdbworkers._engine import Engine, EngineDatabase, FaultPlan
 from fdbworkers._errors import ConfigError, FDBError
 
 SEED = 7

@@ -9,8 +9,8 @@ import random
 import pytest
 import trio
 
+from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._db import Database, Transaction
-from fdbworkers._engine import Engine, FaultPlan
 from fdbworkers._errors import ConfigError, FDBError
 
 SEED = 20240611

@@ -10,11 +10,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fdbworkers._backends.engine import Store
+from fdbworkers._backends.engine._mutations import (
+    ADD,
+    BYTE_MAX,
+    COMPARE_AND_CLEAR,
+    SET,
+    apply_atomic,
+)
+from fdbworkers._backends.engine._ryw import WriteMap
+from fdbworkers._backends.engine._store import merge_ranges
 from fdbworkers._db import KeySelector
-from fdbworkers._engine import Store
-from fdbworkers._engine._mutations import ADD, BYTE_MAX, COMPARE_AND_CLEAR, SET, apply_atomic
-from fdbworkers._engine._ryw import WriteMap
-from fdbworkers._engine._store import merge_ranges
 
 KEYS = [b"a", b"b", b"b\x00", b"c", b"d", b"e"]
 BOUNDS = [b"", *KEYS, b"f"]

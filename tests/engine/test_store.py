@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdbworkers._db import MAX_VALUE_SIZE
-from fdbworkers._engine import MVCC_WINDOW, VERSIONS_PER_SECOND, Store
-from fdbworkers._engine._mutations import (
+from fdbworkers._backends.engine import MVCC_WINDOW, VERSIONS_PER_SECOND, Store
+from fdbworkers._backends.engine._mutations import (
     ADD,
     APPEND_IF_FITS,
     BIT_AND,
@@ -30,7 +29,8 @@ from fdbworkers._engine._mutations import (
     place_versionstamp,
     versionstamp_key_range,
 )
-from fdbworkers._engine._store import merge_ranges
+from fdbworkers._backends.engine._store import merge_ranges
+from fdbworkers._db import MAX_VALUE_SIZE
 from fdbworkers._errors import FDBError
 
 # --------------------------------------------------------------------------------------

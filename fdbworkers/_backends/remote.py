@@ -5,7 +5,7 @@ on an embedded engine served by ``fdbworkers devserver`` in another process.
 connection (opened on first use, reopened by a later transaction after a loss); every
 seam method is a request over it, executed by the server on the engine's own
 transaction objects, so the semantics are the engine's. The wire protocol (shared with
-``fdbworkers._devserver``) is described in docs/_devserver.md:
+``fdbworkers._backends.devserver``) is described in docs/_devserver.md:
 
 * frames: a 4-byte big-endian length, then a msgpack array; a frame is at most
   :data:`MAX_FRAME_SIZE` bytes;
@@ -45,7 +45,7 @@ import msgpack
 import structlog
 import trio
 
-from ._db import (
+from .._db import (
     DEFAULT_MAX_WATCHES,
     MAX_KEY_SIZE,
     MAX_VALUE_SIZE,
@@ -62,13 +62,13 @@ from ._db import (
     backoff_delay,
     check_limit,
 )
-from ._db import (
+from .._db import (
     as_selector as _selector,
 )
-from ._db import (
+from .._db import (
     check_bytes as _check_bytes,
 )
-from ._errors import ConfigError, FDBError
+from .._errors import ConfigError, FDBError
 
 __all__ = [
     "CONNECTION_FAILED",

@@ -49,7 +49,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = [
     "ALGORITHM_VERSION",

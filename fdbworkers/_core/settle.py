@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 
 @dataclass

@@ -33,10 +33,8 @@ from typing import Any
 import structlog
 import trio
 
-from ._assign import Assignment, assign, job_partition
-from ._db import Database, Transaction, VersionstampFuture, run_transaction
-from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
-from ._keys import (
+from ._core.assign import Assignment, assign, job_partition
+from ._core.keys import (
     Claim,
     Layout,
     MemberRecord,
@@ -49,7 +47,9 @@ from ._keys import (
     stamped_value,
     validate_name,
 )
-from ._membership import Membership
+from ._core.membership import Membership
+from ._db import Database, Transaction, VersionstampFuture, run_transaction
+from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
 from ._worker import (
     DEFAULT_PARTITIONS,
     VERSIONS_PER_SECOND,

@@ -5,9 +5,9 @@ Addresses (the CLI's ``--cluster``, ``FDBWORKERS_CLUSTER``):
 ``memory`` or ``memory:``
     a fresh embedded engine in this process (its data lives as long as the handle).
 ``sim://HOST:PORT``
-    the embedded engine served by ``fdbworkers devserver`` (``fdbworkers._devserver``)
+    the embedded engine served by ``fdbworkers devserver`` (``fdbworkers._backends.devserver``)
     in another process, so that several processes share one database; a
-    :class:`~fdbworkers._remote.RemoteDatabase` (backend ``"remote-engine"``). It
+    :class:`~fdbworkers._backends.remote.RemoteDatabase` (backend ``"remote-engine"``). It
     connects on first use; when the server goes away, operations fail with 1026
     ``connection_failed`` and a later transaction reconnects.
 ``fdb``, ``fdb:`` or ``fdb:PATH``
@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from ._db import Database
-from ._errors import ConfigError
+from .._db import Database
+from .._errors import ConfigError
 
 __all__ = ["ClusterAddress", "open_database", "parse_cluster_address"]
 
@@ -138,14 +138,14 @@ def open_database(cluster: str | None = None) -> Database:
     :class:`BackendUnavailableError` when the backend cannot be used here."""
     address = parse_cluster_address(_default_address() if cluster is None else cluster)
     if address.kind == "memory":
-        from ._engine import Engine
+        from .engine import Engine
 
         return Engine().open_database()
     if address.kind == "sim":
-        from ._remote import RemoteDatabase
+        from .remote import RemoteDatabase
 
         assert address.host is not None and address.port is not None
         return RemoteDatabase(address.host, address.port)
-    from ._fdb import open_fdb
+    from .fdb import open_fdb
 
     return open_fdb(address.cluster_file)

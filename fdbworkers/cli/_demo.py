@@ -45,13 +45,13 @@ from typing import IO, Any, Final
 import structlog
 import trio
 
-from ._db import Database, Transaction
-from ._errors import FDBError, FencedError
-from ._jobs import Job, tx_add_job, tx_remove_job
-from ._keys import Layout
-from ._liveness import default_check_interval
+from .._core.keys import Layout
+from .._core.liveness import default_check_interval
+from .._db import Database, Transaction
+from .._errors import FDBError, FencedError
+from .._runner import Job, tx_add_job, tx_remove_job
+from .._store.admin import EventInfo
 from ._view import LiveRole, ViewSnapshot, render_plain, render_view
-from .cli._model import EventInfo
 
 ROLE: Final = "demo"
 #: Extra allowance on the crash-detection bound for the demo's own observation: the
@@ -499,7 +499,7 @@ class Demo:
 
         # 3. a drain
         await self.until(0.5)
-        from .cli._write import tx_request_drain
+        from ._write import tx_request_drain
 
         drained = sorted(w for w in self.live_workers() if w != new)[0]
         await db.transact(tx_request_drain, layout, ROLE, drained, "demo")
@@ -699,7 +699,7 @@ class Demo:
                     self.address = o.cluster
                     self.root = f"fdbworkers-demo/{self.rng.getrandbits(32):08x}"
                     self.note(f"using the cluster {self.address} under root {self.root}")
-                from ._connect import open_database
+                from .._backends.connect import open_database
 
                 db = open_database(self.address)
                 db.default_timeout = o.op_timeout
@@ -707,7 +707,7 @@ class Demo:
                 self.live = LiveRole(
                     db, layout, ROLE, cluster=self.address, events=6, on_event=self.on_event
                 )
-                from ._worker import tx_ensure_role
+                from .._worker import tx_ensure_role
 
                 await db.transact(tx_ensure_role, layout, ROLE, DEMO_PARTITIONS)
                 self.live.started_at = self.t0
@@ -791,14 +791,14 @@ async def _bounded_each(
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; the exit code (0 when every check passed)."""
-    from .cli._common import configure_logging
+    from ._common import configure_logging
 
     configure_logging("warning")
     demo = Demo(options)
     try:
         return trio.run(demo.main)
     except BaseException as e:
-        from .cli._common import unwrap
+        from ._common import unwrap
 
         if isinstance(unwrap(e), KeyboardInterrupt):
             print("interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .._errors import ConfigError
+from ..._errors import ConfigError
 
 #: A latency distribution: (min, max) seconds, uniform, or ``f(rng, op) -> seconds``.
 Latency = tuple[float, float] | Callable[[random.Random, str], float]

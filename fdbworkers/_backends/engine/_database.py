@@ -29,7 +29,7 @@ from typing import Final, NoReturn, TypeVar, TypeVarTuple
 import structlog
 import trio
 
-from .._db import (
+from ..._db import (
     DEFAULT_MAX_WATCHES,
     MAX_KEY_SIZE,
     MAX_TRANSACTION_SIZE,
@@ -45,13 +45,13 @@ from .._db import (
     Watch,
     check_limit,
 )
-from .._db import (
+from ..._db import (
     as_selector as _selector,
 )
-from .._db import (
+from ..._db import (
     check_bytes as _check_key,
 )
-from .._errors import RETRYABLE, ConfigError, FDBError
+from ..._errors import RETRYABLE, ConfigError, FDBError
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
 from ._ryw import MAX_KEY, SnapshotReader, WriteMap

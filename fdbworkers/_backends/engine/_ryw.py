@@ -16,8 +16,8 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from typing import Final, Protocol
 
-from .._db import KeySelector, KeyValue
-from .._errors import FDBError
+from ..._db import KeySelector, KeyValue
+from ..._errors import FDBError
 from ._mutations import (
     CLEAR,
     CLEAR_RANGE,

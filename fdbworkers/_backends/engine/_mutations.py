@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._db import MAX_VALUE_SIZE, VERSIONSTAMP_SIZE, MutationType
-from .._errors import FDBError
+from ..._db import MAX_VALUE_SIZE, VERSIONSTAMP_SIZE, MutationType
+from ..._errors import FDBError
 
 # Mutation codes of the engine's commit requests, beside FDB's atomic op codes (all of
 # which are >= 2).

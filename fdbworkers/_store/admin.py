@@ -1,7 +1,7 @@
 """What the CLI reads, and the pure judgements made from it.
 
 Readers are async functions over a :class:`~fdbworkers.Database` and a
-:class:`~fdbworkers._keys.Layout`; every judgement (member state, job state, status
+:class:`~fdbworkers._core.keys.Layout`; every judgement (member state, job state, status
 checks) and every JSON form is a pure function of what was read, so it is tested without
 a database.
 
@@ -21,9 +21,7 @@ from typing import Any, Final
 
 import trio
 
-from .._db import VERSIONSTAMP_SIZE, Database, Transaction, Watch
-from .._errors import CorruptDataError, LayoutError
-from .._keys import (
+from .._core.keys import (
     LAYOUT_VERSION,
     Claim,
     Layout,
@@ -34,6 +32,8 @@ from .._keys import (
     split_stamped,
     stamp_version,
 )
+from .._db import VERSIONSTAMP_SIZE, Database, Transaction, Watch
+from .._errors import CorruptDataError, LayoutError
 
 #: Keys read per transaction when scanning a large range (each page is its own
 #: transaction, so no scan runs into FoundationDB's 5 s transaction limit).
@@ -429,7 +429,7 @@ def assigned_owners(
     """job -> the member the assignment function gives it (as every worker computes)."""
     if not members:
         return dict.fromkeys(jobs)
-    from .._assign import assign
+    from .._core.assign import assign
 
     a = assign(assignment_weights(members), partitions)
     return {jid: a.owner(j.partition) for jid, j in jobs.items()}

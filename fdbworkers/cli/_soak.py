@@ -1,4 +1,4 @@
-"""``python -m fdbworkers._soak``: run many simulation seeds (what ./scripts/soak runs).
+"""``python -m fdbworkers.cli._soak``: run many simulation seeds (what ./scripts/soak runs).
 
 Prints one line per failing seed with its timeline, a summary at the end, and exits 1
 if any seed violated an invariant. ``--jobs-in-parallel`` runs seeds in processes."""
@@ -16,7 +16,7 @@ import structlog
 import trio
 import trio.testing
 
-from .testing import SimConfig, Simulation
+from ..testing import SimConfig, Simulation
 
 
 def run_seed(seed: int, config: SimConfig) -> tuple[int, list[str], str]:

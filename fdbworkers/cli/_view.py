@@ -28,10 +28,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._db import Database, Transaction, Watch
-from ._errors import FDBError, FdbworkersError
-from ._keys import Claim, Layout, MemberRecord, RoleConfig
-from .cli._model import (
+from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
+from .._db import Database, Transaction, Watch
+from .._errors import FDBError, FdbworkersError
+from .._store.admin import (
     EventInfo,
     HealthStamp,
     JobInfoRecord,

@@ -36,8 +36,8 @@ from typing import Final
 
 from sortedcontainers import SortedList
 
-from .._db import KeyValue
-from .._errors import FDBError
+from ..._db import KeyValue
+from ..._errors import FDBError
 from ._mutations import (
     CLEAR,
     CLEAR_RANGE,

@@ -1,7 +1,7 @@
 """``fdbworkers devserver``: the embedded engine served on 127.0.0.1, so that several
-processes share one database (``sim://HOST:PORT``; the client is ``fdbworkers._remote``).
+processes share one database (``sim://HOST:PORT``; the client is ``fdbworkers._backends.remote``).
 
-The server hosts one :class:`~fdbworkers._engine.Engine` on the event loop's clock and,
+The server hosts one :class:`~fdbworkers._backends.engine.Engine` on the event loop's clock and,
 for each connection, one database handle of it (``engine.open_database(name)``), so
 per-client limits such as ``max_watches`` apply per connection, like a database object
 of libfdb_c. Each client transaction is one engine transaction on the server (a
@@ -44,13 +44,13 @@ import structlog
 import trio
 import trio.testing
 
-from ._db import KeySelector, MutationType, Transaction, Watch
-from ._engine import Engine, EngineDatabase, FaultPlan
-from ._engine._mutations import SET
-from ._engine._ryw import MAX_KEY
-from ._engine._store import BASE_VERSION, VERSIONS_PER_SECOND
-from ._errors import ConfigError, FDBError
-from ._remote import (
+from .._db import KeySelector, MutationType, Transaction, Watch
+from .._errors import ConfigError, FDBError
+from .engine import Engine, EngineDatabase, FaultPlan
+from .engine._mutations import SET
+from .engine._ryw import MAX_KEY
+from .engine._store import BASE_VERSION, VERSIONS_PER_SECOND
+from .remote import (
     PROTOCOL_VERSION,
     STATUS_EXCEPTION,
     STATUS_OK,

@@ -42,8 +42,8 @@ from typing import Any, Final
 import structlog
 import trio
 
-from ._errors import ConfigError
-from ._jobs import Job
+from .._errors import ConfigError
+from .._runner import Job
 
 RESTART_MODES: Final = ("always", "on-failure")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 
 @dataclass

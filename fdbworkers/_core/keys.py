@@ -35,10 +35,9 @@ from typing import Any, Final
 
 import msgpack
 
-from ._assign import ALGORITHM_VERSION
-from ._db import VERSIONSTAMP_SIZE, strinc
-from ._errors import ConfigError, CorruptDataError, LayoutError
-from ._fdb import pack, unpack
+from .._errors import ConfigError, CorruptDataError, LayoutError
+from .assign import ALGORITHM_VERSION
+from .tuples import VERSIONSTAMP_SIZE, pack, strinc, unpack
 
 #: The layout this version of fdbworkers reads and writes.
 LAYOUT_VERSION: Final = 1

@@ -2,7 +2,7 @@
 membership change would move (``plan``).
 
 Both rest on one fact: every worker computes a job's owner with the deterministic
-:func:`~fdbworkers._assign.assign` from the settled membership (worker id -> weight,
+:func:`~fdbworkers._core.assign.assign` from the settled membership (worker id -> weight,
 draining members excluded) and the role's partition count. So
 
 * **explain** rebuilds the membership after every recorded membership change of the
@@ -29,9 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._assign import MAX_WEIGHT, MIN_WEIGHT, Assignment, assign, job_partition
-from ._errors import ConfigError
-from ._keys import stamp_version, validate_name
+from .._errors import ConfigError
+from .assign import MAX_WEIGHT, MIN_WEIGHT, Assignment, assign, job_partition
+from .keys import stamp_version, validate_name
 
 #: Event types that change the membership a role assigns with.
 MEMBERSHIP_EVENTS: Final = frozenset({"joined", "evicted", "left", "drained", "drain_requested"})

@@ -1,15 +1,12 @@
 """The real backend: FoundationDB through its official Python binding.
 
-This is the only module of fdbworkers that imports the ``fdb`` package. It holds two
-things:
+This is the only module of fdbworkers that imports the ``fdb`` package. It holds
+:class:`FdbDatabase`, the :class:`~fdbworkers._db.Database` seam implemented over
+libfdb_c, opened with :func:`open_fdb`. The tuple layer is pure and lives in
+:mod:`fdbworkers._core.tuples` (byte-for-byte the binding's encoding, checked by a test).
 
-* the pure tuple layer (``pack``, ``unpack``, ``pack_with_versionstamp``,
-  ``tuple_range``, ``Versionstamp``), which never needs the C client library;
-* :class:`FdbDatabase`, the :class:`~fdbworkers._db.Database` seam implemented over
-  libfdb_c, opened with :func:`open_fdb`.
-
-Importing this module never loads libfdb_c: only ``fdb.tuple`` is imported here, and
-``fdb.impl`` (which ``dlopen``-s the library) is imported by :func:`open_fdb`.
+Importing this module never loads libfdb_c: ``fdb.impl`` (which ``dlopen``-s the
+library) is imported by :func:`open_fdb`.
 
 Bridging FDB futures into trio
 ------------------------------
@@ -35,18 +32,16 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
-import struct
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final
 
-import fdb.tuple as _fdb_tuple
 import structlog
 import trio
 
-from ._db import (
+from .._db import (
     VERSIONSTAMP_SIZE,
     Database,
     KeyOrSelector,
@@ -59,29 +54,24 @@ from ._db import (
     Watch,
     check_limit,
 )
-from ._db import (
+from .._db import (
     as_selector as _selector,
 )
-from ._db import (
+from .._db import (
     check_bytes as _check_key,
 )
-from ._errors import BackendUnavailableError, ConfigError, FDBError
+from .._errors import BackendUnavailableError, ConfigError, FDBError
 
 __all__ = [
     "DEFAULT_API_VERSION",
     "DEFAULT_CLUSTER_FILE",
     "FdbDatabase",
     "FdbTransaction",
-    "Versionstamp",
     "check_version_fit",
     "fdb_client_info",
     "open_fdb",
-    "pack",
-    "pack_with_versionstamp",
     "probe_cluster_blocking",
     "resolve_cluster_file",
-    "tuple_range",
-    "unpack",
 ]
 
 log = structlog.get_logger()
@@ -95,90 +85,6 @@ MIN_API_VERSION: Final = 630
 SUPPORTED_BINDING: Final = (7, 3)
 #: libfdb_c's default cluster file on Linux.
 DEFAULT_CLUSTER_FILE: Final = "/etc/foundationdb/fdb.cluster"
-
-# --------------------------------------------------------------------------------------
-# The tuple layer (pure, no libfdb_c)
-# --------------------------------------------------------------------------------------
-
-
-class Versionstamp(_fdb_tuple.Versionstamp):  # type: ignore[misc]
-    """The tuple layer's 96-bit versionstamp: a 10-byte transaction version (``None``
-    while incomplete) and a 2-byte user version.
-
-    The binding's own class looks up ``fdb.impl`` when packed, which loads libfdb_c;
-    this subclass packs without it, so tuples with versionstamps work on the embedded
-    engine too. ``unpack`` returns instances of this class."""
-
-    def to_bytes(self) -> bytes:
-        tr_version = self.tr_version if self.is_complete() else self._UNSET_TR_VERSION
-        return struct.pack(self._STRUCT_FORMAT_STRING, tr_version, self.user_version)
-
-    @staticmethod
-    def incomplete(user_version: int = 0) -> Versionstamp:
-        return Versionstamp(None, user_version)
-
-    @classmethod
-    def from_bytes(cls, v: bytes, start: int = 0) -> Versionstamp:
-        parsed = _fdb_tuple.Versionstamp.from_bytes(v, start)
-        return cls(parsed.tr_version, parsed.user_version)
-
-    def completed(self, new_tr_version: bytes) -> Versionstamp:
-        if self.is_complete():
-            raise RuntimeError("Versionstamp already completed")
-        return Versionstamp(new_tr_version, self.user_version)
-
-    def __repr__(self) -> str:
-        return f"Versionstamp({self.tr_version!r}, {self.user_version!r})"
-
-    __str__ = __repr__
-
-
-def _own_versionstamps(value: Any) -> Any:
-    """Replace the binding's Versionstamp instances (from decoding) with ours."""
-    if isinstance(value, tuple):
-        return tuple(_own_versionstamps(v) for v in value)
-    if isinstance(value, _fdb_tuple.Versionstamp) and not isinstance(value, Versionstamp):
-        return Versionstamp(value.tr_version, value.user_version)
-    return value
-
-
-def _check_tuple(t: object) -> None:
-    if not isinstance(t, tuple):
-        raise TypeError(f"the tuple layer packs tuples, not {type(t).__name__}")
-    for item in t:
-        if isinstance(item, _fdb_tuple.Versionstamp) and not isinstance(item, Versionstamp):
-            raise TypeError("use fdbworkers._fdb.Versionstamp, not fdb.tuple.Versionstamp")
-        if isinstance(item, tuple | list):
-            _check_tuple(tuple(item))
-
-
-def pack(t: tuple[Any, ...], prefix: bytes | None = None) -> bytes:
-    """Pack ``t`` with FDB's tuple layer (order-preserving)."""
-    _check_tuple(t)
-    result: bytes = _fdb_tuple.pack(t, prefix)
-    return result
-
-
-def pack_with_versionstamp(t: tuple[Any, ...], prefix: bytes | None = None) -> bytes:
-    """Pack a tuple holding exactly one incomplete :class:`Versionstamp`, followed by the
-    4-byte little-endian offset that ``SET_VERSIONSTAMPED_KEY`` expects."""
-    _check_tuple(t)
-    result: bytes = _fdb_tuple.pack_with_versionstamp(t, prefix)
-    return result
-
-
-def unpack(key: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
-    """Unpack a tuple-layer key (from ``prefix_len`` on)."""
-    result: tuple[Any, ...] = _own_versionstamps(_fdb_tuple.unpack(key, prefix_len))
-    return result
-
-
-def tuple_range(t: tuple[Any, ...]) -> tuple[bytes, bytes]:
-    """The ``(begin, end)`` range of every key that extends the packed tuple ``t``."""
-    _check_tuple(t)
-    s = _fdb_tuple.range(t)
-    return (s.start, s.stop)
-
 
 # --------------------------------------------------------------------------------------
 # Loading libfdb_c and checking that the versions fit
@@ -347,7 +253,7 @@ def _convert(e: Any) -> FDBError:
 
 
 def _known_codes() -> frozenset[int]:
-    from ._errors import FDB_ERRORS
+    from .._errors import FDB_ERRORS
 
     return frozenset(FDB_ERRORS)
 
