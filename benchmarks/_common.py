@@ -20,8 +20,8 @@ import trio
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout
 from fdbworkers._db import Database, Transaction
-from fdbworkers._runner import JobRecord
-from fdbworkers._worker import tx_ensure_role
+from fdbworkers._store.jobs import JobRecord
+from fdbworkers._store.members import tx_ensure_role
 
 ROOT = "fdbworkers-bench"
 ROLE = "bench"

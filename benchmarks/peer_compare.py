@@ -79,7 +79,7 @@ from _common import (
 from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.keys import Layout, MemberRecord, decode, encode, stamped_value
 from fdbworkers._db import Transaction
-from fdbworkers._worker import tx_register
+from fdbworkers._store.members import tx_register
 
 ZK_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"

@@ -56,8 +56,10 @@ from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout, decode, stamped_value
 from fdbworkers._db import Transaction
-from fdbworkers._runner import Job, JobRunner, tx_list_jobs, tx_read_partitions
-from fdbworkers._worker import WorkerOptions, tx_read_membership
+from fdbworkers._runner import Job, JobRunner
+from fdbworkers._store.jobs import tx_list_jobs, tx_read_partitions
+from fdbworkers._store.members import tx_read_membership
+from fdbworkers._worker import WorkerOptions
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
 LAYOUT = Layout.for_root(ROOT)

@@ -5,6 +5,7 @@ This module is the whole public API; everything else lives in private modules.
 
 from ._backends.connect import open_database
 from ._core.membership import Membership, MembershipChange
+from ._core.states import WorkerState
 from ._db import (
     Database,
     DatabaseStatistics,
@@ -26,19 +27,11 @@ from ._errors import (
     FencedError,
     LayoutError,
 )
-from ._runner import (
-    Job,
-    JobRecord,
-    JobRunner,
-    OwnershipChange,
-    RunnerStatistics,
-    add_job,
-    remove_job,
-)
+from ._runner import Job, JobRunner, OwnershipChange, RunnerStatistics, add_job, remove_job
+from ._store.jobs import JobRecord
 from ._worker import (
     Worker,
     WorkerOptions,
-    WorkerState,
     WorkerStatistics,
     WorkerSupersededError,
     open_worker,

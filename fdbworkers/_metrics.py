@@ -126,7 +126,7 @@ class _Collector:
         state = GaugeMetricFamily(
             "fdbworkers_worker_state", "1 for the worker's current state.", labels=[*names, "state"]
         )
-        from ._worker import WorkerState
+        from ._core.states import WorkerState
 
         for s in WorkerState:
             state.add_metric([*values, s.value], 1.0 if s.value == st.state else 0.0)

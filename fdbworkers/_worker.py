@@ -8,7 +8,6 @@ shared retry loop (``_db.run_transaction``) with a timeout, so nothing hangs for
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import random
@@ -24,25 +23,31 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import structlog
 import trio
 
-from ._core.assign import ALGORITHM_VERSION
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
 from ._core.keys import (
     Layout,
     MemberRecord,
     RoleConfig,
-    check_layout,
     encode,
-    epoch_value,
-    layout_value,
-    stamped_value,
     validate_name,
 )
 from ._core.liveness import Lease, NeighbourTracker, default_check_interval, default_fence_margin
 from ._core.membership import Membership, MembershipChange, diff
 from ._core.ring import watched_neighbours
 from ._core.settle import Settler
+from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
-from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
+from ._errors import ConfigError, FDBError, FdbworkersError
+from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
+from ._store.members import (
+    tx_ensure_role,
+    tx_evict,
+    tx_heartbeat,
+    tx_leave,
+    tx_read_health,
+    tx_read_membership,
+    tx_register,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,26 +57,19 @@ DEFAULT_TIMEOUT = 10.0
 MEMBERSHIP_READ_GAP = 0.25
 #: Partitions of a new role: the assignment's measured choice (docs/assignment.md).
 DEFAULT_PARTITIONS = ASSIGN_DEFAULT_PARTITIONS
-#: Versions advance about this many per second (FDB's VERSIONS_PER_SECOND).
-VERSIONS_PER_SECOND = 1_000_000
-DEFAULT_EVENT_RETENTION = 7 * 24 * 3600.0
 
 
-class WorkerState(enum.Enum):
-    """The worker's state machine (inspect ``worker.state``; ``wait_state`` waits)."""
+#: How ``Worker.run_jobs`` runs jobs: installed by the job runner (a layer above).
+JobRunnerHook = Callable[..., Awaitable[None]]
+_job_runner: JobRunnerHook | None = None
 
-    STARTING = "starting"
-    #: Registered, lease valid: may run jobs.
-    ACTIVE = "active"
-    #: No heartbeat committed for ``timeout - fence_margin``: jobs must stop.
-    FENCED = "fenced"
-    #: Found its own record gone (evicted): re-registering as a new incarnation.
-    REJOINING = "rejoining"
-    #: Leaving gracefully (drain requested or exit).
-    DRAINING = "draining"
-    LEFT = "left"
-    #: Another process registered with the same worker id: this one stopped.
-    SUPERSEDED = "superseded"
+
+def install_job_runner(run: JobRunnerHook) -> None:
+    """Called once by ``fdbworkers._runner`` on import: ``run(worker, handler, **options)``
+    is what ``Worker.run_jobs`` calls. This keeps the import arrow one way (the runner
+    knows the worker; the worker does not know the runner)."""
+    global _job_runner
+    _job_runner = run
 
 
 class WorkerSupersededError(FdbworkersError):
@@ -215,231 +213,6 @@ def new_worker_id() -> str:
 
 
 # --- transactions ---------------------------------------------------------------------
-
-
-async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions: int) -> RoleConfig:
-    """Check the layout version and create the role's config once (set at creation)."""
-    lv = await tr.get(layout.layout_key)
-    if check_layout(layout.layout_key, lv) is None:
-        tr.set(layout.layout_key, layout_value())
-    key = layout.role_key(role)
-    raw = await tr.get(key)
-    if raw is not None:
-        return RoleConfig.decode(key, raw)
-    cfg = RoleConfig(partitions, time.time(), ALGORITHM_VERSION)
-    tr.set(key, cfg.encode())
-    # The job counter starts at 0, so readers of a new role choose the cheap scan.
-    tr.set(layout.job_count_key(role), (0).to_bytes(8, "little", signed=True))
-    return cfg
-
-
-def write_event(tr: Transaction, layout: Layout, kind: str, role: str, **data: Any) -> None:
-    """Append to the audit log (a versionstamped key: ordered, never conflicting)."""
-    tr.set_versionstamped_key(
-        layout.event_key_template(),
-        encode({"type": kind, "role": role, "wall_time": time.time(), **data}),
-    )
-    # A blind atomic write (no read conflict): event writers never conflict on it.
-    tr.set_versionstamped_value(layout.events_head_key, epoch_value())
-
-
-async def trim_events(tr: Transaction, layout: Layout, retention: float) -> None:
-    """Drop events older than ``retention`` seconds of cluster versions (a blind clear)."""
-    rv = await tr.get_read_version()
-    cut = rv - int(retention * VERSIONS_PER_SECOND)
-    if cut > 0:
-        begin, _ = layout.events_range()
-        tr.clear_range(begin, layout.events_before_version(cut))
-
-
-def bump_epoch(tr: Transaction, layout: Layout, role: str) -> None:
-    tr.set_versionstamped_value(layout.epoch_key(role), epoch_value())
-
-
-async def tx_register(
-    tr: Transaction, layout: Layout, role: str, record: MemberRecord, retention: float
-) -> MemberRecord:
-    """Write member record + health, bump the epoch, log the join. Blind writes only
-    (plus a snapshot read of our own record), so joins never conflict with each other."""
-    key = layout.member_key(role, record.wid)
-    old_raw = await tr.snapshot.get(key)
-    replaced = None
-    replaced_weight: float | None = None
-    if old_raw is not None:
-        try:
-            old = MemberRecord.decode(record.wid, key, old_raw)
-        except CorruptDataError:
-            old = None
-        if old is not None and old.incarnation == record.incarnation:
-            return old  # an earlier attempt committed (1021): nothing more to do
-        replaced = old.incarnation if old is not None else None
-        replaced_weight = old.weight if old is not None else None
-    rec = MemberRecord(**{**record.__dict__, "replaced": replaced})
-    tr.set(key, rec.encode())
-    tr.set_versionstamped_value(
-        layout.health_key(role, rec.wid),
-        stamped_value({"wall_time": time.time(), "incarnation": rec.incarnation}),
-    )
-    bump_epoch(tr, layout, role)
-    write_event(
-        tr,
-        layout,
-        "joined",
-        role,
-        worker=rec.wid,
-        incarnation=rec.incarnation,
-        replaced=replaced,
-        replaced_weight=replaced_weight,
-        host=rec.host,
-        pid=rec.pid,
-        weight=rec.weight,
-        timeout=rec.timeout,
-    )
-    await trim_events(tr, layout, retention)
-    return rec
-
-
-async def tx_heartbeat(
-    tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str
-) -> MemberRecord | None:
-    """A versionstamped write of the health key, if our record is still ours.
-
-    The read of our own record is *not* a snapshot read: if our eviction (or a newer
-    incarnation of our id) commits between this read and our commit, the heartbeat
-    conflicts and its retry finds the record gone, so a heartbeat that commits proves
-    we were still a member at its commit, which the lease relies on (see _liveness).
-    Nothing else writes our member key, so heartbeats never conflict otherwise (G7)."""
-    key = layout.member_key(role, wid)
-    raw = await tr.get(key)
-    if raw is None:
-        return None
-    rec = MemberRecord.decode(wid, key, raw)
-    if rec.incarnation != incarnation:
-        return rec
-    tr.set_versionstamped_value(
-        layout.health_key(role, wid),
-        stamped_value({"wall_time": time.time(), "incarnation": incarnation}),
-    )
-    return rec
-
-
-async def tx_read_membership(
-    tr: Transaction, layout: Layout, role: str, arm_for: str | None
-) -> tuple[Membership, list[bytes], int, list[Any]]:
-    """Membership at one read version; optionally arms watches (epoch key and our own
-    member key) in the same transaction, so no later change can be missed."""
-    epoch = await tr.get(layout.epoch_key(role)) or b""
-    begin, end = layout.members_range(role)
-    members: dict[str, MemberRecord] = {}
-    corrupt: list[bytes] = []
-    for kv in await tr.get_range(begin, end):
-        try:
-            wid = str(layout.unpack_below(begin, kv.key)[-1])
-            members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
-        except CorruptDataError:
-            corrupt.append(kv.key)
-    watches: list[Any] = []
-    if arm_for is not None:
-        watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
-    rv = await tr.get_read_version()
-    return Membership(role, epoch, members), corrupt, rv, watches
-
-
-async def tx_read_health(
-    tr: Transaction, layout: Layout, role: str, wids: list[str]
-) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-    for wid in wids:
-        raw = await tr.get(layout.health_key(role, wid))
-        out[wid] = raw[:10] if raw is not None and len(raw) >= 10 else None
-    return out
-
-
-async def tx_evict(
-    tr: Transaction,
-    layout: Layout,
-    role: str,
-    wid: str,
-    incarnation: str,
-    stamp: bytes | None,
-    by: str,
-    silent_for: float,
-    reason: str,
-    retention: float,
-) -> bool:
-    """Compare-and-clear: clear the member only if its stamp is still the one seen going
-    stale. The (non-snapshot) read of the health key makes a concurrent heartbeat
-    conflict with this transaction: a late heartbeat wins."""
-    hkey = layout.health_key(role, wid)
-    raw = await tr.get(hkey)
-    current = raw[:10] if raw is not None and len(raw) >= 10 else None
-    if current != stamp:
-        return False
-    return await _remove_member(
-        tr,
-        layout,
-        role,
-        wid,
-        incarnation,
-        "evicted",
-        retention,
-        by=by,
-        reason=reason,
-        silent_for=round(silent_for, 3),
-    )
-
-
-async def _remove_member(
-    tr: Transaction,
-    layout: Layout,
-    role: str,
-    wid: str,
-    incarnation: str,
-    kind: str,
-    retention: float,
-    **event: Any,
-) -> bool:
-    """Clear member and health of ``wid`` if its record is still ``incarnation`` (a
-    corrupt record counts as it), bump the epoch and log ``kind``. False otherwise, so
-    a retry after 1021 of an already applied removal writes nothing twice."""
-    mkey = layout.member_key(role, wid)
-    raw = await tr.get(mkey)
-    if raw is None:
-        return False
-    weight: float | None = None  # recorded for replay (fdbworkers explain)
-    try:
-        rec = MemberRecord.decode(wid, mkey, raw)
-        if rec.incarnation != incarnation:
-            return False
-        weight = rec.weight
-    except CorruptDataError:
-        pass  # a corrupt record of a silent worker is removed like any other
-    tr.clear(mkey)
-    tr.clear(layout.health_key(role, wid))
-    tr.clear_range(*layout.handoffs_range(role, wid))  # partitions handed to it, unread
-    bump_epoch(tr, layout, role)
-    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
-    await trim_events(tr, layout, retention)
-    return True
-
-
-async def tx_leave(
-    tr: Transaction,
-    layout: Layout,
-    role: str,
-    wid: str,
-    incarnation: str,
-    kind: str,
-    retention: float,
-) -> bool:
-    return await _remove_member(tr, layout, role, wid, incarnation, kind, retention)
-
-
-async def tx_event(
-    tr: Transaction, /, layout: Layout, kind: str, role: str, retention: float, **data: Any
-) -> None:
-    write_event(tr, layout, kind, role, **data)
-    await trim_events(tr, layout, retention)
 
 
 # --- the worker -----------------------------------------------------------------------
@@ -597,11 +370,27 @@ class Worker:
 
     async def run_jobs(self, handler: Callable[[Any], Awaitable[None]], **options: Any) -> None:
         """Run ``await handler(job)`` in its own task for every job this worker owns,
-        until cancelled. See :class:`fdbworkers.JobRunner` for the options (grace,
-        max_moves, move_interval, restart_backoff, ...)."""
-        from ._runner import run_jobs
+        until cancelled. See :class:`fdbworkers.JobRunner` for the handler's argument and
+        the options (grace, max_moves, move_interval, restart_backoff, ...).
 
-        await run_jobs(self, handler, **options)
+        The worker knows nothing of jobs: the job runner (``fdbworkers._runner``, a layer
+        above this one) installs itself with :func:`install_job_runner` when the package
+        is imported, and this method hands over to it."""
+        if _job_runner is None:
+            raise RuntimeError("no job runner is installed: import fdbworkers first")
+        await _job_runner(self, handler, **options)
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(tr, *args, **kwargs)`` in the shared retry loop, with this worker's
+        operation timeout on the transaction, so that it never hangs forever."""
+        tr = self.db.create_transaction()
+        tr.set_timeout(self.options.op_timeout)
+        return await run_transaction(self.db, tr, fn, *args, **kwargs)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -611,20 +400,12 @@ class Worker:
     def _set_state(self, state: WorkerState) -> None:
         if state is self.state:
             return
+        if not allowed(self.state, state):  # a bug: the table in _core/states.py says why
+            self.log.error("worker_state_unexpected", old=self.state.value, new=state.value)
         self.log.info("worker_state", old=self.state.value, new=state.value)
         self.state = state
         ev, self._state_event = self._state_event, trio.Event()
         ev.set()
-
-    async def _tx(
-        self,
-        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        tr = self.db.create_transaction()
-        tr.set_timeout(self.options.op_timeout)
-        return await run_transaction(self.db, tr, fn, *args, **kwargs)
 
     def _record(self) -> MemberRecord:
         meta = dict(self.options.meta)
@@ -643,11 +424,11 @@ class Worker:
         deadline_log = 0.0
         while True:
             try:
-                self.role_config = await self._tx(
+                self.role_config = await self.transact(
                     tx_ensure_role, self.layout, self.role, self.options.partitions
                 )
                 started = trio.current_time()
-                rec = await self._tx(
+                rec = await self.transact(
                     tx_register,
                     self.layout,
                     self.role,
@@ -677,7 +458,7 @@ class Worker:
             start = trio.current_time()
             self.heartbeat_in_flight = True
             try:
-                rec = await self._tx(
+                rec = await self.transact(
                     tx_heartbeat, self.layout, self.role, self.id, self.incarnation
                 )
             except FDBError as e:
@@ -729,7 +510,7 @@ class Worker:
         # Best effort: the cluster may be unreachable, which is why we fenced.
         with trio.move_on_after(self.options.op_timeout):
             with suppress(FDBError):
-                await self._tx(
+                await self.transact(
                     tx_event,
                     self.layout,
                     "self_fenced",
@@ -780,7 +561,7 @@ class Worker:
             last_read = trio.current_time()
             self._wake_reader = trio.Event()
             try:
-                m, corrupt, _rv, watches = await self._tx(
+                m, corrupt, _rv, watches = await self.transact(
                     tx_read_membership, self.layout, self.role, self.id if arm else None
                 )
             except FDBError as e:
@@ -916,7 +697,7 @@ class Worker:
             neighbours = neighbours + former
             self._tracker.retain(set(neighbours))
             try:
-                stamps = await self._tx(tx_read_health, self.layout, self.role, neighbours)
+                stamps = await self.transact(tx_read_health, self.layout, self.role, neighbours)
             except FDBError as e:
                 self.log.warning("neighbour_read_failed", error=e.name)
                 await trio.sleep(interval)
@@ -943,7 +724,7 @@ class Worker:
         self, wid: str, rec: MemberRecord, stamp: bytes | None, silent_for: float
     ) -> None:
         try:
-            done = await self._tx(
+            done = await self.transact(
                 tx_evict,
                 self.layout,
                 self.role,
@@ -1000,7 +781,7 @@ class Worker:
             )
             await self._stop_work(kind)
             try:
-                await self._tx(
+                await self.transact(
                     tx_leave,
                     self.layout,
                     self.role,

@@ -19,10 +19,11 @@ from typing import Any
 
 import trio
 
+from ._core.states import WorkerState
 from ._db import Database
 from ._errors import FencedError
 from ._runner import Job, JobRunner
-from ._worker import Worker, WorkerOptions, WorkerState
+from ._worker import Worker, WorkerOptions
 
 Handler = Callable[[Job], Awaitable[None]]
 
@@ -317,7 +318,7 @@ class Simulation:
     async def run(self) -> SimReport:
         from ._backends.engine import Engine, FaultPlan
         from ._core.keys import Layout, MemberRecord
-        from ._worker import tx_ensure_role
+        from ._store.members import tx_ensure_role
 
         with suppress_import_error():
             # trio shuffles runnable tasks with its own RNG: seed it for reproducibility.
@@ -589,12 +590,12 @@ async def partition_for(
 async def add_job_for_sim(
     db: Database, layout: Any, role: str, job_id: str, partitions: int
 ) -> None:
-    from ._runner import tx_add_job
+    from ._store.jobs import tx_add_job
 
     await db.transact(tx_add_job, layout, role, job_id, {"sim": True}, 1.0, partitions)
 
 
 async def remove_job_for_sim(db: Database, layout: Any, role: str, job_id: str) -> None:
-    from ._runner import tx_remove_job
+    from ._store.jobs import tx_remove_job
 
     await db.transact(tx_remove_job, layout, role, job_id)

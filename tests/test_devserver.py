@@ -37,12 +37,11 @@ from fdbworkers._backends.devserver import (
     serve,
 )
 from fdbworkers._backends.engine import FaultPlan
-from fdbworkers._backends.remote import (
+from fdbworkers._backends.remote import ConnectionLostError, RemoteDatabase
+from fdbworkers._backends.wire import (
     PROTOCOL_VERSION,
     STATUS_PROTOCOL_ERROR,
-    ConnectionLostError,
     FrameReader,
-    RemoteDatabase,
     encode_frame,
 )
 from fdbworkers._db import Database, KeyValue, Transaction, Watch

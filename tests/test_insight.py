@@ -38,8 +38,8 @@ from fdbworkers._core.insight import (
 )
 from fdbworkers._core.keys import Layout
 from fdbworkers._store.admin import RoleSnapshot, read_role_snapshot
+from fdbworkers._store.members import tx_request_drain
 from fdbworkers.cli._insight import member_states, read_history
-from fdbworkers.cli._write import tx_request_drain
 from fdbworkers.testing import Fleet
 
 ROOT = "fdbworkers-test"

@@ -17,8 +17,8 @@ from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._db import Transaction
-from fdbworkers._runner import tx_take_handoffs
-from fdbworkers._worker import tx_leave
+from fdbworkers._store.jobs import tx_take_handoffs
+from fdbworkers._store.members import tx_leave
 from fdbworkers.testing import Fleet, wait_until
 
 ROOT = "fdbworkers-test"

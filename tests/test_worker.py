@@ -14,7 +14,8 @@ from fdbworkers import ConfigError, WorkerOptions, WorkerState, open_worker
 from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.keys import Layout, MemberRecord
 from fdbworkers._core.ring import ring_order
-from fdbworkers._worker import resolve_worker_id, tx_read_membership
+from fdbworkers._store.members import tx_read_membership
+from fdbworkers._worker import resolve_worker_id
 from fdbworkers.testing import Fleet, wait_until
 
 # Every async test here takes ``autojump_clock``: it runs on trio's virtual clock.

@@ -17,7 +17,7 @@ import trio
 
 from fdbworkers import Database, Job, open_database, open_worker
 from fdbworkers._core.keys import Layout
-from fdbworkers._runner import tx_list_jobs
+from fdbworkers._store.jobs import tx_list_jobs
 
 from .replicator import (
     BATCH_SIZE,

@@ -50,7 +50,7 @@ from .engine import Engine, EngineDatabase, FaultPlan
 from .engine._mutations import SET
 from .engine._ryw import MAX_KEY
 from .engine._store import BASE_VERSION, VERSIONS_PER_SECOND
-from .remote import (
+from .wire import (
     PROTOCOL_VERSION,
     STATUS_EXCEPTION,
     STATUS_OK,

@@ -4,19 +4,8 @@ on an embedded engine served by ``fdbworkers devserver`` in another process.
 ``open_database("sim://HOST:PORT")`` returns a :class:`RemoteDatabase`. It holds one TCP
 connection (opened on first use, reopened by a later transaction after a loss); every
 seam method is a request over it, executed by the server on the engine's own
-transaction objects, so the semantics are the engine's. The wire protocol (shared with
-``fdbworkers._backends.devserver``) is described in docs/_devserver.md:
-
-* frames: a 4-byte big-endian length, then a msgpack array; a frame is at most
-  :data:`MAX_FRAME_SIZE` bytes;
-* client -> server: ``[op, ...]``. Operations that answer carry a request id chosen by
-  the client (``[op, id, ...]``); the others (set, clear, atomic ops, options...) are
-  pipelined without waiting, since frames are processed in order;
-* server -> client: ``[id, status, payload]``: status 0 is success, a positive status
-  is an FDB error code (payload: its description), -1 a local exception of the server
-  (payload: ``[type name, message]``) and -2 a protocol error after which the server
-  closes the connection. Watches and versionstamps are requests whose answer comes when
-  they fire / resolve.
+transaction objects, so the semantics are the engine's. The wire protocol, shared with
+the server (``fdbworkers._backends.devserver``), is in ``fdbworkers._backends.wire``.
 
 Errors are :class:`FDBError` with the engine's code. When the connection is lost (server
 stopped or restarted, or silent for ``keepalive_timeout``) every pending operation fails
@@ -36,12 +25,10 @@ import contextlib
 import math
 import os
 import socket
-import struct
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import msgpack
 import structlog
 import trio
 
@@ -69,28 +56,29 @@ from .._db import (
     check_bytes as _check_bytes,
 )
 from .._errors import ConfigError, FDBError
+from .wire import (
+    _BATCH_BYTES,
+    PROTOCOL_VERSION,
+    STATUS_EXCEPTION,
+    STATUS_OK,
+    STATUS_PROTOCOL_ERROR,
+    FrameReader,
+    ProtocolError,
+    encode_frame,
+)
 
 __all__ = [
     "CONNECTION_FAILED",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_KEEPALIVE_TIMEOUT",
-    "MAX_FRAME_SIZE",
-    "PROTOCOL_VERSION",
     "ConnectionLostError",
-    "FrameReader",
-    "ProtocolError",
     "RemoteDatabase",
     "RemoteTransaction",
-    "encode_frame",
     "open_remote",
 ]
 
 log = structlog.get_logger()
 
-#: Version of the wire protocol; client and server must agree (checked by ``hello``).
-PROTOCOL_VERSION: Final = 1
-#: The largest frame either side accepts (a range read answer is one frame).
-MAX_FRAME_SIZE: Final = 128 * 1024 * 1024
 #: FDB's ``connection_failed``: the error of every operation on a lost connection.
 CONNECTION_FAILED: Final = 1026
 #: FDB's ``commit_unknown_result``: a commit in flight when the connection was lost.
@@ -103,69 +91,10 @@ KEEPALIVE_INTERVAL: Final = 1.0
 #: while the server is alive its exact answer (1031 from the engine) arrives first.
 CLIENT_TIMEOUT_GRACE: Final = 0.25
 
-#: Response statuses besides FDB error codes (> 0).
-STATUS_OK: Final = 0
-STATUS_EXCEPTION: Final = -1
-STATUS_PROTOCOL_ERROR: Final = -2
-
-_HEADER = struct.Struct(">I")
-_BATCH_BYTES = 1 << 20
-
 
 # --------------------------------------------------------------------------------------
 # Framing (shared with the server)
 # --------------------------------------------------------------------------------------
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a valid frame or message."""
-
-
-def encode_frame(message: list[Any]) -> bytes:
-    """One frame: length prefix + msgpack body. Raises :class:`ProtocolError` when the
-    message is larger than :data:`MAX_FRAME_SIZE`."""
-    body: bytes = msgpack.packb(message, use_bin_type=True)
-    if len(body) > MAX_FRAME_SIZE:
-        raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
-    return _HEADER.pack(len(body)) + body
-
-
-class FrameReader:
-    """Reads whole frames from a trio stream (one reader task at a time)."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream, max_size: int = MAX_FRAME_SIZE) -> None:
-        self._stream = stream
-        self._buf = bytearray()
-        self._max = max_size
-
-    async def receive(self) -> list[Any] | None:
-        """The next message, or None at a clean end of stream (between frames)."""
-        while True:
-            if len(self._buf) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(self._buf)
-                if size == 0 or size > self._max:
-                    raise ProtocolError(f"bad frame length {size}")
-                end = _HEADER.size + size
-                if len(self._buf) >= end:
-                    body = bytes(self._buf[_HEADER.size : end])
-                    del self._buf[:end]
-                    return _decode(body)
-            chunk = await self._stream.receive_some(max(65536, _HEADER.size))
-            if not chunk:
-                if self._buf:
-                    raise ProtocolError("the stream ended in the middle of a frame")
-                return None
-            self._buf += chunk
-
-
-def _decode(body: bytes) -> list[Any]:
-    try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as e:
-        raise ProtocolError(f"undecodable frame: {e}") from None
-    if not isinstance(message, list) or not message:
-        raise ProtocolError(f"a frame must hold a non-empty array, not {type(message).__name__}")
-    return message
 
 
 # --------------------------------------------------------------------------------------

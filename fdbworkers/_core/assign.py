@@ -7,7 +7,7 @@ randomized ``hash()``, and every value that decides an owner is computed with in
 operations and IEEE basic float operations only (no libm), so the map is the same on
 every machine, platform and Python version (G4).
 
-Two layers (measurements and reasons in ``docs/_assign.md``):
+Two layers (measurements and reasons in ``docs/assignment.md``):
 
 1. **Rank rendezvous.** Each member ranks all partitions by its own keyed permutation
    (a 4-round Feistel network keyed by a BLAKE2b hash of the member id). A partition
@@ -69,7 +69,7 @@ __all__ = [
 #: store it with the role so that members running different versions are noticed.
 ALGORITHM_VERSION: Final = 1
 #: Default number of partitions of a role (a power of 4: no cycle walking), chosen from
-#: measurements (docs/_assign.md): balanced jobs for up to a few hundred workers.
+#: measurements (docs/assignment.md): balanced jobs for up to a few hundred workers.
 DEFAULT_PARTITIONS: Final = 65536
 #: Default capacity rule (see :func:`assign`).
 DEFAULT_BALANCE: Final = "auto"
@@ -92,7 +92,7 @@ _BAND = 5.0
 #: Shortest prefix listed for a partition that needs more than the band.
 _MIN_PREFIX = 16
 #: balance="auto": the target fraction of members at capacity is this times
-#: sqrt(fair share / N) (calibrated in benchmarks/assign_bench.py, docs/_assign.md).
+#: sqrt(fair share / N) (calibrated in benchmarks/assign_bench.py, docs/assignment.md).
 _AUTO_GAIN = 0.04
 _LN2 = 0.6931471805599453
 _SQRT_HALF = 0.7071067811865476
@@ -566,7 +566,7 @@ def _capacities(
     rank-rendezvous loads (sd ~ sqrt(fair/2)): the capacity sits ``z`` sd above the fair
     share, where ``z`` keeps the fraction of members at capacity near
     ``_AUTO_GAIN * sqrt(fair_i / N)``; the extra movement that capacities cause grows
-    like that fraction times sqrt(N / fair_i) (docs/_assign.md), so it stays a few per
+    like that fraction times sqrt(N / fair_i) (docs/assignment.md), so it stays a few per
     cent whatever N and P.
     """
     n = len(weights)
@@ -778,7 +778,7 @@ def assign(
       above the fair share ``P * w_i / W``, as tight as it can be while the partitions it
       displaces on a join or leave stay a few per cent of those that must move;
     * a number ``b >= 1``: at most ``b`` times the fair share (plus a dither < 1);
-      tighter balance, more movement (measurements in docs/_assign.md);
+      tighter balance, more movement (measurements in docs/assignment.md);
     * ``None``: no capacity, pure weighted rendezvous: one join moves only partitions
       to the newcomer and one leave only the leaver's partitions, exactly.
 

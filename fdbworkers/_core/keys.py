@@ -29,6 +29,8 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
 
 from __future__ import annotations
 
+import base64
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -404,3 +406,23 @@ def check_layout(key: bytes, value: bytes | None) -> int | None:
 
 def layout_value() -> bytes:
     return encode({"layout": LAYOUT_VERSION})
+
+
+#: Versions advance about this many per second (FDB's VERSIONS_PER_SECOND).
+VERSIONS_PER_SECOND = 1_000_000
+
+
+def jsonable(value: Any) -> Any:
+    """A msgpack value as JSON: bytes become ``{"$bytes": "<base64>"}``, tuples lists,
+    non-finite floats strings; map keys become strings."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {
+            str(k) if not isinstance(k, bytes) else k.hex(): jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -13,10 +13,8 @@ its own clock; that wall time is shown for people only.
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
@@ -29,15 +27,14 @@ from .._core.keys import (
     RoleConfig,
     check_layout,
     decode,
+    jsonable,
     split_stamped,
     stamp_version,
 )
-from .._db import VERSIONSTAMP_SIZE, Database, Transaction, Watch
-from .._errors import CorruptDataError, LayoutError
+from .._db import VERSIONSTAMP_SIZE, Database, Transaction
+from .._errors import CorruptDataError
+from .scan import scan
 
-#: Keys read per transaction when scanning a large range (each page is its own
-#: transaction, so no scan runs into FoundationDB's 5 s transaction limit).
-PAGE: Final = 5000
 #: How often the health stamps are read while observing.
 OBSERVE_POLL: Final = 0.1
 
@@ -60,44 +57,7 @@ JOB_STATES: Final = ("owned", "moving", "unclaimed", "orphaned")
 # --- JSON ------------------------------------------------------------------------------
 
 
-def jsonable(value: Any) -> Any:
-    """A msgpack value as JSON: bytes become ``{"$bytes": "<base64>"}``, tuples lists,
-    non-finite floats strings; map keys become strings."""
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        return {
-            str(k) if not isinstance(k, bytes) else k.hex(): jsonable(v) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 # --- paged scans -------------------------------------------------------------------------
-
-
-async def scan(
-    db: Database, begin: bytes, end: bytes, *, page: int = PAGE
-) -> list[tuple[bytes, bytes]]:
-    """Every key-value in [begin, end), read with snapshot reads in pages of ``page``
-    keys, one transaction per page."""
-    out: list[tuple[bytes, bytes]] = []
-    start = begin
-    while True:
-
-        async def one(tr: Transaction, start: bytes = start) -> list[tuple[bytes, bytes]]:
-            return [
-                (kv.key, kv.value) for kv in await tr.snapshot.get_range(start, end, limit=page)
-            ]
-
-        kvs = await db.transact(one)
-        out.extend(kvs)
-        if len(kvs) < page:
-            return out
-        start = kvs[-1][0] + b"\x00"
 
 
 # --- roles -----------------------------------------------------------------------------
@@ -712,119 +672,6 @@ def evaluate_role(
 
 
 # --- events ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EventInfo:
-    key: bytes
-    stamp: bytes
-    type: str
-    role: str
-    wall_time: float | None
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def version(self) -> int:
-        return stamp_version(self.stamp)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stamp": self.stamp.hex(),
-            "version": self.version,
-            "type": self.type,
-            "role": self.role,
-            "wall_time": self.wall_time,
-            "data": jsonable(dict(self.data)),
-        }
-
-    def summary(self) -> str:
-        """One line for people: ``evicted w3 by w1 (silent 3.2s)``."""
-        d = self.data
-        worker = d.get("worker", "")
-        if self.type == "evicted":
-            extra = f" by {d.get('by')}"
-            if d.get("silent_for") is not None:
-                extra += f" (silent {d.get('silent_for')}s)"
-            return f"evicted {worker}{extra}"
-        if self.type == "joined":
-            more = f" on {d.get('host')} pid {d.get('pid')}" if d.get("host") else ""
-            if d.get("replaced"):
-                more += f", replacing incarnation {str(d.get('replaced'))[:8]}"
-            return f"joined {worker}{more}"
-        if worker:
-            rest = {k: v for k, v in d.items() if k not in ("worker", "incarnation")}
-            tail = " " + " ".join(f"{k}={v}" for k, v in sorted(rest.items())) if rest else ""
-            return f"{self.type} {worker}{tail}"
-        return f"{self.type} " + " ".join(f"{k}={v}" for k, v in sorted(d.items()))
-
-
-def parse_event(layout: Layout, key: bytes, value: bytes) -> EventInfo:
-    stamp = layout.stamp_of_key(key)
-    try:
-        obj = decode(key, value)
-    except (CorruptDataError, LayoutError) as e:
-        return EventInfo(key, stamp, "corrupt", "", None, {"error": str(e)})
-    data = {k: v for k, v in obj.items() if k not in ("v", "type", "role", "wall_time")}
-    wall = obj.get("wall_time")
-    return EventInfo(
-        key,
-        stamp,
-        str(obj.get("type", "?")),
-        str(obj.get("role", "")),
-        float(wall) if isinstance(wall, int | float) else None,
-        data,
-    )
-
-
-async def read_recent_events(
-    db: Database, layout: Layout, *, limit: int, role: str | None = None
-) -> list[EventInfo]:
-    """The last ``limit`` events (of ``role`` if given), oldest first."""
-    begin, end = layout.events_range()
-    found: list[EventInfo] = []
-    while len(found) < limit:
-
-        async def page(tr: Transaction, end: bytes = end) -> list[tuple[bytes, bytes]]:
-            kvs = await tr.snapshot.get_range(begin, end, limit=max(limit * 2, 100), reverse=True)
-            return [(kv.key, kv.value) for kv in kvs]
-
-        kvs = await db.transact(page)
-        for key, value in kvs:
-            ev = parse_event(layout, key, value)
-            if role is None or ev.role == role:
-                found.append(ev)
-                if len(found) >= limit:
-                    break
-        if len(kvs) < max(limit * 2, 100):
-            break
-        end = kvs[-1][0]
-    found.reverse()
-    return found
-
-
-async def read_events_after(
-    db: Database, layout: Layout, after: bytes | None, *, arm: bool = False
-) -> tuple[list[EventInfo], Watch | None]:
-    """Events after the key ``after`` (all of them if None), and optionally a watch on
-    the events head armed in the same transaction as the last read, so that no event
-    committed after it is missed."""
-    _, end = layout.events_range()
-    begin = layout.events_range()[0] if after is None else after + b"\x00"
-    out: list[EventInfo] = []
-    while True:
-
-        async def page(
-            tr: Transaction, begin: bytes = begin
-        ) -> tuple[list[tuple[bytes, bytes]], Watch | None]:
-            kvs = await tr.get_range(begin, end, limit=PAGE)
-            w = tr.watch(layout.events_head_key) if arm and len(kvs) < PAGE else None
-            return [(kv.key, kv.value) for kv in kvs], w
-
-        kvs, watch = await db.transact(page)
-        out.extend(parse_event(layout, k, v) for k, v in kvs)
-        if len(kvs) < PAGE:
-            return out, watch
-        begin = kvs[-1][0] + b"\x00"
 
 
 def layout_summary(version: int | None) -> str:

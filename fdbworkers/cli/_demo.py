@@ -49,8 +49,9 @@ from .._core.keys import Layout
 from .._core.liveness import default_check_interval
 from .._db import Database, Transaction
 from .._errors import FDBError, FencedError
-from .._runner import Job, tx_add_job, tx_remove_job
-from .._store.admin import EventInfo
+from .._runner import Job
+from .._store.events import EventInfo
+from .._store.jobs import tx_add_job, tx_remove_job
 from ._view import LiveRole, ViewSnapshot, render_plain, render_view
 
 ROLE: Final = "demo"
@@ -499,7 +500,7 @@ class Demo:
 
         # 3. a drain
         await self.until(0.5)
-        from ._write import tx_request_drain
+        from .._store.members import tx_request_drain
 
         drained = sorted(w for w in self.live_workers() if w != new)[0]
         await db.transact(tx_request_drain, layout, ROLE, drained, "demo")
@@ -707,7 +708,7 @@ class Demo:
                 self.live = LiveRole(
                     db, layout, ROLE, cluster=self.address, events=6, on_event=self.on_event
                 )
-                from .._worker import tx_ensure_role
+                from .._store.members import tx_ensure_role
 
                 await db.transact(tx_ensure_role, layout, ROLE, DEMO_PARTITIONS)
                 self.live.started_at = self.t0

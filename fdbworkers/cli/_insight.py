@@ -29,13 +29,8 @@ from .._core.insight import (
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
 from .._db import Database, Transaction
 from .._errors import ConfigError, CorruptDataError
-from .._store.admin import (
-    EventInfo,
-    parse_event,
-    read_events_after,
-    read_role_snapshot,
-    require_role,
-)
+from .._store.admin import read_role_snapshot, require_role
+from .._store.events import EventInfo, parse_event, read_events_after
 from ._common import CliError, echo, print_json, print_table, run, settings
 from ._read import json_option, name_arg
 

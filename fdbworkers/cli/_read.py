@@ -16,7 +16,6 @@ from .._db import DEFAULT_MAX_WATCHES, Database, Transaction
 from .._errors import ConfigError, FDBError, LayoutError
 from .._store.admin import (
     SCHEMAS,
-    EventInfo,
     JobView,
     MemberView,
     Observation,
@@ -26,13 +25,12 @@ from .._store.admin import (
     job_views,
     member_views,
     observe_health,
-    read_events_after,
     read_layout_version,
-    read_recent_events,
     read_role_configs,
     read_role_snapshot,
     read_roles,
 )
+from .._store.events import EventInfo, read_events_after, read_recent_events
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -233,7 +231,7 @@ def members(ctx: click.Context, role: str, as_json: bool, observe: float) -> Non
 def spec_text(spec: Any, width: int | None) -> str:
     import json
 
-    from .._store.admin import jsonable
+    from .._core.keys import jsonable
 
     text = "" if spec is None else json.dumps(jsonable(spec), separators=(",", ":"))
     if width is not None and len(text) > width:
@@ -311,7 +309,7 @@ def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
         return
     import json
 
-    from .._store.admin import jsonable
+    from .._core.keys import jsonable
 
     fields = [
         ("job", j.id),

@@ -32,7 +32,6 @@ from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
 from .._db import Database, Transaction, Watch
 from .._errors import FDBError, FdbworkersError
 from .._store.admin import (
-    EventInfo,
     HealthStamp,
     JobInfoRecord,
     JobView,
@@ -41,10 +40,9 @@ from .._store.admin import (
     RoleSnapshot,
     job_views,
     member_views,
-    read_events_after,
     read_jobs_and_claims,
-    read_recent_events,
 )
+from .._store.events import EventInfo, read_events_after, read_recent_events
 
 #: Members whose health keys are watched; beyond it their liveness shows as unknown.
 HEALTH_WATCH_CAP: Final = 256

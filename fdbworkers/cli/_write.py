@@ -15,7 +15,9 @@ from .._core.keys import Layout, MemberRecord
 from .._db import Database, Transaction
 from .._errors import CorruptDataError
 from .._store.admin import HealthStamp, observe_health, require_role
-from .._worker import DEFAULT_EVENT_RETENTION, DEFAULT_PARTITIONS, bump_epoch, tx_evict, write_event
+from .._store.events import DEFAULT_EVENT_RETENTION
+from .._store.members import tx_evict, tx_request_drain
+from .._worker import DEFAULT_PARTITIONS
 from ._common import EXIT_USAGE, CliError, echo, run, settings
 from ._read import json_option, name_arg, show_job
 
@@ -72,13 +74,13 @@ def job_add(
       fdbworkers job add replicator db1-to-db2 --spec '{"source": "db1", "target": "db2"}'
       fdbworkers job add replicator big-one --weight 4
     """
-    from .._runner import tx_add_job
+    from .._store.jobs import tx_add_job
 
     s = settings(ctx)
 
     async def main(db: Database) -> tuple[Any, bool, bool]:
         async def existed(tr: Transaction) -> bool:
-            from .._runner import tx_get_job
+            from .._store.jobs import tx_get_job
 
             return await tx_get_job(tr, s.layout, role, job_id) is not None
 
@@ -105,7 +107,7 @@ def job_remove(ctx: click.Context, role: str, job_id: str, missing_ok: bool) -> 
     Example:
       fdbworkers job remove replicator db1-to-db2
     """
-    from .._runner import tx_remove_job
+    from .._store.jobs import tx_remove_job
 
     s = settings(ctx)
     removed = run(s, lambda db: db.transact(tx_remove_job, s.layout, role, job_id))
@@ -255,22 +257,6 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
 
 
 # --- drain -----------------------------------------------------------------------------
-
-
-async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str, by: str) -> str:
-    """Set ``drain`` in the member record and bump the epoch (so the others move its jobs
-    away at once). Returns "requested", "already" or "missing"."""
-    key = layout.member_key(role, wid)
-    raw = await tr.get(key)
-    if raw is None:
-        return "missing"
-    rec = MemberRecord.decode(wid, key, raw)
-    if rec.drain:
-        return "already"
-    tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
-    bump_epoch(tr, layout, role)
-    write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
-    return "requested"
 
 
 @click.command()

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fdbworkers._core.keys import Claim, MemberRecord, RoleConfig
+from fdbworkers._core.keys import Claim, MemberRecord, RoleConfig, jsonable
 from fdbworkers._store.admin import (
-    EventInfo,
     JobInfoRecord,
     JobView,
     MemberView,
@@ -21,10 +20,10 @@ from fdbworkers._store.admin import (
     RoleSnapshot,
     evaluate_role,
     job_state,
-    jsonable,
     member_state,
     member_views,
 )
+from fdbworkers._store.events import EventInfo
 from fdbworkers.cli._common import plain_table, resolve_cluster
 from fdbworkers.cli._demo import Phase, Run, check_single_runner, count_moves, required_and_optimum
 from fdbworkers.cli._view import ViewSnapshot, render_plain, render_to_string

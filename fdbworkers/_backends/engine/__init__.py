@@ -2,7 +2,7 @@
 
 ``Engine`` is one "cluster" (data, versions, conflicts, watches, faults); each
 ``engine.open_database()`` is a client handle implementing :class:`fdbworkers.Database`.
-See docs/_engine.md for what it models and what it does not.
+See docs/engine.md for what it models and what it does not.
 """
 
 from ._database import (

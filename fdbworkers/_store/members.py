@@ -1,0 +1,238 @@
+"""Member transactions: ensure the role, register, heartbeat, read membership and health,
+evict, leave. Each takes the transaction first and runs in the shared retry loop; every
+write is idempotent under a retry after commit_unknown_result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .._core.assign import ALGORITHM_VERSION
+from .._core.keys import (
+    Layout,
+    MemberRecord,
+    RoleConfig,
+    check_layout,
+    epoch_value,
+    layout_value,
+    stamped_value,
+)
+from .._core.membership import Membership
+from .._db import Transaction
+from .._errors import CorruptDataError
+from .._store.events import trim_events, write_event
+
+
+async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions: int) -> RoleConfig:
+    """Check the layout version and create the role's config once (set at creation)."""
+    lv = await tr.get(layout.layout_key)
+    if check_layout(layout.layout_key, lv) is None:
+        tr.set(layout.layout_key, layout_value())
+    key = layout.role_key(role)
+    raw = await tr.get(key)
+    if raw is not None:
+        return RoleConfig.decode(key, raw)
+    cfg = RoleConfig(partitions, time.time(), ALGORITHM_VERSION)
+    tr.set(key, cfg.encode())
+    # The job counter starts at 0, so readers of a new role choose the cheap scan.
+    tr.set(layout.job_count_key(role), (0).to_bytes(8, "little", signed=True))
+    return cfg
+
+
+def bump_epoch(tr: Transaction, layout: Layout, role: str) -> None:
+    tr.set_versionstamped_value(layout.epoch_key(role), epoch_value())
+
+
+async def tx_register(
+    tr: Transaction, layout: Layout, role: str, record: MemberRecord, retention: float
+) -> MemberRecord:
+    """Write member record + health, bump the epoch, log the join. Blind writes only
+    (plus a snapshot read of our own record), so joins never conflict with each other."""
+    key = layout.member_key(role, record.wid)
+    old_raw = await tr.snapshot.get(key)
+    replaced = None
+    replaced_weight: float | None = None
+    if old_raw is not None:
+        try:
+            old = MemberRecord.decode(record.wid, key, old_raw)
+        except CorruptDataError:
+            old = None
+        if old is not None and old.incarnation == record.incarnation:
+            return old  # an earlier attempt committed (1021): nothing more to do
+        replaced = old.incarnation if old is not None else None
+        replaced_weight = old.weight if old is not None else None
+    rec = MemberRecord(**{**record.__dict__, "replaced": replaced})
+    tr.set(key, rec.encode())
+    tr.set_versionstamped_value(
+        layout.health_key(role, rec.wid),
+        stamped_value({"wall_time": time.time(), "incarnation": rec.incarnation}),
+    )
+    bump_epoch(tr, layout, role)
+    write_event(
+        tr,
+        layout,
+        "joined",
+        role,
+        worker=rec.wid,
+        incarnation=rec.incarnation,
+        replaced=replaced,
+        replaced_weight=replaced_weight,
+        host=rec.host,
+        pid=rec.pid,
+        weight=rec.weight,
+        timeout=rec.timeout,
+    )
+    await trim_events(tr, layout, retention)
+    return rec
+
+
+async def tx_heartbeat(
+    tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str
+) -> MemberRecord | None:
+    """A versionstamped write of the health key, if our record is still ours.
+
+    The read of our own record is *not* a snapshot read: if our eviction (or a newer
+    incarnation of our id) commits between this read and our commit, the heartbeat
+    conflicts and its retry finds the record gone, so a heartbeat that commits proves
+    we were still a member at its commit, which the lease relies on (see _liveness).
+    Nothing else writes our member key, so heartbeats never conflict otherwise (G7)."""
+    key = layout.member_key(role, wid)
+    raw = await tr.get(key)
+    if raw is None:
+        return None
+    rec = MemberRecord.decode(wid, key, raw)
+    if rec.incarnation != incarnation:
+        return rec
+    tr.set_versionstamped_value(
+        layout.health_key(role, wid),
+        stamped_value({"wall_time": time.time(), "incarnation": incarnation}),
+    )
+    return rec
+
+
+async def tx_read_membership(
+    tr: Transaction, layout: Layout, role: str, arm_for: str | None
+) -> tuple[Membership, list[bytes], int, list[Any]]:
+    """Membership at one read version; optionally arms watches (epoch key and our own
+    member key) in the same transaction, so no later change can be missed."""
+    epoch = await tr.get(layout.epoch_key(role)) or b""
+    begin, end = layout.members_range(role)
+    members: dict[str, MemberRecord] = {}
+    corrupt: list[bytes] = []
+    for kv in await tr.get_range(begin, end):
+        try:
+            wid = str(layout.unpack_below(begin, kv.key)[-1])
+            members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
+        except CorruptDataError:
+            corrupt.append(kv.key)
+    watches: list[Any] = []
+    if arm_for is not None:
+        watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
+    rv = await tr.get_read_version()
+    return Membership(role, epoch, members), corrupt, rv, watches
+
+
+async def tx_read_health(
+    tr: Transaction, layout: Layout, role: str, wids: list[str]
+) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for wid in wids:
+        raw = await tr.get(layout.health_key(role, wid))
+        out[wid] = raw[:10] if raw is not None and len(raw) >= 10 else None
+    return out
+
+
+async def tx_evict(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    stamp: bytes | None,
+    by: str,
+    silent_for: float,
+    reason: str,
+    retention: float,
+) -> bool:
+    """Compare-and-clear: clear the member only if its stamp is still the one seen going
+    stale. The (non-snapshot) read of the health key makes a concurrent heartbeat
+    conflict with this transaction: a late heartbeat wins."""
+    hkey = layout.health_key(role, wid)
+    raw = await tr.get(hkey)
+    current = raw[:10] if raw is not None and len(raw) >= 10 else None
+    if current != stamp:
+        return False
+    return await _remove_member(
+        tr,
+        layout,
+        role,
+        wid,
+        incarnation,
+        "evicted",
+        retention,
+        by=by,
+        reason=reason,
+        silent_for=round(silent_for, 3),
+    )
+
+
+async def _remove_member(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    kind: str,
+    retention: float,
+    **event: Any,
+) -> bool:
+    """Clear member and health of ``wid`` if its record is still ``incarnation`` (a
+    corrupt record counts as it), bump the epoch and log ``kind``. False otherwise, so
+    a retry after 1021 of an already applied removal writes nothing twice."""
+    mkey = layout.member_key(role, wid)
+    raw = await tr.get(mkey)
+    if raw is None:
+        return False
+    weight: float | None = None  # recorded for replay (fdbworkers explain)
+    try:
+        rec = MemberRecord.decode(wid, mkey, raw)
+        if rec.incarnation != incarnation:
+            return False
+        weight = rec.weight
+    except CorruptDataError:
+        pass  # a corrupt record of a silent worker is removed like any other
+    tr.clear(mkey)
+    tr.clear(layout.health_key(role, wid))
+    tr.clear_range(*layout.handoffs_range(role, wid))  # partitions handed to it, unread
+    bump_epoch(tr, layout, role)
+    write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
+    await trim_events(tr, layout, retention)
+    return True
+
+
+async def tx_leave(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    wid: str,
+    incarnation: str,
+    kind: str,
+    retention: float,
+) -> bool:
+    return await _remove_member(tr, layout, role, wid, incarnation, kind, retention)
+
+
+async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str, by: str) -> str:
+    """Set ``drain`` in the member record and bump the epoch (so the others move its jobs
+    away at once). Returns "requested", "already" or "missing"."""
+    key = layout.member_key(role, wid)
+    raw = await tr.get(key)
+    if raw is None:
+        return "missing"
+    rec = MemberRecord.decode(wid, key, raw)
+    if rec.drain:
+        return "already"
+    tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
+    bump_epoch(tr, layout, role)
+    write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
+    return "requested"
