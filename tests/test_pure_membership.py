@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -91,6 +92,44 @@ def test_settler_deadline_bounds(times: list[float]) -> None:
     assert d is not None
     assert d <= times[0] + 7.0
     assert d <= times[-1] + 2.0
+
+
+def test_leading_settler_reports_a_lone_change_at_once_and_coalesces_its_burst() -> None:
+    s = Settler(window=2.0, max_delay=5.0, leading=True)
+    s.changed(10.0)
+    assert s.due(10.0)  # quiet before: at once
+    s.reported()
+    s.changed(10.5)  # the same burst: trailing edge
+    assert s.deadline() == 12.5
+    s.changed(11.0)
+    assert s.deadline() == 13.0
+    assert s.due(13.0)
+    s.reported()
+    s.changed(20.0)  # quiet again
+    assert s.due(20.0)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=40))
+def test_leading_settler_reports_at_most_twice_per_burst(times: list[float]) -> None:
+    """Changes closer than the window form one burst; a burst is reported at most twice:
+    at once on its first change, then once after it quietened (or max_delay)."""
+    times = sorted(times)
+    s = Settler(window=2.0, max_delay=1000.0, leading=True)
+    reports: list[float] = []
+    for t in times:
+        if s.due(t):
+            s.reported()
+            reports.append(t)
+        s.changed(t)
+        if s.due(t):
+            s.reported()
+            reports.append(t)
+    d = s.deadline()
+    if d is not None:
+        reports.append(d)
+    bursts = 1 + sum(1 for a, b in itertools.pairwise(times) if b - a >= 2.0)
+    assert len(reports) <= 2 * bursts
+    assert reports and reports[0] == times[0]
 
 
 def test_settler_rejects_bad_options() -> None:
@@ -241,3 +280,27 @@ def test_job_keys_sort_by_partition(p: int, job: str) -> None:
     assert lo <= k < hi
     jlo, jhi = layout.jobs_range("r")
     assert jlo <= lo and hi <= jhi
+
+
+@given(
+    st.sets(st.sampled_from([f"w{i}" for i in range(8)]), min_size=1),
+    st.sets(st.sampled_from([f"w{i}" for i in range(8)])),
+)
+def test_without_departed_drops_only_the_departed(before: set[str], after: set[str]) -> None:
+    from fdbworkers._core.keys import MemberRecord
+    from fdbworkers._core.membership import Membership, without_departed
+
+    def view(ids: set[str], epoch: bytes, inc: str) -> Membership:
+        return Membership("r", epoch, {w: MemberRecord(w, inc, 5.0) for w in ids})
+
+    reported = view(before, b"\x01" * 10, "old")
+    latest = view(after, b"\x02" * 10, "new")
+    interim = without_departed(reported, latest)
+    if not before - after:
+        assert interim is None
+        return
+    assert interim is not None
+    assert set(interim.members) == before & after
+    assert all(r.incarnation == "old" for r in interim.members.values())  # joins still wait
+    assert interim.epoch == latest.epoch
+    assert without_departed(None, latest) is None

@@ -54,3 +54,21 @@ def diff(old: Membership | None, new: Membership) -> MembershipChange:
         if new.members[w].incarnation != before[w].incarnation
     )
     return MembershipChange(new.role, added, removed, restarted, new.members, new.epoch)
+
+
+def without_departed(reported: Membership | None, latest: Membership) -> Membership | None:
+    """The reported membership less the members whose record is gone from ``latest``
+    (evicted, or left), or None when nobody departed.
+
+    A departure is not churn: the departed worker's jobs have no runner, so the view
+    that drops it is reported at once instead of after the settle window, while joins
+    and restarts in ``latest`` still wait for it. The result keeps ``reported``'s
+    members and records otherwise, so the assignment moves only the departed workers'
+    jobs (G5)."""
+    if reported is None:
+        return None
+    departed = reported.members.keys() - latest.members.keys()
+    if not departed:
+        return None
+    kept = {w: r for w, r in reported.members.items() if w not in departed}
+    return Membership(reported.role, latest.epoch, kept)
