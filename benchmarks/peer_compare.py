@@ -171,7 +171,7 @@ def child_kazoo(args: argparse.Namespace) -> None:
 
 
 def child_fdbworkers(args: argparse.Namespace) -> None:
-    from fdbworkers import open_database, open_worker
+    from fdbworkers import JobRunner, open_database, open_worker
 
     # FDBW_BENCH_LOG=20 (info) shows the workers' logs in the kept log folder.
     quiet_logs(int(os.environ.get("FDBW_BENCH_LOG", "40")))
@@ -222,18 +222,18 @@ def child_fdbworkers(args: argparse.Namespace) -> None:
                             if m is not None and len(m.members) != seen:
                                 seen = len(m.members)
                                 _emit("seen", n=seen)
-                            runner = getattr(worker, "_runner", None)
-                            if runner is not None:
-                                now = (len(runner.running), len(runner.target))
-                                if now != state:
-                                    state = now
-                                    _emit("state", running=now[0], target=now[1])
+                            stats = runner.statistics()
+                            now = (stats.running, stats.target)
+                            if now != state:
+                                state = now
+                                _emit("state", running=now[0], target=now[1])
                             await trio.sleep(0.02)
 
+                    runner = JobRunner(worker, handler, grace=0.5)
                     outer.start_soon(members)
                     outer.start_soon(latest)
                     _emit("ready")
-                    await worker.run_jobs(handler, grace=0.5)
+                    await runner.run()
         await db.aclose()
         _emit("left")
 
