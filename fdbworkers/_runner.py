@@ -1,4 +1,6 @@
-"""Jobs: the job store, claims with fencing tokens, and the job runner.
+"""The job runner: runs a handler for every job this worker owns, with fencing tokens.
+
+The job store it drives (records, claims, releases, handoffs) is ``fdbworkers._store.jobs``.
 
 A job of a role lives in one of the role's partitions (a stable hash of its id, fixed at
 role creation), so a worker reads only the partitions it owns. A worker runs a job only

@@ -1,9 +1,10 @@
 """The worker: registration, heartbeat, neighbour check, membership watch, settle,
-self-fencing, rejoin and graceful leave. A thin trio shell around the pure pieces
-(``_keys``, ``_ring``, ``_liveness``, ``_settle``, ``_membership``).
+self-fencing, rejoin and graceful leave. A thin trio shell around the pure core
+(``_core.keys``, ``ring``, ``liveness``, ``settle``, ``membership``, ``states``) and the
+member transactions of ``_store.members``; it knows nothing of jobs (the runner hooks in).
 
 Every transaction is a function taking the transaction as its first argument, run by the
-shared retry loop (``_db.run_transaction``) with a timeout, so nothing hangs forever.
+shared retry loop (``Worker.transact``) with a timeout, so nothing hangs forever.
 """
 
 from __future__ import annotations
