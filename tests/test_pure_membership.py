@@ -304,3 +304,37 @@ def test_without_departed_drops_only_the_departed(before: set[str], after: set[s
     assert all(r.incarnation == "old" for r in interim.members.values())  # joins still wait
     assert interim.epoch == latest.epoch
     assert without_departed(None, latest) is None
+
+
+@given(
+    st.text(min_size=1, max_size=12).filter(str.isprintable),
+    st.text(min_size=1, max_size=12).filter(str.isprintable),
+    st.integers(0, 65535),
+)
+def test_role_space_keys_are_the_layouts_keys(role: str, wid: str, partition: int) -> None:
+    """RoleSpace is the role-bound form of Layout's per-role keys: the same bytes."""
+    from fdbworkers._core.keys import Layout
+
+    layout = Layout.for_root(("t",))
+    space = layout.role(role)
+    assert space.epoch_key == layout.epoch_key(role)
+    assert space.member_key(wid) == layout.member_key(role, wid)
+    assert space.members_range() == layout.members_range(role)
+    assert space.health_key(wid) == layout.health_key(role, wid)
+    assert space.health_range() == layout.health_range(role)
+    assert space.job_count_key == layout.job_count_key(role)
+    assert space.jobs_epoch_key == layout.jobs_epoch_key(role)
+    assert space.job_key(partition, wid) == layout.job_key(role, partition, wid)
+    assert space.partition_range(partition) == layout.partition_range(role, partition)
+    assert space.jobs_range() == layout.jobs_range(role)
+    assert space.claim_key(partition, wid) == layout.claim_key(role, partition, wid)
+    assert space.claims_range() == layout.claims_range(role)
+    assert space.claims_range(partition) == layout.claims_range(role, partition)
+    assert space.inbox_key(wid) == layout.inbox_key(role, wid)
+    assert space.handoff_key(wid, partition) == layout.handoff_key(role, wid, partition)
+    assert space.handoffs_range(wid) == layout.handoffs_range(role, wid)
+    assert space.jobchange_range() == layout.jobchange_range(role)
+    assert space.config_key == layout.role_key(role)
+    begin, end = space.range()
+    assert begin < space.member_key(wid) < end
+    assert not begin <= layout.role_key(role) < end

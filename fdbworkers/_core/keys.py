@@ -166,6 +166,10 @@ class Layout:
         begin = self.key(*parts)
         return begin, strinc(begin)
 
+    def role(self, role: str) -> RoleSpace:
+        """The keys of one role (see :class:`RoleSpace`)."""
+        return RoleSpace(self, role)
+
     # Root-level keys.
     @property
     def layout_key(self) -> bytes:
@@ -281,6 +285,103 @@ class Layout:
         if len(key) < VERSIONSTAMP_SIZE + 3 or key[-13] != _TUPLE_VERSIONSTAMP_CODE:
             raise CorruptDataError(f"key {key!r} does not end with a versionstamp")
         return key[-12:-2]
+
+
+@dataclass(frozen=True)
+class RoleSpace:
+    """Every key of one role under one root: a role-bound subspace, in the style of
+    FoundationDB's ``Subspace``, so that code passes one value instead of the pair
+    ``(layout, role)``. Methods are pure; the root-level keys (layout version, role
+    configs, events) stay on :attr:`layout`."""
+
+    layout: Layout
+    role: str
+    #: ``(root, "r", role)`` packed: every key below starts with it.
+    prefix: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_name("role", self.role)
+        object.__setattr__(self, "prefix", self.layout.key("r", self.role))
+
+    def key(self, *parts: Any) -> bytes:
+        return self.prefix + pack(parts)
+
+    def range(self, *parts: Any) -> tuple[bytes, bytes]:
+        """[begin, end) of every key strictly below ``parts`` (the whole role if none)."""
+        begin = self.key(*parts)
+        return (begin, strinc(begin)) if parts else (self.prefix + b"\x00", self.prefix + b"\xff")
+
+    def unpack_below(self, parent: bytes, key: bytes) -> tuple[Any, ...]:
+        return self.layout.unpack_below(parent, key)
+
+    @property
+    def config_key(self) -> bytes:
+        """The role's :class:`RoleConfig` (root level: ``(root, "role", role)``)."""
+        return self.layout.role_key(self.role)
+
+    @property
+    def epoch_key(self) -> bytes:
+        return self.key("epoch")
+
+    def member_key(self, wid: str) -> bytes:
+        return self.key("member", wid)
+
+    def members_range(self) -> tuple[bytes, bytes]:
+        return self.range("member")
+
+    def health_key(self, wid: str) -> bytes:
+        return self.key("health", wid)
+
+    def health_range(self) -> tuple[bytes, bytes]:
+        return self.range("health")
+
+    @property
+    def job_count_key(self) -> bytes:
+        """An 8-byte little-endian counter of the role's jobs (atomic ADD)."""
+        return self.key("job_count")
+
+    @property
+    def jobs_epoch_key(self) -> bytes:
+        return self.key("jobs_epoch")
+
+    def job_key(self, partition: int, job_id: str) -> bytes:
+        return self.key("job", partition, job_id)
+
+    def partition_range(self, partition: int) -> tuple[bytes, bytes]:
+        return self.range("job", partition)
+
+    def jobs_range(self) -> tuple[bytes, bytes]:
+        return self.range("job")
+
+    def claim_key(self, partition: int, job_id: str) -> bytes:
+        return self.key("claim", partition, job_id)
+
+    def claims_range(self, partition: int | None = None) -> tuple[bytes, bytes]:
+        return self.range("claim") if partition is None else self.range("claim", partition)
+
+    def inbox_key(self, wid: str) -> bytes:
+        return self.key("inbox", wid)
+
+    def handoff_key(self, wid: str, partition: int) -> bytes:
+        return self.key("handoff", wid, partition)
+
+    def handoffs_range(self, wid: str) -> tuple[bytes, bytes]:
+        return self.range("handoff", wid)
+
+    def jobchange_range(self) -> tuple[bytes, bytes]:
+        return self.range("jobchange")
+
+    def jobchange_key_template(self, job_id: str) -> bytes:
+        return self.layout.jobchange_key_template(self.role, job_id)
+
+    def jobchange_stamp(self, key: bytes) -> bytes:
+        return self.layout.jobchange_stamp(self.role, key)
+
+    def jobchange_after(self, stamp: bytes) -> bytes:
+        return self.layout.jobchange_after(self.role, stamp)
+
+    def jobchange_before_version(self, version: int) -> bytes:
+        return self.layout.jobchange_before_version(self.role, version)
 
 
 @dataclass(frozen=True)
