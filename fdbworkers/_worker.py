@@ -32,7 +32,13 @@ from ._core.keys import (
     encode,
     validate_name,
 )
-from ._core.liveness import Lease, NeighbourTracker, default_check_interval, default_fence_margin
+from ._core.liveness import (
+    Lease,
+    NeighbourTracker,
+    default_check_interval,
+    default_fence_margin,
+    max_fence_margin,
+)
 from ._core.membership import Membership, MembershipChange, diff
 from ._core.ring import watched_neighbours
 from ._core.settle import Settler
@@ -111,11 +117,19 @@ class WorkerOptions:
             positive("check_interval", self.check_interval)
             if self.check_interval > self.timeout:
                 raise ConfigError("check_interval must not exceed timeout")
-        if self.fence_margin is not None and not 0 < self.fence_margin < self.timeout * 2 / 3:
-            raise ConfigError(
-                "fence_margin must be between 0 and 2/3 of the timeout (heartbeats come "
-                f"every timeout/3), got {self.fence_margin!r}"
-            )
+        if self.fence_margin is not None:
+            most = max_fence_margin(self.timeout, self.heartbeat_interval, self.op_timeout)
+            if (
+                not isinstance(self.fence_margin, int | float)
+                or not math.isfinite(self.fence_margin)
+                or not 0 < self.fence_margin <= most
+            ):
+                raise ConfigError(
+                    f"fence_margin must be > 0 and at most {most:g} s with timeout "
+                    f"{self.timeout:g} s: the lease (timeout - margin) must cover a heartbeat "
+                    f"interval ({self.heartbeat_interval:g} s) plus an operation timeout "
+                    f"({self.op_timeout:g} s); got {self.fence_margin!r}"
+                )
         positive("poll_interval", self.poll_interval)
         if not isinstance(self.partitions, int) or not 1 <= self.partitions <= 1_000_000:
             raise ConfigError(f"partitions must be an integer in [1, 1e6], got {self.partitions!r}")

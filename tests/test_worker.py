@@ -284,6 +284,37 @@ def test_invalid_options_are_rejected_clearly() -> None:
             WorkerOptions(**bad)
 
 
+def test_a_fence_margin_that_leaves_too_short_a_lease_is_rejected() -> None:
+    """Issue 15, hole 3: timeout 3 with margin 1.95 left a 1.05 s lease against a 1 s
+    heartbeat interval and a 1 s operation timeout; it was accepted and fenced on
+    ordinary latency. The bound is timeout - heartbeat interval - op timeout."""
+    with pytest.raises(ConfigError, match=r"at most 1 s .* heartbeat interval \(1 s\)"):
+        WorkerOptions(timeout=3.0, fence_margin=1.95)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            WorkerOptions(timeout=3.0, fence_margin=bad)
+    assert WorkerOptions(timeout=3.0, fence_margin=1.0).effective_fence_margin == 1.0
+    # Long timeouts: the operation timeout is capped at 5 s.
+    assert WorkerOptions(timeout=30.0, fence_margin=15.0).effective_fence_margin == 15.0
+    with pytest.raises(ConfigError):
+        WorkerOptions(timeout=30.0, fence_margin=15.5)
+
+
+async def test_the_largest_allowed_margin_never_fences_a_healthy_worker(
+    autojump_clock: MockClock,
+) -> None:
+    """With 10-40 ms of latency on every operation, the largest margin allowed does not
+    fence a healthy worker (1.95 fenced 28 times in 30 s from outside)."""
+    engine = fresh_engine(faults=FaultPlan(latency=(0.01, 0.04)))
+    opts = WorkerOptions(timeout=3.0, fence_margin=1.0, settle=0.5, partitions=64)
+    async with open_worker(
+        engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=opts
+    ) as a:
+        await trio.sleep(60)
+        assert a.statistics().fences == 0
+        assert a.state is WorkerState.ACTIVE
+
+
 async def test_open_worker_rejects_bad_arguments(autojump_clock: MockClock) -> None:
     engine = fresh_engine()
     with pytest.raises(ConfigError):

@@ -122,3 +122,11 @@ def default_check_interval(timeout: float) -> float:
 
 def default_fence_margin(timeout: float) -> float:
     return timeout / 4
+
+
+def max_fence_margin(timeout: float, heartbeat_interval: float, op_timeout: float) -> float:
+    """The largest fence margin that still leaves a lease (``timeout - margin``) of at
+    least one heartbeat interval plus one operation timeout: a heartbeat due at the end
+    of an interval that then takes its whole timeout to fail must not fence a healthy
+    worker. A larger margin fences on ordinary latency and restarts every job."""
+    return timeout - heartbeat_interval - op_timeout
