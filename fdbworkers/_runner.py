@@ -256,6 +256,7 @@ class JobRunner:
         self._started = self._stopped = self._crashes = 0
         self._claims = self._blocked = self._reconciles = self._deferred = 0
         worker.on_stop_work(self._stop_all_and_release)
+        worker.on_lease_renewed(self._lease_renewed)
 
     def statistics(self) -> RunnerStatistics:
         return RunnerStatistics(
@@ -612,10 +613,20 @@ class JobRunner:
             self._blocked += 1
         return out
 
+    def _lease_renewed(self) -> None:
+        """A heartbeat committed: every running handler may run until the new hard end."""
+        end = self.w.lease.hard_end
+        for r in self.running.values():
+            if r.stopped is None:
+                r.scope.deadline = end
+
     def _start(self, rec: JobRecord, token: bytes) -> None:
         assert self._nursery is not None
         job = Job(rec.id, self.w.role, rec.partition, rec.spec, rec.weight, token, self.w)
-        r = _Running(job, trio.CancelScope(), trio.Event())
+        # The handler's scope ends at the lease's hard end, moved on by every renewal:
+        # a process that wakes from a freeze past it cancels the handler before the
+        # handler runs again, even before the lease watchdog task has run (G3).
+        r = _Running(job, trio.CancelScope(deadline=self.w.lease.hard_end), trio.Event())
         self.running[rec.id] = r
         self._started += 1
         self.log.info("job_started", job=rec.id, token=token.hex())
@@ -651,6 +662,13 @@ class JobRunner:
                         await trio.sleep(delay)
         finally:
             r.done.set()
+            if r.scope.cancelled_caught and r.stopped is None and self.running.get(r.job.id) is r:
+                # The lease's hard end passed (a freeze) without a stop: the handler no
+                # longer runs, so it must not count as running; the next reconcile
+                # claims the job again (new token) if it is still ours.
+                del self.running[r.job.id]
+                self.log.warning("job_lease_deadline", job=r.job.id, action="restart if owned")
+                self.wake()
 
     async def _stop_one(
         self,
@@ -670,7 +688,9 @@ class JobRunner:
         r.stopped = trio.Event()
         try:
             r.job.stopping.set()
-            grace = self.grace if reason != "fenced" else min(self.grace, self.w.lease.margin / 2)
+            # Never past the lease's hard end: a fenced worker has at most margin / 2
+            # left, one resumed from a long freeze (or evicted: lease revoked) none.
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - trio.current_time()))
             with trio.move_on_after(grace):
                 await r.done.wait()
             r.scope.cancel()

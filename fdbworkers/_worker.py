@@ -277,6 +277,7 @@ class Worker:
         self._wake_heartbeat = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[MembershipChange]] = []
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
+        self._lease_listeners: list[Callable[[], None]] = []
         self._body_scope: trio.CancelScope | None = None
         self._replaced_seen_at: float | None = None
         #: When the last heartbeat's commit returned (this process's clock).
@@ -354,6 +355,16 @@ class Worker:
         (reason "drain"/"leave") and when it rejoins; on fencing, work must stop by
         itself by watching ``state`` (no transaction can be trusted then)."""
         self._work_stoppers.append(fn)
+
+    def on_lease_renewed(self, fn: Callable[[], None]) -> None:
+        """Register ``fn()``, called synchronously each time a committed heartbeat (or
+        registration) renews the lease: the runner moves its jobs' hard deadline."""
+        self._lease_listeners.append(fn)
+
+    def _renew_lease(self, started: float) -> None:
+        self.lease.renewed(started)
+        for fn in list(self._lease_listeners):
+            fn()
 
     def statistics(self) -> WorkerStatistics:
         now = trio.current_time()
@@ -456,7 +467,7 @@ class Worker:
                     self.log.warning("register_failed", error=str(e), code=e.code)
                     deadline_log = trio.current_time() + 10
                 await trio.sleep(min(1.0, self.options.heartbeat_interval))
-        self.lease.renewed(started)
+        self._renew_lease(started)
         if rec.replaced:
             # A previous incarnation with our id may still be running somewhere: its jobs
             # are taken over only once its lease must have expired (see _jobs).
@@ -494,7 +505,7 @@ class Worker:
                 continue
             self._hb_sent += 1
             self.last_heartbeat_committed = trio.current_time()
-            self.lease.renewed(start)
+            self._renew_lease(start)
             if self.state is WorkerState.FENCED and self.lease.valid(trio.current_time()):
                 self.log.info("unfenced")
                 self._set_state(WorkerState.ACTIVE)

@@ -241,3 +241,61 @@ def test_runner_options_are_validated() -> None:
     for bad in ({"move_interval": 0}, {"claim_poll": -1}, {"max_moves": 0}, {"grace": -1}):
         with pytest.raises(ConfigError):
             JobRunner(None, handler, **bad)  # type: ignore[arg-type]
+
+
+async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 20, point 1. A process frozen (SIGSTOP, VM pause) past its lease wakes up
+    with every timer due at once. Before the fix, the fenced stop still gave each
+    handler min(grace, margin / 2) to finish, and a handler could run a step before the
+    lease watchdog noticed: resumed holders overlapped the new holders by ~0.5 s.
+    Now no handler step runs after the lease's hard end, and no cleanup grace is given."""
+    engine = Engine(rng=random.Random(5))
+    await add_jobs(engine, 8)
+    steps: list[tuple[str, bytes, float]] = []
+    cleanups: list[tuple[str, bytes, float]] = []
+
+    async def handler(job: Any) -> None:
+        try:
+            while not job.stopping.is_set():
+                steps.append((job.id, job.token, trio.current_time()))
+                with trio.move_on_after(0.5):
+                    await job.stopping.wait()
+        finally:
+            with trio.CancelScope(shield=False):
+                await trio.sleep(0.3)  # cleanup that takes a while
+                cleanups.append((job.id, job.token, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(
+            nursery,
+            engine.open_database,
+            role=ROLE,
+            root=ROOT,
+            options=OPTS,
+            handler=handler,
+            grace=2.0,
+        )
+        fw = await fleet.start("w0")
+        await wait_until(lambda: fw.runner is not None and len(fw.runner.running) == 8, 30)
+        w, runner = fw.worker, fw.runner
+        assert w is not None and runner is not None
+        before = {r.job.token for r in runner.running.values()}
+        # The whole process freezes for 10 s (the loop's clock keeps running, as
+        # CLOCK_MONOTONIC does under SIGSTOP), far past the 3 s lease.
+        frozen_at = trio.current_time()
+        hard_end = w.lease.expires_at + w.lease.margin / 2
+        autojump_clock.jump(10.0)
+        woke = trio.current_time()
+        assert not w.lease_valid()  # job.check() raises from the first instant
+        await trio.sleep(5.0)
+        late_steps = [(j, t) for j, tok, t in steps if tok in before and t > hard_end]
+        late_cleanups = [(j, t) for j, tok, t in cleanups if tok in before and t > frozen_at]
+        assert late_steps == [], f"handler steps after the lease's hard end: {late_steps}"
+        assert late_cleanups == [], f"cleanup grace given after the freeze: {late_cleanups}"
+        assert woke >= hard_end
+        # Not stranded: the worker unfenced and runs every job again, with new tokens.
+        await wait_until(lambda: len(runner.running) == 8, 30)
+        assert not {r.job.token for r in runner.running.values()} & before
+        nursery.cancel_scope.cancel()

@@ -107,6 +107,14 @@ class Lease:
             return float("-inf")
         return self.last_ok_start + self.timeout - self.margin
 
+    @property
+    def hard_end(self) -> float:
+        """The latest local time at which a job may still run: a fenced stop gives
+        handlers at most half the margin, so they end at least ``margin / 2`` before
+        anyone may evict this worker. Past it, a handler is cancelled without grace
+        (a process resumed after a long freeze wakes up past it)."""
+        return self.expires_at + self.margin / 2
+
     def valid(self, now: float) -> bool:
         return now < self.expires_at
 
