@@ -593,6 +593,7 @@ class JobRunner:
                 w.incarnation,
                 nonce,
                 frozenset(take),
+                w.options.timeout,
             )
             stamps.clear()
             if out.kind == "claimed" and out.token is None:

@@ -54,6 +54,7 @@ from ._store.members import (
     tx_read_health,
     tx_read_membership,
     tx_register,
+    tx_retire,
 )
 
 P = ParamSpec("P")
@@ -734,7 +735,7 @@ class Worker:
                 rec = members.get(wid)
                 if rec is None:
                     continue
-                self._tracker.observe(wid, rec.incarnation, stamps.get(wid), now)
+                self._tracker.observe(wid, rec.incarnation, stamps.get(wid), now, rec.timeout)
                 if wid in former and self._tracker.silent_for(wid, now) == 0.0:
                     self._tracker.forget(wid)  # alive: its new checker has it
                     continue
@@ -744,7 +745,25 @@ class Worker:
                     due = self._tracker.evict_due(wid, rec.timeout)
                     if due is not None:
                         next_due = min(next_due, due)
+            await self._retire_ghosts(trio.current_time())
+            ghost_due = self._tracker.next_ghost_due()
+            if ghost_due is not None:
+                next_due = min(next_due, ghost_due)
             await trio.sleep_until(max(next_due, trio.current_time() + interval / 20))
+
+    async def _retire_ghosts(self, now: float) -> None:
+        """Attest that superseded incarnations of our neighbours run nothing any more,
+        once their timeout has passed since we saw them superseded (see
+        NeighbourTracker): their claims are then taken at once, even when their id
+        keeps restarting (a crash-looping pod)."""
+        for wid, incarnation in self._tracker.ghosts_due(now):
+            try:
+                await self.transact(tx_retire, self.layout, self.role, wid, incarnation)
+            except FDBError as e:
+                self.log.warning("retire_failed", neighbour=wid, error=e.name)
+                return
+            self._tracker.ghost_retired(wid, incarnation)
+            self.log.info("superseded_incarnation_retired", neighbour=wid, old=incarnation)
 
     async def _evict(
         self, wid: str, rec: MemberRecord, stamp: bytes | None, silent_for: float

@@ -19,7 +19,7 @@ from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._db import Transaction
 from fdbworkers._store.jobs import tx_take_handoffs
 from fdbworkers._store.members import tx_leave
-from fdbworkers.testing import Fleet, wait_until
+from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
 ROOT = "fdbworkers-test"
 ROLE = "sim"
@@ -298,4 +298,94 @@ async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_on
         # Not stranded: the worker unfenced and runs every job again, with new tokens.
         await wait_until(lambda: len(runner.running) == 8, 30)
         assert not {r.job.token for r in runner.running.values()} & before
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 1. w0 runs with timeout 30 and is cut off from the cluster without
+    noticing (its commits hang); w0 starts again elsewhere with timeout 3. The new
+    incarnation used to wait its own 3 s and run w0's jobs while the old process still
+    had ~17 s of lease. The claim now records its holder's timeout: the takeover waits
+    the longest lease any earlier incarnation may still believe it holds."""
+    engine = Engine(rng=random.Random(11))
+    ids = await add_jobs(engine, 12)
+    long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
+    short_opts = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=long_opts)
+        old = await fleet.start("w0")
+        await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
+        assert old.worker is not None and old.runner is not None
+        old_lease_end = old.worker.lease.expires_at
+        old_db = old.db
+        assert hasattr(old_db, "partitioned")
+        old_db.partitioned = True  # its commits hang; it only learns by its lease running out
+        t_cut = trio.current_time()
+        new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), short_opts)
+        await nursery.start(new._main)
+        await wait_until(lambda: new.runner is not None and len(new.runner.running) == 12, 90)
+        took_over = trio.current_time()
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        # Not before the old lease ran out, and not much later than its timeout.
+        assert took_over >= old_lease_end, (took_over, old_lease_end)
+        assert took_over - t_cut <= 30.0 + 10.0, took_over - t_cut
+        assert new.runner is not None and set(new.runner.running) == set(ids)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 20, point 2a. A crash-looping id (killed, restarted after 1 s, killed again
+    before its timeout) used to restart the wait for its first
+    incarnation's lease with every new incarnation, so that incarnation's jobs had no
+    runner for as long as the loop lasted (61.6 s seen from outside). The checker that
+    watches the id counts the wait once and retires the superseded incarnation, so
+    its jobs run again within timeout + settle + a few transactions of its death."""
+    engine = Engine(rng=random.Random(12))
+    ids = await add_jobs(engine, 30)
+    opts = WorkerOptions(timeout=10.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
+        for wid in ("w0", "w1"):
+            await fleet.start(wid)
+        await wait_until(lambda: settled(fleet, ids), 120)
+        first = fleet.workers["w0"]
+        assert first.runner is not None
+        its_jobs = set(first.runner.running)
+        assert its_jobs
+        first.crash()  # kill -9
+        death = trio.current_time()
+        await wait_until(lambda: not first.alive, 5, 0.01)
+        ran_again: dict[str, float] = {}
+
+        async def crash_loop() -> None:
+            # kill -9, restart after 1 s, killed again 8 s later: shorter than the 10 s
+            # timeout, so the id's heartbeats never stop long enough for an eviction,
+            # and no graceful leave hands anything over.
+            for _ in range(6):
+                await trio.sleep(1.0)
+                fw = await fleet.start("w0")
+                await trio.sleep(8.0)
+                fw.crash()
+
+        async def watch() -> None:
+            while len(ran_again) < len(its_jobs):
+                for j in its_jobs - set(ran_again):
+                    if fleet.owners().get(j):
+                        ran_again[j] = trio.current_time() - death
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(crash_loop)
+            with trio.move_on_after(60):
+                await watch()
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        stranded = sorted(its_jobs - set(ran_again))
+        assert stranded == [], f"jobs of the dead incarnation never ran again: {stranded}"
+        # timeout (10) + membership read and the checker's next round + a claim: well
+        # under 3 x timeout, however often the id restarted meanwhile.
+        assert max(ran_again.values()) <= 16.0, sorted(ran_again.items(), key=lambda kv: kv[1])
         nursery.cancel_scope.cancel()

@@ -21,6 +21,8 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
                                                    {wid, incarnation}
     (root, "r", role, "inbox", wid)             -> versionstamp, bumped when a claim this
                                                    worker waits for was released; watched
+    (root, "r", role, "retired", wid)           -> {inc: {incarnation: version}}: incarnations
+                                                   of wid that run nothing any more
     (root, "r", role, "handoff", wid, partition) -> {from, incarnation}: a leaving worker
                                                    handed this partition's jobs to wid
     (root, "events", vs)                        -> Event: bounded audit log
@@ -224,6 +226,10 @@ class Layout:
     def inbox_key(self, role: str, wid: str) -> bytes:
         return self.key("r", role, "inbox", wid)
 
+    def retired_key(self, role: str, wid: str) -> bytes:
+        """Incarnations of ``wid`` that run nothing any more (see :func:`retire`)."""
+        return self.key("r", role, "retired", wid)
+
     def handoff_key(self, role: str, wid: str, partition: int) -> bytes:
         return self.key("r", role, "handoff", wid, partition)
 
@@ -362,6 +368,9 @@ class RoleSpace:
     def inbox_key(self, wid: str) -> bytes:
         return self.key("inbox", wid)
 
+    def retired_key(self, wid: str) -> bytes:
+        return self.key("retired", wid)
+
     def handoff_key(self, wid: str, partition: int) -> bytes:
         return self.key("handoff", wid, partition)
 
@@ -433,6 +442,9 @@ class MemberRecord:
     drain: bool = False
     #: The incarnation this one replaced (a restart with the same id), if any.
     replaced: str | None = None
+    #: The replaced incarnation's timeout: its lease may outlast ours (a restart that
+    #: lowered the timeout), and its claims are taken only once that lease ran out.
+    replaced_timeout: float | None = None
 
     def encode(self) -> bytes:
         return encode(
@@ -446,6 +458,7 @@ class MemberRecord:
                 "meta": self.meta,
                 "drain": self.drain,
                 "replaced": self.replaced,
+                "replaced_timeout": self.replaced_timeout,
             }
         )
 
@@ -464,6 +477,11 @@ class MemberRecord:
                 meta=dict(obj.get("meta") or {}),
                 drain=bool(obj.get("drain", False)),
                 replaced=obj.get("replaced"),
+                replaced_timeout=(
+                    float(obj["replaced_timeout"])
+                    if obj.get("replaced_timeout") is not None
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptDataError(f"member record at {key!r} is malformed: {e}") from e
@@ -476,18 +494,57 @@ class Claim:
     token: bytes
     wid: str
     incarnation: str
+    #: The holder's timeout when it claimed (its lease is at most this long); None in
+    #: claims written before it was recorded.
+    timeout: float | None = None
 
     @classmethod
     def decode(cls, key: bytes, value: bytes) -> Claim:
         stamp, obj = split_stamped(key, value)
         try:
-            return cls(stamp, str(obj["wid"]), str(obj["incarnation"]))
+            t = obj.get("timeout")
+            timeout = float(t) if isinstance(t, int | float) and math.isfinite(t) else None
+            return cls(stamp, str(obj["wid"]), str(obj["incarnation"]), timeout)
         except KeyError as e:
             raise CorruptDataError(f"claim at {key!r} is malformed: missing {e}") from e
 
     @staticmethod
-    def encode_new(wid: str, incarnation: str) -> bytes:
-        return stamped_value({"wid": wid, "incarnation": incarnation})
+    def encode_new(wid: str, incarnation: str, timeout: float | None = None) -> bytes:
+        obj: dict[str, Any] = {"wid": wid, "incarnation": incarnation}
+        if timeout is not None:
+            obj["timeout"] = timeout
+        return stamped_value(obj)
+
+
+#: Retired incarnations kept per worker id (the newest; older ones are dropped).
+RETIRED_CAP: Final = 16
+
+
+def decode_retired(key: bytes, value: bytes | None) -> dict[str, int]:
+    """The retired incarnations of one worker id: incarnation -> the cluster version at
+    which it was attested (see :func:`retire`)."""
+    if value is None:
+        return {}
+    inc = decode(key, value).get("inc")
+    if not isinstance(inc, dict):
+        raise CorruptDataError(f"retired record at {key!r} has no incarnations")
+    return {str(k): int(v) for k, v in inc.items() if isinstance(v, int)}
+
+
+def retire(entries: dict[str, int], incarnation: str, version: int) -> dict[str, int]:
+    """``entries`` with ``incarnation`` retired at ``version``, keeping the newest
+    :data:`RETIRED_CAP`. A retired incarnation runs no job any more: its handlers
+    stopped (a graceful leave), or its lease ran out (an eviction, or a supersession
+    observed for longer than its timeout). Dropping an old entry is safe: a claim of
+    that incarnation then takes the ordinary path (a wait for its lease)."""
+    out = dict(entries)
+    out[incarnation] = max(version, out.get(incarnation, 0))
+    newest = sorted(out.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:RETIRED_CAP]
+    return dict(newest)
+
+
+def encode_retired(entries: dict[str, int]) -> bytes:
+    return encode({"inc": entries})
 
 
 def check_layout(key: bytes, value: bytes | None) -> int | None:

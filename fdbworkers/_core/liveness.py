@@ -30,19 +30,63 @@ class _Seen:
     incarnation: str
     stamp: bytes | None
     since: float
+    timeout: float | None = None
+
+
+#: Superseded incarnations one checker keeps waiting for (the oldest are dropped).
+MAX_GHOSTS = 1000
 
 
 @dataclass
 class NeighbourTracker:
-    """What one checker has seen of its neighbours' heartbeat stamps."""
+    """What one checker has seen of its neighbours' heartbeat stamps.
+
+    It also keeps *ghosts*: incarnations it saw replaced by a newer incarnation of the
+    same id (a restart). A ghost's heartbeats stopped committing before the newer
+    incarnation's registration committed (its heartbeat reads its own member record
+    without snapshot, so it conflicts with the replacement), and that was before this
+    checker saw the replacement. So once the ghost's timeout has passed on this
+    checker's clock since then, the ghost's lease has run out: the checker may attest
+    that it runs nothing (``retire``), and its claims are taken at once. The wait is
+    counted once, by this checker, however often the id restarts meanwhile."""
 
     _seen: dict[str, _Seen] = field(default_factory=dict)
+    #: (wid, incarnation) -> (when this checker first saw it superseded, its timeout)
+    _ghosts: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
-    def observe(self, wid: str, incarnation: str, stamp: bytes | None, now: float) -> None:
-        """Record the stamp read at ``now`` (None: no health key)."""
+    def observe(
+        self,
+        wid: str,
+        incarnation: str,
+        stamp: bytes | None,
+        now: float,
+        timeout: float | None = None,
+    ) -> None:
+        """Record the stamp read at ``now`` (None: no health key) of the incarnation the
+        membership shows, with its timeout (needed to retire it once superseded)."""
         s = self._seen.get(wid)
+        if s is not None and s.incarnation != incarnation and s.timeout is not None:
+            self.superseded(wid, s.incarnation, s.timeout, now)
         if s is None or s.incarnation != incarnation or s.stamp != stamp:
-            self._seen[wid] = _Seen(incarnation, stamp, now)
+            self._seen[wid] = _Seen(incarnation, stamp, now, timeout)
+        elif timeout is not None:
+            s.timeout = timeout
+
+    def superseded(self, wid: str, incarnation: str, timeout: float, now: float) -> None:
+        """``incarnation`` of ``wid`` was seen replaced at ``now`` (kept: first sight)."""
+        self._ghosts.setdefault((wid, incarnation), (now, timeout))
+        while len(self._ghosts) > MAX_GHOSTS:
+            del self._ghosts[min(self._ghosts, key=lambda k: self._ghosts[k][0])]
+
+    def ghosts_due(self, now: float) -> list[tuple[str, str]]:
+        """Superseded incarnations whose lease has certainly run out by ``now``."""
+        return sorted(k for k, (seen, t) in self._ghosts.items() if now >= seen + t)
+
+    def ghost_retired(self, wid: str, incarnation: str) -> None:
+        self._ghosts.pop((wid, incarnation), None)
+
+    def next_ghost_due(self) -> float | None:
+        return min((seen + t for seen, t in self._ghosts.values()), default=None)
 
     def tracked(self) -> list[str]:
         return list(self._seen)

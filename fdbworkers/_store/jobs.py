@@ -21,6 +21,7 @@ from .._core.keys import (
     MemberRecord,
     RoleConfig,
     decode,
+    decode_retired,
     encode,
     epoch_value,
     split_stamped,
@@ -269,7 +270,13 @@ async def tx_claim(
     incarnation: str,
     nonce: str,
     take_superseded: frozenset[str],
+    lease_timeout: float | None = None,
 ) -> ClaimOutcome:
+    """Claim a job for ``wid``/``incarnation`` if nobody else may still run it: the
+    claim is absent, or held by us, or its holder is no longer a member, or its holder
+    incarnation is retired (see ``_core.keys.retire``), or it was superseded by a newer
+    incarnation of its id and the claimant already waited out the longest lease that
+    holder may believe it holds (``take_superseded``: the claimant's own clock)."""
     me_key = layout.member_key(role, wid)
     me_raw = await tr.get(me_key)  # conflicts with our own eviction
     if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
@@ -291,14 +298,31 @@ async def tx_claim(
                     return ClaimOutcome("held", holder=holder)
                 if hrec.incarnation == holder.incarnation:
                     return ClaimOutcome("held", holder=holder)
-                if holder.incarnation not in take_superseded:
-                    return ClaimOutcome("superseded", holder=holder, holder_timeout=hrec.timeout)
+                if holder.incarnation not in take_superseded and not await _retired(
+                    tr, layout, role, holder
+                ):
+                    # The superseded holder may still believe it holds a lease as long as
+                    # its own timeout (in the claim), which a restart may have lowered.
+                    waits = [hrec.timeout, holder.timeout or 0.0]
+                    if hrec.replaced == holder.incarnation and hrec.replaced_timeout:
+                        waits.append(hrec.replaced_timeout)
+                    return ClaimOutcome("superseded", holder=holder, holder_timeout=max(waits))
     if await tr.get(layout.job_key(role, partition, job_id)) is None:
         return ClaimOutcome("gone")
-    tr.set_versionstamped_value(
-        ckey, stamped_value({"wid": wid, "incarnation": incarnation, "nonce": nonce})
-    )
+    value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
+    if lease_timeout is not None:
+        value["timeout"] = lease_timeout
+    tr.set_versionstamped_value(ckey, stamped_value(value))
     return ClaimOutcome("claimed")
+
+
+async def _retired(tr: Transaction, layout: Layout, role: str, holder: Claim) -> bool:
+    """True if the holder's incarnation is attested to run nothing any more."""
+    key = layout.retired_key(role, holder.wid)
+    try:
+        return holder.incarnation in decode_retired(key, await tr.get(key))
+    except CorruptDataError:
+        return False  # a corrupt marker only loses the shortcut: the ordinary wait applies
 
 
 async def tx_release(

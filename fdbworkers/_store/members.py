@@ -13,8 +13,11 @@ from .._core.keys import (
     MemberRecord,
     RoleConfig,
     check_layout,
+    decode_retired,
+    encode_retired,
     epoch_value,
     layout_value,
+    retire,
     stamped_value,
 )
 from .._core.membership import Membership
@@ -52,6 +55,7 @@ async def tx_register(
     old_raw = await tr.snapshot.get(key)
     replaced = None
     replaced_weight: float | None = None
+    replaced_timeout: float | None = None
     if old_raw is not None:
         try:
             old = MemberRecord.decode(record.wid, key, old_raw)
@@ -61,7 +65,10 @@ async def tx_register(
             return old  # an earlier attempt committed (1021): nothing more to do
         replaced = old.incarnation if old is not None else None
         replaced_weight = old.weight if old is not None else None
-    rec = MemberRecord(**{**record.__dict__, "replaced": replaced})
+        replaced_timeout = old.timeout if old is not None else None
+    rec = MemberRecord(
+        **{**record.__dict__, "replaced": replaced, "replaced_timeout": replaced_timeout}
+    )
     tr.set(key, rec.encode())
     tr.set_versionstamped_value(
         layout.health_key(role, rec.wid),
@@ -204,6 +211,10 @@ async def _remove_member(
     tr.clear(mkey)
     tr.clear(layout.health_key(role, wid))
     tr.clear_range(*layout.handoffs_range(role, wid))  # partitions handed to it, unread
+    # Evicted (its lease ran out before) or left (its handlers stopped before): this
+    # incarnation runs nothing, so its remaining claims may be taken at once even after
+    # its id registers again (a crash-looping id must not restart the wait each time).
+    await tx_retire(tr, layout, role, wid, incarnation)
     bump_epoch(tr, layout, role)
     write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
     await trim_events(tr, layout, retention)
@@ -236,3 +247,17 @@ async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str,
     bump_epoch(tr, layout, role)
     write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
     return "requested"
+
+
+async def tx_retire(tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str) -> None:
+    """Record that ``incarnation`` of ``wid`` runs nothing any more (idempotent: the
+    newest :data:`RETIRED_CAP` entries are kept). Conflicts only with another retirement
+    of the same id."""
+    key = layout.retired_key(role, wid)
+    try:
+        entries = decode_retired(key, await tr.get(key))
+    except CorruptDataError:
+        entries = {}  # overwritten: a corrupt marker only loses shortcuts
+    if incarnation in entries:
+        return
+    tr.set(key, encode_retired(retire(entries, incarnation, await tr.get_read_version())))
