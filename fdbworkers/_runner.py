@@ -60,6 +60,10 @@ from ._store.jobs import (
 )
 from ._worker import DEFAULT_PARTITIONS, Worker, install_job_runner
 
+#: Errors after which a claim's commit may have been applied without our knowing:
+#: commit_unknown_result, transaction_timed_out, cluster_version_changed,
+#: connection_failed (the dev server's client).
+_OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
 #: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
 THREADED_ASSIGN_PARTITIONS = 16384
@@ -237,9 +241,11 @@ class JobRunner:
         #: job -> (holder incarnation, holder timeout, when we first saw that holder
         #: superseded by a newer incarnation of its id): taken once the timeout passed.
         self._superseded: dict[str, tuple[str, float, float]] = {}
-        #: Stopped jobs whose claim release has not committed yet: job -> (partition,
-        #: token, new owner to notify, hand the partition over to it).
-        self._unreleased: dict[str, tuple[int, bytes, str | None, bool]] = {}
+        #: Claims we may hold but do not run, to release unless the job is still ours:
+        #: stopped jobs whose release has not committed yet (or that a fenced stop
+        #: kept), and claims whose commit outcome was unknown (token None: any claim of
+        #: this incarnation). job -> (partition, token, new owner to notify, handoff).
+        self._unreleased: dict[str, tuple[int, bytes | None, str | None, bool]] = {}
         #: Partitions a leaving worker handed to us, kept while our settled view still
         #: lists that worker (that incarnation) as their owner: partition -> (wid, inc).
         self._adopted: dict[int, tuple[str, str]] = {}
@@ -430,9 +436,6 @@ class JobRunner:
         self._reconciles += 1
         self._velocity_limited = False
         w = self.w
-        for jid in list(self._unreleased):
-            if jid not in self.running:
-                await self._release(jid)
         a = await self._compute_assignment(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
@@ -465,6 +468,7 @@ class JobRunner:
                 self._last_change = cursor
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
+        await self._settle_kept_claims(a)
         # Stop what we no longer own first, then start what we gained.
         # Velocity limit: at most max_moves of our running jobs stopped to move per
         # move_interval (a live-to-live move; starting a job nobody runs is not limited).
@@ -525,6 +529,22 @@ class JobRunner:
             self._moves_left = int(budget)
         self._velocity_limited = self.max_moves is not None and budget <= 0
         return pending or bool(self._unreleased) or self._velocity_limited
+
+    async def _settle_kept_claims(self, a: Assignment) -> None:
+        """Claims we hold but do not run (kept through a fenced stop, or of a claim
+        whose commit outcome was unknown, or whose release failed): a job still ours is
+        simply claimed again below; any other is released now, waking its new owner,
+        which otherwise would find it "held" by a live member for as long as we live."""
+        for jid, (partition, token, notify, handoff) in list(self._unreleased.items()):
+            if jid in self.running:
+                continue
+            if jid in self.target:
+                self._unreleased.pop(jid, None)  # ours: the claim below takes it again
+                continue
+            if notify is None and 0 <= partition < a.partitions:
+                notify = a.owner(partition)
+                self._unreleased[jid] = (partition, token, notify, handoff)
+            await self._release(jid)
 
     async def _adopt(self, m: Membership, a: Assignment) -> frozenset[int]:
         """Partitions handed to us by a leaving worker that we run before our settled
@@ -600,7 +620,14 @@ class JobRunner:
                 stamps.append(tr.get_versionstamp())
             return out
 
-        out: ClaimOutcome = await self.w.transact(attempt)
+        try:
+            out: ClaimOutcome = await self.w.transact(attempt)
+        except FDBError as e:
+            if e.maybe_committed or e.code in _OUTCOME_UNKNOWN:
+                # The claim may have committed: track it, or it would be an orphan that
+                # blocks the job's next owner once the partition moves (hole 2).
+                self._unreleased.setdefault(rec.id, (rec.partition, None, None, False))
+            raise
         if out.kind == "claimed":
             self._superseded.pop(rec.id, None)
             self._claims += 1
@@ -700,8 +727,10 @@ class JobRunner:
                 del self.running[jid]  # the handler has finished: it no longer runs
             self._stopped += 1
             self.log.info("job_stopped", job=jid, reason=reason)
+            # Released now, or (a fenced stop, where no commit can be trusted) by the
+            # first reconcile after the fence, if the job is no longer ours then.
+            self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
             if release:
-                self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
                 await self._release(jid)
         finally:
             if self.running.get(jid) is r:

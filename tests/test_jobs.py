@@ -389,3 +389,78 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
         # under 3 x timeout, however often the id restarted meanwhile.
         assert max(ran_again.values()) <= 16.0, sorted(ran_again.items(), key=lambda kv: kv[1])
         nursery.cancel_scope.cancel()
+
+
+async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 2 (the reproduction from outside): w1 joins, then w0's commits
+    stall for 2.5 s while its reads work. w0 fences itself (its handlers stop, its
+    claims stay: no commit can be trusted) and the join settles meanwhile. Before the
+    fix, the claims w0 kept for jobs that moved to w1 were never released and w1 polled
+    "held" forever: 13 of 16 jobs had no runner after 60 quiet seconds."""
+    engine = Engine(rng=random.Random(13))
+    ids = await add_jobs(engine, 16)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        w0 = await fleet.start("w0")
+        await wait_until(lambda: w0.runner is not None and len(w0.runner.running) == 16, 60)
+        db0 = w0.db
+        assert hasattr(db0, "commits_stalled")
+        db0.commits_stalled = True
+        await wait_until(lambda: w0.worker is not None and w0.worker.fenced, 10, 0.01)
+        await fleet.start("w1")  # joins and settles while w0 is fenced
+        await trio.sleep(OPTS.settle + 1.0)
+        db0.commits_stalled = False
+        await trio.sleep(60)
+        owners = fleet.owners()
+        unrun = sorted(j for j in ids if not owners.get(j))
+        assert unrun == [], f"{len(unrun)} of 16 jobs have no runner: {unrun}"
+        assert all(len(owners[j]) == 1 for j in ids)
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 20, point 2b (seen twice from outside): a worker adopts partitions handed
+    over by a worker that leaves gracefully and comes back with the same id within the
+    settle window; the adopter then freezes, fences and unfences; it used
+    to restart only the jobs its assignment gives it, while the adopted jobs kept its
+    claims and had no runner for 58 s. Now every job runs again once the fence ends."""
+    engine = Engine(rng=random.Random(14))
+    ids = await add_jobs(engine, 40)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 4, ids)
+        leaver = fleet.workers["w1"]
+        async with trio.open_nursery() as n:
+            n.start_soon(leaver.stop)
+
+            def adopted_somewhere() -> bool:
+                return any(
+                    fw.runner.statistics().handoffs_adopted for fw in fleet.live() if fw.runner
+                )
+
+            await wait_until(adopted_somewhere, 10, 0.01)
+        adopters = [fw for fw in fleet.live() if fw.runner and fw.runner._adopted]
+        assert adopters
+        adopter = adopters[0]
+        db = adopter.db
+        assert hasattr(db, "commits_stalled")
+        db.commits_stalled = True  # frozen in effect: nothing it writes commits
+        # A rolling restart: the same id is back within the settle window, so the
+        # settled map gives the adopted partitions back to it (a new incarnation), and
+        # that settles while the adopter is fenced.
+        await trio.sleep(1.5)
+        await fleet.start("w1")
+        await wait_until(lambda: adopter.worker is not None and adopter.worker.fenced, 10, 0.01)
+        await trio.sleep(OPTS.settle + 1.0)  # the leave settles everywhere meanwhile
+        db.commits_stalled = False
+        await trio.sleep(40)
+        owners = fleet.owners()
+        unrun = sorted(j for j in ids if not owners.get(j))
+        assert unrun == [], f"jobs without a runner after the fence: {unrun}"
+        assert all(len(owners[j]) == 1 for j in ids)
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()

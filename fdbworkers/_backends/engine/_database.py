@@ -197,6 +197,7 @@ class EngineDatabase(Database):
         self._unfired = 0
         self._watches: set[EngineWatch] = set()
         self._partitioned = False
+        self._commits_stalled = False
         self._waiting: set[EngineTransaction] = set()
         self._waiting_watches: set[EngineWatch] = set()
         self._closed = False
@@ -220,6 +221,25 @@ class EngineDatabase(Database):
                 tr._wake_up()
             for w in list(self._waiting_watches):
                 w._changed()
+
+    @property
+    def commits_stalled(self) -> bool:
+        """While True, this client's commits that write hang (until their transaction's
+        timeout, 1031, or cancellation) while its reads and watches go on: an
+        asymmetric fault (a proxy that takes reads but not commits). Setting it back to
+        False lets the commits continue."""
+        return self._commits_stalled
+
+    @commits_stalled.setter
+    def commits_stalled(self, value: bool) -> None:
+        value = bool(value)
+        if value == self._commits_stalled:
+            return
+        self._commits_stalled = value
+        log.debug("engine_commits_stalled", client=self.name, stalled=value)
+        if not value:
+            for tr in list(self._waiting):
+                tr._wake_up()
 
     @property
     def unfired_watches(self) -> int:
@@ -696,13 +716,18 @@ class EngineTransaction(Transaction):
         if self._deferred is None:
             self._deferred = code
 
-    async def _wait(self, duration: float, gen: int, *, network: bool = True) -> bool:
+    async def _wait(
+        self, duration: float, gen: int, *, network: bool = True, commit: bool = False
+    ) -> bool:
         """Wait ``duration`` seconds of engine time, as a network round trip (which
-        hangs while the handle is partitioned) unless ``network`` is False. Raises the
-        attempt's reset error (1025/1031/2017) as soon as it happens. Returns True when
-        the handle was partitioned at some point of the wait."""
+        hangs while the handle is partitioned, or for a ``commit`` while the handle's
+        commits are stalled) unless ``network`` is False. Raises the attempt's reset
+        error (1025/1031/2017) as soon as it happens. Returns True when the handle was
+        partitioned at some point of the wait."""
         db = self._db
-        if duration <= 0 and not (network and db._partitioned):
+        if duration <= 0 and not (
+            network and (db._partitioned or (commit and db._commits_stalled))
+        ):
             await trio.lowlevel.checkpoint()
             self._check_alive(gen)
             return False
@@ -711,7 +736,7 @@ class EngineTransaction(Transaction):
         was_partitioned = False
         while True:
             self._check_alive(gen)
-            partitioned = network and db._partitioned
+            partitioned = network and (db._partitioned or (commit and db._commits_stalled))
             if partitioned:
                 was_partitioned = True
             elif engine.now() >= end:
@@ -1115,13 +1140,13 @@ class EngineTransaction(Transaction):
                 raise FDBError(2101)
             faults = engine.faults
             rng = engine.rng
-            fast = faults.latency is None and not db._partitioned
+            fast = faults.latency is None and not db._partitioned and not db._commits_stalled
             latency = 0.0 if fast else engine._latency("commit")
             if fast:
                 await trio.lowlevel.checkpoint()
                 self._check_alive(gen)
             else:
-                await self._wait(latency / 2, gen)
+                await self._wait(latency / 2, gen, commit=True)
             p = faults.conflict_probability
             if reads and p > 0 and rng.random() < p:
                 raise FDBError(1020)  # a spurious conflict
