@@ -162,6 +162,19 @@ class OwnershipChange:
 
 
 @dataclass
+class _ChangeRead:
+    """What one read of the job change log found (applied only after it committed)."""
+
+    #: The cursor the read started after (None: no full read yet, nothing to apply).
+    since: bytes | None
+    #: The cursor after the last entry read.
+    cursor: bytes | None = None
+    full_resync: bool = False
+    changed: bool = False
+    partitions: set[int] = field(default_factory=set)
+
+
+@dataclass
 class _Running:
     job: Job
     scope: trio.CancelScope
@@ -301,12 +314,12 @@ class JobRunner:
         w = self.w
         while True:
             try:
-                changes, watches = await self.w.transact(self._tx_read_changes)
+                read, watches = await self.w.transact(self._tx_read_changes)
             except FDBError as e:
                 self.log.warning("job_changes_read_failed", error=e.name)
                 await trio.sleep(1.0)
                 continue
-            if changes:
+            if self._apply_changes(read):
                 self.wake()
             try:
                 async with trio.open_nursery() as n:
@@ -335,38 +348,51 @@ class JobRunner:
                     watch.cancel()
             self.wake()
 
-    async def _tx_read_changes(self, tr: Transaction) -> tuple[bool, list[Any]]:
+    async def _tx_read_changes(self, tr: Transaction) -> tuple[_ChangeRead, list[Any]]:
+        """Read the job change log after our cursor and arm the two watches. Changes
+        nothing outside the transaction (the retry loop may run it again, or its
+        commit may fail): the caller applies the result once it committed."""
         layout, role = self.w.layout, self.w.role
         begin, end = layout.jobchange_range(role)
-        if self._last_change is not None:
-            begin = layout.jobchange_after(role, self._last_change)
+        cursor = self._last_change
+        if cursor is not None:
+            begin = layout.jobchange_after(role, cursor)
         kvs = await tr.get_range(begin, end, limit=1001)
         watches = [
             tr.watch(layout.jobs_epoch_key(role)),
             tr.watch(layout.inbox_key(role, self.w.id)),
         ]
-        if self._last_change is None:
+        if cursor is None:
             # No full read yet: it sets the cursor to its own read version, so that no
             # change committed after it is skipped (see _reconcile).
-            return False, watches
+            return _ChangeRead(cursor), watches
         if len(kvs) > 1000:
-            self._full_resync = True
             last = await tr.get_range(begin, end, limit=1, reverse=True)
-            self._last_change = layout.jobchange_stamp(role, last[0].key)
-            return True, watches
+            return _ChangeRead(cursor, layout.jobchange_stamp(role, last[0].key), True), watches
         rv = await tr.get_read_version()
-        if stamp_version(self._last_change) < rv - int(
+        read = _ChangeRead(cursor, cursor)
+        # Trimmed entries may be missing past a cursor this old.
+        read.full_resync = stamp_version(cursor) < rv - int(
             JOBCHANGE_RETENTION / 2 * VERSIONS_PER_SECOND
-        ):
-            self._full_resync = True  # we may have missed trimmed entries
+        )
         for kv in kvs:
             try:
                 obj = decode(kv.key, kv.value)
-                self._dirty_parts.add(int(obj["partition"]))
+                read.partitions.add(int(obj["partition"]))
             except (CorruptDataError, KeyError, ValueError):
-                self._full_resync = True
-            self._last_change = layout.jobchange_stamp(role, kv.key)
-        return bool(kvs), watches
+                read.full_resync = True
+            read.cursor = layout.jobchange_stamp(role, kv.key)
+        read.changed = bool(kvs)
+        return read, watches
+
+    def _apply_changes(self, read: _ChangeRead) -> bool:
+        """Apply a committed change-log read; True if anything changed."""
+        if read.cursor is None or self._last_change != read.since:
+            return False  # no full read yet, or a full read moved the cursor meanwhile
+        self._dirty_parts |= read.partitions
+        self._full_resync = self._full_resync or read.full_resync
+        self._last_change = read.cursor
+        return read.changed or read.full_resync
 
     # -- reconcile ---------------------------------------------------------------------
 

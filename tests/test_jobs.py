@@ -12,14 +12,14 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from fdbworkers import WorkerOptions, add_job
+from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._db import Transaction
 from fdbworkers._store.jobs import tx_take_handoffs
 from fdbworkers._store.members import tx_leave
-from fdbworkers.testing import Fleet, FleetWorker, wait_until
+from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
 
 ROOT = "fdbworkers-test"
 ROLE = "sim"
@@ -464,3 +464,40 @@ async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
         assert all(len(owners[j]) == 1 for j in ids)
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_the_change_log_read_changes_nothing_until_it_committed(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 6. The change-log read moved the runner's cursor and dirty set
+    inside the function the retry loop runs: when its commit (or read version) then
+    failed, the retry found no change, and the changed partitions waited 30-90 s for
+    the next resync. Now the function only returns what it read."""
+    engine = Engine(rng=random.Random(15))
+    await add_jobs(engine, 4)
+    db = engine.open_database("w0")
+    async with open_worker(db, ROLE, worker_id="w0", root=ROOT, options=OPTS) as worker:
+        runner = JobRunner(worker, idle_handler)  # not started: nothing else reads the log
+        runner._last_change = (await db.transact(_read_version)).to_bytes(8, "big") + b"\0\0"
+        admin = engine.open_database("admin")
+        for i in range(3):
+            await add_job(admin, ROLE, f"late-{i}", root=ROOT, partitions=P)
+        before = (runner._last_change, set(runner._dirty_parts), runner._full_resync)
+        reads = []
+        for _ in range(2):  # as if the first attempt's commit had failed
+            tr = db.create_transaction()
+            read, watches = await runner._tx_read_changes(tr)
+            for w in watches:
+                w.cancel()
+            tr.cancel()
+            reads.append(read)
+            assert (runner._last_change, set(runner._dirty_parts), runner._full_resync) == before
+        assert reads[0].partitions == {job_partition(f"late-{i}", P) for i in range(3)}
+        assert reads[1].partitions == reads[0].partitions
+        assert reads[0].cursor == reads[1].cursor != before[0]
+        assert runner._apply_changes(reads[0])  # once committed, it is applied
+        assert runner._dirty_parts == reads[0].partitions
+
+
+async def _read_version(tr: Transaction) -> int:
+    return await tr.get_read_version()
