@@ -44,7 +44,7 @@ from ._core.ring import watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
-from ._errors import ConfigError, FDBError, FdbworkersError
+from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
 from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
 from ._store.members import (
     tx_ensure_role,
@@ -488,6 +488,10 @@ class Worker:
                 rec = await self.transact(
                     tx_heartbeat, self.layout, self.role, self.id, self.incarnation
                 )
+            except CorruptDataError as e:
+                self.heartbeat_in_flight = False
+                await self._own_record_corrupt(str(e))
+                continue
             except FDBError as e:
                 self.heartbeat_in_flight = False
                 self._hb_failures += 1
@@ -565,6 +569,38 @@ class Worker:
         self.lease.revoke()
         self._set_state(WorkerState.REJOINING)
         await self._stop_work("rejoin")
+        self._rejoins += 1
+        self.incarnation = self._new_incarnation()
+        self.log = self.log.bind(incarnation=self.incarnation)
+        await self._register()
+
+    async def _own_record_corrupt(self, error: str) -> None:
+        """Our own member record holds garbage (a bad write under the prefix): we can no
+        longer prove membership by heartbeats. Others see the record as held but do not
+        trust it, so our claims stay ours and our lease runs out normally: stop the jobs
+        gracefully (within the lease), then register again as a new incarnation, which
+        overwrites the garbage."""
+        self._corrupt += 1
+        self.log.error(
+            "own_record_corrupt", error=error, action="stop jobs gracefully and re-register"
+        )
+        if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
+            return
+        with trio.move_on_after(self.options.op_timeout):
+            with suppress(FDBError):
+                await self.transact(
+                    tx_event,
+                    self.layout,
+                    "own_record_corrupt",
+                    self.role,
+                    self.options.event_retention,
+                    worker=self.id,
+                    incarnation=self.incarnation,
+                    error=error,
+                )
+        self._set_state(WorkerState.REJOINING)
+        await self._stop_work("corrupt_record")
+        self.lease.revoke()
         self._rejoins += 1
         self.incarnation = self._new_incarnation()
         self.log = self.log.bind(incarnation=self.incarnation)

@@ -17,6 +17,7 @@ from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._db import Transaction
+from fdbworkers._store.events import read_recent_events
 from fdbworkers._store.jobs import tx_take_handoffs
 from fdbworkers._store.members import tx_leave
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
@@ -501,3 +502,43 @@ async def test_the_change_log_read_changes_nothing_until_it_committed(
 
 async def _read_version(tr: Transaction) -> int:
     return await tr.get_read_version()
+
+
+async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoins(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 7. One bad write under the prefix made the worker's heartbeat
+    raise: the worker died and its jobs were cancelled without grace (an --exec job got
+    SIGKILL, no SIGTERM). Now it stops its jobs gracefully, logs and records an event,
+    registers again as a new incarnation, and runs its jobs again."""
+    engine = Engine(rng=random.Random(16))
+    ids = await add_jobs(engine, 6)
+    graceful: list[str] = []
+
+    async def handler(job: Any) -> None:
+        await job.stopping.wait()
+        graceful.append(job.id)  # reached only through a stop with grace
+
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(
+            nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS, handler=handler
+        )
+        fw = await fleet.start("w0")
+        await wait_until(lambda: fw.runner is not None and len(fw.runner.running) == 6, 60)
+        assert fw.worker is not None
+        first = fw.worker.incarnation
+        admin = engine.open_database("admin")
+
+        async def garbage(tr: Transaction) -> None:
+            tr.set(LAYOUT.member_key(ROLE, "w0"), b"\xc1 not msgpack")
+
+        await admin.transact(garbage)
+        await wait_until(lambda: fw.worker is not None and fw.worker.incarnation != first, 30)
+        await wait_until(lambda: fw.runner is not None and len(fw.runner.running) == 6, 30)
+        assert fw.alive and fw.error is None
+        assert sorted(graceful) == sorted(ids)
+        assert fw.worker.statistics().corrupt_records >= 1
+        events = await read_recent_events(admin, LAYOUT, limit=50, role=ROLE)
+        assert any(e.type == "own_record_corrupt" for e in events)
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
