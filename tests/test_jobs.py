@@ -542,3 +542,32 @@ async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoin
         assert any(e.type == "own_record_corrupt" for e in events)
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_garbage_in_other_records_is_survived(autojump_clock: MockClock) -> None:
+    """Issue 15, hole 7's other half, kept under test: garbage in another member's
+    record, in a claim and in a job record neither kills a worker nor stops the other
+    jobs; the garbage claim's job is taken over (a claim nobody can read is nobody's)."""
+    engine = Engine(rng=random.Random(17))
+    ids = await add_jobs(engine, 12)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 2, ids)
+        admin = engine.open_database("admin")
+        bad_claim, bad_job = ids[0], ids[1]
+
+        async def garbage(tr: Transaction) -> None:
+            tr.set(LAYOUT.member_key(ROLE, "zz-garbage"), b"\xc1")
+            tr.set(LAYOUT.claim_key(ROLE, job_partition(bad_claim, P), bad_claim), b"\x01\x02")
+            tr.set(LAYOUT.job_key(ROLE, job_partition(bad_job, P), bad_job), b"\xc1\xc1")
+
+        await admin.transact(garbage)
+        for fw in fleet.live():  # make them read everything again
+            assert fw.runner is not None
+            fw.runner._full_resync = True
+            fw.runner.wake()
+        await trio.sleep(30)
+        assert all(fw.alive and fw.error is None for fw in fleet.workers.values())
+        owners = fleet.owners()
+        assert [j for j in ids if j != bad_job and len(owners.get(j, [])) != 1] == []
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
