@@ -35,6 +35,7 @@ from ._core.keys import (
 from ._core.liveness import (
     Lease,
     NeighbourTracker,
+    SuspendMeter,
     default_check_interval,
     default_fence_margin,
     max_fence_margin,
@@ -253,6 +254,7 @@ class Worker:
         *,
         root: str | bytes | tuple[str, ...] | None = None,
         rng: random.Random | None = None,
+        clocks: tuple[Callable[[], float], Callable[[], float]] | None = None,
     ) -> None:
         self.db = db
         self.role = validate_name("role", role)
@@ -264,6 +266,11 @@ class Worker:
         self.state = WorkerState.STARTING
         self.role_config: RoleConfig | None = None
         self.lease = Lease(options.timeout, options.effective_fence_margin)
+        #: (boot clock, monotonic clock): the lease ages by the time the machine spent
+        #: suspended, which the event loop's clock does not count (see SuspendMeter).
+        self._clocks = clocks or default_clocks()
+        self._suspend = SuspendMeter(self._clocks[0](), self._clocks[1]())
+        self._lease_changed = trio.Event()
         self._tracker = NeighbourTracker()
         self._settler = Settler(options.settle, options.effective_settle_max)
         #: The latest membership read (unsettled): used for liveness.
@@ -318,8 +325,20 @@ class Worker:
 
     def lease_valid(self) -> bool:
         """True while this worker may run jobs (checked synchronously: a worker resumed
-        after a long pause sees its lease expired before anything else runs)."""
+        after a long pause, or a suspend of its machine, sees its lease expired before
+        anything else runs)."""
+        self._account_suspend()
         return self.state is WorkerState.ACTIVE and self.lease.valid(trio.current_time())
+
+    def _account_suspend(self) -> None:
+        """Age the lease by any suspension since the last look (two clock reads)."""
+        slept = self._suspend.observe(self._clocks[0](), self._clocks[1]())
+        if slept > 0:
+            self.lease.age(slept)
+            self.log.warning("suspended", seconds=round(slept, 3), action="lease aged")
+            for fn in list(self._lease_listeners):
+                fn()
+            self._lease_changed.set()
 
     async def wait_state_change(self) -> WorkerState:
         await self._state_event.wait()
@@ -522,6 +541,7 @@ class Worker:
 
     async def _lease_watchdog(self) -> None:
         while True:
+            self._account_suspend()
             now = trio.current_time()
             if self.state is WorkerState.ACTIVE and not self.lease.valid(now):
                 self._fences += 1
@@ -533,9 +553,18 @@ class Worker:
                 self._set_state(WorkerState.FENCED)
                 await self._emit_fence_event()
             if self.state is WorkerState.ACTIVE:
-                await trio.sleep_until(self.lease.expires_at)
+                self._lease_changed = trio.Event()
+                with trio.move_on_at(self.lease.expires_at):
+                    await self._lease_changed.wait()
             else:
                 await self.wait_state_change()
+
+    async def _suspend_watch(self) -> None:
+        """Notice a suspend of the machine within a fraction of the margin, even when
+        nothing asks for the lease: it then fences and stops the jobs without grace."""
+        while True:
+            await trio.sleep(min(0.25, self.lease.margin / 4))
+            self._account_suspend()
 
     async def _emit_fence_event(self) -> None:
         # Best effort: the cluster may be unreachable, which is why we fenced.
@@ -883,11 +912,22 @@ class Worker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._lease_watchdog)
+            nursery.start_soon(self._suspend_watch)
             nursery.start_soon(self._membership_loop)
             nursery.start_soon(self._settle_loop)
             nursery.start_soon(self._check_loop)
             nursery.start_soon(self._drain_watcher)
             task_status.started()
+
+
+def default_clocks() -> tuple[Callable[[], float], Callable[[], float]]:
+    """(a clock that counts suspended time, one that does not): CLOCK_BOOTTIME and
+    CLOCK_MONOTONIC on Linux. Where there is no boot clock both are the monotonic
+    clock, and suspends go unnoticed (documented in docs/architecture.md)."""
+    boot_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if boot_id is None:
+        return time.monotonic, time.monotonic
+    return (lambda: time.clock_gettime(boot_id)), time.monotonic
 
 
 def _make_options(options: WorkerOptions | None, overrides: dict[str, Any]) -> WorkerOptions:
@@ -911,6 +951,7 @@ async def open_worker(
     root: str | bytes | tuple[str, ...] | None = None,
     options: WorkerOptions | None = None,
     rng: random.Random | None = None,
+    clocks: tuple[Callable[[], float], Callable[[], float]] | None = None,
     **option_overrides: Any,
 ) -> AsyncIterator[Worker]:
     """Register a worker in ``role`` for the duration of the block::
@@ -926,7 +967,7 @@ async def open_worker(
     """
     opts = _make_options(options, option_overrides)
     wid = resolve_worker_id(worker_id, id_file)
-    worker = Worker(db, role, wid, opts, root=root, rng=rng)
+    worker = Worker(db, role, wid, opts, root=root, rng=rng, clocks=clocks)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker._run)
         try:

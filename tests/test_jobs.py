@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from functools import partial
 from typing import Any
 
@@ -571,3 +572,42 @@ async def test_garbage_in_other_records_is_survived(autojump_clock: MockClock) -
         assert [j for j in ids if j != bad_job and len(owners.get(j, [])) != 1] == []
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_a_suspended_machine_finds_its_lease_expired_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 4. The lease ran on the event loop's clock (CLOCK_MONOTONIC),
+    which stops while the machine is suspended (laptop sleep, VM pause, live
+    migration): a resumed worker believed its lease valid while its peers had evicted
+    it long ago. The lease now ages by the suspended time (CLOCK_BOOTTIME minus
+    CLOCK_MONOTONIC); here the boot clock jumps 10 s while the loop clock stands."""
+    engine = Engine(rng=random.Random(18))
+    await add_jobs(engine, 6)
+    slept = [0.0]
+    clocks = (lambda: time.monotonic() + slept[0], time.monotonic)
+    graceful: list[str] = []
+
+    async def handler(job: Any) -> None:
+        await job.stopping.wait()
+        await trio.sleep(0.3)  # cleanup: must not be given after a suspend
+        graceful.append(job.id)
+
+    db = engine.open_database("w0")
+    async with open_worker(db, ROLE, worker_id="w0", root=ROOT, options=OPTS, clocks=clocks) as w:
+        runner = JobRunner(w, handler, grace=2.0)
+        async with trio.open_nursery() as n:
+            n.start_soon(runner.run)
+            await wait_until(lambda: len(runner.running) == 6, 60)
+            before = {r.job.token for r in runner.running.values()}
+            assert w.lease_valid()
+            slept[0] += 10.0  # the machine slept 10 s: the 3 s lease is long gone
+            assert not w.lease_valid()  # job.check() fails from the first instant
+            await wait_until(
+                lambda: not (before & {r.job.token for r in runner.running.values()}), 5, 0.01
+            )
+            assert graceful == []  # stopped without the cleanup grace
+            assert w.statistics().fences >= 1
+            # It recovers by itself: a heartbeat commits, the jobs run again.
+            await wait_until(lambda: len(runner.running) == 6 and w.lease_valid(), 30)
+            n.cancel_scope.cancel()

@@ -338,3 +338,22 @@ def test_role_space_keys_are_the_layouts_keys(role: str, wid: str, partition: in
     begin, end = space.range()
     assert begin < space.member_key(wid) < end
     assert not begin <= layout.role_key(role) < end
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), max_size=30))
+def test_suspend_meter_counts_only_the_time_the_monotonic_clock_missed(
+    steps: list[tuple[float, float]],
+) -> None:
+    """Each step: the loop clock advances by `awake`, the boot clock by awake + asleep."""
+    from fdbworkers._core.liveness import SuspendMeter
+
+    meter = SuspendMeter(boot=1000.0, mono=5.0)
+    boot, mono, total = 1000.0, 5.0, 0.0
+    for awake, asleep in steps:
+        mono += awake
+        boot += awake + asleep
+        got = meter.observe(boot, mono)
+        assert got >= 0.0
+        assert abs(got - asleep) < 1e-6
+        total += got
+    assert abs(total - sum(a for _, a in steps)) < 1e-6 * (len(steps) + 1)

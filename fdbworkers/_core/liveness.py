@@ -145,6 +145,12 @@ class Lease:
     def revoke(self) -> None:
         self.last_ok_start = None
 
+    def age(self, seconds: float) -> None:
+        """``seconds`` passed that the clock did not count (a suspend): the lease is
+        that much older than the clock says."""
+        if self.last_ok_start is not None and seconds > 0:
+            self.last_ok_start -= seconds
+
     @property
     def expires_at(self) -> float:
         if self.last_ok_start is None:
@@ -182,3 +188,29 @@ def max_fence_margin(timeout: float, heartbeat_interval: float, op_timeout: floa
     of an interval that then takes its whole timeout to fail must not fence a healthy
     worker. A larger margin fences on ordinary latency and restarts every job."""
     return timeout - heartbeat_interval - op_timeout
+
+
+@dataclass
+class SuspendMeter:
+    """Time the machine spent suspended, from two clocks read side by side: one that
+    counts suspended time (Linux CLOCK_BOOTTIME) and one that does not (the event
+    loop's CLOCK_MONOTONIC). A laptop sleep, a VM pause or a live migration stops the
+    second but not the first: the difference that grows between two readings is time
+    this worker did not see pass, while its peers did (and may have evicted it).
+
+    Frozen processes (SIGSTOP) need nothing of this: CLOCK_MONOTONIC keeps running
+    for them."""
+
+    boot: float
+    mono: float
+
+    def observe(self, boot: float, mono: float) -> float:
+        """Seconds of suspension since the last reading (never negative: the two clocks
+        may drift a little apart the other way)."""
+        suspended = (boot - self.boot) - (mono - self.mono)
+        if suspended <= 0:
+            # No suspension: follow the clocks, so that drift does not accumulate.
+            self.boot, self.mono = boot, mono
+            return 0.0
+        self.boot, self.mono = boot, mono
+        return suspended
