@@ -611,3 +611,44 @@ async def test_a_suspended_machine_finds_its_lease_expired_at_once(
             # It recovers by itself: a heartbeat commits, the jobs run again.
             await wait_until(lambda: len(runner.running) == 6 and w.lease_valid(), 30)
             n.cancel_scope.cancel()
+
+
+async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 5. On REJOINING, the fenced stop (no release) and the rejoin's
+    stop-and-release raced; when the first won, the claims stayed under the evicted
+    incarnation, and its successor (here: the same id, registered again) waited a full
+    timeout before taking them. Now both stops track the claims and the eviction
+    retires the evicted incarnation, so they are taken as soon as the new
+    incarnation's view has settled. (In this engine replay the survivor also claims
+    them while w0 is out, so the test passes on the old code too: a regression test.)"""
+    engine = Engine(rng=random.Random(19))
+    ids = await add_jobs(engine, 20)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 2, ids)
+        w0 = fleet.workers["w0"]
+        assert w0.worker is not None and w0.runner is not None
+        first = w0.worker.incarnation
+        its_jobs = set(w0.runner.running)
+        db = w0.db
+        assert hasattr(db, "partitioned")
+        db.partitioned = True  # silent: w1 evicts it
+        w1 = fleet.workers["w1"].worker
+        assert w1 is not None
+
+        def evicted() -> bool:
+            return w1.latest is not None and "w0" not in w1.latest.members
+
+        await wait_until(evicted, 30, 0.01)
+        db.partitioned = False  # it finds itself evicted and registers again
+        await wait_until(lambda: w0.worker is not None and w0.worker.incarnation != first, 30, 0.01)
+        rejoined = trio.current_time()
+        await wait_until(
+            lambda: w0.runner is not None and its_jobs <= set(w0.runner.running), 30, 0.01
+        )
+        took = trio.current_time() - rejoined
+        # Its settle window and a claim; not a further wait of its 3 s timeout.
+        assert took < OPTS.settle + 1.5, took
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
