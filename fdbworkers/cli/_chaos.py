@@ -1,0 +1,686 @@
+"""The chaos soak: real worker processes on a real FoundationDB cluster, under a seeded mix
+of process and server faults, checked from the handlers' own record (``./scripts/chaos``).
+
+    ./scripts/chaos                          # seed 1, 8 workers, 120 jobs, ~2 minutes
+    ./scripts/chaos --seed 7 --duration 600  # ten minutes of chaos, then 40 s of quiet
+
+Every worker is a process of its own running the library (``open_worker`` + ``run_jobs``,
+grace 0.5 s); each id alternates its timeout between 3 s and 10 s across restarts. Each
+handler records its start and stop (job, token, pid, CLOCK_MONOTONIC, CLOCK_BOOTTIME)
+to a file of its id. One machine means one CLOCK_MONOTONIC, so the harness compares
+those times with its own record of the faults. Every 1-4 s (seeded) it does one of: kill
+-9 a worker and restart the same id after 0-3 s; SIGSTOP a worker for 0.5-2 x its
+timeout; SIGTERM and restart; restart with the other timeout; add or remove 1-3 jobs;
+SIGSTOP the fdbserver for 1-6 s (only the server of this run's cluster, when its pid is
+known). After the chaos, 40 s of quiet, then the checks:
+
+* **live double runs**: two runs of a job whose processes both ran (neither frozen)
+  at the same instant, for longer than the clock's resolution (1 ms);
+* **resumed holders**: a run whose process was frozen, still running after it resumed
+  while another holder had started the job (0 over 50 ms);
+* **token order**: each job's successive runs carry increasing tokens;
+* **stranding**: a job without a live run for longer than 3 x the largest timeout +
+  10 s, not counting time the fdbserver was frozen;
+* **end state**: after the quiet, every job runs on exactly one live worker, and
+  ``fdbworkers jobs ROLE --json`` names the same owners.
+
+It prints a summary a person can read and exits 1 on any violation, with the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLE = "chaos"
+TIMEOUTS = (3.0, 10.0)
+SETTLE = 2.0
+GRACE = 0.5
+QUIET = 40.0
+RESOLUTION = 0.001
+RESUMED_LIMIT = 0.05
+Interval = tuple[float, float]
+
+
+def boottime() -> float:
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(clock) if clock is not None else time.monotonic()
+
+
+# --- the worker process --------------------------------------------------------------
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """One worker: records every handler start and stop, leaves on SIGTERM."""
+    import structlog
+    import trio
+
+    from fdbworkers import FencedError, open_database, open_worker
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    out = open(args.record, "a", buffering=1)  # noqa: SIM115 - kept for the process's life
+
+    def rec(ev: str, **data: Any) -> None:
+        row = {"ev": ev, "pid": os.getpid(), "mono": time.monotonic(), "boot": boottime()}
+        out.write(json.dumps({**row, **data}) + "\n")
+
+    async def handler(job: Any) -> None:
+        rec("start", job=job.id, token=job.token.hex())
+        try:
+            while True:
+                job.check()
+                await trio.sleep(0.05)
+        except FencedError:
+            pass
+        finally:
+            rec("stop", job=job.id, token=job.token.hex())
+
+    async def main() -> None:
+        db = open_database(f"fdb:{args.cluster_file}")
+        async with trio.open_nursery() as outer:
+
+            async def on_term() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for _ in sigs:
+                        outer.cancel_scope.cancel()
+                        return
+
+            outer.start_soon(on_term)
+            async with open_worker(
+                db, ROLE, worker_id=args.id, root=args.root, timeout=args.timeout, settle=SETTLE
+            ) as worker:
+                rec("registered", id=args.id, timeout=args.timeout, inc=worker.incarnation)
+                await worker.run_jobs(handler, grace=GRACE)
+
+    trio.run(main)
+
+
+# --- the harness ---------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    wid: str
+    timeout: float
+    popen: subprocess.Popen[bytes]
+    started: float
+    frozen_at: float | None = None
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    start: float
+    end: float
+
+
+@dataclass
+class Run:
+    job: str
+    token: str
+    pid: int
+    start: float
+    stop: float | None = None
+
+
+@dataclass
+class Report:
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def violate(self, what: str) -> None:
+        self.violations.append(what)
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, cluster_file: str, server_pid: int | None):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.cluster_file = cluster_file
+        self.server_pid = server_pid
+        self.root = f"chaos-{os.getpid()}-{args.seed}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="fdbw-chaos-"))
+        self.procs: dict[str, Proc] = {}
+        self.dead_pids: dict[int, float] = {}  # pid -> when it died (killed or exited)
+        self.frozen: dict[int, list[Interval]] = defaultdict(list)  # pid -> freezes
+        self.server_frozen: list[Interval] = []
+        self.faults: list[Fault] = []
+        self.jobs_added: dict[str, float] = {}
+        self.jobs_removed: dict[str, float] = {}
+        self.timers: list[tuple[float, str, str, float]] = []  # (due, what, wid, value)
+        self.counts: dict[str, int] = defaultdict(int)
+        self._db: Any = None
+
+    # -- processes
+
+    def spawn(self, wid: str, timeout: float) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "fdbworkers.cli._chaos",
+            "--child",
+            "--id",
+            wid,
+            "--timeout",
+            str(timeout),
+            "--root",
+            self.root,
+            "--cluster-file",
+            self.cluster_file,
+            "--record",
+            str(self.tmp / f"{wid}.jsonl"),
+        ]
+        log = open(self.tmp / f"{wid}.log", "ab")  # noqa: SIM115 - handed to the child
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[wid] = Proc(wid, timeout, p, time.monotonic())
+
+    def _ended(self, proc: Proc) -> None:
+        self.dead_pids.setdefault(proc.popen.pid, time.monotonic())
+
+    def kill(self, wid: str) -> None:
+        proc = self.procs[wid]
+        self.resume(wid)
+        proc.popen.kill()
+        proc.popen.wait()
+        self._ended(proc)
+
+    def terminate(self, wid: str, limit: float = 30.0) -> None:
+        proc = self.procs[wid]
+        self.resume(wid)
+        proc.popen.terminate()
+        try:
+            proc.popen.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+        self._ended(proc)
+
+    def freeze(self, wid: str) -> None:
+        proc = self.procs[wid]
+        proc.popen.send_signal(signal.SIGSTOP)
+        proc.frozen_at = time.monotonic()
+
+    def resume(self, wid: str) -> None:
+        proc = self.procs[wid]
+        if proc.frozen_at is not None:
+            proc.popen.send_signal(signal.SIGCONT)
+            self.frozen[proc.popen.pid].append((proc.frozen_at, time.monotonic()))
+            proc.frozen_at = None
+
+    def up(self, wid: str) -> bool:
+        proc = self.procs.get(wid)
+        return proc is not None and proc.popen.poll() is None
+
+    # -- jobs (through the library, in this process)
+
+    def _transact_jobs(self, add: Iterable[str], remove: Iterable[str]) -> None:
+        import trio
+
+        from fdbworkers import add_job, open_database, remove_job
+
+        async def go() -> None:
+            if self._db is None:
+                self._db = open_database(f"fdb:{self.cluster_file}")
+                self._db.default_timeout = 10.0
+            for jid in add:
+                await add_job(self._db, ROLE, jid, {"n": jid}, root=self.root, partitions=4096)
+            for jid in remove:
+                await remove_job(self._db, ROLE, jid, root=self.root)
+
+        trio.run(go)
+
+    def add_jobs(self, ids: list[str]) -> None:
+        self._transact_jobs(ids, [])
+        now = time.monotonic()
+        for jid in ids:
+            self.jobs_added[jid] = now
+            self.jobs_removed.pop(jid, None)
+
+    def remove_jobs(self, ids: list[str]) -> None:
+        self._transact_jobs([], ids)
+        now = time.monotonic()
+        for jid in ids:
+            self.jobs_removed[jid] = now
+
+    # -- the fault loop
+
+    def _timer(self, delay: float, what: str, wid: str, value: float = 0.0) -> None:
+        self.timers.append((time.monotonic() + delay, what, wid, value))
+
+    def _due_timers(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self.timers if t[0] <= now]
+        self.timers = [t for t in self.timers if t[0] > now]
+        for _, what, wid, value in due:
+            if what == "resume":
+                self.resume(wid)
+            elif what == "restart" and not self.up(wid):
+                self.spawn(wid, value)
+            elif what == "server_resume" and self.server_pid is not None:
+                os.kill(self.server_pid, signal.SIGCONT)
+                start = self.server_frozen[-1][0]
+                self.server_frozen[-1] = (start, time.monotonic())
+
+    def _busy(self, wid: str) -> bool:
+        return any(t[2] == wid for t in self.timers) or not self.up(wid)
+
+    def _act(self) -> None:
+        rng = self.rng
+        idle = [w for w in sorted(self.procs) if not self._busy(w)]
+        kinds = ["kill", "freeze", "term", "flip", "jobs"]
+        if self.server_pid is not None and not any(t[1] == "server_resume" for t in self.timers):
+            kinds.append("server")
+        kind = rng.choice(kinds)
+        now = time.monotonic()
+        if kind in ("kill", "freeze", "term", "flip") and not idle:
+            kind = "jobs"
+        if kind == "kill":
+            wid = rng.choice(idle)
+            timeout = self.procs[wid].timeout
+            self.kill(wid)
+            delay = rng.uniform(0.0, 3.0)
+            self._timer(delay, "restart", wid, timeout)
+            self.faults.append(Fault("kill -9", wid, now, now + delay))
+        elif kind == "freeze":
+            wid = rng.choice(idle)
+            d = rng.uniform(0.5, 2.0) * self.procs[wid].timeout
+            self.freeze(wid)
+            self._timer(d, "resume", wid)
+            self.faults.append(Fault("SIGSTOP", wid, now, now + d))
+        elif kind in ("term", "flip"):
+            wid = rng.choice(idle)
+            timeout = self.procs[wid].timeout
+            if kind == "flip":
+                timeout = TIMEOUTS[1] if timeout == TIMEOUTS[0] else TIMEOUTS[0]
+            self.terminate(wid)
+            self.spawn(wid, timeout)
+            label = "SIGTERM+restart" if kind == "term" else f"restart timeout={timeout:g}"
+            self.faults.append(Fault(label, wid, now, time.monotonic()))
+        elif kind == "server":
+            assert self.server_pid is not None
+            d = rng.uniform(1.0, 6.0)
+            os.kill(self.server_pid, signal.SIGSTOP)
+            self.server_frozen.append((now, now + d))
+            self._timer(d, "server_resume", "fdbserver")
+            self.faults.append(Fault("SIGSTOP fdbserver", "fdbserver", now, now + d))
+        else:
+            live = sorted(j for j in self.jobs_added if j not in self.jobs_removed)
+            n = rng.randint(1, 3)
+            if rng.random() < 0.5 and len(live) > n:
+                gone = rng.sample(live, n)
+                self.remove_jobs(gone)
+                self.faults.append(Fault("remove jobs", ",".join(gone), now, now))
+            else:
+                new = [f"job-x{self.counts['added'] + i:04d}" for i in range(n)]
+                self.counts["added"] += n
+                self.add_jobs(new)
+                self.faults.append(Fault("add jobs", ",".join(new), now, now))
+        self.counts[kind] += 1
+
+    def run(self) -> Report:
+        a = self.args
+        ids = [f"job-{i:04d}" for i in range(a.jobs)]
+        self.add_jobs(ids)
+        for i in range(a.workers):
+            self.spawn(f"w{i}", TIMEOUTS[i % 2])
+        time.sleep(SETTLE + 5.0)  # the fleet starts and settles before the chaos
+        self.chaos_start = time.monotonic()
+        end = self.chaos_start + a.duration
+        next_act = time.monotonic() + self.rng.uniform(1.0, 4.0)
+        while time.monotonic() < end:
+            self._due_timers()
+            if time.monotonic() >= next_act:
+                self._act()
+                next_act = time.monotonic() + self.rng.uniform(1.0, 4.0)
+            time.sleep(0.05)
+        # The end of the chaos: every fault is undone, then quiet.
+        while self.timers:
+            self.timers = [(0.0, *t[1:]) for t in self.timers]
+            self._due_timers()
+        for wid in sorted(self.procs):
+            self.resume(wid)
+            if not self.up(wid):
+                self.spawn(wid, self.procs[wid].timeout)
+        self.chaos_end = time.monotonic()
+        time.sleep(QUIET)
+        self.quiet_end = time.monotonic()
+        cli_owners = self.cli_owners()
+        report = self.check(cli_owners)
+        for wid in sorted(self.procs):
+            self.terminate(wid)
+        self.clean()
+        return report
+
+    def cli_owners(self) -> dict[str, str | None]:
+        env = {**os.environ, "FDB_CLUSTER_FILE": self.cluster_file}
+        out = subprocess.run(
+            [sys.executable, "-m", "fdbworkers", "--root", self.root, "jobs", ROLE, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        if out.returncode != 0:
+            return {"<cli failed>": out.stderr.strip()[-300:]}
+        return {j["id"]: j["owner"] for j in json.loads(out.stdout)["jobs"]}
+
+    def clean(self) -> None:
+        import trio
+
+        from fdbworkers._core.keys import Layout
+
+        async def go() -> None:
+            begin, end = Layout.for_root(self.root).range()
+
+            async def clear(tr: Any) -> None:
+                tr.clear_range(begin, end)
+
+            await self._db.transact(clear)
+
+        if self._db is not None:
+            trio.run(go)
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- the checks
+
+    def runs(self) -> tuple[list[Run], dict[int, str]]:
+        runs: dict[tuple[str, str, int], Run] = {}
+        owner_of_pid: dict[int, str] = {}
+        for path in sorted(self.tmp.glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by kill -9
+                pid = int(row["pid"])
+                owner_of_pid[pid] = path.stem
+                if row["ev"] == "start":
+                    runs[(row["job"], row["token"], pid)] = Run(
+                        row["job"], row["token"], pid, row["mono"]
+                    )
+                elif row["ev"] == "stop":
+                    r = runs.get((row["job"], row["token"], pid))
+                    if r is not None:
+                        r.stop = row["mono"]
+        return list(runs.values()), owner_of_pid
+
+    def end_of(self, run: Run) -> float:
+        if run.stop is not None:
+            return run.stop
+        return self.dead_pids.get(run.pid, self.quiet_end)
+
+    def live(self, run: Run) -> list[Interval]:
+        """The stretches in which the run's process ran (not frozen)."""
+        return subtract([(run.start, self.end_of(run))], self.frozen.get(run.pid, []))
+
+    def check(self, cli: dict[str, str | None]) -> Report:
+        rep = Report(self.args.seed)
+        runs, owner_of_pid = self.runs()
+        by_job: dict[str, list[Run]] = defaultdict(list)
+        for r in runs:
+            by_job[r.job].append(r)
+        self._check_overlaps(rep, by_job)
+        self._check_tokens(rep, by_job)
+        self._check_gaps(rep, by_job)
+        self._check_end(rep, by_job, owner_of_pid, cli)
+        rep.add(
+            f"faults: {sum(self.counts.values())} "
+            + " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()) if k != "added")
+            + f"; handler runs: {len(runs)}; jobs: {len(self.current_jobs())}"
+        )
+        return rep
+
+    def current_jobs(self) -> list[str]:
+        return sorted(j for j in self.jobs_added if j not in self.jobs_removed)
+
+    def _check_overlaps(self, rep: Report, by_job: dict[str, list[Run]]) -> None:
+        live_max = resumed_max = 0.0
+        resumed_n = 0
+        for job, rs in by_job.items():
+            for i, a in enumerate(rs):
+                for b in rs[i + 1 :]:
+                    if a.token == b.token:
+                        continue
+                    old, new = (a, b) if a.token < b.token else (b, a)
+                    both = measure(intersect(self.live(old), self.live(new)))
+                    if both <= 0:
+                        continue
+                    was_frozen = any(
+                        s < new.start + 1.0 and e > old.start
+                        for s, e in self.frozen.get(old.pid, [])
+                    )
+                    if was_frozen:
+                        resumed_n += 1
+                        resumed_max = max(resumed_max, both)
+                        if both > RESUMED_LIMIT:
+                            rep.violate(
+                                f"resumed holder: {job} token {old.token} (pid {old.pid}) ran "
+                                f"{both:.3f} s after token {new.token} (pid {new.pid}) started"
+                            )
+                    else:
+                        live_max = max(live_max, both)
+                        if both > RESOLUTION:
+                            rep.violate(
+                                f"live double run: {job} tokens {old.token} and {new.token} "
+                                f"both ran for {both:.3f} s"
+                            )
+        rep.add(f"live double runs: longest overlap {live_max * 1000:.1f} ms (limit 1 ms)")
+        rep.add(
+            f"resumed holders overlapping a newer holder: {resumed_n}, longest "
+            f"{resumed_max * 1000:.1f} ms (limit {RESUMED_LIMIT * 1000:.0f} ms)"
+        )
+
+    def _check_tokens(self, rep: Report, by_job: dict[str, list[Run]]) -> None:
+        bad = 0
+        for job, rs in by_job.items():
+            ordered = sorted(rs, key=lambda r: r.start)
+            for x, y in itertools.pairwise(ordered):
+                if y.token < x.token:
+                    bad += 1
+                    rep.violate(f"token order: {job} started {y.token} after {x.token}")
+        rep.add(f"token order: {bad} regressions")
+
+    def _check_gaps(self, rep: Report, by_job: dict[str, list[Run]]) -> None:
+        bound = 3 * max(TIMEOUTS) + 10.0
+        gaps: list[tuple[float, str, float, float]] = []
+        for job, added in self.jobs_added.items():
+            until = self.jobs_removed.get(job, self.quiet_end)
+            covered = union(iv for r in by_job.get(job, []) for iv in self.live(r))
+            for s, e in subtract([(added, until)], covered):
+                length = e - s - measure(intersect([(s, e)], self.server_frozen))
+                gaps.append((length, job, s, e))
+        gaps.sort(reverse=True)
+        for length, job, _, _ in gaps:
+            if length > bound:
+                rep.violate(f"stranded: {job} had no runner for {length:.1f} s (bound {bound:g} s)")
+        rep.add(f"longest stretches without a runner (bound {bound:g} s):")
+        for length, job, s, _ in gaps[:5]:
+            before = [f for f in self.faults if f.start <= s + 0.5 and f.end >= s - 15.0]
+            why = "; ".join(
+                f"{f.kind} {f.target} at {f.start - self.chaos_start:.1f}s" for f in before[-3:]
+            )
+            rep.add(
+                f"  {length:6.1f} s  {job} from {s - self.chaos_start:7.1f} s"
+                + (f"  after: {why}" if why else "")
+            )
+
+    def _check_end(
+        self,
+        rep: Report,
+        by_job: dict[str, list[Run]],
+        owner_of_pid: dict[int, str],
+        cli: dict[str, str | None],
+    ) -> None:
+        t = self.quiet_end - 0.5
+        wrong = 0
+        agree = 0
+        for job in self.current_jobs():
+            holders = [
+                r
+                for r in by_job.get(job, [])
+                if r.start <= t < self.end_of(r)
+                and not any(s <= t < e for s, e in self.frozen.get(r.pid, []))
+            ]
+            if len(holders) != 1:
+                wrong += 1
+                rep.violate(f"end state: {job} has {len(holders)} runners after the quiet")
+                continue
+            if cli.get(job) == owner_of_pid.get(holders[0].pid):
+                agree += 1
+            else:
+                rep.violate(
+                    f"end state: the CLI says {job} is held by {cli.get(job)!r}, its handler "
+                    f"runs on {owner_of_pid.get(holders[0].pid)!r}"
+                )
+        n = len(self.current_jobs())
+        rep.add(f"end state: {n - wrong}/{n} jobs with one runner; CLI agrees on {agree}/{n}")
+        if "<cli failed>" in cli:
+            rep.violate(f"the CLI failed: {cli['<cli failed>']}")
+
+
+# --- interval arithmetic -----------------------------------------------------------------
+
+
+def union(ivs: Iterable[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for s, e in sorted(ivs):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        elif e > s:
+            out.append((s, e))
+    return out
+
+
+def intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out = []
+    for s1, e1 in union(a):
+        for s2, e2 in union(b):
+            s, e = max(s1, s2), min(e1, e2)
+            if e > s:
+                out.append((s, e))
+    return out
+
+
+def subtract(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out = []
+    cuts = union(b)
+    for s, e in union(a):
+        cur = s
+        for cs, ce in cuts:
+            if ce <= cur or cs >= e:
+                continue
+            if cs > cur:
+                out.append((cur, cs))
+            cur = max(cur, ce)
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
+def measure(ivs: Iterable[Interval]) -> float:
+    return sum(e - s for s, e in union(ivs))
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def _server_pid(cluster_file: str) -> int | None:
+    folder = os.environ.get("FDB_LOCAL_CLUSTER_DIR")
+    if not folder or not Path(folder, "pid").exists():
+        return None
+    if Path(folder, "fdb.cluster").resolve() != Path(cluster_file).resolve():
+        return None  # a cluster we did not start: never freeze its server
+    return int(Path(folder, "pid").read_text().strip())
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="./scripts/chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of chaos (then 40 s quiet)"
+    )
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=120)
+    p.add_argument("--keep", action="store_true", help="keep the records and worker logs")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--id", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--cluster-file", help=argparse.SUPPRESS)
+    p.add_argument("--record", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not args.child:
+        if not 1 <= args.workers <= 64 or not 1 <= args.jobs <= 100_000:
+            p.error("--workers must be 1-64 and --jobs 1-100000")
+        if not args.duration > 0:
+            p.error("--duration must be a positive number of seconds")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.child:
+        child_main(args)
+        return 0
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    cluster_file = os.environ.get("FDB_CLUSTER_FILE")
+    if not cluster_file:
+        print(
+            "chaos: no cluster: set FDB_CLUSTER_FILE (./scripts/chaos starts one)", file=sys.stderr
+        )
+        return 2
+    server = _server_pid(cluster_file)
+    chaos = Chaos(args, cluster_file, server)
+    print(
+        f"chaos: seed {args.seed}, {args.workers} workers, {args.jobs} jobs, "
+        f"{args.duration:g} s of chaos + {QUIET:g} s quiet; records in {chaos.tmp}"
+        + ("" if server else "; fdbserver pid unknown: no server freezes"),
+        flush=True,
+    )
+    try:
+        report = chaos.run()
+    finally:
+        for proc in chaos.procs.values():
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGCONT)
+                proc.popen.kill()
+        if chaos.server_pid is not None:
+            os.kill(chaos.server_pid, signal.SIGCONT)
+    for line in report.lines:
+        print(line)
+    if report.violations:
+        print(f"\n{len(report.violations)} VIOLATIONS (rerun: ./scripts/chaos --seed {args.seed}):")
+        for v in report.violations[:50]:
+            print("  " + v)
+        return 1
+    print(f"\n0 violations (seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

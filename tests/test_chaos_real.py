@@ -1,0 +1,39 @@
+"""The chaos soak (fdbworkers/cli/_chaos.py, ./scripts/chaos) on the real cluster: one
+seed, about two minutes, in every ./scripts/test. Real worker processes under kill -9,
+SIGSTOP, SIGTERM, restarts with another timeout, job churn and (when the cluster is the
+one ./scripts/test started) fdbserver freezes; it fails on any live double run, any
+resumed holder overlapping a newer one by more than 50 ms, any token regression, any
+job without a runner past the documented bound, or an end state the CLI disagrees with.
+The seed is printed to rerun it: ./scripts/chaos --seed N."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.real_fdb
+
+SEED = int(os.environ.get("FDBWORKERS_CHAOS_SEED", "1"))
+
+
+def test_one_chaos_seed_on_the_real_cluster() -> None:
+    cluster_file = os.environ.get("FDB_CLUSTER_FILE")
+    if not cluster_file:
+        pytest.skip(
+            "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
+        )
+    argv = ["--seed", str(SEED), "--duration", "75", "--workers", "6", "--jobs", "60"]
+    out = subprocess.run(
+        [sys.executable, "-m", "fdbworkers.cli._chaos", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = out.stdout[-6000:] + out.stderr[-3000:]
+    print(report)
+    assert out.returncode == 0, f"chaos seed {SEED} (./scripts/chaos {' '.join(argv)}):\n{report}"
+    assert "0 violations" in out.stdout
