@@ -40,7 +40,7 @@ from ._core.liveness import (
     default_fence_margin,
     max_fence_margin,
 )
-from ._core.membership import Membership, MembershipChange, diff
+from ._core.membership import Membership, MembershipChange, diff, without_departed
 from ._core.ring import watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
@@ -52,10 +52,10 @@ from ._store.members import (
     tx_evict,
     tx_heartbeat,
     tx_leave,
-    tx_read_health,
     tx_read_membership,
     tx_register,
     tx_retire,
+    tx_watch_health,
 )
 
 P = ParamSpec("P")
@@ -669,6 +669,12 @@ class Worker:
             if old is None or old.epoch != m.epoch or dict(old.members) != dict(m.members):
                 self._settler.changed(trio.current_time())
                 self._wake_settle.set()
+                # A departure (eviction, leave) is not churn: its jobs have no runner.
+                # Report the settled view less the departed at once; joins and
+                # restarts still wait for the settle window.
+                interim = without_departed(self._reported, m)
+                if interim is not None:
+                    self._report(interim)
             mine = m.members.get(self.id)
             if (mine is None or mine.incarnation != self.incarnation) and self.state in (
                 WorkerState.ACTIVE,
@@ -789,7 +795,9 @@ class Worker:
             neighbours = neighbours + former
             self._tracker.retain(set(neighbours))
             try:
-                stamps = await self.transact(tx_read_health, self.layout, self.role, neighbours)
+                stamps, watches = await self.transact(
+                    tx_watch_health, self.layout, self.role, neighbours
+                )
             except FDBError as e:
                 self.log.warning("neighbour_read_failed", error=e.name)
                 await trio.sleep(interval)
@@ -814,7 +822,29 @@ class Worker:
             ghost_due = self._tracker.next_ghost_due()
             if ghost_due is not None:
                 next_due = min(next_due, ghost_due)
-            await trio.sleep_until(max(next_due, trio.current_time() + interval / 20))
+            # Until the next check is due, or a neighbour's heartbeat commits (its
+            # watch fires: we see the new stamp at once, so the eviction deadline is
+            # counted from the heartbeat itself, not from our next poll).
+            await self._wait_health(watches, max(next_due, trio.current_time() + interval / 20))
+
+    async def _wait_health(self, watches: list[Any], until: float) -> None:
+        try:
+            with trio.move_on_at(until):
+                async with trio.open_nursery() as n:
+
+                    async def one(w: Any) -> None:
+                        try:
+                            await w.wait()
+                        except FDBError:
+                            # A failed watch (too many: 1032): the timer alone decides.
+                            await trio.sleep_forever()
+                        n.cancel_scope.cancel()
+
+                    for w in watches:
+                        n.start_soon(one, w)
+        finally:
+            for w in watches:
+                w.cancel()
 
     async def _retire_ghosts(self, now: float) -> None:
         """Attest that superseded incarnations of our neighbours run nothing any more,

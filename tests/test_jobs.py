@@ -445,7 +445,9 @@ async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
                 )
 
             await wait_until(adopted_somewhere, 10, 0.01)
-        adopters = [fw for fw in fleet.live() if fw.runner and fw.runner._adopted]
+        adopters = [
+            fw for fw in fleet.live() if fw.runner and fw.runner.statistics().handoffs_adopted
+        ]
         assert adopters
         adopter = adopters[0]
         db = adopter.db
@@ -650,5 +652,34 @@ async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once(
         took = trio.current_time() - rejoined
         # Its settle window and a claim; not a further wait of its 3 s timeout.
         assert took < OPTS.settle + 1.5, took
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 16, goal 1. An eviction used to reach the job runners only through the
+    settled view: the first job started on a survivor a settle window (2 s) after the
+    eviction. A departure is now reported at once, and the checker sees each heartbeat
+    through a watch on its health key, so the jobs run elsewhere within timeout +
+    check interval + 0.3 s of the victim's last heartbeat (worst case of the issue)."""
+    engine = Engine(rng=random.Random(20))
+    ids = await add_jobs(engine, 60)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 5, ids)
+        victim = fleet.workers["w2"]
+        assert victim.worker is not None and victim.runner is not None
+        its_jobs = set(victim.runner.running)
+        last_hb = victim.worker.lease.last_ok_start
+        assert last_hb is not None
+        victim.crash()
+        await wait_until(lambda: not victim.alive, 5, 0.01)
+        await wait_until(lambda: all(fleet.owners().get(j) for j in its_jobs), 30, 0.01)
+        took = trio.current_time() - last_hb
+        print(f"crash -> jobs elsewhere: {took:.3f} s after the last heartbeat")
+        bound = OPTS.timeout + OPTS.effective_check_interval + 0.3
+        assert took <= bound, (took, bound)
+        assert took < OPTS.timeout + OPTS.settle  # no settle window on top of the timeout
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()

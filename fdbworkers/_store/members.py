@@ -21,7 +21,7 @@ from .._core.keys import (
     stamped_value,
 )
 from .._core.membership import Membership
-from .._db import Transaction
+from .._db import Transaction, Watch
 from .._errors import CorruptDataError
 from .._store.events import trim_events, write_event
 
@@ -147,6 +147,17 @@ async def tx_read_health(
         raw = await tr.get(layout.health_key(role, wid))
         out[wid] = raw[:10] if raw is not None and len(raw) >= 10 else None
     return out
+
+
+async def tx_watch_health(
+    tr: Transaction, layout: Layout, role: str, wids: list[str]
+) -> tuple[dict[str, bytes | None], list[Watch]]:
+    """The neighbours' stamps and a watch on each health key, at one read version: a
+    heartbeat committed after it fires a watch, so the checker sees every new stamp
+    within a watch's delivery instead of up to a check interval late (the eviction
+    then comes ``timeout`` after the last heartbeat, not ``timeout + check_interval``)."""
+    stamps = await tx_read_health(tr, layout, role, wids)
+    return stamps, [tr.watch(layout.health_key(role, wid)) for wid in wids]
 
 
 async def tx_evict(

@@ -160,6 +160,8 @@ class Chaos:
         self.root = f"chaos-{os.getpid()}-{args.seed}"
         self.tmp = Path(tempfile.mkdtemp(prefix="fdbw-chaos-"))
         self.procs: dict[str, Proc] = {}
+        #: Processes replaced by another one with the same id while still alive.
+        self.shadowed: list[Proc] = []
         self.dead_pids: dict[int, float] = {}  # pid -> when it died (killed or exited)
         self.frozen: dict[int, list[Interval]] = defaultdict(list)  # pid -> freezes
         self.server_frozen: list[Interval] = []
@@ -192,6 +194,7 @@ class Chaos:
         log = open(self.tmp / f"{wid}.log", "ab")  # noqa: SIM115 - handed to the child
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.procs[wid] = Proc(wid, timeout, p, time.monotonic())
+        self.max_timeout = max(getattr(self, "max_timeout", 0.0), timeout)
 
     def _ended(self, proc: Proc) -> None:
         self.dead_pids.setdefault(proc.popen.pid, time.monotonic())
@@ -266,7 +269,14 @@ class Chaos:
     def _timer(self, delay: float, what: str, wid: str, value: float = 0.0) -> None:
         self.timers.append((time.monotonic() + delay, what, wid, value))
 
+    def _reap(self) -> None:
+        """Note when processes that end by themselves ended (a superseded worker)."""
+        for proc in [*self.procs.values(), *self.shadowed]:
+            if proc.frozen_at is None and proc.popen.poll() is not None:
+                self._ended(proc)
+
     def _due_timers(self) -> None:
+        self._reap()
         now = time.monotonic()
         due = [t for t in self.timers if t[0] <= now]
         self.timers = [t for t in self.timers if t[0] > now]
@@ -341,10 +351,47 @@ class Chaos:
         ids = [f"job-{i:04d}" for i in range(a.jobs)]
         self.add_jobs(ids)
         for i in range(a.workers):
-            self.spawn(f"w{i}", TIMEOUTS[i % 2])
-        time.sleep(SETTLE + 5.0)  # the fleet starts and settles before the chaos
+            self.spawn(f"w{i}", TIMEOUTS[i % 2] if a.scenario is None else TIMEOUTS[0])
+        self._wait(SETTLE + 5.0)  # the fleet starts and settles before the faults
         self.chaos_start = time.monotonic()
-        end = self.chaos_start + a.duration
+        if a.scenario is not None:
+            SCENARIOS[a.scenario](self)
+        else:
+            self._random_faults(self.chaos_start + a.duration)
+        # The end of the faults: every fault is undone, then quiet.
+        while self.timers:
+            self.timers = [(0.0, *t[1:]) for t in self.timers]
+            self._due_timers()
+        for proc in self.shadowed:
+            if proc.frozen_at is not None:
+                proc.popen.send_signal(signal.SIGCONT)
+                self.frozen[proc.popen.pid].append((proc.frozen_at, time.monotonic()))
+                proc.frozen_at = None
+        for wid in sorted(self.procs):
+            self.resume(wid)
+            if not self.up(wid):
+                self.spawn(wid, self.procs[wid].timeout)
+        self.chaos_end = time.monotonic()
+        self._wait(a.quiet)
+        self.quiet_end = time.monotonic()
+        cli_owners = self.cli_owners()
+        report = self.check(cli_owners)
+        for wid in sorted(self.procs):
+            self.terminate(wid)
+        for proc in self.shadowed:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+        self.clean()
+        return report
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, running due timers and noting processes that ended."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._due_timers()
+            time.sleep(0.05)
+
+    def _random_faults(self, end: float) -> None:
         next_act = time.monotonic() + self.rng.uniform(1.0, 4.0)
         while time.monotonic() < end:
             self._due_timers()
@@ -352,23 +399,6 @@ class Chaos:
                 self._act()
                 next_act = time.monotonic() + self.rng.uniform(1.0, 4.0)
             time.sleep(0.05)
-        # The end of the chaos: every fault is undone, then quiet.
-        while self.timers:
-            self.timers = [(0.0, *t[1:]) for t in self.timers]
-            self._due_timers()
-        for wid in sorted(self.procs):
-            self.resume(wid)
-            if not self.up(wid):
-                self.spawn(wid, self.procs[wid].timeout)
-        self.chaos_end = time.monotonic()
-        time.sleep(QUIET)
-        self.quiet_end = time.monotonic()
-        cli_owners = self.cli_owners()
-        report = self.check(cli_owners)
-        for wid in sorted(self.procs):
-            self.terminate(wid)
-        self.clean()
-        return report
 
     def cli_owners(self) -> dict[str, str | None]:
         env = {**os.environ, "FDB_CLUSTER_FILE": self.cluster_file}
@@ -502,7 +532,7 @@ class Chaos:
         rep.add(f"token order: {bad} regressions")
 
     def _check_gaps(self, rep: Report, by_job: dict[str, list[Run]]) -> None:
-        bound = 3 * max(TIMEOUTS) + 10.0
+        bound = 3 * self.max_timeout + 10.0
         gaps: list[tuple[float, str, float, float]] = []
         for job, added in self.jobs_added.items():
             until = self.jobs_removed.get(job, self.quiet_end)
@@ -557,6 +587,67 @@ class Chaos:
         rep.add(f"end state: {n - wrong}/{n} jobs with one runner; CLI agrees on {agree}/{n}")
         if "<cli failed>" in cli:
             rep.violate(f"the CLI failed: {cli['<cli failed>']}")
+
+
+# --- scripted scenarios (issue 15, on the real cluster) ---------------------------------
+
+
+def scenario_server_freeze(c: Chaos) -> None:
+    """(a) Freeze the fdbserver past the workers' timeout, then resume it."""
+    if c.server_pid is None:
+        raise SystemExit("scenario server-freeze needs the fdbserver pid (./scripts/chaos)")
+    d = TIMEOUTS[0] + 3.0
+    now = time.monotonic()
+    os.kill(c.server_pid, signal.SIGSTOP)
+    c.server_frozen.append((now, now + d))
+    c.faults.append(Fault("SIGSTOP fdbserver", "fdbserver", now, now + d))
+    c._timer(d, "server_resume", "fdbserver")
+    c._wait(d + 1.0)
+
+
+def scenario_kill_while_claiming(c: Chaos) -> None:
+    """(b) kill -9 a worker while its claims are committing: new jobs make every worker
+    claim, and one worker is killed 0-100 ms later; five times, then a restart each."""
+    for round_ in range(5):
+        wid = sorted(c.procs)[round_ % len(c.procs)]
+        new = [f"job-k{round_}-{i:02d}" for i in range(12)]
+        c.add_jobs(new)
+        time.sleep(c.rng.uniform(0.0, 0.1))
+        now = time.monotonic()
+        timeout = c.procs[wid].timeout
+        c.kill(wid)
+        c.faults.append(Fault("kill -9 while claiming", wid, now, now + 1.0))
+        c._timer(1.0, "restart", wid, timeout)
+        c._wait(4.0)
+
+
+def scenario_restart_shorter_timeout(c: Chaos) -> None:
+    """(c) A worker with timeout 30 is frozen (SIGSTOP); its id starts again elsewhere
+    with timeout 3; later the old process resumes. The new incarnation must wait out
+    the old one's 30 s lease; the resumed one must stop at once."""
+    wid = sorted(c.procs)[0]
+    c.terminate(wid)
+    c.spawn(wid, 30.0)
+    c._wait(SETTLE + 5.0)
+    old = c.procs[wid]
+    old.popen.send_signal(signal.SIGSTOP)
+    old.frozen_at = time.monotonic()
+    c.shadowed.append(old)
+    c.faults.append(Fault("SIGSTOP (timeout 30)", wid, old.frozen_at, old.frozen_at + 40.0))
+    c.spawn(wid, TIMEOUTS[0])  # the same id again, elsewhere, with timeout 3
+    c.faults.append(Fault("same id, timeout 3", wid, time.monotonic(), time.monotonic()))
+    c._wait(40.0)
+    old.popen.send_signal(signal.SIGCONT)
+    c.frozen[old.popen.pid].append((old.frozen_at, time.monotonic()))
+    old.frozen_at = None
+    c._wait(3.0)
+
+
+SCENARIOS = {
+    "server-freeze": scenario_server_freeze,
+    "kill-while-claiming": scenario_kill_while_claiming,
+    "restart-shorter-timeout": scenario_restart_shorter_timeout,
+}
 
 
 # --- interval arithmetic -----------------------------------------------------------------
@@ -622,6 +713,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--jobs", type=int, default=120)
+    p.add_argument("--quiet", type=float, default=QUIET, help="seconds of quiet before the checks")
+    p.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        help="a scripted fault instead of the random mix (issue 15's real-cluster cases)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the records and worker logs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--id", help=argparse.SUPPRESS)
@@ -658,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     chaos = Chaos(args, cluster_file, server)
     print(
         f"chaos: seed {args.seed}, {args.workers} workers, {args.jobs} jobs, "
-        f"{args.duration:g} s of chaos + {QUIET:g} s quiet; records in {chaos.tmp}"
+        + (f"scenario {args.scenario}" if args.scenario else f"{args.duration:g} s of chaos")
+        + f" + {args.quiet:g} s quiet; records in {chaos.tmp}"
         + ("" if server else "; fdbserver pid unknown: no server freezes"),
         flush=True,
     )
