@@ -25,7 +25,7 @@ def test_one_chaos_seed_on_the_real_cluster() -> None:
         pytest.skip(
             "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
         )
-    argv = ["--seed", str(SEED), "--duration", "75", "--workers", "6", "--jobs", "60"]
+    argv = ["--seed", str(SEED), "--duration", "60", "--workers", "6", "--jobs", "60"]
     out = subprocess.run(
         [sys.executable, "-m", "fdbworkers.cli._chaos", *argv],
         capture_output=True,
