@@ -562,10 +562,10 @@ class JobRunner:
         simply claimed again below; any other is released now, waking its new owner,
         which otherwise would find it "held" by a live member for as long as we live."""
         for jid, (partition, token, notify, handoff) in list(self._unreleased.items()):
-            if jid in self.running:
-                continue
-            if jid in self.target:
-                self._unreleased.pop(jid, None)  # ours: the claim below takes it again
+            if jid in self.running or jid in self.target:
+                # Ours: the claim below takes it again, and _start stops tracking it.
+                # Not before: if that claim does not happen (no valid lease yet) and
+                # the partition then moves, the claim must still be released.
                 continue
             if notify is None and 0 <= partition < a.partitions:
                 notify = a.owner(partition)
@@ -682,6 +682,7 @@ class JobRunner:
         # handler runs again, even before the lease watchdog task has run (G3).
         r = _Running(job, trio.CancelScope(deadline=self.w.lease.hard_end), trio.Event())
         self.running[rec.id] = r
+        self._unreleased.pop(rec.id, None)  # the claim is the running job's now
         self._started += 1
         self.log.info("job_started", job=rec.id, token=token.hex())
         self._nursery.start_soon(self._job_task, r)
@@ -721,6 +722,9 @@ class JobRunner:
                 # longer runs, so it must not count as running; the next reconcile
                 # claims the job again (new token) if it is still ours.
                 del self.running[r.job.id]
+                # Its claim is still ours: claimed again if the job stays ours, else
+                # released (otherwise its next owner would find it held forever).
+                self._unreleased[r.job.id] = (r.job.partition, r.job.token, None, False)
                 self.log.warning("job_lease_deadline", job=r.job.id, action="restart if owned")
                 self.wake()
 

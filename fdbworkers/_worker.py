@@ -48,6 +48,7 @@ from ._db import Database, Transaction, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
 from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
 from ._store.members import (
+    tx_check_epoch,
     tx_ensure_role,
     tx_evict,
     tx_heartbeat,
@@ -689,15 +690,49 @@ class Worker:
             ):
                 self._drain_requested()
             if watches:
-                arm = await self._wait_watches(watches)
+                arm = await self._wait_membership_watches(m, watches)
             else:
                 with trio.move_on_after(self.options.poll_interval):
                     await self._wake_reader.wait()
                 arm = True
 
-    async def _wait_watches(self, watches: list[Any]) -> bool:
-        """Wait for either watch; returns whether to arm watches next time."""
+    async def _wait_membership_watches(self, m: Membership, watches: list[Any]) -> bool:
+        """Wait for a membership watch to fire. A watch may never fire (lost): after a
+        timeout without a fire, read the epoch alone (one key, O(1) at rest) with fresh
+        watches; a changed epoch means a change was missed: read it all now. Without
+        this, a worker whose watch was lost kept a view without later joiners, and a
+        joiner its ring gave it to check went unchecked: a crash of it was not evicted
+        until the watch came back (found by the simulation's lost-watch fault)."""
+        while True:
+            arm = await self._wait_watches(watches, self.options.timeout)
+            if arm is not None:
+                return arm
+            try:
+                epoch, watches = await self.transact(
+                    tx_check_epoch, self.layout, self.role, self.id
+                )
+            except FDBError as e:
+                self.log.info("epoch_check_failed", error=e.name)
+                return True
+            if epoch != m.epoch:
+                for w in watches:
+                    w.cancel()
+                self.log.info("membership_watch_missed", action="read membership")
+                return True
+
+    async def _wait_watches(self, watches: list[Any], limit: float | None = None) -> bool | None:
+        """Wait for either watch; returns whether to arm watches next time, or None when
+        none fired within ``limit`` seconds (the watches are cancelled then)."""
         fired: list[BaseException | None] = []
+        with trio.move_on_after(math.inf if limit is None else limit) as timer:
+            await self._wait_any_watch(watches, fired)
+        if timer.cancelled_caught:
+            for w in watches:
+                w.cancel()
+            return None
+        return await self._after_watch(watches, fired)
+
+    async def _wait_any_watch(self, watches: list[Any], fired: list[BaseException | None]) -> None:
         async with trio.open_nursery() as nursery:
 
             async def one(w: Any) -> None:
@@ -710,6 +745,8 @@ class Worker:
 
             for w in watches:
                 nursery.start_soon(one, w)
+
+    async def _after_watch(self, watches: list[Any], fired: list[BaseException | None]) -> bool:
         for w in watches:
             w.cancel()
         errors = [e for e in fired if isinstance(e, FDBError)]

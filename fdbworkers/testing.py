@@ -13,6 +13,7 @@ Users can test their own handlers with it::
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ class RunLedger:
     runs: list[Run] = field(default_factory=list)
     active: dict[str, list[tuple[Run, Worker]]] = field(default_factory=dict)
     last_token: dict[str, bytes] = field(default_factory=dict)
+    last_holder: dict[str, tuple[str, str]] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     starts: int = 0
 
@@ -82,13 +84,18 @@ class RunLedger:
                     )
                 )
         last = self.last_token.get(job.id)
-        if last is not None and job.token <= last:
+        last_holder = self.last_holder.get(job.id)
+        holder = (worker.id, worker.incarnation)
+        # A handler restarted after a crash keeps its claim, so its token; any other
+        # start needs a newer one.
+        if last is not None and (job.token < last or (job.token == last and holder != last_holder)):
             self.violations.append(
                 Violation(
                     now, "G3 token order", f"job {job.id} token {job.token.hex()} <= {last.hex()}"
                 )
             )
         self.last_token[job.id] = job.token
+        self.last_holder[job.id] = holder
         run = Run(job.id, worker.id, worker.incarnation, job.token, now)
         self.runs.append(run)
         self.active.setdefault(job.id, []).append((run, worker))
@@ -128,11 +135,27 @@ class FleetWorker:
         self._done = trio.Event()
         self.crashed = False
         self.error: BaseException | None = None
+        #: Time this worker's machine "slept" (see suspend()).
+        self.slept = 0.0
+
+    def _boot_clock(self) -> float:
+        return time.monotonic() + self.slept
+
+    def suspend(self, seconds: float) -> None:
+        """The machine slept ``seconds`` that the event loop's clock did not count: the
+        boot clock jumps (call it when the worker resumes)."""
+        self.slept += seconds
 
     async def _main(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         f = self.fleet
         w = Worker(
-            self.db, f.role, self.id, self.options, root=f.root, rng=random.Random(f.rng.random())
+            self.db,
+            f.role,
+            self.id,
+            self.options,
+            root=f.root,
+            rng=random.Random(f.rng.random()),
+            clocks=(self._boot_clock, time.monotonic),
         )
         self.worker = w
         ledger = f.ledger
@@ -252,6 +275,11 @@ class SimConfig:
     fault_rate: float = 1 / 8
     #: Network faults of the engine: latency, spurious conflicts, 1021, watch delays.
     network_faults: bool = True
+    #: The wider fault model: commits that stall while reads work, suspends (the boot
+    #: clock jumps), restarts with other options (timeout, settle, weight), handler
+    #: crash loops, watches that never fire while the fault lasts, settle windows that
+    #: end while a worker is fenced.
+    wide_faults: bool = True
 
 
 @dataclass
@@ -306,9 +334,16 @@ class Simulation:
         self.rng = random.Random(seed)
         self.timeline: list[str] = []
         self.violations: list[Violation] = []
+        self._last_event = 0.0
 
     def _note(self, text: str) -> None:
         self.timeline.append(f"t={trio.current_time():9.3f} {text}")
+
+    def _event(self, text: str) -> None:
+        """A fault's delayed part (a restart, a heal): the liveness bound counts from
+        the last one."""
+        self._last_event = max(self._last_event, trio.current_time())
+        self._note(text)
 
     def _violate(self, kind: str, detail: str) -> None:
         v = Violation(trio.current_time(), kind, detail)
@@ -320,9 +355,6 @@ class Simulation:
         from ._core.keys import Layout, MemberRecord
         from ._store.members import tx_ensure_role
 
-        with suppress_import_error():
-            # trio shuffles runnable tasks with its own RNG: seed it for reproducibility.
-            trio._core._run._r.seed(self.seed)
         cfg = self.config
         rng = self.rng
         faults = (
@@ -332,6 +364,7 @@ class Simulation:
                 unknown_result_probability=0.02,
                 watch_delay_max=0.3,
                 spurious_watch_rate=0.02,
+                lost_watch_probability=0.02 if cfg.wide_faults else 0.0,
             )
             if cfg.network_faults
             else FaultPlan()
@@ -384,6 +417,15 @@ class Simulation:
                         self._violate("G3 two runners", f"job {jid} runs on {owners}")
                 await trio.sleep(0.1)
 
+        crashing: set[str] = set()
+        user_handler = self.handler
+
+        async def handler(job: Job) -> None:
+            if job.id in crashing:  # an injected crash loop of this job's handler
+                await trio.sleep(0.05)
+                raise RuntimeError(f"injected crash of {job.id}")
+            await user_handler(job)
+
         async with trio.open_nursery() as nursery:
             fleet = Fleet(
                 nursery,
@@ -391,8 +433,9 @@ class Simulation:
                 role=role,
                 root=root,
                 options=opts,
-                handler=self.handler,
+                handler=handler,
                 rng=random.Random(rng.random()),
+                runner_options={"restart_backoff": (0.2, 2.0)},
             )
             next_id = 0
 
@@ -408,7 +451,8 @@ class Simulation:
             ledger = fleet.ledger
             nursery.start_soon(monitor)
 
-            quiet = opts.effective_settle_max + 4 * cfg.timeout + 5
+            t_max = cfg.timeout * (3 if cfg.wide_faults else 1)
+            quiet = opts.effective_settle_max + 4 * t_max + 5
             t_end_faults = start_time + cfg.duration - quiet
             next_job = cfg.jobs
             while trio.current_time() < t_end_faults:
@@ -417,11 +461,16 @@ class Simulation:
                     break
                 await trio.sleep(gap)
                 live = [fw for fw in fleet.live() if fw.worker is not None]
-                kind = rng.choices(
-                    ["crash", "partition", "join", "leave", "add", "remove"],
-                    weights=[3, 3, 2, 1, 2, 1],
-                )[0]
-                if kind in ("crash", "partition", "leave") and len(live) <= 2:
+                kinds = ["crash", "partition", "join", "leave", "add", "remove"]
+                weights = [3, 3, 2, 1, 2, 1]
+                if cfg.wide_faults:
+                    kinds += ["stall", "suspend", "reconfigure", "crashloop", "stall_join"]
+                    weights += [2, 2, 2, 1, 1]
+                kind = rng.choices(kinds, weights=weights)[0]
+                risky = ("crash", "partition", "leave", "stall", "suspend", "reconfigure")
+                if kind in risky and len(live) <= 2:
+                    kind = "join"
+                if kind == "stall_join" and len(live) <= 2:
                     kind = "join"
                 now = trio.current_time()
                 if kind == "crash":
@@ -461,6 +510,53 @@ class Simulation:
                     fault_times.append(now)
                     self._note(f"leave {w.id}")
                     nursery.start_soon(fw.stop)
+                elif kind in ("stall", "stall_join", "suspend"):
+                    fw = rng.choice(live)
+                    w = fw.worker
+                    assert w is not None
+                    dur = rng.uniform(0.3, 2.5) * w.options.timeout
+                    excused.add((w.id, w.incarnation))
+                    fault_times.append(now)
+                    self._note(f"{kind} {w.id}/{w.incarnation[:6]} for {dur:.2f}s")
+                    nursery.start_soon(stall_for, fw, dur, kind == "suspend", rng.random(), self)
+                    if kind == "stall_join":  # its settle window ends while it is fenced
+                        await start(f"w{next_id}")
+                        next_id += 1
+                elif kind == "reconfigure":
+                    fw = rng.choice(live)
+                    w = fw.worker
+                    assert w is not None
+                    excused.add((w.id, w.incarnation))
+                    new_opts = WorkerOptions(
+                        timeout=rng.choice([cfg.timeout / 2, cfg.timeout, cfg.timeout * 3]),
+                        settle=rng.uniform(0.2, 1.0),
+                        weight=rng.choice([0.5, 1.0, 2.0]),
+                        partitions=cfg.partitions,
+                    )
+                    fault_times.append(now)
+                    graceful = rng.random() < 0.5
+                    if not graceful:
+                        last = w.last_heartbeat_committed or w.lease.last_ok_start or now
+                        if w.heartbeat_in_flight:
+                            last = now
+                        crashes.append((w.id, w.incarnation, now, last))
+                    self._note(
+                        f"reconfigure {w.id}/{w.incarnation[:6]} "
+                        f"({'leave' if graceful else 'crash'}): timeout {new_opts.timeout:g}, "
+                        f"settle {new_opts.settle:.2f}, weight {new_opts.weight:g}"
+                    )
+                    if graceful:
+                        await fw.stop()
+                    else:
+                        fw.crash()
+                    delay = rng.uniform(0.2, 1.5) * w.options.timeout
+                    nursery.start_soon(restart_later, fleet, fw.id, delay, self, new_opts)
+                elif kind == "crashloop":
+                    jobs_now = [f"j{i}" for i in range(next_job)]
+                    bad = set(rng.sample(jobs_now, min(len(jobs_now), rng.randint(1, 3))))
+                    dur = rng.uniform(1.0, 8.0)
+                    self._note(f"crash loop of {sorted(bad)} for {dur:.2f}s")
+                    nursery.start_soon(crash_loop_for, crashing, bad, dur, self)
                 elif kind == "add":
                     await add_job_for_sim(admin, layout, role, f"j{next_job}", cfg.partitions)
                     self._note(f"add job j{next_job}")
@@ -470,11 +566,15 @@ class Simulation:
                     await remove_job_for_sim(admin, layout, role, jid)
                     self._note(f"remove job {jid}")
 
-            # Quiet: heal, no more faults, then check agreement at rest (G4).
-            engine.faults = FaultPlan()
+            # Quiet: heal, no more faults (delayed restarts still land), then the liveness
+            # bound, then agreement at rest (G4).
+            engine.faults = FaultPlan()  # also delivers the watch fires held back
             for fw in fleet.workers.values():
                 fw.db.partitioned = False  # type: ignore[attr-defined]
-            self._note("quiet period starts")
+                fw.db.commits_stalled = False  # type: ignore[attr-defined]
+            crashing.clear()
+            self._event("quiet period starts")  # the liveness bound counts from here at least
+            await self._check_liveness_after_faults(fleet, store, layout, role, cfg, start_time)
             await trio.sleep(max(0.0, start_time + cfg.duration - trio.current_time()))
             self._check_at_rest(fleet, store, layout, role, cfg)
             self._check_liveness(crashes, gone_at, seen_records, fault_times, opts)
@@ -493,6 +593,65 @@ class Simulation:
             }
             nursery.cancel_scope.cancel()
         return SimReport(self.seed, cfg, self.violations, self.timeline, stats)
+
+    def liveness_bound(self, cfg: SimConfig) -> float:
+        """After the last fault, every job runs again within this many seconds, and no
+        claim outlives its running handler by more: the largest timeout an incarnation
+        may have (3 x, when options change) + its check interval (eviction, or retiring
+        a superseded incarnation) + the settle window's cap (a join or restart) + the
+        handler restart backoff's cap (2 s here) + a few transactions under the injected
+        latency and retries (3 s)."""
+        t_max = cfg.timeout * (3 if cfg.wide_faults else 1)
+        check = min(1.0, t_max / 4)
+        settle_max = max(cfg.settle * 5, 1.0, 5.0 if cfg.wide_faults else 0.0)
+        return t_max + check + settle_max + 2.0 + 3.0
+
+    async def _check_liveness_after_faults(
+        self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig, start: float
+    ) -> None:
+        """The liveness invariant: a bound after the last fault (a delayed restart is a
+        fault too), every job runs on exactly one live worker and every claim belongs to
+        a handler that runs."""
+        from ._core.keys import Claim
+
+        bound = self.liveness_bound(cfg)
+        end = start + cfg.duration
+        while True:
+            due = self._last_event + bound
+            if due >= end - 0.5:
+                self._note(
+                    f"liveness bound not checked: last fault too late ({self._last_event:.2f})"
+                )
+                return
+            await trio.sleep(max(0.0, due - trio.current_time()))
+            if self._last_event + bound <= trio.current_time() + 1e-9:
+                break
+        version = store.read_version()
+        jobs = {
+            str(layout.unpack(k)[-1]) for k, _ in store.get_range(*layout.jobs_range(role), version)
+        }
+        owners = fleet.owners()
+        for jid in sorted(jobs):
+            if len(owners.get(jid, [])) != 1:
+                self._violate(
+                    "liveness",
+                    f"job {jid} runs on {owners.get(jid, [])} {bound:.1f}s after the last fault",
+                )
+        running: dict[str, tuple[str, str, bytes]] = {}
+        for fw in fleet.live():
+            if fw.runner is None or fw.worker is None:
+                continue
+            for jid, r in fw.runner.running.items():
+                running[jid] = (fw.id, fw.worker.incarnation, r.job.token)
+        for k, v in store.get_range(*layout.claims_range(role), version):
+            jid = str(layout.unpack(k)[-1])
+            c = Claim.decode(k, v)
+            if jid in jobs and running.get(jid) != (c.wid, c.incarnation, c.token):
+                self._violate(
+                    "liveness",
+                    f"claim of {jid} by {c.wid}/{c.incarnation[:6]} has no running handler "
+                    f"{bound:.1f}s after the last fault",
+                )
 
     def _check_liveness(
         self,
@@ -558,18 +717,39 @@ class Simulation:
                 self._violate("G4 worker not active", f"{fw.id} is {fw.worker.state.value} at rest")
 
 
-class suppress_import_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (AttributeError, ImportError))  # type: ignore[arg-type]
-
-
-async def restart_later(fleet: Fleet, wid: str, delay: float, sim: Simulation) -> None:
+async def restart_later(
+    fleet: Fleet, wid: str, delay: float, sim: Simulation, options: WorkerOptions | None = None
+) -> None:
     await trio.sleep(delay)
-    fw = await fleet.start(wid)
-    sim._note(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
+    fw = await fleet.start(wid, options)
+    sim._event(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
+
+
+async def stall_for(
+    fw: FleetWorker, duration: float, suspend: bool, unseen: float, sim: Simulation
+) -> None:
+    """Commits stall while reads work (a stall), or nothing gets through and part of the
+    time goes unseen by the loop clock (a suspend: the boot clock jumps at resume)."""
+    db: Any = fw.db
+    if suspend:
+        db.partitioned = True
+    else:
+        db.commits_stalled = True
+    await trio.sleep(duration)
+    db.partitioned = False
+    db.commits_stalled = False
+    if suspend:
+        fw.suspend(unseen * duration)
+    sim._event(f"heal {fw.id}")
+
+
+async def crash_loop_for(
+    crashing: set[str], jobs: set[str], duration: float, sim: Simulation
+) -> None:
+    crashing |= jobs
+    await trio.sleep(duration)
+    crashing -= jobs
+    sim._event(f"crash loop of {sorted(jobs)} ends")
 
 
 async def partition_for(
@@ -584,7 +764,7 @@ async def partition_for(
     fw.db.partitioned = False  # type: ignore[attr-defined]
     if fw.worker is not None:
         # A rejoin after the partition is a new incarnation: excuse the old one only.
-        sim._note(f"heal {w.id}")
+        sim._event(f"heal {w.id}")
 
 
 async def add_job_for_sim(

@@ -1,4 +1,4 @@
-"""The fault simulation over 200 seeds (G1-G4 checked continuously; see
+"""The fault simulation over 300 seeds (G1-G4 checked continuously; see
 fdbworkers.testing.Simulation). A failing seed prints its timeline; reproduce it with
 ``./scripts/soak --seed N``."""
 
@@ -13,9 +13,9 @@ from fdbworkers.cli._soak import main as soak_main
 from fdbworkers.testing import SimConfig, Simulation
 
 
-def test_two_hundred_seeds_of_mixed_faults() -> None:
+def test_three_hundred_seeds_of_mixed_faults() -> None:
     # Two processes: the machine has two cores.
-    assert soak_main(["--seeds", "0:200", "--parallel", "2"]) == 0
+    assert soak_main(["--seeds", "0:300", "--parallel", "2"]) == 0
 
 
 async def test_one_seed_in_process_reports_and_is_clean(autojump_clock: MockClock) -> None:

@@ -139,6 +139,15 @@ async def tx_read_membership(
     return Membership(role, epoch, members), corrupt, rv, watches
 
 
+async def tx_check_epoch(
+    tr: Transaction, layout: Layout, role: str, arm_for: str
+) -> tuple[bytes, list[Watch]]:
+    """The epoch alone (one key) and fresh watches on it and on our member key: the
+    cheap check that a membership watch was not lost (see Worker._membership_loop)."""
+    epoch = await tr.get(layout.epoch_key(role)) or b""
+    return epoch, [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
+
+
 async def tx_read_health(
     tr: Transaction, layout: Layout, role: str, wids: list[str]
 ) -> dict[str, bytes | None]:

@@ -134,9 +134,25 @@ class Engine:
     ) -> None:
         self._clock = clock
         self.rng = rng if rng is not None else random.Random()
-        self.faults = faults if faults is not None else FaultPlan()
+        self._faults = faults if faults is not None else FaultPlan()
+        #: Watch fires held back by ``lost_watch_probability``, delivered on healing.
+        self._held_watches: list[EngineWatch] = []
         self.store = Store(self.now)
         self._handles: list[EngineDatabase] = []
+
+    @property
+    def faults(self) -> FaultPlan:
+        """The faults injected now; replace it at any time. A plan that loses no watches
+        delivers every watch fire held back by the one before."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, plan: FaultPlan) -> None:
+        self._faults = plan
+        if plan.lost_watch_probability == 0 and self._held_watches:
+            held, self._held_watches = self._held_watches, []
+            for w in held:
+                w._fire(self.now(), local=True)
 
     @property
     def stats(self) -> EngineStatistics:
@@ -488,6 +504,11 @@ class EngineWatch(Watch):
         if self._state in (_FIRED, _FAILED):
             return
         engine = self._db.engine
+        p = engine.faults.lost_watch_probability
+        if not local and p > 0 and engine.rng.random() < p:
+            engine._held_watches.append(self)  # "never fires" until the engine heals
+            self._spurious_at = None
+            return
         delay = 0.0
         if not local and engine.faults.watch_delay_max > 0:
             delay = engine.rng.uniform(0.0, engine.faults.watch_delay_max)

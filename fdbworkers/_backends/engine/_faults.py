@@ -47,6 +47,9 @@ class FaultPlan:
     * ``spurious_watch_rate``: spurious fires per watch per second (Poisson), and
       ``spurious_watch_probability``: chance that a watch fires spuriously as soon as it
       is set.
+    * ``lost_watch_probability``: chance that a watch's fire is held back: the watch
+      seems never to fire for as long as the engine's plan loses watches; the held
+      fires are delivered when a plan without this fault replaces it (the engine heals).
 
     A partitioned client is switched per database handle: ``db.partitioned = True``.
     """
@@ -58,8 +61,10 @@ class FaultPlan:
     watch_delay_max: float = 0.0
     spurious_watch_rate: float = 0.0
     spurious_watch_probability: float = 0.0
+    lost_watch_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        _probability("lost_watch_probability", self.lost_watch_probability)
         _probability("conflict_probability", self.conflict_probability)
         _probability("unknown_result_probability", self.unknown_result_probability)
         _probability("unknown_result_committed_fraction", self.unknown_result_committed_fraction)
