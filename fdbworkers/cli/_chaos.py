@@ -238,16 +238,30 @@ class Chaos:
     def _transact_jobs(self, add: Iterable[str], remove: Iterable[str]) -> None:
         import trio
 
-        from fdbworkers import add_job, open_database, remove_job
+        from fdbworkers import FDBError, add_job, open_database, remove_job
 
         async def go() -> None:
             if self._db is None:
                 self._db = open_database(f"fdb:{self.cluster_file}")
                 self._db.default_timeout = 10.0
-            for jid in add:
-                await add_job(self._db, ROLE, jid, {"n": jid}, root=self.root, partitions=4096)
-            for jid in remove:
-                await remove_job(self._db, ROLE, jid, root=self.root)
+            # Both are idempotent: retried through a frozen server (bounded).
+            with trio.fail_after(120):
+                for jid in add:
+                    while True:
+                        try:
+                            await add_job(
+                                self._db, ROLE, jid, {"n": jid}, root=self.root, partitions=4096
+                            )
+                            break
+                        except FDBError:
+                            await trio.sleep(0.5)
+                for jid in remove:
+                    while True:
+                        try:
+                            await remove_job(self._db, ROLE, jid, root=self.root)
+                            break
+                        except FDBError:
+                            await trio.sleep(0.5)
 
         trio.run(go)
 
@@ -301,6 +315,10 @@ class Chaos:
             kinds.append("server")
         kind = rng.choice(kinds)
         now = time.monotonic()
+        if kind == "jobs" and any(t[1] == "server_resume" for t in self.timers):
+            kind = "kill" if idle else "freeze"  # no job changes through a frozen server
+            if not idle:
+                return
         if kind in ("kill", "freeze", "term", "flip") and not idle:
             kind = "jobs"
         if kind == "kill":
