@@ -17,11 +17,11 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import structlog
 import trio
 
 from ._db import Database
 from ._errors import FDB_ERRORS, ConfigError
+from ._log import get_logger
 from ._worker import Worker
 
 #: Buckets of the heartbeat latency histogram (seconds).
@@ -300,7 +300,7 @@ async def serve_metrics(
 ) -> None:
     """Serve ``/metrics`` on ``host:port`` (0: any free port) until cancelled; reports
     the bound port through ``task_status``."""
-    log = structlog.get_logger("fdbworkers").bind(component="metrics")
+    log = get_logger("fdbworkers").bind(component="metrics")
 
     def render() -> tuple[bytes, str]:
         return metrics.render(), metrics.content_type

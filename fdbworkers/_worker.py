@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import structlog
 import trio
 
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
@@ -46,6 +45,7 @@ from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
+from ._log import get_logger
 from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
 from ._store.members import (
     tx_ensure_role,
@@ -293,7 +293,7 @@ class Worker:
         #: True while a heartbeat transaction runs (it may commit at any moment).
         self.heartbeat_in_flight = False
         self._leaving: trio.Event | None = None
-        self.log = structlog.get_logger("fdbworkers").bind(
+        self.log = get_logger("fdbworkers").bind(
             role=self.role, worker=self.id, incarnation=self.incarnation
         )
         # Statistics.

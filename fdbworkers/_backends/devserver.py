@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgpack
-import structlog
 import trio
 import trio.testing
 
 from .._db import KeySelector, MutationType, Transaction, Watch
 from .._errors import ConfigError, FDBError
+from .._log import get_logger
 from .engine import Engine, EngineDatabase, FaultPlan
 from .engine._mutations import SET
 from .engine._ryw import MAX_KEY
@@ -71,7 +71,7 @@ __all__ = [
     "serve",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.devserver")
 
 #: The ``format`` field of a data file.
 DATA_FORMAT: Final = "fdbworkers-devserver-data"

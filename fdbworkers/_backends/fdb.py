@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final
 
-import structlog
 import trio
 
 from .._db import (
@@ -61,6 +60,7 @@ from .._db import (
     check_bytes as _check_key,
 )
 from .._errors import BackendUnavailableError, ConfigError, FDBError
+from .._log import get_logger
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -74,7 +74,7 @@ __all__ = [
     "resolve_cluster_file",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.fdb")
 
 #: The FDB API version fdbworkers is written and tested against.
 DEFAULT_API_VERSION: Final = 730

@@ -29,7 +29,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import structlog
 import trio
 
 from .._db import (
@@ -56,6 +55,7 @@ from .._db import (
     check_bytes as _check_bytes,
 )
 from .._errors import ConfigError, FDBError
+from .._log import get_logger
 from .wire import (
     _BATCH_BYTES,
     PROTOCOL_VERSION,
@@ -77,7 +77,7 @@ __all__ = [
     "open_remote",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.remote")
 
 #: FDB's ``connection_failed``: the error of every operation on a lost connection.
 CONNECTION_FAILED: Final = 1026

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 import trio
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition
@@ -30,6 +29,7 @@ from .._core.keys import (
 )
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
+from .._log import get_logger
 from .members import tx_ensure_role
 
 #: Change-log entries older than this (in cluster versions) are trimmed.
@@ -177,7 +177,7 @@ async def tx_read_partitions(
     parts = sorted(set(partitions))
     if not parts:
         return jobs, claims
-    log = structlog.get_logger("fdbworkers")
+    log = get_logger("fdbworkers")
     # Keys are decoded below these (the root and role are the same for every key).
     jobs_begin, claims_begin = layout.jobs_range(role)[0], layout.claims_range(role)[0]
 
@@ -371,6 +371,6 @@ async def tx_take_handoffs(
             partition = int(layout.unpack_below(begin, kv.key)[0])
             out[partition] = (str(obj["from"]), str(obj["incarnation"]))
         except (CorruptDataError, KeyError, ValueError, IndexError):
-            structlog.get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
+            get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
     tr.clear_range(begin, end)
     return out

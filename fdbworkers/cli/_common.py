@@ -326,7 +326,7 @@ def configure_logging(level: str = "warning", fmt: str = "auto") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks
             if fmt == "json"
             else structlog.processors.format_exc_info,

@@ -42,13 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-import structlog
 import trio
 
 from .._core.keys import Layout
 from .._core.liveness import default_check_interval
 from .._db import Database, Transaction
 from .._errors import FDBError, FencedError
+from .._log import get_logger
 from .._runner import Job
 from .._store.events import EventInfo
 from .._store.jobs import tx_add_job, tx_remove_job
@@ -78,7 +78,7 @@ class DemoHandler:
         self._worker: Any = None
         self.fenced_writes = 0
         self.fence_rejections = 0
-        self.log = structlog.get_logger("fdbworkers").bind(component="demo_handler")
+        self.log = get_logger("fdbworkers").bind(component="demo_handler")
 
     def bind(self, worker: Any) -> None:
         self._worker = worker

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import structlog
 import trio
 
 from .._errors import ConfigError, FdbworkersError
+from .._log import get_logger
 from .._worker import DEFAULT_PARTITIONS, WorkerSupersededError
 from ._common import (
     EXIT_FAILURE,
@@ -243,7 +243,7 @@ def run_worker_process(
     from .._runner import JobRunner
     from .._worker import open_worker
 
-    log = structlog.get_logger("fdbworkers").bind(component="cli", role=role)
+    log = get_logger("fdbworkers").bind(component="cli", role=role)
 
     async def main() -> int:
         db = open_db(s)

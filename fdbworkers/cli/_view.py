@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-import structlog
 import trio
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -31,6 +30,7 @@ from rich.text import Text
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
 from .._db import Database, Transaction, Watch
 from .._errors import FDBError, FdbworkersError
+from .._log import get_logger
 from .._store.admin import (
     HealthStamp,
     JobInfoRecord,
@@ -271,7 +271,7 @@ class LiveRole:
         self._fired_at: dict[str, float] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.log = structlog.get_logger("fdbworkers").bind(component="live_view", role=role)
+        self.log = get_logger("fdbworkers").bind(component="live_view", role=role)
 
     # -- reading -------------------------------------------------------------------------
 

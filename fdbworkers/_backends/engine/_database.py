@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Final, NoReturn, TypeVar, TypeVarTuple
 
-import structlog
 import trio
 
 from ..._db import (
@@ -52,6 +51,7 @@ from ..._db import (
     check_bytes as _check_key,
 )
 from ..._errors import RETRYABLE, ConfigError, FDBError
+from ..._log import get_logger
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
 from ._ryw import MAX_KEY, SnapshotReader, WriteMap
@@ -66,7 +66,7 @@ __all__ = [
     "EngineWatch",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.engine")
 
 #: Keys longer than this cannot exist (FDB allows for an 8-byte tenant prefix): reads
 #: of them return nothing and clears of them do nothing.
