@@ -58,7 +58,7 @@ from ._store.jobs import (
     tx_remove_job,
     tx_take_handoffs,
 )
-from ._worker import DEFAULT_PARTITIONS, Worker, install_job_runner
+from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_runner
 
 #: Errors after which a claim's commit may have been applied without our knowing:
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
@@ -200,6 +200,15 @@ class RunnerStatistics:
     handoffs_adopted: int = 0
 
 
+def _check_seconds(**values: Any) -> None:
+    """ConfigError naming the option unless each value is a finite number (NaN passes
+    every ``<`` check, so the range checks alone would accept it)."""
+    for name, value in values.items():
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
+
+
 class JobRunner:
     """Runs ``handler(job)`` for each job this worker owns; see ``Worker.run_jobs``."""
 
@@ -218,6 +227,16 @@ class JobRunner:
         rng: random.Random | None = None,
         assign_in_thread: bool | None = None,
     ) -> None:
+        _check_seconds(
+            grace=grace,
+            move_interval=move_interval,
+            restart_backoff=restart_backoff,
+            resync_interval=resync_interval,
+            full_resync_interval=full_resync_interval,
+            claim_poll=claim_poll,
+        )
+        if not callable(handler):
+            raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
         if grace < 0:
             raise ConfigError("grace must be >= 0")
         if max_moves is not None and max_moves < 1:
@@ -847,6 +866,7 @@ async def add_job(
 ) -> bool:
     """Add or update a job; True if anything changed. ``partitions`` applies only when
     this call creates the role."""
+    check_database(db)
     validate_name("role", role)
     layout = Layout.for_root(root)
     _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
@@ -856,6 +876,7 @@ async def add_job(
 async def remove_job(
     db: Database, role: str, job_id: str, *, root: str | bytes | tuple[str, ...] | None = None
 ) -> bool:
+    check_database(db)
     validate_name("role", role)
     return bool(await db.transact(tx_remove_job, Layout.for_root(root), role, job_id))
 

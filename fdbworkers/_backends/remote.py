@@ -47,6 +47,8 @@ from .._db import (
     Watch,
     backoff_delay,
     check_limit,
+    check_retry_limit,
+    check_timeout,
 )
 from .._db import (
     as_selector as _selector,
@@ -720,15 +722,13 @@ class RemoteTransaction(Transaction):
 
     # -- options -------------------------------------------------------------------------
     def set_timeout(self, seconds: float) -> None:
-        if not (isinstance(seconds, int | float) and seconds >= 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a transaction timeout is >= 0 seconds, not {seconds}")
+        seconds = check_timeout(seconds)
         self._timeout = float(seconds)
         if self._conn is not None:
             self._conn.send("timeout", self._tid, self._server_timeout() if seconds else 0.0)
 
     def set_retry_limit(self, retries: int) -> None:
-        if not isinstance(retries, int) or retries < -1:
-            raise ConfigError(f"a retry limit is >= -1 (-1: no limit), not {retries}")
+        retries = check_retry_limit(retries)
         self._retry_limit = retries
         if self._conn is not None:
             self._conn.send(

@@ -92,6 +92,51 @@ def encode(obj: dict[str, Any]) -> bytes:
     return packed
 
 
+#: FoundationDB's largest value (bytes); a job record (spec, weight, added_at) must fit.
+MAX_VALUE_BYTES: Final = 100_000
+#: The deepest nesting of lists and maps a job spec may have.
+MAX_SPEC_DEPTH: Final = 64
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse a job spec that cannot be stored or read back as given: deeper than
+    MAX_SPEC_DEPTH, holding NaN or an infinity (not JSON; never equal to itself, so
+    the idempotent add would rewrite it forever), or of a type msgpack cannot carry.
+    The size is checked on the whole record (``check_record_size``)."""
+    stack: list[tuple[Any, int]] = [(spec, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(f"job spec holds {value!r}: only finite numbers are allowed")
+        elif isinstance(value, dict | list | tuple):
+            if depth >= MAX_SPEC_DEPTH:
+                raise ConfigError(
+                    f"job spec is nested too deeply: at most {MAX_SPEC_DEPTH} levels of "
+                    "lists and maps"
+                )
+            items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+            for k, v in items:
+                if k is not None:
+                    stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+        elif value is not None and not isinstance(value, bool | int | str | bytes):
+            raise ConfigError(
+                f"job spec holds a {type(value).__name__}: use None, bool, int, float, str, "
+                "bytes, lists and maps"
+            )
+
+
+def check_record_size(what: str, value: bytes) -> None:
+    """Refuse a value larger than FoundationDB stores, naming the limit."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise ConfigError(
+            f"{what} is too large: {len(value):,} bytes encoded, the limit is "
+            f"{MAX_VALUE_BYTES:,} bytes (FoundationDB's value size limit); keep large data "
+            "elsewhere and put a reference in the spec"
+        )
+
+
 def decode(key: bytes, value: bytes) -> dict[str, Any]:
     """Decode a value written by :func:`encode`; corrupt or newer data raises clearly."""
     try:

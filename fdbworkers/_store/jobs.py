@@ -19,6 +19,8 @@ from .._core.keys import (
     Layout,
     MemberRecord,
     RoleConfig,
+    check_record_size,
+    check_spec,
     decode,
     decode_retired,
     encode,
@@ -104,10 +106,12 @@ async def tx_add_job(
     validate_name("job id", job_id)
     if not isinstance(weight, int | float) or not 0 < weight < 1e9 or math.isnan(weight):
         raise ConfigError(f"job weight must be a positive number, got {weight!r}")
+    check_spec(spec)
     try:
-        encode({"spec": spec})
+        encoded = JobRecord(job_id, 0, spec, float(weight), time.time()).encode()
     except Exception as e:
         raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
+    check_record_size("the job spec", encoded)
     cfg = await tx_ensure_role(tr, layout, role, partitions)
     p = job_partition(job_id, cfg.partitions)
     key = layout.job_key(role, p, job_id)

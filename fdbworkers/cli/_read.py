@@ -35,6 +35,7 @@ from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
     CliError,
+    FiniteFloatRange,
     Settings,
     echo,
     guarded,
@@ -147,7 +148,7 @@ def observe_option(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
         "--observe",
-        type=click.FloatRange(min=0, max=600),
+        type=FiniteFloatRange(min=0, max=600),
         default=default,
         show_default=default is not None,
         metavar="SECONDS",
@@ -524,7 +525,7 @@ async def role_status(db: Database, s: Settings, role: str, observe: float | Non
 @click.option(
     "--wait",
     "wait_for",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=0,
     metavar="SECONDS",
     help="Re-check until healthy or this long has passed (e.g. after a deploy).",

@@ -11,14 +11,16 @@ from typing import Any
 import click
 import trio
 
-from .._errors import ConfigError, FdbworkersError
+from .._errors import ClusterUnreachableError, ConfigError, FdbworkersError
 from .._log import get_logger
 from .._worker import DEFAULT_PARTITIONS, WorkerSupersededError
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliError,
+    FiniteFloatRange,
     Settings,
     configure_logging,
     open_db,
@@ -89,18 +91,18 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 @click.option(
     "--timeout",
     "liveness_timeout",
-    type=click.FloatRange(min=0.3, max=3600),
+    type=FiniteFloatRange(min=0.3, max=3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
     help="Liveness timeout: silent this long, the worker is evicted (heartbeats every timeout/3).",
 )
 @click.option(
-    "--weight", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True
+    "--weight", type=FiniteFloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True
 )
 @click.option(
     "--settle",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=2.0,
     show_default=True,
     metavar="SECONDS",
@@ -108,11 +110,19 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
     help="How long a job may take to stop (SIGTERM, then SIGKILL for --exec).",
+)
+@click.option(
+    "--give-up-after",
+    type=FiniteFloatRange(min=1, max=30 * 86400),
+    default=None,
+    metavar="SECONDS",
+    help="Exit (code 3) once the cluster has not answered for this long "
+    "[default: keep trying; the log says since when it is unreachable].",
 )
 @click.option(
     "--restart",
@@ -154,7 +164,7 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 )
 @log_level_option
 @click.option("--demo-log", type=click.Path(file_okay=False), hidden=True)
-@click.option("--demo-work-interval", type=float, default=1.0, hidden=True)
+@click.option("--demo-work-interval", type=FiniteFloatRange(min=0.001), default=1.0, hidden=True)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -167,6 +177,7 @@ def worker(
     weight: float,
     settle: float,
     grace: float,
+    give_up_after: float | None,
     restart: str,
     partitions: int,
     meta: dict[str, str],
@@ -200,6 +211,7 @@ def worker(
             partitions=partitions,
             meta=meta,
             leave_timeout=grace + max(liveness_timeout, 5.0),
+            give_up_after=give_up_after,
         )
         if exec_cmd:
             exec_runner = ExecRunner(
@@ -319,6 +331,13 @@ def run_worker_process(
         inner = unwrap(e)
         if isinstance(inner, KeyboardInterrupt):
             return EXIT_INTERRUPTED
+        if isinstance(inner, ClusterUnreachableError):
+            raise CliError(
+                f"{inner} ({s.describe()})",
+                EXIT_UNREACHABLE,
+                hint="is it running? (a dev server: fdbworkers devserver; FoundationDB: "
+                "check the cluster file)",
+            ) from None
         if isinstance(inner, WorkerSupersededError):
             raise CliError(str(inner), EXIT_FAILURE) from None
         if isinstance(inner, ConfigError):
@@ -396,7 +415,7 @@ def devserver(
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(min=10, max=3600), default=45.0,
+@click.option("--duration", type=FiniteFloatRange(min=10, max=3600), default=45.0,
               show_default=True, metavar="SECONDS", help="Length of the timeline.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=2, max=32), default=4, show_default=True,
               help="Worker processes at the start.")  # fmt: skip
@@ -408,7 +427,7 @@ def devserver(
     show_default=True,
     help="Jobs at the start (a quarter more are added, then a quarter removed).",
 )
-@click.option("--worker-timeout", type=click.FloatRange(min=1, max=60), default=3.0,
+@click.option("--worker-timeout", type=FiniteFloatRange(min=1, max=60), default=3.0,
               show_default=True, metavar="SECONDS",
               help="The workers' liveness timeout.")  # fmt: skip
 @click.option("--keep", is_flag=True, help="Keep the demo's folder (logs, job run records).")

@@ -43,6 +43,8 @@ from ..._db import (
     VersionstampFuture,
     Watch,
     check_limit,
+    check_retry_limit,
+    check_timeout,
 )
 from ..._db import (
     as_selector as _selector,
@@ -1214,8 +1216,7 @@ class EngineTransaction(Transaction):
 
     # -- options and the retry loop ----------------------------------------------------
     def set_timeout(self, seconds: float) -> None:
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a transaction timeout is >= 0 seconds, not {seconds}")
+        seconds = check_timeout(seconds)
         ms = 0 if seconds == 0 else max(1, math.ceil(seconds * 1000))
         if ms == 0:
             self._timeout = None
@@ -1227,8 +1228,7 @@ class EngineTransaction(Transaction):
         self._deadline = self._created + self._timeout
 
     def set_retry_limit(self, retries: int) -> None:
-        if retries < -1:
-            raise ConfigError(f"a retry limit is >= -1 (-1: no limit), not {retries}")
+        retries = check_retry_limit(retries)
         self._retry_limit = retries
 
     async def on_error(self, error: FDBError) -> None:
