@@ -176,7 +176,10 @@ def translate(s: Settings, e: BaseException) -> CliError | None:
             return CliError(
                 f"cannot connect to the cluster {s.cluster}: {e.description}",
                 EXIT_UNREACHABLE,
-                hint="is it running? (a dev server: fdbworkers devserver)",
+                # The dev server's client already asks whether it is running: once is enough.
+                hint=None
+                if "devserver" in e.description
+                else "is it running? (a dev server: fdbworkers devserver)",
             )
         if e.code == 2104:
             return CliError(

@@ -66,6 +66,14 @@ DEMO_PARTITIONS: Final = 256
 # --- the handler inside worker processes ----------------------------------------------
 
 
+#: Printed once before the plain progress lines (docs/demo.md, "Reading the output").
+PLAIN_LEGEND = (
+    "legend: every 5 s, 'members WORKER:STATE:JOBS ...' (STATE: ok, suspect, stale, "
+    "draining, unknown; JOBS: the jobs it holds) '| jobs TOTAL' and the count of jobs in "
+    "each state (owned, moving, unclaimed, orphaned)"
+)
+
+
 class DemoHandler:
     """The demo's job handler (see the module doc)."""
 
@@ -327,6 +335,7 @@ class Demo:
                 with trio.move_on_after(0.25):
                     await self.live.wait_changed()
         else:
+            self.out(PLAIN_LEGEND)
             while True:
                 await trio.sleep(5.0)
                 snap = self.frame()

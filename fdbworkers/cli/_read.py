@@ -33,6 +33,7 @@ from .._store.admin import (
 from .._store.events import EventInfo, read_events_after, read_recent_events
 from ._common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     CliError,
     FiniteFloatRange,
@@ -411,7 +412,12 @@ def events(ctx: click.Context, role: str | None, limit: int, follow: bool, as_js
                 if watch is not None:
                     watch.cancel()
 
-    run(s, main, bounded=not follow)
+    try:
+        run(s, main, bounded=not follow)
+    except CliError as e:
+        if not (follow and e.code == EXIT_INTERRUPTED):
+            raise
+        # Ctrl-C is how --follow ends: not an error.
 
 
 async def newest_event_key(db: Database, layout: Layout) -> bytes | None:
@@ -494,7 +500,12 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
                     with trio.move_on_after(0.25):
                         await live.wait_changed()
 
-    run(s, main, bounded=False)
+    try:
+        run(s, main, bounded=False)
+    except CliError as e:
+        if e.code != EXIT_INTERRUPTED:
+            raise
+        # Ctrl-C is how a live view ends: not an error.
 
 
 # --- status ----------------------------------------------------------------------------

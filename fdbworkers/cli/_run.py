@@ -50,6 +50,7 @@ log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="The least severe log lines written to stderr.",
 )
 
 
@@ -98,7 +99,11 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
     help="Liveness timeout: silent this long, the worker is evicted (heartbeats every timeout/3).",
 )
 @click.option(
-    "--weight", type=FiniteFloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True
+    "--weight",
+    type=FiniteFloatRange(min=0, min_open=True, max=1e6),
+    default=1.0,
+    show_default=True,
+    help="This worker's share of the jobs, relative to the other members' weights.",
 )
 @click.option(
     "--settle",
@@ -161,6 +166,8 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
     type=click.Choice(["auto", "console", "json"]),
     default="auto",
     show_default=True,
+    help="Logs on stderr: JSON lines, or console lines (auto: JSON unless stderr is a "
+    "terminal). Timestamps in UTC.",
 )
 @log_level_option
 @click.option("--demo-log", type=click.Path(file_okay=False), hidden=True)

@@ -118,14 +118,14 @@ def _clock(wall: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
-def _summary_line(snap: ViewSnapshot) -> str:
+def _summary_line(snap: ViewSnapshot, *, clock: bool = True) -> str:
     states = snap.job_states
     parts = [
         f"{states[s]} {s}" for s in ("owned", "moving", "unclaimed", "orphaned") if states.get(s)
     ]
     jobs = f"jobs {len(snap.jobs)}" + (f" ({', '.join(parts)})" if parts else "")
     head = f"role {snap.role}  cluster {snap.cluster}  members {len(snap.members)}  {jobs}"
-    if snap.elapsed is not None:
+    if clock and snap.elapsed is not None:
         head = f"t={snap.elapsed:5.1f}s  " + head
     return head
 
@@ -205,8 +205,10 @@ def render_to_string(snap: ViewSnapshot, *, width: int = 100, color: bool = Fals
 
 
 def render_plain(snap: ViewSnapshot, *, with_ages: bool = True) -> str:
-    """Plain lines for logs and pipes (no colours, no box drawing)."""
-    lines = [_summary_line(snap) + ("  at rest" if snap.at_rest else "")]
+    """Plain lines for logs and pipes (no colours, no box drawing). Without ``with_ages``
+    nothing in the frame depends on the clock (no heartbeat ages, no elapsed time), so
+    two frames are equal exactly when nothing changed."""
+    lines = [_summary_line(snap, clock=with_ages) + ("  at rest" if snap.at_rest else "")]
     if snap.error:
         lines.append(f"error: {snap.error}")
     for m in snap.members:

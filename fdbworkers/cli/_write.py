@@ -72,7 +72,13 @@ def job() -> None:
 @click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
 @click.option("--spec", callback=parse_spec, metavar="JSON", help="The job's spec, as JSON.")
 @click.option(
-    "--weight", type=FiniteFloatRange(min=0, min_open=True, max=1e9), default=1.0, show_default=True
+    "--weight",
+    type=FiniteFloatRange(min=0, min_open=True, max=1e9),
+    default=1.0,
+    show_default=True,
+    help="A weight stored with the job and given to its handler (job.weight; "
+    "FDBWORKERS_JOB_WEIGHT for --exec). Jobs are assigned by partition: it does not "
+    "change where the job runs.",
 )
 @click.option(
     "--partitions",
