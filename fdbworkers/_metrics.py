@@ -199,6 +199,22 @@ class _Collector:
             yield counter(
                 "fdbworkers_handler_crashes", "Job handlers that raised.", rs.handler_crashes
             )
+            yield counter(
+                "fdbworkers_job_failures",
+                "Failed runs of jobs here (handler crashes and reported failures, e.g. an "
+                "--exec exit code other than 0).",
+                rs.job_failures,
+            )
+            yield gauge(
+                "fdbworkers_jobs_failing",
+                "Jobs here whose runs fail (not yet healthy_after seconds without failing).",
+                rs.jobs_failing,
+            )
+            yield gauge(
+                "fdbworkers_jobs_parked",
+                "Jobs here parked after park_after failures in a row (not run).",
+                rs.jobs_parked,
+            )
             yield counter("fdbworkers_claims", "Claims committed.", rs.claims_committed)
             yield counter(
                 "fdbworkers_claims_blocked",

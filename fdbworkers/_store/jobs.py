@@ -16,6 +16,7 @@ from .._core.assign import DEFAULT_PARTITIONS, job_partition
 from .._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
+    JobHealth,
     Layout,
     MemberRecord,
     RoleConfig,
@@ -32,6 +33,7 @@ from .._core.keys import (
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
 from .._log import get_logger
+from .events import DEFAULT_EVENT_RETENTION, tx_event
 from .members import tx_ensure_role
 
 #: Change-log entries older than this (in cluster versions) are trimmed.
@@ -140,9 +142,79 @@ async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str)
     if await tr.get(key) is None:
         return False
     tr.clear(key)
+    tr.clear(layout.jobhealth_key(role, job_id))
     tr.add(layout.job_count_key(role), _MINUS_ONE)
     _log_job_change(tr, layout, role, p, job_id, "remove")
     await _trim_job_changes(tr, layout, role)
+    return True
+
+
+# --- job health (written by the owner while a job fails; keys.py: "jobhealth") --------
+
+
+async def tx_write_job_health(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    job_id: str,
+    health: JobHealth,
+    event: str | None = None,
+    event_retention: float = DEFAULT_EVENT_RETENTION,
+) -> None:
+    """Record that ``job_id`` fails on its owner (a blind write: idempotent), with an
+    audit event (``job_failing``, ``job_parked``) when ``event`` is given."""
+    tr.set(layout.jobhealth_key(role, job_id), health.encode())
+    if event is not None:
+        await tx_event(
+            tr,
+            layout,
+            event,
+            role,
+            event_retention,
+            worker=health.wid,
+            incarnation=health.incarnation,
+            job=job_id,
+            failures=health.failures,
+            error=health.last_error[:200],
+        )
+
+
+async def tx_clear_job_health(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    job_id: str,
+    wid: str,
+    incarnation: str,
+    token: bytes,
+    event: str | None = None,
+    event_retention: float = DEFAULT_EVENT_RETENTION,
+) -> bool:
+    """Clear the job's health record if it is still the one this owner wrote (the job
+    may have another owner by now, with a record of its own). True if cleared."""
+    key = layout.jobhealth_key(role, job_id)
+    raw = await tr.get(key)
+    if raw is None:
+        return False
+    try:
+        rec = JobHealth.decode(key, raw)
+    except CorruptDataError:
+        tr.clear(key)
+        return True
+    if (rec.wid, rec.incarnation, rec.token) != (wid, incarnation, token):
+        return False
+    tr.clear(key)
+    if event is not None:
+        await tx_event(
+            tr,
+            layout,
+            event,
+            role,
+            event_retention,
+            worker=wid,
+            incarnation=incarnation,
+            job=job_id,
+        )
     return True
 
 

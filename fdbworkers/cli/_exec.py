@@ -23,6 +23,9 @@ runner's own grace runs out first (a fenced worker has only part of its fence ma
 the group is killed at once. The handler returns only after the process is gone, so the
 claim is released (and a new owner starts) only after the old process ended.
 
+A process that exits with a code other than 0 (or cannot start) counts as a failed run
+of the job (``Job.report_failure``): the job shows as ``failing`` in ``jobs`` and
+``status``, and the runner's ``park_after`` parks it (the process is not started again).
 A process that exits by itself is started again after a backoff (doubling from
 ``backoff_initial`` to ``backoff_max``, with jitter; reset after a run of at least
 ``healthy_after`` seconds); with ``restart="on-failure"`` an exit code 0 means the job
@@ -126,6 +129,19 @@ def job_environment(
         "FDBWORKERS_JOB_WEIGHT": f"{job.weight:g}",
         "FDBWORKERS_ATTEMPT": str(attempt),
     }
+
+
+def describe_exit(code: int | None, command: str) -> str:
+    """A process's end as a job's last error: ``exit code 3``, ``killed by SIGKILL``,
+    or ``could not start CMD`` (code None)."""
+    if code is None:
+        return f"could not start {command}"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _signal_group(pid: int, sig: int) -> bool:
@@ -278,6 +294,12 @@ class ExecRunner:
                     return
                 self._exited += 1
             ran = trio.current_time() - started
+            if code != 0 and job is not None:
+                job.report_failure(describe_exit(code, o.argv[0]))
+                if job.parked:
+                    log.error("job_process_parked", code=code, attempt=attempt)
+                    await stopping.wait()
+                    return
             if code == 0 and o.restart == "on-failure":
                 log.info("job_process_finished", code=0, ran=round(ran, 3))
                 await stopping.wait()

@@ -248,8 +248,8 @@ def spec_text(spec: Any, width: int | None) -> str:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(["owned", "moving", "unclaimed", "orphaned"]),
-    help="Only jobs in this state (repeatable).",
+    type=click.Choice(["owned", "moving", "unclaimed", "orphaned", "failing", "parked"]),
+    help="Only jobs in this state, or of this health: failing, parked (repeatable).",
 )
 @json_option
 @click.pass_context
@@ -258,7 +258,9 @@ def jobs(
 ) -> None:
     """The jobs of ROLE with their owner (the worker holding the claim), the member the
     assignment names, the fencing token and the state: owned, moving (a handoff under
-    way), unclaimed, or orphaned (held by a worker that is gone).
+    way), unclaimed, or orphaned (held by a worker that is gone); and its health: ok,
+    failing (its runs fail on its owner: crashes, --exec exits other than 0) with the
+    failures in a row, or parked (no longer run after --park-after failures).
 
     \b
     Examples:
@@ -270,7 +272,8 @@ def jobs(
     views = [
         j
         for j in job_views(snap)
-        if (owner is None or j.owner == owner) and (not states or j.state in states)
+        if (owner is None or j.owner == owner)
+        and (not states or j.state in states or j.health_state in states)
     ]
     if as_json:
         print_json({"schema": SCHEMAS["jobs"], "role": role, "jobs": [j.to_json() for j in views]})
@@ -282,11 +285,12 @@ def jobs(
         return
     width = 40 if stdout_is_terminal() else None
     print_table(
-        ["JOB", "STATE", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC"],
+        ["JOB", "STATE", "HEALTH", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC"],
         [
             [
                 j.id,
                 j.state,
+                health_text(j),
                 j.owner or "-",
                 j.assigned_to or "-",
                 str(j.partition),
@@ -296,8 +300,25 @@ def jobs(
             ]
             for j in views
         ],
-        styles=[[None, STATE_COLOURS.get(j.state)] + [None] * 6 for j in views],
+        styles=[
+            [None, STATE_COLOURS.get(j.state), STATE_COLOURS.get(j.health_state)] + [None] * 6
+            for j in views
+        ],
     )
+
+
+def health_text(j: JobView, error_width: int | None = 60) -> str:
+    """``ok``, or ``failing x3: <last error>`` / ``parked x5: ...`` (failures in a row;
+    the error cut to ``error_width`` characters; ``job show`` has it whole)."""
+    if j.health is None:
+        return "ok"
+    text = f"{j.health.state} x{j.health.failures}"
+    if error_width is None:
+        return text
+    error = " ".join(j.health.last_error.split())
+    if len(error) > error_width:
+        error = error[: error_width - 3] + "..."
+    return f"{text}: {error}"
 
 
 def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
@@ -317,6 +338,16 @@ def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
         ("job", j.id),
         ("role", role),
         ("state", j.state),
+        ("health", health_text(j, None)),
+        *(
+            [
+                ("restarts", str(j.health.restarts)),
+                ("failing since", fmt_wall(j.health.since)),
+                ("last error", j.health.last_error),
+            ]
+            if j.health is not None
+            else []
+        ),
         ("owner", f"{j.owner} (incarnation {j.owner_incarnation})" if j.owner else "-"),
         ("assigned to", j.assigned_to or "-"),
         ("fencing token", j.token.hex() if j.token else "-"),

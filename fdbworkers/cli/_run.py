@@ -122,6 +122,14 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
     help="How long a job may take to stop (SIGTERM, then SIGKILL for --exec).",
 )
 @click.option(
+    "--park-after",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Park a job after N failures in a row (crashes, --exec exits other than 0): it "
+    "stays claimed here but is not run again until it moves [default: restart for ever].",
+)
+@click.option(
     "--give-up-after",
     type=FiniteFloatRange(min=1, max=30 * 86400),
     default=None,
@@ -184,6 +192,7 @@ def worker(
     weight: float,
     settle: float,
     grace: float,
+    park_after: int | None,
     give_up_after: float | None,
     restart: str,
     partitions: int,
@@ -241,6 +250,7 @@ def worker(
         demo_log=demo_log,
         demo_work_interval=demo_work_interval,
         grace=grace,
+        park_after=park_after,
         metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
     )
     ctx.exit(code)
@@ -258,6 +268,7 @@ def run_worker_process(
     demo_work_interval: float,
     grace: float,
     metrics: tuple[str, int] | None,
+    park_after: int | None = None,
 ) -> int:
     from .._runner import JobRunner
     from .._worker import open_worker
@@ -305,7 +316,7 @@ def run_worker_process(
                         db, role, worker_id=worker_id, id_file=id_file, root=s.root, options=options
                     ) as w:
                         worker_box.append(w)
-                        runner = JobRunner(w, handler, grace=runner_grace)
+                        runner = JobRunner(w, handler, grace=runner_grace, park_after=park_after)
                         if hasattr(handler, "bind"):
                             handler.bind(w)
                         async with trio.open_nursery() as n:

@@ -260,3 +260,32 @@ def test_worker_exec_logs_follow_the_options_and_prefix_the_output(
     assert w.wait(timeout=20) == 0
     text = cli.log("cw2.log")
     assert "job_process_started" not in text and "{" not in text, text
+
+
+def test_an_exec_program_that_keeps_failing_shows_failing_then_parked(
+    cli: Cli, tmp_path: Path
+) -> None:
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    out = tmp_path / "runs.jsonl"
+    assert cli("job", "add", "fail", "f1", "--partitions", "16").returncode == 0
+    cli.worker("fail", "fw1", "--exec", f"{PY} {prog} {out} exit 3", "--park-after", "2")
+
+    def job() -> dict[str, Any]:
+        r = cli("jobs", "fail", "--json")
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout)["jobs"][0])
+
+    wait_for(lambda: job()["health"] == "parked", 60, "the job to be parked")
+    j = job()
+    assert j["state"] == "owned" and j["failures"] == 2 and j["last_error"] == "exit code 3"
+    assert len(events(out)) == 2  # parked: not started again
+    table = cli("jobs", "fail", "--state", "parked")
+    assert "f1" in table.stdout and "parked x2: exit code 3" in table.stdout, table.stdout
+    status = cli("status", "fail", "--observe", "1")
+    assert status.returncode == 1, status.stdout
+    assert "jobs_running" in status.stdout and "f1 (parked on fw1" in status.stdout
+    types = [
+        e["type"] for e in json.loads(cli("events", "--role", "fail", "--json").stdout)["events"]
+    ]
+    assert "job_failing" in types and "job_parked" in types
