@@ -92,6 +92,8 @@ STATE_COLOURS = {
     "moving": "yellow",
     "unclaimed": "red",
     "orphaned": "red",
+    "failing": "red",
+    "parked": "bold red",
 }
 
 
@@ -285,23 +287,23 @@ def jobs(
         return
     width = 40 if stdout_is_terminal() else None
     print_table(
-        ["JOB", "STATE", "HEALTH", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC"],
+        ["JOB", "STATE", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC", "HEALTH"],
         [
             [
                 j.id,
                 j.state,
-                health_text(j),
                 j.owner or "-",
                 j.assigned_to or "-",
                 str(j.partition),
                 j.token.hex() if j.token else "-",
                 f"{j.weight:g}",
                 spec_text(j.spec, width),
+                health_text(j),
             ]
             for j in views
         ],
         styles=[
-            [None, STATE_COLOURS.get(j.state), STATE_COLOURS.get(j.health_state)] + [None] * 6
+            [None, STATE_COLOURS.get(j.state)] + [None] * 6 + [STATE_COLOURS.get(j.health_state)]
             for j in views
         ],
     )
