@@ -28,7 +28,7 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from ._core.tuples import VERSIONSTAMP_SIZE as VERSIONSTAMP_SIZE
 from ._core.tuples import strinc as strinc
-from ._errors import FDBError
+from ._errors import ConfigError, FDBError
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -39,6 +39,31 @@ MAX_VALUE_SIZE = 100_000
 MAX_TRANSACTION_SIZE = 10_000_000
 #: Default per-database limit of unfired watches (option ``max_watches``).
 DEFAULT_MAX_WATCHES = 10_000
+#: The longest transaction timeout FDB takes (2**31 - 1 milliseconds, about 24.8 days).
+MAX_TRANSACTION_TIMEOUT = (2**31 - 1) / 1000
+
+
+def check_timeout(seconds: Any, what: str = "a transaction timeout") -> float:
+    """``seconds`` as a float if it is a timeout FDB takes (0: none), else ConfigError
+    naming ``what`` (bool, str, NaN, infinities and more than about 24.8 days refused)."""
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= MAX_TRANSACTION_TIMEOUT
+    ):
+        raise ConfigError(
+            f"{what} is a number of seconds in [0, {MAX_TRANSACTION_TIMEOUT:g}] "
+            f"(0: none), not {seconds!r}"
+        )
+    return float(seconds)
+
+
+def check_retry_limit(retries: Any, what: str = "a retry limit") -> int:
+    """``retries`` if it is an int >= -1 (-1: no limit), else ConfigError naming ``what``."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
+        raise ConfigError(f"{what} is an integer >= -1 (-1: no limit), not {retries!r}")
+    return retries
 
 
 class MutationType(enum.IntEnum):
@@ -322,8 +347,30 @@ class Database(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = DatabaseStatistics()
-        self.default_timeout: float | None = None
-        self.default_retry_limit: int | None = None
+        self._default_timeout: float | None = None
+        self._default_retry_limit: int | None = None
+
+    @property
+    def default_timeout(self) -> float | None:
+        """The timeout (seconds) of every transaction ``transact`` runs; None: none."""
+        return self._default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, seconds: float | None) -> None:
+        self._default_timeout = (
+            None if seconds is None else check_timeout(seconds, "default_timeout")
+        )
+
+    @property
+    def default_retry_limit(self) -> int | None:
+        """The retry limit of every transaction ``transact`` runs; None: none."""
+        return self._default_retry_limit
+
+    @default_retry_limit.setter
+    def default_retry_limit(self, retries: int | None) -> None:
+        self._default_retry_limit = (
+            None if retries is None else check_retry_limit(retries, "default_retry_limit")
+        )
 
     @abc.abstractmethod
     def create_transaction(self) -> Transaction: ...

@@ -19,6 +19,7 @@ FDB_ERRORS: Final[dict[int, tuple[str, str]]] = {
     1020: ("not_committed", "Transaction not committed due to conflict with another transaction"),
     1021: ("commit_unknown_result", "Transaction may or may not have committed"),
     1025: ("transaction_cancelled", "Operation aborted because the transaction was cancelled"),
+    1026: ("connection_failed", "Network connection failed"),
     1031: ("transaction_timed_out", "Operation aborted because the transaction timed out"),
     1032: ("too_many_watches", "Too many watches currently set"),
     1034: ("watches_disabled", "Watches cannot be set if read your writes is disabled"),

@@ -17,11 +17,11 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import structlog
 import trio
 
 from ._db import Database
 from ._errors import FDB_ERRORS, ConfigError
+from ._log import get_logger
 from ._worker import Worker
 
 #: Buckets of the heartbeat latency histogram (seconds).
@@ -199,6 +199,22 @@ class _Collector:
             yield counter(
                 "fdbworkers_handler_crashes", "Job handlers that raised.", rs.handler_crashes
             )
+            yield counter(
+                "fdbworkers_job_failures",
+                "Failed runs of jobs here (handler crashes and reported failures, e.g. an "
+                "--exec exit code other than 0).",
+                rs.job_failures,
+            )
+            yield gauge(
+                "fdbworkers_jobs_failing",
+                "Jobs here whose runs fail (not yet healthy_after seconds without failing).",
+                rs.jobs_failing,
+            )
+            yield gauge(
+                "fdbworkers_jobs_parked",
+                "Jobs here parked after park_after failures in a row (not run).",
+                rs.jobs_parked,
+            )
             yield counter("fdbworkers_claims", "Claims committed.", rs.claims_committed)
             yield counter(
                 "fdbworkers_claims_blocked",
@@ -300,7 +316,7 @@ async def serve_metrics(
 ) -> None:
     """Serve ``/metrics`` on ``host:port`` (0: any free port) until cancelled; reports
     the bound port through ``task_status``."""
-    log = structlog.get_logger("fdbworkers").bind(component="metrics")
+    log = get_logger("fdbworkers").bind(component="metrics")
 
     def render() -> tuple[bytes, str]:
         return metrics.render(), metrics.content_type

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from ._core.assign import Assignment, assign
 from ._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
+    JobHealth,
     Layout,
     MemberRecord,
     decode,
@@ -53,12 +55,14 @@ from ._store.jobs import (
     JobRecord,
     tx_add_job,
     tx_claim,
+    tx_clear_job_health,
     tx_read_partitions,
     tx_release,
     tx_remove_job,
     tx_take_handoffs,
+    tx_write_job_health,
 )
-from ._worker import DEFAULT_PARTITIONS, Worker, install_job_runner
+from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_runner
 
 #: Errors after which a claim's commit may have been applied without our knowing:
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
@@ -111,6 +115,18 @@ class Job:
     token: bytes
     _worker: Worker = field(repr=False)
     stopping: trio.Event = field(default_factory=trio.Event, repr=False)
+    #: Set once the runner parked the job (``park_after`` failures in a row): it stays
+    #: claimed here but is not run again until it moves or this worker restarts.
+    parked: bool = field(default=False, repr=False)
+    _on_failure: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def report_failure(self, error: str) -> None:
+        """Count a failed run that did not raise out of the handler, for a handler that
+        restarts its own work (``--exec`` does, for each exit code other than 0): the
+        job shows as ``failing`` in ``jobs`` and ``status`` like after a crash, and is
+        parked after ``park_after`` failures in a row; check :attr:`parked` after."""
+        if self._on_failure is not None:
+            self._on_failure(str(error))
 
     @property
     def db(self) -> Database:
@@ -182,6 +198,14 @@ class _Running:
     restarts: int = 0
     #: Set once the job was stopped, removed and (if asked) released.
     stopped: trio.Event | None = None
+    #: Health: failures in a row, the latest error, the first failure's wall time,
+    #: a counter of failures (a recovery applies only if none came since), and whether
+    #: a health record of ours may be stored.
+    failures: int = 0
+    last_error: str = ""
+    failing_since: float = 0.0
+    health_gen: int = 0
+    health_written: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +222,20 @@ class RunnerStatistics:
     moves_deferred: int
     #: Partitions taken over from a leaving worker before the membership settled.
     handoffs_adopted: int = 0
+    #: Jobs whose runs fail (crash or reported failure) and have not run
+    #: ``healthy_after`` seconds since; jobs parked; failed runs in all.
+    jobs_failing: int = 0
+    jobs_parked: int = 0
+    job_failures: int = 0
+
+
+def _check_seconds(**values: Any) -> None:
+    """ConfigError naming the option unless each value is a finite number (NaN passes
+    every ``<`` check, so the range checks alone would accept it)."""
+    for name, value in values.items():
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
 class JobRunner:
@@ -217,7 +255,31 @@ class JobRunner:
         claim_poll: float = 1.0,
         rng: random.Random | None = None,
         assign_in_thread: bool | None = None,
+        park_after: int | None = None,
+        healthy_after: float = 60.0,
     ) -> None:
+        if park_after is not None and (
+            isinstance(park_after, bool) or not isinstance(park_after, int) or park_after < 1
+        ):
+            raise ConfigError(f"park_after must be an integer >= 1 (or None), got {park_after!r}")
+        _check_seconds(healthy_after=healthy_after)
+        if healthy_after <= 0:
+            raise ConfigError(f"healthy_after must be > 0 seconds, got {healthy_after!r}")
+        #: Park a job after this many failures in a row (None: restart it for ever).
+        self.park_after = park_after
+        #: A failing job counts as healthy again after running this long without failing.
+        self.healthy_after = healthy_after
+        self._job_failures = 0
+        _check_seconds(
+            grace=grace,
+            move_interval=move_interval,
+            restart_backoff=restart_backoff,
+            resync_interval=resync_interval,
+            full_resync_interval=full_resync_interval,
+            claim_poll=claim_poll,
+        )
+        if not callable(handler):
+            raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
         if grace < 0:
             raise ConfigError("grace must be >= 0")
         if max_moves is not None and max_moves < 1:
@@ -290,6 +352,9 @@ class JobRunner:
             reconciles=self._reconciles,
             moves_deferred=self._deferred,
             handoffs_adopted=self._adoptions,
+            jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
+            jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
+            job_failures=self._job_failures,
         )
 
     def subscribe(self, buffer: int = 64) -> trio.MemoryReceiveChannel[OwnershipChange]:
@@ -681,6 +746,7 @@ class JobRunner:
         # a process that wakes from a freeze past it cancels the handler before the
         # handler runs again, even before the lease watchdog task has run (G3).
         r = _Running(job, trio.CancelScope(deadline=self.w.lease.hard_end), trio.Event())
+        job._on_failure = partial(self._job_reported_failure, r)
         self.running[rec.id] = r
         self._unreleased.pop(rec.id, None)  # the claim is the running job's now
         self._started += 1
@@ -706,6 +772,9 @@ class JobRunner:
                     except Exception as e:
                         self._crashes += 1
                         r.restarts += 1
+                        self._job_failed(r, repr(e))
+                        if r.job.parked:
+                            await trio.sleep_forever()  # not run again until it moves
                         delay = min(hi, lo * 2 ** (r.restarts - 1)) * (0.5 + self._rng.random() / 2)
                         self.log.error(
                             "job_handler_crashed",
@@ -717,6 +786,8 @@ class JobRunner:
                         await trio.sleep(delay)
         finally:
             r.done.set()
+            if r.health_written and self._nursery is not None:
+                self._nursery.start_soon(self._clear_health, r, None)  # it stops here
             if r.scope.cancelled_caught and r.stopped is None and self.running.get(r.job.id) is r:
                 # The lease's hard end passed (a freeze) without a stop: the handler no
                 # longer runs, so it must not count as running; the next reconcile
@@ -727,6 +798,90 @@ class JobRunner:
                 self._unreleased[r.job.id] = (r.job.partition, r.job.token, None, False)
                 self.log.warning("job_lease_deadline", job=r.job.id, action="restart if owned")
                 self.wake()
+
+    # -- per-job health (the "jobhealth" key, see _core/keys.py) --------------------------
+
+    def _job_reported_failure(self, r: _Running, error: str) -> None:
+        r.restarts += 1
+        self._job_failed(r, error)
+
+    def _job_failed(self, r: _Running, error: str) -> None:
+        """A run of ``r`` failed: count it, publish the job's health, and park the job
+        after ``park_after`` failures in a row."""
+        if r.stopped is not None or self._nursery is None:
+            return
+        w = self.w
+        now = time.time()
+        r.failures += 1
+        r.health_gen += 1
+        self._job_failures += 1
+        if r.failures == 1:
+            r.failing_since = now
+        r.last_error = error
+        event = "job_failing" if r.failures == 1 else None
+        if self.park_after is not None and r.failures >= self.park_after and not r.job.parked:
+            r.job.parked = True
+            event = "job_parked"
+            self.log.error(
+                "job_parked", job=r.job.id, failures=r.failures, error=error, action="not run here"
+            )
+        health = JobHealth(
+            w.id,
+            w.incarnation,
+            r.job.token,
+            "parked" if r.job.parked else "failing",
+            r.failures,
+            r.restarts,
+            error,
+            r.failing_since,
+            now,
+        )
+        self._nursery.start_soon(self._publish_health, r, health, event, r.health_gen)
+
+    async def _publish_health(
+        self, r: _Running, health: JobHealth, event: str | None, gen: int
+    ) -> None:
+        w = self.w
+        try:
+            await w.transact(
+                tx_write_job_health,
+                w.layout,
+                w.role,
+                r.job.id,
+                health,
+                event,
+                w.options.event_retention,
+            )
+            r.health_written = True
+        except FDBError as e:
+            self.log.warning("job_health_write_failed", job=r.job.id, error=e.name)
+        if r.job.parked:
+            return
+        await trio.sleep(self.healthy_after)
+        if r.health_gen == gen and r.stopped is None and self.running.get(r.job.id) is r:
+            r.failures = 0  # ran healthy_after seconds without failing
+            self.log.info("job_recovered", job=r.job.id)
+            await self._clear_health(r, "job_recovered")
+
+    async def _clear_health(self, r: _Running, event: str | None) -> None:
+        if not r.health_written:
+            return
+        w = self.w
+        try:
+            await w.transact(
+                tx_clear_job_health,
+                w.layout,
+                w.role,
+                r.job.id,
+                w.id,
+                w.incarnation,
+                r.job.token,
+                event,
+                w.options.event_retention,
+            )
+            r.health_written = False
+        except FDBError as e:
+            self.log.warning("job_health_clear_failed", job=r.job.id, error=e.name)
 
     async def _stop_one(
         self,
@@ -851,6 +1006,7 @@ async def add_job(
 ) -> bool:
     """Add or update a job; True if anything changed. ``partitions`` applies only when
     this call creates the role."""
+    check_database(db)
     validate_name("role", role)
     layout = Layout.for_root(root)
     _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
@@ -860,6 +1016,7 @@ async def add_job(
 async def remove_job(
     db: Database, role: str, job_id: str, *, root: str | bytes | tuple[str, ...] | None = None
 ) -> bool:
+    check_database(db)
     validate_name("role", role)
     return bool(await db.transact(tx_remove_job, Layout.for_root(root), role, job_id))
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import structlog
 import trio
 
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
@@ -45,7 +44,14 @@ from ._core.ring import watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
-from ._errors import ConfigError, CorruptDataError, FDBError, FdbworkersError
+from ._errors import (
+    ClusterUnreachableError,
+    ConfigError,
+    CorruptDataError,
+    FDBError,
+    FdbworkersError,
+)
+from ._log import get_logger
 from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
 from ._store.members import (
     tx_check_epoch,
@@ -63,6 +69,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
+#: The liveness timeout's range (seconds), as the CLI's `worker --timeout`.
+MIN_TIMEOUT = 0.3
+MAX_TIMEOUT = 3600.0
 #: Membership reads of one worker are at least this far apart (see WorkerOptions).
 MEMBERSHIP_READ_GAP = 0.25
 #: Partitions of a new role: the assignment's measured choice (docs/assignment.md).
@@ -101,21 +110,42 @@ class WorkerOptions:
     event_retention: float = DEFAULT_EVENT_RETENTION
     leave_timeout: float | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Stop (ClusterUnreachableError) once the cluster has not answered for this many
+    #: seconds in a row; None: keep trying (saying so in the log) for ever.
+    give_up_after: float | None = None
 
     def __post_init__(self) -> None:
+        def number(value: Any) -> bool:
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+
         def positive(name: str, value: float) -> None:
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if not number(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
 
         positive("timeout", self.timeout)
-        if self.timeout < 0.3:
-            raise ConfigError(f"timeout must be at least 0.3 s, got {self.timeout}")
-        if not isinstance(self.weight, int | float) or not (0 < self.weight < 1e6):
+        if not MIN_TIMEOUT <= self.timeout <= MAX_TIMEOUT:
+            raise ConfigError(
+                f"timeout must be in [{MIN_TIMEOUT:g}, {MAX_TIMEOUT:g}] seconds, "
+                f"got {self.timeout!r}"
+            )
+        if not number(self.weight) or not (0 < self.weight < 1e6):
             raise ConfigError(f"weight must be a number in (0, 1e6), got {self.weight!r}")
-        if not isinstance(self.settle, int | float) or self.settle < 0:
-            raise ConfigError(f"settle must be >= 0 seconds, got {self.settle!r}")
-        if self.settle_max is not None and self.settle_max < self.settle:
-            raise ConfigError("settle_max must be >= settle")
+        if not number(self.settle) or not 0 <= self.settle <= MAX_TIMEOUT:
+            raise ConfigError(
+                f"settle must be in [0, {MAX_TIMEOUT:g}] seconds, got {self.settle!r}"
+            )
+        if self.settle_max is not None and (
+            not number(self.settle_max) or self.settle_max < self.settle
+        ):
+            raise ConfigError(f"settle_max must be a number >= settle, got {self.settle_max!r}")
+        if self.leave_timeout is not None:
+            positive("leave_timeout", self.leave_timeout)
+        if self.give_up_after is not None:
+            positive("give_up_after", self.give_up_after)
         if self.check_interval is not None:
             positive("check_interval", self.check_interval)
             if self.check_interval > self.timeout:
@@ -294,7 +324,11 @@ class Worker:
         #: True while a heartbeat transaction runs (it may commit at any moment).
         self.heartbeat_in_flight = False
         self._leaving: trio.Event | None = None
-        self.log = structlog.get_logger("fdbworkers").bind(
+        #: (this process's clock, wall time) of the first failure since the cluster
+        #: last answered a registration or heartbeat; None while it answers.
+        self._unreachable_since: tuple[float, float] | None = None
+        self._unreachable_logged = -math.inf
+        self.log = get_logger("fdbworkers").bind(
             role=self.role, worker=self.id, incarnation=self.incarnation
         )
         # Statistics.
@@ -487,7 +521,9 @@ class Worker:
                 if trio.current_time() >= deadline_log:
                     self.log.warning("register_failed", error=str(e), code=e.code)
                     deadline_log = trio.current_time() + 10
+                self._cluster_failed(e)
                 await trio.sleep(min(1.0, self.options.heartbeat_interval))
+        self._cluster_answered()
         self._renew_lease(started)
         if rec.replaced:
             # A previous incarnation with our id may still be running somewhere: its jobs
@@ -498,6 +534,45 @@ class Worker:
         self._set_state(WorkerState.ACTIVE)
         self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
         self._wake_reader.set()
+
+    @property
+    def unreachable_for(self) -> float:
+        """Seconds since the cluster last answered (0 while it answers)."""
+        if self._unreachable_since is None:
+            return 0.0
+        return trio.current_time() - self._unreachable_since[0]
+
+    def _cluster_failed(self, e: FDBError) -> None:
+        """A registration or heartbeat failed: say plainly how long the cluster has not
+        answered (every 10 s), and give up after ``give_up_after`` if set."""
+        now = trio.current_time()
+        if self._unreachable_since is None:
+            self._unreachable_since = (now, time.time())
+        silent = now - self._unreachable_since[0]
+        since = utc_iso(self._unreachable_since[1])
+        limit = self.options.give_up_after
+        if silent >= self.options.op_timeout and now - self._unreachable_logged >= 10.0:
+            self._unreachable_logged = now
+            self.log.error(
+                "cluster_unreachable",
+                since=since,
+                seconds=round(silent, 1),
+                last_error=f"{e.name} ({e.code})",
+                give_up_in=None if limit is None else round(max(0.0, limit - silent), 1),
+            )
+        if limit is not None and silent >= limit:
+            raise ClusterUnreachableError(
+                f"the cluster has not answered for {silent:.0f} s (since {since}; last "
+                f"error: {e.name} ({e.code})): giving up after {limit:g} s"
+            )
+
+    def _cluster_answered(self) -> None:
+        if self._unreachable_since is not None:
+            silent = trio.current_time() - self._unreachable_since[0]
+            if self._unreachable_logged > -math.inf:
+                self.log.warning("cluster_reachable_again", after=round(silent, 1))
+            self._unreachable_since = None
+            self._unreachable_logged = -math.inf
 
     async def _heartbeat_loop(self) -> None:
         interval = self.options.heartbeat_interval
@@ -516,6 +591,7 @@ class Worker:
                 self.heartbeat_in_flight = False
                 self._hb_failures += 1
                 self.log.warning("heartbeat_failed", error=e.name, code=e.code)
+                self._cluster_failed(e)
                 # Try again soon (the lease keeps running from the last success).
                 await trio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
                 continue
@@ -528,6 +604,7 @@ class Worker:
                     return  # our leave removed the record: nothing more to renew
                 await self._lost_record(rec)
                 continue
+            self._cluster_answered()
             self._hb_sent += 1
             self.last_heartbeat_committed = trio.current_time()
             self._renew_lease(start)
@@ -997,10 +1074,26 @@ def default_clocks() -> tuple[Callable[[], float], Callable[[], float]]:
     return (lambda: time.clock_gettime(boot_id)), time.monotonic
 
 
+def utc_iso(wall: float) -> str:
+    """A wall-clock time as UTC ISO-8601 with the zone (``2026-01-02T03:04:05Z``)."""
+    import datetime
+
+    t = datetime.datetime.fromtimestamp(wall, datetime.UTC).replace(microsecond=0)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def check_database(db: Any, what: str = "db") -> None:
+    """ConfigError naming ``what`` unless ``db`` is a Database."""
+    if not isinstance(db, Database):
+        raise ConfigError(f"{what} must be a Database (from fdbworkers.open_database), got {db!r}")
+
+
 def _make_options(options: WorkerOptions | None, overrides: dict[str, Any]) -> WorkerOptions:
     if options is not None and overrides:
         raise ConfigError("pass either options= or individual options, not both")
     if options is not None:
+        if not isinstance(options, WorkerOptions):
+            raise ConfigError(f"options must be a WorkerOptions, got {options!r}")
         return options
     try:
         return WorkerOptions(**overrides)
@@ -1032,6 +1125,7 @@ async def open_worker(
     operator drains it, it leaves and the block is cancelled (the ``async with`` then
     exits normally). Options: see :class:`WorkerOptions`.
     """
+    check_database(db)
     opts = _make_options(options, option_overrides)
     wid = resolve_worker_id(worker_id, id_file)
     worker = Worker(db, role, wid, opts, root=root, rng=rng, clocks=clocks)

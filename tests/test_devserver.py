@@ -748,3 +748,133 @@ async def test_remote_and_local_engine_agree(
     got = await diff.run_script(remote_db, prefix, script)
     for i, (want, have) in enumerate(zip(expected, got, strict=True)):
         assert have == want, f"seed {seed}, step {i}: local {want!r}, remote {have!r}"
+
+
+# --------------------------------------------------------------------------------------
+# Bounds (issue 17, point 5): the data folder, frame sizes, reply queues
+# --------------------------------------------------------------------------------------
+
+
+async def test_data_in_a_missing_folder_fails_at_start(tmp_path: Path) -> None:
+    from fdbworkers._backends.devserver import check_data_path
+
+    missing = tmp_path / "no-such-folder" / "data.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_data_path(missing)
+    with pytest.raises(ConfigError, match="is a folder"):
+        check_data_path(tmp_path)
+    check_data_path(tmp_path / "data.db")  # a new file in an existing folder is fine
+    server = DevServer(data=missing)
+    with pytest.raises(ConfigError, match="does not exist"):
+        await server.run(listen=False)
+    r = await trio.run_process(
+        [sys.executable, "-m", "fdbworkers", "devserver", "--port", "0", "--data", str(missing)],
+        capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert b"does not exist" in r.stderr and b"listening" not in r.stdout
+
+
+async def test_a_large_frame_before_the_hello_is_refused_at_its_header(
+    memserver: DevServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    from fdbworkers._backends.devserver import MAX_HELLO_FRAME, MAX_REQUEST_FRAME
+
+    stream = await memserver.connect_in_memory()
+    await stream.send_all((128 * 1024 * 1024).to_bytes(4, "big") + b"x" * 1000)
+    answer = await FrameReader(stream).receive()
+    assert answer is not None and answer[1] == STATUS_PROTOCOL_ERROR
+    assert f"at most {MAX_HELLO_FRAME} bytes" in answer[2]
+    # After the hello, requests are capped too (far below the 128 MiB of an answer).
+    stream = await memserver.connect_in_memory()
+    reader = FrameReader(stream)
+    await stream.send_all(encode_frame(["hello", PROTOCOL_VERSION, {"name": "t"}]))
+    assert (await reader.receive()) is not None
+    await stream.send_all((MAX_REQUEST_FRAME + 1).to_bytes(4, "big"))
+    answer = await reader.receive()
+    assert answer is not None and answer[1] == STATUS_PROTOCOL_ERROR
+    assert f"at most {MAX_REQUEST_FRAME} bytes" in answer[2]
+
+
+async def test_a_client_that_reads_no_answers_gets_backpressure(
+    memserver: DevServer, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fdbworkers._backends.devserver as devserver_module
+
+    limit = 20_000
+    monkeypatch.setattr(devserver_module, "MAX_QUEUED_REPLY_BYTES", limit)
+    client, server_side = trio.testing.lockstep_stream_pair()  # writes wait for a reader
+    sessions_before = set(memserver._sessions)
+    assert memserver._nursery is not None
+    memserver._nursery.start_soon(memserver._handle, server_side, "lockstep")
+    await client.send_all(encode_frame(["hello", PROTOCOL_VERSION, {"name": "greedy"}]))
+    total = 20_000
+    sent = 0
+
+    async def sender() -> None:
+        nonlocal sent
+        for rid in range(1, total + 1):
+            await client.send_all(encode_frame(["ping", rid]))
+            sent += 1
+
+    async with trio.open_nursery() as n:
+        n.start_soon(sender)
+        await trio.sleep(5)  # virtual: the sender is stuck, the server reads no more
+        (session,) = set(memserver._sessions) - sessions_before
+        assert sent < total, "the server kept reading requests"
+        assert session.queued_bytes <= limit + 64, session.queued_bytes
+        # Reading the answers lets it go on, to the end.
+        reader = FrameReader(client)
+        for _ in range(total + 1):  # the hello's answer, then one per ping
+            assert await reader.receive() is not None
+        assert sent == total
+    await client.aclose()
+
+
+def test_eight_connections_sending_huge_frames_before_hello_use_little_memory(
+    tmp_path: Path,
+) -> None:
+    """The issue's case against a real dev server process: 8 connections each start a
+    128 MiB frame before their hello. Each is closed at its length prefix; the server's
+    memory stays bounded (it grew from 57 MiB to 1 GiB before)."""
+    ready = tmp_path / "addr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fdbworkers", "devserver", "--port", "0", "--ready-file",
+         str(ready), "--log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = 200  # x 0.1 s of waiting, bounded
+        while not ready.exists() and deadline:
+            deadline -= 1
+            subprocess.run(["sleep", "0.1"], check=True)
+        port = int(ready.read_text().strip().rsplit(":", 1)[1])
+
+        def rss_kib() -> int:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+            raise AssertionError("no VmRSS")
+
+        before = rss_kib()
+        chunk = b"\x00" * (1024 * 1024)
+        socks = []
+        refused = 0
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(s)
+            try:
+                s.sendall((128 * 1024 * 1024).to_bytes(4, "big"))
+                for _ in range(128):
+                    s.sendall(chunk)
+            except OSError:
+                refused += 1  # closed by the server while we were still sending
+        after = rss_kib()
+        for s in socks:
+            s.close()
+        print(f"dev server RSS: {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after")
+        assert refused == 8
+        assert after - before < 64 * 1024, (before, after)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -25,7 +25,7 @@ DOCS = PKG.parent / "docs"
 
 #: Lowest first. A module may import only from its own layer or a lower one.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("errors", ["fdbworkers._errors"]),
+    ("errors", ["fdbworkers._errors", "fdbworkers._log"]),
     ("core", ["fdbworkers._core"]),
     ("seam", ["fdbworkers._db"]),
     ("backends", ["fdbworkers._backends"]),

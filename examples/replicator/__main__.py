@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def worker(
     opts: Opts, worker_id: str | None, timeout: float, batch_size: int, grace: float
 ) -> None:
     """Run a replicator worker: it replicates the jobs fdbworkers assigns it, until
-    Ctrl-C (it then stops its replications and hands them over)."""
+    Ctrl-C or SIGTERM (it then stops its replications and hands them over)."""
 
     async def report(job: Job, r: BatchResult) -> None:
         if r.changes:
@@ -111,11 +112,24 @@ def worker(
 
     async def main(db: Database) -> None:
         handler = make_handler(opts.store, batch_size=batch_size, on_batch=report)
-        async with open_worker(
-            db, ROLE, worker_id=worker_id, root=opts.root, timeout=timeout, settle=1.0
-        ) as w:
-            click.echo(f"worker {w.id} joined role {ROLE!r}")
-            await w.run_jobs(handler, grace=grace)
+        async with trio.open_nursery() as nursery:
+
+            async def leave_on_sigterm() -> None:
+                # SIGTERM (a service manager, a container stop) ends the worker like
+                # Ctrl-C: open_worker's exit stops the jobs, hands them over and removes
+                # the member record, so no stale member is left behind.
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        click.echo("SIGTERM: leaving", err=True)
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(leave_on_sigterm)
+            async with open_worker(
+                db, ROLE, worker_id=worker_id, root=opts.root, timeout=timeout, settle=1.0
+            ) as w:
+                click.echo(f"worker {w.id} joined role {ROLE!r}")
+                await w.run_jobs(handler, grace=grace)
 
     run(opts, main)
 

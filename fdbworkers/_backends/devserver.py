@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgpack
-import structlog
 import trio
 import trio.testing
 
 from .._db import KeySelector, MutationType, Transaction, Watch
 from .._errors import ConfigError, FDBError
+from .._log import get_logger
 from .engine import Engine, EngineDatabase, FaultPlan
 from .engine._mutations import SET
 from .engine._ryw import MAX_KEY
@@ -65,13 +65,14 @@ __all__ = [
     "DevServer",
     "DevServerStatistics",
     "check_bind_host",
+    "check_data_path",
     "load_data_file",
     "run_devserver",
     "save_data_file",
     "serve",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.devserver")
 
 #: The ``format`` field of a data file.
 DATA_FORMAT: Final = "fdbworkers-devserver-data"
@@ -81,6 +82,14 @@ DEFAULT_SAVE_INTERVAL: Final = 1.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 #: The most transactions one connection may hold open (a leak guard).
 MAX_OPEN_TRANSACTIONS: Final = 100_000
+#: The largest frame a connection may send before its hello (a hello is tiny).
+MAX_HELLO_FRAME: Final = 64 * 1024
+#: The largest frame a client may send after it: its requests are small (the client
+#: caps keys and values just above FoundationDB's limits before sending them).
+MAX_REQUEST_FRAME: Final = 1024 * 1024
+#: Backpressure: while a connection has more reply bytes queued than this (a client
+#: that does not read its answers), the server reads no new request from it.
+MAX_QUEUED_REPLY_BYTES: Final = 16 * 1024 * 1024
 _BATCH_BYTES = 1 << 20
 #: After loading a data file, versions jump this far (in seconds of versions) above the
 #: saved version, like FoundationDB's recovery (MAX_VERSIONS_IN_FLIGHT, 100 s).
@@ -169,6 +178,24 @@ def save_data_file(path: Path, version: int, items: list[tuple[bytes, bytes]]) -
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def check_data_path(path: Path) -> None:
+    """ConfigError unless the data file can be written where it is: its folder exists
+    and is writable, and the path is not a folder (checked at start: otherwise every
+    save would fail and every commit would be lost)."""
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"dev server data file {str(path)!r} is a folder")
+    if not folder.is_dir():
+        raise ConfigError(
+            f"the folder of the dev server data file {str(path)!r} does not exist "
+            f"({str(folder)!r}): create it first"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"the folder of the dev server data file {str(path)!r} is not writable")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"dev server data file {str(path)!r} is not readable and writable")
 
 
 def load_data_file(path: Path) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -266,6 +293,9 @@ class _Session:
         self.trs: dict[int, _ServerTransaction] = {}
         self.requests: dict[int, tuple[trio.CancelScope, Watch | None]] = {}
         self.send_ch, self.recv_ch = trio.open_memory_channel[bytes](math.inf)
+        #: Reply bytes queued and not yet written (see _wait_for_reply_room).
+        self.queued_bytes = 0
+        self._reply_room = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.flushed = trio.Event()
         self.closed = False
@@ -281,6 +311,7 @@ class _Session:
             )
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self.send_ch.send_nowait(frame)
+            self.queued_bytes += len(frame)
 
     def answer_error(self, rid: int, e: BaseException) -> None:
         if isinstance(e, FDBError):
@@ -293,7 +324,7 @@ class _Session:
 
     # -- the connection ------------------------------------------------------------------
     async def run(self) -> None:
-        reader = FrameReader(self.stream)
+        reader = FrameReader(self.stream, max_size=MAX_HELLO_FRAME)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -302,7 +333,9 @@ class _Session:
                 nursery.start_soon(self._write_loop)
                 try:
                     await self._handshake(reader)
+                    reader.max_size = MAX_REQUEST_FRAME
                     while True:
+                        await self._wait_for_reply_room()
                         message = await reader.receive()
                         if message is None:
                             break
@@ -361,10 +394,25 @@ class _Session:
                     chunks.append(more)
                     size += len(more)
                 await self.stream.send_all(b"".join(chunks))
+                self._replies_written(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.nursery_cancel()
         finally:
             self.flushed.set()
+
+    # -- bounds: frames and reply queues (issue 17) ----------------------------------------
+    def _replies_written(self, size: int) -> None:
+        self.queued_bytes -= size
+        if self.queued_bytes <= MAX_QUEUED_REPLY_BYTES // 2:
+            self._reply_room.set()
+
+    async def _wait_for_reply_room(self) -> None:
+        """Backpressure: read no new request while too many reply bytes wait to be
+        written to this client (it does not read them): the queue stays bounded by the
+        limit plus the answers of requests already read."""
+        while self.queued_bytes > MAX_QUEUED_REPLY_BYTES:
+            self._reply_room = trio.Event()
+            await self._reply_room.wait()
 
     def close(self) -> None:
         self.closed = True
@@ -737,6 +785,8 @@ class DevServer:
     ) -> None:
         """Serve until cancelled; ``task_status.started(port)`` once listening (0 with
         ``listen=False``: in-memory connections only)."""
+        if self.data is not None:
+            check_data_path(self.data)
         listener = await _open_listener(host, port, allow_remote=allow_remote) if listen else None
         try:
             if self.data is not None:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import os
+import re
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final
 
-import structlog
 import trio
 
 from .._db import (
@@ -53,6 +53,8 @@ from .._db import (
     VersionstampFuture,
     Watch,
     check_limit,
+    check_retry_limit,
+    check_timeout,
 )
 from .._db import (
     as_selector as _selector,
@@ -61,6 +63,7 @@ from .._db import (
     check_bytes as _check_key,
 )
 from .._errors import BackendUnavailableError, ConfigError, FDBError
+from .._log import get_logger
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -74,7 +77,7 @@ __all__ = [
     "resolve_cluster_file",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.fdb")
 
 #: The FDB API version fdbworkers is written and tested against.
 DEFAULT_API_VERSION: Final = 730
@@ -570,15 +573,13 @@ class FdbTransaction(Transaction):
 
     # -- options -----------------------------------------------------------------------
     def set_timeout(self, seconds: float) -> None:
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a transaction timeout is >= 0 seconds, not {seconds}")
+        seconds = check_timeout(seconds)
         ms = 0 if seconds == 0 else max(1, math.ceil(seconds * 1000))
         with _translated():
             self._tr.options.set_timeout(min(ms, 2**31 - 1))
 
     def set_retry_limit(self, retries: int) -> None:
-        if retries < -1:
-            raise ConfigError(f"a retry limit is >= -1 (-1: no limit), not {retries}")
+        retries = check_retry_limit(retries)
         with _translated():
             self._tr.options.set_retry_limit(min(retries, 2**31 - 1))
 
@@ -696,7 +697,40 @@ def resolve_cluster_file(cluster_file: str | None = None) -> str:
         )
     if not os.access(path, os.R_OK):
         raise ConfigError(f"FoundationDB cluster file {path!r} ({source}) is not readable")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(10_000)
+    except OSError as e:
+        raise ConfigError(f"FoundationDB cluster file {path!r} ({source}): {e}") from e
+    problem = check_connection_string(text)
+    if problem is not None:
+        raise ConfigError(f"FoundationDB cluster file {path!r} ({source}) {problem}")
     return os.path.abspath(path)
+
+
+_CONNECTION_STRING = re.compile(
+    r"^[A-Za-z0-9_]+:[A-Za-z0-9]+@"
+    r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}(:tls)?"
+    r"(,(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}(:tls)?)*$"
+)
+
+
+def check_connection_string(text: str) -> str | None:
+    """Why ``text`` (a cluster file's content) is not a connection string, or None
+    (pure). The form is ``DESCRIPTION:ID@HOST:PORT[,HOST:PORT...]``, ``#`` comments;
+    libfdb_c would say only ``connection_string_invalid (2104)``."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        return "is empty: it must hold a connection string DESCRIPTION:ID@HOST:PORT,..."
+    first = lines[0].split("#", 1)[0].strip()
+    if not _CONNECTION_STRING.match(first):
+        shown = first if len(first) <= 60 else first[:57] + "..."
+        return (
+            f"does not hold a connection string: expected DESCRIPTION:ID@HOST:PORT,... "
+            f"(e.g. 'docker:docker@127.0.0.1:4500'), found {shown!r}"
+        )
+    return None
 
 
 def open_fdb(

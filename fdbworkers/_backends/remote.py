@@ -29,7 +29,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import structlog
 import trio
 
 from .._db import (
@@ -48,6 +47,8 @@ from .._db import (
     Watch,
     backoff_delay,
     check_limit,
+    check_retry_limit,
+    check_timeout,
 )
 from .._db import (
     as_selector as _selector,
@@ -56,6 +57,7 @@ from .._db import (
     check_bytes as _check_bytes,
 )
 from .._errors import ConfigError, FDBError
+from .._log import get_logger
 from .wire import (
     _BATCH_BYTES,
     PROTOCOL_VERSION,
@@ -77,7 +79,7 @@ __all__ = [
     "open_remote",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.remote")
 
 #: FDB's ``connection_failed``: the error of every operation on a lost connection.
 CONNECTION_FAILED: Final = 1026
@@ -720,15 +722,13 @@ class RemoteTransaction(Transaction):
 
     # -- options -------------------------------------------------------------------------
     def set_timeout(self, seconds: float) -> None:
-        if not (isinstance(seconds, int | float) and seconds >= 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a transaction timeout is >= 0 seconds, not {seconds}")
+        seconds = check_timeout(seconds)
         self._timeout = float(seconds)
         if self._conn is not None:
             self._conn.send("timeout", self._tid, self._server_timeout() if seconds else 0.0)
 
     def set_retry_limit(self, retries: int) -> None:
-        if not isinstance(retries, int) or retries < -1:
-            raise ConfigError(f"a retry limit is >= -1 (-1: no limit), not {retries}")
+        retries = check_retry_limit(retries)
         self._retry_limit = retries
         if self._conn is not None:
             self._conn.send(

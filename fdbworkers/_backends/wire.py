@@ -64,13 +64,23 @@ class FrameReader:
         self._buf = bytearray()
         self._max = max_size
 
+    @property
+    def max_size(self) -> int:
+        """The largest frame accepted; a longer one is a ProtocolError as soon as its
+        length prefix arrives, so the buffer never holds more than this plus one read."""
+        return self._max
+
+    @max_size.setter
+    def max_size(self, size: int) -> None:
+        self._max = size
+
     async def receive(self) -> list[Any] | None:
         """The next message, or None at a clean end of stream (between frames)."""
         while True:
             if len(self._buf) >= _HEADER.size:
                 (size,) = _HEADER.unpack_from(self._buf)
                 if size == 0 or size > self._max:
-                    raise ProtocolError(f"bad frame length {size}")
+                    raise ProtocolError(f"bad frame length {size} (at most {self._max} bytes)")
                 end = _HEADER.size + size
                 if len(self._buf) >= end:
                     body = bytes(self._buf[_HEADER.size : end])

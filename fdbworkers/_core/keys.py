@@ -25,6 +25,15 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
                                                    of wid that run nothing any more
     (root, "r", role, "handoff", wid, partition) -> {from, incarnation}: a leaving worker
                                                    handed this partition's jobs to wid
+    (root, "r", role, "jobhealth", job_id)      -> JobHealth {wid, incarnation, token, state,
+                                                   failures, restarts, last_error, since,
+                                                   last_failure_at}: written by the job's
+                                                   owner while the job fails (a handler
+                                                   crash, an --exec exit != 0) or is parked;
+                                                   cleared once it ran healthy_after seconds
+                                                   without failing, when it stops there,
+                                                   and when the job is removed. Counts only
+                                                   while its token is the claim's.
     (root, "events", vs)                        -> Event: bounded audit log
     (root, "events_head")                       -> versionstamp of the latest event; watched
 """
@@ -90,6 +99,51 @@ def encode(obj: dict[str, Any]) -> bytes:
     """A value: msgpack map with the schema version."""
     packed: bytes = msgpack.packb({"v": SCHEMA_VERSION, **obj}, use_bin_type=True)
     return packed
+
+
+#: FoundationDB's largest value (bytes); a job record (spec, weight, added_at) must fit.
+MAX_VALUE_BYTES: Final = 100_000
+#: The deepest nesting of lists and maps a job spec may have.
+MAX_SPEC_DEPTH: Final = 64
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse a job spec that cannot be stored or read back as given: deeper than
+    MAX_SPEC_DEPTH, holding NaN or an infinity (not JSON; never equal to itself, so
+    the idempotent add would rewrite it forever), or of a type msgpack cannot carry.
+    The size is checked on the whole record (``check_record_size``)."""
+    stack: list[tuple[Any, int]] = [(spec, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(f"job spec holds {value!r}: only finite numbers are allowed")
+        elif isinstance(value, dict | list | tuple):
+            if depth >= MAX_SPEC_DEPTH:
+                raise ConfigError(
+                    f"job spec is nested too deeply: at most {MAX_SPEC_DEPTH} levels of "
+                    "lists and maps"
+                )
+            items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+            for k, v in items:
+                if k is not None:
+                    stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+        elif value is not None and not isinstance(value, bool | int | str | bytes):
+            raise ConfigError(
+                f"job spec holds a {type(value).__name__}: use None, bool, int, float, str, "
+                "bytes, lists and maps"
+            )
+
+
+def check_record_size(what: str, value: bytes) -> None:
+    """Refuse a value larger than FoundationDB stores, naming the limit."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise ConfigError(
+            f"{what} is too large: {len(value):,} bytes encoded, the limit is "
+            f"{MAX_VALUE_BYTES:,} bytes (FoundationDB's value size limit); keep large data "
+            "elsewhere and put a reference in the spec"
+        )
 
 
 def decode(key: bytes, value: bytes) -> dict[str, Any]:
@@ -233,6 +287,12 @@ class Layout:
     def handoff_key(self, role: str, wid: str, partition: int) -> bytes:
         return self.key("r", role, "handoff", wid, partition)
 
+    def jobhealth_key(self, role: str, job_id: str) -> bytes:
+        return self.key("r", role, "jobhealth", job_id)
+
+    def jobhealth_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "jobhealth")
+
     def handoffs_range(self, role: str, wid: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "handoff", wid)
 
@@ -374,6 +434,12 @@ class RoleSpace:
     def handoff_key(self, wid: str, partition: int) -> bytes:
         return self.key("handoff", wid, partition)
 
+    def jobhealth_key(self, job_id: str) -> bytes:
+        return self.key("jobhealth", job_id)
+
+    def jobhealth_range(self) -> tuple[bytes, bytes]:
+        return self.range("jobhealth")
+
     def handoffs_range(self, wid: str) -> tuple[bytes, bytes]:
         return self.range("handoff", wid)
 
@@ -514,6 +580,73 @@ class Claim:
         if timeout is not None:
             obj["timeout"] = timeout
         return stamped_value(obj)
+
+
+#: The longest last error a job health record keeps (characters).
+MAX_JOB_ERROR: Final = 1000
+
+
+@dataclass(frozen=True)
+class JobHealth:
+    """A job that fails on its owner: written by the owner (``state`` ``failing``, or
+    ``parked`` once it stopped running it after ``park_after`` failures in a row)."""
+
+    wid: str
+    incarnation: str
+    #: The claim's token when written: the record counts only while it is the claim's.
+    token: bytes
+    state: str
+    #: Failures in a row (since it last ran ``healthy_after`` seconds without failing).
+    failures: int
+    #: Restarts on this owner since it claimed the job.
+    restarts: int
+    last_error: str
+    #: Wall times (informational): the first failure in a row, the latest one.
+    since: float
+    last_failure_at: float
+
+    def encode(self) -> bytes:
+        return encode(
+            {
+                "wid": self.wid,
+                "incarnation": self.incarnation,
+                "token": self.token,
+                "state": self.state,
+                "failures": self.failures,
+                "restarts": self.restarts,
+                "last_error": self.last_error[:MAX_JOB_ERROR],
+                "since": self.since,
+                "last_failure_at": self.last_failure_at,
+            }
+        )
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> JobHealth:
+        obj = decode(key, value)
+        try:
+            return cls(
+                str(obj["wid"]),
+                str(obj["incarnation"]),
+                bytes(obj["token"]),
+                str(obj["state"]),
+                int(obj["failures"]),
+                int(obj.get("restarts", 0)),
+                str(obj.get("last_error", "")),
+                float(obj.get("since", 0.0)),
+                float(obj.get("last_failure_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptDataError(f"job health at {key!r} is malformed: {e!r}") from e
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "failures": self.failures,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "since": self.since,
+            "last_failure_at": self.last_failure_at,
+        }
 
 
 #: Retired incarnations kept per worker id (the newest; older ones are dropped).

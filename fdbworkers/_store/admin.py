@@ -14,7 +14,7 @@ its own clock; that wall time is shown for people only.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
@@ -22,6 +22,7 @@ import trio
 from .._core.keys import (
     LAYOUT_VERSION,
     Claim,
+    JobHealth,
     Layout,
     MemberRecord,
     RoleConfig,
@@ -284,6 +285,8 @@ class RoleSnapshot:
     jobs: Mapping[str, JobInfoRecord]
     claims: Mapping[str, Claim]
     corrupt: Sequence[str] = ()
+    #: Job health records (jobs failing on their owner), by job id.
+    health: Mapping[str, JobHealth] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -350,7 +353,31 @@ async def read_role_snapshot(db: Database, layout: Layout, role: str) -> RoleSna
     config = await require_role(db, layout, role)
     epoch, members, corrupt_members = await read_membership(db, layout, role)
     jobs, claims, corrupt = await read_jobs_and_claims(db, layout, role)
-    return RoleSnapshot(role, config, epoch, members, corrupt_members, jobs, claims, corrupt)
+    health = await read_job_health(db, layout, role, corrupt)
+    return RoleSnapshot(
+        role, config, epoch, members, corrupt_members, jobs, claims, corrupt, health
+    )
+
+
+async def read_job_health(
+    db: Database, layout: Layout, role: str, corrupt: list[str]
+) -> dict[str, JobHealth]:
+    """The role's job health records (only jobs that fail have one: a small range)."""
+    out: dict[str, JobHealth] = {}
+    for key, value in await scan(db, *layout.jobhealth_range(role)):
+        try:
+            out[str(layout.unpack(key)[-1])] = JobHealth.decode(key, value)
+        except (CorruptDataError, IndexError) as e:
+            corrupt.append(f"job health {key!r}: {e}")
+    return out
+
+
+def current_health(claim: Claim | None, health: JobHealth | None) -> JobHealth | None:
+    """The health record if it is the current owner's (written under the claim's token):
+    a record of an earlier owner, or of a released claim, does not count."""
+    if claim is None or health is None or health.token != claim.token:
+        return None
+    return health
 
 
 # --- judgements (pure) ----------------------------------------------------------------
@@ -407,6 +434,14 @@ class JobView:
     token: bytes | None
     assigned_to: str | None
     state: str
+    #: The owner's report when the job fails there (None: it runs, as far as we know).
+    health: JobHealth | None = None
+
+    @property
+    def health_state(self) -> str:
+        """``ok``, ``failing`` (its runs fail on its owner) or ``parked`` (its owner
+        stopped running it after ``park_after`` failures in a row)."""
+        return "ok" if self.health is None else self.health.state
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -421,6 +456,12 @@ class JobView:
             "token_version": stamp_version(self.token) if self.token is not None else None,
             "assigned_to": self.assigned_to,
             "state": self.state,
+            "health": self.health_state,
+            "failures": self.health.failures if self.health else 0,
+            "restarts": self.health.restarts if self.health else 0,
+            "last_error": self.health.last_error if self.health else None,
+            "failing_since": self.health.since if self.health else None,
+            "last_failure_at": self.health.last_failure_at if self.health else None,
         }
 
 
@@ -457,6 +498,7 @@ def job_views(snap: RoleSnapshot) -> list[JobView]:
                 c.token if c else None,
                 owners.get(jid),
                 job_state(c, snap.members, owners.get(jid)),
+                current_health(c, snap.health.get(jid)),
             )
         )
     return out
@@ -642,6 +684,24 @@ def evaluate_role(
                 f"{len(jobs)} job(s), each held by a live member",
             )
         )
+
+    failing = [
+        f"{j.id} ({j.health_state} on {j.owner}: {j.health.failures} failure(s) in a row, "
+        f"last: {j.health.last_error[:120]})"
+        for j in jobs
+        if j.health is not None
+    ]
+    if failing:
+        checks.append(
+            Check(
+                "jobs_running",
+                False,
+                f"{len(failing)} job(s) failing or parked: {_some(failing, 3)}",
+                failing,
+            )
+        )
+    else:
+        checks.append(Check("jobs_running", True, "no job reports failing runs"))
 
     moving = [f"{j.id} ({j.owner} -> {j.assigned_to})" for j in jobs if j.state == "moving"]
     if moving:

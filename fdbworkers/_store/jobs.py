@@ -10,16 +10,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 import trio
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition
 from .._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
+    JobHealth,
     Layout,
     MemberRecord,
     RoleConfig,
+    check_record_size,
+    check_spec,
     decode,
     decode_retired,
     encode,
@@ -30,6 +32,8 @@ from .._core.keys import (
 )
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
+from .._log import get_logger
+from .events import DEFAULT_EVENT_RETENTION, tx_event
 from .members import tx_ensure_role
 
 #: Change-log entries older than this (in cluster versions) are trimmed.
@@ -104,10 +108,12 @@ async def tx_add_job(
     validate_name("job id", job_id)
     if not isinstance(weight, int | float) or not 0 < weight < 1e9 or math.isnan(weight):
         raise ConfigError(f"job weight must be a positive number, got {weight!r}")
+    check_spec(spec)
     try:
-        encode({"spec": spec})
+        encoded = JobRecord(job_id, 0, spec, float(weight), time.time()).encode()
     except Exception as e:
         raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
+    check_record_size("the job spec", encoded)
     cfg = await tx_ensure_role(tr, layout, role, partitions)
     p = job_partition(job_id, cfg.partitions)
     key = layout.job_key(role, p, job_id)
@@ -136,9 +142,79 @@ async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str)
     if await tr.get(key) is None:
         return False
     tr.clear(key)
+    tr.clear(layout.jobhealth_key(role, job_id))
     tr.add(layout.job_count_key(role), _MINUS_ONE)
     _log_job_change(tr, layout, role, p, job_id, "remove")
     await _trim_job_changes(tr, layout, role)
+    return True
+
+
+# --- job health (written by the owner while a job fails; keys.py: "jobhealth") --------
+
+
+async def tx_write_job_health(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    job_id: str,
+    health: JobHealth,
+    event: str | None = None,
+    event_retention: float = DEFAULT_EVENT_RETENTION,
+) -> None:
+    """Record that ``job_id`` fails on its owner (a blind write: idempotent), with an
+    audit event (``job_failing``, ``job_parked``) when ``event`` is given."""
+    tr.set(layout.jobhealth_key(role, job_id), health.encode())
+    if event is not None:
+        await tx_event(
+            tr,
+            layout,
+            event,
+            role,
+            event_retention,
+            worker=health.wid,
+            incarnation=health.incarnation,
+            job=job_id,
+            failures=health.failures,
+            error=health.last_error[:200],
+        )
+
+
+async def tx_clear_job_health(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    job_id: str,
+    wid: str,
+    incarnation: str,
+    token: bytes,
+    event: str | None = None,
+    event_retention: float = DEFAULT_EVENT_RETENTION,
+) -> bool:
+    """Clear the job's health record if it is still the one this owner wrote (the job
+    may have another owner by now, with a record of its own). True if cleared."""
+    key = layout.jobhealth_key(role, job_id)
+    raw = await tr.get(key)
+    if raw is None:
+        return False
+    try:
+        rec = JobHealth.decode(key, raw)
+    except CorruptDataError:
+        tr.clear(key)
+        return True
+    if (rec.wid, rec.incarnation, rec.token) != (wid, incarnation, token):
+        return False
+    tr.clear(key)
+    if event is not None:
+        await tx_event(
+            tr,
+            layout,
+            event,
+            role,
+            event_retention,
+            worker=wid,
+            incarnation=incarnation,
+            job=job_id,
+        )
     return True
 
 
@@ -177,7 +253,7 @@ async def tx_read_partitions(
     parts = sorted(set(partitions))
     if not parts:
         return jobs, claims
-    log = structlog.get_logger("fdbworkers")
+    log = get_logger("fdbworkers")
     # Keys are decoded below these (the root and role are the same for every key).
     jobs_begin, claims_begin = layout.jobs_range(role)[0], layout.claims_range(role)[0]
 
@@ -371,6 +447,6 @@ async def tx_take_handoffs(
             partition = int(layout.unpack_below(begin, kv.key)[0])
             out[partition] = (str(obj["from"]), str(obj["incarnation"]))
         except (CorruptDataError, KeyError, ValueError, IndexError):
-            structlog.get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
+            get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
     tr.clear_range(begin, end)
     return out

@@ -14,6 +14,7 @@ from ._common import (
     DEFAULT_TIMEOUT,
     EXIT_INTERRUPTED,
     CliError,
+    FiniteFloatRange,
     Settings,
     configure_logging,
     report_error,
@@ -78,7 +79,7 @@ def _check_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--timeout",
     envvar="FDBWORKERS_TIMEOUT",
-    type=click.FloatRange(min=0.1, max=3600),
+    type=FiniteFloatRange(min=0.1, max=3600),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",

@@ -5,6 +5,7 @@ columns in a pipe, JSON on request)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,6 +37,20 @@ EXIT_UNREACHABLE: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
 DEFAULT_TIMEOUT: Final = 5.0
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without NaN and the infinities (FloatRange lets NaN through:
+    every comparison with it is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = 0.0  # not a number at all: FloatRange says so
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class CliError(Exception):
@@ -129,7 +144,10 @@ def open_db(s: Settings) -> Database:
     try:
         db = open_database(address)
     except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="'--cluster'") from e
+        hint = {"FDB_CLUSTER_FILE": "--cluster-file", "FDBWORKERS_CLUSTER": "--cluster"}.get(
+            s.cluster_source, s.cluster_source
+        )
+        raise click.BadParameter(str(e), param_hint=f"'{hint}'") from e
     db.default_timeout = s.timeout
     return db
 
@@ -158,7 +176,16 @@ def translate(s: Settings, e: BaseException) -> CliError | None:
             return CliError(
                 f"cannot connect to the cluster {s.cluster}: {e.description}",
                 EXIT_UNREACHABLE,
-                hint="is it running? (a dev server: fdbworkers devserver)",
+                # The dev server's client already asks whether it is running: once is enough.
+                hint=None
+                if "devserver" in e.description
+                else "is it running? (a dev server: fdbworkers devserver)",
+            )
+        if e.code == 2104:
+            return CliError(
+                f"the cluster file of {s.cluster} does not hold a valid connection string "
+                "(DESCRIPTION:ID@HOST:PORT,...)",
+                EXIT_USAGE,
             )
         return CliError(f"database error: {e}")
     if isinstance(e, LayoutError):
@@ -326,7 +353,7 @@ def configure_logging(level: str = "warning", fmt: str = "auto") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks
             if fmt == "json"
             else structlog.processors.format_exc_info,

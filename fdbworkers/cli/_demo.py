@@ -42,13 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-import structlog
 import trio
 
 from .._core.keys import Layout
 from .._core.liveness import default_check_interval
 from .._db import Database, Transaction
 from .._errors import FDBError, FencedError
+from .._log import get_logger
 from .._runner import Job
 from .._store.events import EventInfo
 from .._store.jobs import tx_add_job, tx_remove_job
@@ -66,6 +66,14 @@ DEMO_PARTITIONS: Final = 256
 # --- the handler inside worker processes ----------------------------------------------
 
 
+#: Printed once before the plain progress lines (docs/demo.md, "Reading the output").
+PLAIN_LEGEND = (
+    "legend: every 5 s, 'members WORKER:STATE:JOBS ...' (STATE: ok, suspect, stale, "
+    "draining, unknown; JOBS: the jobs it holds) '| jobs TOTAL' and the count of jobs in "
+    "each state (owned, moving, unclaimed, orphaned)"
+)
+
+
 class DemoHandler:
     """The demo's job handler (see the module doc)."""
 
@@ -78,7 +86,7 @@ class DemoHandler:
         self._worker: Any = None
         self.fenced_writes = 0
         self.fence_rejections = 0
-        self.log = structlog.get_logger("fdbworkers").bind(component="demo_handler")
+        self.log = get_logger("fdbworkers").bind(component="demo_handler")
 
     def bind(self, worker: Any) -> None:
         self._worker = worker
@@ -327,6 +335,7 @@ class Demo:
                 with trio.move_on_after(0.25):
                     await self.live.wait_changed()
         else:
+            self.out(PLAIN_LEGEND)
             while True:
                 await trio.sleep(5.0)
                 snap = self.frame()

@@ -15,13 +15,17 @@ the job in its environment:
 ``FDBWORKERS_ATTEMPT``          0 for the first run, then 1, 2... after restarts
 ==============================  ===============================================
 
-Each run is a new process group (its own session), so the whole tree is signalled.
+Each run is a new process group (its own session), so the whole tree is signalled. Its
+stdout and stderr are copied to the worker's, each line prefixed with ``[JOB-ID] ``.
 When the job must stop (ownership moved, the job was removed, the worker leaves or fences
 itself) the group gets SIGTERM, then SIGKILL after ``stop_grace`` seconds; if the job
 runner's own grace runs out first (a fenced worker has only part of its fence margin)
 the group is killed at once. The handler returns only after the process is gone, so the
 claim is released (and a new owner starts) only after the old process ended.
 
+A process that exits with a code other than 0 (or cannot start) counts as a failed run
+of the job (``Job.report_failure``): the job shows as ``failing`` in ``jobs`` and
+``status``, and the runner's ``park_after`` parks it (the process is not started again).
 A process that exits by itself is started again after a backoff (doubling from
 ``backoff_initial`` to ``backoff_max``, with jitter; reset after a run of at least
 ``healthy_after`` seconds); with ``restart="on-failure"`` an exit code 0 means the job
@@ -35,14 +39,17 @@ import os
 import random
 import shlex
 import signal
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import structlog
 import trio
 
 from .._errors import ConfigError
+from .._log import get_logger
 from .._runner import Job
 
 RESTART_MODES: Final = ("always", "on-failure")
@@ -124,6 +131,19 @@ def job_environment(
     }
 
 
+def describe_exit(code: int | None, command: str) -> str:
+    """A process's end as a job's last error: ``exit code 3``, ``killed by SIGKILL``,
+    or ``could not start CMD`` (code None)."""
+    if code is None:
+        return f"could not start {command}"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 def _signal_group(pid: int, sig: int) -> bool:
     """Signal the process group led by ``pid``; False if it is gone."""
     try:
@@ -135,6 +155,57 @@ def _signal_group(pid: int, sig: int) -> bool:
         return False
 
 
+#: A line longer than this is written out in pieces, each with the prefix.
+MAX_LINE: Final = 64 * 1024
+
+
+def prefix_lines(prefix: bytes, pending: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """(complete prefixed lines to write, the unfinished rest) after ``data`` arrived
+    (pure). At end of stream pass ``data=b"\n"`` if ``pending`` is not empty."""
+    buf = pending + data
+    out = []
+    while True:
+        nl = buf.find(b"\n")
+        if nl < 0:
+            if len(buf) < MAX_LINE:
+                break
+            nl = MAX_LINE - 1
+        out.append(prefix + buf[: nl + 1] + (b"" if buf[nl : nl + 1] == b"\n" else b"\n"))
+        buf = buf[nl + 1 :]
+    return b"".join(out), buf
+
+
+async def copy_lines(stream: Any, target: Any, prefix: bytes) -> None:
+    """Copy ``stream`` (a trio receive stream) line by line to ``target`` (a text file
+    with a ``buffer``), each line prefixed."""
+    out = getattr(target, "buffer", None)
+    pending = b""
+
+    def write(chunk: bytes) -> None:
+        if not chunk:
+            return
+        with suppress(OSError, ValueError):
+            if out is not None:
+                target.flush()
+                out.write(chunk)
+                out.flush()
+            else:
+                target.write(chunk.decode(errors="replace"))
+                target.flush()
+
+    try:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            lines, pending = prefix_lines(prefix, pending, data)
+            write(lines)
+    finally:
+        if pending:
+            write(prefix_lines(prefix, pending, b"\n")[0])
+        await trio.aclose_forcefully(stream)
+
+
 class ExecRunner:
     """A job handler that runs a command per job (see the module doc)."""
 
@@ -143,13 +214,17 @@ class ExecRunner:
         options: ExecOptions,
         *,
         rng: random.Random | None = None,
+        prefix_output: bool = True,
     ) -> None:
         self.options = options
+        #: Copy the processes' stdout/stderr with each line prefixed by ``[JOB-ID] ``
+        #: (False: they write straight to the worker's own stdout/stderr).
+        self.prefix_output = prefix_output
         self._rng = rng or random.Random()
         self._live: dict[int, trio.Process] = {}
         self._started = self._exited = self._terminated = self._killed = 0
         self._restarts = self._spawn_failures = 0
-        self.log = structlog.get_logger("fdbworkers").bind(component="exec")
+        self.log = get_logger("fdbworkers").bind(component="exec")
 
     def statistics(self) -> ExecStatistics:
         return ExecStatistics(
@@ -175,7 +250,9 @@ class ExecRunner:
         def env_for(attempt: int) -> dict[str, str]:
             return job_environment(job, worker_id=w.id, incarnation=w.incarnation, attempt=attempt)
 
-        await self.run_job(env_for, job.stopping, label=job.id)
+        await self.run_job(
+            env_for, job.stopping, label=job.id, log=w.log.bind(component="exec"), job=job
+        )
 
     async def run_job(
         self,
@@ -183,6 +260,8 @@ class ExecRunner:
         stopping: trio.Event,
         *,
         label: str,
+        log: Any = None,
+        job: Job | None = None,
     ) -> None:
         """Run the command until ``stopping`` is set (then stop it and return), restarting
         it with backoff when it exits by itself. ``env_for(attempt)`` gives the
@@ -190,13 +269,18 @@ class ExecRunner:
         o = self.options
         attempt = 0
         failures = 0
-        log = self.log.bind(job=label)
+        log = (log or self.log).bind(job=label)
         while not stopping.is_set():
             env = {**os.environ, **o.env, **env_for(attempt)}
             started = trio.current_time()
             try:
                 proc = await trio.lowlevel.open_process(
-                    list(o.argv), env=env, start_new_session=True
+                    list(o.argv),
+                    env=env,
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if self.prefix_output else None,
+                    stderr=subprocess.PIPE if self.prefix_output else None,
                 )
             except OSError as e:
                 self._spawn_failures += 1
@@ -205,11 +289,17 @@ class ExecRunner:
             else:
                 self._started += 1
                 log.info("job_process_started", pid=proc.pid, attempt=attempt)
-                code = await self._supervise(proc, stopping, log)
+                code = await self._supervise_with_output(proc, stopping, log, label)
                 if stopping.is_set():
                     return
                 self._exited += 1
             ran = trio.current_time() - started
+            if code != 0 and job is not None:
+                job.report_failure(describe_exit(code, o.argv[0]))
+                if job.parked:
+                    log.error("job_process_parked", code=code, attempt=attempt)
+                    await stopping.wait()
+                    return
             if code == 0 and o.restart == "on-failure":
                 log.info("job_process_finished", code=0, ran=round(ran, 3))
                 await stopping.wait()
@@ -266,6 +356,31 @@ class ExecRunner:
             self._live.pop(proc.pid, None)
         log.info("job_process_ended", pid=proc.pid, code=proc.returncode)
         return proc.returncode
+
+    async def _supervise_with_output(
+        self, proc: trio.Process, stopping: trio.Event, log: Any, label: str
+    ) -> int | None:
+        """``_supervise``, with the process's stdout and stderr copied to ours, each line
+        prefixed with ``[JOB-ID] `` (several jobs share the worker's output)."""
+        if proc.stdout is None and proc.stderr is None:
+            return await self._supervise(proc, stopping, log)
+        prefix = f"[{label}] ".encode()
+        async with trio.open_nursery() as n:
+            pumps = trio.CancelScope()
+
+            async def pumping() -> None:
+                with pumps:
+                    async with trio.open_nursery() as p:
+                        if proc.stdout is not None:
+                            p.start_soon(copy_lines, proc.stdout, sys.stdout, prefix)
+                        if proc.stderr is not None:
+                            p.start_soon(copy_lines, proc.stderr, sys.stderr, prefix)
+
+            n.start_soon(pumping)
+            code = await self._supervise(proc, stopping, log)
+            # A child that escaped the group may hold the pipes open: not for long.
+            pumps.deadline = trio.current_time() + 1.0
+        return code
 
     def _kill(self, proc: trio.Process, log: Any, why: str) -> None:
         if _signal_group(proc.pid, signal.SIGKILL):

@@ -31,7 +31,7 @@ from .._db import Database, Transaction
 from .._errors import ConfigError, CorruptDataError
 from .._store.admin import read_role_snapshot, require_role
 from .._store.events import EventInfo, parse_event, read_events_after
-from ._common import CliError, echo, print_json, print_table, run, settings
+from ._common import CliError, FiniteFloatRange, echo, print_json, print_table, run, settings
 from ._read import json_option, name_arg
 
 SCHEMAS: Final = {"explain": "fdbworkers.explain/1", "plan": "fdbworkers.plan/1"}
@@ -311,7 +311,7 @@ def print_plan(p: Plan, show: int) -> None:
 )
 @click.option(
     "--add-weight",
-    type=click.FloatRange(min=1e-9, max=1e9),
+    type=FiniteFloatRange(min=1e-9, max=1e9),
     default=1.0,
     show_default=True,
     metavar="X",

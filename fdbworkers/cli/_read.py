@@ -33,8 +33,10 @@ from .._store.admin import (
 from .._store.events import EventInfo, read_events_after, read_recent_events
 from ._common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     CliError,
+    FiniteFloatRange,
     Settings,
     echo,
     guarded,
@@ -90,6 +92,8 @@ STATE_COLOURS = {
     "moving": "yellow",
     "unclaimed": "red",
     "orphaned": "red",
+    "failing": "red",
+    "parked": "bold red",
 }
 
 
@@ -147,7 +151,7 @@ def observe_option(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
         "--observe",
-        type=click.FloatRange(min=0, max=600),
+        type=FiniteFloatRange(min=0, max=600),
         default=default,
         show_default=default is not None,
         metavar="SECONDS",
@@ -246,8 +250,8 @@ def spec_text(spec: Any, width: int | None) -> str:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(["owned", "moving", "unclaimed", "orphaned"]),
-    help="Only jobs in this state (repeatable).",
+    type=click.Choice(["owned", "moving", "unclaimed", "orphaned", "failing", "parked"]),
+    help="Only jobs in this state, or of this health: failing, parked (repeatable).",
 )
 @json_option
 @click.pass_context
@@ -256,7 +260,9 @@ def jobs(
 ) -> None:
     """The jobs of ROLE with their owner (the worker holding the claim), the member the
     assignment names, the fencing token and the state: owned, moving (a handoff under
-    way), unclaimed, or orphaned (held by a worker that is gone).
+    way), unclaimed, or orphaned (held by a worker that is gone); and its health: ok,
+    failing (its runs fail on its owner: crashes, --exec exits other than 0) with the
+    failures in a row, or parked (no longer run after --park-after failures).
 
     \b
     Examples:
@@ -268,7 +274,8 @@ def jobs(
     views = [
         j
         for j in job_views(snap)
-        if (owner is None or j.owner == owner) and (not states or j.state in states)
+        if (owner is None or j.owner == owner)
+        and (not states or j.state in states or j.health_state in states)
     ]
     if as_json:
         print_json({"schema": SCHEMAS["jobs"], "role": role, "jobs": [j.to_json() for j in views]})
@@ -280,7 +287,7 @@ def jobs(
         return
     width = 40 if stdout_is_terminal() else None
     print_table(
-        ["JOB", "STATE", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC"],
+        ["JOB", "STATE", "OWNER", "ASSIGNED", "PARTITION", "TOKEN", "WEIGHT", "SPEC", "HEALTH"],
         [
             [
                 j.id,
@@ -291,11 +298,29 @@ def jobs(
                 j.token.hex() if j.token else "-",
                 f"{j.weight:g}",
                 spec_text(j.spec, width),
+                health_text(j),
             ]
             for j in views
         ],
-        styles=[[None, STATE_COLOURS.get(j.state)] + [None] * 6 for j in views],
+        styles=[
+            [None, STATE_COLOURS.get(j.state)] + [None] * 6 + [STATE_COLOURS.get(j.health_state)]
+            for j in views
+        ],
     )
+
+
+def health_text(j: JobView, error_width: int | None = 60) -> str:
+    """``ok``, or ``failing x3: <last error>`` / ``parked x5: ...`` (failures in a row;
+    the error cut to ``error_width`` characters; ``job show`` has it whole)."""
+    if j.health is None:
+        return "ok"
+    text = f"{j.health.state} x{j.health.failures}"
+    if error_width is None:
+        return text
+    error = " ".join(j.health.last_error.split())
+    if len(error) > error_width:
+        error = error[: error_width - 3] + "..."
+    return f"{text}: {error}"
 
 
 def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
@@ -315,6 +340,16 @@ def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
         ("job", j.id),
         ("role", role),
         ("state", j.state),
+        ("health", health_text(j, None)),
+        *(
+            [
+                ("restarts", str(j.health.restarts)),
+                ("failing since", fmt_wall(j.health.since)),
+                ("last error", j.health.last_error),
+            ]
+            if j.health is not None
+            else []
+        ),
         ("owner", f"{j.owner} (incarnation {j.owner_incarnation})" if j.owner else "-"),
         ("assigned to", j.assigned_to or "-"),
         ("fencing token", j.token.hex() if j.token else "-"),
@@ -410,7 +445,12 @@ def events(ctx: click.Context, role: str | None, limit: int, follow: bool, as_js
                 if watch is not None:
                     watch.cancel()
 
-    run(s, main, bounded=not follow)
+    try:
+        run(s, main, bounded=not follow)
+    except CliError as e:
+        if not (follow and e.code == EXIT_INTERRUPTED):
+            raise
+        # Ctrl-C is how --follow ends: not an error.
 
 
 async def newest_event_key(db: Database, layout: Layout) -> bytes | None:
@@ -493,7 +533,12 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
                     with trio.move_on_after(0.25):
                         await live.wait_changed()
 
-    run(s, main, bounded=False)
+    try:
+        run(s, main, bounded=False)
+    except CliError as e:
+        if e.code != EXIT_INTERRUPTED:
+            raise
+        # Ctrl-C is how a live view ends: not an error.
 
 
 # --- status ----------------------------------------------------------------------------
@@ -524,7 +569,7 @@ async def role_status(db: Database, s: Settings, role: str, observe: float | Non
 @click.option(
     "--wait",
     "wait_for",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=0,
     metavar="SECONDS",
     help="Re-check until healthy or this long has passed (e.g. after a deploy).",

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import structlog
 import trio
 
-from .._errors import ConfigError, FdbworkersError
+from .._errors import ClusterUnreachableError, ConfigError, FdbworkersError
+from .._log import get_logger
 from .._worker import DEFAULT_PARTITIONS, WorkerSupersededError
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliError,
+    FiniteFloatRange,
     Settings,
     configure_logging,
     open_db,
@@ -48,6 +50,7 @@ log_level_option = click.option(
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="The least severe log lines written to stderr.",
 )
 
 
@@ -89,18 +92,22 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 @click.option(
     "--timeout",
     "liveness_timeout",
-    type=click.FloatRange(min=0.3, max=3600),
+    type=FiniteFloatRange(min=0.3, max=3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
     help="Liveness timeout: silent this long, the worker is evicted (heartbeats every timeout/3).",
 )
 @click.option(
-    "--weight", type=click.FloatRange(min=0, min_open=True, max=1e6), default=1.0, show_default=True
+    "--weight",
+    type=FiniteFloatRange(min=0, min_open=True, max=1e6),
+    default=1.0,
+    show_default=True,
+    help="This worker's share of the jobs, relative to the other members' weights.",
 )
 @click.option(
     "--settle",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=2.0,
     show_default=True,
     metavar="SECONDS",
@@ -108,11 +115,27 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloatRange(min=0, max=3600),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
     help="How long a job may take to stop (SIGTERM, then SIGKILL for --exec).",
+)
+@click.option(
+    "--park-after",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Park a job after N failures in a row (crashes, --exec exits other than 0): it "
+    "stays claimed here but is not run again until it moves [default: restart for ever].",
+)
+@click.option(
+    "--give-up-after",
+    type=FiniteFloatRange(min=1, max=30 * 86400),
+    default=None,
+    metavar="SECONDS",
+    help="Exit (code 3) once the cluster has not answered for this long "
+    "[default: keep trying; the log says since when it is unreachable].",
 )
 @click.option(
     "--restart",
@@ -151,10 +174,12 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
     type=click.Choice(["auto", "console", "json"]),
     default="auto",
     show_default=True,
+    help="Logs on stderr: JSON lines, or console lines (auto: JSON unless stderr is a "
+    "terminal). Timestamps in UTC.",
 )
 @log_level_option
 @click.option("--demo-log", type=click.Path(file_okay=False), hidden=True)
-@click.option("--demo-work-interval", type=float, default=1.0, hidden=True)
+@click.option("--demo-work-interval", type=FiniteFloatRange(min=0.001), default=1.0, hidden=True)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -167,6 +192,8 @@ def worker(
     weight: float,
     settle: float,
     grace: float,
+    park_after: int | None,
+    give_up_after: float | None,
     restart: str,
     partitions: int,
     meta: dict[str, str],
@@ -200,6 +227,7 @@ def worker(
             partitions=partitions,
             meta=meta,
             leave_timeout=grace + max(liveness_timeout, 5.0),
+            give_up_after=give_up_after,
         )
         if exec_cmd:
             exec_runner = ExecRunner(
@@ -222,6 +250,7 @@ def worker(
         demo_log=demo_log,
         demo_work_interval=demo_work_interval,
         grace=grace,
+        park_after=park_after,
         metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
     )
     ctx.exit(code)
@@ -239,11 +268,12 @@ def run_worker_process(
     demo_work_interval: float,
     grace: float,
     metrics: tuple[str, int] | None,
+    park_after: int | None = None,
 ) -> int:
     from .._runner import JobRunner
     from .._worker import open_worker
 
-    log = structlog.get_logger("fdbworkers").bind(component="cli", role=role)
+    log = get_logger("fdbworkers").bind(component="cli", role=role)
 
     async def main() -> int:
         db = open_db(s)
@@ -286,7 +316,7 @@ def run_worker_process(
                         db, role, worker_id=worker_id, id_file=id_file, root=s.root, options=options
                     ) as w:
                         worker_box.append(w)
-                        runner = JobRunner(w, handler, grace=runner_grace)
+                        runner = JobRunner(w, handler, grace=runner_grace, park_after=park_after)
                         if hasattr(handler, "bind"):
                             handler.bind(w)
                         async with trio.open_nursery() as n:
@@ -319,6 +349,13 @@ def run_worker_process(
         inner = unwrap(e)
         if isinstance(inner, KeyboardInterrupt):
             return EXIT_INTERRUPTED
+        if isinstance(inner, ClusterUnreachableError):
+            raise CliError(
+                f"{inner} ({s.describe()})",
+                EXIT_UNREACHABLE,
+                hint="is it running? (a dev server: fdbworkers devserver; FoundationDB: "
+                "check the cluster file)",
+            ) from None
         if isinstance(inner, WorkerSupersededError):
             raise CliError(str(inner), EXIT_FAILURE) from None
         if isinstance(inner, ConfigError):
@@ -396,7 +433,7 @@ def devserver(
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(min=10, max=3600), default=45.0,
+@click.option("--duration", type=FiniteFloatRange(min=10, max=3600), default=45.0,
               show_default=True, metavar="SECONDS", help="Length of the timeline.")  # fmt: skip
 @click.option("--workers", type=click.IntRange(min=2, max=32), default=4, show_default=True,
               help="Worker processes at the start.")  # fmt: skip
@@ -408,7 +445,7 @@ def devserver(
     show_default=True,
     help="Jobs at the start (a quarter more are added, then a quarter removed).",
 )
-@click.option("--worker-timeout", type=click.FloatRange(min=1, max=60), default=3.0,
+@click.option("--worker-timeout", type=FiniteFloatRange(min=1, max=60), default=3.0,
               show_default=True, metavar="SECONDS",
               help="The workers' liveness timeout.")  # fmt: skip
 @click.option("--keep", is_flag=True, help="Keep the demo's folder (logs, job run records).")

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-import structlog
 import trio
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
@@ -31,6 +30,7 @@ from rich.text import Text
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
 from .._db import Database, Transaction, Watch
 from .._errors import FDBError, FdbworkersError
+from .._log import get_logger
 from .._store.admin import (
     HealthStamp,
     JobInfoRecord,
@@ -118,14 +118,14 @@ def _clock(wall: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
-def _summary_line(snap: ViewSnapshot) -> str:
+def _summary_line(snap: ViewSnapshot, *, clock: bool = True) -> str:
     states = snap.job_states
     parts = [
         f"{states[s]} {s}" for s in ("owned", "moving", "unclaimed", "orphaned") if states.get(s)
     ]
     jobs = f"jobs {len(snap.jobs)}" + (f" ({', '.join(parts)})" if parts else "")
     head = f"role {snap.role}  cluster {snap.cluster}  members {len(snap.members)}  {jobs}"
-    if snap.elapsed is not None:
+    if clock and snap.elapsed is not None:
         head = f"t={snap.elapsed:5.1f}s  " + head
     return head
 
@@ -205,8 +205,10 @@ def render_to_string(snap: ViewSnapshot, *, width: int = 100, color: bool = Fals
 
 
 def render_plain(snap: ViewSnapshot, *, with_ages: bool = True) -> str:
-    """Plain lines for logs and pipes (no colours, no box drawing)."""
-    lines = [_summary_line(snap) + ("  at rest" if snap.at_rest else "")]
+    """Plain lines for logs and pipes (no colours, no box drawing). Without ``with_ages``
+    nothing in the frame depends on the clock (no heartbeat ages, no elapsed time), so
+    two frames are equal exactly when nothing changed."""
+    lines = [_summary_line(snap, clock=with_ages) + ("  at rest" if snap.at_rest else "")]
     if snap.error:
         lines.append(f"error: {snap.error}")
     for m in snap.members:
@@ -271,7 +273,7 @@ class LiveRole:
         self._fired_at: dict[str, float] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.log = structlog.get_logger("fdbworkers").bind(component="live_view", role=role)
+        self.log = get_logger("fdbworkers").bind(component="live_view", role=role)
 
     # -- reading -------------------------------------------------------------------------
 

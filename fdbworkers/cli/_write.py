@@ -11,14 +11,14 @@ from typing import Any
 import click
 import trio
 
-from .._core.keys import Layout, MemberRecord
+from .._core.keys import MAX_SPEC_DEPTH, MAX_VALUE_BYTES, Layout, MemberRecord, check_spec
 from .._db import Database, Transaction
-from .._errors import CorruptDataError
+from .._errors import ConfigError, CorruptDataError
 from .._store.admin import HealthStamp, observe_health, require_role
 from .._store.events import DEFAULT_EVENT_RETENTION
 from .._store.members import tx_evict, tx_request_drain
 from .._worker import DEFAULT_PARTITIONS
-from ._common import EXIT_USAGE, CliError, echo, run, settings
+from ._common import EXIT_USAGE, CliError, FiniteFloatRange, echo, run, settings
 from ._read import json_option, name_arg, show_job
 
 
@@ -34,10 +34,29 @@ def operator() -> str:
 def parse_spec(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
+    if len(value) > MAX_VALUE_BYTES:
+        raise click.BadParameter(
+            f"the spec is {len(value):,} bytes; the limit is {MAX_VALUE_BYTES:,} bytes "
+            "(FoundationDB's value size limit)"
+        )
+
+    def no_constants(name: str) -> Any:
+        raise click.BadParameter(f"{name} is not JSON: only finite numbers are allowed")
+
     try:
-        return json.loads(value)
+        spec = json.loads(value, parse_constant=no_constants)
     except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not valid JSON ({e.msg} at column {e.colno}): {value!r}") from e
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise click.BadParameter(f"not valid JSON ({e.msg} at column {e.colno}): {shown!r}") from e
+    except RecursionError:
+        raise click.BadParameter(
+            f"the spec is nested too deeply (at most {MAX_SPEC_DEPTH} levels)"
+        ) from None
+    try:
+        check_spec(spec)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from e
+    return spec
 
 
 # --- job -------------------------------------------------------------------------------
@@ -53,7 +72,13 @@ def job() -> None:
 @click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
 @click.option("--spec", callback=parse_spec, metavar="JSON", help="The job's spec, as JSON.")
 @click.option(
-    "--weight", type=click.FloatRange(min=0, min_open=True, max=1e9), default=1.0, show_default=True
+    "--weight",
+    type=FiniteFloatRange(min=0, min_open=True, max=1e9),
+    default=1.0,
+    show_default=True,
+    help="A weight stored with the job and given to its handler (job.weight; "
+    "FDBWORKERS_JOB_WEIGHT for --exec). Jobs are assigned by partition: it does not "
+    "change where the job runs.",
 )
 @click.option(
     "--partitions",
@@ -262,7 +287,7 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
 @click.command()
 @click.argument("role", callback=name_arg("role"))
 @click.argument("worker", callback=name_arg("worker id"))
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0, max=3600), default=None,
+@click.option("--wait", "wait_s", type=FiniteFloatRange(min=0, max=3600), default=None,
               metavar="SECONDS",
               help="Wait until the worker has left, at most this long.")  # fmt: skip
 @click.pass_context

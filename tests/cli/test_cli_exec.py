@@ -218,3 +218,74 @@ def test_worker_exec_runs_each_owned_job_and_stops_them_on_sigterm(
     terms = {e["job"] for e in events(out) if e["event"] == "term"}
     assert terms == {"e0", "e1", "e2"}
     assert not any(pid_alive(e["pid"]) for e in started)
+
+
+#: A job program that writes to stdout and stderr, then waits to be stopped.
+CHATTY = r"""
+import os, sys, time
+job = os.environ["FDBWORKERS_JOB_ID"]
+print("hello from", job, flush=True)
+print("first half", end="", flush=True)
+time.sleep(0.05)
+print(" second half", flush=True)
+print("oops from", job, file=sys.stderr, flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_worker_exec_logs_follow_the_options_and_prefix_the_output(
+    cli: Cli, tmp_path: Path
+) -> None:
+    prog = tmp_path / "chatty.py"
+    prog.write_text(CHATTY)
+    assert cli("job", "add", "chat", "c1", "--partitions", "16").returncode == 0
+    # JSON: the exec runner's lines carry the role and the worker; output is prefixed.
+    w = cli.worker("chat", "cw1", "--exec", f"{PY} {prog}")
+    wait_for(lambda: "oops from c1" in cli.log("cw1.log"), 30, "the job's output")
+    wait_for(lambda: "second half" in cli.log("cw1.log"), 10, "the whole line")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    log = cli.log("cw1.log").splitlines()
+    assert "[c1] hello from c1" in log and "[c1] oops from c1" in log, log
+    assert "[c1] first half second half" in log, log
+    started = [json.loads(x) for x in log if '"job_process_started"' in x]
+    assert started and started[0]["role"] == "chat" and started[0]["worker"] == "cw1", log
+    assert started[0]["job"] == "c1" and started[0]["timestamp"].endswith("Z"), started
+    # console at warning: no info lines of the exec runner, and no JSON.
+    w = cli.worker("chat", "cw2", "--exec", f"{PY} {prog}", "--log-format", "console",
+                   "--log-level", "warning")  # fmt: skip
+    wait_for(lambda: "oops from c1" in cli.log("cw2.log"), 30, "the job's output")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0
+    text = cli.log("cw2.log")
+    assert "job_process_started" not in text and "{" not in text, text
+
+
+def test_an_exec_program_that_keeps_failing_shows_failing_then_parked(
+    cli: Cli, tmp_path: Path
+) -> None:
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    out = tmp_path / "runs.jsonl"
+    assert cli("job", "add", "fail", "f1", "--partitions", "16").returncode == 0
+    cli.worker("fail", "fw1", "--exec", f"{PY} {prog} {out} exit 3", "--park-after", "2")
+
+    def job() -> dict[str, Any]:
+        r = cli("jobs", "fail", "--json")
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout)["jobs"][0])
+
+    wait_for(lambda: job()["health"] == "parked", 60, "the job to be parked")
+    j = job()
+    assert j["state"] == "owned" and j["failures"] == 2 and j["last_error"] == "exit code 3"
+    assert len(events(out)) == 2  # parked: not started again
+    table = cli("jobs", "fail", "--state", "parked")
+    assert "f1" in table.stdout and "parked x2: exit code 3" in table.stdout, table.stdout
+    status = cli("status", "fail", "--observe", "1")
+    assert status.returncode == 1, status.stdout
+    assert "jobs_running" in status.stdout and "f1 (parked on fw1" in status.stdout
+    types = [
+        e["type"] for e in json.loads(cli("events", "--role", "fail", "--json").stdout)["events"]
+    ]
+    assert "job_failing" in types and "job_parked" in types

@@ -87,6 +87,7 @@ def test_evaluate_role_healthy_and_each_failure() -> None:
     assert [c.name for c in status.checks] == [
         "members_within_timeout",
         "jobs_owned_by_live_workers",
+        "jobs_running",
         "agreement_at_rest",
         "records_readable",
     ]
@@ -153,7 +154,8 @@ def test_job_and_member_json_fields_are_the_documented_ones() -> None:
     j = _job("j1", "a", "a", "owned").to_json()
     assert set(j) == {
         "id", "partition", "spec", "weight", "added_at", "owner", "owner_incarnation",
-        "token", "token_version", "assigned_to", "state",
+        "token", "token_version", "assigned_to", "state", "health", "failures", "restarts",
+        "last_error", "failing_since", "last_failure_at",
     }  # fmt: skip
     assert j["token"] == "00000000000000000001" and j["token_version"] == 0
     m = member_views(snapshot_with({"a": rec("a")}, {}, {}), {"a": obs(0.5, True)}, [])[0]

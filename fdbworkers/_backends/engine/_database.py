@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Final, NoReturn, TypeVar, TypeVarTuple
 
-import structlog
 import trio
 
 from ..._db import (
@@ -44,6 +43,8 @@ from ..._db import (
     VersionstampFuture,
     Watch,
     check_limit,
+    check_retry_limit,
+    check_timeout,
 )
 from ..._db import (
     as_selector as _selector,
@@ -52,6 +53,7 @@ from ..._db import (
     check_bytes as _check_key,
 )
 from ..._errors import RETRYABLE, ConfigError, FDBError
+from ..._log import get_logger
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
 from ._ryw import MAX_KEY, SnapshotReader, WriteMap
@@ -66,7 +68,7 @@ __all__ = [
     "EngineWatch",
 ]
 
-log = structlog.get_logger()
+log = get_logger("fdbworkers.engine")
 
 #: Keys longer than this cannot exist (FDB allows for an 8-byte tenant prefix): reads
 #: of them return nothing and clears of them do nothing.
@@ -1235,8 +1237,7 @@ class EngineTransaction(Transaction):
 
     # -- options and the retry loop ----------------------------------------------------
     def set_timeout(self, seconds: float) -> None:
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a transaction timeout is >= 0 seconds, not {seconds}")
+        seconds = check_timeout(seconds)
         ms = 0 if seconds == 0 else max(1, math.ceil(seconds * 1000))
         if ms == 0:
             self._timeout = None
@@ -1248,8 +1249,7 @@ class EngineTransaction(Transaction):
         self._deadline = self._created + self._timeout
 
     def set_retry_limit(self, retries: int) -> None:
-        if retries < -1:
-            raise ConfigError(f"a retry limit is >= -1 (-1: no limit), not {retries}")
+        retries = check_retry_limit(retries)
         self._retry_limit = retries
 
     async def on_error(self, error: FDBError) -> None:
