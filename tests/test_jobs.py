@@ -720,3 +720,39 @@ async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
         assert took_over - t_cut <= 30.0 + 10.0, took_over - t_cut
         assert set(w1.runner.running) == set(ids)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 1, liveness side. w0 runs with timeout 30 and is cut off; w0
+    starts again with timeout 3 and waits out the old lease (G3). When the old process
+    comes back 12 s later it finds itself superseded: it used to die with its claims in
+    place, so its jobs had no runner until the old lease ran out, 30 s after the cut.
+    Now it stops its handlers (within its lease) and clears its own claims before it
+    stops: its successor takes the jobs at once."""
+    engine = Engine(rng=random.Random(22))
+    ids = await add_jobs(engine, 12)
+    long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        old = await fleet.start("w0", long_opts)
+        await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
+        old_db = old.db
+        assert hasattr(old_db, "partitioned")
+        old_db.partitioned = True
+        new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
+        await nursery.start(new._main)
+        await trio.sleep(12.0)
+        assert new.runner is not None and not new.runner.running  # the old lease holds
+        old_db.partitioned = False
+        back = trio.current_time()
+        await wait_until(lambda: len(new.runner.running) == 12, 40)  # type: ignore[union-attr]
+        took = trio.current_time() - back
+        assert not old.alive
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        assert set(new.runner.running) == set(ids)
+        # A heartbeat of the old process (every 10 s), its stop and a claim poll; not the
+        # ~18 s left of the old lease.
+        assert took < 10.0 + 3.0, took
+        nursery.cancel_scope.cancel()
