@@ -666,6 +666,12 @@ class Worker:
                 hint="another process registered with this worker id",
             )
             self._set_state(WorkerState.SUPERSEDED)
+            # The new incarnation waits out our lease before it takes our jobs (G3).
+            # Stop the handlers (within our lease) and clear our own claims (a release
+            # needs no membership): it then takes them at once, not up to a timeout
+            # later (a frozen process resumed after its id was started elsewhere).
+            with trio.move_on_after(max(self.options.timeout, 5.0)):
+                await self._stop_work("superseded")
             raise WorkerSupersededError(
                 f"worker id {self.id!r} in role {self.role!r} was taken over by incarnation "
                 f"{rec.incarnation}; stopping this one ({self.incarnation})"

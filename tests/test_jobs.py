@@ -682,4 +682,77 @@ async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
         assert took <= bound, (took, bound)
         assert took < OPTS.timeout + OPTS.settle  # no settle window on top of the timeout
         assert not fleet.ledger.violations, fleet.ledger.violations
+
+
+async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 1, the path through "not a member". w0 runs with timeout 30 and is
+    cut off without noticing; w0 starts again with timeout 3 and leaves gracefully (a
+    rolling restart that scales the id away), so the id is no longer a member. A claim
+    whose holder is not a member used to be taken at once: w1 ran w0's jobs while the
+    old process still had ~20 s of lease. A holder that was superseded (not evicted,
+    not left itself: not retired) keeps its claim until its own timeout, recorded in
+    the claim, has passed since the claimant first saw it gone."""
+    engine = Engine(rng=random.Random(21))
+    ids = await add_jobs(engine, 12)
+    long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        old = await fleet.start("w0", long_opts)
+        await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
+        assert old.worker is not None
+        old_lease_end = old.worker.lease.expires_at
+        old_db = old.db
+        assert hasattr(old_db, "partitioned")
+        old_db.partitioned = True  # its commits hang; it only learns by its lease running out
+        t_cut = trio.current_time()
+        new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
+        await nursery.start(new._main)
+        await wait_until(lambda: new.worker is not None and new.worker.state.name == "ACTIVE", 30)
+        await new.stop()  # leaves: the id is no longer a member
+        w1 = await fleet.start("w1")
+        await wait_until(lambda: w1.runner is not None and len(w1.runner.running) == 12, 90)
+        took_over = trio.current_time()
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        assert took_over >= old_lease_end, (took_over, old_lease_end)
+        # Not stranded either: the old timeout, a settle window and a few transactions.
+        assert took_over - t_cut <= 30.0 + 10.0, took_over - t_cut
+        assert set(w1.runner.running) == set(ids)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 15, hole 1, liveness side. w0 runs with timeout 30 and is cut off; w0
+    starts again with timeout 3 and waits out the old lease (G3). When the old process
+    comes back 12 s later it finds itself superseded: it used to die with its claims in
+    place, so its jobs had no runner until the old lease ran out, 30 s after the cut.
+    Now it stops its handlers (within its lease) and clears its own claims before it
+    stops: its successor takes the jobs at once."""
+    engine = Engine(rng=random.Random(22))
+    ids = await add_jobs(engine, 12)
+    long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        old = await fleet.start("w0", long_opts)
+        await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
+        old_db = old.db
+        assert hasattr(old_db, "partitioned")
+        old_db.partitioned = True
+        new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
+        await nursery.start(new._main)
+        await trio.sleep(12.0)
+        assert new.runner is not None and not new.runner.running  # the old lease holds
+        old_db.partitioned = False
+        back = trio.current_time()
+        await wait_until(lambda: len(new.runner.running) == 12, 40)  # type: ignore[union-attr]
+        took = trio.current_time() - back
+        assert not old.alive
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        assert set(new.runner.running) == set(ids)
+        # A heartbeat of the old process (every 10 s), its stop and a claim poll; not the
+        # ~18 s left of the old lease.
+        assert took < 10.0 + 3.0, took
         nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ G2 and G3 follow from two inequalities, with ``T`` the watched worker's timeout:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from .._errors import ConfigError
 
@@ -190,6 +191,12 @@ def max_fence_margin(timeout: float, heartbeat_interval: float, op_timeout: floa
     return timeout - heartbeat_interval - op_timeout
 
 
+#: A difference between the two clocks below this is the jitter of reading them one
+#: after the other (tens of microseconds; more when the thread is preempted between
+#: the two reads), not a suspend: it is neither counted nor logged.
+SUSPEND_JITTER: Final = 0.01
+
+
 @dataclass
 class SuspendMeter:
     """Time the machine spent suspended, from two clocks read side by side: one that
@@ -205,12 +212,10 @@ class SuspendMeter:
     mono: float
 
     def observe(self, boot: float, mono: float) -> float:
-        """Seconds of suspension since the last reading (never negative: the two clocks
-        may drift a little apart the other way)."""
+        """Seconds of suspension since the last reading: 0 when the difference is below
+        :data:`SUSPEND_JITTER` (reading two clocks one after the other, or a little
+        drift either way), else the whole difference."""
         suspended = (boot - self.boot) - (mono - self.mono)
-        if suspended <= 0:
-            # No suspension: follow the clocks, so that drift does not accumulate.
-            self.boot, self.mono = boot, mono
-            return 0.0
+        # Follow the clocks every time, so that jitter and drift do not accumulate.
         self.boot, self.mono = boot, mono
-        return suspended
+        return suspended if suspended >= SUSPEND_JITTER else 0.0

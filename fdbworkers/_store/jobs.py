@@ -365,9 +365,22 @@ async def tx_claim(
         if holder.wid == wid and holder.incarnation == incarnation and obj.get("nonce") == nonce:
             return ClaimOutcome("claimed", stamp)  # an earlier attempt committed (1021)
         if not (holder.wid == wid and holder.incarnation == incarnation):
+            holder = Claim(stamp, holder.wid, holder.incarnation, _claim_timeout(obj))
             hkey = layout.member_key(role, holder.wid)
             hraw = await tr.get(hkey)
-            if hraw is not None:
+            if hraw is None:
+                # Its id is no longer a member. If that incarnation was itself evicted or
+                # left, it is retired: take the claim. Otherwise a newer incarnation
+                # superseded it and was removed since (a restart with a shorter timeout,
+                # then a leave or an eviction of the newcomer): the holder may still
+                # believe in a lease as long as its own timeout, recorded in the claim.
+                if (
+                    holder.timeout is not None
+                    and holder.incarnation not in take_superseded
+                    and not await _retired(tr, layout, role, holder)
+                ):
+                    return ClaimOutcome("superseded", holder=holder, holder_timeout=holder.timeout)
+            else:
                 try:
                     hrec = MemberRecord.decode(holder.wid, hkey, hraw)
                 except CorruptDataError:
@@ -390,6 +403,13 @@ async def tx_claim(
         value["timeout"] = lease_timeout
     tr.set_versionstamped_value(ckey, stamped_value(value))
     return ClaimOutcome("claimed")
+
+
+def _claim_timeout(obj: dict[str, Any]) -> float | None:
+    t = obj.get("timeout")
+    if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+        return float(t)
+    return None
 
 
 async def _retired(tr: Transaction, layout: Layout, role: str, holder: Claim) -> bool:

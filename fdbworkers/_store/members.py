@@ -180,10 +180,15 @@ async def tx_evict(
     silent_for: float,
     reason: str,
     retention: float,
+    *,
+    retire: bool = True,
 ) -> bool:
     """Compare-and-clear: clear the member only if its stamp is still the one seen going
     stale. The (non-snapshot) read of the health key makes a concurrent heartbeat
-    conflict with this transaction: a late heartbeat wins."""
+    conflict with this transaction: a late heartbeat wins. ``retire`` (the default:
+    the evictor watched it silent for its timeout) attests that the incarnation runs
+    nothing any more; an operator's forced eviction of a worker that may be alive
+    passes False, so its claims are taken only once its timeout has passed."""
     hkey = layout.health_key(role, wid)
     raw = await tr.get(hkey)
     current = raw[:10] if raw is not None and len(raw) >= 10 else None
@@ -198,6 +203,7 @@ async def tx_evict(
         "evicted",
         retention,
         by=by,
+        retire=retire,
         reason=reason,
         silent_for=round(silent_for, 3),
     )
@@ -211,6 +217,8 @@ async def _remove_member(
     incarnation: str,
     kind: str,
     retention: float,
+    *,
+    retire: bool = True,
     **event: Any,
 ) -> bool:
     """Clear member and health of ``wid`` if its record is still ``incarnation`` (a
@@ -234,7 +242,8 @@ async def _remove_member(
     # Evicted (its lease ran out before) or left (its handlers stopped before): this
     # incarnation runs nothing, so its remaining claims may be taken at once even after
     # its id registers again (a crash-looping id must not restart the wait each time).
-    await tx_retire(tr, layout, role, wid, incarnation)
+    if retire:
+        await tx_retire(tr, layout, role, wid, incarnation)
     bump_epoch(tr, layout, role)
     write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
     await trim_events(tr, layout, retention)

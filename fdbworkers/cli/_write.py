@@ -265,7 +265,7 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
         for _ in range(3 if force else 1):
             done = await db.transact(
                 tx_evict, layout, role, worker, rec.incarnation, current, by, silent, reason,
-                DEFAULT_EVENT_RETENTION,
+                DEFAULT_EVENT_RETENTION, retire=not force,
             )  # fmt: skip
             if done or not force:
                 return bool(done)
