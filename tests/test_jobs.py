@@ -718,7 +718,7 @@ async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
         assert took_over >= old_lease_end, (took_over, old_lease_end)
         # Not stranded either: the old timeout, a settle window and a few transactions.
         assert took_over - t_cut <= 30.0 + 10.0, took_over - t_cut
-        assert set(w1.runner.running) == set(ids)
+        assert w1.runner is not None and set(w1.runner.running) == set(ids)
         nursery.cancel_scope.cancel()
 
 
