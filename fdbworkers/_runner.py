@@ -758,6 +758,12 @@ class JobRunner:
         try:
             with r.scope:
                 while True:
+                    # A handler runs its first lines before its first await: never call
+                    # it past the lease's hard end (this checkpoint raises then: a task
+                    # spawned just before a freeze) or without a valid lease.
+                    await trio.lowlevel.checkpoint()
+                    if not self.w.lease_valid():
+                        await trio.sleep_forever()  # a stop or the hard end ends this
                     try:
                         await self.handler(r.job)
                         if r.job.stopping.is_set():

@@ -315,12 +315,10 @@ class Chaos:
             kinds.append("server")
         kind = rng.choice(kinds)
         now = time.monotonic()
-        if kind == "jobs" and any(t[1] == "server_resume" for t in self.timers):
-            kind = "kill" if idle else "freeze"  # no job changes through a frozen server
-            if not idle:
-                return
         if kind in ("kill", "freeze", "term", "flip") and not idle:
             kind = "jobs"
+        if kind == "jobs" and any(t[1] == "server_resume" for t in self.timers):
+            return  # no job change through a frozen server: this loop is its only clock
         if kind == "kill":
             wid = rng.choice(idle)
             timeout = self.procs[wid].timeout
