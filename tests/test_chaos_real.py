@@ -9,10 +9,9 @@ The seed is printed to rerun it: ./scripts/chaos --seed N."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+from chaos_util import run_chaos
 
 pytestmark = pytest.mark.real_fdb
 
@@ -20,20 +19,4 @@ SEED = int(os.environ.get("FDBWORKERS_CHAOS_SEED", "1"))
 
 
 def test_one_chaos_seed_on_the_real_cluster() -> None:
-    cluster_file = os.environ.get("FDB_CLUSTER_FILE")
-    if not cluster_file:
-        pytest.skip(
-            "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
-        )
-    argv = ["--seed", str(SEED), "--duration", "60", "--workers", "6", "--jobs", "60"]
-    out = subprocess.run(
-        [sys.executable, "-m", "fdbworkers.cli._chaos", *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    report = out.stdout[-6000:] + out.stderr[-3000:]
-    print(report)
-    assert out.returncode == 0, f"chaos seed {SEED} (./scripts/chaos {' '.join(argv)}):\n{report}"
-    assert "0 violations" in out.stdout
+    run_chaos(["--seed", str(SEED), "--duration", "60", "--workers", "6", "--jobs", "60"], 600)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from chaos_util import run_chaos
 
 from fdbworkers.cli._chaos import Chaos, Report, Run, _parse, _server_pid
 
@@ -32,24 +31,9 @@ pytestmark = pytest.mark.real_fdb
     "scenario", ["server-freeze", "kill-while-claiming", "restart-shorter-timeout"]
 )
 def test_scenario_on_the_real_cluster(scenario: str) -> None:
-    if not os.environ.get("FDB_CLUSTER_FILE"):
-        pytest.skip(
-            "no real FoundationDB cluster: set FDB_CLUSTER_FILE (./scripts/test starts one)"
-        )
     if scenario == "server-freeze" and not os.environ.get("FDB_LOCAL_CLUSTER_DIR"):
         pytest.skip("freezing the server needs the cluster ./scripts/test started (its pid)")
-    argv = ["--scenario", scenario, "--workers", "3", "--jobs", "30", "--quiet", "12"]
-    out = subprocess.run(
-        [sys.executable, "-m", "fdbworkers.cli._chaos", *argv],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    report = out.stdout[-6000:] + out.stderr[-3000:]
-    print(report)
-    assert out.returncode == 0, f"./scripts/chaos {' '.join(argv)}:\n{report}"
-    assert "0 violations" in out.stdout
+    run_chaos(["--scenario", scenario, "--workers", "3", "--jobs", "30", "--quiet", "12"], 400)
 
 
 WORKERS = 3

@@ -229,16 +229,9 @@ class EngineDatabase(Database):
 
     @partitioned.setter
     def partitioned(self, value: bool) -> None:
-        value = bool(value)
-        if value == self._partitioned:
-            return
-        self._partitioned = value
-        log.debug("engine_partition", client=self.name, partitioned=value)
-        if not value:
-            for tr in list(self._waiting):
-                tr._wake_up()
-            for w in list(self._waiting_watches):
-                w._changed()
+        if bool(value) != self._partitioned:
+            self._partitioned = bool(value)
+            self._fault_switched("partitioned", self._partitioned)
 
     @property
     def commits_stalled(self) -> bool:
@@ -250,14 +243,18 @@ class EngineDatabase(Database):
 
     @commits_stalled.setter
     def commits_stalled(self, value: bool) -> None:
-        value = bool(value)
-        if value == self._commits_stalled:
-            return
-        self._commits_stalled = value
-        log.debug("engine_commits_stalled", client=self.name, stalled=value)
-        if not value:
+        if bool(value) != self._commits_stalled:
+            self._commits_stalled = bool(value)
+            self._fault_switched("commits_stalled", self._commits_stalled)
+
+    def _fault_switched(self, fault: str, on: bool) -> None:
+        """A per-client fault went on or off: when off, what waited on it continues."""
+        log.debug("engine_client_fault", client=self.name, fault=fault, on=on)
+        if not on:
             for tr in list(self._waiting):
                 tr._wake_up()
+            for w in list(self._waiting_watches):
+                w._changed()
 
     @property
     def unfired_watches(self) -> int:
