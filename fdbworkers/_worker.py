@@ -911,6 +911,8 @@ class Worker:
             # A neighbour that the ring gave to another checker (a join landed between
             # us) stays observed until its stamp changes: the new checker starts from
             # zero, and a dead one would otherwise wait a full timeout more (G1).
+            for gone in [w for w in self._tracker.tracked() if w not in members]:
+                self._tracker.departed(gone, now)  # before retain() forgets it
             former = [w for w in self._tracker.tracked() if w in members and w not in neighbours]
             neighbours = neighbours + former
             self._tracker.retain(set(neighbours))

@@ -756,3 +756,65 @@ async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
         # ~18 s left of the old lease.
         assert took < 10.0 + 3.0, took
         nursery.cancel_scope.cancel()
+
+
+async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not_strand_jobs(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 20, point 2a, the pattern with graceful restarts. w0's first incarnation
+    (timeout 10) is cut off; its id then restarts again and again (register, run 2.5 s,
+    leave, back 1.5 s later: shorter than the settle window, so the others never
+    settle without w0 and never claim its jobs). Each new incarnation waits for the cut
+    one's lease from zero, and none lives that long. Its checker counts the wait once,
+    from when it first read the cut incarnation gone or replaced, and retires it, so
+    the jobs run again within timeout + a few transactions of that."""
+    engine = Engine(rng=random.Random(23))
+    ids = await add_jobs(engine, 30)
+    opts = WorkerOptions(timeout=10.0, settle=2.0, partitions=P)
+    short = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
+        first = await fleet.start("w0")
+        await fleet.start("w1")
+        await wait_until(lambda: settled(fleet, ids), 120)
+        assert first.runner is not None
+        its_jobs = set(first.runner.running)
+        assert its_jobs
+        db = first.db
+        assert hasattr(db, "partitioned")
+        db.partitioned = True  # cut off: its lease (7.5 s) runs out by itself
+        cut = trio.current_time()
+        ran_again: dict[str, float] = {}
+
+        async def restart_loop() -> None:
+            n = 0
+            while True:
+                n += 1
+                fw = FleetWorker(fleet, "w0", engine.open_database(f"w0-{n}"), short)
+                await nursery.start(fw._main)
+                await trio.sleep(2.5)
+                await fw.stop()
+                await trio.sleep(1.5)
+
+        def fresh(j: str) -> bool:
+            runs = fleet.ledger.active.get(j, [])
+            return any(w.incarnation != first.worker.incarnation for _, w in runs)  # type: ignore[union-attr]
+
+        async def watch() -> None:
+            while len(ran_again) < len(its_jobs):
+                for j in its_jobs - set(ran_again):
+                    if fresh(j):
+                        ran_again[j] = trio.current_time() - cut
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(restart_loop)
+            with trio.move_on_after(60):
+                await watch()
+            n.cancel_scope.cancel()
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        stranded = sorted(its_jobs - set(ran_again))
+        assert stranded == [], f"{len(stranded)} jobs of the cut incarnation never ran again"
+        print(f"ran again after the cut: max {max(ran_again.values()):.2f} s")
+        assert max(ran_again.values()) <= 10.0 + 6.0, max(ran_again.values())
+        nursery.cancel_scope.cancel()

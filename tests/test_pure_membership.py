@@ -154,6 +154,22 @@ def test_tracker_measures_silence_from_first_sight() -> None:
     assert t.silent_for("a", 20.0) == 0.0
 
 
+def test_a_neighbour_gone_from_the_membership_becomes_a_ghost_before_it_is_forgotten() -> None:
+    """Issue 20, point 2a. An incarnation superseded by a successor that came and went
+    between two membership reads (a restart, then a graceful leave) was never seen
+    replaced: retain() forgot the id, the next incarnation was watched afresh, and the
+    old one's claims waited on each claimant's clock, from zero for every new owner."""
+    t = NeighbourTracker()
+    t.observe("a", "i1", b"s1", 10.0, timeout=10.0)
+    t.departed("a", 12.0)  # read gone at 12: no heartbeat of i1 commits after that
+    t.retain(set())
+    t.observe("a", "i3", b"s9", 13.0, timeout=3.0)  # back as a third incarnation
+    assert t.ghosts_due(21.9) == []
+    assert t.ghosts_due(22.0) == [("a", "i1")]
+    t.departed("b", 12.0)  # never seen: nothing to attest
+    assert t.next_ghost_due() == 22.0
+
+
 @given(
     st.floats(min_value=0.5, max_value=60),
     st.lists(st.floats(min_value=0, max_value=1000), min_size=1, max_size=20),

@@ -73,6 +73,17 @@ class NeighbourTracker:
         elif timeout is not None:
             s.timeout = timeout
 
+    def departed(self, wid: str, now: float) -> None:
+        """The membership read at or before ``now`` no longer lists ``wid``: the
+        incarnation we last saw was removed (evicted, left: already retired, unless an
+        operator forced it out) or superseded by one that was removed since (a restart,
+        then a leave). Either way no heartbeat of it commits any more, so it is a ghost
+        like a superseded one; without this, a successor that came and went between two
+        of our reads would leave it to each claimant, counting from zero."""
+        s = self._seen.get(wid)
+        if s is not None and s.timeout is not None:
+            self.superseded(wid, s.incarnation, s.timeout, now)
+
     def superseded(self, wid: str, incarnation: str, timeout: float, now: float) -> None:
         """``incarnation`` of ``wid`` was seen replaced at ``now`` (kept: first sight)."""
         self._ghosts.setdefault((wid, incarnation), (now, timeout))
