@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +46,7 @@ from ._core.keys import (
     validate_name,
 )
 from ._core.membership import Membership
+from ._core.plan import Plan, PlanMap
 from ._core.states import WorkerState
 from ._db import Database, Transaction, VersionstampFuture, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
@@ -62,6 +63,7 @@ from ._store.jobs import (
     tx_take_handoffs,
     tx_write_job_health,
 )
+from ._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
 from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_runner
 
 #: Errors after which a claim's commit may have been applied without our knowing:
@@ -188,6 +190,8 @@ class _ChangeRead:
     full_resync: bool = False
     changed: bool = False
     partitions: set[int] = field(default_factory=set)
+    #: The stored plan's sequence number at the read (-2: not read).
+    plan_seq: int | None = -2
 
 
 @dataclass
@@ -222,6 +226,8 @@ class RunnerStatistics:
     moves_deferred: int
     #: Partitions taken over from a leaving worker before the membership settled.
     handoffs_adopted: int = 0
+    #: Plans this worker wrote (docs/assignment.md, "The plan").
+    plans_written: int = 0
     #: Jobs whose runs fail (crash or reported failure) and have not run
     #: ``healthy_after`` seconds since; jobs parked; failed runs in all.
     jobs_failing: int = 0
@@ -253,6 +259,7 @@ class JobRunner:
         resync_interval: float = 60.0,
         full_resync_interval: float = 3600.0,
         claim_poll: float = 1.0,
+        plan_grace: float | None = None,
         rng: random.Random | None = None,
         assign_in_thread: bool | None = None,
         park_after: int | None = None,
@@ -311,7 +318,20 @@ class JobRunner:
         self._rng = rng or random.Random()
         self.running: dict[str, _Running] = {}
         self.target: dict[str, JobRecord] = {}
-        self.assignment: Assignment | None = None
+        self.assignment: PlanMap | None = None
+        #: The stored plan as last read (None: none read yet, or there is none).
+        self._plan: Plan | None = None
+        self._plan_dirty = True
+        #: (epoch of the view that found the plan stale, when it did).
+        self._stale_since: tuple[bytes, float] | None = None
+        #: The plan is stale and another member writes it first: check again soon.
+        self._plan_pending = False
+        #: A member other than the first writes a stale plan after this many seconds.
+        self.plan_grace = plan_grace if plan_grace is not None else 2.0 * worker.options.op_timeout
+        self._last_drift_plan = -math.inf
+        self._drift_replan = False
+        self._jobs_total: int | None = None
+        self._plans_written = 0
         self._owned_parts: frozenset[int] = frozenset()
         #: job -> (holder incarnation, holder timeout, when we first saw that holder
         #: superseded by a newer incarnation of its id): taken once the timeout passed.
@@ -352,6 +372,7 @@ class JobRunner:
             reconciles=self._reconciles,
             moves_deferred=self._deferred,
             handoffs_adopted=self._adoptions,
+            plans_written=self._plans_written,
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
             job_failures=self._job_failures,
@@ -399,8 +420,8 @@ class JobRunner:
                             self._take_handoffs = True
                         n.cancel_scope.cancel()
 
-                    # watches = [jobs_epoch, inbox] (_tx_read_changes): an inbox fire
-                    # may bring handoffs from a leaving worker.
+                    # watches = [jobs_epoch, inbox, plan] (_tx_read_changes): an
+                    # inbox fire may bring handoffs from a leaving worker.
                     for i, watch in enumerate(watches):
                         n.start_soon(one, watch, i == 1)
                     with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
@@ -423,19 +444,22 @@ class JobRunner:
         if cursor is not None:
             begin = layout.jobchange_after(role, cursor)
         kvs = await tr.get_range(begin, end, limit=1001)
+        plan_seq = await tx_read_plan_seq(tr, layout, role)
         watches = [
             tr.watch(layout.jobs_epoch_key(role)),
             tr.watch(layout.inbox_key(role, self.w.id)),
+            tr.watch(layout.plan_key(role)),
         ]
         if cursor is None:
             # No full read yet: it sets the cursor to its own read version, so that no
             # change committed after it is skipped (see _reconcile).
-            return _ChangeRead(cursor), watches
+            return _ChangeRead(cursor, plan_seq=plan_seq), watches
         if len(kvs) > 1000:
             last = await tr.get_range(begin, end, limit=1, reverse=True)
-            return _ChangeRead(cursor, layout.jobchange_stamp(role, last[0].key), True), watches
+            stamp = layout.jobchange_stamp(role, last[0].key)
+            return _ChangeRead(cursor, stamp, True, plan_seq=plan_seq), watches
         rv = await tr.get_read_version()
-        read = _ChangeRead(cursor, cursor)
+        read = _ChangeRead(cursor, cursor, plan_seq=plan_seq)
         # Trimmed entries may be missing past a cursor this old.
         read.full_resync = stamp_version(cursor) < rv - int(
             JOBCHANGE_RETENTION / 2 * VERSIONS_PER_SECOND
@@ -452,6 +476,9 @@ class JobRunner:
 
     def _apply_changes(self, read: _ChangeRead) -> bool:
         """Apply a committed change-log read; True if anything changed."""
+        if read.plan_seq != -2 and read.plan_seq != (self._plan.seq if self._plan else None):
+            self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
+            return True
         if read.cursor is None or self._last_change != read.since:
             return False  # no full read yet, or a full read moved the cursor meanwhile
         self._dirty_parts |= read.partitions
@@ -513,21 +540,130 @@ class JobRunner:
             if delay is not None:
                 n.cancel_scope.deadline = trio.current_time() + delay
 
-    async def _compute_assignment(self, m: Membership) -> Assignment:
+    def _plan_weights(self, m: Membership) -> dict[str, float]:
         weights = {wid: r.weight for wid, r in m.members.items() if not r.drain}
-        if not weights:
-            weights = {wid: r.weight for wid, r in m.members.items()}
+        return weights or {wid: r.weight for wid, r in m.members.items()}
+
+    @property
+    def _partitions(self) -> int:
         cfg = self.w.role_config
-        return await compute_assignment(
-            weights, cfg.partitions if cfg else DEFAULT_PARTITIONS, in_thread=self.assign_in_thread
+        return cfg.partitions if cfg else DEFAULT_PARTITIONS
+
+    async def _warm(self, plan: Plan) -> None:
+        """Compute the plan's rendezvous map in a thread when it is large (cached: the
+        PlanMap built next finds it), so the event loop never stalls on it."""
+        in_thread = self.assign_in_thread
+        if in_thread is None:
+            in_thread = plan.partitions >= THREADED_ASSIGN_PARTITIONS
+        if in_thread and plan.members:
+            await trio.to_thread.run_sync(
+                partial(assign, dict(plan.members), plan.partitions, balance=None)
+            )
+
+    async def _plan_map(self, m: Membership) -> PlanMap:
+        """The stored plan's map, after writing a new plan if it is ours to write
+        (docs/assignment.md, "The plan"): the plan is stale when our settled view is
+        newer than the membership it was made for and has other members. The member
+        first by id in the new membership writes it at once, the k-th after k times
+        ``plan_grace`` seconds if it is still stale then (the first ones may be paused,
+        gone, or run no jobs). Conditional writes: of concurrent planners one wins, the
+        others adopt its plan."""
+        w = self.w
+        if self._plan is None or self._plan_dirty:
+            self._plan_dirty = False
+            self._plan = await w.transact(tx_read_plan, w.layout, w.role)
+        plan = self._plan
+        weights = self._plan_weights(m)
+        stale = (
+            plan is None
+            or plan.partitions != self._partitions
+            or (m.view_key > plan.epoch and not plan.same_members(weights))
         )
+        if stale:
+            now = trio.current_time()
+            if self._stale_since is None or self._stale_since[0] != m.view_key:
+                self._stale_since = (m.view_key, now)
+            # The k-th member by id waits k grace periods: the first writes at once,
+            # the next only if the first did not (paused, gone, or running no jobs).
+            order = sorted(weights)
+            rank = order.index(w.id) if w.id in weights else len(order)
+            if now - self._stale_since[1] >= self.plan_grace * rank:
+                plan = await self._replan(weights, m.view_key)
+            else:
+                self._plan_pending = True
+        elif self._drift_replan:
+            self._drift_replan = False
+            plan = await self._replan(weights, m.view_key, force=True)
+        if plan is None:
+            plan = Plan(0, b"", {}, self._partitions)
+        await self._warm(plan)
+        return plan.map()
+
+    def _drifted(self, a: PlanMap) -> bool:
+        """After a read of our share: jobs were added or removed since the plan and our
+        count is more than 1 away from our fair share (at most once per settle window).
+        The next reconcile then writes a plan for the same members and today's counts."""
+        plan = a.plan
+        total = self._jobs_total
+        if not plan.members or total is None or total == plan.jobs:
+            return False
+        if self.w.id not in plan.members:
+            return False
+        now = trio.current_time()
+        if now - self._last_drift_plan < self.w.options.settle:
+            return False
+        fair = total * plan.members[self.w.id] / sum(plan.members.values())
+        if abs(len(self.target) - fair) <= 1.0:
+            return False
+        self._last_drift_plan = now
+        self.log.info("plan_drift", jobs=len(self.target), fair_share=round(fair, 2))
+        return True
+
+    async def _replan(
+        self, weights: Mapping[str, float], epoch: bytes, *, force: bool = False
+    ) -> Plan | None:
+        w = self.w
+        seen = self._plan.seq if self._plan else None
+        for _ in range(2):
+            tr = w.db.create_transaction()
+            tr.set_timeout(max(w.options.op_timeout, 5.0))
+            try:
+                plan, wrote = await run_transaction(
+                    w.db,
+                    tr,
+                    tx_replan,
+                    w.layout,
+                    w.role,
+                    seen,
+                    weights,
+                    epoch,
+                    self._partitions,
+                    force=force,
+                )
+            except NotCounted:
+                await recount(w.db, w.layout, w.role, self._partitions)
+                continue
+            if wrote and plan is not None:
+                self._plans_written += 1
+                self.log.info(
+                    "plan_written",
+                    seq=plan.seq,
+                    members=len(plan.members),
+                    jobs=plan.jobs,
+                    overrides=len(plan.overrides),
+                    forced=force,
+                )
+            self._plan = plan
+            return plan
+        return self._plan
 
     async def _reconcile(self, m: Membership) -> bool:
         """One step towards the target; True if something is still pending."""
         self._reconciles += 1
         self._velocity_limited = False
         w = self.w
-        a = await self._compute_assignment(m)
+        self._plan_pending = False
+        a = await self._plan_map(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
         if self._full_resync:
@@ -547,9 +683,10 @@ class JobRunner:
         tr = w.db.create_transaction()
         tr.set_timeout(max(w.options.op_timeout, 5.0))
         full = read_parts == set(owned)
-        jobs, _claims, read_version = await run_transaction(
+        jobs, _claims, read_version, total = await run_transaction(
             w.db, tr, self._tx_read, sorted(read_parts)
         )
+        self._jobs_total = total
         if full:
             # Changes up to this read version are in what we read: the change log is
             # followed from here (re-reading a few entries is harmless; skipping one
@@ -559,6 +696,9 @@ class JobRunner:
                 self._last_change = cursor
         self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
         self.target.update(jobs)
+        if self._drifted(a):
+            self._drift_replan = True
+            self._plan_pending = True
         await self._settle_kept_claims(a)
         # Stop what we no longer own first, then start what we gained.
         # Velocity limit: at most max_moves of our running jobs stopped to move per
@@ -619,9 +759,9 @@ class JobRunner:
                 self._moves_window_end = now + self.move_interval
             self._moves_left = int(budget)
         self._velocity_limited = self.max_moves is not None and budget <= 0
-        return pending or bool(self._unreleased) or self._velocity_limited
+        return pending or bool(self._unreleased) or self._velocity_limited or self._plan_pending
 
-    async def _settle_kept_claims(self, a: Assignment) -> None:
+    async def _settle_kept_claims(self, a: PlanMap) -> None:
         """Claims we hold but do not run (kept through a fenced stop, or of a claim
         whose commit outcome was unknown, or whose release failed): a job still ours is
         simply claimed again below; any other is released now, waking its new owner,
@@ -637,7 +777,7 @@ class JobRunner:
                 self._unreleased[jid] = (partition, token, notify, handoff)
             await self._release(jid)
 
-    async def _adopt(self, m: Membership, a: Assignment) -> frozenset[int]:
+    async def _adopt(self, m: Membership, a: PlanMap) -> frozenset[int]:
         """Partitions handed to us by a leaving worker that we run before our settled
         view shows it gone.
 
@@ -677,11 +817,13 @@ class JobRunner:
 
     async def _tx_read(
         self, tr: Transaction, parts: list[int]
-    ) -> tuple[dict[str, JobRecord], dict[str, Claim], int]:
+    ) -> tuple[dict[str, JobRecord], dict[str, Claim], int, int | None]:
         jobs, claims = await tx_read_partitions(
             tr, self.w.layout, self.w.role, parts, snapshot=True
         )
-        return jobs, claims, await tr.get_read_version()
+        raw = await tr.snapshot.get(self.w.layout.job_count_key(self.w.role))
+        total = int.from_bytes(raw, "little", signed=True) if raw else None
+        return jobs, claims, await tr.get_read_version(), total
 
     async def _claim(self, rec: JobRecord) -> ClaimOutcome:
         w = self.w
@@ -962,19 +1104,24 @@ class JobRunner:
         leaving = reason in ("drained", "left")
         if leaving:
             self._stopped_for_good = True
-        m = self.w.latest
-        notify_map: Assignment | None = None
-        if m is not None:
+        m = self.w.membership  # the settled view: a plan made for it is superseded
+        notify_map: PlanMap | None = None  # by the plan of any later view
+        if m is not None and leaving:
+            # Leaving for good: we write the plan without us, so our successors take
+            # our jobs as soon as we release them, before their views show us gone.
             others = {
                 wid: r.weight for wid, r in m.members.items() if wid != self.w.id and not r.drain
             }
+            others = others or {wid: r.weight for wid, r in m.members.items() if wid != self.w.id}
             if others:
-                cfg = self.w.role_config
-                notify_map = await compute_assignment(
-                    others,
-                    cfg.partitions if cfg else DEFAULT_PARTITIONS,
-                    in_thread=self.assign_in_thread,
-                )
+                try:
+                    with trio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):
+                        plan = await self._replan(others, m.view_key, force=True)
+                    if plan is not None:
+                        await self._warm(plan)
+                        notify_map = plan.map()
+                except (FDBError, trio.TooSlowError) as e:
+                    self.log.warning("leave_plan_failed", error=getattr(e, "name", str(e)))
         async with trio.open_nursery() as n:
             for jid, r in list(self.running.items()):
                 target = notify_map.owner(r.job.partition) if notify_map else None

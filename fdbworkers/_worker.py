@@ -59,6 +59,7 @@ from ._store.members import (
     tx_evict,
     tx_heartbeat,
     tx_leave,
+    tx_park,
     tx_read_membership,
     tx_register,
     tx_retire,
@@ -103,6 +104,10 @@ class WorkerOptions:
     weight: float = 1.0
     settle: float = 2.0
     settle_max: float | None = None
+    #: Report the first change after a quiet window at once, and batch the changes that
+    #: follow it for the window (a lone join costs no wait; a storm still one report
+    #: per window). False: every change waits for ``settle`` seconds of quiet.
+    settle_leading: bool = True
     check_interval: float | None = None
     fence_margin: float | None = None
     poll_interval: float = 5.0
@@ -138,6 +143,8 @@ class WorkerOptions:
             raise ConfigError(
                 f"settle must be in [0, {MAX_TIMEOUT:g}] seconds, got {self.settle!r}"
             )
+        if not isinstance(self.settle_leading, bool):
+            raise ConfigError(f"settle_leading must be True or False, got {self.settle_leading!r}")
         if self.settle_max is not None and (
             not number(self.settle_max) or self.settle_max < self.settle
         ):
@@ -303,7 +310,9 @@ class Worker:
         self._suspend = SuspendMeter(self._clocks[0](), self._clocks[1]())
         self._lease_changed = trio.Event()
         self._tracker = NeighbourTracker()
-        self._settler = Settler(options.settle, options.effective_settle_max)
+        self._settler = Settler(
+            options.settle, options.effective_settle_max, leading=options.settle_leading
+        )
         #: The latest membership read (unsettled): used for liveness.
         self.latest: Membership | None = None
         #: The last settled membership reported to the application.
@@ -1013,6 +1022,18 @@ class Worker:
         else:
             self.log.info("eviction_skipped", neighbour=wid, reason="heartbeat changed or gone")
 
+    async def leave_for_restart(self) -> None:
+        """Leave now to come back as the same id (restart in place, e.g. a deploy):
+        stop every job and release its claim, but keep the member record, so the
+        membership and the plan do not change. The next incarnation of this id (started
+        with the same ``worker_id`` or ``id_file``) owns the same partitions and claims
+        the same jobs at once: nothing moves. If it does not heartbeat within
+        ``timeout``, the neighbour evicts this id and its jobs are handed off as after a
+        crash. The ``async with open_worker(...)`` block is left afterwards as usual."""
+        await self._leave("restarting")
+        if self._body_scope is not None:
+            self._body_scope.cancel()
+
     async def _drain_watcher(self) -> None:
         while self.state is not WorkerState.DRAINING:
             await self.wait_state_change()
@@ -1043,15 +1064,25 @@ class Worker:
             )
             await self._stop_work(kind)
             try:
-                await self.transact(
-                    tx_leave,
-                    self.layout,
-                    self.role,
-                    self.id,
-                    self.incarnation,
-                    kind,
-                    self.options.event_retention,
-                )
+                if kind == "restarting":
+                    await self.transact(
+                        tx_park,
+                        self.layout,
+                        self.role,
+                        self.id,
+                        self.incarnation,
+                        self.options.event_retention,
+                    )
+                else:
+                    await self.transact(
+                        tx_leave,
+                        self.layout,
+                        self.role,
+                        self.id,
+                        self.incarnation,
+                        kind,
+                        self.options.event_retention,
+                    )
             except FDBError as e:
                 self.log.warning("leave_failed", error=e.name, hint="neighbours will evict us")
         if scope.cancelled_caught:

@@ -204,6 +204,14 @@ class FleetWorker:
             self._scope.cancel()
         await self._done.wait()
 
+    async def stop_for_restart(self) -> None:
+        """Leave to come back as the same id (``Worker.leave_for_restart``)."""
+        if self.worker is not None and self.worker.state is WorkerState.ACTIVE:
+            await self.worker.leave_for_restart()
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._done.wait()
+
     @property
     def alive(self) -> bool:
         return not self._done.is_set()
@@ -685,7 +693,7 @@ class Simulation:
     def _check_at_rest(
         self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig
     ) -> None:
-        from ._core.assign import assign
+        from ._core.plan import decode_plan
 
         version = store.read_version()
         jobs: dict[str, int] = {}
@@ -697,7 +705,18 @@ class Simulation:
         if not weights:
             self._violate("G4 no workers", "no live worker at rest")
             return
-        a = assign(weights, cfg.partitions)
+        plan_raw = [v for _, v in store.get_range(*layout.plan_chunks_range(role), version)]
+        if not plan_raw:
+            self._violate("G4 no plan", "no stored plan at rest")
+            return
+        plan = decode_plan(b"".join(plan_raw))
+        if not plan.same_members(weights):
+            self._violate(
+                "G4 plan not converged",
+                f"the stored plan is for {sorted(plan.members)}, the members are {sorted(weights)}",
+            )
+            return
+        a = plan.map()
         owners = fleet.owners()
         for jid, p in jobs.items():
             got = owners.get(jid, [])

@@ -43,6 +43,7 @@ CORE_ALLOWED = {
     "collections",
     "dataclasses",
     "enum",
+    "fractions",
     "functools",
     "hashlib",
     "heapq",
@@ -55,6 +56,7 @@ CORE_ALLOWED = {
     "types",
     "typing",
     "uuid",
+    "zlib",
 }
 
 

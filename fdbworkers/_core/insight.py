@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._errors import ConfigError
-from .assign import MAX_WEIGHT, MIN_WEIGHT, Assignment, assign, job_partition
+from .assign import MAX_WEIGHT, MIN_WEIGHT, assign, job_partition
 from .keys import stamp_version, validate_name
+from .plan import Plan as StoredPlan
+from .plan import make_plan
 
 #: Event types that change the membership a role assigns with.
 MEMBERSHIP_EVENTS: Final = frozenset({"joined", "evicted", "left", "drained", "drain_requested"})
@@ -354,11 +356,15 @@ def explain_job(
     exists: bool = True,
     partition: int | None = None,
     first_event: RecordedEvent | None = None,
+    current_plan: StoredPlan | None = None,
 ) -> Explanation:
     """The ownership history of ``job_id``: replays the assignment over ``replay``.
 
     ``partition`` is the job's stored partition (computed from its id when absent);
-    ``first_event`` is the oldest retained event of the role of any type."""
+    ``first_event`` is the oldest retained event of the role of any type;
+    ``current_plan`` the stored plan: the owner for the membership it was made for
+    (other epochs replay the rendezvous map, which the plan follows except where it
+    overrides it to balance jobs: docs/assignment.md)."""
     validate_name("job id", job_id)
     p = job_partition(job_id, partitions) if partition is None else partition
     cache: dict[tuple[tuple[str, float], ...], str | None] = {}
@@ -367,7 +373,14 @@ def explain_job(
         weights = assignment_weights(members)
         key = tuple(sorted(weights.items()))
         if key not in cache:
-            cache[key] = assign(weights, partitions).owner(p) if weights else None
+            if (
+                current_plan is not None
+                and current_plan.partitions == partitions
+                and (current_plan.same_members(weights))
+            ):
+                cache[key] = current_plan.map().owner(p)
+            else:
+                cache[key] = assign(weights, partitions, balance=None).owner(p) if weights else None
         return cache[key]
 
     warnings = list(replay.warnings)
@@ -687,15 +700,24 @@ def plan_change(
     partitions: int,
     change: Change,
     claims: Mapping[str, str] | None = None,
+    stored: StoredPlan | None = None,
 ) -> Plan:
-    """Which jobs ``change`` moves: the assignment of the live ``members`` against the
-    assignment after the change. ``jobs``: job id -> stored partition; ``claims``: job
-    id -> the worker holding its claim now (to report a role that has not converged)."""
+    """Which jobs ``change`` moves: the stored plan (``stored``; without one, the plan
+    a first worker would write for the live ``members``) against the plan the workers
+    would write after the change (:func:`~fdbworkers._core.plan.make_plan`, the same
+    function). ``jobs``: job id -> stored partition; ``claims``: job id -> the worker
+    holding its claim now (to report a role that has not converged)."""
     after, added = apply_change(members, change)
     wb, wa = assignment_weights(members), assignment_weights(after)
-    a0: Assignment = assign(wb, partitions)
-    a1: Assignment = assign(wa, partitions)
-    own0, own1 = a0.primaries(), a1.primaries()
+    counts: dict[int, int] = {}
+    for p in jobs.values():
+        counts[p] = counts.get(p, 0) + 1
+    if stored is None or stored.partitions != partitions or not stored.members:
+        stored = make_plan(None, wb, counts, partitions, b"")
+    nxt = make_plan(stored, wa, counts, partitions, stored.epoch)
+    a0, a1 = stored.map(), nxt.map()
+    own0 = {p: a0.owner(p) for p in set(jobs.values())}
+    own1 = {p: a1.owner(p) for p in set(jobs.values())}
     moves = tuple(
         Move(j, p, own0[p], own1[p])
         for j, p in sorted(jobs.items())
@@ -717,7 +739,8 @@ def plan_change(
         max(0, before_jobs.get(w, 0) - after_jobs.get(w, 0))
         for w in set(before_jobs) | set(after_jobs)
     )
-    pl0, pl1 = a0.load(), a1.load()
+    pl0 = {w: len(a0.partitions_of(w)) for w in set(members) | set(after)}
+    pl1 = {w: len(a1.partitions_of(w)) for w in set(members) | set(after)}
     loads = []
     for w in sorted(set(members) | set(after)):
         note = ""
@@ -772,6 +795,6 @@ def plan_change(
         lower,
         tuple(loads),
         unsettled,
-        sum(1 for p in range(partitions) if own0[p] != own1[p]),
+        sum(1 for p in own0 if own0[p] != own1[p]),
         tuple(warnings),
     )

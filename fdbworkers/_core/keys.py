@@ -34,6 +34,12 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
                                                    without failing, when it stops there,
                                                    and when the job is removed. Counts only
                                                    while its token is the claim's.
+    (root, "r", role, "pcount", partition)      -> int64 LE: jobs in the partition (atomic
+                                                   ADD; absent when zero)
+    (root, "r", role, "pcounted")               -> present once every job is counted
+    (root, "r", role, "plan")                   -> {seq, chunks}: the stored plan's header;
+                                                   watched
+    (root, "r", role, "planchunk", i)           -> the plan (_core/plan.py), in chunks
     (root, "events", vs)                        -> Event: bounded audit log
     (root, "events_head")                       -> versionstamp of the latest event; watched
 """
@@ -259,6 +265,36 @@ class Layout:
 
     def jobs_epoch_key(self, role: str) -> bytes:
         return self.key("r", role, "jobs_epoch")
+
+    def part_count_key(self, role: str, partition: int) -> bytes:
+        """An 8-byte little-endian count of one partition's jobs (atomic ADD; cleared at
+        zero with COMPARE_AND_CLEAR, so only non-empty partitions have one)."""
+        return self.key("r", role, "pcount", partition)
+
+    def part_counts_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "pcount")
+
+    def part_counts_partition(self, role: str, key: bytes) -> int:
+        """The partition of a :meth:`part_count_key`."""
+        (p,) = self.unpack_below(self.key("r", role, "pcount"), key)
+        if not isinstance(p, int):
+            raise CorruptDataError(f"partition count key {key!r} has no partition")
+        return p
+
+    def counted_key(self, role: str) -> bytes:
+        """Present once every job of the role is in the per-partition counts (a role
+        created before the counts existed is recounted once, see _store/plan.py)."""
+        return self.key("r", role, "pcounted")
+
+    def plan_key(self, role: str) -> bytes:
+        """The stored plan's header: its sequence number and chunk count (_core/plan.py)."""
+        return self.key("r", role, "plan")
+
+    def plan_chunk_key(self, role: str, index: int) -> bytes:
+        return self.key("r", role, "planchunk", index)
+
+    def plan_chunks_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "planchunk")
 
     def job_key(self, role: str, partition: int, job_id: str) -> bytes:
         return self.key("r", role, "job", partition, job_id)

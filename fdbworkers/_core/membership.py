@@ -15,6 +15,15 @@ class Membership:
     role: str
     epoch: bytes
     members: Mapping[str, MemberRecord]
+    #: An interim view (:func:`without_departed`): ``epoch`` is the latest read, but
+    #: joins and restarts read at it are not in ``members`` yet.
+    partial: bool = False
+
+    @property
+    def view_key(self) -> bytes:
+        """Orders views: by epoch, and at one epoch the full view after the interim
+        one (the stored plan records the key of the view it was made for)."""
+        return self.epoch + (b"\x00" if self.partial else b"\x01")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -71,4 +80,4 @@ def without_departed(reported: Membership | None, latest: Membership) -> Members
     if not departed:
         return None
     kept = {w: r for w, r in reported.members.items() if w not in departed}
-    return Membership(reported.role, latest.epoch, kept)
+    return Membership(reported.role, latest.epoch, kept, partial=True)

@@ -32,8 +32,10 @@ from .._core.keys import (
     split_stamped,
     stamp_version,
 )
-from .._db import VERSIONSTAMP_SIZE, Database, Transaction
+from .._core.plan import Plan
+from .._db import VERSIONSTAMP_SIZE, Database, Transaction, run_transaction
 from .._errors import CorruptDataError
+from .plan import tx_read_plan
 from .scan import scan
 
 #: How often the health stamps are read while observing.
@@ -287,6 +289,8 @@ class RoleSnapshot:
     corrupt: Sequence[str] = ()
     #: Job health records (jobs failing on their owner), by job id.
     health: Mapping[str, JobHealth] = field(default_factory=dict)
+    #: The stored plan (None: no worker has written one yet).
+    plan: Plan | None = None
 
 
 @dataclass(frozen=True)
@@ -354,9 +358,17 @@ async def read_role_snapshot(db: Database, layout: Layout, role: str) -> RoleSna
     epoch, members, corrupt_members = await read_membership(db, layout, role)
     jobs, claims, corrupt = await read_jobs_and_claims(db, layout, role)
     health = await read_job_health(db, layout, role, corrupt)
+    plan = await read_plan(db, layout, role)
     return RoleSnapshot(
-        role, config, epoch, members, corrupt_members, jobs, claims, corrupt, health
+        role, config, epoch, members, corrupt_members, jobs, claims, corrupt, health, plan
     )
+
+
+async def read_plan(db: Database, layout: Layout, role: str) -> Plan | None:
+    """The role's stored plan (docs/assignment.md, "The plan")."""
+    tr = db.create_transaction()
+    tr.set_timeout(10.0)
+    return await run_transaction(db, tr, tx_read_plan, layout, role)
 
 
 async def read_job_health(
@@ -411,14 +423,27 @@ def assignment_weights(members: Mapping[str, MemberRecord]) -> dict[str, float]:
 
 
 def assigned_owners(
-    members: Mapping[str, MemberRecord], jobs: Mapping[str, JobInfoRecord], partitions: int
+    members: Mapping[str, MemberRecord],
+    jobs: Mapping[str, JobInfoRecord],
+    partitions: int,
+    plan: Plan | None = None,
 ) -> dict[str, str | None]:
-    """job -> the member the assignment function gives it (as every worker computes)."""
+    """job -> the member the stored plan gives it (what every worker follows). Before
+    any worker wrote a plan: the rendezvous map of the members (what the first plan
+    starts from). A plan made for other members names the owners a rebalance leads
+    from; owners that are gone are reported as None."""
     if not members:
         return dict.fromkeys(jobs)
+    if plan is not None and plan.partitions == partitions and plan.members:
+        m = plan.map()
+        out: dict[str, str | None] = {}
+        for jid, j in jobs.items():
+            o = m.owner(j.partition)
+            out[jid] = o if o in members else None
+        return out
     from .._core.assign import assign
 
-    a = assign(assignment_weights(members), partitions)
+    a = assign(assignment_weights(members), partitions, balance=None)
     return {jid: a.owner(j.partition) for jid, j in jobs.items()}
 
 
@@ -481,7 +506,7 @@ def job_state(
 
 
 def job_views(snap: RoleSnapshot) -> list[JobView]:
-    owners = assigned_owners(snap.members, snap.jobs, snap.config.partitions)
+    owners = assigned_owners(snap.members, snap.jobs, snap.config.partitions, snap.plan)
     out = []
     for jid in sorted(snap.jobs):
         j = snap.jobs[jid]

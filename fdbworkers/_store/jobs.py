@@ -35,6 +35,7 @@ from .._errors import ConfigError, CorruptDataError, FDBError
 from .._log import get_logger
 from .events import DEFAULT_EVENT_RETENTION, tx_event
 from .members import tx_ensure_role
+from .plan import tx_count_job
 
 #: Change-log entries older than this (in cluster versions) are trimmed.
 JOBCHANGE_RETENTION = 600.0
@@ -126,6 +127,7 @@ async def tx_add_job(
     tr.set(key, rec.encode())
     if old is None:
         tr.add(layout.job_count_key(role), _ONE)
+        tx_count_job(tr, layout, role, p, 1)
     _log_job_change(tr, layout, role, p, job_id, "add" if old is None else "update")
     await _trim_job_changes(tr, layout, role)
     return rec, True
@@ -144,6 +146,7 @@ async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str)
     tr.clear(key)
     tr.clear(layout.jobhealth_key(role, job_id))
     tr.add(layout.job_count_key(role), _MINUS_ONE)
+    tx_count_job(tr, layout, role, p, -1)
     _log_job_change(tr, layout, role, p, job_id, "remove")
     await _trim_job_changes(tr, layout, role)
     return True

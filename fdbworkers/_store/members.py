@@ -39,6 +39,8 @@ async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions:
     tr.set(key, cfg.encode())
     # The job counter starts at 0, so readers of a new role choose the cheap scan.
     tr.set(layout.job_count_key(role), (0).to_bytes(8, "little", signed=True))
+    # ... and so are the per-partition counts of the stored plan (_store/plan.py).
+    tr.set(layout.counted_key(role), b"")
     return cfg
 
 
@@ -276,6 +278,19 @@ async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str,
     bump_epoch(tr, layout, role)
     write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
     return "requested"
+
+
+async def tx_park(
+    tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str, retention: float
+) -> None:
+    """A worker leaving to come back as the same id (restart in place): its incarnation
+    is retired (it runs nothing: its claims may be taken) but its member record stays,
+    so the membership, and the plan, do not change while it restarts. If no incarnation
+    of the id heartbeats within its timeout, its neighbour evicts it as usual and its
+    jobs are handed off then."""
+    await tx_retire(tr, layout, role, wid, incarnation)
+    write_event(tr, layout, "restarting", role, worker=wid, incarnation=incarnation)
+    await trim_events(tr, layout, retention)
 
 
 async def tx_retire(tr: Transaction, layout: Layout, role: str, wid: str, incarnation: str) -> None:

@@ -280,6 +280,31 @@ def required_and_optimum(before: Phase, after: Phase) -> tuple[int, int]:
     return required, optimum
 
 
+def balance_check(phases: list[Phase]) -> CheckResult:
+    """Jobs per worker after each step beside the fair share ``J * w / W`` (pure): every
+    worker within one job of it (the stored plan balances per job)."""
+    ok = True
+    lines: list[str] = []
+    for ph in phases:
+        held: dict[str, int] = dict.fromkeys(ph.weights, 0)
+        for w in ph.owners.values():
+            if w is not None:
+                held[w] = held.get(w, 0) + 1
+        total_w = sum(ph.weights.values())
+        jobs = sum(held.values())
+        if not held or total_w <= 0:
+            continue
+        parts = []
+        for w in sorted(held):
+            fair = jobs * ph.weights.get(w, 0.0) / total_w
+            bad = abs(held[w] - fair) > 1.0
+            ok &= not bad
+            parts.append(f"{w} {held[w]}/{fair:.1f}{' <-' if bad else ''}")
+        lines.append(f"{ph.name:<28} " + "  ".join(parts))
+    lines.append("(jobs / fair share J*w/W per worker; each within 1 of its share)")
+    return CheckResult("jobs balanced per worker", ok, lines)
+
+
 class Demo:
     def __init__(self, options: DemoOptions) -> None:
         self.o = options
@@ -660,6 +685,7 @@ class Demo:
             "a leaver's jobs or a newcomer's fair share)"
         )
         self.checks.append(CheckResult("jobs moved only as required", moves_ok, move_lines))
+        self.checks.append(balance_check(self.phases))
         # At most one runner.
         jobs, problems = check_single_runner(runs)
         self.checks.append(

@@ -27,9 +27,10 @@ from .._core.insight import (
     replay_membership,
 )
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
+from .._core.plan import Plan as StoredPlan
 from .._db import Database, Transaction
 from .._errors import ConfigError, CorruptDataError
-from .._store.admin import read_role_snapshot, require_role
+from .._store.admin import read_plan, read_role_snapshot, require_role
 from .._store.events import EventInfo, parse_event, read_events_after
 from ._common import CliError, FiniteFloatRange, echo, print_json, print_table, run, settings
 from ._read import json_option, name_arg
@@ -66,6 +67,8 @@ class History:
     members: dict[str, MemberState]
     claim: ClaimInfo | None
     job_partition: int | None
+    #: The stored plan now (the owners of the latest epoch).
+    plan: StoredPlan | None = None
 
 
 async def read_history(db: Database, layout: Layout, role: str, job_id: str) -> History:
@@ -110,6 +113,7 @@ async def read_history(db: Database, layout: Layout, role: str, job_id: str) -> 
         member_states(members),
         claim,
         p if job_raw is not None else None,
+        await read_plan(db, layout, role),
     )
 
 
@@ -220,6 +224,7 @@ def explain(ctx: click.Context, role: str, job_id: str, limit: int, as_json: boo
             exists=h.job_partition is not None,
             partition=h.job_partition,
             first_event=h.first_any,
+            current_plan=h.plan,
         )
     except ConfigError as e:
         raise CliError(str(e), 2) from e
@@ -382,7 +387,9 @@ def plan(
     jobs = {j: r.partition for j, r in snap.jobs.items()}
     claims = {j: c.wid for j, c in snap.claims.items()}
     try:
-        p = plan_change(role, members, jobs, snap.config.partitions, change, claims)
+        p = plan_change(
+            role, members, jobs, snap.config.partitions, change, claims, stored=snap.plan
+        )
     except ConfigError as e:
         raise CliError(str(e), 2) from e
     if as_json:

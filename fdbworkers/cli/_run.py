@@ -207,7 +207,10 @@ def worker(
     """Run a worker in a role: register, heartbeat, watch the membership, evict a silent
     neighbour, and run the jobs this worker owns, with --exec CMD (any program, one
     process per job) or the demo's handler. SIGTERM or Ctrl-C leaves gracefully (jobs
-    stopped and released, records removed); a second one exits at once."""
+    stopped and released, records removed, the others take the jobs at once); a second
+    one exits at once. SIGHUP leaves to restart in place: jobs stopped and released,
+    but the worker stays a member, so nothing moves if a process with the same --id
+    (or --id-file) starts within --timeout; otherwise it is evicted and its jobs move."""
     s = settings(ctx)
     if bool(exec_cmd) == demo_handler:
         raise click.UsageError("give exactly one of --exec CMD or --demo-handler")
@@ -294,10 +297,17 @@ def run_worker_process(
 
                 async def on_signals() -> None:
                     nonlocal signals
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                    with trio.open_signal_receiver(
+                        signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                    ) as received:
                         async for signum in received:
                             signals += 1
-                            if signals == 1 and worker_box:
+                            if signals == 1 and worker_box and signum == signal.SIGHUP:
+                                # Restart in place: release the jobs but stay a member;
+                                # the next process with this id takes them back.
+                                log.info("leaving_for_restart", signal="SIGHUP")
+                                outer.start_soon(worker_box[0].leave_for_restart)
+                            elif signals == 1 and worker_box:
                                 log.info("leaving", signal=signal.Signals(signum).name)
                                 # Leave (event "left"): stop and release the jobs
                                 # gracefully first; the worker block then ends.

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
+from .._core.plan import Plan
 from .._db import Database, Transaction, Watch
 from .._errors import FDBError, FdbworkersError
 from .._log import get_logger
@@ -41,6 +42,7 @@ from .._store.admin import (
     job_views,
     member_views,
     read_jobs_and_claims,
+    read_plan,
 )
 from .._store.events import EventInfo, read_events_after, read_recent_events
 
@@ -232,6 +234,7 @@ class _Structure:
     jobs: dict[str, JobInfoRecord] = field(default_factory=dict)
     claims: dict[str, Claim] = field(default_factory=dict)
     corrupt: list[str] = field(default_factory=list)
+    plan: Plan | None = None
 
 
 class LiveRole:
@@ -292,6 +295,7 @@ class LiveRole:
             s.jobs,
             s.claims,
             s.corrupt,
+            plan=s.plan,
         )
         jobs = job_views(snap) if s.config is not None else []
         members = member_views(snap, obs, jobs)
@@ -314,7 +318,7 @@ class LiveRole:
             return None
         return RoleSnapshot(
             self.role, s.config, s.epoch, dict(s.members), list(s.corrupt_members),
-            dict(s.jobs), dict(s.claims), list(s.corrupt),
+            dict(s.jobs), dict(s.claims), list(s.corrupt), plan=s.plan,
         )  # fmt: skip
 
     async def wait_changed(self) -> None:
@@ -394,6 +398,7 @@ class LiveRole:
                     tr.watch(layout.epoch_key(role)),
                     tr.watch(layout.jobs_epoch_key(role)),
                     tr.watch(layout.role_key(role)),
+                    tr.watch(layout.plan_key(role)),
                 ]
                 return raw_cfg, epoch, members, corrupt, ws
 
@@ -407,6 +412,7 @@ class LiveRole:
             await self._read_events(watches)
             jobs, claims, corrupt_jobs = await read_jobs_and_claims(self.db, layout, role)
             s.jobs, s.claims, s.corrupt = jobs, claims, corrupt_jobs
+            s.plan = await read_plan(self.db, layout, role)
             self._sync_health_watchers()
             watches.extend(await self._motion_watches())
         except BaseException:

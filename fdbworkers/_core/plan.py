@@ -1,0 +1,315 @@
+"""The stored plan: per-job balance with only the necessary moves (pure, no I/O).
+
+:func:`~fdbworkers._core.assign.assign` maps *partitions* to workers from the
+membership alone; a worker's jobs are then Binomial(J, share): 60 jobs on 5 workers can
+come out 10 10 11 12 17, the same on every start. No function of the membership and the
+job counts alone can be exactly balanced *and* move only what must move (the balanced
+map of the new membership is a different solution, not the old one plus the newcomer's
+share). So the assignment keeps state: a :class:`Plan` is stored with the role, and
+each new plan is computed from the previous one (:func:`make_plan`), deterministically,
+by whichever member the rules pick (docs/assignment.md, "The plan").
+
+A plan is the pure rendezvous map of its members (``assign(..., balance=None)``: what
+a partition without jobs follows, so that a job added later lands on its favourite
+member) plus **overrides**: the non-empty partitions whose owner differs from it. From
+the previous plan, :func:`make_plan`
+
+1. keeps every non-empty partition with its owner when that owner is still a member,
+   and frees those of departed members;
+2. gives every member an integer quota of *jobs*, ``floor(J w_i / W)`` or one more (the
+   extra units to the members that hold the most now: fewest moves), so every quota is
+   within 1 of the fair share and the quotas sum to ``J``;
+3. has every member above its quota free partitions (those its rendezvous map gives to
+   a member below quota first, smallest first, never more jobs than its excess), and
+   gives every free partition, largest first, to its rendezvous owner if that one has
+   room, else to the member furthest below its quota.
+
+Moves are then exactly the jobs of departed members plus the excess above quota: on a
+join, the newcomer's quota and nothing else, taken from the members above theirs. With
+at most one job per partition (``J`` well under ``P``) every member ends exactly at its
+quota; with larger partitions a member may end up to one partition's jobs away.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+from .._errors import ConfigError, CorruptDataError, LayoutError
+from .assign import ALGORITHM_VERSION, assign, stable_hash64
+
+__all__ = [
+    "PLAN_FORMAT",
+    "Plan",
+    "PlanMap",
+    "decode_plan",
+    "encode_plan",
+    "make_plan",
+    "plan_chunks",
+]
+
+#: Version of the stored plan's encoding; a newer one is refused with a clear error.
+PLAN_FORMAT: Final = 1
+#: Largest stored value of a plan chunk (FoundationDB's limit is 100,000 bytes).
+CHUNK_BYTES: Final = 90_000
+
+I64Array = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One stored plan: its members (id -> weight), the view it was made for (the
+    membership epoch plus one byte: an interim view sorts before the full view of the
+    same epoch, see ``Membership.view_key``), a sequence number (one per write) and the
+    overrides of the rendezvous map."""
+
+    seq: int
+    epoch: bytes
+    members: Mapping[str, float]
+    partitions: int
+    overrides: Mapping[int, str] = field(default_factory=dict)
+    #: Total jobs the plan balanced (by the counts it was made from).
+    jobs: int = 0
+
+    def same_members(self, members: Mapping[str, float]) -> bool:
+        return dict(self.members) == dict(members)
+
+    def map(self) -> PlanMap:
+        return PlanMap(self)
+
+
+class PlanMap:
+    """A plan as the runner reads it: the owner of every partition (what an
+    :class:`~fdbworkers._core.assign.Assignment` answers, from the plan)."""
+
+    __slots__ = ("_base", "_by_member", "_ids", "_owner", "plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        base = assign(dict(plan.members), plan.partitions, balance=None)
+        self._base = base
+        self._ids: tuple[str, ...] = tuple(sorted(plan.members))
+        index = {w: i for i, w in enumerate(self._ids)}
+        owner = np.asarray(base._primary, dtype=np.int64).copy() if self._ids else None
+        if owner is not None and plan.overrides:
+            ps = np.fromiter(plan.overrides.keys(), dtype=np.int64, count=len(plan.overrides))
+            ms = np.fromiter(
+                (index[w] for w in plan.overrides.values()),
+                dtype=np.int64,
+                count=len(plan.overrides),
+            )
+            owner[ps] = ms
+        self._owner = owner
+        self._by_member: dict[str, frozenset[int]] = {}
+
+    @property
+    def partitions(self) -> int:
+        return self.plan.partitions
+
+    @property
+    def members(self) -> Mapping[str, float]:
+        return MappingProxyType(dict(self.plan.members))
+
+    def owner(self, partition: int) -> str | None:
+        if not 0 <= partition < self.plan.partitions:
+            raise ConfigError(f"partition {partition} outside [0, {self.plan.partitions})")
+        if self._owner is None:
+            return None
+        return self._ids[int(self._owner[partition])]
+
+    def owner_indices(self) -> I64Array | None:
+        """Index (into the sorted member ids) of every partition's owner."""
+        return self._owner
+
+    def partitions_of(self, worker: str) -> frozenset[int]:
+        got = self._by_member.get(worker)
+        if got is None:
+            if self._owner is None or worker not in self.plan.members:
+                got = frozenset()
+            else:
+                i = self._ids.index(worker)
+                got = frozenset(np.flatnonzero(self._owner == i).tolist())
+            self._by_member[worker] = got
+        return got
+
+    def loads(self, counts: Mapping[int, int]) -> dict[str, int]:
+        """Worker id -> jobs it owns by ``counts`` (partition -> jobs)."""
+        out = dict.fromkeys(self._ids, 0)
+        if self._owner is None:
+            return out
+        for p, c in counts.items():
+            out[self._ids[int(self._owner[p])]] += c
+        return out
+
+
+def _tie(member: str, partition: int) -> int:
+    return stable_hash64(f"{member}\0{partition}".encode())
+
+
+def quotas(members: Mapping[str, float], total: int, held: Mapping[str, int]) -> dict[str, int]:
+    """Integer quotas summing to ``total``, each ``floor(f)`` or ``floor(f) + 1`` of the
+    fair share ``f = total * w / W`` (exact rationals); the extra units go to the members
+    holding the most above their floor now (ties by a hash of the id)."""
+    if not members:
+        return {}
+    fw = {w: Fraction(x) for w, x in members.items()}
+    wsum = sum(fw.values(), Fraction(0))
+    fair = {w: total * x / wsum for w, x in fw.items()}
+    out = {w: math.floor(f) for w, f in fair.items()}
+    extra = total - sum(out.values())
+    # Only a member whose fair share is not a whole number may get one more: the
+    # fractional parts sum to ``extra``, each below 1, so there are enough of them.
+    order = sorted(
+        (w for w in members if fair[w] != out[w]),
+        key=lambda w: (-(held.get(w, 0) - out[w]), stable_hash64(w.encode()), w),
+    )
+    for w in order[:extra]:
+        out[w] += 1
+    return out
+
+
+def make_plan(
+    prev: Plan | None,
+    members: Mapping[str, float],
+    counts: Mapping[int, int],
+    partitions: int,
+    epoch: bytes,
+) -> Plan:
+    """The next plan for ``members`` (id -> weight) from ``prev`` and the per-partition
+    job ``counts`` (partition -> jobs, zeros may be left out). Deterministic: the same
+    inputs give the same plan in every process (module docstring)."""
+    if prev is not None and prev.partitions != partitions:
+        raise ConfigError(f"plan of {prev.partitions} partitions for a role of {partitions}")
+    ids = tuple(sorted(members))
+    seq = (prev.seq + 1) if prev is not None else 1
+    if not ids:
+        return Plan(seq, epoch, {}, partitions, {}, 0)
+    base = assign(dict(members), partitions, balance=None)
+    base_owner = base._primary
+    nz = sorted(p for p, c in counts.items() if c > 0)
+    cnt = {p: int(counts[p]) for p in nz}
+    total = sum(cnt.values())
+    old = prev.map() if prev is not None and prev.members else None
+    owner: dict[int, str | None] = {}
+    for p in nz:
+        o = old.owner(p) if old is not None else ids[int(base_owner[p])]
+        owner[p] = o if o in members else None
+    held = dict.fromkeys(ids, 0)
+    for p, o in owner.items():
+        if o is not None:
+            held[o] += cnt[p]
+    quota = quotas(members, total, held)
+    base_of = {p: ids[int(base_owner[p])] for p in nz}
+    # 3a. Members above quota free partitions: those whose rendezvous owner is below
+    # quota first (the move also removes an override), then the smallest, then by hash.
+    mine: dict[str, list[int]] = {w: [] for w in ids}
+    for p, o in owner.items():
+        if o is not None:
+            mine[o].append(p)
+    for w in ids:
+        excess = held[w] - quota[w]
+        if excess <= 0:
+            continue
+
+        def order(p: int, w: str = w) -> tuple[int, int, int]:
+            b = base_of[p]
+            better = 0 if b != w and held[b] < quota[b] else 1
+            return (better, cnt[p], _tie(w, p))
+
+        for p in sorted(mine[w], key=order):
+            if excess <= 0:
+                break
+            if cnt[p] > excess:
+                continue
+            owner[p] = None
+            held[w] -= cnt[p]
+            excess -= cnt[p]
+    # 3b. Free partitions, largest first: to the rendezvous owner if it has room, else
+    # to the member furthest below quota (ties by hash).
+    free = sorted((p for p, o in owner.items() if o is None), key=lambda p: (-cnt[p], p))
+    for p in free:
+        b = base_of[p]
+        if quota[b] - held[b] >= cnt[p]:
+            to = b
+        else:
+            to = max(ids, key=lambda w: (quota[w] - held[w], -_tie(w, p)))
+        owner[p] = to
+        held[to] += cnt[p]
+    overrides = {p: o for p, o in owner.items() if o is not None and o != base_of[p]}
+    return Plan(seq, epoch, dict(members), partitions, overrides, total)
+
+
+# ------------------------------------------------------------------------- codec
+
+
+def encode_plan(plan: Plan) -> bytes:
+    """The plan as bytes (msgpack, then zlib); split with :func:`plan_chunks`."""
+    ids = sorted(plan.members)
+    index = {w: i for i, w in enumerate(ids)}
+    ps = sorted(plan.overrides)
+    deltas = np.diff(np.asarray([0, *ps], dtype=np.int64)).astype("<u4").tobytes() if ps else b""
+    who = np.asarray([index[plan.overrides[p]] for p in ps], dtype="<u4").tobytes()
+    body: dict[str, Any] = {
+        "format": PLAN_FORMAT,
+        "algorithm": ALGORITHM_VERSION,
+        "seq": plan.seq,
+        "epoch": plan.epoch,
+        "members": [[w, float(plan.members[w])] for w in ids],
+        "partitions": plan.partitions,
+        "jobs": plan.jobs,
+        "p": deltas,
+        "m": who,
+    }
+    return zlib.compress(msgpack.packb(body, use_bin_type=True), 6)
+
+
+def plan_chunks(data: bytes) -> list[bytes]:
+    return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+
+
+def decode_plan(data: bytes, where: str = "the stored plan") -> Plan:
+    """Decode :func:`encode_plan`'s bytes; corrupt data or a newer format is refused."""
+    try:
+        body = msgpack.unpackb(zlib.decompress(data), raw=False)
+    except Exception as e:  # zlib.error, msgpack's several errors
+        raise CorruptDataError(f"{where} cannot be decoded: {e}") from e
+    if not isinstance(body, dict):
+        raise CorruptDataError(f"{where} is not a record")
+    fmt = body.get("format")
+    if isinstance(fmt, int) and fmt > PLAN_FORMAT:
+        raise LayoutError(
+            f"{where} has format {fmt}, newer than this version understands ({PLAN_FORMAT}):"
+            " upgrade fdbworkers"
+        )
+    if body.get("algorithm") != ALGORITHM_VERSION:
+        raise LayoutError(
+            f"{where} was made by assignment algorithm {body.get('algorithm')!r}, this "
+            f"version runs {ALGORITHM_VERSION}: upgrade every worker of the role"
+        )
+    try:
+        members = {str(w): float(x) for w, x in body["members"]}
+        ids = sorted(members)
+        deltas = np.frombuffer(body["p"], dtype="<u4").astype(np.int64)
+        who = np.frombuffer(body["m"], dtype="<u4").astype(np.int64)
+        ps = np.cumsum(deltas).tolist()
+        partitions = int(body["partitions"])
+        if len(ps) != len(who) or bool((deltas[1:] < 1).any()):
+            raise ValueError("override arrays do not match")
+        if ps and not 0 <= ps[-1] < partitions:
+            raise ValueError("an override's partition is out of range")
+        overrides = {int(p): ids[int(m)] for p, m in zip(ps, who.tolist(), strict=True)}
+        epoch = body["epoch"]
+        if not isinstance(epoch, bytes):
+            raise ValueError("epoch is not bytes")
+        return Plan(int(body["seq"]), epoch, members, partitions, overrides, int(body["jobs"]))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CorruptDataError(f"{where} is malformed: {e}") from e

@@ -1,0 +1,190 @@
+"""The stored plan and the per-partition job counts (transactions; rules in _core/plan.py).
+
+A role's plan (``(root, "r", role, "plan")`` header + ``"planchunk"`` chunks) says which
+member owns which partition. Every worker reads it; a new one is written when the
+membership it was made for changed, or when the jobs drifted out of balance
+(:func:`tx_replan`). The per-partition counts (``"pcount"``) are kept by every job add and
+remove with atomic ADDs, so they never conflict; a role created before the counts existed
+is recounted once, page by page (:func:`recount`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .._core.keys import Layout, decode, encode
+from .._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
+from .._db import Database, ReadTransaction, Transaction, run_transaction
+from .._errors import CorruptDataError
+from .._log import get_logger
+
+__all__ = [
+    "NotCounted",
+    "PlanHeader",
+    "recount",
+    "tx_count_job",
+    "tx_read_counts",
+    "tx_read_plan",
+    "tx_read_plan_seq",
+    "tx_replan",
+]
+
+_log = get_logger()
+
+PlanHeader = tuple[int, int]  # (seq, chunks)
+
+#: Partitions recounted per transaction (a role created before the counts existed).
+RECOUNT_PAGE = 2048
+
+
+def _int64(n: int) -> bytes:
+    return n.to_bytes(8, "little", signed=True)
+
+
+_ZERO = _int64(0)
+
+
+def tx_count_job(tr: Transaction, layout: Layout, role: str, partition: int, delta: int) -> None:
+    """Count a job added (+1) to or removed (-1) from ``partition``. Blind atomic ops:
+    no conflict with concurrent adds; the count is cleared when it reaches zero."""
+    key = layout.part_count_key(role, partition)
+    tr.add(key, _int64(delta))
+    if delta < 0:
+        tr.compare_and_clear(key, _ZERO)
+
+
+async def tx_read_plan_seq(tr: Transaction, layout: Layout, role: str) -> int | None:
+    """The stored plan's sequence number (None: no plan yet). One key."""
+    raw = await tr.get(layout.plan_key(role))
+    if raw is None:
+        return None
+    try:
+        return _header(layout, role, raw)[0]
+    except CorruptDataError:
+        return -1  # matches no plan read: the next planner overwrites it
+
+
+def _header(layout: Layout, role: str, raw: bytes) -> PlanHeader:
+    obj = decode(layout.plan_key(role), raw)
+    try:
+        return int(obj["seq"]), int(obj["chunks"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptDataError(f"the plan header of role {role!r} is malformed: {e}") from e
+
+
+async def tx_read_plan(tr: Transaction, layout: Layout, role: str) -> Plan | None:
+    """The stored plan, or None when there is none (or it is corrupt: logged, and the
+    next plan written replaces it). A plan of a newer format raises LayoutError."""
+    raw = await tr.get(layout.plan_key(role))
+    if raw is None:
+        return None
+    try:
+        seq, n = _header(layout, role, raw)
+        chunks = await tr.get_range(*layout.plan_chunks_range(role))
+        data = b"".join(kv.value for kv in chunks[:n])
+        if len(chunks) < n:
+            raise CorruptDataError(f"the plan of role {role!r} has {len(chunks)} of {n} chunks")
+        plan = decode_plan(data, f"the plan of role {role!r}")
+        if plan.seq != seq:
+            raise CorruptDataError(f"the plan of role {role!r} is torn: {plan.seq} != {seq}")
+        return plan
+    except CorruptDataError as e:
+        _log.error("plan_corrupt", role=role, error=str(e))
+        return None
+
+
+async def tx_read_counts(tr: ReadTransaction, layout: Layout, role: str) -> dict[int, int] | None:
+    """Partition -> jobs (non-empty partitions only), or None if the role was created
+    before the counts existed and has not been recounted yet (:func:`recount`)."""
+    if await tr.get(layout.counted_key(role)) is None:
+        return None
+    out: dict[int, int] = {}
+    for kv in await tr.get_range(*layout.part_counts_range(role)):
+        n = int.from_bytes(kv.value, "little", signed=True)
+        if n > 0:
+            out[layout.part_counts_partition(role, kv.key)] = n
+    return out
+
+
+async def tx_replan(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    seen_seq: int | None,
+    members: Mapping[str, float],
+    epoch: bytes,
+    partitions: int,
+    *,
+    force: bool = False,
+) -> tuple[Plan | None, bool]:
+    """Write the next plan for ``members`` unless another one was written since we read
+    ``seen_seq`` (then return that one, unwritten). Returns (plan, wrote).
+
+    The header read is a conflict read: of two concurrent planners one commits, the
+    other retries, sees the new sequence and adopts it. The counts are read at
+    snapshot: a concurrent job add is counted by the next plan, never a conflict.
+    A stored plan made for a newer view is kept (a worker whose view lags never undoes
+    a newer plan), and so is one for the same members unless ``force`` (the job counts
+    drifted, or a leaver plans without itself)."""
+    current = await tx_read_plan(tr, layout, role)
+    cur_seq = await tx_read_plan_seq(tr, layout, role)
+    if cur_seq != seen_seq and current is not None:
+        return current, False
+    if current is not None and (
+        current.epoch > epoch or (not force and current.same_members(members))
+    ):
+        return current, False
+    counts = await tx_read_counts(tr.snapshot, layout, role)
+    if counts is None:
+        raise NotCounted(role)
+    prev = current
+    if prev is not None and prev.partitions != partitions:
+        prev = None
+    plan = make_plan(prev, members, counts, partitions, max(epoch, prev.epoch if prev else b""))
+    if cur_seq is not None and plan.seq <= cur_seq:
+        plan = Plan(cur_seq + 1, plan.epoch, plan.members, partitions, plan.overrides, plan.jobs)
+    data = plan_chunks(encode_plan(plan))
+    tr.clear_range(*layout.plan_chunks_range(role))
+    for i, chunk in enumerate(data):
+        tr.set(layout.plan_chunk_key(role, i), chunk)
+    tr.set(layout.plan_key(role), encode({"seq": plan.seq, "chunks": len(data)}))
+    return plan, True
+
+
+class NotCounted(Exception):
+    """The role's jobs are not counted yet: :func:`recount` first."""
+
+
+async def recount(db: Database, layout: Layout, role: str, partitions: int) -> int:
+    """Count the jobs of a role created before the per-partition counts, a page of
+    partitions per transaction, then mark it counted. Safe with concurrent adds and
+    removes: each page reads its partitions' job keys (a conflict read) and sets their
+    counts, so an add that commits first is in the read, and one that commits after
+    adds to the count set. Returns the jobs counted."""
+    total = 0
+    for start in range(0, partitions, RECOUNT_PAGE):
+        end = min(partitions, start + RECOUNT_PAGE)
+
+        async def page(tr: Transaction, start: int = start, end: int = end) -> int:
+            counts: dict[int, int] = {}
+            begin = layout.partition_range(role, start)[0]
+            stop = layout.partition_range(role, end - 1)[1]
+            for kv in await tr.get_range(begin, stop):
+                p = layout.unpack(kv.key)[-2]
+                if isinstance(p, int):
+                    counts[p] = counts.get(p, 0) + 1
+            tr.clear_range(layout.part_count_key(role, start), layout.part_count_key(role, end))
+            for p, n in counts.items():
+                tr.set(layout.part_count_key(role, p), _int64(n))
+            return sum(counts.values())
+
+        tr = db.create_transaction()
+        tr.set_timeout(10.0)
+        total += await run_transaction(db, tr, page)
+
+    async def mark(tr: Transaction) -> None:
+        tr.set(layout.counted_key(role), b"")
+
+    await run_transaction(db, db.create_transaction(), mark)
+    _log.info("jobs_recounted", role=role, jobs=total)
+    return total

@@ -1,0 +1,235 @@
+"""The stored plan (fdbworkers/_core/plan.py): per-job balance, only the necessary moves.
+
+Properties over random memberships, weights and job counts (Hypothesis), and the
+figures of issue 16 (60 jobs on 5 workers are 12 each, ...) at small and large J.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fdbworkers._core.assign import job_partition
+from fdbworkers._core.plan import (
+    Plan,
+    decode_plan,
+    encode_plan,
+    make_plan,
+    plan_chunks,
+    quotas,
+)
+from fdbworkers._errors import CorruptDataError, LayoutError
+
+P = 4096
+
+
+def counts_of(jobs: list[str], partitions: int = P) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for j in jobs:
+        p = job_partition(j, partitions)
+        out[p] = out.get(p, 0) + 1
+    return out
+
+
+def loads(plan: Plan, counts: dict[int, int]) -> dict[str, int]:
+    return plan.map().loads(counts)
+
+
+def moved_jobs(a: Plan, b: Plan, counts: dict[int, int]) -> int:
+    ma, mb = a.map(), b.map()
+    return sum(c for p, c in counts.items() if ma.owner(p) != mb.owner(p))
+
+
+def fair(members: dict[str, float], total: int) -> dict[str, Fraction]:
+    wsum = sum(Fraction(w) for w in members.values())
+    return {w: total * Fraction(x) / wsum for w, x in members.items()}
+
+
+def within_one(plan: Plan, counts: dict[int, int]) -> bool:
+    f = fair(dict(plan.members), sum(counts.values()))
+    return all(abs(n - f[w]) < 1 for w, n in loads(plan, counts).items())
+
+
+members_st = st.dictionaries(
+    st.text("abcdefgh", min_size=1, max_size=4),
+    st.sampled_from([1.0, 1.0, 1.0, 2.0, 0.5, 3.0]),
+    min_size=1,
+    max_size=12,
+)
+# Distinct partitions with one job each: every member can end exactly at its quota.
+single_st = st.sets(st.integers(0, P - 1), max_size=300).map(lambda s: dict.fromkeys(s, 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(members_st, single_st)
+def test_every_member_ends_at_its_quota_within_one_of_its_fair_share(
+    members: dict[str, float], counts: dict[int, int]
+) -> None:
+    plan = make_plan(None, members, counts, P, b"e")
+    got = loads(plan, counts)
+    assert got == quotas(members, sum(counts.values()), got)
+    assert within_one(plan, counts)
+
+
+uniform_st = st.sets(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=12).map(
+    lambda s: dict.fromkeys(s, 1.0)
+)
+
+
+def excess_over_quota(plan: Plan, members: dict[str, float], counts: dict[int, int]) -> int:
+    """Jobs that must move for ``members``: those of departed members, plus each
+    member's jobs above its quota (the least any plan with these quotas moves)."""
+    held = dict.fromkeys(members, 0)
+    gone = 0
+    m = plan.map()
+    for p, c in counts.items():
+        o = m.owner(p)
+        if o in held:
+            held[o] += c
+        else:
+            gone += c
+    q = quotas(members, sum(counts.values()), held)
+    return gone + sum(max(0, held[w] - q[w]) for w in members)
+
+
+@settings(max_examples=150, deadline=None)
+@given(members_st, single_st, st.text("xyz", min_size=1, max_size=3), st.booleans())
+def test_a_membership_change_moves_exactly_what_the_quotas_require(
+    members: dict[str, float], counts: dict[int, int], other: str, join: bool
+) -> None:
+    before = make_plan(None, members, counts, P, b"e1")
+    if join:
+        new = {**members, other: 2.0}
+    elif len(members) > 1:
+        new = {w: x for w, x in members.items() if w != sorted(members)[0]}
+    else:
+        return
+    after = make_plan(before, new, counts, P, b"e2")
+    assert moved_jobs(before, after, counts) == excess_over_quota(before, new, counts)
+    assert within_one(after, counts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(uniform_st, single_st, st.text("xyz", min_size=1, max_size=3))
+def test_a_join_moves_only_the_newcomers_quota_and_only_to_it(
+    members: dict[str, float], counts: dict[int, int], newcomer: str
+) -> None:
+    before = make_plan(None, members, counts, P, b"e1")
+    after = make_plan(before, {**members, newcomer: 1.0}, counts, P, b"e2")
+    mb, ma = before.map(), after.map()
+    for p in counts:
+        if mb.owner(p) != ma.owner(p):
+            assert ma.owner(p) == newcomer  # nothing moves between old members
+    assert moved_jobs(before, after, counts) == loads(after, counts)[newcomer]
+    assert within_one(after, counts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(uniform_st, single_st)
+def test_a_leave_moves_only_the_leavers_jobs(
+    members: dict[str, float], counts: dict[int, int]
+) -> None:
+    if len(members) < 2:
+        return
+    before = make_plan(None, members, counts, P, b"e1")
+    gone = sorted(members)[0]
+    rest = {w: x for w, x in members.items() if w != gone}
+    after = make_plan(before, rest, counts, P, b"e2")
+    mb, ma = before.map(), after.map()
+    for p in counts:
+        if mb.owner(p) != ma.owner(p):
+            assert mb.owner(p) == gone
+    assert moved_jobs(before, after, counts) == loads(before, counts)[gone]
+    assert within_one(after, counts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(members_st, single_st, single_st)
+def test_after_adds_and_removes_only_the_excess_moves(
+    members: dict[str, float], old: dict[int, int], new: dict[int, int]
+) -> None:
+    before = make_plan(None, members, old, P, b"e1")
+    after = make_plan(before, members, new, P, b"e1")
+    held = loads(before, new)  # where the new jobs are before the replan
+    q = quotas(members, sum(new.values()), held)
+    excess = sum(max(0, held[w] - q[w]) for w in members)
+    assert moved_jobs(before, after, new) == excess
+    assert within_one(after, new)
+
+
+@settings(max_examples=100, deadline=None)
+@given(members_st, st.dictionaries(st.integers(0, P - 1), st.integers(1, 6), max_size=200))
+def test_lumpy_partitions_end_within_one_partition_of_the_quota(
+    members: dict[str, float], counts: dict[int, int]
+) -> None:
+    plan = make_plan(None, members, counts, P, b"e")
+    f = fair(members, sum(counts.values()))
+    biggest = max(counts.values(), default=0)
+    for w, n in loads(plan, counts).items():
+        assert abs(n - f[w]) < 1 + biggest
+
+
+@given(members_st, single_st)
+@settings(max_examples=50, deadline=None)
+def test_the_plan_is_deterministic_and_survives_its_codec(
+    members: dict[str, float], counts: dict[int, int]
+) -> None:
+    a = make_plan(None, members, counts, P, b"\x00" * 10)
+    b = make_plan(None, dict(reversed(list(members.items()))), counts, P, b"\x00" * 10)
+    assert a == b
+    data = encode_plan(a)
+    assert decode_plan(b"".join(plan_chunks(data))) == a
+
+
+@pytest.mark.parametrize(
+    ("jobs", "workers", "expect"),
+    [(60, 5, [12] * 5), (3, 2, [1, 2]), (40, 4, [10] * 4), (100, 50, [2] * 50)],
+)
+def test_the_figures_of_issue_16(jobs: int, workers: int, expect: list[int]) -> None:
+    """60 jobs on 5 workers are 12 each (partition balance gave 10 10 11 12 17), 3 on 2
+    are 2/1, the demo's 40 on 4 are 10 each, 100 on 50 leave nobody idle."""
+    counts = counts_of([f"job-{i}" for i in range(jobs)], 65536)
+    members = {f"w{i}": 1.0 for i in range(workers)}
+    plan = make_plan(None, members, counts, 65536, b"e")
+    assert sorted(loads(plan, counts).values()) == expect
+
+
+def test_balance_at_a_hundred_thousand_jobs_and_a_hundred_workers() -> None:
+    rng = random.Random(16)
+    counts = counts_of([f"j{rng.getrandbits(64):x}" for _ in range(100_000)], 65536)
+    members = {f"w{i:03}": 1.0 for i in range(100)}
+    plan = make_plan(None, members, counts, 65536, b"e")
+    got = loads(plan, counts)
+    assert max(got.values()) / (100_000 / 100) <= 1.02
+    joined = make_plan(plan, {**members, "w100": 1.0}, counts, 65536, b"f")
+    optimum = loads(joined, counts)["w100"]
+    assert moved_jobs(plan, joined, counts) <= math.ceil(1.1 * optimum)
+
+
+def test_weights_are_respected() -> None:
+    counts = counts_of([f"job-{i}" for i in range(600)], 65536)
+    plan = make_plan(None, {"a": 1.0, "b": 2.0, "c": 3.0}, counts, 65536, b"e")
+    assert loads(plan, counts) == {"a": 100, "b": 200, "c": 300}
+
+
+def test_corrupt_or_newer_plans_are_refused_clearly() -> None:
+    plan = make_plan(None, {"a": 1.0}, {1: 1}, P, b"e")
+    with pytest.raises(CorruptDataError):
+        decode_plan(b"not a plan")
+    import zlib
+
+    import msgpack
+
+    body = msgpack.unpackb(zlib.decompress(encode_plan(plan)), raw=False)
+    body["format"] = 99
+    with pytest.raises(LayoutError, match="newer"):
+        decode_plan(zlib.compress(msgpack.packb(body, use_bin_type=True)))
+    body["format"] = 1
+    body["members"] = "x"
+    with pytest.raises(CorruptDataError):
+        decode_plan(zlib.compress(msgpack.packb(body, use_bin_type=True)))
