@@ -881,6 +881,10 @@ async def test_jobs_added_to_a_running_fleet_are_rebalanced_to_within_one(
 # --- restart in place (issue 16, goal 4) ----------------------------------------------------
 
 
+def runs_exactly(fw: FleetWorker, jobs: set[str]) -> bool:
+    return fw.runner is not None and set(fw.runner.running) == jobs
+
+
 async def test_a_restart_in_place_moves_nothing(autojump_clock: MockClock) -> None:
     """A worker leaving to come back as the same id keeps its membership: the plan does
     not change, nobody else starts its jobs, and the next incarnation runs the same jobs
@@ -899,13 +903,7 @@ async def test_a_restart_in_place_moves_nothing(autojump_clock: MockClock) -> No
             await fw.stop_for_restart()
             await trio.sleep(0.5)  # the process restarts
             back = await fleet.start(wid)
-            await wait_until(
-                lambda back=back, its=its_jobs: (
-                    back.runner is not None and set(back.runner.running) == its
-                ),
-                10,
-                0.01,
-            )
+            await wait_until(partial(runs_exactly, back, its_jobs), 10, 0.01)
             assert trio.current_time() - t0 < 2.0
             elsewhere = [r for r in fleet.ledger.runs if r.start >= t0 and r.worker != wid]
             assert not elsewhere, f"round {round_}: {len(elsewhere)} jobs started elsewhere"
