@@ -22,6 +22,7 @@ from fdbworkers._core.keys import Layout
 from fdbworkers._db import Database, Transaction
 from fdbworkers._store.jobs import JobRecord
 from fdbworkers._store.members import tx_ensure_role
+from fdbworkers._store.plan import tx_count_job
 
 ROOT = "fdbworkers-bench"
 ROLE = "bench"
@@ -114,6 +115,7 @@ async def load_jobs(
             for jid in chunk:
                 p = job_partition(jid, partitions)
                 tr.set(layout.job_key(role, p, jid), JobRecord(jid, p, None).encode())
+                tx_count_job(tr, layout, role, p, 1)  # what the stored plan balances
 
         await db.transact(write)
         await trio.lowlevel.checkpoint()

@@ -107,7 +107,8 @@ async def scenario(seed: int, kind: str, worker_timeout: float) -> dict[str, Any
             assert victim.worker is not None and victim.runner is not None
             beats: list[float] = []
             victim.worker.on_lease_renewed(lambda: beats.append(trio.current_time()))
-            await trio.sleep(5.0)  # a few heartbeats; the crash falls between two
+            # A few heartbeats; the crash falls anywhere between two (seeded).
+            await trio.sleep(5.0 + random.Random(seed).uniform(0.0, worker_timeout / 3))
             last_beat = beats[-1] if beats else None
             its = list(victim.runner.running)
             t0 = trio.current_time()

@@ -504,7 +504,7 @@ class JobRunner:
                 continue
             m = w.membership
             if m is None:
-                await self._wait_any(w.wait_membership)
+                await self._wait_any(w.membership_waiter())
                 continue
             # A new epoch needs no full re-read: _reconcile reads the partitions it
             # gained (and the change log the partitions whose jobs changed).
@@ -523,7 +523,7 @@ class JobRunner:
                 delay: float | None = max(0.0, self._moves_window_end - trio.current_time())
             else:
                 delay = self.claim_poll if more else None
-            await self._wait_any(w.wait_membership, w.wait_state_change, delay=delay)
+            await self._wait_any(w.membership_waiter(), w.state_waiter(), delay=delay)
 
     async def _wait_any(
         self, *waits: Callable[[], Awaitable[Any]], delay: float | None = None

@@ -60,7 +60,7 @@ from ._store.members import (
     tx_heartbeat,
     tx_leave,
     tx_park,
-    tx_read_membership,
+    tx_read_membership_since,
     tx_register,
     tx_retire,
     tx_watch_health,
@@ -234,6 +234,9 @@ class WorkerStatistics:
     fences: int
     rejoins: int
     corrupt_records: int
+    #: Of ``membership_reads``, those that read every record (the first, and after a
+    #: gap in the membership change log); the others read only the changed records.
+    membership_full_reads: int = 0
 
 
 def resolve_worker_id(worker_id: str | None, id_file: str | os.PathLike[str] | None) -> str:
@@ -348,6 +351,7 @@ class Worker:
         self._evictions = 0
         self._watch_fires = 0
         self._membership_reads = 0
+        self._membership_full_reads = 0
         self._changes_reported = 0
         self._polling = False
         self._fences = 0
@@ -387,6 +391,16 @@ class Worker:
     async def wait_state_change(self) -> WorkerState:
         await self._state_event.wait()
         return self.state
+
+    def membership_waiter(self) -> Callable[[], Awaitable[Any]]:
+        """A wait for the next membership report *after now*: the event is taken at
+        this call, so a report between it and the wait's start is not lost (a task
+        started later would otherwise wait for the report after that one)."""
+        return self._membership_event.wait
+
+    def state_waiter(self) -> Callable[[], Awaitable[Any]]:
+        """As :meth:`membership_waiter`, for the next state change."""
+        return self._state_event.wait
 
     async def wait_membership(self) -> Membership:
         """Wait for the next settled membership report."""
@@ -447,6 +461,7 @@ class Worker:
             evictions_done=self._evictions,
             watch_fires=self._watch_fires,
             membership_reads=self._membership_reads,
+            membership_full_reads=self._membership_full_reads,
             membership_changes_reported=self._changes_reported,
             polling=self._polling,
             fences=self._fences,
@@ -746,14 +761,19 @@ class Worker:
             last_read = trio.current_time()
             self._wake_reader = trio.Event()
             try:
-                m, corrupt, _rv, watches = await self.transact(
-                    tx_read_membership, self.layout, self.role, self.id if arm else None
+                m, corrupt, _rv, watches, full = await self.transact(
+                    tx_read_membership_since,
+                    self.layout,
+                    self.role,
+                    self.id if arm else None,
+                    self.latest,
                 )
             except FDBError as e:
                 self.log.warning("membership_read_failed", error=e.name, code=e.code)
                 await trio.sleep(min(1.0, self.options.heartbeat_interval))
                 continue
             self._membership_reads += 1
+            self._membership_full_reads += int(full)
             if corrupt:
                 self._corrupt += len(corrupt)
                 self.log.error("corrupt_member_records", keys=[k.hex() for k in corrupt])

@@ -371,3 +371,36 @@ async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
         assert reads <= took / gap + 2, (reads, took)
         assert reads < 30, reads  # 60 joins: without the gap, about one read per join
         n.cancel_scope.cancel()
+
+
+async def test_a_join_costs_each_worker_a_few_keys_not_all_records(
+    autojump_clock: MockClock,
+) -> None:
+    """Issue 18, goal 2: each epoch bump logs the changed member, so the others re-read
+    that record (and their own), not all N; their views still equal a full read."""
+    engine = fresh_engine(21)
+    opts = WorkerOptions(timeout=10.0, settle=1.0, partitions=64)
+    async with trio.open_nursery() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=opts)
+        for i in range(40):
+            await fleet.start(f"w{i:02}")
+        await trio.sleep(20)
+        before = {fw.id: fw.worker.statistics() for fw in fleet.live() if fw.worker is not None}
+        for i in range(5):
+            await fleet.start(f"x{i}")
+            await trio.sleep(3)
+        fleet.workers["w07"].crash()
+        await fleet.workers["w11"].stop()
+        await trio.sleep(40)
+        truth = await members_now(engine)
+        assert len(truth) == 43
+        for fw in fleet.live():
+            w = fw.worker
+            assert w is not None and w.latest is not None
+            assert dict(w.latest.members) == truth, fw.id
+            if fw.id in before:
+                s0, s1 = before[fw.id], w.statistics()
+                assert s1.membership_reads > s0.membership_reads
+                # Every read after the first was incremental.
+                assert s1.membership_full_reads == s0.membership_full_reads, fw.id
+        n.cancel_scope.cancel()

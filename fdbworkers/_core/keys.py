@@ -14,6 +14,9 @@ a newer layout is refused with :class:`LayoutError` rather than misread.
     (root, "r", role, "member", wid)            -> MemberRecord
     (root, "r", role, "health", wid)            -> versionstamp (10 bytes) + msgpack
                                                    {wall_time, incarnation}
+    (root, "r", role, "mchange", vs, wid)       -> b"": membership change log, one entry per
+                                                   epoch bump (the record to re-read);
+                                                   bounded by age
     (root, "r", role, "jobs_epoch")             -> versionstamp, bumped on job add/remove; watched
     (root, "r", role, "jobchange", vs)          -> {partition, job, op}: bounded change log
     (root, "r", role, "job", partition, job_id) -> JobRecord
@@ -334,6 +337,33 @@ class Layout:
 
     def jobchange_range(self, role: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "jobchange")
+
+    def memberchange_range(self, role: str) -> tuple[bytes, bytes]:
+        return self.range("r", role, "mchange")
+
+    def memberchange_key_template(self, role: str, wid: str) -> bytes:
+        """A SET_VERSIONSTAMPED_KEY parameter for a membership change-log entry
+        ``(..., "mchange", stamp, wid)``, written with every epoch bump."""
+        head = self.key("r", role, "mchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
+        return head + VS_PLACEHOLDER + b"\0\0" + pack((wid,)) + struct.pack("<I", len(head))
+
+    def memberchange_entry(self, role: str, key: bytes) -> tuple[bytes, str]:
+        """(versionstamp, worker id) of a membership change-log key."""
+        at = len(self.key("r", role, "mchange")) + 1
+        if len(key) < at + VERSIONSTAMP_SIZE + 2 or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
+            raise CorruptDataError(f"membership change-log key {key!r} has no versionstamp")
+        try:
+            (wid,) = unpack(key, at + VERSIONSTAMP_SIZE + 2)
+        except Exception as e:
+            raise CorruptDataError(f"membership change-log key {key!r}: {e}") from e
+        return key[at : at + VERSIONSTAMP_SIZE], str(wid)
+
+    def memberchange_after(self, role: str, stamp: bytes) -> bytes:
+        """The first membership change-log key after every entry stamped ``stamp``."""
+        return strinc(self._stamp_key(("r", role, "mchange"), stamp))
+
+    def memberchange_before_version(self, role: str, version: int) -> bytes:
+        return self._stamp_key(("r", role, "mchange"), version.to_bytes(8, "big") + b"\0\0")
 
     def jobchange_key_template(self, role: str, job_id: str) -> bytes:
         """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._core.assign import ALGORITHM_VERSION
 from .._core.keys import (
+    VERSIONS_PER_SECOND,
     Layout,
     MemberRecord,
     RoleConfig,
@@ -18,6 +19,7 @@ from .._core.keys import (
     epoch_value,
     layout_value,
     retire,
+    stamp_version,
     stamped_value,
 )
 from .._core.membership import Membership
@@ -44,8 +46,22 @@ async def tx_ensure_role(tr: Transaction, layout: Layout, role: str, partitions:
     return cfg
 
 
-def bump_epoch(tr: Transaction, layout: Layout, role: str) -> None:
+#: Membership change-log entries are kept this long (seconds of commit versions); a
+#: reader whose cursor is older than half of it reads the whole membership instead.
+MEMBERCHANGE_RETENTION = 600.0
+
+
+async def bump_epoch(tr: Transaction, layout: Layout, role: str, wid: str) -> None:
+    """Stamp the epoch and log the change of ``wid``'s record (same versionstamp), so
+    that readers re-read that one record instead of all of them; trim old entries.
+    Blind writes only: two joins never conflict (G7)."""
     tr.set_versionstamped_value(layout.epoch_key(role), epoch_value())
+    tr.set_versionstamped_key(layout.memberchange_key_template(role, wid), b"")
+    rv = await tr.get_read_version()
+    cut = rv - int(MEMBERCHANGE_RETENTION * VERSIONS_PER_SECOND)
+    if cut > 0:
+        begin, _ = layout.memberchange_range(role)
+        tr.clear_range(begin, layout.memberchange_before_version(role, cut))
 
 
 async def tx_register(
@@ -76,7 +92,7 @@ async def tx_register(
         layout.health_key(role, rec.wid),
         stamped_value({"wall_time": time.time(), "incarnation": rec.incarnation}),
     )
-    bump_epoch(tr, layout, role)
+    await bump_epoch(tr, layout, role, rec.wid)
     write_event(
         tr,
         layout,
@@ -139,6 +155,68 @@ async def tx_read_membership(
         watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
     rv = await tr.get_read_version()
     return Membership(role, epoch, members), corrupt, rv, watches
+
+
+#: Change-log entries read per incremental membership read; more: read it all.
+MEMBERCHANGE_READ_LIMIT = 1000
+
+
+async def tx_read_membership_since(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    arm_for: str | None,
+    known: Membership | None,
+) -> tuple[Membership, list[bytes], int, list[Any], bool]:
+    """The membership, read incrementally from ``known`` when it can be: the change
+    log names the records changed since ``known.epoch`` (each epoch bump writes an
+    entry with the same versionstamp), and only those are read again, so a join costs
+    every worker O(1) keys instead of all N records. Falls back to
+    :func:`tx_read_membership` (returns ``full=True``) when there is no ``known`` view,
+    when its epoch is older than half the log's retention (entries may be trimmed),
+    when more than :data:`MEMBERCHANGE_READ_LIMIT` entries follow it, or when the
+    entries do not end at the current epoch (a writer that does not log: an older
+    version). Our own record is always read again (an out-of-band write to it must be
+    seen, e.g. garbage). Returns (membership, corrupt keys, read version, watches,
+    full)."""
+    epoch = await tr.get(layout.epoch_key(role)) or b""
+    rv = await tr.get_read_version()
+    if known is None or not known.epoch or known.partial:
+        return (*await tx_read_membership(tr, layout, role, arm_for), True)
+    if epoch == known.epoch:
+        entries: list[tuple[bytes, str]] = []
+    else:
+        if stamp_version(known.epoch) < rv - int(MEMBERCHANGE_RETENTION / 2 * VERSIONS_PER_SECOND):
+            return (*await tx_read_membership(tr, layout, role, arm_for), True)
+        begin = layout.memberchange_after(role, known.epoch)
+        _, end = layout.memberchange_range(role)
+        kvs = await tr.get_range(begin, end, limit=MEMBERCHANGE_READ_LIMIT + 1)
+        try:
+            entries = [layout.memberchange_entry(role, kv.key) for kv in kvs]
+        except CorruptDataError:
+            return (*await tx_read_membership(tr, layout, role, arm_for), True)
+        if len(entries) > MEMBERCHANGE_READ_LIMIT or not entries or entries[-1][0] != epoch:
+            return (*await tx_read_membership(tr, layout, role, arm_for), True)
+    members = dict(known.members)
+    corrupt: list[bytes] = []
+    changed = {wid for _, wid in entries}
+    if arm_for is not None:
+        changed.add(arm_for)
+    for wid in sorted(changed):
+        key = layout.member_key(role, wid)
+        raw = await tr.get(key)
+        members.pop(wid, None)
+        if raw is None:
+            continue
+        try:
+            members[wid] = MemberRecord.decode(wid, key, raw)
+        except CorruptDataError:
+            corrupt.append(key)
+    watches: list[Any] = []
+    if arm_for is not None:
+        watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
+    ordered = {w: members[w] for w in sorted(members)}
+    return Membership(role, epoch, ordered), corrupt, rv, watches, False
 
 
 async def tx_check_epoch(
@@ -246,7 +324,7 @@ async def _remove_member(
     # its id registers again (a crash-looping id must not restart the wait each time).
     if retire:
         await tx_retire(tr, layout, role, wid, incarnation)
-    bump_epoch(tr, layout, role)
+    await bump_epoch(tr, layout, role, wid)
     write_event(tr, layout, kind, role, worker=wid, incarnation=incarnation, weight=weight, **event)
     await trim_events(tr, layout, retention)
     return True
@@ -275,7 +353,7 @@ async def tx_request_drain(tr: Transaction, layout: Layout, role: str, wid: str,
     if rec.drain:
         return "already"
     tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
-    bump_epoch(tr, layout, role)
+    await bump_epoch(tr, layout, role, wid)
     write_event(tr, layout, "drain_requested", role, worker=wid, incarnation=rec.incarnation, by=by)
     return "requested"
 
