@@ -476,15 +476,19 @@ class JobRunner:
 
     def _apply_changes(self, read: _ChangeRead) -> bool:
         """Apply a committed change-log read; True if anything changed."""
-        if read.plan_seq != -2 and read.plan_seq != (self._plan.seq if self._plan else None):
+        plan_changed = read.plan_seq != -2 and read.plan_seq != (
+            self._plan.seq if self._plan else None
+        )
+        if plan_changed:
             self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
-            return True
+        # The job changes of the same read are applied too: the watches are re-armed
+        # from this read, so entries skipped here would wait for the periodic resync.
         if read.cursor is None or self._last_change != read.since:
-            return False  # no full read yet, or a full read moved the cursor meanwhile
+            return plan_changed  # no full read yet, or a full read moved the cursor meanwhile
         self._dirty_parts |= read.partitions
         self._full_resync = self._full_resync or read.full_resync
         self._last_change = read.cursor
-        return read.changed or read.full_resync
+        return read.changed or read.full_resync or plan_changed
 
     # -- reconcile ---------------------------------------------------------------------
 

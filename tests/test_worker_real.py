@@ -98,10 +98,10 @@ async def test_fleet_on_real_cluster(real_db: Database) -> None:
             await wait_until(all_owned_once, 10)
             owners = fleet.owners()
             assert all(v[0] != "w2" for v in owners.values())
-            # Its successors adopted the handed-over partitions before their settled view
-            # dropped it (the handoff path works on FoundationDB too).
-            adopted = [fw.runner.statistics().handoffs_adopted for fw in fleet.live() if fw.runner]
-            assert sum(adopted) > 0, adopted
+            # It wrote the plan without itself before releasing (the leaver's path works
+            # on FoundationDB too): its successors took its jobs by that plan.
+            assert leaving.runner is not None
+            assert leaving.runner.statistics().plans_written >= 1
             assert not fleet.ledger.violations, fleet.ledger.violations
             for fw in fleet.live():
                 assert fw.worker is not None and fw.worker.state is WorkerState.ACTIVE
