@@ -583,7 +583,8 @@ class JobRunner:
             or plan.partitions != self._partitions
             or (m.view_key > plan.epoch and not plan.same_members(weights))
         )
-        if stale:
+        if stale and w.id in m.members and weights:
+            # (A view without us is one we were evicted from: not ours to plan by.)
             now = trio.current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
                 self._stale_since = (m.view_key, now)

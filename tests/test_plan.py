@@ -233,3 +233,69 @@ def test_corrupt_or_newer_plans_are_refused_clearly() -> None:
     body["members"] = "x"
     with pytest.raises(CorruptDataError):
         decode_plan(zlib.compress(msgpack.packb(body, use_bin_type=True)))
+
+
+# --- a stateful run: any sequence of joins, leaves, reweights, adds and removes ----------
+
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
+
+
+class PlanSequence(RuleBasedStateMachine):
+    """Plans chained as the workers chain them; after every step each member is at its
+    quota (one job per partition) and the jobs that moved are exactly the ones the
+    quotas required (those of departed members and the excess above quota)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members: dict[str, float] = {"w0": 1.0}
+        self.counts: dict[int, int] = {}
+        self.plan = make_plan(None, self.members, self.counts, P, b"\x00")
+        self.step = 0
+        self.moved = 0
+        self.required = 0
+
+    def _replan(self) -> None:
+        self.step += 1
+        required = excess_over_quota(self.plan, self.members, self.counts)
+        new = make_plan(self.plan, self.members, self.counts, P, self.step.to_bytes(4, "big"))
+        self.moved = moved_jobs(self.plan, new, self.counts)
+        self.required = required
+        self.plan = new
+
+    @rule(name=st.text("abcdefghij", min_size=1, max_size=2), weight=st.sampled_from([1.0, 2.0]))
+    def join(self, name: str, weight: float) -> None:
+        if name not in self.members:
+            self.members[name] = weight
+            self._replan()
+
+    @rule(data=st.data())
+    def leave(self, data: st.DataObject) -> None:
+        if len(self.members) > 1:
+            gone = data.draw(st.sampled_from(sorted(self.members)))
+            del self.members[gone]
+            self._replan()
+
+    @rule(parts=st.sets(st.integers(0, P - 1), max_size=40))
+    def add_jobs(self, parts: set[int]) -> None:
+        for p in parts:
+            self.counts[p] = 1
+        self._replan()
+
+    @rule(data=st.data())
+    def remove_jobs(self, data: st.DataObject) -> None:
+        if self.counts:
+            gone = data.draw(st.sets(st.sampled_from(sorted(self.counts)), max_size=20))
+            for p in gone:
+                del self.counts[p]
+            self._replan()
+
+    @invariant()
+    def balanced_and_minimal(self) -> None:
+        assert within_one(self.plan, self.counts)
+        got = loads(self.plan, self.counts)
+        assert got == quotas(self.members, sum(self.counts.values()), got)
+        assert self.moved == self.required
+
+
+TestPlanSequence = PlanSequence.TestCase
+TestPlanSequence.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
