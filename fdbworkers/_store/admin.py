@@ -33,7 +33,7 @@ from .._core.keys import (
     stamp_version,
 )
 from .._core.plan import Plan
-from .._db import VERSIONSTAMP_SIZE, Database, Transaction, run_transaction
+from .._db import VERSIONSTAMP_SIZE, Database, Transaction
 from .._errors import CorruptDataError
 from .plan import tx_read_plan
 from .scan import scan
@@ -366,9 +366,7 @@ async def read_role_snapshot(db: Database, layout: Layout, role: str) -> RoleSna
 
 async def read_plan(db: Database, layout: Layout, role: str) -> Plan | None:
     """The role's stored plan (docs/assignment.md, "The plan")."""
-    tr = db.create_transaction()
-    tr.set_timeout(10.0)
-    return await run_transaction(db, tr, tx_read_plan, layout, role)
+    return await db.transact(tx_read_plan, layout, role)  # small: the database's timeout
 
 
 async def read_job_health(
