@@ -476,15 +476,20 @@ class JobRunner:
 
     def _apply_changes(self, read: _ChangeRead) -> bool:
         """Apply a committed change-log read; True if anything changed."""
-        if read.plan_seq != -2 and read.plan_seq != (self._plan.seq if self._plan else None):
+        planned = read.plan_seq != -2 and read.plan_seq != (self._plan.seq if self._plan else None)
+        if planned:
             self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
-            return True
+        # The job changes read with a new plan are applied too: returning before them
+        # left them unread until a watch fired again or the resync interval (30-90 s)
+        # ran out (the watches armed by this read do not fire for them): a job added
+        # while a plan was written had no runner for that long (the simulation's seed
+        # 1, and ./scripts/chaos --seed 13: 16 jobs without a runner after the quiet).
         if read.cursor is None or self._last_change != read.since:
-            return False  # no full read yet, or a full read moved the cursor meanwhile
+            return planned  # no full read yet, or a full read moved the cursor meanwhile
         self._dirty_parts |= read.partitions
         self._full_resync = self._full_resync or read.full_resync
         self._last_change = read.cursor
-        return read.changed or read.full_resync
+        return planned or read.changed or read.full_resync
 
     # -- reconcile ---------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
 from fdbworkers._store.events import read_recent_events
-from fdbworkers._store.jobs import tx_take_handoffs
+from fdbworkers._store.jobs import tx_add_job, tx_take_handoffs
 from fdbworkers._store.members import tx_leave
+from fdbworkers._store.plan import tx_read_plan, tx_replan
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
 
 ROOT = "fdbworkers-test"
@@ -484,6 +485,36 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
         )
         print(f"ran again after the death: max {max(ran_again.values()):.2f} s (bound {bound:g} s)")
         assert max(ran_again.values()) <= bound, (max(ran_again.values()), bound)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_added_while_a_plan_is_written_runs_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """Found by ./scripts/chaos --seed 13 after the stored plan (16 jobs without a runner
+    40 s into the quiet) and the simulation's seed 1 (a job added while a plan was
+    written never ran). A change-log read that also saw a new plan returned before
+    applying the job changes it had read, and the watches it armed do not fire for them:
+    the job waited for the next unrelated change or the resync interval (30-90 s)."""
+    engine = Engine(rng=random.Random(33))
+    ids = await add_jobs(engine, 8)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 2, ids)
+        admin = engine.open_database("admin")
+        plan = await admin.transact(tx_read_plan, LAYOUT, ROLE)
+        assert plan is not None
+
+        async def replan_and_add(tr: Transaction) -> None:
+            assert plan is not None
+            await tx_replan(
+                tr, LAYOUT, ROLE, plan.seq, dict(plan.members), plan.epoch, P, force=True
+            )
+            await tx_add_job(tr, LAYOUT, ROLE, "job-new", None, 1.0, P)
+
+        await admin.transact(replan_and_add)
+        took = await wait_until(lambda: bool(fleet.owners().get("job-new")), 120, 0.01)
+        assert took < 2.0, took
+        assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
 
 
