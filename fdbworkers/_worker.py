@@ -39,7 +39,13 @@ from ._core.liveness import (
     default_fence_margin,
     max_fence_margin,
 )
-from ._core.membership import Membership, MembershipChange, diff, without_departed
+from ._core.membership import (
+    Membership,
+    MembershipChange,
+    diff,
+    replaced_or_gone,
+    without_departed,
+)
 from ._core.ring import watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
@@ -326,6 +332,7 @@ class Worker:
         self._wake_reader = trio.Event()
         self._wake_settle = trio.Event()
         self._wake_heartbeat = trio.Event()
+        self._wake_ghosts = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[MembershipChange]] = []
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
         self._lease_listeners: list[Callable[[], None]] = []
@@ -551,9 +558,16 @@ class Worker:
         self._renew_lease(started)
         if rec.replaced:
             # A previous incarnation with our id may still be running somewhere: its jobs
-            # are taken over only once its lease must have expired (see _jobs).
+            # are taken over only once its lease must have expired (see _jobs). It can
+            # commit no heartbeat after our registration did: we count that wait too,
+            # from now, not from our first claim after the settle window.
             self._replaced_seen_at = trio.current_time()
             self.log.info("replaced_incarnation", old=rec.replaced)
+            if rec.replaced_timeout:
+                self._tracker.superseded(
+                    self.id, rec.replaced, rec.replaced_timeout, self._replaced_seen_at
+                )
+                self._wake_ghosts.set()
         self._settler.changed(trio.current_time())
         self._set_state(WorkerState.ACTIVE)
         self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
@@ -774,6 +788,7 @@ class Worker:
                 continue
             self._membership_reads += 1
             self._membership_full_reads += int(full)
+            self._note_replaced(self.latest, m)
             if corrupt:
                 self._corrupt += len(corrupt)
                 self.log.error("corrupt_member_records", keys=[k.hex() for k in corrupt])
@@ -940,6 +955,7 @@ class Worker:
             # A neighbour that the ring gave to another checker (a join landed between
             # us) stays observed until its stamp changes: the new checker starts from
             # zero, and a dead one would otherwise wait a full timeout more (G1).
+            ghost_due = self._tracker.next_ghost_due()
             for gone in [w for w in self._tracker.tracked() if w not in members]:
                 self._tracker.departed(gone, now)  # before retain() forgets it
             former = [w for w in self._tracker.tracked() if w in members and w not in neighbours]
@@ -969,10 +985,8 @@ class Worker:
                     due = self._tracker.evict_due(wid, rec.timeout)
                     if due is not None:
                         next_due = min(next_due, due)
-            await self._retire_ghosts(trio.current_time())
-            ghost_due = self._tracker.next_ghost_due()
-            if ghost_due is not None:
-                next_due = min(next_due, ghost_due)
+            if self._tracker.next_ghost_due() != ghost_due:
+                self._wake_ghosts.set()  # observe() or departed() found a new one
             # Until the next check is due, or a neighbour's heartbeat commits (its
             # watch fires: we see the new stamp at once, so the eviction deadline is
             # counted from the heartbeat itself, not from our next poll).
@@ -997,19 +1011,53 @@ class Worker:
             for w in watches:
                 w.cancel()
 
-    async def _retire_ghosts(self, now: float) -> None:
-        """Attest that superseded incarnations of our neighbours run nothing any more,
-        once their timeout has passed since we saw them superseded (see
-        NeighbourTracker): their claims are then taken at once, even when their id
-        keeps restarting (a crash-looping pod)."""
+    def _note_replaced(self, old: Membership | None, new: Membership) -> None:
+        """Every member (not only the id's ring checker) counts the wait for the lease
+        of an incarnation it saw replaced or gone, from the moment it saw that (after
+        the read returned, so after the replacement committed). The first one whose
+        wait is over retires it (``_ghost_loop``). Found by the chaos soak (seed 13): when
+        the only member that counted, the ring checker, restarted before the wait was
+        over, and the id kept restarting faster than settle + timeout (each new
+        incarnation, the claimant, counting from zero after its settle window), nobody
+        ever retired the dead incarnation and its jobs had no runner for 44-59 s."""
+        now = trio.current_time()
+        before = self._tracker.next_ghost_due()
+        for wid, incarnation, timeout in replaced_or_gone(old, new, self.id):
+            self._tracker.superseded(wid, incarnation, timeout, now)
+        if self._tracker.next_ghost_due() != before:
+            self._wake_ghosts.set()
+
+    async def _ghost_loop(self) -> None:
+        """Retire the incarnations this worker saw replaced or gone once their timeout
+        has passed since (see ``NeighbourTracker``). Every member that saw it counts the
+        same wait: a little jitter (up to half a check interval) spreads their
+        retirements, and all but the first find it retired (a read of one key)."""
+        interval = self.options.effective_check_interval
+        while True:
+            self._wake_ghosts = trio.Event()
+            due = self._tracker.next_ghost_due()
+            if due is None:
+                await self._wake_ghosts.wait()
+                continue
+            with trio.move_on_at(due + self._rng.random() * interval / 2):
+                await self._wake_ghosts.wait()
+            if not await self._retire_ghosts(trio.current_time()):
+                await trio.sleep(interval)
+
+    async def _retire_ghosts(self, now: float) -> bool:
+        """Attest that incarnations we saw superseded or gone run nothing any more,
+        once their timeout has passed since we saw that (see NeighbourTracker): their
+        claims are then taken at once, even when their id keeps restarting (a
+        crash-looping pod). False if a retirement failed (tried again later)."""
         for wid, incarnation in self._tracker.ghosts_due(now):
             try:
                 await self.transact(tx_retire, self.layout, self.role, wid, incarnation)
             except FDBError as e:
                 self.log.warning("retire_failed", neighbour=wid, error=e.name)
-                return
+                return False
             self._tracker.ghost_retired(wid, incarnation)
             self.log.info("superseded_incarnation_retired", neighbour=wid, old=incarnation)
+        return True
 
     async def _evict(
         self, wid: str, rec: MemberRecord, stamp: bytes | None, silent_for: float
@@ -1119,6 +1167,7 @@ class Worker:
             nursery.start_soon(self._membership_loop)
             nursery.start_soon(self._settle_loop)
             nursery.start_soon(self._check_loop)
+            nursery.start_soon(self._ghost_loop)
             nursery.start_soon(self._drain_watcher)
             task_status.started()
 

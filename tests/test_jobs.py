@@ -17,10 +17,12 @@ from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
+from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
 from fdbworkers._store.events import read_recent_events
-from fdbworkers._store.jobs import tx_take_handoffs
+from fdbworkers._store.jobs import tx_add_job, tx_take_handoffs
 from fdbworkers._store.members import tx_leave
+from fdbworkers._store.plan import tx_read_plan, tx_replan
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
 
 ROOT = "fdbworkers-test"
@@ -396,6 +398,123 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
         # timeout (10) + membership read and the checker's next round + a claim: well
         # under 3 x timeout, however often the id restarted meanwhile.
         assert max(ran_again.values()) <= 16.0, sorted(ran_again.items(), key=lambda kv: kv[1])
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("checker_fault", ["crash", "restart"])
+async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
+    autojump_clock: MockClock, checker_fault: str
+) -> None:
+    """Issue 20, point 2a, found again by ./scripts/chaos --seed 13 (11 jobs without a
+    runner for 43.7 s, 3 for 58.9 s; bound 40 s). The holder's id restarts faster than
+    the settle window plus its timeout (each new incarnation counts the wait for the
+    dead one's lease from zero), and the one member that also counted it, the id's ring
+    checker, restarts a few seconds after the supersession (kill -9 and back, or a
+    graceful restart): the wait it had counted is lost with it, and nobody retires the
+    dead incarnation. Every member that saw the supersession counts the wait, so one
+    that stays up retires it: the jobs run again within the documented bound
+    (restart delay + timeout + check interval + settle + a few transactions)."""
+    engine = Engine(rng=random.Random(31))
+    ids = await add_jobs(engine, 30)
+    opts = WorkerOptions(timeout=10.0, settle=2.0, partitions=P)
+    wids = ["w0", "w1", "w2"]
+    victim = "w0"
+    checker = checker_of(victim, wids)
+    assert checker is not None and checker != victim
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
+        for wid in wids:
+            await fleet.start(wid)
+        await wait_until(lambda: settled(fleet, ids), 120)
+        first = fleet.workers[victim]
+        assert first.runner is not None
+        its_jobs = set(first.runner.running)
+        assert its_jobs
+        first.crash()  # kill -9
+        death = trio.current_time()
+        await wait_until(lambda: not first.alive, 5, 0.01)
+        restart_delay = 1.0
+        ran_again: dict[str, float] = {}
+
+        async def crash_loop() -> None:
+            # Back after 1 s, killed again 8 s later: never up for settle + timeout.
+            for _ in range(6):
+                await trio.sleep(restart_delay)
+                fw = await fleet.start(victim)
+                await trio.sleep(8.0)
+                fw.crash()
+
+        async def checker_restarts() -> None:
+            # 4 s after the first restart (the wait for the dead lease is under way),
+            # the checker goes and comes back as a new incarnation 1 s later.
+            await trio.sleep(restart_delay + 4.0)
+            fw = fleet.workers[checker]
+            if checker_fault == "crash":
+                fw.crash()
+                await trio.sleep(1.0)
+            else:
+                await fw.stop()
+            await fleet.start(checker)
+
+        async def watch() -> None:
+            while len(ran_again) < len(its_jobs):
+                for j in its_jobs - set(ran_again):
+                    if fleet.owners().get(j):
+                        ran_again[j] = trio.current_time() - death
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(crash_loop)
+            n.start_soon(checker_restarts)
+            with trio.move_on_after(60):
+                await watch()
+            n.cancel_scope.cancel()
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        stranded = sorted(its_jobs - set(ran_again))
+        assert stranded == [], f"{len(stranded)} jobs of the dead incarnation never ran again"
+        # docs/architecture.md, liveness: the id registers again (1 s), every member sees
+        # that within a membership read, the first one up for the timeout retires the
+        # dead incarnation (within a check interval), and the owner, once its view has
+        # settled, claims within a claim poll.
+        bound = (
+            restart_delay
+            + opts.timeout
+            + opts.effective_check_interval
+            + opts.settle
+            + 1.5  # a few transactions and a claim poll
+        )
+        print(f"ran again after the death: max {max(ran_again.values()):.2f} s (bound {bound:g} s)")
+        assert max(ran_again.values()) <= bound, (max(ran_again.values()), bound)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_added_while_a_plan_is_written_runs_at_once(
+    autojump_clock: MockClock,
+) -> None:
+    """Found by ./scripts/chaos --seed 13 after the stored plan (16 jobs without a runner
+    40 s into the quiet) and the simulation's seed 1 (a job added while a plan was
+    written never ran). A change-log read that also saw a new plan returned before
+    applying the job changes it had read, and the watches it armed do not fire for them:
+    the job waited for the next unrelated change or the resync interval (30-90 s)."""
+    engine = Engine(rng=random.Random(33))
+    ids = await add_jobs(engine, 8)
+    async with trio.open_nursery() as nursery:
+        fleet = await start_fleet(nursery, engine, 2, ids)
+        admin = engine.open_database("admin")
+        plan = await admin.transact(tx_read_plan, LAYOUT, ROLE)
+        assert plan is not None
+
+        async def replan_and_add(tr: Transaction) -> None:
+            assert plan is not None
+            await tx_replan(
+                tr, LAYOUT, ROLE, plan.seq, dict(plan.members), plan.epoch, P, force=True
+            )
+            await tx_add_job(tr, LAYOUT, ROLE, "job-new", None, 1.0, P)
+
+        await admin.transact(replan_and_add)
+        took = await wait_until(lambda: bool(fleet.owners().get("job-new")), 120, 0.01)
+        assert took < 2.0, took
+        assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
 
 

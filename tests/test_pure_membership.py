@@ -24,7 +24,7 @@ from fdbworkers._core.keys import (
     validate_name,
 )
 from fdbworkers._core.liveness import Lease, NeighbourTracker
-from fdbworkers._core.membership import Membership, diff
+from fdbworkers._core.membership import Membership, diff, replaced_or_gone
 from fdbworkers._core.ring import checker_of, ring_order, successors, watched_neighbours
 from fdbworkers._core.settle import Settler
 from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
@@ -168,6 +168,41 @@ def test_a_neighbour_gone_from_the_membership_becomes_a_ghost_before_it_is_forgo
     assert t.ghosts_due(22.0) == [("a", "i1")]
     t.departed("b", 12.0)  # never seen: nothing to attest
     assert t.next_ghost_due() == 22.0
+
+
+def _members(**incs: tuple[str, float]) -> Membership:
+    return Membership(
+        "r",
+        b"e",
+        {w: MemberRecord(w, inc, timeout, 1.0, "h", 1, 0.0) for w, (inc, timeout) in incs.items()},
+    )
+
+
+def test_every_member_notes_the_incarnations_it_saw_replaced_or_gone() -> None:
+    """Found by ./scripts/chaos --seed 13: only the id's ring checker counted the wait for
+    a replaced incarnation's lease, and it restarted before the wait was over. Every
+    member now notes, from each membership read, the incarnations that read shows
+    replaced or gone (with their own timeout), except its own."""
+    old = _members(a=("a1", 10.0), b=("b1", 3.0), c=("c1", 3.0), me=("m1", 3.0))
+    new = _members(a=("a2", 3.0), c=("c1", 3.0), d=("d1", 3.0), me=("m2", 3.0))
+    assert replaced_or_gone(old, new, "me") == [("a", "a1", 10.0), ("b", "b1", 3.0)]
+    assert replaced_or_gone(None, new, "me") == []
+    assert replaced_or_gone(new, new, "me") == []
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["1", "2", "3"])),
+    st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["1", "2", "3"])),
+)
+def test_replaced_or_gone_is_what_the_diff_reports_removed_or_restarted(
+    before: dict[str, str], after: dict[str, str]
+) -> None:
+    old = _members(**{w: (w + i, 5.0) for w, i in before.items()})
+    new = _members(**{w: (w + i, 5.0) for w, i in after.items()})
+    change = diff(old, new)
+    noted = replaced_or_gone(old, new, "a")
+    assert {w for w, _, _ in noted} == (change.removed | change.restarted) - {"a"}
+    assert all(inc == old.members[w].incarnation for w, inc, _ in noted)
 
 
 @given(

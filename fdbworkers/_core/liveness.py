@@ -43,13 +43,16 @@ class NeighbourTracker:
     """What one checker has seen of its neighbours' heartbeat stamps.
 
     It also keeps *ghosts*: incarnations it saw replaced by a newer incarnation of the
-    same id (a restart). A ghost's heartbeats stopped committing before the newer
-    incarnation's registration committed (its heartbeat reads its own member record
-    without snapshot, so it conflicts with the replacement), and that was before this
-    checker saw the replacement. So once the ghost's timeout has passed on this
-    checker's clock since then, the ghost's lease has run out: the checker may attest
-    that it runs nothing (``retire``), and its claims are taken at once. The wait is
-    counted once, by this checker, however often the id restarts meanwhile."""
+    same id (a restart) or gone. A ghost's heartbeats stopped committing before the
+    replacement or removal committed (its heartbeat reads its own member record
+    without snapshot, so it conflicts with either), and that was before this worker
+    saw it. So once the ghost's timeout has passed on this worker's clock since then,
+    the ghost's lease has run out: the worker may attest that it runs nothing
+    (``retire``), and its claims are taken at once. Every member keeps ghosts of every
+    id from its membership reads (``_core.membership.replaced_or_gone``), not only the
+    id's ring checker: the wait is counted once per observer, however often the id
+    restarts meanwhile, and is lost only if every member that saw the ghost restarts
+    before its timeout has passed."""
 
     _seen: dict[str, _Seen] = field(default_factory=dict)
     #: (wid, incarnation) -> (when this checker first saw it superseded, its timeout)

@@ -81,3 +81,26 @@ def without_departed(reported: Membership | None, latest: Membership) -> Members
         return None
     kept = {w: r for w, r in reported.members.items() if w not in departed}
     return Membership(reported.role, latest.epoch, kept, partial=True)
+
+
+def replaced_or_gone(
+    old: Membership | None, new: Membership, me: str
+) -> list[tuple[str, str, float]]:
+    """``(wid, incarnation, timeout)`` of every member of ``old`` other than ``me`` that
+    ``new`` shows replaced by another incarnation of its id, or gone.
+
+    Such an incarnation can no longer commit a heartbeat (its heartbeat reads its own
+    member record without snapshot, so the replacement or removal, committed before
+    ``new`` was read, makes every later one conflict), so its lease has run out once its
+    own ``timeout`` has passed on the reader's clock since the reader saw ``new``: the
+    reader may then retire it (see ``NeighbourTracker``)."""
+    if old is None:
+        return []
+    out: list[tuple[str, str, float]] = []
+    for wid, rec in old.members.items():
+        if wid == me:
+            continue
+        now = new.members.get(wid)
+        if now is None or now.incarnation != rec.incarnation:
+            out.append((wid, rec.incarnation, rec.timeout))
+    return sorted(out)
