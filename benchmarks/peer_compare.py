@@ -768,10 +768,9 @@ class Trial:
 
     def stop(self, wid: str, sig: int, limit: float) -> float:
         """Send ``sig`` and wait (at most ``limit`` s, then SIGKILL) until the process
-        ended; returns when the signal was sent."""
+        ended; returns when it was seen to end."""
         proc = self.current[wid]
         p = self.procs[proc]
-        t = time.monotonic()
         p.send_signal(sig)
         try:
             p.wait(timeout=limit)
@@ -782,8 +781,7 @@ class Trial:
         self.join_reader(proc)
         with self.lock:
             self.ended.add(proc)
-        self.harness(proc, "exit")
-        return t
+        return self.harness(proc, "exit")
 
     def join_reader(self, proc: str) -> None:
         """Wait until the reader of ``proc`` saw its last line (it ended)."""
@@ -999,18 +997,26 @@ def scenario_restart(
         start_all(tr, n)
         tr.wait_stable(n, bound(args, args.timeout))
         t0 = time.monotonic()
+        gaps: list[tuple[float, float]] = []  # no process of the restarting id
         for wid in wids(n):
-            tr.stop(wid, sig, 30 + 2 * args.timeout)
-            tr.spawn(wid)
+            t_exit = tr.stop(wid, sig, 30 + 2 * args.timeout)
+            proc = tr.spawn(wid)
             tr.wait_stable(n, bound(args, args.timeout))
+            gaps.append((t_exit, tr.booted([proc])))
         t1 = time.monotonic()
         hs = tr.replay(t1)
         mv = moves(hs, t0, t1)
+        unowned = unowned_seconds(hs, tr.jobs, t0, t1)
+        in_gaps = sum(unowned_seconds(hs, tr.jobs, a, b) for a, b in gaps if b > a)
         return {
             "starts": mv.starts,
             "moves": mv.moves,
             "rebalances": mv.rebalances,
-            "unowned_job_s": unowned_seconds(hs, tr.jobs, t0, t1),
+            "unowned_job_s": unowned,
+            # Less the job-seconds while the restarting id had no process that had
+            # started (its exit to the next one's boot: the interpreter and imports).
+            "unowned_running_job_s": unowned - in_gaps,
+            "restart_gap_s": statistics.median([b - a for a, b in gaps]),
             "held_twice": len(held_twice(hs, t0)),
             "duration_s": t1 - t0,
         }
@@ -1170,6 +1176,13 @@ def side_by_side(results: dict[str, dict[str, Runs]], args: argparse.Namespace) 
             (f"{name} of {n}: jobs moved", key, "moves", 0),
             (f"{name} of {n}: rebalances", key, "rebalances", 0),
             (f"{name} of {n}: unowned job-seconds", key, "unowned_job_s", 1),
+            (
+                f"{name} of {n}: unowned job-seconds, less exit → next boot",
+                key,
+                "unowned_running_job_s",
+                1,
+            ),
+            (f"{name} of {n}: exit → next boot, median (s)", key, "restart_gap_s", 2),
             (f"{name} of {n}: jobs held twice", key, "held_twice", 0),
         ]
     p = f"pause {args.pause_factor:g}×T, T={args.timeout:g}"
