@@ -1,7 +1,8 @@
 """The scale, peer-comparison and real-cluster benchmarks, run with tiny sizes so that
 they do not rot (each as a subprocess, exactly as a user runs it). The figures are not
 checked here, only that each script finishes on its own and prints its tables; the
-ZooKeeper half skips with the reason when ZooKeeper (or kazoo) is not installed."""
+ZooKeeper and Redis halves skip with the reason when the server (or kazoo, tooz) is not
+installed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from peer_compare import zookeeper_available  # noqa: E402
+from peer_compare import redis_available, zookeeper_available  # noqa: E402
 
 
 def run(script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
@@ -64,19 +65,30 @@ def test_real_cluster_bench_quick() -> None:
     assert "heartbeat median" in out
 
 
-TINY = ["--workers", "2", "--jobs", "8", "--timeout", "1", "--settle", "0.3", "--skip-seed"]
+TINY = [
+    *("--workers", "2", "--jobs", "6", "--runs", "1", "--starts", "1", "--timeout", "2"),
+    *("--crash-timeouts", "2", "--quiet", "1", "--skip-seed", "--rows", "start,crash"),
+]
 
 
 def test_peer_compare_on_the_dev_server_and_seed_baseline() -> None:
-    out = run("peer_compare.py", *TINY, "--systems", "devserver")
-    assert "fdbworkers on the dev server" in out
-    assert "| jobs that ever had two runners | 0 |" in out
     env = {k: v for k, v in os.environ.items() if k != "FDB_CLUSTER_FILE"}
+    out = run("peer_compare.py", *TINY, "--systems", "devserver,fdbworkers", env=env)
+    assert "fdbworkers (dev server)" in out
+    assert "| concurrent start of 2: jobs ever held twice | 0 |" in out
+    # A system that cannot run is skipped with the reason, not a traceback.
+    assert "fdbworkers skipped: FDB_CLUSTER_FILE is not set" in out
     out = run("peer_compare.py", "--quick", "--systems", "none", env=env)
     assert "seed's member-list value" in out
 
 
 @pytest.mark.skipif(zookeeper_available() is not None, reason=str(zookeeper_available()))
 def test_peer_compare_on_zookeeper() -> None:
-    out = run("peer_compare.py", *TINY, "--systems", "zookeeper")
-    assert "ZooKeeper + kazoo SetPartitioner" in out
+    out = run("peer_compare.py", *TINY, "--systems", "kazoo")
+    assert "kazoo SetPartitioner (ZooKeeper)" in out
+
+
+@pytest.mark.skipif(redis_available() is not None, reason=str(redis_available()))
+def test_peer_compare_on_redis() -> None:
+    out = run("peer_compare.py", *TINY, "--systems", "tooz")
+    assert "tooz partitioned group (Redis)" in out
