@@ -280,6 +280,19 @@ def required_and_optimum(before: Phase, after: Phase) -> tuple[int, int]:
     return required, optimum
 
 
+def balanced(owners: dict[str, str | None], weights: dict[str, float]) -> bool:
+    """Every worker within one job of its fair share ``J * w / W`` (pure)."""
+    total_w = sum(weights.values())
+    if total_w <= 0:
+        return True
+    held = dict.fromkeys(weights, 0)
+    for w in owners.values():
+        if w is not None:
+            held[w] = held.get(w, 0) + 1
+    jobs = sum(held.values())
+    return all(abs(n - jobs * weights.get(w, 0.0) / total_w) <= 1.0 for w, n in held.items())
+
+
 def balance_check(phases: list[Phase]) -> CheckResult:
     """Jobs per worker after each step beside the fair share ``J * w / W`` (pure): every
     worker within one job of it (the stored plan balances per job)."""
@@ -441,7 +454,12 @@ class Demo:
         snap = self.frame()
         if {m.id for m in snap.members} != members or not snap.at_rest:
             return False
-        return jobs is None or {j.id for j in snap.jobs} == jobs
+        if jobs is not None and {j.id for j in snap.jobs} != jobs:
+            return False
+        # At rest also means balanced: after jobs are added, the plan is rewritten for
+        # the new counts at most once per settle window (a worker drifted > 1 job).
+        weights = {m.id: m.weight for m in snap.members if not m.drain}
+        return balanced({j.id: j.owner for j in snap.jobs}, weights)
 
     async def wait_rest(self, phase: Phase, *, limit: float, jobs: set[str] | None = None) -> None:
         assert self.live is not None
