@@ -54,7 +54,13 @@ async def test_fleet_on_real_cluster(real_db: Database) -> None:
                 owners = fleet.owners()
                 return len(owners) == 40 and all(len(v) == 1 for v in owners.values())
 
-            await wait_until(all_owned_once, 10)
+            def balanced() -> bool:
+                # The jobs came after the first plan: a worker more than one job off its
+                # share rewrites it (once per settle window), so wait for that too.
+                counts = [len(fw.runner.running) for fw in fleet.live() if fw.runner]
+                return all_owned_once() and max(counts) - min(counts) <= 2
+
+            await wait_until(balanced, 20)
             tokens_before = dict(fleet.ledger.last_token)
 
             # Crash one worker: cancelled without leaving. Its neighbour evicts it.
