@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from ._core.assign import Assignment, assign
+from ._core.assign import assign
 from ._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
@@ -46,7 +46,7 @@ from ._core.keys import (
     validate_name,
 )
 from ._core.membership import Membership
-from ._core.plan import Plan, PlanMap
+from ._core.plan import Plan, PlanMap, plan_weights
 from ._core.states import WorkerState
 from ._db import Database, Transaction, VersionstampFuture, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
@@ -73,20 +73,6 @@ _OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
 #: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
 THREADED_ASSIGN_PARTITIONS = 16384
-
-
-async def compute_assignment(
-    weights: dict[str, float], partitions: int, *, in_thread: bool | None = None
-) -> Assignment:
-    """The map, computed in a worker thread above THREADED_ASSIGN_PARTITIONS (or as
-    ``in_thread`` says). Simulations on trio's MockClock pass False: while every task
-    waits for a thread, an autojumping clock skips to the next timer, so virtual time
-    would run ahead of the protocol."""
-    if in_thread is None:
-        in_thread = partitions >= THREADED_ASSIGN_PARTITIONS
-    if in_thread:
-        return await trio.to_thread.run_sync(assign, weights, partitions)
-    return assign(weights, partitions)
 
 
 # --- the job store (used by the API and the CLI) ----------------------------------------
@@ -544,10 +530,6 @@ class JobRunner:
             if delay is not None:
                 n.cancel_scope.deadline = trio.current_time() + delay
 
-    def _plan_weights(self, m: Membership) -> dict[str, float]:
-        weights = {wid: r.weight for wid, r in m.members.items() if not r.drain}
-        return weights or {wid: r.weight for wid, r in m.members.items()}
-
     @property
     def _partitions(self) -> int:
         cfg = self.w.role_config
@@ -577,7 +559,7 @@ class JobRunner:
             self._plan_dirty = False
             self._plan = await w.transact(tx_read_plan, w.layout, w.role)
         plan = self._plan
-        weights = self._plan_weights(m)
+        weights = plan_weights(m.members)
         stale = (
             plan is None
             or plan.partitions != self._partitions
@@ -1114,10 +1096,7 @@ class JobRunner:
         if m is not None and leaving:
             # Leaving for good: we write the plan without us, so our successors take
             # our jobs as soon as we release them, before their views show us gone.
-            others = {
-                wid: r.weight for wid, r in m.members.items() if wid != self.w.id and not r.drain
-            }
-            others = others or {wid: r.weight for wid, r in m.members.items() if wid != self.w.id}
+            others = plan_weights({w: r for w, r in m.members.items() if w != self.w.id})
             if others:
                 try:
                     with trio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):

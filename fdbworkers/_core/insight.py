@@ -33,7 +33,7 @@ from .._errors import ConfigError
 from .assign import MAX_WEIGHT, MIN_WEIGHT, assign, job_partition
 from .keys import stamp_version, validate_name
 from .plan import Plan as StoredPlan
-from .plan import make_plan
+from .plan import make_plan, plan_weights
 
 #: Event types that change the membership a role assigns with.
 MEMBERSHIP_EVENTS: Final = frozenset({"joined", "evicted", "left", "drained", "drain_requested"})
@@ -95,10 +95,8 @@ class MemberState:
 
 
 def assignment_weights(members: Mapping[str, MemberState]) -> dict[str, float]:
-    """The weights every worker assigns with (``JobRunner._compute_assignment``):
-    draining members get nothing, unless every member drains."""
-    weights = {w: m.weight for w, m in members.items() if not m.drain}
-    return weights or {w: m.weight for w, m in members.items()}
+    """The weights every worker plans with (:func:`~fdbworkers._core.plan.plan_weights`)."""
+    return plan_weights(members)
 
 
 @dataclass(frozen=True)

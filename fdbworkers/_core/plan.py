@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import numpy as np
@@ -55,6 +55,7 @@ __all__ = [
     "encode_plan",
     "make_plan",
     "plan_chunks",
+    "plan_weights",
 ]
 
 #: Version of the stored plan's encoding; a newer one is refused with a clear error.
@@ -63,6 +64,20 @@ PLAN_FORMAT: Final = 1
 CHUNK_BYTES: Final = 90_000
 
 I64Array = NDArray[np.int64]
+
+
+class _Weighted(Protocol):
+    @property
+    def weight(self) -> float: ...
+    @property
+    def drain(self) -> bool: ...
+
+
+def plan_weights(members: Mapping[str, _Weighted]) -> dict[str, float]:
+    """The members a plan is made for, id -> weight: draining members get nothing,
+    unless every member drains (then the jobs have nowhere else to go)."""
+    weights = {w: m.weight for w, m in members.items() if not m.drain}
+    return weights or {w: m.weight for w, m in members.items()}
 
 
 @dataclass(frozen=True)

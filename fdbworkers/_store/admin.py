@@ -32,7 +32,7 @@ from .._core.keys import (
     split_stamped,
     stamp_version,
 )
-from .._core.plan import Plan
+from .._core.plan import Plan, plan_weights
 from .._db import VERSIONSTAMP_SIZE, Database, Transaction
 from .._errors import CorruptDataError
 from .plan import tx_read_plan
@@ -414,10 +414,8 @@ def member_state(rec: MemberRecord, obs: Observation | None) -> str:
 
 
 def assignment_weights(members: Mapping[str, MemberRecord]) -> dict[str, float]:
-    """The weights the job runner assigns with: draining members get nothing, unless
-    every member drains."""
-    weights = {wid: r.weight for wid, r in members.items() if not r.drain}
-    return weights or {wid: r.weight for wid, r in members.items()}
+    """The weights the job runner plans with (:func:`~fdbworkers._core.plan.plan_weights`)."""
+    return plan_weights(members)
 
 
 def assigned_owners(
