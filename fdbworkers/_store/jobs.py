@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from .._core.keys import (
     stamped_value,
     validate_name,
 )
+from .._core.share import group_sorted
+from .._core.tuples import pack
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
 from .._log import get_logger
@@ -287,27 +289,14 @@ async def tx_read_partitions(
             take_claim(kv.key, kv.value, wanted)
         return jobs, claims
 
-    async def one(p: int) -> None:
+    async def one(lo: int, hi: int) -> None:
+        p = parts[lo]
         for kv in await reader.get_range(*layout.partition_range(role, p)):
             take_job(kv.key, kv.value, None)
         for kv in await reader.get_range(*layout.claims_range(role, p)):
             take_claim(kv.key, kv.value, None)
 
-    try:
-        for i in range(0, len(parts), 64):
-            async with trio.open_nursery() as nursery:
-                for p in parts[i : i + 64]:
-                    nursery.start_soon(one, p)
-    except BaseExceptionGroup as group:
-        # The retry loop (and the callers' ``except FDBError``) do not look into
-        # exception groups: raise one of the FDB errors when nothing else failed.
-        fdb_errors, rest = group.split(FDBError)
-        if rest is not None or fdb_errors is None:
-            raise
-        first: BaseException = fdb_errors
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
+    await gather(one, [(i, i + 1) for i in range(len(parts))])
     return jobs, claims
 
 
@@ -327,6 +316,81 @@ async def tx_list_jobs(
     return out, claims
 
 
+async def gather(
+    fn: Callable[[int, int], Awaitable[None]], spans: Sequence[tuple[int, int]], width: int = 64
+) -> None:
+    """``fn(lo, hi)`` for every span, at most ``width`` at a time (reads of one
+    transaction, issued together). An FDB error is raised as itself, not as an exception
+    group: the retry loop (and the callers' ``except FDBError``) do not look into groups."""
+    try:
+        for i in range(0, len(spans), width):
+            async with trio.open_nursery() as nursery:
+                for lo, hi in spans[i : i + width]:
+                    nursery.start_soon(fn, lo, hi)
+    except BaseExceptionGroup as group:
+        fdb_errors, rest = group.split(FDBError)
+        if rest is not None or fdb_errors is None:
+            raise
+        first: BaseException = fdb_errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+async def read_keys(
+    tr: Transaction,
+    keys: Sequence[bytes],
+    partitions: Sequence[int],
+    keys_per_partition: float = 0.0,
+    *,
+    conflicts: str = "keys",
+) -> list[bytes | None]:
+    """The values of ``keys`` (sorted, of one subspace keyed by partition first, with the
+    partition of each), in few requests: neighbouring keys (see
+    ``_core.share.group_sorted``) by one range read, a lone key by a ``get``.
+
+    The read conflicts, from the tightest to the cheapest to add:
+
+    * ``"keys"``: one per key, what a non-snapshot ``get`` of each key adds (the range
+      is read as a snapshot: the keys in between add no conflict);
+    * ``"runs"``: one range per run of keys whose partitions follow each other (equal
+      or adjacent): a write between two keys of a run conflicts too, one in a gap
+      between runs (another partition, read only because it was cheaper) does not;
+    * ``"range"``: the whole range read (a non-snapshot read).
+
+    Wider conflicts only add retries, never remove a conflict the per-key reads have."""
+    out: list[bytes | None] = [None] * len(keys)
+
+    async def one(lo: int, hi: int) -> None:
+        if hi - lo == 1:
+            out[lo] = await tr.get(keys[lo])
+            return
+        reader = tr if conflicts == "range" else tr.snapshot
+        kvs = await reader.get_range(keys[lo], keys[hi - 1] + b"\x00")
+        found = {kv.key: kv.value for kv in kvs}
+        for i in range(lo, hi):
+            out[i] = found.get(keys[i])
+        if conflicts == "keys":
+            for i in range(lo, hi):
+                tr.add_read_conflict_key(keys[i])
+        elif conflicts == "runs":
+            start = lo
+            for i in range(lo + 1, hi + 1):
+                if i == hi or partitions[i] - partitions[i - 1] > 1:
+                    tr.add_read_conflict_range(keys[start], keys[i - 1] + b"\x00")
+                    start = i
+
+    await gather(one, group_sorted(partitions, keys_per_partition))
+    return out
+
+
+def keys_below(head: bytes, partitions: Sequence[int], job_ids: Sequence[str]) -> list[bytes]:
+    """``head + pack((partition, job_id))`` for each pair: the job or claim keys of
+    jobs, with ``head`` the begin of ``Layout.jobs_range`` or ``Layout.claims_range``
+    (the same bytes as ``Layout.job_key``, without packing the root and role again)."""
+    return [head + pack((p, j)) for p, j in zip(partitions, job_ids, strict=True)]
+
+
 @dataclass(frozen=True)
 class ClaimOutcome:
     """``kind``: "claimed" (token set), "held" (a live holder), "superseded" (the holder
@@ -337,6 +401,20 @@ class ClaimOutcome:
     token: bytes | None = None
     holder: Claim | None = None
     holder_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One job of a claim batch, with the superseded holder incarnations the claimant
+    already waited out (its own clock) for it."""
+
+    partition: int
+    job_id: str
+    take_superseded: frozenset[str] = frozenset()
+
+
+#: Claims (or releases) per transaction: about 150 bytes written and two keys read each.
+CLAIM_BATCH = 1000
 
 
 async def tx_claim(
@@ -351,61 +429,148 @@ async def tx_claim(
     take_superseded: frozenset[str],
     lease_timeout: float | None = None,
 ) -> ClaimOutcome:
-    """Claim a job for ``wid``/``incarnation`` if nobody else may still run it: the
-    claim is absent, or held by us, or its holder is no longer a member, or its holder
-    incarnation is retired (see ``_core.keys.retire``), or it was superseded by a newer
-    incarnation of its id and the claimant already waited out the longest lease that
-    holder may believe it holds (``take_superseded``: the claimant's own clock)."""
+    """Claim one job (see :func:`tx_claim_many`, which applies the same rules to many)."""
+    req = ClaimRequest(partition, job_id, take_superseded)
+    out = await tx_claim_many(tr, layout, role, [req], wid, incarnation, nonce, lease_timeout)
+    return out[0]
+
+
+async def tx_claim_many(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    requests: Sequence[ClaimRequest],
+    wid: str,
+    incarnation: str,
+    nonce: str,
+    lease_timeout: float | None = None,
+    keys_per_partition: float = 0.0,
+) -> list[ClaimOutcome]:
+    """Claim jobs for ``wid``/``incarnation`` in one transaction, each by the same rule,
+    if nobody else may still run it: the claim is absent, or held by us, or its holder
+    is no longer a member, or its holder incarnation is retired (see
+    ``_core.keys.retire``), or it was superseded by a newer incarnation of its id and
+    the claimant already waited out the longest lease that holder may believe it holds
+    (``take_superseded``: the claimant's own clock). One outcome per request, in order.
+
+    Reads: our own member record (it conflicts with our eviction), each job's claim and
+    job key (with read conflicts, by range where they are neighbours: see
+    :func:`read_keys`), and, once per holder id, the records that decide about a
+    holder. ``keys_per_partition`` (the role's J/P) sizes the range reads."""
+    n = len(requests)
+    if n == 0:
+        return []
     me_key = layout.member_key(role, wid)
     me_raw = await tr.get(me_key)  # conflicts with our own eviction
     if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
-        return ClaimOutcome("not_member")
-    ckey = layout.claim_key(role, partition, job_id)
-    raw = await tr.get(ckey)
-    if raw is not None:
-        stamp, obj = split_stamped(ckey, raw)
+        return [ClaimOutcome("not_member")] * n
+    order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
+    parts = [requests[i].partition for i in order]
+    ids = [requests[i].job_id for i in order]
+    ckeys = keys_below(layout.claims_range(role)[0], parts, ids)
+    jkeys = keys_below(layout.jobs_range(role)[0], parts, ids)
+    # Claims are written by claimers and releasers only: a conflict range over each run
+    # of our own partitions costs far fewer calls than one per key. Jobs are written by
+    # every add: one conflict per job key, so that adds next to it do not conflict.
+    raws = await read_keys(tr, ckeys, parts, keys_per_partition, conflicts="runs")
+    jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
+
+    # The claims, and the ids of the other holders whose records decide.
+    holders: list[tuple[Claim, dict[str, Any]] | None] = [None] * n
+    outcomes: list[ClaimOutcome | None] = [None] * n
+    for k, raw in enumerate(raws):
+        if raw is None:
+            continue
+        try:
+            stamp, obj = split_stamped(ckeys[k], raw)
+        except CorruptDataError as e:
+            # Nobody can prove it runs nothing: never taken (an operator clears it).
+            get_logger("fdbworkers").error("corrupt_claim", key=ckeys[k].hex(), error=str(e))
+            outcomes[k] = ClaimOutcome("held")
+            continue
         holder = Claim(stamp, str(obj.get("wid")), str(obj.get("incarnation")))
-        if holder.wid == wid and holder.incarnation == incarnation and obj.get("nonce") == nonce:
-            return ClaimOutcome("claimed", stamp)  # an earlier attempt committed (1021)
-        if not (holder.wid == wid and holder.incarnation == incarnation):
-            holder = Claim(stamp, holder.wid, holder.incarnation, _claim_timeout(obj))
-            hkey = layout.member_key(role, holder.wid)
-            hraw = await tr.get(hkey)
-            if hraw is None:
-                # Its id is no longer a member. If that incarnation was itself evicted or
-                # left, it is retired: take the claim. Otherwise a newer incarnation
-                # superseded it and was removed since (a restart with a shorter timeout,
-                # then a leave or an eviction of the newcomer): the holder may still
-                # believe in a lease as long as its own timeout, recorded in the claim.
-                if (
-                    holder.timeout is not None
-                    and holder.incarnation not in take_superseded
-                    and not await _retired(tr, layout, role, holder)
-                ):
-                    return ClaimOutcome("superseded", holder=holder, holder_timeout=holder.timeout)
-            else:
-                try:
-                    hrec = MemberRecord.decode(holder.wid, hkey, hraw)
-                except CorruptDataError:
-                    return ClaimOutcome("held", holder=holder)
-                if hrec.incarnation == holder.incarnation:
-                    return ClaimOutcome("held", holder=holder)
-                if holder.incarnation not in take_superseded and not await _retired(
-                    tr, layout, role, holder
-                ):
-                    # The superseded holder may still believe it holds a lease as long as
-                    # its own timeout (in the claim), which a restart may have lowered.
-                    waits = [hrec.timeout, holder.timeout or 0.0]
-                    if hrec.replaced == holder.incarnation and hrec.replaced_timeout:
-                        waits.append(hrec.replaced_timeout)
-                    return ClaimOutcome("superseded", holder=holder, holder_timeout=max(waits))
-    if await tr.get(layout.job_key(role, partition, job_id)) is None:
-        return ClaimOutcome("gone")
+        if holder.wid == wid and holder.incarnation == incarnation:
+            if obj.get("nonce") == nonce:
+                outcomes[k] = ClaimOutcome("claimed", stamp)  # an earlier attempt (1021)
+            continue  # ours from before: claimed again below (a new token)
+        holders[k] = (Claim(stamp, holder.wid, holder.incarnation, _claim_timeout(obj)), obj)
+    hwids = sorted({h[0].wid for h in holders if h is not None})
+    hraws = await _get_all(tr, [layout.member_key(role, h) for h in hwids])
+    members = dict(zip(hwids, hraws, strict=True))
+
+    # First pass: what each holder's member record says; which need the retired record.
+    superseded_wait: dict[int, float] = {}
+    for k, h in enumerate(holders):
+        if h is None or outcomes[k] is not None:
+            continue
+        holder = h[0]
+        hraw = members[holder.wid]
+        take = requests[order[k]].take_superseded
+        if hraw is None:
+            # Its id is no longer a member. If that incarnation was itself evicted or
+            # left, it is retired: take the claim. Otherwise a newer incarnation
+            # superseded it and was removed since (a restart with a shorter timeout,
+            # then a leave or an eviction of the newcomer): the holder may still
+            # believe in a lease as long as its own timeout, recorded in the claim.
+            if holder.timeout is not None and holder.incarnation not in take:
+                superseded_wait[k] = holder.timeout
+            continue
+        hkey = layout.member_key(role, holder.wid)
+        try:
+            hrec = MemberRecord.decode(holder.wid, hkey, hraw)
+        except CorruptDataError:
+            outcomes[k] = ClaimOutcome("held", holder=holder)
+            continue
+        if hrec.incarnation == holder.incarnation:
+            outcomes[k] = ClaimOutcome("held", holder=holder)
+            continue
+        if holder.incarnation not in take:
+            # The superseded holder may still believe it holds a lease as long as its
+            # own timeout (in the claim), which a restart may have lowered.
+            waits = [hrec.timeout, holder.timeout or 0.0]
+            if hrec.replaced == holder.incarnation and hrec.replaced_timeout:
+                waits.append(hrec.replaced_timeout)
+            superseded_wait[k] = max(waits)
+    rwids = sorted({h[0].wid for k, h in enumerate(holders) if h and k in superseded_wait})
+    rkeys = [layout.retired_key(role, r) for r in rwids]
+    retired: dict[str, dict[str, int]] = {}
+    for r, key, raw_retired in zip(rwids, rkeys, await _get_all(tr, rkeys), strict=True):
+        try:
+            retired[r] = decode_retired(key, raw_retired)
+        except CorruptDataError:
+            retired[r] = {}  # a corrupt marker only loses the shortcut: the wait applies
+    for k, wait in superseded_wait.items():
+        h = holders[k]
+        assert h is not None
+        if h[0].incarnation not in retired[h[0].wid]:
+            outcomes[k] = ClaimOutcome("superseded", holder=h[0], holder_timeout=wait)
+
     value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
     if lease_timeout is not None:
         value["timeout"] = lease_timeout
-    tr.set_versionstamped_value(ckey, stamped_value(value))
-    return ClaimOutcome("claimed")
+    stamped = stamped_value(value)
+    result: list[ClaimOutcome] = [ClaimOutcome("gone")] * n
+    for k in range(n):
+        out = outcomes[k]
+        if out is None:
+            if jobs[k] is None:
+                out = ClaimOutcome("gone")
+            else:
+                tr.set_versionstamped_value(ckeys[k], stamped)
+                out = ClaimOutcome("claimed")
+        result[order[k]] = out
+    return result
+
+
+async def _get_all(tr: Transaction, keys: Sequence[bytes]) -> list[bytes | None]:
+    """Non-snapshot gets of ``keys``, issued together."""
+    out: list[bytes | None] = [None] * len(keys)
+
+    async def one(lo: int, hi: int) -> None:
+        out[lo] = await tr.get(keys[lo])
+
+    await gather(one, [(i, i + 1) for i in range(len(keys))])
+    return out
 
 
 def _claim_timeout(obj: dict[str, Any]) -> float | None:
@@ -415,13 +580,17 @@ def _claim_timeout(obj: dict[str, Any]) -> float | None:
     return None
 
 
-async def _retired(tr: Transaction, layout: Layout, role: str, holder: Claim) -> bool:
-    """True if the holder's incarnation is attested to run nothing any more."""
-    key = layout.retired_key(role, holder.wid)
-    try:
-        return holder.incarnation in decode_retired(key, await tr.get(key))
-    except CorruptDataError:
-        return False  # a corrupt marker only loses the shortcut: the ordinary wait applies
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """One claim of a release batch: cleared if it still carries ``token`` (any token of
+    ours if None); ``notify`` (the job's next owner) is woken, and with ``handoff`` the
+    partition is handed to it."""
+
+    partition: int
+    job_id: str
+    token: bytes | None = None
+    notify: str | None = None
+    handoff: bool = False
 
 
 async def tx_release(
@@ -440,21 +609,54 @@ async def tx_release(
     ``handoff`` (a worker leaving for good) also hand the job's partition to ``notify``:
     it may claim the partition's jobs before its settled view shows us gone (see
     ``JobRunner._adopt``). Idempotent: a retry after 1021 writes the same keys."""
-    ckey = layout.claim_key(role, partition, job_id)
-    raw = await tr.get(ckey)
-    released = False
-    if raw is not None:
-        c = Claim.decode(ckey, raw)
-        if c.wid == wid and c.incarnation == incarnation and (token is None or c.token == token):
-            tr.clear(ckey)
-            released = True
-    if notify is not None:
-        if handoff:
-            tr.set(
-                layout.handoff_key(role, notify, partition),
-                encode({"from": wid, "incarnation": incarnation}),
-            )
-        tr.set_versionstamped_value(layout.inbox_key(role, notify), epoch_value())
+    req = ReleaseRequest(partition, job_id, token, notify, handoff)
+    return (await tx_release_many(tr, layout, role, [req], wid, incarnation))[0]
+
+
+async def tx_release_many(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    requests: Sequence[ReleaseRequest],
+    wid: str,
+    incarnation: str,
+    keys_per_partition: float = 0.0,
+) -> list[bool]:
+    """:func:`tx_release` for many claims in one transaction (each by the same rule;
+    every next owner's inbox bumped once). True for each claim cleared, in order."""
+    n = len(requests)
+    order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
+    parts = [requests[i].partition for i in order]
+    ids = [requests[i].job_id for i in order]
+    ckeys = keys_below(layout.claims_range(role)[0], parts, ids)
+    raws = await read_keys(tr, ckeys, parts, keys_per_partition)
+    released = [False] * n
+    notified: set[str] = set()
+    for k, raw in enumerate(raws):
+        req = requests[order[k]]
+        if raw is not None:
+            try:
+                c = Claim.decode(ckeys[k], raw)
+            except CorruptDataError as e:  # not provably ours: left alone
+                get_logger("fdbworkers").error("corrupt_claim", key=ckeys[k].hex(), error=str(e))
+                c = None
+            if (
+                c is not None
+                and c.wid == wid
+                and c.incarnation == incarnation
+                and (req.token is None or c.token == req.token)
+            ):
+                tr.clear(ckeys[k])
+                released[order[k]] = True
+        if req.notify is not None:
+            if req.handoff:
+                tr.set(
+                    layout.handoff_key(role, req.notify, req.partition),
+                    encode({"from": wid, "incarnation": incarnation}),
+                )
+            notified.add(req.notify)
+    for owner in sorted(notified):
+        tr.set_versionstamped_value(layout.inbox_key(role, owner), epoch_value())
     return released
 
 
@@ -473,3 +675,206 @@ async def tx_take_handoffs(
             get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())
     tr.clear_range(begin, end)
     return out
+
+
+# --- bulk add ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job of a bulk add, checked and encoded before any transaction."""
+
+    id: str
+    partition: int
+    spec: Any
+    weight: float
+    key: bytes
+    value: bytes
+
+
+def check_job(job_id: Any, spec: Any = None, weight: Any = 1.0) -> bytes:
+    """The encoded record of a job to add, or ConfigError saying what is wrong (the
+    checks of :func:`tx_add_job`)."""
+    validate_name("job id", job_id)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0 < weight < 1e9
+        or math.isnan(weight)
+    ):
+        raise ConfigError(f"job weight must be a positive number, got {weight!r}")
+    check_spec(spec)
+    try:
+        encoded = JobRecord(job_id, 0, spec, float(weight), time.time()).encode()
+    except Exception as e:
+        raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
+    check_record_size("the job spec", encoded)
+    return encoded
+
+
+def prepare_job(
+    head: bytes,
+    partitions: int,
+    job_id: str,
+    value: bytes,
+    spec: Any = None,
+    weight: float = 1.0,
+) -> NewJob:
+    """A checked job (``value`` from :func:`check_job`) placed in its partition; ``head``
+    is the begin of the role's ``Layout.jobs_range``."""
+    p = job_partition(job_id, partitions)
+    return NewJob(job_id, p, spec, float(weight), head + pack((p, job_id)), value)
+
+
+async def tx_add_jobs(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    jobs: Sequence[NewJob],
+    keys_per_partition: float = 0.0,
+) -> list[str]:
+    """Add (or update) many jobs in one transaction, each as :func:`tx_add_job` would:
+    "added", "updated" or "unchanged" per job, in order. ``jobs`` must be sorted by key
+    with distinct ids (their role exists). The existing records are read by range where
+    jobs are neighbours (``read_keys``); the job counter is added to once (and each
+    partition's counter once), and the change log gets one entry for the whole
+    transaction, listing the partitions that changed (readers re-read those)."""
+    keys = [j.key for j in jobs]
+    # One read conflict per range read: a concurrent write to a job in between (an
+    # add, an update, a remove) makes this transaction retry, which is all it needs.
+    olds = await read_keys(
+        tr, keys, [j.partition for j in jobs], keys_per_partition, conflicts="range"
+    )
+    out: list[str] = []
+    added = 0
+    added_to: dict[int, int] = {}
+    changed: set[int] = set()
+    first: str | None = None
+    for job, old in zip(jobs, olds, strict=True):
+        if old is not None:
+            try:
+                prev: JobRecord | None = JobRecord.decode(job.id, job.partition, job.key, old)
+            except CorruptDataError:
+                prev = None  # overwritten with the record asked for
+            if prev is not None and prev.spec == job.spec and prev.weight == job.weight:
+                out.append("unchanged")
+                continue
+            out.append("updated")
+        else:
+            out.append("added")
+            added += 1
+            added_to[job.partition] = added_to.get(job.partition, 0) + 1
+        tr.set(job.key, job.value)
+        changed.add(job.partition)
+        first = first or job.id
+    if added:
+        tr.add(layout.job_count_key(role), added.to_bytes(8, "little", signed=True))
+        for p, n in added_to.items():  # what the stored plan balances
+            tx_count_job(tr, layout, role, p, n)
+    if first is not None:
+        tr.set_versionstamped_key(
+            layout.jobchange_key_template(role, first),
+            encode({"partitions": sorted(changed), "op": "add", "jobs": len(jobs) - added}),
+        )
+        tr.set_versionstamped_value(layout.jobs_epoch_key(role), epoch_value())
+        await _trim_job_changes(tr, layout, role)
+    return out
+
+
+@dataclass
+class AddJobsResult:
+    """What a bulk add did: jobs added, updated (another spec or weight) and unchanged,
+    in the transactions that committed."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    transactions: int = 0
+    seconds: float = 0.0
+
+    @property
+    def jobs(self) -> int:
+        return self.added + self.updated + self.unchanged
+
+
+#: A bulk add's transactions: about this many bytes of keys and values each ...
+ADD_BATCH_BYTES = 400_000
+#: ... and at most this many jobs.
+ADD_BATCH_JOBS = 5000
+
+
+def batches_by_size(
+    jobs: Sequence[NewJob], max_bytes: int = ADD_BATCH_BYTES, max_jobs: int = ADD_BATCH_JOBS
+) -> Iterator[tuple[int, int]]:
+    """Cut ``jobs`` into consecutive ``[lo, hi)`` of at most ``max_bytes`` (at least one
+    job each) and ``max_jobs`` (lazily: each batch when it is asked for)."""
+    lo, size = 0, 0
+    for i in range(len(jobs)):
+        job = jobs[i]
+        if i > lo and (size + len(job.key) + len(job.value) > max_bytes or i - lo >= max_jobs):
+            yield lo, i
+            lo, size = i, 0
+        size += len(job.key) + len(job.value)
+    if lo < len(jobs):
+        yield lo, len(jobs)
+
+
+async def add_jobs_in_batches(
+    transact: Callable[..., Awaitable[Any]],
+    layout: Layout,
+    role: str,
+    jobs: Sequence[NewJob],
+    result: AddJobsResult,
+    *,
+    keys_per_partition: float = 0.0,
+    max_bytes: int = ADD_BATCH_BYTES,
+    concurrency: int = 4,
+) -> None:
+    """Write ``jobs`` (sorted by key, distinct) with :func:`tx_add_jobs`, one batch per
+    transaction, ``concurrency`` transactions in flight. ``result`` counts what the
+    committed transactions did, also when this raises: after the first failure no new
+    batch starts, the ones in flight finish, and the first error is raised (with a note
+    saying how much was written)."""
+    it = batches_by_size(jobs, max_bytes)
+    errors: list[BaseException] = []
+    inflight: dict[int, int] = {}
+    t0 = time.perf_counter()
+
+    async def worker(slot: int) -> None:
+        for lo, hi in it:
+            if errors:
+                return
+            inflight[slot] = hi - lo
+            try:
+                statuses = await transact(
+                    tx_add_jobs, layout, role, jobs[lo:hi], keys_per_partition
+                )
+            except FDBError as e:
+                errors.append(e)
+                return
+            finally:
+                inflight.pop(slot, None)
+            result.transactions += 1
+            for s in statuses:
+                if s == "added":
+                    result.added += 1
+                elif s == "updated":
+                    result.updated += 1
+                else:
+                    result.unchanged += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for slot in range(max(1, concurrency)):
+                nursery.start_soon(worker, slot)
+    finally:
+        result.seconds = time.perf_counter() - t0
+    if errors:
+        e = errors[0]
+        e.add_note(
+            f"{result.jobs:,} of {len(jobs):,} jobs were written before this error "
+            f"({result.added:,} added, {result.updated:,} updated, {result.unchanged:,} "
+            "unchanged); the failed batch may or may not have been written. Adding the "
+            "same jobs again is safe: a job already there with the same spec is left as is."
+        )
+        raise e
