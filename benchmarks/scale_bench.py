@@ -54,11 +54,13 @@ from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, start_devs
 from fdbworkers._backends.engine import Engine, EngineDatabase, EngineStatistics
 from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._core.assign import assign, job_partition
-from fdbworkers._core.keys import Layout, decode, stamped_value
+from fdbworkers._core.keys import Layout, decode
+from fdbworkers._core.share import plan_ranges
 from fdbworkers._db import Transaction
 from fdbworkers._runner import Job, JobRunner
-from fdbworkers._store.jobs import tx_list_jobs, tx_read_partitions
+from fdbworkers._store.jobs import tx_list_jobs
 from fdbworkers._store.members import tx_read_membership
+from fdbworkers._store.share import ShareRead, read_share
 from fdbworkers._worker import WorkerOptions
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
@@ -71,7 +73,7 @@ async def sleeper(job: Job) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Counting each rebalance read (tx_read_partitions through the runner)
+# Counting each rebalance read (the paged share read through the runner)
 # --------------------------------------------------------------------------------------
 
 
@@ -85,29 +87,19 @@ class ReadSample:
 
 
 READS: list[ReadSample] = []
-_orig_tx_read = JobRunner._tx_read
+_orig_read_share = JobRunner._read_share
 
 
-async def _counted_tx_read(self: JobRunner, tr: Transaction, parts: list[int]) -> Any:
-    db = self.w.db
-    st = db.engine_stats if isinstance(db, EngineDatabase) else None
-    k0 = st.keys_read if st else 0
-    r0 = sum(st.reads_by_op.values()) if st else 0
-    out = await _orig_tx_read(self, tr, parts)
-    if st is not None:
-        READS.append(
-            ReadSample(
-                self.w.id,
-                trio.current_time(),
-                len(parts),
-                st.keys_read - k0,
-                sum(st.reads_by_op.values()) - r0,
-            )
-        )
+async def _counted_read_share(self: JobRunner, parts: set[int], full: bool) -> ShareRead:
+    out = await _orig_read_share(self, parts, full)
+    # The paged read's own counts, plus the job counter it reads first.
+    READS.append(
+        ReadSample(self.w.id, trio.current_time(), len(parts), out.keys + 1, out.requests + 1)
+    )
     return out
 
 
-JobRunner._tx_read = _counted_tx_read  # type: ignore[method-assign]
+JobRunner._read_share = _counted_read_share  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------------------
@@ -465,38 +457,28 @@ async def one_read(n: int, j: int, partitions: int, seed: int) -> dict[str, Any]
     owned = set(a.partitions_of(me))
     engine = Engine(rng=random.Random(seed))
     db = engine.open_database("loader")
-    # Generate all J ids, keep only those in our partitions (the others are never read),
-    # unless the read scans the whole role (few jobs: the counter says at most two per
-    # owned partition), which reads every job and claim: then load them all.
-    mine = job_ids(j, seed)
-    if j > 2 * len(owned):
-        mine = [jid for jid in mine if job_partition(jid, partitions) in owned]
+    # Generate all J ids, keep only those in the partitions the read's ranges cover (our
+    # own, and the gaps it reads through because that is cheaper than another request):
+    # the others are never read.
+    ranges = plan_ranges(owned, j / partitions)
+    covered = {p for first, last in ranges for p in range(first, last + 1)}
+    mine = [jid for jid in job_ids(j, seed) if job_partition(jid, partitions) in covered]
     await load_jobs(db, mine, partitions, count=j)
-
-    async def claims(tr: Transaction, chunk: Sequence[str]) -> None:
-        for jid in chunk:
-            p = job_partition(jid, partitions)
-            tr.set_versionstamped_value(
-                LAYOUT.claim_key(ROLE, p, jid),
-                stamped_value({"wid": me, "incarnation": "0", "nonce": "0"}),
-            )
-
-    for i in range(0, len(mine), 2000):
-        await db.transact(claims, mine[i : i + 2000])
     reader = engine.open_database("reader")
     t = time.perf_counter()
-    jobs, cl = await reader.transact(tx_read_partitions, LAYOUT, ROLE, sorted(owned), snapshot=True)
+    share = await read_share(reader.transact, LAYOUT, ROLE, owned, partitions)
     read_wall = time.perf_counter() - t
     st = reader.engine_stats
     return {
         "n": n,
         "j": j,
-        "whole_role_scan": j <= 2 * len(owned),
+        "ranges": len(ranges),
+        "whole_role_scan": len(covered) == partitions,
         "partitions_owned": len(owned),
-        "jobs_owned": len(jobs),
-        "claims": len(cl),
+        "jobs_owned": len(share.jobs),
         "keys_read": st.keys_read,
         "requests": sum(st.reads_by_op.values()),
+        "transactions": share.transactions,
         "read_wall_s": read_wall,
         "wall_s": time.perf_counter() - wall0,
     }
@@ -509,19 +491,21 @@ def reads_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) -
             note(f"rebalance read N={n} J={j} ...")
             out.append(run_virtual(one_read, n, j, args.partitions, args.seed))
     table(
-        f"One worker's full rebalance read (tx_read_partitions), P = {args.partitions}; "
+        f"One worker's full rebalance read (the paged share read), P = {args.partitions}; "
         "exact for the sampled worker",
         [
             "N",
             "J",
             "partitions owned",
             "jobs owned",
+            "ranges",
             "whole-role scan",
             "keys read",
-            "J/N + N",
-            "keys / (J/N + N)",
-            "keys / (2J/N)",
+            "J/N",
+            "keys - J/N",
             "range requests",
+            "keys + 32 x requests",
+            "transactions",
             "engine wall (s)",
         ],
         [
@@ -530,12 +514,14 @@ def reads_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) -
                 r["j"],
                 r["partitions_owned"],
                 r["jobs_owned"],
+                r["ranges"],
                 "yes" if r["whole_role_scan"] else "no",
                 r["keys_read"],
-                r["j"] / r["n"] + r["n"],
-                r["keys_read"] / (r["j"] / r["n"] + r["n"]),
-                r["keys_read"] / (2 * r["j"] / r["n"]),
+                r["j"] / r["n"],
+                r["keys_read"] - r["j"] / r["n"],
                 r["requests"],
+                r["keys_read"] + 32 * r["requests"],
+                r["transactions"],
                 r["read_wall_s"],
             )
             for r in out

@@ -27,8 +27,16 @@ from ._errors import (
     FencedError,
     LayoutError,
 )
-from ._runner import Job, JobRunner, OwnershipChange, RunnerStatistics, add_job, remove_job
-from ._store.jobs import JobRecord
+from ._runner import (
+    Job,
+    JobRunner,
+    OwnershipChange,
+    RunnerStatistics,
+    add_job,
+    add_jobs,
+    remove_job,
+)
+from ._store.jobs import AddJobsResult, JobRecord
 from ._worker import (
     Worker,
     WorkerOptions,
@@ -41,6 +49,7 @@ from ._worker import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddJobsResult",
     "BackendUnavailableError",
     "ClusterUnreachableError",
     "ConfigError",
@@ -72,6 +81,7 @@ __all__ = [
     "WorkerSupersededError",
     "__version__",
     "add_job",
+    "add_jobs",
     "open_database",
     "open_worker",
     "remove_job",

@@ -23,14 +23,15 @@ commit only while the job's claim still carries the job's token.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -47,24 +48,37 @@ from ._core.keys import (
 )
 from ._core.membership import Membership
 from ._core.plan import Plan, PlanMap, plan_weights
+from ._core.share import PAGE_KEYS, PAGE_REQUESTS
 from ._core.states import WorkerState
 from ._db import Database, Transaction, VersionstampFuture, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
 from ._store.jobs import (
+    ADD_BATCH_BYTES,
+    CLAIM_BATCH,
     JOBCHANGE_RETENTION,
+    AddJobsResult,
     ClaimOutcome,
+    ClaimRequest,
     JobRecord,
+    NewJob,
+    ReleaseRequest,
+    add_jobs_in_batches,
+    check_job,
+    prepare_job,
     tx_add_job,
-    tx_claim,
+    tx_claim_many,
     tx_clear_job_health,
-    tx_read_partitions,
-    tx_release,
+    tx_release_many,
     tx_remove_job,
     tx_take_handoffs,
     tx_write_job_health,
 )
+from ._store.members import tx_ensure_role
 from ._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
+from ._store.share import ShareRead, read_share
 from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_runner
+
+T = TypeVar("T")
 
 #: Errors after which a claim's commit may have been applied without our knowing:
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
@@ -181,6 +195,14 @@ class _ChangeRead:
 
 
 @dataclass
+class _Generation:
+    """Handlers started under one lease: cancelled together at its hard end."""
+
+    scope: trio.CancelScope
+    nursery: trio.Nursery
+
+
+@dataclass
 class _Running:
     job: Job
     scope: trio.CancelScope
@@ -196,6 +218,61 @@ class _Running:
     failing_since: float = 0.0
     health_gen: int = 0
     health_written: bool = False
+    #: The generation it runs in (its lease's hard end).
+    gen: _Generation | None = None
+
+
+class _GroupCommit:
+    """Work items submitted by many tasks, committed together: the first submitter that
+    finds no batch in flight commits batches (``commit(items) -> committed``) until the
+    queue is empty; the others wait for their item's result. No task of its own, so it
+    works wherever its callers run (also in a leave, after the runner's nursery ended)."""
+
+    def __init__(self, commit: Callable[[list[str]], Awaitable[bool]], size: int) -> None:
+        self._commit = commit
+        self._size = size
+        self._queue: dict[str, None] = {}
+        self._inflight: set[str] = set()
+        self._results: dict[str, bool] = {}
+        self._busy = False
+        self._progress = trio.Event()
+
+    def _wake(self) -> None:
+        ev, self._progress = self._progress, trio.Event()
+        ev.set()
+
+    async def submit(self, item: str) -> bool:
+        self._results.pop(item, None)
+        self._queue[item] = None
+        while True:
+            if item in self._results:
+                return self._results.pop(item)
+            if item not in self._queue and item not in self._inflight:
+                self._queue[item] = None  # another submitter of it took its result
+            if self._busy:
+                await self._progress.wait()
+                continue
+            self._busy = True
+            try:
+                while self._queue:
+                    batch = list(itertools.islice(self._queue, self._size))
+                    for k in batch:
+                        del self._queue[k]
+                    self._inflight.update(batch)
+                    try:
+                        ok = await self._commit(batch)
+                    except BaseException:
+                        for k in batch:
+                            self._queue.setdefault(k, None)
+                        raise
+                    finally:
+                        self._inflight.difference_update(batch)
+                    for k in batch:
+                        self._results[k] = ok
+                    self._wake()
+            finally:
+                self._busy = False
+                self._wake()
 
 
 @dataclass(frozen=True)
@@ -219,6 +296,13 @@ class RunnerStatistics:
     jobs_failing: int = 0
     jobs_parked: int = 0
     job_failures: int = 0
+    #: Paged reads of owned partitions (each rebalance reads what it gained, and what
+    #: the change log says changed; see docs/architecture.md): how many, and their
+    #: keys, range requests and transactions in all.
+    share_reads: int = 0
+    share_keys_read: int = 0
+    share_requests: int = 0
+    share_transactions: int = 0
 
 
 def _check_seconds(**values: Any) -> None:
@@ -336,6 +420,28 @@ class JobRunner:
         self._full_resync = True
         self._dirty_parts: set[int] = set()
         self._last_change: bytes | None = None
+        #: Bumped (and the event set) whenever a full read moves the cursor.
+        self._cursor_moves = 0
+        self._cursor_moved = trio.Event()
+        #: The target's jobs by partition, the target's jobs not running here (to
+        #: claim), and running jobs no longer in the target (to stop): kept in step by
+        #: _replace_target, _start and _not_running, so a step costs O(what changed).
+        self._by_part: dict[int, list[str]] = {}
+        #: In key order after a full read (a dict: ordered), so claim batches are
+        #: neighbours in the key space.
+        self._to_claim: dict[str, None] = {}
+        self._lost: set[str] = set()
+        #: The role's jobs per partition (J / P) at the last read: sizes range reads.
+        self._density = 0.0
+        #: Page size of the share read (keys, range requests per transaction).
+        self._page_keys = PAGE_KEYS
+        self._page_requests = PAGE_REQUESTS
+        self._gen: _Generation | None = None
+        self._releases = _GroupCommit(self._commit_releases, CLAIM_BATCH)
+        self._share_reads = self._share_keys = 0
+        self._share_requests = self._share_transactions = 0
+        #: The last share read: (partitions, keys, requests, transactions).
+        self.last_read: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._nursery: trio.Nursery | None = None
         self._subscribers: list[trio.MemorySendChannel[OwnershipChange]] = []
         self._stopped_for_good = False
@@ -349,7 +455,7 @@ class JobRunner:
         return RunnerStatistics(
             running=len(self.running),
             target=len(self.target),
-            pending_claims=len([j for j in self.target if j not in self.running]),
+            pending_claims=len(self._to_claim),
             started=self._started,
             stopped=self._stopped,
             handler_crashes=self._crashes,
@@ -362,6 +468,10 @@ class JobRunner:
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
             job_failures=self._job_failures,
+            share_reads=self._share_reads,
+            share_keys_read=self._share_keys,
+            share_requests=self._share_requests,
+            share_transactions=self._share_transactions,
         )
 
     def subscribe(self, buffer: int = 64) -> trio.MemoryReceiveChannel[OwnershipChange]:
@@ -385,6 +495,7 @@ class JobRunner:
         us). Two watches, armed in the transaction that read the change log."""
         w = self.w
         while True:
+            moves = self._cursor_moves
             try:
                 read, watches = await self.w.transact(self._tx_read_changes)
             except FDBError as e:
@@ -393,6 +504,12 @@ class JobRunner:
                 continue
             if self._apply_changes(read):
                 self.wake()
+            if self._cursor_moves != moves:
+                # A full read set the cursor back meanwhile (or for the first time):
+                # read the log from there at once, not at the next change.
+                for watch in watches:
+                    watch.cancel()
+                continue
             try:
                 async with trio.open_nursery() as n:
 
@@ -410,6 +527,12 @@ class JobRunner:
                     # inbox fire may bring handoffs from a leaving worker.
                     for i, watch in enumerate(watches):
                         n.start_soon(one, watch, i == 1)
+
+                    async def cursor_moved(ev: trio.Event, n: trio.Nursery = n) -> None:
+                        await ev.wait()
+                        n.cancel_scope.cancel()
+
+                    n.start_soon(cursor_moved, self._cursor_moved)
                     with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
                         await trio.sleep_forever()
                     if trio.current_time() - self._last_full_resync >= self.full_resync_interval:
@@ -453,8 +576,11 @@ class JobRunner:
         for kv in kvs:
             try:
                 obj = decode(kv.key, kv.value)
-                read.partitions.add(int(obj["partition"]))
-            except (CorruptDataError, KeyError, ValueError):
+                if "partitions" in obj:  # a bulk add: one entry per transaction
+                    read.partitions.update(int(p) for p in obj["partitions"])
+                else:
+                    read.partitions.add(int(obj["partition"]))
+            except (CorruptDataError, KeyError, ValueError, TypeError):
                 read.full_resync = True
             read.cursor = layout.jobchange_stamp(role, kv.key)
         read.changed = bool(kvs)
@@ -653,36 +779,28 @@ class JobRunner:
         a = await self._plan_map(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
-        if self._full_resync:
+        full = self._full_resync
+        if full:
             self._last_full_resync = trio.current_time()
             read_parts: set[int] = set(owned)
-            self.target = {}
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
             # a membership change instead of a full re-read.
             read_parts = set(owned - self._owned_parts) | (self._dirty_parts & owned)
-            self.target = {j: r for j, r in self.target.items() if r.partition in owned}
-        self._dirty_parts.clear()
+        dirty, self._dirty_parts = self._dirty_parts, set()
         self._full_resync = False
-        self._owned_parts = owned
-        # The read may touch many partitions: it gets the 5 s of a transaction, not the
-        # short timeout of the liveness transactions.
-        tr = w.db.create_transaction()
-        tr.set_timeout(max(w.options.op_timeout, 5.0))
-        full = read_parts == set(owned)
-        jobs, _claims, read_version, total = await run_transaction(
-            w.db, tr, self._tx_read, sorted(read_parts)
-        )
-        self._jobs_total = total
+        try:
+            share = await self._read_share(read_parts, full)
+        except BaseException:
+            # Nothing was applied: the next step reads the same partitions again.
+            self._dirty_parts |= dirty
+            self._full_resync = self._full_resync or full
+            raise
         if full:
-            # Changes up to this read version are in what we read: the change log is
-            # followed from here (re-reading a few entries is harmless; skipping one
-            # would lose a job until the next full read).
-            cursor = read_version.to_bytes(8, "big") + b"\0\0"
-            if self._last_change is None or cursor < self._last_change:
-                self._last_change = cursor
-        self.target = {j: r for j, r in self.target.items() if r.partition not in read_parts}
-        self.target.update(jobs)
+            self._replace_target(share, None)
+        else:
+            self._replace_target(share, read_parts | (self._owned_parts - owned))
+        self._owned_parts = owned
         if self._drifted(a):
             self._drift_replan = True
             self._plan_pending = True
@@ -697,11 +815,13 @@ class JobRunner:
             if now >= self._moves_window_end:
                 self._moves_left = self.max_moves  # a new window opens at its first move
             budget = self._moves_left
-        lost = [j for j in self.running if j not in self.target]
+        lost = sorted(j for j in self._lost if j in self.running)
         stopped: set[str] = set()
         # Moved jobs stop concurrently: each may take its grace period to finish.
         async with trio.open_nursery() as n:
-            for jid in lost:
+            for i, jid in enumerate(lost):
+                if i % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
                 if budget <= 0:
                     self._deferred += 1
                     continue
@@ -711,23 +831,7 @@ class JobRunner:
                     partial(self._stop_one, jid, reason="moved", release=True, notify=new_owner)
                 )
                 stopped.add(jid)
-        started: set[str] = set()
-        pending = False
-        for jid, rec in sorted(self.target.items()):
-            if jid in self.running:
-                continue
-            if not w.lease_valid():
-                pending = True
-                break
-            outcome = await self._claim(rec)
-            if outcome.kind == "claimed" and outcome.token is not None:
-                self._start(rec, outcome.token)
-                started.add(jid)
-            elif outcome.kind in ("held", "superseded"):
-                pending = True
-            elif outcome.kind == "not_member":
-                pending = True
-                break
+        started, pending = await self._claim_all(m)
         if started or stopped:
             ch = OwnershipChange(
                 frozenset(started), frozenset(stopped), frozenset(self.running), m.epoch
@@ -748,11 +852,124 @@ class JobRunner:
         self._velocity_limited = self.max_moves is not None and budget <= 0
         return pending or bool(self._unreleased) or self._velocity_limited or self._plan_pending
 
+    def _replace_target(self, share: ShareRead, parts: Iterable[int] | None) -> None:
+        """Make the jobs ``share`` read the target's jobs of the partitions ``parts``
+        (None: of every partition), keeping the jobs to claim and the running jobs to
+        stop in step: O(jobs of those partitions), or for a full read two passes at C
+        speed (the read's dicts become the target's)."""
+        jobs, running = share.jobs, self.running
+        if parts is None:
+            self.target, self._by_part = jobs, share.by_part
+            self._to_claim = {j: None for j in jobs if j not in running}
+            self._lost = {j for j in running if j not in jobs}
+            return
+        for p in parts:
+            for jid in self._by_part.pop(p, ()):
+                self.target.pop(jid, None)
+                self._to_claim.pop(jid, None)
+                if jid in running and jid not in jobs:
+                    self._lost.add(jid)
+        self._by_part.update(share.by_part)
+        for jid, rec in jobs.items():
+            self.target[jid] = rec
+            if jid in running:
+                self._lost.discard(jid)
+            else:
+                self._to_claim[jid] = None
+
+    def _not_running(self, jid: str) -> None:
+        """``jid`` no longer runs here: claim it again if it is still ours."""
+        self._lost.discard(jid)
+        if jid in self.target:
+            self._to_claim[jid] = None
+
+    async def _read_share(self, parts: set[int], full: bool) -> ShareRead:
+        """The jobs of ``parts``, read in pages (``_store.scan.read_share``). A full read
+        moves the change-log cursor back to the version read before its first page, so
+        that every change the pages may have missed is read from the log and its
+        partition read again (docs/architecture.md, "The paged share read")."""
+        w = self.w
+        cfg = w.role_config
+        share = await read_share(
+            self._transact_long,
+            w.layout,
+            w.role,
+            parts,
+            cfg.partitions if cfg else DEFAULT_PARTITIONS,
+            page_keys=self._page_keys,
+            page_requests=self._page_requests,
+        )
+        self._density = share.keys_per_partition
+        self._jobs_total = share.job_count
+        self._share_reads += 1
+        self._share_keys += share.keys
+        self._share_requests += share.requests
+        self._share_transactions += share.transactions
+        self.last_read = (len(parts), share.keys, share.requests, share.transactions)
+        if full:
+            # Changes up to this version are in what we read: the change log is followed
+            # from here (re-reading a few entries is harmless; skipping one would lose
+            # a job until the next full read).
+            cursor = share.version.to_bytes(8, "big") + b"\0\0"
+            if self._last_change is None or cursor < self._last_change:
+                self._last_change = cursor
+                self._cursor_moves += 1
+                ev, self._cursor_moved = self._cursor_moved, trio.Event()
+                ev.set()
+        return share
+
+    async def _transact_long(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A transaction of the share read or of a batch: the 5 s of a transaction, not
+        the short timeout of the liveness transactions."""
+        w = self.w
+        tr = w.db.create_transaction()
+        tr.set_timeout(max(w.options.op_timeout, 5.0))
+        return await run_transaction(w.db, tr, fn, *args)
+
+    async def _claim_all(self, m: Membership) -> tuple[set[str], bool]:
+        """Claim the jobs of the target that do not run here, in batches of CLAIM_BATCH
+        (one transaction each), in key order; start each job whose claim committed.
+        Returns (started, something still pending)."""
+        w = self.w
+        started: set[str] = set()
+        pending = False
+        todo = list(self._to_claim)
+        for i in range(0, len(todo), CLAIM_BATCH):
+            if not w.lease_valid() or w.membership is not m:
+                return started, True  # claimed again after the next step
+            batch = [
+                self.target[j]
+                for j in todo[i : i + CLAIM_BATCH]
+                if j in self._to_claim and j not in self.running
+            ]
+            if not batch:
+                continue
+            batch.sort(key=lambda r: (r.partition, r.id))
+            try:
+                outcomes = await self._claim(batch)
+            except FDBError as e:
+                self.log.warning("claim_failed", jobs=len(batch), error=e.name)
+                return started, True
+            nursery = await self._job_nursery()
+            for rec, outcome in zip(batch, outcomes, strict=True):
+                if outcome.kind == "claimed" and outcome.token is not None:
+                    if rec.id in self.running or self.target.get(rec.id) is not rec:
+                        continue  # cannot happen: only this loop starts jobs
+                    self._start(rec, outcome.token, nursery)
+                    started.add(rec.id)
+                elif outcome.kind in ("held", "superseded"):
+                    pending = True
+                elif outcome.kind == "not_member":
+                    return started, True
+            await trio.lowlevel.checkpoint()
+        return started, pending
+
     async def _settle_kept_claims(self, a: PlanMap) -> None:
         """Claims we hold but do not run (kept through a fenced stop, or of a claim
         whose commit outcome was unknown, or whose release failed): a job still ours is
         simply claimed again below; any other is released now, waking its new owner,
         which otherwise would find it "held" by a live member for as long as we live."""
+        release: list[str] = []
         for jid, (partition, token, notify, handoff) in list(self._unreleased.items()):
             if jid in self.running or jid in self.target:
                 # Ours: the claim below takes it again, and _start stops tracking it.
@@ -762,7 +979,8 @@ class JobRunner:
             if notify is None and 0 <= partition < a.partitions:
                 notify = a.owner(partition)
                 self._unreleased[jid] = (partition, token, notify, handoff)
-            await self._release(jid)
+            release.append(jid)
+        await self._release_many(release)
 
     async def _adopt(self, m: Membership, a: PlanMap) -> frozenset[int]:
         """Partitions handed to us by a leaving worker that we run before our settled
@@ -802,85 +1020,104 @@ class JobRunner:
                 del self._adopted[p]
         return frozenset(self._adopted)
 
-    async def _tx_read(
-        self, tr: Transaction, parts: list[int]
-    ) -> tuple[dict[str, JobRecord], dict[str, Claim], int, int | None]:
-        jobs, claims = await tx_read_partitions(
-            tr, self.w.layout, self.w.role, parts, snapshot=True
-        )
-        raw = await tr.snapshot.get(self.w.layout.job_count_key(self.w.role))
-        total = int.from_bytes(raw, "little", signed=True) if raw else None
-        return jobs, claims, await tr.get_read_version(), total
-
-    async def _claim(self, rec: JobRecord) -> ClaimOutcome:
+    async def _claim(self, recs: list[JobRecord]) -> list[ClaimOutcome]:
+        """Claim ``recs`` in one transaction (``tx_claim_many``: each by the rules of a
+        single claim). Tokens of the claims written are the commit's versionstamp."""
         w = self.w
         now = trio.current_time()
-        take: set[str] = set()
-        blocked = self._superseded.get(rec.id)
-        if blocked is not None and now - blocked[2] >= blocked[1]:
-            take.add(blocked[0])
+        requests = []
+        for rec in recs:
+            take: frozenset[str] = frozenset()
+            blocked = self._superseded.get(rec.id)
+            if blocked is not None and now - blocked[2] >= blocked[1]:
+                take = frozenset((blocked[0],))
+            requests.append(ClaimRequest(rec.partition, rec.id, take))
         nonce = f"{self._rng.getrandbits(64):016x}"
         stamps: list[VersionstampFuture] = []
 
-        async def attempt(tr: Transaction) -> ClaimOutcome:
-            out = await tx_claim(
+        async def attempt(tr: Transaction) -> list[ClaimOutcome]:
+            outs = await tx_claim_many(
                 tr,
                 w.layout,
                 w.role,
-                rec.partition,
-                rec.id,
+                requests,
                 w.id,
                 w.incarnation,
                 nonce,
-                frozenset(take),
                 w.options.timeout,
+                self._density,
             )
             stamps.clear()
-            if out.kind == "claimed" and out.token is None:
+            if any(o.kind == "claimed" and o.token is None for o in outs):
                 stamps.append(tr.get_versionstamp())
-            return out
+            return outs
 
         try:
-            out: ClaimOutcome = await self.w.transact(attempt)
+            outs: list[ClaimOutcome] = await self._transact_long(attempt)
         except FDBError as e:
             if e.maybe_committed or e.code in _OUTCOME_UNKNOWN:
-                # The claim may have committed: track it, or it would be an orphan that
-                # blocks the job's next owner once the partition moves (hole 2).
-                self._unreleased.setdefault(rec.id, (rec.partition, None, None, False))
+                # The claims may have committed: track them, or they would be orphans
+                # that block the jobs' next owner once the partition moves (hole 2).
+                for rec in recs:
+                    self._unreleased.setdefault(rec.id, (rec.partition, None, None, False))
             raise
-        if out.kind == "claimed":
-            self._superseded.pop(rec.id, None)
-            self._claims += 1
-            token = out.token if out.token is not None else await stamps[0].get()
-            return ClaimOutcome("claimed", token)
-        if out.kind == "superseded" and out.holder is not None:
-            held = self._superseded.get(rec.id)
-            if held is None or held[0] != out.holder.incarnation:
-                self._superseded[rec.id] = (out.holder.incarnation, out.holder_timeout, now)
-        elif out.kind == "held":
-            self._blocked += 1
-        return out
+        token = await stamps[0].get() if stamps else None
+        result = []
+        for rec, out in zip(recs, outs, strict=True):
+            if out.kind == "claimed":
+                self._superseded.pop(rec.id, None)
+                self._claims += 1
+                out = ClaimOutcome("claimed", out.token if out.token is not None else token)
+            elif out.kind == "superseded" and out.holder is not None:
+                held = self._superseded.get(rec.id)
+                if held is None or held[0] != out.holder.incarnation:
+                    self._superseded[rec.id] = (out.holder.incarnation, out.holder_timeout, now)
+            elif out.kind == "held":
+                self._blocked += 1
+            result.append(out)
+        return result
 
     def _lease_renewed(self) -> None:
-        """A heartbeat committed: every running handler may run until the new hard end."""
-        end = self.w.lease.hard_end
-        for r in self.running.values():
-            if r.stopped is None:
-                r.scope.deadline = end
+        """A heartbeat committed (or a suspend aged the lease): every running handler
+        may run until the new hard end. One deadline for all: the generation's."""
+        g = self._gen
+        if g is not None and not g.scope.cancel_called:
+            g.scope.deadline = self.w.lease.hard_end
 
-    def _start(self, rec: JobRecord, token: bytes) -> None:
-        assert self._nursery is not None
+    async def _job_nursery(self) -> _Generation:
+        """The generation new handlers start in: its cancel scope ends at the lease's
+        hard end, moved on by every renewal, so one deadline covers every handler (a
+        deadline per handler cost a heap update per handler and heartbeat). Once the
+        hard end passed, its handlers are cancelled and the next ones start in a new
+        generation."""
+        g = self._gen
+        if g is None or g.scope.cancel_called:
+            assert self._nursery is not None
+            g = self._gen = await self._nursery.start(self._run_generation)
+        return g
+
+    async def _run_generation(
+        self, task_status: trio.TaskStatus[_Generation] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope(deadline=self.w.lease.hard_end) as scope:
+            async with trio.open_nursery() as nursery:
+                task_status.started(_Generation(scope, nursery))
+                await trio.sleep_forever()
+
+    def _start(self, rec: JobRecord, token: bytes, gen: _Generation) -> None:
         job = Job(rec.id, self.w.role, rec.partition, rec.spec, rec.weight, token, self.w)
-        # The handler's scope ends at the lease's hard end, moved on by every renewal:
-        # a process that wakes from a freeze past it cancels the handler before the
-        # handler runs again, even before the lease watchdog task has run (G3).
-        r = _Running(job, trio.CancelScope(deadline=self.w.lease.hard_end), trio.Event())
+        # The handler runs in its generation, whose scope ends at the lease's hard end,
+        # moved on by every renewal: a process that wakes from a freeze past it cancels
+        # the handler before the handler runs again, even before the lease watchdog
+        # task has run (G3). Its own scope is for stopping it alone.
+        r = _Running(job, trio.CancelScope(), trio.Event(), gen=gen)
         job._on_failure = partial(self._job_reported_failure, r)
         self.running[rec.id] = r
         self._unreleased.pop(rec.id, None)  # the claim is the running job's now
         self._started += 1
+        self._to_claim.pop(rec.id, None)
         self.log.info("job_started", job=rec.id, token=token.hex())
-        self._nursery.start_soon(self._job_task, r)
+        gen.nursery.start_soon(self._job_task, r)
 
     async def _job_task(self, r: _Running) -> None:
         lo, hi = self.restart_backoff
@@ -923,11 +1160,13 @@ class JobRunner:
             r.done.set()
             if r.health_written and self._nursery is not None:
                 self._nursery.start_soon(self._clear_health, r, None)  # it stops here
-            if r.scope.cancelled_caught and r.stopped is None and self.running.get(r.job.id) is r:
+            lease_ended = r.gen is not None and r.gen.scope.cancel_called
+            if lease_ended and r.stopped is None and self.running.get(r.job.id) is r:
                 # The lease's hard end passed (a freeze) without a stop: the handler no
                 # longer runs, so it must not count as running; the next reconcile
                 # claims the job again (new token) if it is still ours.
                 del self.running[r.job.id]
+                self._not_running(r.job.id)
                 # Its claim is still ours: claimed again if the job stays ours, else
                 # released (otherwise its next owner would find it held forever).
                 self._unreleased[r.job.id] = (r.job.partition, r.job.token, None, False)
@@ -1045,6 +1284,7 @@ class JobRunner:
             await r.done.wait()
             if self.running.get(jid) is r:
                 del self.running[jid]  # the handler has finished: it no longer runs
+                self._not_running(jid)
             self._stopped += 1
             self.log.info("job_stopped", job=jid, reason=reason)
             # Released now, or (a fenced stop, where no commit can be trusted) by the
@@ -1055,37 +1295,68 @@ class JobRunner:
         finally:
             if self.running.get(jid) is r:
                 del self.running[jid]
+                self._not_running(jid)
             r.stopped.set()
 
     async def _release(self, jid: str) -> bool:
         """Clear our claim of a stopped job (and wake its new owner). A failure is
-        retried by every later reconcile: the new owner waits for this release."""
-        partition, token, notify, handoff = self._unreleased[jid]
+        retried by every later reconcile: the new owner waits for this release. The
+        releases of jobs that stop at about the same time share transactions."""
+        return await self._releases.submit(jid)
+
+    async def _release_many(self, jids: Iterable[str]) -> None:
+        """Release the claims of ``jids`` in batches of CLAIM_BATCH."""
+        todo = list(jids)
+        for i in range(0, len(todo), CLAIM_BATCH):
+            await self._commit_releases(todo[i : i + CLAIM_BATCH])
+
+    async def _commit_releases(self, jids: list[str]) -> bool:
+        """One transaction releasing the claims of ``jids`` (those still tracked in
+        ``_unreleased``); True once it committed."""
+        w = self.w
+        requests = []
+        entries = {}
+        for jid in jids:
+            entry = self._unreleased.get(jid)
+            if entry is not None:
+                entries[jid] = entry
+                partition, token, notify, handoff = entry
+                notify = notify if notify != w.id else None
+                requests.append(ReleaseRequest(partition, jid, token, notify, handoff))
+        if not requests:
+            return True
         try:
-            await self.w.transact(
-                tx_release,
-                self.w.layout,
-                self.w.role,
-                partition,
-                jid,
-                self.w.id,
-                self.w.incarnation,
-                token,
-                notify if notify != self.w.id else None,
-                handoff,
+            await self._transact_long(
+                tx_release_many,
+                w.layout,
+                w.role,
+                requests,
+                w.id,
+                w.incarnation,
+                self._density,
             )
         except FDBError as e:
-            self.log.warning("job_release_failed", job=jid, error=e.name, action="retry later")
+            self.log.warning(
+                "job_release_failed",
+                job=requests[0].job_id,
+                jobs=len(requests),
+                error=e.name,
+                action="retry later",
+            )
             return False
-        self._unreleased.pop(jid, None)
+        for jid, entry in entries.items():
+            if self._unreleased.get(jid) is entry:  # not replaced meanwhile
+                del self._unreleased[jid]
         return True
 
     async def _stop_all(self, *, reason: str, release: bool) -> None:
         if not self.running:
             return
         async with trio.open_nursery() as n:
-            for jid in list(self.running):
+            for i, jid in enumerate(list(self.running)):
                 n.start_soon(partial(self._stop_one, jid, reason=reason, release=release))
+                if i % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
 
     async def _stop_all_and_release(self, reason: str) -> None:
         leaving = reason in ("drained", "left")
@@ -1107,7 +1378,9 @@ class JobRunner:
                 except (FDBError, trio.TooSlowError) as e:
                     self.log.warning("leave_plan_failed", error=getattr(e, "name", str(e)))
         async with trio.open_nursery() as n:
-            for jid, r in list(self.running.items()):
+            for i, (jid, r) in enumerate(list(self.running.items())):
+                if i % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
                 target = notify_map.owner(r.job.partition) if notify_map else None
                 n.start_soon(
                     partial(
@@ -1119,10 +1392,8 @@ class JobRunner:
                         handoff=leaving,
                     )
                 )
-        async with trio.open_nursery() as n:
-            for jid in list(self._unreleased):  # earlier releases that did not commit
-                n.start_soon(self._release, jid)
-        self.target = {}
+        await self._release_many(list(self._unreleased))  # earlier ones that did not commit
+        self._replace_target(ShareRead(), None)
         self._full_resync = True
 
 
@@ -1148,6 +1419,101 @@ async def add_job(
     layout = Layout.for_root(root)
     _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
     return bool(changed)
+
+
+async def add_jobs(
+    db: Database,
+    role: str,
+    jobs: Mapping[str, Any] | Iterable[tuple[str, Any] | tuple[str, Any, float]],
+    *,
+    weight: float = 1.0,
+    root: str | bytes | tuple[str, ...] | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
+    concurrency: int = 4,
+    batch_bytes: int = ADD_BATCH_BYTES,
+    result: AddJobsResult | None = None,
+) -> AddJobsResult:
+    """Add or update many jobs at once: ``jobs`` maps job ids to specs, or is an iterable
+    of ``(id, spec)`` or ``(id, spec, weight)``. Each job ends up as :func:`add_job`
+    would leave it (the same spec and weight again: unchanged), but many jobs share a
+    transaction (about ``batch_bytes`` of keys and values each) and ``concurrency``
+    transactions are in flight.
+
+    Every job is checked before anything is written: a bad id, spec or weight, or an
+    id given twice, raises ConfigError naming its position, and nothing is written.
+    A database error after some transactions committed is raised with a note saying
+    how many jobs were written; ``result`` (if given) holds the counts too. Adding the
+    same jobs again is safe. ``partitions`` applies only when this call creates the
+    role."""
+    check_database(db)
+    validate_name("role", role)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
+        raise ConfigError(f"batch_bytes must be an integer >= 1, got {batch_bytes!r}")
+    layout = Layout.for_root(root)
+    items: Iterable[Any] = jobs.items() if isinstance(jobs, Mapping) else jobs
+    checked: list[tuple[str, Any, float, bytes]] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if i % 2000 == 1999:
+            await trio.lowlevel.checkpoint()  # a long input must not stall the loop
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise ConfigError(
+                f"job {i}: expected (id, spec) or (id, spec, weight), got {item!r:.100}"
+            )
+        jid, spec = item[0], item[1]
+        w = item[2] if len(item) == 3 else weight
+        try:
+            value = check_job(jid, spec, w)
+        except ConfigError as e:
+            raise ConfigError(f"job {i} ({jid!r:.100}): {e}") from None
+        if jid in seen:
+            raise ConfigError(f"job {jid!r} is given twice (jobs {seen[jid]} and {i})")
+        seen[jid] = i
+        checked.append((jid, spec, float(w), value))
+    out = result if result is not None else AddJobsResult()
+    if not checked:
+        return out
+    cfg = await db.transact(tx_ensure_role, layout, role, partitions)
+    # In key order (partition, then id), by buckets: no long sort stalls the loop.
+    head = layout.jobs_range(role)[0]
+    buckets: dict[int, list[NewJob]] = {}
+    for i, (jid, spec, w, value) in enumerate(checked):
+        if i % 2000 == 1999:
+            await trio.lowlevel.checkpoint()
+        job = prepare_job(head, cfg.partitions, jid, value, spec, w)
+        bucket = buckets.get(job.partition)
+        if bucket is None:
+            buckets[job.partition] = [job]
+        else:
+            bucket.append(job)
+    del checked
+    prepared: list[NewJob] = []
+    for i, p in enumerate(sorted(buckets)):
+        if i % 2000 == 1999:
+            await trio.lowlevel.checkpoint()
+        bucket = buckets[p]
+        bucket.sort(key=lambda j: j.id)
+        prepared.extend(bucket)
+    del buckets
+    count = await db.transact(_tx_job_count, layout, role)
+    await add_jobs_in_batches(
+        db.transact,
+        layout,
+        role,
+        prepared,
+        out,
+        keys_per_partition=count / cfg.partitions,
+        max_bytes=batch_bytes,
+        concurrency=concurrency,
+    )
+    return out
+
+
+async def _tx_job_count(tr: Transaction, layout: Layout, role: str) -> int:
+    raw = await tr.snapshot.get(layout.job_count_key(role))
+    return max(0, int.from_bytes(raw, "little", signed=True)) if raw else 0
 
 
 async def remove_job(
