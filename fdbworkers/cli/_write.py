@@ -6,19 +6,28 @@ import getpass
 import json
 import socket
 import sys
-from typing import Any
+from typing import IO, Any
 
 import click
 import trio
 
 from .._core.keys import MAX_SPEC_DEPTH, MAX_VALUE_BYTES, Layout, MemberRecord, check_spec
 from .._db import Database, Transaction
-from .._errors import ConfigError, CorruptDataError
+from .._errors import ClusterUnreachableError, ConfigError, CorruptDataError
 from .._store.admin import HealthStamp, observe_health, require_role
 from .._store.events import DEFAULT_EVENT_RETENTION
 from .._store.members import tx_evict, tx_request_drain
 from .._worker import DEFAULT_PARTITIONS
-from ._common import EXIT_USAGE, CliError, FiniteFloatRange, echo, run, settings
+from ._common import (
+    EXIT_USAGE,
+    CliError,
+    FiniteFloatRange,
+    Settings,
+    echo,
+    run,
+    settings,
+    translate,
+)
 from ._read import json_option, name_arg, show_job
 
 
@@ -67,10 +76,89 @@ def job() -> None:
     """Add, remove or show one job."""
 
 
+def optional_name(kind: str) -> Any:
+    """Like ``name_arg`` for an argument that may be left out."""
+    check = name_arg(kind)
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        return None if value is None else check(ctx, param, value)
+
+    return callback
+
+
+#: Bad lines named before ``job add --from-file`` gives up listing them.
+MAX_LINE_ERRORS = 20
+
+
+def read_job_lines(stream: IO[str], name: str, weight: float) -> list[tuple[str, Any, float]]:
+    """The jobs of a JSON-lines stream (``{"id": ..., "data": ...}`` per line, optional
+    ``"weight"``; ``"spec"`` may stand for ``"data"``; blank lines skipped), every line
+    checked as ``job add`` checks one job. Bad lines raise a usage error naming each
+    (up to MAX_LINE_ERRORS) with its line number."""
+    from .._store.jobs import check_job
+
+    def no_constants(value: str) -> Any:
+        raise ValueError(f"{value} is not JSON: only finite numbers are allowed")
+
+    jobs: list[tuple[str, Any, float]] = []
+    errors: list[str] = []
+    bad = 0
+    seen: dict[str, int] = {}
+    for n, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                obj = json.loads(line, parse_constant=no_constants)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise ConfigError(f"nested too deeply (at most {MAX_SPEC_DEPTH} levels)") from None
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if not isinstance(obj, dict):
+                raise ConfigError('expected an object like {"id": "job-1", "data": {...}}')
+            unknown = sorted(set(obj) - {"id", "data", "spec", "weight"})
+            if unknown:
+                raise ConfigError(
+                    f"unknown field {unknown[0]!r} (fields: id, data or spec, weight)"
+                )
+            if "data" in obj and "spec" in obj:
+                raise ConfigError('give "data" or "spec", not both')
+            if "id" not in obj:
+                raise ConfigError('no "id"')
+            jid, spec = obj["id"], obj.get("data", obj.get("spec"))
+            w = obj.get("weight", weight)
+            check_job(jid, spec, w)
+            if jid in seen:
+                raise ConfigError(f"job id {jid!r} is also on line {seen[jid]}")
+            seen[jid] = n
+            jobs.append((jid, spec, float(w)))
+        except ConfigError as e:
+            bad += 1
+            if len(errors) < MAX_LINE_ERRORS:
+                errors.append(f"{name}, line {n}: {e}")
+    if bad:
+        more = f"\n... and {bad - len(errors)} more bad lines" if bad > len(errors) else ""
+        raise CliError(
+            "\n".join(errors) + more + f"\nnothing was added ({bad} bad line(s))", EXIT_USAGE
+        )
+    return jobs
+
+
 @job.command("add")
 @click.argument("role", callback=name_arg("role"))
-@click.argument("job_id", metavar="JOB", callback=name_arg("job id"))
+@click.argument("job_id", metavar="[JOB]", required=False, callback=optional_name("job id"))
 @click.option("--spec", callback=parse_spec, metavar="JSON", help="The job's spec, as JSON.")
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help='Add many jobs: one JSON object per line, {"id": "job-1", "data": {...}} '
+    '(optional "weight"), "-" for stdin. Every line is checked before anything is '
+    "written; the jobs are written many per transaction.",
+)
 @click.option(
     "--weight",
     type=FiniteFloatRange(min=0, min_open=True, max=1e9),
@@ -89,19 +177,35 @@ def job() -> None:
 )
 @click.pass_context
 def job_add(
-    ctx: click.Context, role: str, job_id: str, spec: Any, weight: float, partitions: int
+    ctx: click.Context,
+    role: str,
+    job_id: str | None,
+    spec: Any,
+    from_file: IO[str] | None,
+    weight: float,
+    partitions: int,
 ) -> None:
     """Add JOB to ROLE (or update its spec or weight). Idempotent: adding the same job
-    again changes nothing. The role is created if it does not exist.
+    again changes nothing. The role is created if it does not exist. With --from-file,
+    add every job of a JSON-lines file instead (thousands per second).
 
     \b
     Examples:
       fdbworkers job add replicator db1-to-db2 --spec '{"source": "db1", "target": "db2"}'
       fdbworkers job add replicator big-one --weight 4
+      fdbworkers job add replicator --from-file jobs.jsonl
+      generate-jobs | fdbworkers job add replicator --from-file -
     """
     from .._store.jobs import tx_add_job
 
     s = settings(ctx)
+    if from_file is not None:
+        if job_id is not None or spec is not None:
+            raise click.UsageError("give either JOB (and --spec) or --from-file, not both")
+        add_from_file(s, role, from_file, weight, partitions)
+        return
+    if job_id is None:
+        raise click.UsageError("missing JOB (or --from-file FILE)")
 
     async def main(db: Database) -> tuple[Any, bool, bool]:
         async def existed(tr: Transaction) -> bool:
@@ -157,6 +261,39 @@ def job_show(ctx: click.Context, role: str, job_id: str, as_json: bool) -> None:
       fdbworkers job show replicator db1-to-db2 --json
     """
     show_job(settings(ctx), role, job_id, as_json)
+
+
+def add_from_file(s: Settings, role: str, stream: IO[str], weight: float, partitions: int) -> None:
+    """``job add --from-file``: check every line, then write the jobs in batches."""
+    from .._errors import FDBError
+    from .._runner import add_jobs
+    from .._store.jobs import AddJobsResult
+
+    name = "stdin" if stream.name in ("<stdin>", "-") else str(stream.name)
+    jobs = read_job_lines(stream, name, weight)
+    result = AddJobsResult()
+
+    async def main(db: Database) -> None:
+        try:
+            await add_jobs(
+                db, role, jobs, root=s.layout.prefix, partitions=partitions, result=result
+            )
+        except (FDBError, trio.TooSlowError, ClusterUnreachableError) as e:
+            known = translate(s, e) or CliError(str(e))
+            written = (
+                f"{result.jobs:,} of {len(jobs):,} jobs were written before the error "
+                f"({result.added:,} added, {result.updated:,} updated, {result.unchanged:,} "
+                "unchanged; the batch in flight may or may not have been); running the same "
+                "command again is safe"
+            )
+            raise CliError(f"{known.message}\n{written}", known.code, known.hint) from None
+
+    run(s, main, bounded=False)
+    rate = result.jobs / result.seconds if result.seconds > 0 else 0.0
+    echo(
+        f"added {result.added:,} jobs, updated {result.updated:,}, unchanged "
+        f"{result.unchanged:,} in role {role!r} ({result.seconds:.1f} s, {rate:,.0f} jobs/s)"
+    )
 
 
 # --- evict -----------------------------------------------------------------------------
