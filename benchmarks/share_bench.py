@@ -201,6 +201,7 @@ async def run_part(args: argparse.Namespace) -> dict[str, Any]:
                 async def freezer() -> None:
                     while True:
                         await trio.sleep(1.0)
+                        gc.collect(1)  # the young generations: cheap
                         gc.freeze()
 
                 nursery.start_soon(freezer)
@@ -253,7 +254,10 @@ async def run_part(args: argparse.Namespace) -> dict[str, Any]:
                         live = [r for w, r in runners.items() if step == "join" or w != "joiner"]
                         want: int = args.jobs
                         return (
-                            len(starts.live) == want and sum(len(r.running) for r in live) == want
+                            len(starts.live) == want
+                            and sum(len(r.running) for r in live) == want
+                            and all(len(r.running) == len(r.target) for r in live)
+                            and (step != "join" or len(runners["joiner"].running) > 0)
                         )
 
                     with suppress(trio.TooSlowError):

@@ -80,6 +80,12 @@ from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_run
 
 T = TypeVar("T")
 
+#: More jobs than this stop together (one grace, batched releases, one log line).
+BULK_STOP = 100
+#: A claim batch that starts more jobs than this logs one ``jobs_started`` line (info)
+#: instead of one ``job_started`` line per job (then at debug level).
+QUIET_STARTS = 100
+
 #: Errors after which a claim's commit may have been applied without our knowing:
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
 #: connection_failed (the dev server's client).
@@ -202,7 +208,7 @@ class _Generation:
     nursery: trio.Nursery
 
 
-@dataclass
+@dataclass(slots=True)
 class _Running:
     job: Job
     scope: trio.CancelScope
@@ -222,57 +228,62 @@ class _Running:
     gen: _Generation | None = None
 
 
+class _Waiter:
+    __slots__ = ("event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: bool | None = None
+
+
 class _GroupCommit:
     """Work items submitted by many tasks, committed together: the first submitter that
     finds no batch in flight commits batches (``commit(items) -> committed``) until the
-    queue is empty; the others wait for their item's result. No task of its own, so it
-    works wherever its callers run (also in a leave, after the runner's nursery ended)."""
+    queue is empty; the others wait, each on its own event (a leave submits one item per
+    job: a shared event would wake every waiter at every batch). A leader that is
+    cancelled puts its batch back and wakes one waiter to lead. No task of its own, so
+    it works wherever its callers run (also in a leave, after the runner's nursery
+    ended)."""
 
     def __init__(self, commit: Callable[[list[str]], Awaitable[bool]], size: int) -> None:
         self._commit = commit
         self._size = size
-        self._queue: dict[str, None] = {}
-        self._inflight: set[str] = set()
-        self._results: dict[str, bool] = {}
+        self._queue: dict[str, list[_Waiter]] = {}
         self._busy = False
-        self._progress = trio.Event()
-
-    def _wake(self) -> None:
-        ev, self._progress = self._progress, trio.Event()
-        ev.set()
 
     async def submit(self, item: str) -> bool:
-        self._results.pop(item, None)
-        self._queue[item] = None
-        while True:
-            if item in self._results:
-                return self._results.pop(item)
-            if item not in self._queue and item not in self._inflight:
-                self._queue[item] = None  # another submitter of it took its result
-            if self._busy:
-                await self._progress.wait()
+        waiter = _Waiter()
+        self._queue.setdefault(item, []).append(waiter)
+        while waiter.result is None:
+            if not self._busy:
+                await self._lead()
                 continue
-            self._busy = True
-            try:
-                while self._queue:
-                    batch = list(itertools.islice(self._queue, self._size))
-                    for k in batch:
-                        del self._queue[k]
-                    self._inflight.update(batch)
-                    try:
-                        ok = await self._commit(batch)
-                    except BaseException:
-                        for k in batch:
-                            self._queue.setdefault(k, None)
-                        raise
-                    finally:
-                        self._inflight.difference_update(batch)
-                    for k in batch:
-                        self._results[k] = ok
-                    self._wake()
-            finally:
-                self._busy = False
-                self._wake()
+            await waiter.event.wait()
+            if waiter.result is None:
+                waiter.event = trio.Event()  # woken to lead
+        return waiter.result
+
+    async def _lead(self) -> None:
+        self._busy = True
+        try:
+            while self._queue:
+                items = list(itertools.islice(self._queue, self._size))
+                waiters = [self._queue.pop(k) for k in items]
+                try:
+                    ok = await self._commit(items)
+                except BaseException:
+                    for k, ws in zip(items, waiters, strict=True):
+                        self._queue.setdefault(k, []).extend(ws)
+                    raise
+                for ws in waiters:
+                    for w in ws:
+                        w.result = ok
+                        w.event.set()
+        finally:
+            self._busy = False
+            for ws in self._queue.values():  # cancelled with work queued: hand it over
+                ws[0].event.set()
+                break
 
 
 @dataclass(frozen=True)
@@ -818,19 +829,18 @@ class JobRunner:
         lost = sorted(j for j in self._lost if j in self.running)
         stopped: set[str] = set()
         # Moved jobs stop concurrently: each may take its grace period to finish.
-        async with trio.open_nursery() as n:
-            for i, jid in enumerate(lost):
-                if i % 1000 == 999:
-                    await trio.lowlevel.checkpoint()
-                if budget <= 0:
-                    self._deferred += 1
-                    continue
-                budget -= 1
-                new_owner = a.owner(self.running[jid].job.partition)
-                n.start_soon(
-                    partial(self._stop_one, jid, reason="moved", release=True, notify=new_owner)
-                )
-                stopped.add(jid)
+        stops: list[tuple[str, str | None, bool]] = []
+        for jid in lost:
+            r = self.running.get(jid)
+            if r is None or r.stopped is not None:
+                continue  # someone else stops it
+            if budget <= 0:
+                self._deferred += 1
+                continue
+            budget -= 1
+            stops.append((jid, a.owner(r.job.partition), False))
+            stopped.add(jid)
+        await self._stop_jobs(stops, reason="moved", release=True)
         started, pending = await self._claim_all(m)
         if started or stopped:
             ch = OwnershipChange(
@@ -951,16 +961,25 @@ class JobRunner:
                 self.log.warning("claim_failed", jobs=len(batch), error=e.name)
                 return started, True
             nursery = await self._job_nursery()
+            # A batch of many starts is logged in one line (each job at debug level):
+            # a million jobs should not make a million log lines.
+            quiet = sum(o.kind == "claimed" for o in outcomes) > QUIET_STARTS
+            first: JobRecord | None = None
+            count = 0
             for rec, outcome in zip(batch, outcomes, strict=True):
                 if outcome.kind == "claimed" and outcome.token is not None:
                     if rec.id in self.running or self.target.get(rec.id) is not rec:
                         continue  # cannot happen: only this loop starts jobs
-                    self._start(rec, outcome.token, nursery)
+                    self._start(rec, outcome.token, nursery, quiet=quiet)
                     started.add(rec.id)
+                    first = first or rec
+                    count += 1
                 elif outcome.kind in ("held", "superseded"):
                     pending = True
                 elif outcome.kind == "not_member":
                     return started, True
+            if quiet and first is not None:
+                self.log.info("jobs_started", jobs=count, first=first.id, last=batch[-1].id)
             await trio.lowlevel.checkpoint()
         return started, pending
 
@@ -1104,7 +1123,9 @@ class JobRunner:
                 task_status.started(_Generation(scope, nursery))
                 await trio.sleep_forever()
 
-    def _start(self, rec: JobRecord, token: bytes, gen: _Generation) -> None:
+    def _start(
+        self, rec: JobRecord, token: bytes, gen: _Generation, *, quiet: bool = False
+    ) -> None:
         job = Job(rec.id, self.w.role, rec.partition, rec.spec, rec.weight, token, self.w)
         # The handler runs in its generation, whose scope ends at the lease's hard end,
         # moved on by every renewal: a process that wakes from a freeze past it cancels
@@ -1116,7 +1137,10 @@ class JobRunner:
         self._unreleased.pop(rec.id, None)  # the claim is the running job's now
         self._started += 1
         self._to_claim.pop(rec.id, None)
-        self.log.info("job_started", job=rec.id, token=token.hex())
+        if quiet:
+            self.log.debug("job_started", job=rec.id, token=token.hex())
+        else:
+            self.log.info("job_started", job=rec.id, token=token.hex())
         gen.nursery.start_soon(self._job_task, r)
 
     async def _job_task(self, r: _Running) -> None:
@@ -1298,6 +1322,80 @@ class JobRunner:
                 self._not_running(jid)
             r.stopped.set()
 
+    async def _stop_jobs(
+        self, stops: list[tuple[str, str | None, bool]], *, reason: str, release: bool
+    ) -> None:
+        """Stop the jobs ``(job, notify, handoff)``: each in its own task (its release
+        as soon as its own handler finished) when there are few, all together above
+        BULK_STOP (see :meth:`_stop_many`)."""
+        if len(stops) > BULK_STOP:
+            await self._stop_many(stops, reason=reason, release=release)
+            return
+        async with trio.open_nursery() as n:
+            for jid, notify, handoff in stops:
+                n.start_soon(
+                    partial(
+                        self._stop_one,
+                        jid,
+                        reason=reason,
+                        release=release,
+                        notify=notify,
+                        handoff=handoff,
+                    )
+                )
+
+    async def _stop_many(
+        self, stops: list[tuple[str, str | None, bool]], *, reason: str, release: bool
+    ) -> None:
+        """Stop many jobs at once, as :meth:`_stop_one` stops one (stopping set, the
+        grace, then cancellation; never past the lease's hard end), without a task per
+        job: a move of a large share, or a leave, would otherwise spawn and schedule a
+        task, a deadline and a release waiter per job. One grace for all; the releases
+        go CLAIM_BATCH per transaction once the handlers finished."""
+        mine: list[tuple[str, _Running, str | None, bool]] = []
+        others: list[_Running] = []
+        for jid, notify, handoff in stops:
+            r = self.running.get(jid)
+            if r is None:
+                continue
+            if r.stopped is not None:
+                others.append(r)  # someone else stops it: wait for them below
+                continue
+            r.stopped = trio.Event()
+            r.job.stopping.set()
+            mine.append((jid, r, notify, handoff))
+        try:
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - trio.current_time()))
+            with trio.move_on_after(grace):
+                for _, r, _, _ in mine:
+                    await r.done.wait()
+            for _, r, _, _ in mine:
+                r.scope.cancel()
+            for i, (jid, r, notify, handoff) in enumerate(mine):
+                await r.done.wait()
+                if self.running.get(jid) is r:
+                    del self.running[jid]  # the handler has finished: it no longer runs
+                    self._not_running(jid)
+                self._stopped += 1
+                self.log.debug("job_stopped", job=jid, reason=reason)
+                self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
+                if i % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
+            if mine:
+                self.log.info("jobs_stopped", jobs=len(mine), reason=reason)
+            if release:
+                await self._release_many([jid for jid, _, _, _ in mine])
+        finally:
+            for jid, r, _, _ in mine:
+                if self.running.get(jid) is r:
+                    del self.running[jid]
+                    self._not_running(jid)
+                assert r.stopped is not None
+                r.stopped.set()
+        for r in others:
+            assert r.stopped is not None
+            await r.stopped.wait()
+
     async def _release(self, jid: str) -> bool:
         """Clear our claim of a stopped job (and wake its new owner). A failure is
         retried by every later reconcile: the new owner waits for this release. The
@@ -1352,11 +1450,9 @@ class JobRunner:
     async def _stop_all(self, *, reason: str, release: bool) -> None:
         if not self.running:
             return
-        async with trio.open_nursery() as n:
-            for i, jid in enumerate(list(self.running)):
-                n.start_soon(partial(self._stop_one, jid, reason=reason, release=release))
-                if i % 1000 == 999:
-                    await trio.lowlevel.checkpoint()
+        await self._stop_jobs(
+            [(jid, None, False) for jid in self.running], reason=reason, release=release
+        )
 
     async def _stop_all_and_release(self, reason: str) -> None:
         leaving = reason in ("drained", "left")
@@ -1377,21 +1473,11 @@ class JobRunner:
                         notify_map = plan.map()
                 except (FDBError, trio.TooSlowError) as e:
                     self.log.warning("leave_plan_failed", error=getattr(e, "name", str(e)))
-        async with trio.open_nursery() as n:
-            for i, (jid, r) in enumerate(list(self.running.items())):
-                if i % 1000 == 999:
-                    await trio.lowlevel.checkpoint()
-                target = notify_map.owner(r.job.partition) if notify_map else None
-                n.start_soon(
-                    partial(
-                        self._stop_one,
-                        jid,
-                        reason=reason,
-                        release=True,
-                        notify=target,
-                        handoff=leaving,
-                    )
-                )
+        stops = [
+            (jid, notify_map.owner(r.job.partition) if notify_map else None, leaving)
+            for jid, r in self.running.items()
+        ]
+        await self._stop_jobs(stops, reason=reason, release=True)
         await self._release_many(list(self._unreleased))  # earlier ones that did not commit
         self._replace_target(ShareRead(), None)
         self._full_resync = True
@@ -1455,6 +1541,7 @@ async def add_jobs(
     items: Iterable[Any] = jobs.items() if isinstance(jobs, Mapping) else jobs
     checked: list[tuple[str, Any, float, bytes]] = []
     seen: dict[str, int] = {}
+    now = time.time()
     for i, item in enumerate(items):
         if i % 2000 == 1999:
             await trio.lowlevel.checkpoint()  # a long input must not stall the loop
@@ -1465,7 +1552,7 @@ async def add_jobs(
         jid, spec = item[0], item[1]
         w = item[2] if len(item) == 3 else weight
         try:
-            value = check_job(jid, spec, w)
+            value = check_job(jid, spec, w, now)
         except ConfigError as e:
             raise ConfigError(f"job {i} ({jid!r:.100}): {e}") from None
         if jid in seen:

@@ -65,6 +65,14 @@ def test_real_cluster_bench_quick() -> None:
     assert "heartbeat median" in out
 
 
+def test_share_bench_quick() -> None:
+    # The engine part (exact keys per read); the real-cluster parts are run by whoever
+    # measures (docs/benchmarks.md), and by tests/test_share_real.py.
+    env = {k: v for k, v in os.environ.items() if k != "FDB_CLUSTER_FILE"}
+    out = run("share_bench.py", "--quick", env=env)
+    assert "Keys and range requests of one worker's reads" in out
+
+
 TINY = [
     *("--workers", "2", "--jobs", "6", "--runs", "1", "--starts", "1", "--timeout", "2"),
     *("--crash-timeouts", "2", "--quiet", "1", "--skip-seed", "--rows", "start,crash"),

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fdbworkers._core.tuples import (
     Versionstamp,
     pack,
+    pack_int_str,
     pack_with_versionstamp,
     strinc,
     tuple_range,
@@ -124,3 +125,8 @@ def test_strinc() -> None:
     assert strinc(b"a\xff") == b"b"
     with pytest.raises(ValueError):
         strinc(b"\xff\xff")
+
+
+@given(st.integers(min_value=0, max_value=2**70), st.text(max_size=30))
+def test_pack_int_str_is_pack_of_the_pair(number: int, text: str) -> None:
+    assert pack_int_str(number, text) == pack((number, text))

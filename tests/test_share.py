@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
+import fdbworkers._core.share as share_module
 import fdbworkers._runner as runner_module
 from fdbworkers import AddJobsResult, ConfigError, FDBError, WorkerOptions, add_job, add_jobs
 from fdbworkers._backends.engine import Engine, FaultPlan
@@ -59,6 +60,7 @@ from fdbworkers._store.jobs import (
     ClaimRequest,
     JobRecord,
     ReleaseRequest,
+    prepare_job,
     tx_claim_many,
     tx_release_many,
 )
@@ -424,6 +426,7 @@ async def test_jobs_added_and_removed_during_a_paged_read_are_neither_lost_nor_r
     rng = random.Random(seed)
     monkeypatch.setattr(runner_module, "PAGE_KEYS", 16)
     monkeypatch.setattr(runner_module, "PAGE_REQUESTS", 2)
+    monkeypatch.setattr(share_module, "MIN_REQUEST_KEYS", 4)
     engine = Engine(rng=random.Random(seed))
     admin = engine.open_database("admin")
     existing = {f"job-{i:04d}" for i in range(400)}
@@ -615,3 +618,46 @@ async def test_a_running_worker_picks_up_a_bulk_add(autojump_clock: MockClock) -
         assert waited < 5, waited  # by the change log, not by a periodic resync
         assert not fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_group_commit_batches_and_survives_a_cancelled_leader(
+    autojump_clock: MockClock,
+) -> None:
+    batches: list[list[str]] = []
+
+    async def commit(items: list[str]) -> bool:
+        batches.append(list(items))
+        await trio.sleep(1.0)
+        return True
+
+    group = runner_module._GroupCommit(commit, 10)
+    results: dict[str, bool] = {}
+
+    async def submit(item: str) -> None:
+        results[item] = await group.submit(item)
+
+    async with trio.open_nursery() as nursery:
+        leader = trio.CancelScope()
+
+        async def lead() -> None:
+            with leader:
+                await submit("first")
+
+        nursery.start_soon(lead)
+        await trio.sleep(0.1)
+        for i in range(25):
+            nursery.start_soon(submit, f"j{i:02d}")
+        await trio.sleep(0.5)
+        leader.cancel()  # in the middle of its commit: the others must carry on
+    assert results == {f"j{i:02d}": True for i in range(25)}
+    assert all(len(b) <= 10 for b in batches)
+    assert len(batches) <= 5, batches
+    assert {i for b in batches for i in b} >= set(results)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=40), st.sampled_from([1, 7, 64, 1024, 65536, 10**6]))
+def test_a_prepared_job_is_in_job_partitions_partition(job_id: str, partitions: int) -> None:
+    job = prepare_job(LAYOUT.jobs_range(ROLE)[0], partitions, job_id, b"")
+    assert job.partition == job_partition(job_id, partitions)
+    assert job.key == LAYOUT.job_key(ROLE, job.partition, job_id)

@@ -14,8 +14,9 @@ Two things about the environment, both measured while writing these tests:
   tracked by CPython's cyclic collector; a full collection of that heap paused the
   process for 20 s on this machine under load, past the lease, and the worker fenced
   itself. As docs/architecture.md recommends for very large shares, the process calls
-  ``gc.freeze()`` as the jobs start (objects that live as long as their job need no
-  cyclic collection) and the workers use a 30 s timeout.
+  ``gc.freeze()`` every second as the jobs start, after collecting the young
+  generations (objects that live as long as their job need no cyclic collection), and
+  the workers use a 30 s timeout.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def room_for_a_million() -> None:
 
 @asynccontextmanager
 async def frozen_gc() -> AsyncIterator[None]:
-    """``gc.freeze()`` every second while the jobs start (see the module's doc)."""
+    """``gc.collect(1); gc.freeze()`` every second while the jobs start (see the
+    module's doc)."""
     gc.collect()
     gc.freeze()
     async with trio.open_nursery() as nursery:
@@ -132,6 +134,7 @@ async def frozen_gc() -> AsyncIterator[None]:
         async def keep_freezing() -> None:
             while True:
                 await trio.sleep(1.0)
+                gc.collect(1)  # the young generations: cheap
                 gc.freeze()
 
         nursery.start_soon(keep_freezing)

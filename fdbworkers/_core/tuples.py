@@ -189,6 +189,12 @@ def pack(t: tuple[Any, ...], prefix: bytes | None = None) -> bytes:
     return packed
 
 
+def pack_int_str(number: int, text: str) -> bytes:
+    """``pack((number, text))``, without the general dispatch: the tail of a job or claim
+    key (partition, job id), built a million times by a bulk add or a share's claims."""
+    return _encode_int(number) + b"\x02" + _escape(text.encode("utf-8")) + b"\x00"
+
+
 def pack_with_versionstamp(t: tuple[Any, ...], prefix: bytes | None = None) -> bytes:
     """Pack a tuple holding exactly one incomplete :class:`Versionstamp`, followed by the
     4-byte little-endian offset that ``SET_VERSIONSTAMPED_KEY`` expects."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from .._core.assign import DEFAULT_PARTITIONS, job_partition
+from .._core.assign import DEFAULT_PARTITIONS, job_partition, stable_hash64
 from .._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
@@ -31,7 +31,7 @@ from .._core.keys import (
     validate_name,
 )
 from .._core.share import group_sorted
-from .._core.tuples import pack
+from .._core.tuples import pack_int_str
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
 from .._log import get_logger
@@ -328,6 +328,11 @@ async def gather(
                 for lo, hi in spans[i : i + width]:
                     nursery.start_soon(fn, lo, hi)
     except BaseExceptionGroup as group:
+        cancelled, _ = group.split(trio.Cancelled)
+        if cancelled is not None:
+            # Being cancelled (a deadline, a stop): that is what must reach the cancel
+            # scope; FDB errors of the reads it interrupted are moot.
+            raise cancelled from None
         fdb_errors, rest = group.split(FDBError)
         if rest is not None or fdb_errors is None:
             raise
@@ -388,7 +393,7 @@ def keys_below(head: bytes, partitions: Sequence[int], job_ids: Sequence[str]) -
     """``head + pack((partition, job_id))`` for each pair: the job or claim keys of
     jobs, with ``head`` the begin of ``Layout.jobs_range`` or ``Layout.claims_range``
     (the same bytes as ``Layout.job_key``, without packing the root and role again)."""
-    return [head + pack((p, j)) for p, j in zip(partitions, job_ids, strict=True)]
+    return [head + pack_int_str(p, j) for p, j in zip(partitions, job_ids, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -692,9 +697,11 @@ class NewJob:
     value: bytes
 
 
-def check_job(job_id: Any, spec: Any = None, weight: Any = 1.0) -> bytes:
+def check_job(
+    job_id: Any, spec: Any = None, weight: Any = 1.0, added_at: float | None = None
+) -> bytes:
     """The encoded record of a job to add, or ConfigError saying what is wrong (the
-    checks of :func:`tx_add_job`)."""
+    checks of :func:`tx_add_job`). ``added_at``: the wall time to record (now)."""
     validate_name("job id", job_id)
     if (
         isinstance(weight, bool)
@@ -705,7 +712,8 @@ def check_job(job_id: Any, spec: Any = None, weight: Any = 1.0) -> bytes:
         raise ConfigError(f"job weight must be a positive number, got {weight!r}")
     check_spec(spec)
     try:
-        encoded = JobRecord(job_id, 0, spec, float(weight), time.time()).encode()
+        at = time.time() if added_at is None else added_at
+        encoded = JobRecord(job_id, 0, spec, float(weight), at).encode()
     except Exception as e:
         raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
     check_record_size("the job spec", encoded)
@@ -721,9 +729,10 @@ def prepare_job(
     weight: float = 1.0,
 ) -> NewJob:
     """A checked job (``value`` from :func:`check_job`) placed in its partition; ``head``
-    is the begin of the role's ``Layout.jobs_range``."""
-    p = job_partition(job_id, partitions)
-    return NewJob(job_id, p, spec, float(weight), head + pack((p, job_id)), value)
+    is the begin of the role's ``Layout.jobs_range``. The partition is
+    :func:`job_partition`'s, without re-checking the partition count for every job."""
+    p = (stable_hash64(job_id.encode("utf-8")) * partitions) >> 64
+    return NewJob(job_id, p, spec, float(weight), head + pack_int_str(p, job_id), value)
 
 
 async def tx_add_jobs(
