@@ -15,11 +15,11 @@ Parts:
   transactions, keys read and written per virtual second, conflicts, watches held. Then
   a crash (time to eviction, time until all its jobs run elsewhere), a join (time to a
   settled balanced map, jobs moved against the optimum) and the keys read by every
-  rebalance transaction (``tx_read_partitions``) during the join.
+  rebalance read (the paged share read, ``_store/share.py``) during the join.
 * ``reads``: the keys and requests of one worker's full rebalance read for J up to
   1,000,000 and N up to 1,000: exact, by loading only the jobs of that worker's
   partitions (and their claims) into an engine whose job counter says J, then running
-  ``tx_read_partitions`` for those partitions; a worker reads nothing else.
+  the paged share read for those partitions; a worker reads nothing else.
 * ``wallclock``: a dev server and ``--procs`` worker processes (``python -m fdbworkers
   worker --demo-handler``) with real timeouts: CPU per worker at rest, detection and
   reassignment after a SIGKILL against the bound ``timeout + check_interval``.
@@ -401,7 +401,7 @@ def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespa
         ],
     )
     table(
-        "Rebalance reads during the join (every tx_read_partitions of every worker, "
+        "Rebalance reads during the join (every paged share read of every worker, "
         "counted on its own handle)",
         [
             "N",

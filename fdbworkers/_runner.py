@@ -1368,11 +1368,13 @@ class JobRunner:
             grace = max(0.0, min(self.grace, self.w.lease.hard_end - trio.current_time()))
             with trio.move_on_after(grace):
                 for _, r, _, _ in mine:
-                    await r.done.wait()
+                    if not r.done.is_set():
+                        await r.done.wait()
             for _, r, _, _ in mine:
                 r.scope.cancel()
             for i, (jid, r, notify, handoff) in enumerate(mine):
-                await r.done.wait()
+                if not r.done.is_set():
+                    await r.done.wait()
                 if self.running.get(jid) is r:
                     del self.running[jid]  # the handler has finished: it no longer runs
                     self._not_running(jid)

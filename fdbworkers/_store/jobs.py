@@ -246,7 +246,8 @@ async def tx_read_partitions(
     *,
     snapshot: bool = False,
 ) -> tuple[dict[str, JobRecord], dict[str, Claim]]:
-    """Jobs and claims of the given partitions.
+    """Jobs and claims of the given partitions, in one transaction (for tools and the
+    latency benchmark; the runner reads its share in pages: ``_store/share.py``).
 
     Reads O(J/N) keys either way, choosing the cheaper number of requests: when the
     role has few jobs (its atomic job counter says at most two per wanted partition),
