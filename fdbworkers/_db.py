@@ -399,19 +399,11 @@ class Database(abc.ABC):
         retry loop does. ``fn`` may run more than once; after 1021 an earlier run may
         have committed (``tr.maybe_committed`` tells), so its writes must be idempotent.
         The database's ``default_timeout`` / ``default_retry_limit`` apply."""
-        return await self.transact_with(fn, *args, **kwargs)
-
-    async def transact_with(
-        self,
-        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
         tr = self.create_transaction()
-        if self.default_timeout is not None:
-            tr.set_timeout(self.default_timeout)
-        if self.default_retry_limit is not None:
-            tr.set_retry_limit(self.default_retry_limit)
+        if self._default_timeout is not None:
+            tr.set_timeout(self._default_timeout)
+        if self._default_retry_limit is not None:
+            tr.set_retry_limit(self._default_retry_limit)
         return await run_transaction(self, tr, fn, *args, **kwargs)
 
 

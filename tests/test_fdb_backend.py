@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import pytest
 import trio
 import trio.testing
 
+from fdbworkers._backends import fdb as fdb_backend
 from fdbworkers._backends.connect import ClusterAddress, open_database, parse_cluster_address
-from fdbworkers._backends.fdb import _Bridge, check_version_fit, resolve_cluster_file
+from fdbworkers._backends.fdb import check_version_fit, resolve_cluster_file
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import BackendUnavailableError, ConfigError, FDBError
 
@@ -335,106 +335,201 @@ def test_open_database_memory_is_a_fresh_engine() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The future bridge (with a stand-in future: no libfdb_c needed)
+# The future bridge (with stand-in futures: no libfdb_c needed)
 # --------------------------------------------------------------------------------------
 
 
-class FakeFuture:
-    """Behaves like an FDB future: one on_ready callback, called inline if ready."""
+class FakeFutures:
+    """Stands in for libfdb_c's future functions (``fdb._c``): futures are ints; one
+    callback per future, called inline when the future is already ready."""
 
     def __init__(self) -> None:
-        self.ready = False
-        self.cancelled = False
-        self.callbacks = 0
-        self._callback: Callable[[Any], None] | None = None
+        self.ready: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.destroyed: set[int] = set()
+        self.callbacks: dict[int, int] = {}  # future -> callbacks set on it
+        self._pending: dict[int, tuple[Any, int]] = {}
         self._lock = threading.Lock()
 
-    def is_ready(self) -> bool:
-        return self.ready
+    def future_is_ready(self, f: int) -> int:
+        return int(f in self.ready)
 
-    def on_ready(self, callback: Callable[[Any], None]) -> None:
+    def future_set_callback(self, f: int, callback: Any, token: int) -> int:
         with self._lock:
-            assert self._callback is None, "libfdb_c allows one callback per future"
-            self.callbacks += 1
-            if not self.ready:
-                self._callback = callback
-                return
-        callback(self)
+            assert f not in self._pending, "libfdb_c allows one callback per future"
+            self.callbacks[f] = self.callbacks.get(f, 0) + 1
+            if f not in self.ready:
+                self._pending[f] = (callback, token)
+                return 0
+        callback(f, token)  # the ctypes callback object, called through C
+        return 0
 
-    def set_ready(self) -> None:
+    def set_ready(self, f: int) -> None:
         with self._lock:
-            self.ready = True
-            callback, self._callback = self._callback, None
-        if callback is not None:
-            callback(self)
+            self.ready.add(f)
+            pending = self._pending.pop(f, None)
+        if pending is not None:
+            pending[0](f, pending[1])
 
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.set_ready()
+    def future_cancel(self, f: int) -> None:
+        self.cancelled.add(f)
+        self.set_ready(f)
+
+    def future_destroy(self, f: int) -> None:
+        self.destroyed.add(f)
 
 
-async def test_bridge_wakes_from_another_thread() -> None:
-    fut = FakeFuture()
-    bridge = _Bridge(fut)
+@pytest.fixture
+def fake_c(monkeypatch: pytest.MonkeyPatch) -> FakeFutures:
+    fake = FakeFutures()
+    monkeypatch.setattr(fdb_backend, "_c", fake)
+    return fake
+
+
+async def test_bridge_wakes_from_another_thread(fake_c: FakeFutures) -> None:
     before = threading.active_count()
-    timer = threading.Timer(0.05, fut.set_ready)  # stands in for FDB's network thread
+    timer = threading.Timer(0.05, fake_c.set_ready, (1,))  # stands in for FDB's network thread
     timer.start()
     with trio.fail_after(5):
-        await bridge.wait(cancel_on_abort=True)
+        await fdb_backend._wait(1)
     timer.join()
-    assert fut.callbacks == 1
-    assert not fut.cancelled
+    assert fake_c.callbacks == {1: 1}
+    assert not fake_c.cancelled
     assert threading.active_count() <= before + 1  # no thread of ours per call
+    assert not fdb_backend._waiters
 
 
-async def test_bridge_of_a_ready_future_returns_at_once() -> None:
-    fut = FakeFuture()
-    fut.ready = True
-    await _Bridge(fut).wait(cancel_on_abort=True)
-    assert fut.callbacks == 0
+async def test_bridge_of_a_ready_future_returns_at_once(fake_c: FakeFutures) -> None:
+    fake_c.ready.add(1)
+    await fdb_backend._wait(1)
+    assert fake_c.callbacks == {}
 
 
-async def test_bridge_callback_fired_inline_while_registering() -> None:
-    class ReadyOnRegister(FakeFuture):
-        def on_ready(self, callback: Callable[[Any], None]) -> None:
-            self.ready = True
-            super().on_ready(callback)
+async def test_bridge_callback_fired_inline_while_registering(
+    fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ready_on_register(f: int, callback: Any, token: int) -> int:
+        fake_c.ready.add(f)
+        return FakeFutures.future_set_callback(fake_c, f, callback, token)
 
-    fut = ReadyOnRegister()
+    monkeypatch.setattr(fake_c, "future_set_callback", ready_on_register)
     with trio.fail_after(5):
-        await _Bridge(fut).wait(cancel_on_abort=True)
-    assert fut.callbacks == 1
+        await fdb_backend._wait(1)
+    assert fake_c.callbacks == {1: 1}
 
 
-async def test_cancelled_waiter_cancels_the_future() -> None:
-    fut = FakeFuture()
+async def test_many_ready_futures_take_one_wake_up(
+    fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wake_ups = 0
+    signal, drain = fdb_backend._Hub.signal, fdb_backend._Hub.drain
+
+    def counting_signal(hub: Any) -> None:
+        nonlocal wake_ups
+        wake_ups += 1
+        signal(hub)
+
+    def counting_drain(hub: Any) -> None:
+        nonlocal wake_ups
+        wake_ups += 1
+        drain(hub)
+
+    monkeypatch.setattr(fdb_backend._Hub, "signal", counting_signal)
+    monkeypatch.setattr(fdb_backend._Hub, "drain", counting_drain)
+    woken: list[int] = []
+
+    async def waiter(f: int) -> None:
+        await fdb_backend._wait(f)
+        woken.append(f)
+
+    # A leader (the first waiter) wakes the others: one byte on the hub's socket.
+    async with trio.open_nursery() as nursery:
+        for f in range(100):
+            nursery.start_soon(waiter, f)
+        await trio.testing.wait_all_tasks_blocked()
+        for f in range(100):  # all ready before the trio thread runs again
+            fake_c.set_ready(f)
+    assert sorted(woken) == list(range(100))
+    assert wake_ups == 1
+
+    # No leader (it was cancelled): one drain through run_sync_soon.
+    woken.clear()
+    wake_ups = 0
+
+    async def cancelled_leader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await fdb_backend._wait(100)
+
+    async with trio.open_nursery() as nursery:
+        leader_scope = await nursery.start(cancelled_leader)
+        await trio.testing.wait_all_tasks_blocked()
+        for f in range(101, 200):
+            nursery.start_soon(waiter, f)
+        await trio.testing.wait_all_tasks_blocked()
+        leader_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        for f in range(101, 200):
+            fake_c.set_ready(f)
+    assert sorted(woken) == list(range(101, 200))
+    assert wake_ups == 1
+    assert fake_c.cancelled == {100}
+
+
+async def test_cancelled_waiter_cancels_the_future(fake_c: FakeFutures) -> None:
     with trio.move_on_after(0.05):
-        await _Bridge(fut).wait(cancel_on_abort=True)
-    assert fut.cancelled
+        await fdb_backend._wait(1)
+    assert fake_c.cancelled == {1}  # its late callback found no waiter
+    assert not fdb_backend._waiters
 
 
-async def test_cancelled_watch_waiter_keeps_the_future() -> None:
-    fut = FakeFuture()
-    bridge = _Bridge(fut)
+@pytest.mark.parametrize("leads", [True, False])
+async def test_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures, leads: bool) -> None:
+    # The callback won the race against the cancellation: the future is not cancelled.
+    # A parked waiter returns normally (it is never rescheduled twice) and the
+    # cancellation is delivered at its next checkpoint; the leader raises Cancelled.
+    async def ready_then_cancel(cancel_scope: trio.CancelScope) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        fake_c.set_ready(1)  # queues the wake-up...
+        cancel_scope.cancel()  # ...then the waiter is cancelled before it ran
+
+    returned = False
+    async with trio.open_nursery() as nursery:
+        if not leads:
+            nursery.start_soon(fdb_backend._wait, 2)  # the leader
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            nursery.start_soon(ready_then_cancel, scope)
+            await fdb_backend._wait(1)
+            returned = True
+            await trio.lowlevel.checkpoint()
+        fake_c.set_ready(2)
+    assert returned is not leads
+    assert scope.cancelled_caught
+    assert not fake_c.cancelled
+
+
+async def test_cancelled_watch_waiter_keeps_the_future(fake_c: FakeFutures) -> None:
+    shared = fdb_backend._SharedFuture(1)
     with trio.move_on_after(0.05):
-        await bridge.wait(cancel_on_abort=False)
-    assert not fut.cancelled
+        await shared.wait()
+    assert not fake_c.cancelled
     # waiting again registers no second callback
-    threading.Timer(0.05, fut.set_ready).start()
+    threading.Timer(0.05, fake_c.set_ready, (1,)).start()
     with trio.fail_after(5):
-        await bridge.wait(cancel_on_abort=False)
-    assert fut.callbacks == 1
+        await shared.wait()
+    assert fake_c.callbacks == {1: 1}
+    del shared
+    assert fake_c.destroyed == {1}
 
 
-def test_callback_after_the_run_finished_is_harmless() -> None:
-    fut = FakeFuture()
-
+def test_callback_after_the_run_finished_is_harmless(fake_c: FakeFutures) -> None:
     async def main() -> None:
         with trio.move_on_after(0.01):
-            await _Bridge(fut).wait(cancel_on_abort=False)
+            await fdb_backend._SharedFuture(1).wait()
 
     trio.run(main)
-    fut.set_ready()  # the trio run is over: RunFinishedError is swallowed
+    fake_c.set_ready(1)  # the trio run is over: RunFinishedError is swallowed
 
 
 # --------------------------------------------------------------------------------------

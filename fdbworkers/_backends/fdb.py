@@ -6,19 +6,27 @@ libfdb_c, opened with :func:`open_fdb`. The tuple layer is pure and lives in
 :mod:`fdbworkers._core.tuples` (byte-for-byte the binding's encoding, checked by a test).
 
 Importing this module never loads libfdb_c: ``fdb.impl`` (which ``dlopen``-s the
-library) is imported by :func:`open_fdb`.
+library, selects the API version and starts the network thread) is imported by
+:func:`open_fdb`. After that the binding is only the loader: transactions and futures
+go straight to libfdb_c's C functions through ctypes function objects of our own
+(:func:`_bind_c_api`), without the binding's per-call Python objects.
 
 Bridging FDB futures into trio
 ------------------------------
-Every binding call that talks to the cluster returns an FDB future. We never block on it
-and never use a thread per call: :func:`_wait_ready` registers ``future.on_ready`` (which
-libfdb_c calls on its network thread, or inline when the future is already ready); the
-callback only does ``trio_token.run_sync_soon(event.set)``, which wakes the waiting task
-in the trio thread. Then the result is extracted without blocking (the future is ready).
-If the waiting task is cancelled, the FDB future is cancelled too (reads, commits,
-``on_error``); a watch is not: cancelling a ``Watch.wait`` leaves the watch registered,
-and ``Watch.cancel`` stops it. Every ``fdb.FDBError`` becomes our
-:class:`~fdbworkers.FDBError` with the same code.
+Every call that talks to the cluster returns an FDB future. We never block on it and
+never use a thread per call. There is one C callback for the whole process
+(:data:`_CALLBACK`, made once); :func:`_wait` sets it on the future with a fresh integer
+token as its parameter and parks the task. libfdb_c calls it on its network thread (or
+inline, if the future became ready meanwhile); it only looks the token up, queues the
+waiter in the trio run's :class:`_Hub` and wakes the run, once for any number of
+futures that become ready together: through a byte on the hub's socket when a task
+*leads* (waits on that socket, so a lone transaction's wake-up is one scheduler hop),
+else with one ``run_sync_soon``. Then the result is read from the ready future without
+blocking, and the future destroyed. A cancelled waiter withdraws its token and cancels
+the FDB future (reads, commits, ``on_error``), so a late callback finds nothing; a watch
+is not cancelled with its waiter: cancelling a ``Watch.wait`` leaves the watch
+registered, and ``Watch.cancel`` stops it. Errors are libfdb_c's codes, raised as our
+:class:`~fdbworkers.FDBError`.
 
 An unreachable cluster
 ----------------------
@@ -29,14 +37,20 @@ timeout on the transaction, which turns the wait into error 1031 transaction_tim
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import importlib.metadata
+import itertools
 import math
 import os
 import re
+import socket
+import struct
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from types import SimpleNamespace
 from typing import Any, Final
 
 import trio
@@ -236,23 +250,121 @@ def _ensure_started(api_version: int) -> Any:
         except impl.FDBError as e:
             if e.code != 2000:  # 2000: the network is already running
                 raise _convert(e) from e
+        global _c
+        if _c is None:
+            _c = _bind_c_api(impl._capi)
         return fdb
 
 
 # --------------------------------------------------------------------------------------
-# Futures and errors
+# libfdb_c, called directly
 # --------------------------------------------------------------------------------------
+
+#: libfdb_c's functions as ctypes function objects of our own (no ``errcheck`` hooks;
+#: errors are returned codes), bound once the library is loaded (:func:`_bind_c_api`).
+_c: Any = None
+
+#: ``FDBCallback``: ``void (*)(FDBFuture* future, void* callback_parameter)``.
+_CALLBACK_TYPE: Final = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+_STREAMING_EXACT: Final = 0
+_STREAMING_WANT_ALL: Final = -2
+_OPTION_TIMEOUT: Final = 500
+_OPTION_RETRY_LIMIT: Final = 501
+_CONFLICT_READ: Final = 0
+_CONFLICT_WRITE: Final = 1
+
+
+class _KeyValue(ctypes.Structure):
+    """``FDBKeyValue`` (packed to 4 bytes in fdb_c.h)."""
+
+    _pack_ = 4
+    _fields_ = (
+        ("key", ctypes.c_void_p),
+        ("key_length", ctypes.c_int),
+        ("value", ctypes.c_void_p),
+        ("value_length", ctypes.c_int),
+    )
+
+
+def _bind_c_api(lib: Any) -> Any:
+    """Our own function objects over the loaded library ``lib`` (the binding's CDLL),
+    with the signatures of fdb_c.h at API version 730 (the ones the binding declares).
+    They release the GIL during the call, like the binding's."""
+    vp, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    ptr = ctypes.POINTER
+
+    def fn(name: str, restype: Any, *argtypes: Any) -> Any:
+        f = lib._FuncPtr((name, lib))
+        f.restype = restype
+        f.argtypes = argtypes
+        return f
+
+    return SimpleNamespace(
+        get_error=fn("fdb_get_error", ctypes.c_char_p, i),
+        future_cancel=fn("fdb_future_cancel", None, vp),
+        future_destroy=fn("fdb_future_destroy", None, vp),
+        future_is_ready=fn("fdb_future_is_ready", i, vp),
+        future_set_callback=fn("fdb_future_set_callback", i, vp, _CALLBACK_TYPE, vp),
+        future_get_error=fn("fdb_future_get_error", i, vp),
+        future_get_int64=fn("fdb_future_get_int64", i, vp, ptr(i64)),
+        future_get_key=fn("fdb_future_get_key", i, vp, ptr(vp), ptr(i)),
+        future_get_value=fn("fdb_future_get_value", i, vp, ptr(i), ptr(vp), ptr(i)),
+        future_get_keyvalue_array=fn(
+            "fdb_future_get_keyvalue_array", i, vp, ptr(ptr(_KeyValue)), ptr(i), ptr(i)
+        ),
+        database_create_transaction=fn("fdb_database_create_transaction", i, vp, ptr(vp)),
+        transaction_destroy=fn("fdb_transaction_destroy", None, vp),
+        transaction_cancel=fn("fdb_transaction_cancel", None, vp),
+        transaction_reset=fn("fdb_transaction_reset", None, vp),
+        transaction_set_option=fn("fdb_transaction_set_option", i, vp, i, vp, i),
+        transaction_get_read_version=fn("fdb_transaction_get_read_version", vp, vp),
+        transaction_get=fn("fdb_transaction_get", vp, vp, vp, i, i),
+        transaction_get_key=fn("fdb_transaction_get_key", vp, vp, vp, i, i, i, i),
+        transaction_get_range=fn(
+            "fdb_transaction_get_range", vp, vp, vp, i, i, i, vp, i, i, i, i, i, i, i, i, i
+        ),
+        transaction_set=fn("fdb_transaction_set", None, vp, vp, i, vp, i),
+        transaction_clear=fn("fdb_transaction_clear", None, vp, vp, i),
+        transaction_clear_range=fn("fdb_transaction_clear_range", None, vp, vp, i, vp, i),
+        transaction_atomic_op=fn("fdb_transaction_atomic_op", None, vp, vp, i, vp, i, i),
+        transaction_add_conflict_range=fn(
+            "fdb_transaction_add_conflict_range", i, vp, vp, i, vp, i, i
+        ),
+        transaction_watch=fn("fdb_transaction_watch", vp, vp, vp, i),
+        transaction_commit=fn("fdb_transaction_commit", vp, vp),
+        transaction_get_committed_version=fn(
+            "fdb_transaction_get_committed_version", i, vp, ptr(i64)
+        ),
+        transaction_get_versionstamp=fn("fdb_transaction_get_versionstamp", vp, vp),
+        transaction_on_error=fn("fdb_transaction_on_error", vp, vp, i),
+    )
+
+
+class _Out(threading.local):
+    """Output parameters of the ``fdb_future_get_*`` calls, one set per thread (the GIL
+    is released during a call, so two threads must not share them)."""
+
+    def __init__(self) -> None:
+        self.flag = ctypes.c_int()
+        self.length = ctypes.c_int()
+        self.ptr = ctypes.c_void_p()
+        self.i64 = ctypes.c_int64()
+        self.kvs = ctypes.POINTER(_KeyValue)()
+        self.flag_ref = ctypes.byref(self.flag)
+        self.length_ref = ctypes.byref(self.length)
+        self.ptr_ref = ctypes.byref(self.ptr)
+        self.i64_ref = ctypes.byref(self.i64)
+        self.kvs_ref = ctypes.byref(self.kvs)
+
+
+_out: Any = _Out()
+_string_at = ctypes.string_at
 
 
 def _convert(e: Any) -> FDBError:
-    code = int(e.code)
-    if code in _KNOWN_CODES:
-        return FDBError(code)
-    try:
-        description = str(e.description)
-    except Exception:  # pragma: no cover - description comes from libfdb_c
-        description = None
-    return FDBError(code, description)
+    """The binding's ``fdb.FDBError`` as ours (for the calls still made through it)."""
+    return _error(int(e.code))
 
 
 def _known_codes() -> frozenset[int]:
@@ -264,9 +376,59 @@ def _known_codes() -> frozenset[int]:
 _KNOWN_CODES: Final = _known_codes()
 
 
+def _error(code: int) -> FDBError:
+    """Our :class:`FDBError` for a code libfdb_c returned."""
+    if code in _KNOWN_CODES or _c is None:
+        return FDBError(code)
+    raw = _c.get_error(code)
+    return FDBError(code, raw.decode("utf-8", "replace") if raw else None)
+
+
+def _value_of(f: int) -> bytes | None:
+    o = _out
+    err = _c.future_get_value(f, o.flag_ref, o.ptr_ref, o.length_ref)
+    if err:
+        raise _error(err)
+    if not o.flag.value:
+        return None
+    n = o.length.value
+    return _string_at(o.ptr.value, n) if n else b""
+
+
+def _key_of(f: int) -> bytes:
+    o = _out
+    err = _c.future_get_key(f, o.ptr_ref, o.length_ref)
+    if err:
+        raise _error(err)
+    n = o.length.value
+    return _string_at(o.ptr.value, n) if n else b""
+
+
+def _int64_of(f: int) -> int:
+    o = _out
+    err = _c.future_get_int64(f, o.i64_ref)
+    if err:
+        raise _error(err)
+    return int(o.i64.value)
+
+
+def _rows_of(f: int) -> tuple[list[KeyValue], bool]:
+    """The rows of a range read future and whether there are more."""
+    o = _out
+    err = _c.future_get_keyvalue_array(f, o.kvs_ref, o.length_ref, o.flag_ref)
+    if err:
+        raise _error(err)
+    at = _string_at
+    rows = [
+        KeyValue(at(kv.key, kv.key_length), at(kv.value, kv.value_length))
+        for kv in o.kvs[: o.length.value]
+    ]
+    return rows, bool(o.flag.value)
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
-    """Turn the binding's ``fdb.FDBError`` into ours."""
+    """Turn the binding's ``fdb.FDBError`` into ours (calls still made through it)."""
     import fdb.impl
 
     try:
@@ -275,75 +437,212 @@ def _translated() -> Iterator[None]:
         raise _convert(e) from None
 
 
-class _Bridge:
-    """One FDB future awaited from trio: one ``on_ready`` callback per future (libfdb_c
-    allows one), fanned out to any number of waiting tasks through a ``trio.Event``."""
+def _check_error(f: int) -> None:
+    err = _c.future_get_error(f)
+    if err:
+        raise _error(err)
 
-    __slots__ = ("_event", "_future", "_registered")
 
-    def __init__(self, future: Any) -> None:
-        self._future = future
+# --------------------------------------------------------------------------------------
+# Futures into trio: one C callback for the process, one trio wake-up per batch
+# --------------------------------------------------------------------------------------
+
+
+class _Lead:
+    """The future of the task that leads (waits on the hub's socket), once ready."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+class _Hub:
+    """The futures of one trio run that became ready, and how the run is woken.
+
+    The C callback (FDB's network thread) queues the waiter of a ready future. If a
+    task *leads* (waits on the hub's socket in ``wait_readable``), the callback sends
+    one byte, unless one was sent and not yet taken; the leader wakes (one scheduler
+    hop, the latency of a single read), takes the bytes and wakes every waiter queued.
+    With no leader it schedules :meth:`drain` with ``run_sync_soon`` (two hops), unless
+    a drain is already scheduled. Either way one wake-up serves a whole batch of ready
+    futures. The flags need no lock: the callback queues before it reads them, and the
+    trio side clears them before it empties the queue, so a waiter queued at any moment
+    is woken by the pass in progress or by the one it triggered (at worst one extra,
+    empty pass)."""
+
+    __slots__ = ("leader", "ready", "rsock", "scheduled", "signalled", "token", "wsock")
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self.ready: collections.deque[Any] = collections.deque()
+        self.scheduled = False
+        self.signalled = False
+        self.leader: _Lead | None = None
+        self.rsock, self.wsock = socket.socketpair()
+        self.rsock.setblocking(False)
+        self.wsock.setblocking(False)
+
+    def signal(self) -> None:
+        """Wake the leader (any thread)."""
+        with suppress(OSError):  # full (then it is readable anyway) or closed
+            self.wsock.send(b"\0")
+
+    def dispatch(self, by_leader: bool) -> None:
+        """Wake the waiters queued (trio thread)."""
+        ready = self.ready
+        reschedule = trio.lowlevel.reschedule
+        while ready:
+            waiter = ready.popleft()
+            kind = type(waiter)
+            if kind is _Lead:
+                waiter.done = True
+                if not by_leader and waiter is self.leader:
+                    self.signal()
+            elif kind is trio.Event:
+                waiter.set()
+            else:
+                reschedule(waiter)
+
+    def take(self) -> None:
+        """The leader woke: take the bytes, then wake the waiters queued."""
+        with suppress(BlockingIOError):
+            self.rsock.recv(4096)
+        self.signalled = False
+        self.dispatch(True)
+
+    def drain(self) -> None:
+        """Run by ``run_sync_soon`` when the callback found no leader."""
+        self.scheduled = False
+        self.dispatch(False)
+
+    def __del__(self) -> None:
+        for sock in (getattr(self, "rsock", None), getattr(self, "wsock", None)):
+            if sock is not None:
+                sock.close()
+
+
+_HUB: Final[trio.lowlevel.RunVar[_Hub]] = trio.lowlevel.RunVar("fdbworkers_fdb_hub")
+
+
+def _hub() -> _Hub:
+    try:
+        return _HUB.get()
+    except LookupError:
+        hub = _Hub(trio.lowlevel.current_trio_token())
+        _HUB.set(hub)
+        return hub
+
+
+#: The futures waited on: callback token -> (hub, waiter: a task, a trio.Event or a
+#: _Lead). The C callback pops its entry, so exactly one of the callback and a
+#: cancellation wins it.
+_waiters: dict[int, tuple[_Hub, Any]] = {}
+_tokens = itertools.count(1)
+
+
+def _on_ready(_future: Any, token: Any) -> None:
+    """The one C callback, on FDB's network thread (or inline, in the trio thread, when
+    the future became ready while the callback was being set). It never blocks and
+    never touches the future: identified by ``token``, which a cancelled waiter has
+    withdrawn, so a late callback (of a cancelled or destroyed future) finds nothing."""
+    entry = _waiters.pop(token, None)
+    if entry is None:
+        return
+    hub, waiter = entry
+    hub.ready.append(waiter)
+    if hub.leader is not None:
+        if not hub.signalled:
+            hub.signalled = True
+            hub.signal()
+    elif not hub.scheduled:
+        hub.scheduled = True
+        with suppress(trio.RunFinishedError):
+            hub.token.run_sync_soon(hub.drain)
+
+
+_CALLBACK: Final = _CALLBACK_TYPE(_on_ready)  # made once, alive as long as the process
+
+
+async def _wait(f: int) -> None:
+    """Wait until the FDB future ``f`` is ready. A cancelled waiter cancels the future
+    (it then completes with 1101); its owner destroys it as always.
+
+    The first task to wait while no task leads becomes the leader: it waits on the
+    hub's socket itself, so its own wake-up takes one scheduler hop, and it wakes the
+    others whose futures became ready meanwhile. The others park until woken."""
+    if _c.future_is_ready(f):
+        await trio.lowlevel.checkpoint()
+        return
+    hub = _hub()
+    token = next(_tokens)
+    if hub.leader is None:
+        lead = hub.leader = _Lead()
+        _waiters[token] = (hub, lead)
+        try:
+            _c.future_set_callback(f, _CALLBACK, token)
+            rsock = hub.rsock
+            while not lead.done:
+                await trio.lowlevel.wait_readable(rsock)
+                hub.take()
+        except BaseException:
+            if _waiters.pop(token, None) is not None:
+                _c.future_cancel(f)
+            raise
+        finally:
+            hub.leader = None
+            hub.dispatch(False)  # queued after the last take: their callbacks saw a leader
+        return
+    _waiters[token] = (hub, trio.lowlevel.current_task())
+    _c.future_set_callback(f, _CALLBACK, token)
+
+    def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+        if _waiters.pop(token, None) is None:
+            return trio.lowlevel.Abort.FAILED  # its wake-up is already queued
+        _c.future_cancel(f)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class _SharedFuture:
+    """An FDB future that any number of tasks may await, more than once (a watch, a
+    versionstamp): its callback is set once (libfdb_c takes one per future) and wakes a
+    ``trio.Event``. A cancelled waiter leaves the future alone. Owns the future."""
+
+    __slots__ = ("_event", "ptr")
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
         self._event: trio.Event | None = None
-        self._registered = False
 
     @property
     def ready(self) -> bool:
-        return bool(self._future.is_ready())
+        return bool(_c.future_is_ready(self.ptr))
 
-    async def wait(self, *, cancel_on_abort: bool) -> None:
-        """Wait until the future is ready. A cancelled waiter cancels the FDB future
-        when ``cancel_on_abort`` (the future then completes with 1101)."""
-        if self._future.is_ready():
-            await trio.lowlevel.checkpoint()
-            return
-        if self._event is None:
-            self._event = trio.Event()
+    async def wait(self) -> None:
         event = self._event
-        if not self._registered:
-            self._registered = True
-            token = trio.lowlevel.current_trio_token()
-
-            def on_ready(_future: Any) -> None:
-                # FDB's network thread (or inline, in this thread): never block here.
-                with suppress(trio.RunFinishedError):
-                    token.run_sync_soon(event.set)
-
-            self._future.on_ready(on_ready)
-        try:
-            await event.wait()
-        except BaseException:
-            if cancel_on_abort:
-                self._future.cancel()
-            raise
-
-    def cancel(self) -> None:
-        self._future.cancel()
+        if event is None:
+            if _c.future_is_ready(self.ptr):
+                await trio.lowlevel.checkpoint()
+                return
+            event = self._event = trio.Event()
+            token = next(_tokens)
+            _waiters[token] = (_hub(), event)
+            _c.future_set_callback(self.ptr, _CALLBACK, token)
+        await event.wait()
 
     def wake(self) -> None:
-        """Wake the waiting tasks now, whether or not the FDB future is ready (trio
-        thread only)."""
+        """Wake the waiting tasks now, ready or not (trio thread only)."""
         if self._event is not None:
             self._event.set()
 
+    def cancel(self) -> None:
+        _c.future_cancel(self.ptr)
 
-async def _result(future: Any, extract: Any) -> Any:
-    """Await a read-like FDB future and extract its result (cancels on abort)."""
-    await _Bridge(future).wait(cancel_on_abort=True)
-    with _translated():
-        return extract(future)
-
-
-def _value_of(future: Any) -> Any:
-    # fdb.impl.Value / Key: ``.value`` is computed once the future is ready.
-    return future.value
-
-
-def _void(future: Any) -> None:
-    future.wait()
-
-
-def _int_of(future: Any) -> int:
-    return int(future.wait())
+    def __del__(self) -> None:
+        if _c is not None:
+            _c.future_destroy(self.ptr)
 
 
 # --------------------------------------------------------------------------------------
@@ -352,27 +651,34 @@ def _int_of(future: Any) -> int:
 
 
 class _FdbReads(ReadTransaction):
-    """Reads over an ``fdb.impl.TransactionRead`` (the transaction or its snapshot)."""
+    """Reads of a transaction (``_snap`` 0) or of its snapshot view (1)."""
 
-    def __init__(self, reader: Any, streaming: Any) -> None:
-        self._reader = reader
-        self._streaming = streaming
+    _ptr: int
+    _snap: int
 
     async def get(self, key: bytes) -> bytes | None:
-        _check_key(key)
-        with _translated():
-            future = self._reader.get(key)
-        value: bytes | None = await _result(future, _value_of)
-        return value
+        if type(key) is not bytes:
+            _check_key(key)
+        f = _c.transaction_get(self._ptr, key, len(key), self._snap)
+        try:
+            await _wait(f)
+            return _value_of(f)
+        finally:
+            _c.future_destroy(f)
 
     async def get_key(self, selector: KeySelector) -> bytes:
         if not isinstance(selector, KeySelector):
             raise TypeError("get_key takes a KeySelector")
-        _check_key(selector.key)
-        with _translated():
-            future = self._reader.get_key(selector)
-        key: bytes = await _result(future, _value_of)
-        return key
+        key = selector.key
+        _check_key(key)
+        f = _c.transaction_get_key(
+            self._ptr, key, len(key), selector.or_equal, selector.offset, self._snap
+        )
+        try:
+            await _wait(f)
+            return _key_of(f)
+        finally:
+            _c.future_destroy(f)
 
     async def get_range(
         self,
@@ -388,15 +694,35 @@ class _FdbReads(ReadTransaction):
         # EXACT asks for `limit` rows in one batch, WANT_ALL for everything as early as
         # possible; either may still stop early on byte limits ("more"), so we continue
         # from the last key like the binding's own iterator does.
-        mode = self._streaming.exact if limit > 0 else self._streaming.want_all
+        mode = _STREAMING_EXACT if limit > 0 else _STREAMING_WANT_ALL
         out: list[KeyValue] = []
         remaining = limit
         iteration = 1
         while True:
-            with _translated():
-                future = self._reader._get_range(b, e, remaining, mode, iteration, reverse)
-            kvs, count, more = await _result(future, lambda f: f.wait())
-            out.extend(KeyValue(kv.key, kv.value) for kv in kvs)
+            f = _c.transaction_get_range(
+                self._ptr,
+                b.key,
+                len(b.key),
+                b.or_equal,
+                b.offset,
+                e.key,
+                len(e.key),
+                e.or_equal,
+                e.offset,
+                remaining,
+                0,
+                mode,
+                iteration,
+                self._snap,
+                reverse,
+            )
+            try:
+                await _wait(f)
+                rows, more = _rows_of(f)
+            finally:
+                _c.future_destroy(f)
+            out.extend(rows)
+            count = len(rows)
             if not more or count == 0:
                 return out
             if limit > 0:
@@ -405,23 +731,34 @@ class _FdbReads(ReadTransaction):
                     return out
             iteration += 1
             if reverse:
-                e = KeySelector.first_greater_or_equal(kvs[-1].key)
+                e = KeySelector.first_greater_or_equal(rows[-1].key)
             else:
-                b = KeySelector.first_greater_than(kvs[-1].key)
+                b = KeySelector.first_greater_than(rows[-1].key)
 
     async def get_read_version(self) -> int:
-        with _translated():
-            future = self._reader.get_read_version()
-        version: int = await _result(future, _int_of)
-        return version
+        f = _c.transaction_get_read_version(self._ptr)
+        try:
+            await _wait(f)
+            return _int64_of(f)
+        finally:
+            _c.future_destroy(f)
+
+
+class _FdbSnapshot(_FdbReads):
+    """The snapshot view of a transaction (reads add no read conflict ranges)."""
+
+    _snap = 1
+
+    def __init__(self, owner: FdbTransaction) -> None:
+        self._owner = owner  # keeps the transaction (and its pointer) alive
+        self._ptr = owner._ptr
 
 
 class FdbWatch(Watch):
     """A watch: an FDB void future that outlives its transaction."""
 
-    def __init__(self, future: Any, key: bytes) -> None:
-        self._bridge = _Bridge(future)
-        self._future = future
+    def __init__(self, future: int, key: bytes) -> None:
+        self._future = _SharedFuture(future)
         self.key = key
         self._cancelled = False
         #: Set when we fail the watch ourselves (its transaction was cancelled).
@@ -430,18 +767,17 @@ class FdbWatch(Watch):
     async def wait(self) -> None:
         # Cancelling the waiting task does not cancel the watch (call ``cancel``).
         if self._error is None:
-            await self._bridge.wait(cancel_on_abort=False)
+            await self._future.wait()
         else:
             await trio.lowlevel.checkpoint()
         if self._error is not None:
             # The FDB future may still be pending: never block on it.
             raise FDBError(self._error.code, self._error.description)
-        with _translated():
-            self._future.wait()
+        _check_error(self._future.ptr)
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._bridge.cancel()
+        self._future.cancel()
 
     def _fail_cancelled(self) -> None:
         """Fail the watch with 1025 because its transaction was cancelled uncommitted.
@@ -451,16 +787,16 @@ class FdbWatch(Watch):
         sometimes never becomes ready (about one run in twenty in a fresh process), so
         ``wait`` would hang. We record the error, wake the waiters, and cancel the FDB
         future so that it no longer counts against ``max_watches``."""
-        if self._error is not None or self._cancelled or self._bridge.ready:
+        if self._error is not None or self._cancelled or self._future.ready:
             return
         self._error = FDBError(1025)
-        self._bridge.cancel()
-        self._bridge.wake()
+        self._future.cancel()
+        self._future.wake()
 
     @property
     def done(self) -> bool:
         # libfdb_c completes a cancelled future on its network thread, a moment later.
-        return self._cancelled or self._error is not None or self._bridge.ready
+        return self._cancelled or self._error is not None or self._future.ready
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else ("done" if self.done else "pending")
@@ -468,156 +804,173 @@ class FdbWatch(Watch):
 
 
 class FdbVersionstampFuture(VersionstampFuture):
-    def __init__(self, future: Any) -> None:
-        self._bridge = _Bridge(future)
-        self._future = future
+    def __init__(self, future: int) -> None:
+        self._future = _SharedFuture(future)
 
     async def get(self) -> bytes:
-        await self._bridge.wait(cancel_on_abort=False)
-        with _translated():
-            stamp: bytes = self._future.value
+        await self._future.wait()
+        stamp = _key_of(self._future.ptr)
         if len(stamp) != VERSIONSTAMP_SIZE:  # pragma: no cover - libfdb_c guarantees it
             raise FDBError(1000, f"versionstamp of {len(stamp)} bytes")
         return stamp
 
 
-class FdbTransaction(Transaction):
-    """A transaction over ``fdb.impl.Transaction``; see :class:`Transaction`."""
+#: set_timeout's option parameter per timeout (seconds, a float already checked).
+_timeout_params: dict[float, bytes] = {}
 
-    def __init__(self, db: FdbDatabase, tr: Any, streaming: Any) -> None:
+
+class FdbTransaction(_FdbReads, Transaction):
+    """A transaction over libfdb_c's ``FDBTransaction``; see :class:`Transaction`."""
+
+    _snap = 0
+
+    def __init__(self, db: FdbDatabase, ptr: int) -> None:
+        self._ptr = ptr
         self._db = db
-        self._tr = tr
-        self._reads = _FdbReads(tr, streaming)
-        self._snapshot = _FdbReads(tr.snapshot, streaming)
         self.maybe_committed = False
+        self._snapshot: _FdbSnapshot | None = None
         #: Watches created since the last reset, commit or on_error: the ones that
-        #: ``cancel`` must fail with 1025.
-        self._uncommitted_watches: list[FdbWatch] = []
+        #: ``cancel`` must fail with 1025 (None: none).
+        self._uncommitted_watches: list[FdbWatch] | None = None
+
+    def __del__(self) -> None:
+        if _c is not None:
+            _c.transaction_destroy(self._ptr)
 
     # -- reads -------------------------------------------------------------------------
     @property
     def snapshot(self) -> ReadTransaction:
+        if self._snapshot is None:
+            self._snapshot = _FdbSnapshot(self)
         return self._snapshot
-
-    async def get(self, key: bytes) -> bytes | None:
-        return await self._reads.get(key)
-
-    async def get_key(self, selector: KeySelector) -> bytes:
-        return await self._reads.get_key(selector)
-
-    async def get_range(
-        self,
-        begin: KeyOrSelector,
-        end: KeyOrSelector,
-        *,
-        limit: int = 0,
-        reverse: bool = False,
-    ) -> list[KeyValue]:
-        return await self._reads.get_range(begin, end, limit=limit, reverse=reverse)
-
-    async def get_read_version(self) -> int:
-        return await self._reads.get_read_version()
 
     # -- writes ------------------------------------------------------------------------
     def set(self, key: bytes, value: bytes) -> None:
-        _check_key(key)
-        _check_key(value, "value")
-        with _translated():
-            self._tr.set(key, value)
+        if type(key) is not bytes or type(value) is not bytes:
+            _check_key(key)
+            _check_key(value, "value")
+        _c.transaction_set(self._ptr, key, len(key), value, len(value))
 
     def clear(self, key: bytes) -> None:
-        _check_key(key)
-        with _translated():
-            self._tr.clear(key)
+        if type(key) is not bytes:
+            _check_key(key)
+        _c.transaction_clear(self._ptr, key, len(key))
 
     def clear_range(self, begin: bytes, end: bytes) -> None:
         _check_key(begin)
         _check_key(end)
-        with _translated():
-            self._tr.clear_range(begin, end)
+        _c.transaction_clear_range(self._ptr, begin, len(begin), end, len(end))
 
     def atomic_op(self, op: MutationType, key: bytes, param: bytes) -> None:
-        _check_key(key)
-        _check_key(param, "param")
-        with _translated():
-            self._tr._atomic_operation(int(MutationType(op)), key, param)
+        if type(op) is not MutationType:
+            op = MutationType(op)
+        if type(key) is not bytes or type(param) is not bytes:
+            _check_key(key)
+            _check_key(param, "param")
+        _c.transaction_atomic_op(self._ptr, key, len(key), param, len(param), op)
+
+    def set_versionstamped_value(self, key: bytes, value: bytes) -> None:
+        if type(key) is not bytes or type(value) is not bytes:
+            _check_key(key)
+            _check_key(value, "param")
+        _c.transaction_atomic_op(
+            self._ptr, key, len(key), value, len(value), MutationType.SET_VERSIONSTAMPED_VALUE
+        )
+
+    def _conflict_range(self, begin: bytes, end: bytes, kind: int) -> None:
+        _check_key(begin)
+        _check_key(end)
+        err = _c.transaction_add_conflict_range(self._ptr, begin, len(begin), end, len(end), kind)
+        if err:
+            raise _error(err)
 
     def add_read_conflict_range(self, begin: bytes, end: bytes) -> None:
-        _check_key(begin)
-        _check_key(end)
-        with _translated():
-            self._tr.add_read_conflict_range(begin, end)
+        self._conflict_range(begin, end, _CONFLICT_READ)
 
     def add_write_conflict_range(self, begin: bytes, end: bytes) -> None:
-        _check_key(begin)
-        _check_key(end)
-        with _translated():
-            self._tr.add_write_conflict_range(begin, end)
+        self._conflict_range(begin, end, _CONFLICT_WRITE)
 
     def watch(self, key: bytes) -> Watch:
         _check_key(key)
-        with _translated():
-            future = self._tr.watch(key)
-        w = FdbWatch(future, key)
+        w = FdbWatch(_c.transaction_watch(self._ptr, key, len(key)), key)
         self._db._track_watch(w)
+        if self._uncommitted_watches is None:
+            self._uncommitted_watches = []
         self._uncommitted_watches.append(w)
         return w
 
     def get_versionstamp(self) -> VersionstampFuture:
-        with _translated():
-            return FdbVersionstampFuture(self._tr.get_versionstamp())
+        return FdbVersionstampFuture(_c.transaction_get_versionstamp(self._ptr))
 
     def get_committed_version(self) -> int:
-        with _translated():
-            return int(self._tr.get_committed_version())
+        o = _out
+        err = _c.transaction_get_committed_version(self._ptr, o.i64_ref)
+        if err:
+            raise _error(err)
+        return int(o.i64.value)
 
     # -- options -----------------------------------------------------------------------
+    def _set_int_option(self, option: int, value: int) -> None:
+        err = _c.transaction_set_option(self._ptr, option, struct.pack("<q", value), 8)
+        if err:
+            raise _error(err)
+
     def set_timeout(self, seconds: float) -> None:
-        seconds = check_timeout(seconds)
-        ms = 0 if seconds == 0 else max(1, math.ceil(seconds * 1000))
-        with _translated():
-            self._tr.options.set_timeout(min(ms, 2**31 - 1))
+        # Most transactions get one of a few timeouts: their option parameter is kept.
+        param = _timeout_params.get(seconds) if type(seconds) is float else None
+        if param is None:
+            checked = check_timeout(seconds)
+            ms = 0 if checked == 0 else max(1, math.ceil(checked * 1000))
+            param = struct.pack("<q", min(ms, 2**31 - 1))
+            if type(seconds) is float and len(_timeout_params) < 64:
+                _timeout_params[seconds] = param
+        err = _c.transaction_set_option(self._ptr, _OPTION_TIMEOUT, param, 8)
+        if err:
+            raise _error(err)
 
     def set_retry_limit(self, retries: int) -> None:
         retries = check_retry_limit(retries)
-        with _translated():
-            self._tr.options.set_retry_limit(min(retries, 2**31 - 1))
+        self._set_int_option(_OPTION_RETRY_LIMIT, min(retries, 2**31 - 1))
 
     # -- lifecycle ---------------------------------------------------------------------
     async def commit(self) -> None:
-        with _translated():
-            future = self._tr.commit()
+        f = _c.transaction_commit(self._ptr)
         try:
-            await _result(future, _void)
-        except FDBError:
-            # The watches fail with the commit's error (libfdb_c does that).
-            self._uncommitted_watches.clear()
-            raise
-        # Committed: the watches now belong to the database, a later cancel leaves them.
-        self._uncommitted_watches.clear()
+            await _wait(f)
+            err = _c.future_get_error(f)
+        finally:
+            _c.future_destroy(f)
+        # Committed, the watches now belong to the database (a later cancel leaves them);
+        # failed, they fail with the commit's error (libfdb_c does that).
+        self._uncommitted_watches = None
+        if err:
+            raise _error(err)
 
     async def on_error(self, error: FDBError) -> None:
         # FDB's own on_error: its retry predicate, backoff, retry limit and timeout.
         # The watches of the failed attempt fail with its error (libfdb_c does that).
-        self._uncommitted_watches.clear()
-        with _translated():
-            future = self._tr.on_error(error.code)
-        await _result(future, _void)
+        self._uncommitted_watches = None
+        f = _c.transaction_on_error(self._ptr, error.code)
+        try:
+            await _wait(f)
+            err = _c.future_get_error(f)
+        finally:
+            _c.future_destroy(f)
+        if err:
+            raise _error(err)
 
     def reset(self) -> None:
         self.maybe_committed = False
         # libfdb_c fails the uncommitted watches with 1025 on reset itself.
-        self._uncommitted_watches.clear()
-        with _translated():
-            self._tr.reset()
+        self._uncommitted_watches = None
+        _c.transaction_reset(self._ptr)
 
     def cancel(self) -> None:
-        with _translated():
-            self._tr.cancel()
+        _c.transaction_cancel(self._ptr)
         # libfdb_c 7.3 sometimes leaves the watch future of a cancelled uncommitted
         # transaction pending forever; fail those watches with 1025 ourselves.
-        watches, self._uncommitted_watches = self._uncommitted_watches, []
-        for w in watches:
+        watches, self._uncommitted_watches = self._uncommitted_watches, None
+        for w in watches or ():
             w._fail_cancelled()
 
     def __repr__(self) -> str:
@@ -637,19 +990,22 @@ class FdbDatabase(Database):
 
     def __init__(self, handle: Any, fdb_module: Any, cluster_file: str, api_version: int):
         super().__init__()
+        #: The binding's ``fdb.impl.Database``: owns the database pointer.
         self._handle: Any = handle
         self._fdb = fdb_module
-        self._streaming = fdb_module.StreamingMode
         self.cluster_file = cluster_file
         self.api_version = api_version
         self._watches: weakref.WeakSet[FdbWatch] = weakref.WeakSet()
 
     def create_transaction(self) -> FdbTransaction:
-        if self._handle is None:
+        handle = self._handle
+        if handle is None:
             raise FDBError(2000, "the database handle is closed")
-        with _translated():
-            tr = self._handle.create_transaction()
-        return FdbTransaction(self, tr, self._streaming)
+        o = _out
+        err = _c.database_create_transaction(handle.dpointer, o.ptr_ref)
+        if err:
+            raise _error(err)
+        return FdbTransaction(self, o.ptr.value)
 
     def set_max_watches(self, n: int) -> None:
         if not 0 <= n <= 1_000_000:
