@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
@@ -207,6 +207,13 @@ class ReadTransaction(abc.ABC):
         """Keys in ``[begin, end)`` (bytes are ``first_greater_or_equal``), at most
         ``limit`` (0 = no limit), in reverse order when asked. The read conflict range
         covers only what was read up to where the limit stopped it."""
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of ``keys`` (None where absent), as ``get`` reads them. On
+        FoundationDB the reads are sent together, so they take one round trip instead
+        of one each. Every key is read, and adds its read conflict, even if the caller
+        then looks at only some of them."""
+        return [await self.get(key) for key in keys]
 
     async def get_range_startswith(
         self, prefix: bytes, *, limit: int = 0, reverse: bool = False

@@ -48,7 +48,7 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import SimpleNamespace
 from typing import Any, Final
@@ -665,6 +665,24 @@ class _FdbReads(ReadTransaction):
             return _value_of(f)
         finally:
             _c.future_destroy(f)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        for key in keys:
+            _check_key(key)
+        ptr, snap = self._ptr, self._snap
+        futures = [_c.transaction_get(ptr, key, len(key), snap) for key in keys]
+        try:
+            waited = False
+            for f in futures:
+                if not _c.future_is_ready(f):
+                    await _wait(f)
+                    waited = True
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return [_value_of(f) for f in futures]
+        finally:
+            for f in futures:
+                _c.future_destroy(f)
 
     async def get_key(self, selector: KeySelector) -> bytes:
         if not isinstance(selector, KeySelector):

@@ -53,6 +53,22 @@ async def test_snapshot_read_does_not_conflict(db: Database, prefix: bytes) -> N
     await t1.commit()  # no read conflict was recorded
 
 
+async def test_get_many_conflicts_on_every_key_read(db: Database, prefix: bytes) -> None:
+    a, b = prefix + b"a", prefix + b"b"
+    for changed, snapshot in ((a, False), (b, False), (b, True)):
+        t1, t2 = await _racing_pair(db)
+        reader = t1.snapshot if snapshot else t1
+        assert await reader.get_many([a, b]) == [None, None]
+        t1.set(prefix + b"other", b"x")
+        t2.set(changed, b"changed")
+        await t2.commit()
+        if snapshot:
+            await t1.commit()
+        else:
+            await raises_code(t1.commit(), 1020)
+        await put(db, {changed: None})
+
+
 async def test_blind_writes_never_conflict(db: Database, prefix: bytes) -> None:
     k = prefix + b"k"
     t1, t2 = await _racing_pair(db)

@@ -250,3 +250,16 @@ async def test_selectors_resolving_past_each_other_read_nothing(
     p = prefix
     assert await tr.get_range(KeySelector.first_greater_or_equal(p + b"c") + 3, p + b"e") == []
     assert await tr.get_range(p + b"c", KeySelector.last_less_than(p + b"c")) == []
+
+
+async def test_get_many(db: Database, prefix: bytes) -> None:
+    a, b, c = prefix + b"a", prefix + b"b", prefix + b"c"
+    await put(db, {a: b"1", c: b"3"})
+    tr = db.create_transaction()
+    assert await tr.get_many([]) == []
+    assert await tr.get_many([c, b, a, c]) == [b"3", None, b"1", b"3"]
+    tr.set(b, b"2")
+    tr.clear(c)
+    assert await tr.get_many([a, b, c]) == [b"1", b"2", None]  # read-your-writes
+    assert await tr.snapshot.get_many([b, c]) == [b"2", None]
+    tr.cancel()
