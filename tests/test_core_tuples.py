@@ -61,6 +61,16 @@ def test_pack_is_the_bindings_encoding(t: tuple[Any, ...]) -> None:
     assert unpack(pack(t, prefix=b"p/"), prefix_len=2) == t
 
 
+@given(
+    st.lists(st.one_of(st.text(max_size=20), st.integers(-(2**80), 2**80)), max_size=6).map(tuple),
+    st.binary(max_size=4),
+)
+def test_pack_of_strings_and_ints_is_the_bindings(t: tuple[Any, ...], prefix: bytes) -> None:
+    # The fast path of the keys fdbworkers builds (str and int elements only).
+    assert pack(t, prefix=prefix) == prefix + fdb_tuple.pack(t)
+    assert unpack(pack(t)) == t
+
+
 @given(st.lists(ELEMENTS, max_size=4).map(tuple), st.lists(ELEMENTS, max_size=4).map(tuple))
 def test_order_is_the_bindings_order(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
     assert (pack(a) < pack(b)) == (fdb_tuple.pack(_to_binding(a)) < fdb_tuple.pack(_to_binding(b)))

@@ -180,9 +180,34 @@ def _pack(t: tuple[Any, ...], prefix: bytes | None) -> tuple[bytes, list[int]]:
     return b"".join(out), stamps
 
 
+#: Encoded str elements, kept for the first strings packed (the names in keys repeat:
+#: "r", the role, "member", worker ids); bounded, never evicted.
+_STR_PIECES: dict[str, bytes] = {}
+_STR_PIECES_MAX: Final = 4096
+
+
 def pack(t: tuple[Any, ...], prefix: bytes | None = None) -> bytes:
     """Pack ``t`` (order-preserving). Incomplete versionstamps are refused: use
     :func:`pack_with_versionstamp`."""
+    if type(t) is tuple:
+        # The keys fdbworkers builds hold only str and int: encode those without the
+        # general path's type dispatch (same bytes; a property test compares them).
+        pieces = [prefix] if prefix else []
+        for item in t:
+            kind = type(item)
+            if kind is str:
+                piece = _STR_PIECES.get(item)
+                if piece is None:
+                    piece = b"\x02" + _escape(item.encode("utf-8")) + b"\x00"
+                    if len(_STR_PIECES) < _STR_PIECES_MAX:
+                        _STR_PIECES[item] = piece
+                pieces.append(piece)
+            elif kind is int:
+                pieces.append(_encode_int(item))
+            else:
+                break
+        else:
+            return b"".join(pieces)
     packed, stamps = _pack(t, prefix)
     if stamps:
         raise ValueError("incomplete versionstamp in a tuple for pack: use pack_with_versionstamp")
