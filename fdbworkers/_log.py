@@ -14,36 +14,61 @@ Every module logs through :func:`get_logger`, a structlog-style logger (``log.in
 Deciding per call, not when the logger is made, matters: module-level loggers and
 loggers bound in constructors exist before the application (or the CLI) configured
 anything.
+
+fdbworkers itself never imports structlog: an application that configured it has
+imported it, so the first route is taken only when ``structlog`` is already loaded (it
+costs a few MB of memory, and imports ``rich`` when that is installed).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
-
-import structlog
 
 ROOT_LOGGER = "fdbworkers"
 
 logging.getLogger(ROOT_LOGGER).addHandler(logging.NullHandler())
 
 
-def _to_stdlib(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
-    """The last processor of the stdlib route: ``event k=v ...`` as the message, the
-    fields as ``extra={"fdbworkers": {...}}``, exc_info passed on."""
-    exc_info = event_dict.pop("exc_info", None)
-    event = str(event_dict.pop("event", ""))
-    fields = " ".join(
-        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in event_dict.items()
-    )
-    message = f"{event} {fields}" if fields else event
-    kwargs: dict[str, Any] = {"extra": {"fdbworkers": {"event": event, **event_dict}}}
-    if exc_info:
-        kwargs["exc_info"] = exc_info
-    return (message,), kwargs
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
-_STDLIB_PROCESSORS: list[Any] = [structlog.stdlib.filter_by_level, _to_stdlib]
+class _Stdlib:
+    """The stdlib route: ``event k=v ...`` as the message, the fields as
+    ``extra={"fdbworkers": {...}}``, exc_info passed on; nothing is formatted for a
+    level the logger does not log."""
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._logger = logging.getLogger(name)
+        self._context = context
+
+    def log(self, method: str, event: str, kw: dict[str, Any]) -> None:
+        level = _LEVELS[method]
+        if not self._logger.isEnabledFor(level):
+            return
+        fields_dict = {**self._context, **kw}
+        exc_info = fields_dict.pop("exc_info", method == "exception")
+        fields = " ".join(
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields_dict.items()
+        )
+        message = f"{event} {fields}" if fields else event
+        self._logger.log(
+            level,
+            message,
+            extra={"fdbworkers": {"event": event, **fields_dict}},
+            exc_info=exc_info or None,
+            stacklevel=4,  # the line that called log.info(...)
+        )
 
 
 class Logger:
@@ -64,47 +89,51 @@ class Logger:
     def new(self, **values: Any) -> Logger:
         return Logger(self._name, dict(values))
 
-    def _target(self) -> Any:
-        if structlog.is_configured():
-            cfg = structlog.get_config()
-            key = (
-                id(cfg["processors"]),
-                id(cfg["wrapper_class"]),
-                id(cfg["logger_factory"]),
-                id(cfg["context_class"]),
-            )
-            if self._structlog is None or key != self._structlog_key:
-                self._structlog = structlog.get_logger(self._name).bind(**self._context)
-                self._structlog_key = key
-            return self._structlog
+    def _configured_structlog(self) -> Any:
+        """The structlog logger when the application configured structlog, else None."""
+        structlog = sys.modules.get("structlog")
+        if structlog is None or not structlog.is_configured():
+            return None
+        cfg = structlog.get_config()
+        key = (
+            id(cfg["processors"]),
+            id(cfg["wrapper_class"]),
+            id(cfg["logger_factory"]),
+            id(cfg["context_class"]),
+        )
+        if self._structlog is None or key != self._structlog_key:
+            self._structlog = structlog.get_logger(self._name).bind(**self._context)
+            self._structlog_key = key
+        return self._structlog
+
+    def _log(self, method: str, event: str, kw: dict[str, Any]) -> None:
+        target = self._configured_structlog()
+        if target is not None:
+            getattr(target, method)(event, **kw)
+            return
         if self._stdlib is None:
-            self._stdlib = structlog.wrap_logger(
-                logging.getLogger(self._name),
-                processors=_STDLIB_PROCESSORS,
-                wrapper_class=structlog.stdlib.BoundLogger,
-                context_class=dict,
-            ).bind(**self._context)
-        return self._stdlib
+            self._stdlib = _Stdlib(self._name, self._context)
+        self._stdlib.log(method, event, kw)
 
     def debug(self, event: str, **kw: Any) -> None:
-        self._target().debug(event, **kw)
+        self._log("debug", event, kw)
 
     def info(self, event: str, **kw: Any) -> None:
-        self._target().info(event, **kw)
+        self._log("info", event, kw)
 
     def warning(self, event: str, **kw: Any) -> None:
-        self._target().warning(event, **kw)
+        self._log("warning", event, kw)
 
     warn = warning
 
     def error(self, event: str, **kw: Any) -> None:
-        self._target().error(event, **kw)
+        self._log("error", event, kw)
 
     def exception(self, event: str, **kw: Any) -> None:
-        self._target().exception(event, **kw)
+        self._log("exception", event, kw)
 
     def critical(self, event: str, **kw: Any) -> None:
-        self._target().critical(event, **kw)
+        self._log("critical", event, kw)
 
 
 def get_logger(name: str = ROOT_LOGGER, **context: Any) -> Logger:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import importlib.metadata
 import itertools
 import math
 import os
@@ -173,6 +172,27 @@ _load_lock = threading.Lock()
 
 
 def _binding_version() -> str:
+    """The installed foundationdb distribution's version: the ``Version:`` line of its
+    METADATA beside the package (importlib.metadata would load the email package,
+    about 1.6 MB, into every worker process), else importlib.metadata's answer."""
+    import glob
+
+    import fdb
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(fdb.__file__)))
+    found = glob.glob(os.path.join(glob.escape(site), "foundationdb-*.dist-info", "METADATA"))
+    for path in found if len(found) == 1 else ():
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Version:"):
+                        return line.split(":", 1)[1].strip()
+                    if not line.strip():
+                        break  # the end of the headers
+        except OSError:  # pragma: no cover - unreadable metadata
+            break
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("foundationdb")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored fdb

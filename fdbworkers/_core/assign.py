@@ -44,12 +44,13 @@ import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = [
     "ALGORITHM_VERSION",
@@ -80,13 +81,52 @@ MAX_PARTITIONS: Final = 1 << 24
 MIN_WEIGHT: Final = 1e-9
 MAX_WEIGHT: Final = 1e9
 
-_U64 = np.uint64
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
+
+def _load_numpy() -> Any:
+    """Import numpy and bind it, and the constants made with it, as this module's
+    globals. numpy (about 16 MB) is loaded when a map is first computed, not with the
+    module: a process that never computes one (a library user adding jobs, most CLI
+    commands) does without it. Until then ``np`` is a stand-in whose first attribute
+    access calls this; every computation starts with such an access (arrays are made
+    with ``np.*``), so the constants are bound before anything uses them."""
+    import numpy
+
+    u64 = numpy.uint64
+    globals().update(
+        np=numpy,
+        _U64=u64,
+        _M1=u64(0xBF58476D1CE4E5B9),
+        _M2=u64(0x94D049BB133111EB),
+        _GOLDEN=u64(0x9E3779B97F4A7C15),
+        _S30=u64(30),
+        _S27=u64(27),
+        _S31=u64(31),
+    )
+    return numpy
+
+
+class _LazyNumpy:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_load_numpy(), name)
+
+
+_NUMPY_CONSTANTS: Final = frozenset({"_U64", "_M1", "_M2", "_GOLDEN", "_S30", "_S27", "_S31"})
+
+
+def __getattr__(name: str) -> Any:
+    # ``from fdbworkers._core.assign import _M1`` before numpy was loaded.
+    if name in _NUMPY_CONSTANTS:
+        _load_numpy()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    _U64 = np.uint64
+    _M1 = _M2 = _GOLDEN = _S30 = _S27 = _S31 = np.uint64(0)  # the values: _load_numpy
+else:
+    np = _LazyNumpy()
+
 #: Expected listed candidates per partition (the rest are completed on demand).
 _BAND = 5.0
 #: Shortest prefix listed for a partition that needs more than the band.
@@ -99,9 +139,10 @@ _SQRT_HALF = 0.7071067811865476
 #: 1/(2k+1), k = 0..12: the atanh series of ln(m) for m in [sqrt(1/2), sqrt(2)).
 _ATANH_COEFFS: Final = tuple(1.0 / (2 * k + 1) for k in range(13))
 
-U64Array = NDArray[np.uint64]
-I64Array = NDArray[np.int64]
-F64Array = NDArray[np.float64]
+if TYPE_CHECKING:
+    U64Array = NDArray[np.uint64]
+    I64Array = NDArray[np.int64]
+    F64Array = NDArray[np.float64]
 
 
 # --------------------------------------------------------------------------- hashing

@@ -330,11 +330,30 @@ def echo(text: str = "", *, style: str | None = None, err: bool = False) -> None
         click.echo(text, file=stream)
 
 
+def _import_structlog() -> Any:
+    """structlog, without letting it import ``rich``: ``structlog.dev`` imports rich
+    (and, through rich's tracebacks, pygments) when installed, for exception formatting
+    the CLI does not use (its console renderer is given plain tracebacks), and that is
+    about 5 MB more in every worker process. Tables import rich themselves, when they
+    print to a terminal."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog
+
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # import rich: ImportError
+    try:
+        import structlog
+    finally:
+        if sys.modules.get("rich", 0) is None:
+            del sys.modules["rich"]
+    return structlog
+
+
 def configure_logging(level: str = "warning", fmt: str = "auto") -> None:
     """structlog to stderr (the CLI is the application: it alone configures logging)."""
     import logging
 
-    import structlog
+    structlog = _import_structlog()
 
     levels = {
         "debug": logging.DEBUG,
@@ -347,7 +366,8 @@ def configure_logging(level: str = "warning", fmt: str = "auto") -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ
+            colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
+            exception_formatter=structlog.dev.plain_traceback,
         )
     structlog.configure(
         processors=[

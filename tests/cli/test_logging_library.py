@@ -115,4 +115,5 @@ def test_the_stdlib_record_carries_the_fields() -> None:
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in seen] == ["shown role='r' n=3 what='x'"]
+    assert seen[0].pathname == __file__  # the record points at the line that logged
     assert seen[0].fdbworkers == {"event": "shown", "role": "r", "n": 3, "what": "x"}  # type: ignore[attr-defined]

@@ -1,0 +1,80 @@
+"""A library user who never touches the CLI, and a worker before it computes a map, load
+neither numpy nor rich nor click nor structlog (issue 18, goal 5: memory): numpy comes
+with the first map, rich with the first table printed to a terminal, click and
+structlog with the CLI. Each check runs in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("numpy", "rich", "click", "structlog")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The HEAVY modules loaded once ``code`` ran in a fresh interpreter."""
+    probe = textwrap.dedent(code) + textwrap.dedent(
+        f"""
+        import json, sys
+        print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+def test_importing_fdbworkers_loads_none_of_them() -> None:
+    assert _loaded_after("import fdbworkers") == []
+
+
+def test_a_worker_on_the_engine_loads_none_of_them() -> None:
+    code = """
+        import trio, trio.testing
+        import fdbworkers
+
+        async def main():
+            db = fdbworkers.open_database("memory")
+            await fdbworkers.add_job(db, "lazy", "job-1", {"n": 1})
+            async with fdbworkers.open_worker(db, "lazy", timeout=1, settle=0) as w:
+                await trio.sleep(5)  # registered, heartbeating, membership read
+                assert w.id in w.membership.members
+            await fdbworkers.remove_job(db, "lazy", "job-1")
+            await db.aclose()
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    """
+    assert _loaded_after(code) == []
+
+
+def test_numpy_comes_with_the_first_map() -> None:
+    code = """
+        import sys
+        from fdbworkers._core.assign import assign, job_partition
+        assert job_partition("job-1", 1024) == job_partition("job-1", 1024)
+        assert "numpy" not in sys.modules
+        a = assign({"a": 1.0, "b": 2.0}, 1024)
+        assert "numpy" in sys.modules
+        assert len(a.partitions_of("a")) + len(a.partitions_of("b")) == 1024
+        sys.modules.pop("numpy")  # only the answer below matters
+    """
+    assert _loaded_after(code) == []
+
+
+def test_the_cli_logs_without_rich_and_still_prints_rich_tables() -> None:
+    code = """
+        import sys
+        from fdbworkers.cli._common import configure_logging
+        configure_logging("info", "json")
+        assert "structlog" in sys.modules and "rich" not in sys.modules
+        from rich.console import Console  # a table on a terminal still gets rich
+        for name in ("structlog", "click"):
+            sys.modules.pop(name)
+        sys.modules.pop("rich")
+    """
+    assert _loaded_after(code) == []
