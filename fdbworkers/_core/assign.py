@@ -106,8 +106,24 @@ def _load_numpy() -> Any:
 
 
 class _LazyNumpy:
+    """numpy's stand-in as ``np`` in a module's globals (``namespace``): its first
+    attribute access loads numpy (:func:`_load_numpy`) and binds it there."""
+
+    __slots__ = ("_namespace",)
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self._namespace = namespace
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(_load_numpy(), name)
+        numpy = _load_numpy()
+        self._namespace["np"] = numpy
+        return getattr(numpy, name)
+
+
+def lazy_numpy(namespace: dict[str, Any]) -> Any:
+    """The stand-in to bind as ``np`` in a module that computes with numpy but should
+    not load it on import: ``np = lazy_numpy(globals())``."""
+    return _LazyNumpy(namespace)
 
 
 _NUMPY_CONSTANTS: Final = frozenset({"_U64", "_M1", "_M2", "_GOLDEN", "_S30", "_S27", "_S31"})
@@ -125,7 +141,7 @@ if TYPE_CHECKING:
     _U64 = np.uint64
     _M1 = _M2 = _GOLDEN = _S30 = _S27 = _S31 = np.uint64(0)  # the values: _load_numpy
 else:
-    np = _LazyNumpy()
+    np = _LazyNumpy(globals())
 
 #: Expected listed candidates per partition (the rest are completed on demand).
 _BAND = 5.0

@@ -38,14 +38,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgpack
-import numpy as np
-from numpy.typing import NDArray
 
 from .._errors import ConfigError, CorruptDataError, LayoutError
-from .assign import ALGORITHM_VERSION, assign, stable_hash64
+from .assign import ALGORITHM_VERSION, assign, lazy_numpy, stable_hash64
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+else:
+    np = lazy_numpy(globals())  # numpy is loaded with the first map, not on import
 
 __all__ = [
     "PLAN_FORMAT",
@@ -63,7 +67,8 @@ PLAN_FORMAT: Final = 1
 #: Largest stored value of a plan chunk (FoundationDB's limit is 100,000 bytes).
 CHUNK_BYTES: Final = 90_000
 
-I64Array = NDArray[np.int64]
+if TYPE_CHECKING:
+    I64Array = NDArray[np.int64]
 
 
 class _Weighted(Protocol):
