@@ -343,7 +343,8 @@ class FakeFutures:
     """Stands in for libfdb_c's future functions (``fdb._c``): futures are ints; one
     callback per future, called inline when the future is already ready."""
 
-    def __init__(self) -> None:
+    def __init__(self, real: Any) -> None:
+        self.real = real  # the real functions, for transactions collected meanwhile
         self.ready: set[int] = set()
         self.cancelled: set[int] = set()
         self.destroyed: set[int] = set()
@@ -378,10 +379,14 @@ class FakeFutures:
     def future_destroy(self, f: int) -> None:
         self.destroyed.add(f)
 
+    def __getattr__(self, name: str) -> Any:
+        # e.g. transaction_destroy of a real transaction garbage-collected during a test
+        return getattr(self.real, name)
+
 
 @pytest.fixture
 def fake_c(monkeypatch: pytest.MonkeyPatch) -> FakeFutures:
-    fake = FakeFutures()
+    fake = FakeFutures(fdb_backend._c)
     monkeypatch.setattr(fdb_backend, "_c", fake)
     return fake
 
