@@ -72,6 +72,17 @@ def test_share_bench_quick() -> None:
     out = run("share_bench.py", "--quick", env=env)
     assert "Keys and range requests of one worker's reads" in out
 
+@pytest.mark.real_fdb
+def test_throughput_bench_quick() -> None:
+    out = run("throughput_bench.py", "--quick")
+    assert "| seam db.transact |" in out and "| tx_claim |" in out and "get median" in out
+
+
+@pytest.mark.real_fdb
+def test_memory_bench_quick() -> None:
+    out = run("memory_bench.py", "--quick")
+    assert "| CLI worker |" in out and "| import fdbworkers |" in out
+
 
 TINY = [
     *("--workers", "2", "--jobs", "6", "--runs", "1", "--starts", "1", "--timeout", "2"),
