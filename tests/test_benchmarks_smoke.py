@@ -72,6 +72,7 @@ def test_share_bench_quick() -> None:
     out = run("share_bench.py", "--quick", env=env)
     assert "Keys and range requests of one worker's reads" in out
 
+
 @pytest.mark.real_fdb
 def test_throughput_bench_quick() -> None:
     out = run("throughput_bench.py", "--quick")
