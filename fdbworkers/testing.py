@@ -390,7 +390,16 @@ class Simulation:
         # Ground truth about incarnations: (wid, incarnation) -> why it may vanish.
         excused: set[tuple[str, str]] = set()
         seen_records: dict[tuple[str, str], float] = {}
-        crashes: list[tuple[str, str, float, float]] = []  # wid, inc, crash time, last ok
+        # wid, inc, crash time, last ok, its own timeout, the longest check interval of
+        # the incarnations that may check it (a restart may change a worker's options)
+        crashes: list[tuple[str, str, float, float, float, float]] = []
+
+        def checks(live: list[FleetWorker]) -> float:
+            return max(
+                (fw.worker.options.effective_check_interval for fw in live if fw.worker),
+                default=opts.effective_check_interval,
+            )
+
         fault_times: list[float] = []
         gone_at: dict[tuple[str, str], float] = {}
 
@@ -491,7 +500,9 @@ class Simulation:
                     last = w.last_heartbeat_committed or w.lease.last_ok_start or now
                     if w.heartbeat_in_flight:
                         last = now
-                    crashes.append((w.id, w.incarnation, now, last))
+                    crashes.append(
+                        (w.id, w.incarnation, now, last, w.options.timeout, checks(live))
+                    )
                     fault_times.append(now)
                     self._note(f"crash {w.id}/{w.incarnation[:6]}")
                     fw.crash()
@@ -547,7 +558,9 @@ class Simulation:
                         last = w.last_heartbeat_committed or w.lease.last_ok_start or now
                         if w.heartbeat_in_flight:
                             last = now
-                        crashes.append((w.id, w.incarnation, now, last))
+                        crashes.append(
+                            (w.id, w.incarnation, now, last, w.options.timeout, checks(live))
+                        )
                     self._note(
                         f"reconfigure {w.id}/{w.incarnation[:6]} "
                         f"({'leave' if graceful else 'crash'}): timeout {new_opts.timeout:g}, "
@@ -663,21 +676,21 @@ class Simulation:
 
     def _check_liveness(
         self,
-        crashes: list[tuple[str, str, float, float]],
+        crashes: list[tuple[str, str, float, float, float, float]],
         gone_at: dict[tuple[str, str], float],
         seen: dict[tuple[str, str], float],
         fault_times: list[float],
         opts: WorkerOptions,
     ) -> None:
         slack = 1.0  # one transaction with retries under the injected latency
-        for wid, inc, t_crash, last_ok in crashes:
+        for wid, inc, t_crash, last_ok, timeout, check in crashes:
             if (wid, inc) not in seen:
                 continue  # crashed while registering, and the registration never committed
-            bound = last_ok + opts.timeout + opts.effective_check_interval + slack
-            overlapping = any(
-                t_crash - opts.timeout <= t <= bound and t != t_crash for t in fault_times
-            )
-            limit = bound if not overlapping else last_ok + 3 * opts.timeout + 3 * slack
+            # G1 is stated with the dead incarnation's own timeout (its member record's,
+            # which its checker waits out), not the base options' (a restart may change it).
+            bound = last_ok + timeout + check + slack
+            overlapping = any(t_crash - timeout <= t <= bound and t != t_crash for t in fault_times)
+            limit = bound if not overlapping else last_ok + 3 * timeout + 3 * slack
             gone = gone_at.get((wid, inc))
             if gone is None:
                 self._violate(

@@ -27,3 +27,12 @@ async def test_one_seed_in_process_reports_and_is_clean(autojump_clock: MockCloc
     report.raise_for_violations()
     assert report.stats["job_starts"] >= 20
     assert "start w0" in report.format()
+
+
+def test_eviction_is_judged_by_the_dead_incarnations_own_timeout() -> None:
+    # Seeds where a worker restarted with 3 x the base timeout, then crashed: its checker
+    # rightly waited its 9 s, which the invariant judged against the base 3 s ("G1 late
+    # eviction"; the soak of seeds 300-10,300 found these three).
+    assert soak_main(["--seeds", "525", "--parallel", "1"]) == 0
+    assert soak_main(["--seeds", "632", "--parallel", "1"]) == 0
+    assert soak_main(["--seeds", "797", "--parallel", "1"]) == 0
