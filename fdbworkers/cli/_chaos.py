@@ -80,14 +80,17 @@ def child_main(args: argparse.Namespace) -> None:
 
     async def handler(job: Any) -> None:
         rec("start", job=job.id, token=job.token.hex())
+        last_ok = None  # when job.check() last passed: no step may pass after a lease ran out
+        how = "cancelled"
         try:
             while True:
                 job.check()
+                last_ok = time.monotonic()
                 await trio.sleep(0.05)
         except FencedError:
-            pass
+            how = "fenced"
         finally:
-            rec("stop", job=job.id, token=job.token.hex())
+            rec("stop", job=job.id, token=job.token.hex(), how=how, last_ok=last_ok)
 
     async def main() -> None:
         db = open_database(f"fdb:{args.cluster_file}")
@@ -136,6 +139,8 @@ class Run:
     pid: int
     start: float
     stop: float | None = None
+    #: When the handler's job.check() last passed (None: never, or no stop recorded).
+    last_ok: float | None = None
 
 
 @dataclass
@@ -152,13 +157,20 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, args: argparse.Namespace, cluster_file: str, server_pid: int | None):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        cluster_file: str,
+        server_pid: int | None,
+        records: Path | None = None,
+    ):
         self.args = args
         self.rng = random.Random(args.seed)
         self.cluster_file = cluster_file
         self.server_pid = server_pid
         self.root = f"chaos-{os.getpid()}-{args.seed}"
-        self.tmp = Path(tempfile.mkdtemp(prefix="fdbw-chaos-"))
+        self.tmp = records or Path(tempfile.mkdtemp(prefix="fdbw-chaos-"))
+        self.max_timeout = 0.0
         self.procs: dict[str, Proc] = {}
         #: Processes replaced by another one with the same id while still alive.
         self.shadowed: list[Proc] = []
@@ -168,7 +180,9 @@ class Chaos:
         self.faults: list[Fault] = []
         self.jobs_added: dict[str, float] = {}
         self.jobs_removed: dict[str, float] = {}
-        self.timers: list[tuple[float, str, str, float]] = []  # (due, what, wid, value)
+        #: (due, what, wid, value, index of the fault it ends or -1)
+        self.timers: list[tuple[float, str, str, float, int]] = []
+        self.timeout_of_pid: dict[int, float] = {}
         self.counts: dict[str, int] = defaultdict(int)
         self._db: Any = None
 
@@ -194,7 +208,8 @@ class Chaos:
         log = open(self.tmp / f"{wid}.log", "ab")  # noqa: SIM115 - handed to the child
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.procs[wid] = Proc(wid, timeout, p, time.monotonic())
-        self.max_timeout = max(getattr(self, "max_timeout", 0.0), timeout)
+        self.timeout_of_pid[p.pid] = timeout
+        self.max_timeout = max(self.max_timeout, timeout)
 
     def _ended(self, proc: Proc) -> None:
         self.dead_pids.setdefault(proc.popen.pid, time.monotonic())
@@ -281,7 +296,9 @@ class Chaos:
     # -- the fault loop
 
     def _timer(self, delay: float, what: str, wid: str, value: float = 0.0) -> None:
-        self.timers.append((time.monotonic() + delay, what, wid, value))
+        """Undo the fault just recorded after ``delay``; its end becomes the moment the
+        harness really undid it (a slow step of the loop can make that later)."""
+        self.timers.append((time.monotonic() + delay, what, wid, value, len(self.faults) - 1))
 
     def _reap(self) -> None:
         """Note when processes that end by themselves ended (a superseded worker)."""
@@ -294,7 +311,7 @@ class Chaos:
         now = time.monotonic()
         due = [t for t in self.timers if t[0] <= now]
         self.timers = [t for t in self.timers if t[0] > now]
-        for _, what, wid, value in due:
+        for _, what, wid, value, fault in due:
             if what == "resume":
                 self.resume(wid)
             elif what == "restart" and not self.up(wid):
@@ -303,6 +320,8 @@ class Chaos:
                 os.kill(self.server_pid, signal.SIGCONT)
                 start = self.server_frozen[-1][0]
                 self.server_frozen[-1] = (start, time.monotonic())
+            if fault >= 0:
+                self.faults[fault].end = time.monotonic()
 
     def _busy(self, wid: str) -> bool:
         return any(t[2] == wid for t in self.timers) or not self.up(wid)
@@ -324,14 +343,14 @@ class Chaos:
             timeout = self.procs[wid].timeout
             self.kill(wid)
             delay = rng.uniform(0.0, 3.0)
-            self._timer(delay, "restart", wid, timeout)
             self.faults.append(Fault("kill -9", wid, now, now + delay))
+            self._timer(delay, "restart", wid, timeout)
         elif kind == "freeze":
             wid = rng.choice(idle)
             d = rng.uniform(0.5, 2.0) * self.procs[wid].timeout
             self.freeze(wid)
-            self._timer(d, "resume", wid)
             self.faults.append(Fault("SIGSTOP", wid, now, now + d))
+            self._timer(d, "resume", wid)
         elif kind in ("term", "flip"):
             wid = rng.choice(idle)
             timeout = self.procs[wid].timeout
@@ -346,8 +365,8 @@ class Chaos:
             d = rng.uniform(1.0, 6.0)
             os.kill(self.server_pid, signal.SIGSTOP)
             self.server_frozen.append((now, now + d))
-            self._timer(d, "server_resume", "fdbserver")
             self.faults.append(Fault("SIGSTOP fdbserver", "fdbserver", now, now + d))
+            self._timer(d, "server_resume", "fdbserver")
         else:
             live = sorted(j for j in self.jobs_added if j not in self.jobs_removed)
             n = rng.randint(1, 3)
@@ -391,13 +410,14 @@ class Chaos:
         self._wait(a.quiet)
         self.quiet_end = time.monotonic()
         cli_owners = self.cli_owners()
+        self.save_state(cli_owners)
         report = self.check(cli_owners)
         for wid in sorted(self.procs):
             self.terminate(wid)
         for proc in self.shadowed:
             if proc.popen.poll() is None:
                 proc.popen.kill()
-        self.clean()
+        self.clean(keep=bool(report.violations))
         return report
 
     def _wait(self, seconds: float) -> None:
@@ -430,7 +450,50 @@ class Chaos:
             return {"<cli failed>": out.stderr.strip()[-300:]}
         return {j["id"]: j["owner"] for j in json.loads(out.stdout)["jobs"]}
 
-    def clean(self) -> None:
+    STATE = "harness.json"
+
+    def save_state(self, cli: dict[str, str | None]) -> None:
+        """The harness's own record (faults, freezes, deaths, jobs), next to the handlers'
+        records, so that ``--recheck DIR`` can run the checks again on a kept run."""
+        state = {
+            "seed": self.args.seed,
+            "faults": [[f.kind, f.target, f.start, f.end] for f in self.faults],
+            "frozen": {str(k): v for k, v in self.frozen.items()},
+            "server_frozen": self.server_frozen,
+            "dead_pids": {str(k): v for k, v in self.dead_pids.items()},
+            "timeout_of_pid": {str(k): v for k, v in self.timeout_of_pid.items()},
+            "jobs_added": self.jobs_added,
+            "jobs_removed": self.jobs_removed,
+            "counts": self.counts,
+            "max_timeout": self.max_timeout,
+            "chaos_start": self.chaos_start,
+            "chaos_end": self.chaos_end,
+            "quiet_end": self.quiet_end,
+            "cli": cli,
+        }
+        (self.tmp / self.STATE).write_text(json.dumps(state))
+
+    def load_state(self) -> dict[str, str | None]:
+        state = json.loads((self.tmp / self.STATE).read_text())
+        self.faults = [Fault(*f) for f in state["faults"]]
+        self.frozen = defaultdict(
+            list, {int(k): [(s, e) for s, e in v] for k, v in state["frozen"].items()}
+        )
+        self.server_frozen = [(s, e) for s, e in state["server_frozen"]]
+        self.dead_pids = {int(k): v for k, v in state["dead_pids"].items()}
+        self.timeout_of_pid = {int(k): v for k, v in state["timeout_of_pid"].items()}
+        self.jobs_added = state["jobs_added"]
+        self.jobs_removed = state["jobs_removed"]
+        self.counts = defaultdict(int, state["counts"])
+        self.max_timeout = state["max_timeout"]
+        self.chaos_start = state["chaos_start"]
+        self.chaos_end = state["chaos_end"]
+        self.quiet_end = state["quiet_end"]
+        cli: dict[str, str | None] = state["cli"]
+        return cli
+
+    def clean(self, keep: bool = False) -> None:
+        """Clear the run's keys; remove the records unless ``--keep`` or ``keep``."""
         import trio
 
         from fdbworkers._core.keys import Layout
@@ -445,7 +508,7 @@ class Chaos:
 
         if self._db is not None:
             trio.run(go)
-        if not self.args.keep:
+        if not (self.args.keep or keep):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the checks
@@ -469,6 +532,7 @@ class Chaos:
                     r = runs.get((row["job"], row["token"], pid))
                     if r is not None:
                         r.stop = row["mono"]
+                        r.last_ok = row.get("last_ok")
         return list(runs.values()), owner_of_pid
 
     def end_of(self, run: Run) -> float:
@@ -488,7 +552,8 @@ class Chaos:
             by_job[r.job].append(r)
         self._check_overlaps(rep, by_job)
         self._check_tokens(rep, by_job)
-        self._check_gaps(rep, by_job)
+        self._check_wakes(rep, runs)
+        self._check_gaps(rep, by_job, owner_of_pid)
         self._check_end(rep, by_job, owner_of_pid, cli)
         rep.add(
             f"faults: {sum(self.counts.values())} "
@@ -547,29 +612,100 @@ class Chaos:
                     rep.violate(f"token order: {job} started {y.token} after {x.token}")
         rep.add(f"token order: {bad} regressions")
 
-    def _check_gaps(self, rep: Report, by_job: dict[str, list[Run]]) -> None:
+    def _cause(
+        self, job: str, s: float, runs: list[Run], owner_of_pid: dict[int, str]
+    ) -> list[Fault]:
+        """The faults that caused a stretch without a runner starting at ``s``: those on
+        the worker id whose run of the job ended at ``s`` (or on the server) that were
+        still going on at ``s``. None for a new job or a run ended by a move."""
+        ended = [
+            r for r in runs if r.job == job and any(abs(e - s) < 1e-6 for _, e in self.live(r))
+        ]
+        targets = {"fdbserver"} | {owner_of_pid.get(r.pid, "") for r in ended}
+        return [
+            f for f in self.faults if f.target in targets and f.start <= s + 0.01 and f.end >= s
+        ]
+
+    def _check_gaps(
+        self, rep: Report, by_job: dict[str, list[Run]], owner_of_pid: dict[int, str]
+    ) -> None:
+        """Each stretch of a job without a live run, measured from the end of the fault
+        that caused it (a kill until the restart, a freeze until the resume, a server
+        freeze until it resumes), not counting later server freezes (nothing can commit
+        then): against 3 x the largest timeout + 10 s."""
         bound = 3 * self.max_timeout + 10.0
-        gaps: list[tuple[float, str, float, float]] = []
+        gaps: list[tuple[float, float, str, float, float, list[Fault]]] = []
         for job, added in self.jobs_added.items():
             until = self.jobs_removed.get(job, self.quiet_end)
-            covered = union(iv for r in by_job.get(job, []) for iv in self.live(r))
+            runs = by_job.get(job, [])
+            covered = union(iv for r in runs for iv in self.live(r))
             for s, e in subtract([(added, until)], covered):
-                length = e - s - measure(intersect([(s, e)], self.server_frozen))
-                gaps.append((length, job, s, e))
-        gaps.sort(reverse=True)
-        for length, job, _, _ in gaps:
-            if length > bound:
-                rep.violate(f"stranded: {job} had no runner for {length:.1f} s (bound {bound:g} s)")
-        rep.add(f"longest stretches without a runner (bound {bound:g} s):")
-        for length, job, s, _ in gaps[:5]:
-            before = [f for f in self.faults if f.start <= s + 0.5 and f.end >= s - 15.0]
-            why = "; ".join(
-                f"{f.kind} {f.target} at {f.start - self.chaos_start:.1f}s" for f in before[-3:]
+                causes = self._cause(job, s, runs, owner_of_pid)
+                begin = min(e, max([s, *(f.end for f in causes)]))
+                length = e - begin - measure(intersect([(begin, e)], self.server_frozen))
+                gaps.append((length, e - s, job, s, e, causes))
+        gaps.sort(key=lambda g: g[0], reverse=True)
+
+        def before(s: float, causes: list[Fault]) -> str:
+            near = [f for f in self.faults if f.start <= s + 0.5 and f.end >= s - 15.0]
+            shown = [*causes, *(f for f in near[-3:] if f not in causes)]
+            return "; ".join(
+                f"{f.kind} {f.target} at {f.start - self.chaos_start:.1f}s"
+                f"-{f.end - self.chaos_start:.1f}s" + (" (cause)" if f in causes else "")
+                for f in shown
             )
+
+        over = [g for g in gaps if g[0] > bound]
+        for length, raw, job, s, e, causes in over:
+            rep.violate(
+                f"stranded: {job} had no runner for {length:.1f} s after its fault "
+                f"({raw:.1f} s in all, from {s - self.chaos_start:.1f} s to "
+                f"{e - self.chaos_start:.1f} s; bound {bound:g} s); before it: "
+                f"{before(s, causes) or 'no fault'}"
+            )
+        rep.add(
+            f"stranding: {len(over)} stretches without a runner over {bound:g} s "
+            "(3 x the largest timeout + 10 s, from the end of the fault that caused them)"
+        )
+        rep.add("  longest (after the fault / in all):")
+        for length, raw, job, s, _, causes in gaps[:5]:
+            why = before(s, causes)
             rep.add(
-                f"  {length:6.1f} s  {job} from {s - self.chaos_start:7.1f} s"
+                f"  {length:6.1f} s / {raw:6.1f} s  {job} from {s - self.chaos_start:7.1f} s"
                 + (f"  after: {why}" if why else "")
             )
+
+    def _check_wakes(self, rep: Report, runs: list[Run]) -> None:
+        """Runs whose process was frozen for at least its timeout, so past its lease's
+        hard end: after the resume, no job.check() may pass (the handler must learn at
+        once), and the time from the resume to the handler's stop is the window that
+        remains (the step it was in when it froze)."""
+        windows: list[float] = []
+        for r in runs:
+            timeout = self.timeout_of_pid.get(r.pid)
+            if timeout is None:
+                continue
+            for fs, fe in self.frozen.get(r.pid, []):
+                if fe - fs < timeout or not r.start < fs < self.end_of(r):
+                    continue
+                if r.last_ok is not None and r.last_ok > fe:
+                    rep.violate(
+                        f"woken past its lease: {r.job} token {r.token} (pid {r.pid}) passed "
+                        f"job.check() {r.last_ok - fe:.3f} s after a {fe - fs:.1f} s freeze "
+                        f"(timeout {timeout:g} s)"
+                    )
+                if r.stop is not None and r.stop >= fe:
+                    windows.append(r.stop - fe)
+        windows.sort()
+        if windows:
+            rep.add(
+                f"woken past the lease: {len(windows)} handlers; stopped after the resume "
+                f"in median {windows[len(windows) // 2] * 1000:.1f} ms, at most "
+                f"{windows[-1] * 1000:.1f} ms; job.check() passing after the wake: "
+                f"{sum(1 for v in rep.violations if v.startswith('woken'))}"
+            )
+        else:
+            rep.add("woken past the lease: no handler frozen past its lease was resumed")
 
     def _check_end(
         self,
@@ -735,7 +871,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(SCENARIOS),
         help="a scripted fault instead of the random mix (issue 15's real-cluster cases)",
     )
-    p.add_argument("--keep", action="store_true", help="keep the records and worker logs")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the records and worker logs (kept anyway when a check fails)",
+    )
+    p.add_argument(
+        "--recheck",
+        metavar="DIR",
+        help="run the checks again on the records a run kept in DIR (no cluster needed)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--id", help=argparse.SUPPRESS)
     p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
@@ -756,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child_main(args)
         return 0
+    if args.recheck:
+        return _recheck(args)
     import logging
 
     import structlog
@@ -785,8 +932,22 @@ def main(argv: list[str] | None = None) -> int:
                 proc.popen.kill()
         if chaos.server_pid is not None:
             os.kill(chaos.server_pid, signal.SIGCONT)
+    return _print(report, args, chaos.tmp if (args.keep or report.violations) else None)
+
+
+def _recheck(args: argparse.Namespace) -> int:
+    folder = Path(args.recheck)
+    args.seed = json.loads((folder / Chaos.STATE).read_text())["seed"]
+    chaos = Chaos(args, "", None, records=folder)
+    report = chaos.check(chaos.load_state())
+    return _print(report, args, folder)
+
+
+def _print(report: Report, args: argparse.Namespace, kept: Path | None) -> int:
     for line in report.lines:
         print(line)
+    if kept is not None:
+        print(f"records: {kept} (./scripts/chaos --recheck {kept})")
     if report.violations:
         print(f"\n{len(report.violations)} VIOLATIONS (rerun: ./scripts/chaos --seed {args.seed}):")
         for v in report.violations[:50]:
