@@ -206,6 +206,9 @@ class _Generation:
 
     scope: trio.CancelScope
     nursery: trio.Nursery
+    #: Its nursery has closed (the hard end passed, or the runner stops): nothing may
+    #: start in it any more.
+    closed: bool = False
 
 
 @dataclass(slots=True)
@@ -972,6 +975,16 @@ class JobRunner:
                 self.log.warning("claim_failed", jobs=len(batch), error=e.name)
                 return started, True
             nursery = await self._job_nursery()
+            if not w.lease_valid() or nursery.closed or nursery.scope.cancel_called:
+                # The lease ran out while the claims were in flight (a suspend seen
+                # meanwhile, or a freeze): no handler may start. The claims are ours:
+                # kept, and claimed again (or released) by the next step.
+                for rec, outcome in zip(batch, outcomes, strict=True):
+                    if outcome.kind == "claimed" and outcome.token is not None:
+                        self._unreleased.setdefault(
+                            rec.id, (rec.partition, outcome.token, None, False)
+                        )
+                return started, True
             # A batch of many starts is logged in one line (each job at debug level):
             # a million jobs should not make a million log lines.
             quiet = sum(o.kind == "claimed" for o in outcomes) > QUIET_STARTS
@@ -1121,7 +1134,7 @@ class JobRunner:
         hard end passed, its handlers are cancelled and the next ones start in a new
         generation."""
         g = self._gen
-        if g is None or g.scope.cancel_called:
+        if g is None or g.scope.cancel_called or g.closed:
             assert self._nursery is not None
             g = self._gen = await self._nursery.start(self._run_generation)
         return g
@@ -1131,8 +1144,12 @@ class JobRunner:
     ) -> None:
         with trio.CancelScope(deadline=self.w.lease.hard_end) as scope:
             async with trio.open_nursery() as nursery:
-                task_status.started(_Generation(scope, nursery))
-                await trio.sleep_forever()
+                gen = _Generation(scope, nursery)
+                try:
+                    task_status.started(gen)
+                    await trio.sleep_forever()
+                finally:
+                    gen.closed = True
 
     def _start(
         self, rec: JobRecord, token: bytes, gen: _Generation, *, quiet: bool = False

@@ -185,6 +185,7 @@ class FleetWorker:
             raise
         except Exception as e:  # a worker that dies of an error is reported, not hidden
             self.error = e
+            f.errors.append((trio.current_time(), self.id, e))
         finally:
             self._done.set()
         if not started:  # crashed while registering (crash() during start): not an error
@@ -243,6 +244,8 @@ class Fleet:
         self.rng = rng or random.Random(0)
         self.runner_options = runner_options or {}
         self.ledger = RunLedger()
+        #: (time, worker id, error) of every worker that died of an exception.
+        self.errors: list[tuple[float, str, BaseException]] = []
         self.workers: dict[str, FleetWorker] = {}
 
     async def start(self, wid: str, options: WorkerOptions | None = None) -> FleetWorker:
@@ -599,6 +602,8 @@ class Simulation:
             await trio.sleep(max(0.0, start_time + cfg.duration - trio.current_time()))
             self._check_at_rest(fleet, store, layout, role, cfg)
             self._check_liveness(crashes, gone_at, seen_records, fault_times, opts)
+            for t, wid, e in fleet.errors:
+                self.violations.append(Violation(t, "worker error", f"{wid} died of {e!r}"))
             for v in ledger.violations:
                 self.violations.append(v)
             stats = {
