@@ -56,6 +56,26 @@ RESUMED_LIMIT = 0.05
 Interval = tuple[float, float]
 
 
+def stopped(pid: int, limit: float = 0.5) -> bool:
+    """Whether the kernel reports ``pid`` stopped (state T) within ``limit`` seconds
+    (Linux's /proc; elsewhere the signal is trusted)."""
+    stat = Path(f"/proc/{pid}/stat")
+    end = time.monotonic() + limit
+    while True:
+        try:
+            # The state follows the command name in parentheses, which may hold spaces.
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return not Path("/proc/self/stat").exists()
+        except (OSError, IndexError):
+            return True
+        if state in ("T", "t"):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.005)
+
+
 def boottime() -> float:
     clock = getattr(time, "CLOCK_BOOTTIME", None)
     return time.clock_gettime(clock) if clock is not None else time.monotonic()
@@ -232,10 +252,18 @@ class Chaos:
             proc.popen.wait()
         self._ended(proc)
 
-    def freeze(self, wid: str) -> None:
+    def freeze(self, wid: str) -> bool:
+        """SIGSTOP the worker; True once the kernel reports it stopped. The freeze is
+        recorded from that moment (a check of what a resumed process did must not count
+        time it still ran: seed 31's first freeze left the worker running for 12 s)."""
         proc = self.procs[wid]
         proc.popen.send_signal(signal.SIGSTOP)
+        if not stopped(proc.popen.pid):
+            proc.popen.send_signal(signal.SIGCONT)
+            self.counts["freeze_not_effective"] += 1
+            return False
         proc.frozen_at = time.monotonic()
+        return True
 
     def resume(self, wid: str) -> None:
         proc = self.procs[wid]
@@ -348,9 +376,10 @@ class Chaos:
         elif kind == "freeze":
             wid = rng.choice(idle)
             d = rng.uniform(0.5, 2.0) * self.procs[wid].timeout
-            self.freeze(wid)
-            self.faults.append(Fault("SIGSTOP", wid, now, now + d))
-            self._timer(d, "resume", wid)
+            if self.freeze(wid):
+                now = time.monotonic()
+                self.faults.append(Fault("SIGSTOP", wid, now, now + d))
+                self._timer(d, "resume", wid)
         elif kind in ("term", "flip"):
             wid = rng.choice(idle)
             timeout = self.procs[wid].timeout
@@ -556,7 +585,7 @@ class Chaos:
         self._check_gaps(rep, by_job, owner_of_pid)
         self._check_end(rep, by_job, owner_of_pid, cli)
         rep.add(
-            f"faults: {sum(self.counts.values())} "
+            f"faults: {sum(v for k, v in self.counts.items() if k != 'freeze_not_effective')} "
             + " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()) if k != "added")
             + f"; handler runs: {len(runs)}; jobs: {len(self.current_jobs())}"
         )
