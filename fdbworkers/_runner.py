@@ -461,7 +461,8 @@ class JobRunner:
         self._nursery: trio.Nursery | None = None
         self._subscribers: list[trio.MemorySendChannel[OwnershipChange]] = []
         self._stopped_for_good = False
-        self.log = worker.log.bind(component="jobs")
+        self._log_base = worker.log
+        self._log = worker.log.bind(component="jobs")
         self._started = self._stopped = self._crashes = 0
         self._claims = self._blocked = self._reconciles = self._deferred = 0
         worker.on_stop_work(self._stop_all_and_release)
@@ -503,6 +504,15 @@ class JobRunner:
             self._nursery = nursery
             nursery.start_soon(self._watch_loop)
             nursery.start_soon(self._reconcile_loop)
+
+    @property
+    def log(self) -> Any:
+        """The worker's logger (its incarnation and epoch as of now: a rejoin or a new
+        view rebinds it) with ``component=jobs``."""
+        base = self.w.log
+        if base is not self._log_base:
+            self._log_base, self._log = base, base.bind(component="jobs")
+        return self._log
 
     # -- watches: membership, job changes, inbox ---------------------------------------
 

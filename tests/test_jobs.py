@@ -1085,3 +1085,24 @@ async def test_a_worker_that_does_not_come_back_is_evicted_and_its_jobs_move(
         await wait_until(lambda: settled(fleet, ids), 30)
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+def test_the_runner_logs_with_the_workers_current_incarnation_and_epoch() -> None:
+    """A rejoin (new incarnation) or a new view (epoch) rebinds the worker's logger; the
+    runner's lines follow (they kept the first incarnation: a rejoined worker's plans
+    were logged under the evicted one's id)."""
+    import structlog
+
+    from fdbworkers._worker import Worker
+
+    engine = Engine(rng=random.Random(3))
+    w = Worker(engine.open_database("w0"), ROLE, "w0", OPTS, root=ROOT)
+    runner = JobRunner(w, idle_handler)
+    assert structlog.get_context(runner.log)["incarnation"] == w.incarnation
+    w.log = w.log.bind(incarnation="0123456789abcdef", epoch="00ff")
+    ctx = structlog.get_context(runner.log)
+    assert (ctx["incarnation"], ctx["epoch"], ctx["component"]) == (
+        "0123456789abcdef",
+        "00ff",
+        "jobs",
+    )
