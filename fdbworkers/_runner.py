@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._core.assign import assign
+from ._core.claims import SupersededWaits
 from ._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
@@ -419,9 +420,9 @@ class JobRunner:
         self._jobs_total: int | None = None
         self._plans_written = 0
         self._owned_parts: frozenset[int] = frozenset()
-        #: job -> (holder incarnation, holder timeout, when we first saw that holder
-        #: superseded by a newer incarnation of its id): taken once the timeout passed.
-        self._superseded: dict[str, tuple[str, float, float]] = {}
+        #: Per job, the superseded holder we wait for (when we first saw it superseded,
+        #: how long its lease may last): taken once that wait is over.
+        self._superseded = SupersededWaits()
         #: Claims we may hold but do not run, to release unless the job is still ours:
         #: stopped jobs whose release has not committed yet (or that a fenced stop
         #: kept), and claims whose commit outcome was unknown (token None: any claim of
@@ -1080,10 +1081,7 @@ class JobRunner:
         now = trio.current_time()
         requests = []
         for rec in recs:
-            take: frozenset[str] = frozenset()
-            blocked = self._superseded.get(rec.id)
-            if blocked is not None and now - blocked[2] >= blocked[1]:
-                take = frozenset((blocked[0],))
+            take = self._superseded.take(rec.id, now)
             requests.append(ClaimRequest(rec.partition, rec.id, take))
         nonce = f"{self._rng.getrandbits(64):016x}"
         stamps: list[VersionstampFuture] = []
@@ -1118,13 +1116,11 @@ class JobRunner:
         result = []
         for rec, out in zip(recs, outs, strict=True):
             if out.kind == "claimed":
-                self._superseded.pop(rec.id, None)
+                self._superseded.claimed(rec.id)
                 self._claims += 1
                 out = ClaimOutcome("claimed", out.token if out.token is not None else token)
             elif out.kind == "superseded" and out.holder is not None:
-                held = self._superseded.get(rec.id)
-                if held is None or held[0] != out.holder.incarnation:
-                    self._superseded[rec.id] = (out.holder.incarnation, out.holder_timeout, now)
+                self._superseded.superseded(rec.id, out.holder.incarnation, out.holder_timeout, now)
             elif out.kind == "held":
                 self._blocked += 1
             result.append(out)

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition, stable_hash64
+from .._core.claims import CORRUPT, ClaimDecision, HolderRecord, StoredClaim, decide_claim
 from .._core.keys import (
     VERSIONS_PER_SECOND,
     Claim,
@@ -482,7 +483,7 @@ async def tx_claim_many(
     jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
 
     # The claims, and the ids of the other holders whose records decide.
-    holders: list[tuple[Claim, dict[str, Any]] | None] = [None] * n
+    claims: list[tuple[Claim, StoredClaim] | None] = [None] * n
     outcomes: list[ClaimOutcome | None] = [None] * n
     for k, raw in enumerate(raws):
         if raw is None:
@@ -494,50 +495,50 @@ async def tx_claim_many(
             get_logger("fdbworkers").error("corrupt_claim", key=ckeys[k].hex(), error=str(e))
             outcomes[k] = ClaimOutcome("held")
             continue
-        holder = Claim(stamp, str(obj.get("wid")), str(obj.get("incarnation")))
-        if holder.wid == wid and holder.incarnation == incarnation:
-            if obj.get("nonce") == nonce:
-                outcomes[k] = ClaimOutcome("claimed", stamp)  # an earlier attempt (1021)
-            continue  # ours from before: claimed again below (a new token)
-        holders[k] = (Claim(stamp, holder.wid, holder.incarnation, _claim_timeout(obj)), obj)
-    hwids = sorted({h[0].wid for h in holders if h is not None})
+        timeout = _claim_timeout(obj)
+        sc = StoredClaim(
+            str(obj.get("wid")), str(obj.get("incarnation")), timeout, obj.get("nonce")
+        )
+        claims[k] = (Claim(stamp, sc.wid, sc.incarnation, timeout), sc)
+    hwids = sorted(
+        {
+            c[1].wid
+            for c in claims
+            if c is not None and (c[1].wid, c[1].incarnation) != (wid, incarnation)
+        }
+    )
     hraws = await _get_all(tr, [layout.member_key(role, h) for h in hwids])
-    members = dict(zip(hwids, hraws, strict=True))
-
-    # First pass: what each holder's member record says; which need the retired record.
-    superseded_wait: dict[int, float] = {}
-    for k, h in enumerate(holders):
-        if h is None or outcomes[k] is not None:
-            continue
-        holder = h[0]
-        hraw = members[holder.wid]
-        take = requests[order[k]].take_superseded
-        if hraw is None:
-            # Its id is no longer a member. If that incarnation was itself evicted or
-            # left, it is retired: take the claim. Otherwise a newer incarnation
-            # superseded it and was removed since (a restart with a shorter timeout,
-            # then a leave or an eviction of the newcomer): the holder may still
-            # believe in a lease as long as its own timeout, recorded in the claim.
-            if holder.timeout is not None and holder.incarnation not in take:
-                superseded_wait[k] = holder.timeout
-            continue
-        hkey = layout.member_key(role, holder.wid)
+    members: dict[str, HolderRecord] = {}
+    for h, hraw in zip(hwids, hraws, strict=True):
         try:
-            hrec = MemberRecord.decode(holder.wid, hkey, hraw)
+            members[h] = (
+                None if hraw is None else MemberRecord.decode(h, layout.member_key(role, h), hraw)
+            )
         except CorruptDataError:
-            outcomes[k] = ClaimOutcome("held", holder=holder)
+            members[h] = CORRUPT
+
+    # The rule (_core/claims.py), first without the retired records: they can only turn
+    # "superseded" into "take", so they are read only for the holders it names.
+    decisions: list[ClaimDecision | None] = [None] * n
+    for k, c in enumerate(claims):
+        if outcomes[k] is not None:
             continue
-        if hrec.incarnation == holder.incarnation:
-            outcomes[k] = ClaimOutcome("held", holder=holder)
-            continue
-        if holder.incarnation not in take:
-            # The superseded holder may still believe it holds a lease as long as its
-            # own timeout (in the claim), which a restart may have lowered.
-            waits = [hrec.timeout, holder.timeout or 0.0]
-            if hrec.replaced == holder.incarnation and hrec.replaced_timeout:
-                waits.append(hrec.replaced_timeout)
-            superseded_wait[k] = max(waits)
-    rwids = sorted({h[0].wid for k, h in enumerate(holders) if h and k in superseded_wait})
+        take = requests[order[k]].take_superseded
+        decisions[k] = decide_claim(
+            wid,
+            incarnation,
+            nonce,
+            None if c is None else c[1],
+            _member(members, c),
+            take_superseded=take,
+        )
+    rwids = sorted(
+        {
+            c[1].wid
+            for d, c in zip(decisions, claims, strict=True)
+            if c and d and d.kind == "superseded"
+        }
+    )
     rkeys = [layout.retired_key(role, r) for r in rwids]
     retired: dict[str, dict[str, int]] = {}
     for r, key, raw_retired in zip(rwids, rkeys, await _get_all(tr, rkeys), strict=True):
@@ -545,11 +546,30 @@ async def tx_claim_many(
             retired[r] = decode_retired(key, raw_retired)
         except CorruptDataError:
             retired[r] = {}  # a corrupt marker only loses the shortcut: the wait applies
-    for k, wait in superseded_wait.items():
-        h = holders[k]
-        assert h is not None
-        if h[0].incarnation not in retired[h[0].wid]:
-            outcomes[k] = ClaimOutcome("superseded", holder=h[0], holder_timeout=wait)
+    for k, d in enumerate(decisions):
+        c = claims[k]
+        if d is None:
+            continue
+        if d.kind == "superseded":
+            assert c is not None
+            d = decide_claim(
+                wid,
+                incarnation,
+                nonce,
+                c[1],
+                _member(members, c),
+                retired[c[1].wid],
+                requests[order[k]].take_superseded,
+            )
+        if d.kind == "ours":
+            assert c is not None
+            outcomes[k] = ClaimOutcome("claimed", c[0].token)
+        elif d.kind == "held":
+            assert c is not None
+            outcomes[k] = ClaimOutcome("held", holder=c[0])
+        elif d.kind == "superseded":
+            assert c is not None
+            outcomes[k] = ClaimOutcome("superseded", holder=c[0], holder_timeout=d.wait)
 
     value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
     if lease_timeout is not None:
@@ -566,6 +586,14 @@ async def tx_claim_many(
                 out = ClaimOutcome("claimed")
         result[order[k]] = out
     return result
+
+
+def _member(
+    members: dict[str, HolderRecord],
+    claim: tuple[Claim, StoredClaim] | None,
+) -> HolderRecord:
+    """The holder id's member record (not read for claims of our own incarnation)."""
+    return None if claim is None else members.get(claim[1].wid)
 
 
 async def _get_all(tr: Transaction, keys: Sequence[bytes]) -> list[bytes | None]:
