@@ -36,7 +36,7 @@ from typing import Final, Literal
 from .keys import MemberRecord
 
 #: A member record of the holder's id that does not decode (garbage under the prefix).
-CORRUPT: Final = "corrupt"
+CORRUPT: Final[Literal["corrupt"]] = "corrupt"
 
 #: The holder id's member record as read: decoded, :data:`CORRUPT`, or None (no record).
 HolderRecord = MemberRecord | Literal["corrupt"] | None
