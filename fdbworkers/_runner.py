@@ -1113,6 +1113,12 @@ class JobRunner:
                     self._unreleased.setdefault(rec.id, (rec.partition, None, None, False))
             raise
         token = await stamps[0].get() if stamps else None
+        # A holder seen superseded is waited for from now, after the read that saw it:
+        # the change of its record committed before that read, possibly long after the
+        # transaction started (retries, a slow cluster), and its lease is bounded only
+        # from that change. Counted from the start, the claimant took the job up to one
+        # transaction's duration early (see tests/test_claim_model.py).
+        seen_at = trio.current_time()
         result = []
         for rec, out in zip(recs, outs, strict=True):
             if out.kind == "claimed":
@@ -1120,7 +1126,9 @@ class JobRunner:
                 self._claims += 1
                 out = ClaimOutcome("claimed", out.token if out.token is not None else token)
             elif out.kind == "superseded" and out.holder is not None:
-                self._superseded.superseded(rec.id, out.holder.incarnation, out.holder_timeout, now)
+                self._superseded.superseded(
+                    rec.id, out.holder.incarnation, out.holder_timeout, seen_at
+                )
             elif out.kind == "held":
                 self._blocked += 1
             result.append(out)

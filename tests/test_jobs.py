@@ -14,13 +14,14 @@ import trio
 from trio.testing import MockClock
 
 from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker, remove_job
+from fdbworkers import _runner as runner_module
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
 from fdbworkers._store.events import read_recent_events
-from fdbworkers._store.jobs import tx_add_job, tx_take_handoffs
+from fdbworkers._store.jobs import JobRecord, tx_add_job, tx_claim_many, tx_take_handoffs
 from fdbworkers._store.members import tx_leave
 from fdbworkers._store.plan import tx_read_plan, tx_replan
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
@@ -1106,3 +1107,64 @@ def test_the_runner_logs_with_the_workers_current_incarnation_and_epoch() -> Non
         "00ff",
         "jobs",
     )
+
+
+async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its_read(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found while modelling the claim rule (tests/test_claim_model.py). w1's claim of
+    a job held by w0 (timeout 30) is slow: 4 s pass before its reads (retries, a slow
+    cluster). In that time w0 is started again elsewhere, so the claim reads w0's claim
+    superseded. The claimant counted its 30 s wait from when its transaction *started*,
+    before the supersession committed, while the old w0's lease runs up to 30 s from
+    its last heartbeat, which may be just before the supersession: the claimant took
+    the job up to 4 s too early (the old lease's hard end is margin / 2 after its
+    expiry: a transaction longer than that is enough). The wait now counts from when
+    the claim transaction returned."""
+    engine = Engine(rng=random.Random(24))
+    ids = await add_jobs(engine, 4)
+    long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
+    real_claim = tx_claim_many
+    slow: dict[str, Any] = {"job": None, "then": None}
+
+    async def slow_claim(tr: Transaction, *args: Any, **kwargs: Any) -> Any:
+        requests = args[2]
+        if args[3] == "w1" and any(r.job_id == slow["job"] for r in requests):
+            await trio.sleep(4.0)  # before the reads: the supersession commits meanwhile
+            if slow["then"] is not None:
+                await slow["then"]()
+                slow["then"] = None
+        return await real_claim(tr, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "tx_claim_many", slow_claim)
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
+        old = await fleet.start("w0", long_opts)
+        await wait_until(lambda: old.runner is not None and len(old.runner.running) == 4, 60)
+        w1 = await fleet.start("w1")
+        await wait_until(lambda: w1.worker is not None and w1.worker.state.name == "ACTIVE", 30)
+        assert old.runner is not None and w1.runner is not None
+        await wait_until(lambda: settled(fleet, ids), 60)
+        job = sorted(old.runner.running)[0]
+        slow["job"] = job
+        superseded_at: list[float] = []
+
+        async def restart_w0() -> None:
+            old.db.partitioned = True  # type: ignore[attr-defined]
+            new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
+            await nursery.start(new._main)
+            superseded_at.append(trio.current_time())
+
+        slow["then"] = restart_w0
+        rec = JobRecord(job, job_partition(job, P))
+        outs = await w1.runner._claim([rec])
+        holder = outs[0].holder
+        assert outs[0].kind == "superseded" and outs[0].holder_timeout == 30.0
+        assert holder is not None and holder.wid == "w0"
+        (seen,) = superseded_at
+        # Not one instant before 30 s after the supersession committed ...
+        assert w1.runner._superseded.take(job, seen + 30.0 - 0.01) == frozenset()
+        # ... and at once after 30 s from when the claim returned.
+        took = w1.runner._superseded.take(job, trio.current_time() + 30.0)
+        assert took == frozenset({holder.incarnation})
+        nursery.cancel_scope.cancel()
