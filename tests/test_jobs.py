@@ -1118,9 +1118,9 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
     superseded. The claimant counted its 30 s wait from when its transaction *started*,
     before the supersession committed, while the old w0's lease runs up to 30 s from
     its last heartbeat, which may be just before the supersession: the claimant took
-    the job up to 4 s too early (the old lease's hard end is margin / 2 after its
-    expiry: a transaction longer than that is enough). The wait now counts from when
-    the claim transaction returned."""
+    the job up to 4 s too early, and the old lease's hard end is only 7.5 / 2 s before
+    the 30 s are over (a claim transaction longer than half the margin is enough). The
+    wait now counts from when the claim transaction returned."""
     engine = Engine(rng=random.Random(24))
     ids = await add_jobs(engine, 4)
     long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
