@@ -5,9 +5,10 @@ Two implementations live behind it: the real one over FoundationDB's Python bind
 (``fdbworkers._backends.engine``). Nothing else in the package talks to a database.
 
 The API follows the binding closely, so that code reads the same as FDB code, with three
-differences: every read is ``await``-ed (futures are bridged into trio, never waited on in
-a thread), errors are :class:`~fdbworkers.FDBError` with FDB's numeric codes on both
-backends, and ``Database.transact`` is the one retry loop (FDB's ``@transactional``).
+differences: every read is ``await``-ed (futures are bridged into the event loop, asyncio
+or trio, never waited on in a thread), errors are :class:`~fdbworkers.FDBError` with FDB's
+numeric codes on both backends, and ``Database.transact`` is the one retry loop (FDB's
+``@transactional``).
 
 Functions that run inside a transaction take it as their first argument::
 

@@ -4,11 +4,11 @@
 what the objects report about themselves: ``worker.statistics()``,
 ``runner.statistics()``, the exec runner's statistics and the database's retry-loop
 counters (``db.stats``), read when Prometheus scrapes. The HTTP endpoint is a small
-trio server in the worker's own event loop (no thread: the statistics are read on the
+server in the worker's own event loop (no thread: the statistics are read on the
 loop that owns them).
 
 Library users can do the same: ``WorkerMetrics(worker, runner).render()`` returns the
-exposition text, or ``await nursery.start(serve_metrics, metrics, host, port)``.
+exposition text, or ``await task_group.start(serve_metrics, metrics, host, port)``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import trio
+import anyio
+import anyio.abc
 
 from ._db import Database
 from ._errors import FDB_ERRORS, ConfigError
@@ -84,7 +85,7 @@ class WorkerMetrics:
         interval = self.worker.options.heartbeat_interval / 2
         while True:
             self.sample()
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
 
     def render(self) -> bytes:
         """The exposition text (Prometheus text format)."""
@@ -272,16 +273,17 @@ class _Collector:
         yield errors
 
 
-# --- a tiny HTTP endpoint on trio ------------------------------------------------------
+# --- a tiny HTTP endpoint in the event loop ---------------------------------------------
 
 
-async def _handle(stream: trio.abc.Stream, render: Callable[[], tuple[bytes, str]]) -> None:
+async def _handle(stream: anyio.abc.ByteStream, render: Callable[[], tuple[bytes, str]]) -> None:
     try:
-        with trio.move_on_after(10):
+        with anyio.move_on_after(10):
             data = b""
             while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < MAX_REQUEST:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
+                try:
+                    chunk = await stream.receive(4096)
+                except anyio.EndOfStream:
                     break
                 data += chunk
             line = data.split(b"\n", 1)[0].decode("latin-1").strip()
@@ -300,8 +302,8 @@ async def _handle(stream: trio.abc.Stream, render: Callable[[], tuple[bytes, str
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n"
             ).encode("latin-1")
-            await stream.send_all(head + (b"" if parts and parts[0] == "HEAD" else body))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send(head + (b"" if parts and parts[0] == "HEAD" else body))
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         pass
     finally:
         await stream.aclose()
@@ -312,7 +314,7 @@ async def serve_metrics(
     host: str,
     port: int,
     *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics`` on ``host:port`` (0: any free port) until cancelled; reports
     the bound port through ``task_status``."""
@@ -322,16 +324,17 @@ async def serve_metrics(
         return metrics.render(), metrics.content_type
 
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     except OSError as e:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}") from e
-    bound = listeners[0].socket.getsockname()[1]
+    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
     log.info("metrics_serving", host=host, port=bound)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(metrics.sampler)
         task_status.started(bound)
 
-        async def handler(stream: trio.SocketStream) -> None:
+        async def handler(stream: anyio.abc.SocketStream) -> None:
             await _handle(stream, render)
 
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+        async with listener:
+            await listener.serve(handler, task_group=nursery)

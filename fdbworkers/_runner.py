@@ -33,7 +33,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-import trio
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._core.assign import assign
 from ._core.claims import SupersededWaits
@@ -123,7 +127,7 @@ class Job:
     weight: float
     token: bytes
     _worker: Worker = field(repr=False)
-    stopping: trio.Event = field(default_factory=trio.Event, repr=False)
+    stopping: anyio.Event = field(default_factory=anyio.Event, repr=False)
     #: Set once the runner parked the job (``park_after`` failures in a row): it stays
     #: claimed here but is not run again until it moves or this worker restarts.
     parked: bool = field(default=False, repr=False)
@@ -205,21 +209,27 @@ class _ChangeRead:
 class _Generation:
     """Handlers started under one lease: cancelled together at its hard end."""
 
-    scope: trio.CancelScope
-    nursery: trio.Nursery
+    scope: anyio.CancelScope
+    nursery: anyio.abc.TaskGroup
     #: Its nursery has closed (the hard end passed, or the runner stops): nothing may
     #: start in it any more.
     closed: bool = False
+
+    def ended(self) -> bool:
+        """Its lease's hard end passed. Read from the clock too: trio's scope says
+        ``cancel_called`` once its deadline passed, anyio's asyncio scope only once its
+        timer ran (a renewal in between must not revive it)."""
+        return self.scope.cancel_called or self.scope.deadline <= anyio.current_time()
 
 
 @dataclass(slots=True)
 class _Running:
     job: Job
-    scope: trio.CancelScope
-    done: trio.Event
+    scope: anyio.CancelScope
+    done: anyio.Event
     restarts: int = 0
     #: Set once the job was stopped, removed and (if asked) released.
-    stopped: trio.Event | None = None
+    stopped: anyio.Event | None = None
     #: Health: failures in a row, the latest error, the first failure's wall time,
     #: a counter of failures (a recovery applies only if none came since), and whether
     #: a health record of ours may be stored.
@@ -236,7 +246,7 @@ class _Waiter:
     __slots__ = ("event", "result")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.event = anyio.Event()
         self.result: bool | None = None
 
 
@@ -264,7 +274,7 @@ class _GroupCommit:
                 continue
             await waiter.event.wait()
             if waiter.result is None:
-                waiter.event = trio.Event()  # woken to lead
+                waiter.event = anyio.Event()  # woken to lead
         return waiter.result
 
     async def _lead(self) -> None:
@@ -433,13 +443,13 @@ class JobRunner:
         self._adopted: dict[int, tuple[str, str]] = {}
         self._take_handoffs = True
         self._adoptions = 0
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
         self._full_resync = True
         self._dirty_parts: set[int] = set()
         self._last_change: bytes | None = None
         #: Bumped (and the event set) whenever a full read moves the cursor.
         self._cursor_moves = 0
-        self._cursor_moved = trio.Event()
+        self._cursor_moved = anyio.Event()
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
         #: _replace_target, _start and _not_running, so a step costs O(what changed).
@@ -459,8 +469,8 @@ class JobRunner:
         self._share_requests = self._share_transactions = 0
         #: The last share read: (partitions, keys, requests, transactions).
         self.last_read: tuple[int, int, int, int] = (0, 0, 0, 0)
-        self._nursery: trio.Nursery | None = None
-        self._subscribers: list[trio.MemorySendChannel[OwnershipChange]] = []
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self._subscribers: list[MemoryObjectSendStream[OwnershipChange]] = []
         self._stopped_for_good = False
         self._log_base = worker.log
         self._log = worker.log.bind(component="jobs")
@@ -492,8 +502,8 @@ class JobRunner:
             share_transactions=self._share_transactions,
         )
 
-    def subscribe(self, buffer: int = 64) -> trio.MemoryReceiveChannel[OwnershipChange]:
-        send, recv = trio.open_memory_channel[OwnershipChange](buffer)
+    def subscribe(self, buffer: int = 64) -> MemoryObjectReceiveStream[OwnershipChange]:
+        send, recv = anyio.create_memory_object_stream[OwnershipChange](buffer)
         self._subscribers.append(send)
         return recv
 
@@ -501,7 +511,7 @@ class JobRunner:
         self._wake.set()
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_loop)
             nursery.start_soon(self._reconcile_loop)
@@ -527,7 +537,7 @@ class JobRunner:
                 read, watches = await self.w.transact(self._tx_read_changes)
             except FDBError as e:
                 self.log.warning("job_changes_read_failed", error=e.name)
-                await trio.sleep(1.0)
+                await anyio.sleep(1.0)
                 continue
             if self._apply_changes(read):
                 self.wake()
@@ -538,14 +548,14 @@ class JobRunner:
                     watch.cancel()
                 continue
             try:
-                async with trio.open_nursery() as n:
+                async with anyio.create_task_group() as n:
 
-                    async def one(watch: Any, inbox: bool, n: trio.Nursery = n) -> None:
+                    async def one(watch: Any, inbox: bool, n: anyio.abc.TaskGroup = n) -> None:
                         try:
                             await watch.wait()
                         except FDBError as e:
                             if e.code == 1032:
-                                await trio.sleep(w.options.poll_interval)
+                                await anyio.sleep(w.options.poll_interval)
                         if inbox:
                             self._take_handoffs = True
                         n.cancel_scope.cancel()
@@ -555,14 +565,14 @@ class JobRunner:
                     for i, watch in enumerate(watches):
                         n.start_soon(one, watch, i == 1)
 
-                    async def cursor_moved(ev: trio.Event, n: trio.Nursery = n) -> None:
+                    async def cursor_moved(ev: anyio.Event, n: anyio.abc.TaskGroup = n) -> None:
                         await ev.wait()
                         n.cancel_scope.cancel()
 
                     n.start_soon(cursor_moved, self._cursor_moved)
-                    with trio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
-                        await trio.sleep_forever()
-                    if trio.current_time() - self._last_full_resync >= self.full_resync_interval:
+                    with anyio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
+                        await anyio.sleep_forever()
+                    if anyio.current_time() - self._last_full_resync >= self.full_resync_interval:
                         self._full_resync = True
                     n.cancel_scope.cancel()
             finally:
@@ -634,7 +644,7 @@ class JobRunner:
     async def _reconcile_loop(self) -> None:
         w = self.w
         while True:
-            self._wake = trio.Event()
+            self._wake = anyio.Event()
             if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
                 await self._stop_all(reason="fenced", release=False)
                 # Stopping takes time: the state may have moved on meanwhile.
@@ -662,7 +672,7 @@ class JobRunner:
                 more = True
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
-            now = trio.current_time()
+            now = anyio.current_time()
             if self._velocity_limited:
                 delay: float | None = max(0.0, self._moves_window_end - now)
             else:
@@ -675,7 +685,7 @@ class JobRunner:
     async def _wait_any(
         self, *waits: Callable[[], Awaitable[Any]], delay: float | None = None
     ) -> None:
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
 
             async def one(fn: Callable[[], Awaitable[Any]]) -> None:
                 await fn()
@@ -685,7 +695,7 @@ class JobRunner:
                 n.start_soon(one, fn)
             n.start_soon(one, self._wake.wait)
             if delay is not None:
-                n.cancel_scope.deadline = trio.current_time() + delay
+                n.cancel_scope.deadline = anyio.current_time() + delay
 
     @property
     def _partitions(self) -> int:
@@ -699,7 +709,7 @@ class JobRunner:
         if in_thread is None:
             in_thread = plan.partitions >= THREADED_ASSIGN_PARTITIONS
         if in_thread and plan.members:
-            await trio.to_thread.run_sync(
+            await anyio.to_thread.run_sync(
                 partial(assign, dict(plan.members), plan.partitions, balance=None)
             )
 
@@ -724,7 +734,7 @@ class JobRunner:
         )
         if stale and w.id in m.members and weights:
             # (A view without us is one we were evicted from: not ours to plan by.)
-            now = trio.current_time()
+            now = anyio.current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
                 self._stale_since = (m.view_key, now)
             # The k-th member by id waits k grace periods: the first writes at once,
@@ -757,7 +767,7 @@ class JobRunner:
         fair = total * plan.members[self.w.id] / sum(plan.members.values())
         if abs(len(self.target) - fair) <= 1.0:
             return False
-        now = trio.current_time()
+        now = anyio.current_time()
         due = self._last_drift_plan + self.w.options.settle
         if now < due:
             # Rate-limited, not forgotten: nothing else may come to wake us (a remove
@@ -817,7 +827,7 @@ class JobRunner:
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
         full = self._full_resync
         if full:
-            self._last_full_resync = trio.current_time()
+            self._last_full_resync = anyio.current_time()
             read_parts: set[int] = set(owned)
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
@@ -844,7 +854,7 @@ class JobRunner:
         # Stop what we no longer own first, then start what we gained.
         # Velocity limit: at most max_moves of our running jobs stopped to move per
         # move_interval (a live-to-live move; starting a job nobody runs is not limited).
-        now = trio.current_time()
+        now = anyio.current_time()
         if self.max_moves is None:
             budget: float = math.inf
         else:
@@ -878,7 +888,7 @@ class JobRunner:
                 running=len(self.running),
             )
             for s in list(self._subscribers):
-                with suppress(trio.WouldBlock, trio.BrokenResourceError):
+                with suppress(anyio.WouldBlock, anyio.BrokenResourceError):
                     s.send_nowait(ch)
         if self.max_moves is not None:
             if budget < self._moves_left and now >= self._moves_window_end:
@@ -949,7 +959,7 @@ class JobRunner:
             if self._last_change is None or cursor < self._last_change:
                 self._last_change = cursor
                 self._cursor_moves += 1
-                ev, self._cursor_moved = self._cursor_moved, trio.Event()
+                ev, self._cursor_moved = self._cursor_moved, anyio.Event()
                 ev.set()
         return share
 
@@ -986,7 +996,7 @@ class JobRunner:
                 self.log.warning("claim_failed", jobs=len(batch), error=e.name)
                 return started, True
             nursery = await self._job_nursery()
-            if not w.lease_valid() or nursery.closed or nursery.scope.cancel_called:
+            if not w.lease_valid() or nursery.closed or nursery.ended():
                 # The lease ran out while the claims were in flight (a suspend seen
                 # meanwhile, or a freeze): no handler may start. The claims are ours:
                 # kept, and claimed again (or released) by the next step.
@@ -1015,7 +1025,7 @@ class JobRunner:
                     return started, True
             if quiet and first is not None:
                 self.log.info("jobs_started", jobs=count, first=first.id, last=batch[-1].id)
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
         return started, pending
 
     async def _settle_kept_claims(self, a: PlanMap) -> None:
@@ -1078,7 +1088,7 @@ class JobRunner:
         """Claim ``recs`` in one transaction (``tx_claim_many``: each by the rules of a
         single claim). Tokens of the claims written are the commit's versionstamp."""
         w = self.w
-        now = trio.current_time()
+        now = anyio.current_time()
         requests = []
         for rec in recs:
             take = self._superseded.take(rec.id, now)
@@ -1138,7 +1148,7 @@ class JobRunner:
         """A heartbeat committed (or a suspend aged the lease): every running handler
         may run until the new hard end. One deadline for all: the generation's."""
         g = self._gen
-        if g is not None and not g.scope.cancel_called:
+        if g is not None and not g.ended():
             g.scope.deadline = self.w.lease.hard_end
 
     async def _job_nursery(self) -> _Generation:
@@ -1148,20 +1158,20 @@ class JobRunner:
         hard end passed, its handlers are cancelled and the next ones start in a new
         generation."""
         g = self._gen
-        if g is None or g.scope.cancel_called or g.closed:
+        if g is None or g.ended() or g.closed:
             assert self._nursery is not None
             g = self._gen = await self._nursery.start(self._run_generation)
         return g
 
     async def _run_generation(
-        self, task_status: trio.TaskStatus[_Generation] = trio.TASK_STATUS_IGNORED
+        self, task_status: anyio.abc.TaskStatus[_Generation] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with trio.CancelScope(deadline=self.w.lease.hard_end) as scope:
-            async with trio.open_nursery() as nursery:
+        with anyio.CancelScope(deadline=self.w.lease.hard_end) as scope:
+            async with anyio.create_task_group() as nursery:
                 gen = _Generation(scope, nursery)
                 try:
                     task_status.started(gen)
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
                 finally:
                     gen.closed = True
 
@@ -1173,7 +1183,7 @@ class JobRunner:
         # moved on by every renewal: a process that wakes from a freeze past it cancels
         # the handler before the handler runs again, even before the lease watchdog
         # task has run (G3). Its own scope is for stopping it alone.
-        r = _Running(job, trio.CancelScope(), trio.Event(), gen=gen)
+        r = _Running(job, anyio.CancelScope(), anyio.Event(), gen=gen)
         job._on_failure = partial(self._job_reported_failure, r)
         self.running[rec.id] = r
         self._unreleased.pop(rec.id, None)  # the claim is the running job's now
@@ -1193,26 +1203,26 @@ class JobRunner:
                     # A handler runs its first lines before its first await: never call
                     # it past the lease's hard end (this checkpoint raises then: a task
                     # spawned just before a freeze) or without a valid lease.
-                    await trio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
                     if not self.w.lease_valid():
-                        await trio.sleep_forever()  # a stop or the hard end ends this
+                        await anyio.sleep_forever()  # a stop or the hard end ends this
                     try:
                         await self.handler(r.job)
                         if r.job.stopping.is_set():
                             return
                         self.log.info("job_handler_returned", job=r.job.id)
-                        await trio.sleep_forever()  # finished: stays owned until it moves
+                        await anyio.sleep_forever()  # finished: stays owned until it moves
                     except FencedError as e:
                         if r.job.stopping.is_set():
                             return
                         self.log.warning("job_fenced", job=r.job.id, error=str(e))
-                        await trio.sleep_forever()
+                        await anyio.sleep_forever()
                     except Exception as e:
                         self._crashes += 1
                         r.restarts += 1
                         self._job_failed(r, repr(e))
                         if r.job.parked:
-                            await trio.sleep_forever()  # not run again until it moves
+                            await anyio.sleep_forever()  # not run again until it moves
                         delay = min(hi, lo * 2 ** (r.restarts - 1)) * (0.5 + self._rng.random() / 2)
                         self.log.error(
                             "job_handler_crashed",
@@ -1221,12 +1231,12 @@ class JobRunner:
                             restarts=r.restarts,
                             retry_in=round(delay, 3),
                         )
-                        await trio.sleep(delay)
+                        await anyio.sleep(delay)
         finally:
             r.done.set()
             if r.health_written and self._nursery is not None:
                 self._nursery.start_soon(self._clear_health, r, None)  # it stops here
-            lease_ended = r.gen is not None and r.gen.scope.cancel_called
+            lease_ended = r.gen is not None and r.gen.ended()
             if lease_ended and r.stopped is None and self.running.get(r.job.id) is r:
                 # The lease's hard end passed (a freeze) without a stop: the handler no
                 # longer runs, so it must not count as running; the next reconcile
@@ -1297,7 +1307,7 @@ class JobRunner:
             self.log.warning("job_health_write_failed", job=r.job.id, error=e.name)
         if r.job.parked:
             return
-        await trio.sleep(self.healthy_after)
+        await anyio.sleep(self.healthy_after)
         if r.health_gen == gen and r.stopped is None and self.running.get(r.job.id) is r:
             r.failures = 0  # ran healthy_after seconds without failing
             self.log.info("job_recovered", job=r.job.id)
@@ -1338,13 +1348,13 @@ class JobRunner:
         if r.stopped is not None:  # someone else is stopping it: wait for them
             await r.stopped.wait()
             return
-        r.stopped = trio.Event()
+        r.stopped = anyio.Event()
         try:
             r.job.stopping.set()
             # Never past the lease's hard end: a fenced worker has at most margin / 2
             # left, one resumed from a long freeze (or evicted: lease revoked) none.
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - trio.current_time()))
-            with trio.move_on_after(grace):
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - anyio.current_time()))
+            with anyio.move_on_after(grace):
                 await r.done.wait()
             r.scope.cancel()
             await r.done.wait()
@@ -1373,7 +1383,7 @@ class JobRunner:
         if len(stops) > BULK_STOP:
             await self._stop_many(stops, reason=reason, release=release)
             return
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             for jid, notify, handoff in stops:
                 n.start_soon(
                     partial(
@@ -1403,12 +1413,12 @@ class JobRunner:
             if r.stopped is not None:
                 others.append(r)  # someone else stops it: wait for them below
                 continue
-            r.stopped = trio.Event()
+            r.stopped = anyio.Event()
             r.job.stopping.set()
             mine.append((jid, r, notify, handoff))
         try:
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - trio.current_time()))
-            with trio.move_on_after(grace):
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - anyio.current_time()))
+            with anyio.move_on_after(grace):
                 for _, r, _, _ in mine:
                     if not r.done.is_set():
                         await r.done.wait()
@@ -1424,7 +1434,7 @@ class JobRunner:
                 self.log.debug("job_stopped", job=jid, reason=reason)
                 self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
                 if i % 1000 == 999:
-                    await trio.lowlevel.checkpoint()
+                    await anyio.lowlevel.checkpoint()
             if mine:
                 self.log.info("jobs_stopped", jobs=len(mine), reason=reason)
             if release:
@@ -1510,12 +1520,12 @@ class JobRunner:
             others = plan_weights({w: r for w, r in m.members.items() if w != self.w.id})
             if others:
                 try:
-                    with trio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):
+                    with anyio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):
                         plan = await self._replan(others, m.view_key, force=True)
                     if plan is not None:
                         await self._warm(plan)
                         notify_map = plan.map()
-                except (FDBError, trio.TooSlowError) as e:
+                except (FDBError, TimeoutError) as e:
                     self.log.warning("leave_plan_failed", error=getattr(e, "name", str(e)))
         stops = [
             (jid, notify_map.owner(r.job.partition) if notify_map else None, leaving)
@@ -1588,7 +1598,7 @@ async def add_jobs(
     now = time.time()
     for i, item in enumerate(items):
         if i % 2000 == 1999:
-            await trio.lowlevel.checkpoint()  # a long input must not stall the loop
+            await anyio.lowlevel.checkpoint()  # a long input must not stall the loop
         if not isinstance(item, tuple) or len(item) not in (2, 3):
             raise ConfigError(
                 f"job {i}: expected (id, spec) or (id, spec, weight), got {item!r:.100}"
@@ -1612,7 +1622,7 @@ async def add_jobs(
     buckets: dict[int, list[NewJob]] = {}
     for i, (jid, spec, w, value) in enumerate(checked):
         if i % 2000 == 1999:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
         job = prepare_job(head, cfg.partitions, jid, value, spec, w)
         bucket = buckets.get(job.partition)
         if bucket is None:
@@ -1623,7 +1633,7 @@ async def add_jobs(
     prepared: list[NewJob] = []
     for i, p in enumerate(sorted(buckets)):
         if i % 2000 == 1999:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
         bucket = buckets[p]
         bucket.sort(key=lambda j: j.id)
         prepared.extend(bucket)

@@ -1,7 +1,8 @@
 """The worker: registration, heartbeat, neighbour check, membership watch, settle,
-self-fencing, rejoin and graceful leave. A thin trio shell around the pure core
-(``_core.keys``, ``ring``, ``liveness``, ``settle``, ``membership``, ``states``) and the
-member transactions of ``_store.members``; it knows nothing of jobs (the runner hooks in).
+self-fencing, rejoin and graceful leave. A thin async shell (anyio: asyncio or trio)
+around the pure core (``_core.keys``, ``ring``, ``liveness``, ``settle``, ``membership``,
+``states``) and the member transactions of ``_store.members``; it knows nothing of jobs
+(the runner hooks in).
 
 Every transaction is a function taking the transaction as its first argument, run by the
 shared retry loop (``Worker.transact``) with a timeout, so nothing hangs forever.
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import trio
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
 from ._core.keys import (
@@ -317,7 +320,7 @@ class Worker:
         #: suspended, which the event loop's clock does not count (see SuspendMeter).
         self._clocks = clocks or default_clocks()
         self._suspend = SuspendMeter(self._clocks[0](), self._clocks[1]())
-        self._lease_changed = trio.Event()
+        self._lease_changed = anyio.Event()
         self._tracker = NeighbourTracker()
         self._settler = Settler(
             options.settle, options.effective_settle_max, leading=options.settle_leading
@@ -327,22 +330,22 @@ class Worker:
         #: The last settled membership reported to the application.
         self.membership: Membership | None = None
         self._reported: Membership | None = None
-        self._state_event = trio.Event()
-        self._membership_event = trio.Event()
-        self._wake_reader = trio.Event()
-        self._wake_settle = trio.Event()
-        self._wake_heartbeat = trio.Event()
-        self._wake_ghosts = trio.Event()
-        self._subscribers: list[trio.MemorySendChannel[MembershipChange]] = []
+        self._state_event = anyio.Event()
+        self._membership_event = anyio.Event()
+        self._wake_reader = anyio.Event()
+        self._wake_settle = anyio.Event()
+        self._wake_heartbeat = anyio.Event()
+        self._wake_ghosts = anyio.Event()
+        self._subscribers: list[MemoryObjectSendStream[MembershipChange]] = []
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
         self._lease_listeners: list[Callable[[], None]] = []
-        self._body_scope: trio.CancelScope | None = None
+        self._body_scope: anyio.CancelScope | None = None
         self._replaced_seen_at: float | None = None
         #: When the last heartbeat's commit returned (this process's clock).
         self.last_heartbeat_committed: float | None = None
         #: True while a heartbeat transaction runs (it may commit at any moment).
         self.heartbeat_in_flight = False
-        self._leaving: trio.Event | None = None
+        self._leaving: anyio.Event | None = None
         #: (this process's clock, wall time) of the first failure since the cluster
         #: last answered a registration or heartbeat; None while it answers.
         self._unreachable_since: tuple[float, float] | None = None
@@ -383,7 +386,7 @@ class Worker:
         after a long pause, or a suspend of its machine, sees its lease expired before
         anything else runs)."""
         self._account_suspend()
-        return self.state is WorkerState.ACTIVE and self.lease.valid(trio.current_time())
+        return self.state is WorkerState.ACTIVE and self.lease.valid(anyio.current_time())
 
     def _account_suspend(self) -> None:
         """Age the lease by any suspension since the last look (two clock reads)."""
@@ -418,13 +421,13 @@ class Worker:
     @asynccontextmanager
     async def changes(
         self, buffer: int = 64
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[MembershipChange]]:
+    ) -> AsyncIterator[MemoryObjectReceiveStream[MembershipChange]]:
         """``async with worker.changes() as stream: async for change in stream: ...``
 
         Every settled change is delivered in order; a consumer that falls ``buffer``
         changes behind loses the oldest ones (the latest membership is always current
         in ``worker.membership``)."""
-        send, recv = trio.open_memory_channel[MembershipChange](buffer)
+        send, recv = anyio.create_memory_object_stream[MembershipChange](buffer)
         self._subscribers.append(send)
         if self.membership is not None:
             send.send_nowait(diff(None, self.membership))
@@ -452,7 +455,7 @@ class Worker:
             fn()
 
     def statistics(self) -> WorkerStatistics:
-        now = trio.current_time()
+        now = anyio.current_time()
         return WorkerStatistics(
             role=self.role,
             worker_id=self.id,
@@ -516,7 +519,7 @@ class Worker:
             self.log.error("worker_state_unexpected", old=self.state.value, new=state.value)
         self.log.info("worker_state", old=self.state.value, new=state.value)
         self.state = state
-        ev, self._state_event = self._state_event, trio.Event()
+        ev, self._state_event = self._state_event, anyio.Event()
         ev.set()
 
     def _record(self) -> MemberRecord:
@@ -539,7 +542,7 @@ class Worker:
                 self.role_config = await self.transact(
                     tx_ensure_role, self.layout, self.role, self.options.partitions
                 )
-                started = trio.current_time()
+                started = anyio.current_time()
                 rec = await self.transact(
                     tx_register,
                     self.layout,
@@ -549,11 +552,11 @@ class Worker:
                 )
                 break
             except FDBError as e:
-                if trio.current_time() >= deadline_log:
+                if anyio.current_time() >= deadline_log:
                     self.log.warning("register_failed", error=str(e), code=e.code)
-                    deadline_log = trio.current_time() + 10
+                    deadline_log = anyio.current_time() + 10
                 self._cluster_failed(e)
-                await trio.sleep(min(1.0, self.options.heartbeat_interval))
+                await anyio.sleep(min(1.0, self.options.heartbeat_interval))
         self._cluster_answered()
         self._renew_lease(started)
         if rec.replaced:
@@ -561,14 +564,14 @@ class Worker:
             # are taken over only once its lease must have expired (see _jobs). It can
             # commit no heartbeat after our registration did: we count that wait too,
             # from now, not from our first claim after the settle window.
-            self._replaced_seen_at = trio.current_time()
+            self._replaced_seen_at = anyio.current_time()
             self.log.info("replaced_incarnation", old=rec.replaced)
             if rec.replaced_timeout:
                 self._tracker.superseded(
                     self.id, rec.replaced, rec.replaced_timeout, self._replaced_seen_at
                 )
                 self._wake_ghosts.set()
-        self._settler.changed(trio.current_time())
+        self._settler.changed(anyio.current_time())
         self._set_state(WorkerState.ACTIVE)
         self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
         self._wake_reader.set()
@@ -578,12 +581,12 @@ class Worker:
         """Seconds since the cluster last answered (0 while it answers)."""
         if self._unreachable_since is None:
             return 0.0
-        return trio.current_time() - self._unreachable_since[0]
+        return anyio.current_time() - self._unreachable_since[0]
 
     def _cluster_failed(self, e: FDBError) -> None:
         """A registration or heartbeat failed: say plainly how long the cluster has not
         answered (every 10 s), and give up after ``give_up_after`` if set."""
-        now = trio.current_time()
+        now = anyio.current_time()
         if self._unreachable_since is None:
             self._unreachable_since = (now, time.time())
         silent = now - self._unreachable_since[0]
@@ -606,7 +609,7 @@ class Worker:
 
     def _cluster_answered(self) -> None:
         if self._unreachable_since is not None:
-            silent = trio.current_time() - self._unreachable_since[0]
+            silent = anyio.current_time() - self._unreachable_since[0]
             if self._unreachable_logged > -math.inf:
                 self.log.warning("cluster_reachable_again", after=round(silent, 1))
             self._unreachable_since = None
@@ -615,7 +618,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.options.heartbeat_interval
         while True:
-            start = trio.current_time()
+            start = anyio.current_time()
             self.heartbeat_in_flight = True
             try:
                 rec = await self.transact(
@@ -631,10 +634,10 @@ class Worker:
                 self.log.warning("heartbeat_failed", error=e.name, code=e.code)
                 self._cluster_failed(e)
                 # Try again soon (the lease keeps running from the last success).
-                await trio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
+                await anyio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
                 continue
             self.heartbeat_in_flight = False
-            latency = trio.current_time() - start
+            latency = anyio.current_time() - start
             self._hb_latency_last = latency
             self._hb_latency_max = max(self._hb_latency_max, latency)
             if rec is None or rec.incarnation != self.incarnation:
@@ -644,21 +647,21 @@ class Worker:
                 continue
             self._cluster_answered()
             self._hb_sent += 1
-            self.last_heartbeat_committed = trio.current_time()
+            self.last_heartbeat_committed = anyio.current_time()
             self._renew_lease(start)
-            if self.state is WorkerState.FENCED and self.lease.valid(trio.current_time()):
+            if self.state is WorkerState.FENCED and self.lease.valid(anyio.current_time()):
                 self.log.info("unfenced")
                 self._set_state(WorkerState.ACTIVE)
             if rec.drain and self.state is WorkerState.ACTIVE:
                 self._drain_requested()
-            self._wake_heartbeat = trio.Event()
-            with trio.move_on_at(start + interval):
+            self._wake_heartbeat = anyio.Event()
+            with anyio.move_on_at(start + interval):
                 await self._wake_heartbeat.wait()
 
     async def _lease_watchdog(self) -> None:
         while True:
             self._account_suspend()
-            now = trio.current_time()
+            now = anyio.current_time()
             if self.state is WorkerState.ACTIVE and not self.lease.valid(now):
                 self._fences += 1
                 self.log.warning(
@@ -669,8 +672,8 @@ class Worker:
                 self._set_state(WorkerState.FENCED)
                 await self._emit_fence_event()
             if self.state is WorkerState.ACTIVE:
-                self._lease_changed = trio.Event()
-                with trio.move_on_at(self.lease.expires_at):
+                self._lease_changed = anyio.Event()
+                with anyio.move_on_at(self.lease.expires_at):
                     await self._lease_changed.wait()
             else:
                 await self.wait_state_change()
@@ -679,12 +682,12 @@ class Worker:
         """Notice a suspend of the machine within a fraction of the margin, even when
         nothing asks for the lease: it then fences and stops the jobs without grace."""
         while True:
-            await trio.sleep(min(0.25, self.lease.margin / 4))
+            await anyio.sleep(min(0.25, self.lease.margin / 4))
             self._account_suspend()
 
     async def _emit_fence_event(self) -> None:
         # Best effort: the cluster may be unreachable, which is why we fenced.
-        with trio.move_on_after(self.options.op_timeout):
+        with anyio.move_on_after(self.options.op_timeout):
             with suppress(FDBError):
                 await self.transact(
                     tx_event,
@@ -708,7 +711,7 @@ class Worker:
             # Stop the handlers (within our lease) and clear our own claims (a release
             # needs no membership): it then takes them at once, not up to a timeout
             # later (a frozen process resumed after its id was started elsewhere).
-            with trio.move_on_after(max(self.options.timeout, 5.0)):
+            with anyio.move_on_after(max(self.options.timeout, 5.0)):
                 await self._stop_work("superseded")
             raise WorkerSupersededError(
                 f"worker id {self.id!r} in role {self.role!r} was taken over by incarnation "
@@ -737,7 +740,7 @@ class Worker:
         )
         if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
             return
-        with trio.move_on_after(self.options.op_timeout):
+        with anyio.move_on_after(self.options.op_timeout):
             with suppress(FDBError):
                 await self.transact(
                     tx_event,
@@ -769,11 +772,11 @@ class Worker:
         arm = True
         last_read = -math.inf
         while True:
-            wait = last_read + self.options.membership_read_gap - trio.current_time()
+            wait = last_read + self.options.membership_read_gap - anyio.current_time()
             if wait > 0:
-                await trio.sleep(wait)  # coalesce a burst of changes into one read
-            last_read = trio.current_time()
-            self._wake_reader = trio.Event()
+                await anyio.sleep(wait)  # coalesce a burst of changes into one read
+            last_read = anyio.current_time()
+            self._wake_reader = anyio.Event()
             try:
                 m, corrupt, _rv, watches, full = await self.transact(
                     tx_read_membership_since,
@@ -784,7 +787,7 @@ class Worker:
                 )
             except FDBError as e:
                 self.log.warning("membership_read_failed", error=e.name, code=e.code)
-                await trio.sleep(min(1.0, self.options.heartbeat_interval))
+                await anyio.sleep(min(1.0, self.options.heartbeat_interval))
                 continue
             self._membership_reads += 1
             self._membership_full_reads += int(full)
@@ -795,7 +798,7 @@ class Worker:
             old = self.latest
             self.latest = m
             if old is None or old.epoch != m.epoch or dict(old.members) != dict(m.members):
-                self._settler.changed(trio.current_time())
+                self._settler.changed(anyio.current_time())
                 self._wake_settle.set()
                 # A departure (eviction, leave) is not churn: its jobs have no runner.
                 # Report the settled view less the departed at once; joins and
@@ -819,7 +822,7 @@ class Worker:
             if watches:
                 arm = await self._wait_membership_watches(m, watches)
             else:
-                with trio.move_on_after(self.options.poll_interval):
+                with anyio.move_on_after(self.options.poll_interval):
                     await self._wake_reader.wait()
                 arm = True
 
@@ -851,7 +854,7 @@ class Worker:
         """Wait for either watch; returns whether to arm watches next time, or None when
         none fired within ``limit`` seconds (the watches are cancelled then)."""
         fired: list[BaseException | None] = []
-        with trio.move_on_after(math.inf if limit is None else limit) as timer:
+        with anyio.move_on_after(math.inf if limit is None else limit) as timer:
             await self._wait_any_watch(watches, fired)
         if timer.cancelled_caught:
             for w in watches:
@@ -860,7 +863,7 @@ class Worker:
         return await self._after_watch(watches, fired)
 
     async def _wait_any_watch(self, watches: list[Any], fired: list[BaseException | None]) -> None:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
 
             async def one(w: Any) -> None:
                 try:
@@ -884,11 +887,11 @@ class Worker:
                     action=f"polling membership every {self.options.poll_interval}s",
                 )
             self._polling = True
-            await trio.sleep(self.options.poll_interval)
+            await anyio.sleep(self.options.poll_interval)
             return True
         if errors:
             self.log.info("watch_failed", error=str(errors[0]))
-            await trio.sleep(0.05 + self._rng.random() * 0.1)
+            await anyio.sleep(0.05 + self._rng.random() * 0.1)
         else:
             self._watch_fires += 1
             if self._polling:
@@ -898,14 +901,14 @@ class Worker:
 
     async def _settle_loop(self) -> None:
         while True:
-            self._wake_settle = trio.Event()
+            self._wake_settle = anyio.Event()
             deadline = self._settler.deadline()
             if deadline is None or self.latest is None:
                 await self._wake_settle.wait()
                 continue
-            with trio.move_on_at(deadline):
+            with anyio.move_on_at(deadline):
                 await self._wake_settle.wait()
-            if not self._settler.due(trio.current_time()) or self.latest is None:
+            if not self._settler.due(anyio.current_time()) or self.latest is None:
                 continue
             self._settler.reported()
             self._report(self.latest)
@@ -928,20 +931,20 @@ class Worker:
         for ch in list(self._subscribers):
             try:
                 ch.send_nowait(change)
-            except trio.WouldBlock:
+            except anyio.WouldBlock:
                 self.log.warning("membership_subscriber_lagging")
-            except trio.BrokenResourceError:
+            except anyio.BrokenResourceError:
                 pass
-        ev, self._membership_event = self._membership_event, trio.Event()
+        ev, self._membership_event = self._membership_event, anyio.Event()
         ev.set()
 
     async def _check_loop(self) -> None:
         interval = self.options.effective_check_interval
         while True:
             m = self.latest
-            now = trio.current_time()
+            now = anyio.current_time()
             if m is None or self.state is not WorkerState.ACTIVE or len(m.members) < 2:
-                await trio.sleep(interval)
+                await anyio.sleep(interval)
                 continue
             members = m.members
 
@@ -967,9 +970,9 @@ class Worker:
                 )
             except FDBError as e:
                 self.log.warning("neighbour_read_failed", error=e.name)
-                await trio.sleep(interval)
+                await anyio.sleep(interval)
                 continue
-            now = trio.current_time()
+            now = anyio.current_time()
             next_due = now + interval
             for wid in neighbours:
                 rec = members.get(wid)
@@ -990,19 +993,19 @@ class Worker:
             # Until the next check is due, or a neighbour's heartbeat commits (its
             # watch fires: we see the new stamp at once, so the eviction deadline is
             # counted from the heartbeat itself, not from our next poll).
-            await self._wait_health(watches, max(next_due, trio.current_time() + interval / 20))
+            await self._wait_health(watches, max(next_due, anyio.current_time() + interval / 20))
 
     async def _wait_health(self, watches: list[Any], until: float) -> None:
         try:
-            with trio.move_on_at(until):
-                async with trio.open_nursery() as n:
+            with anyio.move_on_at(until):
+                async with anyio.create_task_group() as n:
 
                     async def one(w: Any) -> None:
                         try:
                             await w.wait()
                         except FDBError:
                             # A failed watch (too many: 1032): the timer alone decides.
-                            await trio.sleep_forever()
+                            await anyio.sleep_forever()
                         n.cancel_scope.cancel()
 
                     for w in watches:
@@ -1020,7 +1023,7 @@ class Worker:
         over, and the id kept restarting faster than settle + timeout (each new
         incarnation, the claimant, counting from zero after its settle window), nobody
         ever retired the dead incarnation and its jobs had no runner for 44-59 s."""
-        now = trio.current_time()
+        now = anyio.current_time()
         before = self._tracker.next_ghost_due()
         for wid, incarnation, timeout in replaced_or_gone(old, new, self.id):
             self._tracker.superseded(wid, incarnation, timeout, now)
@@ -1034,15 +1037,15 @@ class Worker:
         retirements, and all but the first find it retired (a read of one key)."""
         interval = self.options.effective_check_interval
         while True:
-            self._wake_ghosts = trio.Event()
+            self._wake_ghosts = anyio.Event()
             due = self._tracker.next_ghost_due()
             if due is None:
                 await self._wake_ghosts.wait()
                 continue
-            with trio.move_on_at(due + self._rng.random() * interval / 2):
+            with anyio.move_on_at(due + self._rng.random() * interval / 2):
                 await self._wake_ghosts.wait()
-            if not await self._retire_ghosts(trio.current_time()):
-                await trio.sleep(interval)
+            if not await self._retire_ghosts(anyio.current_time()):
+                await anyio.sleep(interval)
 
     async def _retire_ghosts(self, now: float) -> bool:
         """Attest that incarnations we saw superseded or gone run nothing any more,
@@ -1115,10 +1118,10 @@ class Worker:
         if self._leaving is not None:
             # Another task is leaving (drain() wakes _drain_watcher): wait for it
             # (bounded by its own deadline) instead of stopping the work twice.
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._leaving.wait()
             return
-        self._leaving = trio.Event()
+        self._leaving = anyio.Event()
         try:
             await self._leave_once(kind)
         finally:
@@ -1126,8 +1129,8 @@ class Worker:
 
     async def _leave_once(self, kind: str) -> None:
         self._set_state(WorkerState.DRAINING)
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + (
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + (
                 self.options.leave_timeout or max(self.options.timeout, 5.0)
             )
             await self._stop_work(kind)
@@ -1158,9 +1161,11 @@ class Worker:
         self._set_state(WorkerState.LEFT)
         self.log.info("left", kind=kind)
 
-    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self._register()
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._lease_watchdog)
             nursery.start_soon(self._suspend_watch)
@@ -1237,10 +1242,10 @@ async def open_worker(
     opts = _make_options(options, option_overrides)
     wid = resolve_worker_id(worker_id, id_file)
     worker = Worker(db, role, wid, opts, root=root, rng=rng, clocks=clocks)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         await nursery.start(worker._run)
         try:
-            with trio.CancelScope() as body:
+            with anyio.CancelScope() as body:
                 worker._body_scope = body
                 yield worker
         finally:
@@ -1253,11 +1258,11 @@ async def run_worker(
     db: Database,
     role: str,
     *,
-    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Worker] = anyio.TASK_STATUS_IGNORED,
     **kwargs: Any,
 ) -> None:
     """The nursery form: ``worker = await nursery.start(run_worker, db, role)``; runs
     until cancelled or drained, then leaves gracefully."""
     async with open_worker(db, role, **kwargs) as worker:
         task_status.started(worker)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()

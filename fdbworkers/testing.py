@@ -1,6 +1,7 @@
 """Test and simulation helpers: many workers in one process, a ledger of job runs that
 checks "at most one runner" (G3) as it happens, and a seeded fault simulation on the
-embedded engine's virtual clock (:class:`Simulation`).
+embedded engine's virtual clock (:class:`Simulation`). Written with anyio: the helpers
+run under trio and under asyncio.
 
 Users can test their own handlers with it::
 
@@ -16,9 +17,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+import anyio
+import anyio.abc
 
 from ._core.states import WorkerState
 from ._db import Database
@@ -28,12 +30,18 @@ from ._worker import Worker, WorkerOptions
 
 Handler = Callable[[Job], Awaitable[None]]
 
+if TYPE_CHECKING:
+    import trio
+
+    #: Where a Fleet starts its workers: an anyio task group or a trio nursery.
+    TaskSpawner = anyio.abc.TaskGroup | trio.Nursery
+
 
 async def idle_handler(job: Job) -> None:
     """A job that runs until stopped, checking its lease like a careful handler."""
     while True:
         job.check()
-        await trio.sleep(0.5)
+        await anyio.sleep(0.5)
 
 
 @dataclass
@@ -71,7 +79,7 @@ class RunLedger:
     starts: int = 0
 
     def started(self, job: Job, worker: Worker) -> Run:
-        now = trio.current_time()
+        now = anyio.current_time()
         self.starts += 1
         for other, ow in self.active.get(job.id, []):
             if ow is not worker and ow.lease_valid():
@@ -102,7 +110,7 @@ class RunLedger:
         return run
 
     def ended(self, run: Run) -> None:
-        run.end = trio.current_time()
+        run.end = anyio.current_time()
         lst = self.active.get(run.job, [])
         self.active[run.job] = [(r, w) for r, w in lst if r is not run]
 
@@ -113,11 +121,11 @@ class RunLedger:
 async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
     """Poll ``cond`` every ``step`` seconds (virtual time in tests) until it holds;
     fail after ``limit`` seconds. Returns how long it took."""
-    start = trio.current_time()
-    with trio.fail_after(limit):
+    start = anyio.current_time()
+    with anyio.fail_after(limit):
         while not cond():  # noqa: ASYNC110 - conditions on other workers' state
-            await trio.sleep(step)
-    return trio.current_time() - start
+            await anyio.sleep(step)
+    return anyio.current_time() - start
 
 
 class FleetWorker:
@@ -131,8 +139,8 @@ class FleetWorker:
         self.options = options
         self.worker: Worker | None = None
         self.runner: JobRunner | None = None
-        self._scope: trio.CancelScope | None = None
-        self._done = trio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
         self.crashed = False
         self.error: BaseException | None = None
         #: Time this worker's machine "slept" (see suspend()).
@@ -146,7 +154,9 @@ class FleetWorker:
         boot clock jumps (call it when the worker resumes)."""
         self.slept += seconds
 
-    async def _main(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _main(
+        self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         f = self.fleet
         w = Worker(
             self.db,
@@ -173,14 +183,14 @@ class FleetWorker:
         )
         started = False
         try:
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 self._scope = scope
-                async with trio.open_nursery() as n:
+                async with anyio.create_task_group() as n:
                     await n.start(w._run)
                     n.start_soon(self.runner.run)
                     task_status.started()
                     started = True
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
         except FencedError:
             raise
         except Exception as e:  # a worker that dies of an error is reported, not hidden
@@ -223,7 +233,7 @@ class Fleet:
 
     def __init__(
         self,
-        nursery: trio.Nursery,
+        nursery: TaskSpawner,
         db_for: Callable[[str], Database],
         *,
         role: str = "sim",
@@ -333,7 +343,8 @@ class Simulation:
 
     A paused process is modelled as a partitioned one (its database handle hangs);
     what differs, its tasks not running, is what ``job.check()`` covers.
-    Run it inside ``trio.run(..., clock=MockClock(autojump_threshold=0))``.
+    Run it on a virtual clock: ``trio.run(..., clock=MockClock(autojump_threshold=0))``
+    (the code is anyio's, so any loop with a virtual clock does; the suite uses trio).
     """
 
     def __init__(
@@ -348,16 +359,16 @@ class Simulation:
         self._last_event = 0.0
 
     def _note(self, text: str) -> None:
-        self.timeline.append(f"t={trio.current_time():9.3f} {text}")
+        self.timeline.append(f"t={anyio.current_time():9.3f} {text}")
 
     def _event(self, text: str) -> None:
         """A fault's delayed part (a restart, a heal): the liveness bound counts from
         the last one."""
-        self._last_event = max(self._last_event, trio.current_time())
+        self._last_event = max(self._last_event, anyio.current_time())
         self._note(text)
 
     def _violate(self, kind: str, detail: str) -> None:
-        v = Violation(trio.current_time(), kind, detail)
+        v = Violation(anyio.current_time(), kind, detail)
         self.violations.append(v)
         self._note(f"VIOLATION {v}")
 
@@ -386,7 +397,7 @@ class Simulation:
         layout = Layout.for_root(root)
         role = "sim"
         store = engine.store
-        start_time = trio.current_time()
+        start_time = anyio.current_time()
         admin = engine.open_database("admin")
         await admin.transact(tx_ensure_role, layout, role, cfg.partitions)
 
@@ -417,7 +428,7 @@ class Simulation:
 
         async def monitor() -> None:
             while True:
-                now = trio.current_time()
+                now = anyio.current_time()
                 current = {(w, r.incarnation) for w, r in records().items()}
                 for key in current:
                     seen_records.setdefault(key, now)
@@ -435,18 +446,18 @@ class Simulation:
                     owners = ledger.running_on(jid)
                     if len(owners) > 1:
                         self._violate("G3 two runners", f"job {jid} runs on {owners}")
-                await trio.sleep(0.1)
+                await anyio.sleep(0.1)
 
         crashing: set[str] = set()
         user_handler = self.handler
 
         async def handler(job: Job) -> None:
             if job.id in crashing:  # an injected crash loop of this job's handler
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
                 raise RuntimeError(f"injected crash of {job.id}")
             await user_handler(job)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             fleet = Fleet(
                 nursery,
                 engine.open_database,
@@ -475,11 +486,11 @@ class Simulation:
             quiet = opts.effective_settle_max + 4 * t_max + 5
             t_end_faults = start_time + cfg.duration - quiet
             next_job = cfg.jobs
-            while trio.current_time() < t_end_faults:
+            while anyio.current_time() < t_end_faults:
                 gap = rng.expovariate(cfg.fault_rate)
-                if trio.current_time() + gap >= t_end_faults:
+                if anyio.current_time() + gap >= t_end_faults:
                     break
-                await trio.sleep(gap)
+                await anyio.sleep(gap)
                 live = [fw for fw in fleet.live() if fw.worker is not None]
                 kinds = ["crash", "partition", "join", "leave", "add", "remove"]
                 weights = [3, 3, 2, 1, 2, 1]
@@ -492,7 +503,7 @@ class Simulation:
                     kind = "join"
                 if kind == "stall_join" and len(live) <= 2:
                     kind = "join"
-                now = trio.current_time()
+                now = anyio.current_time()
                 if kind == "crash":
                     fw = rng.choice(live)
                     w = fw.worker
@@ -599,7 +610,7 @@ class Simulation:
             crashing.clear()
             self._event("quiet period starts")  # the liveness bound counts from here at least
             await self._check_liveness_after_faults(fleet, store, layout, role, cfg, start_time)
-            await trio.sleep(max(0.0, start_time + cfg.duration - trio.current_time()))
+            await anyio.sleep(max(0.0, start_time + cfg.duration - anyio.current_time()))
             self._check_at_rest(fleet, store, layout, role, cfg)
             self._check_liveness(crashes, gone_at, seen_records, fault_times, opts)
             for t, wid, e in fleet.errors:
@@ -649,8 +660,8 @@ class Simulation:
                     f"liveness bound not checked: last fault too late ({self._last_event:.2f})"
                 )
                 return
-            await trio.sleep(max(0.0, due - trio.current_time()))
-            if self._last_event + bound <= trio.current_time() + 1e-9:
+            await anyio.sleep(max(0.0, due - anyio.current_time()))
+            if self._last_event + bound <= anyio.current_time() + 1e-9:
                 break
         version = store.read_version()
         jobs = {
@@ -757,7 +768,7 @@ class Simulation:
 async def restart_later(
     fleet: Fleet, wid: str, delay: float, sim: Simulation, options: WorkerOptions | None = None
 ) -> None:
-    await trio.sleep(delay)
+    await anyio.sleep(delay)
     fw = await fleet.start(wid, options)
     sim._event(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
 
@@ -772,7 +783,7 @@ async def stall_for(
         db.partitioned = True
     else:
         db.commits_stalled = True
-    await trio.sleep(duration)
+    await anyio.sleep(duration)
     db.partitioned = False
     db.commits_stalled = False
     if suspend:
@@ -784,7 +795,7 @@ async def crash_loop_for(
     crashing: set[str], jobs: set[str], duration: float, sim: Simulation
 ) -> None:
     crashing |= jobs
-    await trio.sleep(duration)
+    await anyio.sleep(duration)
     crashing -= jobs
     sim._event(f"crash loop of {sorted(jobs)} ends")
 
@@ -797,7 +808,7 @@ async def partition_for(
         return
     excused.add((w.id, w.incarnation))
     fw.db.partitioned = True  # type: ignore[attr-defined]
-    await trio.sleep(duration)
+    await anyio.sleep(duration)
     fw.db.partitioned = False  # type: ignore[attr-defined]
     if fw.worker is not None:
         # A rejoin after the partition is a new incarnation: excuse the old one only.

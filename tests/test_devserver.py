@@ -22,6 +22,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import msgpack
 import pytest
 import trio
@@ -33,6 +35,7 @@ from fdbworkers._backends.devserver import (
     DevServer,
     check_bind_host,
     load_data_file,
+    memory_stream_pair,
     save_data_file,
     serve,
 )
@@ -398,17 +401,17 @@ async def test_silent_server_is_detected(autojump_clock: trio.testing.MockClock)
     operations fail with 1026 after the keepalive timeout, or 1031 at the transaction's
     timeout when that comes first; nothing hangs."""
 
-    async def silent_server(stream: trio.abc.Stream) -> None:
+    async def silent_server(stream: anyio.abc.ByteStream) -> None:
         reader = FrameReader(stream)
         await reader.receive()
-        await stream.send_all(encode_frame([0, 0, {}]))
+        await stream.send(encode_frame([0, 0, {}]))
         while await reader.receive() is not None:
             pass
 
     async with trio.open_nursery() as nursery:
 
-        async def connector() -> trio.abc.Stream:
-            client, server = trio.testing.memory_stream_pair()
+        async def connector() -> anyio.abc.ByteStream:
+            client, server = memory_stream_pair()
             nursery.start_soon(silent_server, server)
             return client
 
@@ -544,14 +547,14 @@ async def test_protocol_version_mismatch_is_refused(
     memserver: DevServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     stream = await memserver.connect_in_memory()
-    await stream.send_all(encode_frame(["hello", PROTOCOL_VERSION + 1, {}]))
+    await stream.send(encode_frame(["hello", PROTOCOL_VERSION + 1, {}]))
     answer = await FrameReader(stream).receive()
     assert answer is not None
     assert answer[:2] == [0, STATUS_PROTOCOL_ERROR]
     assert "protocol version mismatch" in answer[2]
     # and a garbage frame closes the connection with a protocol error too
     stream = await memserver.connect_in_memory()
-    await stream.send_all(b"\x00\x00\x00\x03abc")
+    await stream.send(b"\x00\x00\x00\x03abc")
     answer = await FrameReader(stream).receive()
     assert answer is not None and answer[1] == STATUS_PROTOCOL_ERROR
 
@@ -660,7 +663,7 @@ async def test_workers_over_the_dev_server_survive_a_restart_and_evict_a_crash(
     root = "devserver-test"
     down = False
 
-    async def connector() -> trio.abc.Stream:
+    async def connector() -> anyio.abc.ByteStream:
         if down:
             raise ConnectionRefusedError("the dev server is restarting")
         return await memserver.connect_in_memory()
@@ -781,16 +784,16 @@ async def test_a_large_frame_before_the_hello_is_refused_at_its_header(
     from fdbworkers._backends.devserver import MAX_HELLO_FRAME, MAX_REQUEST_FRAME
 
     stream = await memserver.connect_in_memory()
-    await stream.send_all((128 * 1024 * 1024).to_bytes(4, "big") + b"x" * 1000)
+    await stream.send((128 * 1024 * 1024).to_bytes(4, "big") + b"x" * 1000)
     answer = await FrameReader(stream).receive()
     assert answer is not None and answer[1] == STATUS_PROTOCOL_ERROR
     assert f"at most {MAX_HELLO_FRAME} bytes" in answer[2]
     # After the hello, requests are capped too (far below the 128 MiB of an answer).
     stream = await memserver.connect_in_memory()
     reader = FrameReader(stream)
-    await stream.send_all(encode_frame(["hello", PROTOCOL_VERSION, {"name": "t"}]))
+    await stream.send(encode_frame(["hello", PROTOCOL_VERSION, {"name": "t"}]))
     assert (await reader.receive()) is not None
-    await stream.send_all((MAX_REQUEST_FRAME + 1).to_bytes(4, "big"))
+    await stream.send((MAX_REQUEST_FRAME + 1).to_bytes(4, "big"))
     answer = await reader.receive()
     assert answer is not None and answer[1] == STATUS_PROTOCOL_ERROR
     assert f"at most {MAX_REQUEST_FRAME} bytes" in answer[2]
@@ -803,18 +806,18 @@ async def test_a_client_that_reads_no_answers_gets_backpressure(
 
     limit = 20_000
     monkeypatch.setattr(devserver_module, "MAX_QUEUED_REPLY_BYTES", limit)
-    client, server_side = trio.testing.lockstep_stream_pair()  # writes wait for a reader
+    client, server_side = memory_stream_pair(0)  # writes wait for a reader
     sessions_before = set(memserver._sessions)
     assert memserver._nursery is not None
     memserver._nursery.start_soon(memserver._handle, server_side, "lockstep")
-    await client.send_all(encode_frame(["hello", PROTOCOL_VERSION, {"name": "greedy"}]))
+    await client.send(encode_frame(["hello", PROTOCOL_VERSION, {"name": "greedy"}]))
     total = 20_000
     sent = 0
 
     async def sender() -> None:
         nonlocal sent
         for rid in range(1, total + 1):
-            await client.send_all(encode_frame(["ping", rid]))
+            await client.send(encode_frame(["ping", rid]))
             sent += 1
 
     async with trio.open_nursery() as n:

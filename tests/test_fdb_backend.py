@@ -427,7 +427,7 @@ async def test_many_ready_futures_take_one_wake_up(
     fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wake_ups = 0
-    signal, drain = fdb_backend._Hub.signal, fdb_backend._Hub.drain
+    signal, drain = fdb_backend._TrioHub.signal, fdb_backend._TrioHub.drain
 
     def counting_signal(hub: Any) -> None:
         nonlocal wake_ups
@@ -439,8 +439,8 @@ async def test_many_ready_futures_take_one_wake_up(
         wake_ups += 1
         drain(hub)
 
-    monkeypatch.setattr(fdb_backend._Hub, "signal", counting_signal)
-    monkeypatch.setattr(fdb_backend._Hub, "drain", counting_drain)
+    monkeypatch.setattr(fdb_backend._TrioHub, "signal", counting_signal)
+    monkeypatch.setattr(fdb_backend._TrioHub, "drain", counting_drain)
     woken: list[int] = []
 
     async def waiter(f: int) -> None:

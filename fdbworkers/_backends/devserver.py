@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 import msgpack
-import trio
-import trio.testing
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._db import KeySelector, MutationType, Transaction, Watch
 from .._errors import ConfigError, FDBError
@@ -123,20 +126,65 @@ def check_bind_host(host: str, *, allow_remote: bool = False) -> list[tuple[Any,
     return list(infos)
 
 
-async def _open_listener(host: str, port: int, *, allow_remote: bool) -> trio.SocketListener:
+async def _open_listener(host: str, port: int, *, allow_remote: bool) -> anyio.abc.SocketListener:
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"dev server port must be 0..65535 (0: any free port), not {port!r}")
     infos = check_bind_host(host, allow_remote=allow_remote)
     family, type_, proto, _, sockaddr = infos[0]
-    sock = trio.socket.socket(family, type_, proto)
+    sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind((sockaddr[0], port, *sockaddr[2:]))
+        sock.bind((sockaddr[0], port, *sockaddr[2:]))  # a local address: does not block
         sock.listen(128)
+        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return await anyio.abc.SocketListener.from_socket(sock)
+
+
+class _MemoryByteStream(anyio.abc.ByteStream):
+    """One end of an in-memory byte stream pair (see :func:`memory_stream_pair`)."""
+
+    def __init__(
+        self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes]
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._buffer = b""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._buffer:
+            try:
+                self._buffer = await self._receive.receive()
+            except anyio.EndOfStream:
+                raise anyio.EndOfStream from None
+        data, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
+        return data
+
+    async def send(self, item: bytes) -> None:
+        if item:
+            await self._send.send(bytes(item))
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await self._send.aclose()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def memory_stream_pair(
+    buffer: float = math.inf,
+) -> tuple[anyio.abc.ByteStream, anyio.abc.ByteStream]:
+    """Two connected in-memory byte streams, on any event loop. ``buffer`` chunks may
+    wait unread in each direction (default: unbounded, like a socket pair whose buffers
+    never fill; 0: every send waits for the peer to receive it)."""
+    a_send, b_receive = anyio.create_memory_object_stream[bytes](buffer)
+    b_send, a_receive = anyio.create_memory_object_stream[bytes](buffer)
+    return _MemoryByteStream(a_send, a_receive), _MemoryByteStream(b_send, b_receive)
 
 
 def _address(host: str, port: int) -> str:
@@ -285,19 +333,19 @@ def _arg(message: list[Any], i: int, kind: type | tuple[type, ...]) -> Any:
 class _Session:
     """The server side of one connection."""
 
-    def __init__(self, server: DevServer, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, server: DevServer, stream: anyio.abc.ByteStream, peer: str) -> None:
         self.server = server
         self.stream = stream
         self.peer = peer
         self.db: EngineDatabase | None = None
         self.trs: dict[int, _ServerTransaction] = {}
-        self.requests: dict[int, tuple[trio.CancelScope, Watch | None]] = {}
-        self.send_ch, self.recv_ch = trio.open_memory_channel[bytes](math.inf)
+        self.requests: dict[int, tuple[anyio.CancelScope, Watch | None]] = {}
+        self.send_ch, self.recv_ch = anyio.create_memory_object_stream[bytes](math.inf)
         #: Reply bytes queued and not yet written (see _wait_for_reply_room).
         self.queued_bytes = 0
-        self._reply_room = trio.Event()
-        self.nursery: trio.Nursery | None = None
-        self.flushed = trio.Event()
+        self._reply_room = anyio.Event()
+        self.nursery: anyio.abc.TaskGroup | None = None
+        self.flushed = anyio.Event()
         self.closed = False
         self.log = log.bind(peer=peer)
 
@@ -309,7 +357,7 @@ class _Session:
             frame = encode_frame(
                 [rid, 4100, f"the answer is too large for the dev server protocol ({e})"]
             )
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.send_ch.send_nowait(frame)
             self.queued_bytes += len(frame)
 
@@ -326,7 +374,7 @@ class _Session:
     async def run(self) -> None:
         reader = FrameReader(self.stream, max_size=MAX_HELLO_FRAME)
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 self.nursery = nursery
                 if self.closed:
                     nursery.cancel_scope.cancel()
@@ -344,13 +392,13 @@ class _Session:
                     self.log.warning("devserver_protocol_error", error=str(e))
                     self.answer(0, STATUS_PROTOCOL_ERROR, str(e))
                     self.send_ch.close()
-                    with trio.move_on_after(1.0):
+                    with anyio.move_on_after(1.0):
                         await self.flushed.wait()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
                     self.log.debug("devserver_connection_broken", error=repr(e))
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 for st in self.trs.values():
                     if not st.committed:
                         with contextlib.suppress(Exception):
@@ -359,11 +407,11 @@ class _Session:
                 if self.db is not None:
                     with contextlib.suppress(Exception):
                         await self.db.aclose()
-                await trio.aclose_forcefully(self.stream)
+                await anyio.aclose_forcefully(self.stream)
 
     async def _handshake(self, reader: FrameReader) -> None:
         hello: list[Any] | None = None
-        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
             hello = await reader.receive()
         if hello is None:
             raise ProtocolError("no hello")
@@ -389,13 +437,13 @@ class _Session:
                 while size < _BATCH_BYTES:
                     try:
                         more = self.recv_ch.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                     chunks.append(more)
                     size += len(more)
-                await self.stream.send_all(b"".join(chunks))
+                await self.stream.send(b"".join(chunks))
                 self._replies_written(size)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.nursery_cancel()
         finally:
             self.flushed.set()
@@ -411,7 +459,7 @@ class _Session:
         written to this client (it does not read them): the queue stays bounded by the
         limit plus the answers of requests already read."""
         while self.queued_bytes > MAX_QUEUED_REPLY_BYTES:
-            self._reply_room = trio.Event()
+            self._reply_room = anyio.Event()
             await self._reply_room.wait()
 
     def close(self) -> None:
@@ -455,12 +503,12 @@ class _Session:
     ) -> None:
         if rid in self.requests:
             raise ProtocolError(f"request id {rid} is already in use")
-        scope = trio.CancelScope()
+        scope = anyio.CancelScope()
         self.requests[rid] = (scope, watch)
         assert self.nursery is not None
         self.nursery.start_soon(self._run_request, rid, scope, fn)
 
-    async def _run_request(self, rid: int, scope: trio.CancelScope, fn: Callable[[], Any]) -> None:
+    async def _run_request(self, rid: int, scope: anyio.CancelScope, fn: Callable[[], Any]) -> None:
         try:
             with scope:
                 result = await fn()
@@ -722,13 +770,13 @@ _WAITING_OPS: Final[dict[str, Callable[[_Session, int, _ServerTransaction, list[
 
 
 class _ShiftedClock:
-    """trio's clock plus a constant offset (monotonic, like trio's)."""
+    """The event loop's clock plus a constant offset (monotonic, like the loop's)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
 
     def __call__(self) -> float:
-        return trio.current_time() + self.offset
+        return anyio.current_time() + self.offset
 
 
 class DevServer:
@@ -749,13 +797,13 @@ class DevServer:
         if not (save_interval > 0 and math.isfinite(save_interval)):
             raise ConfigError(f"save_interval must be > 0 seconds, not {save_interval}")
         self._clock = _ShiftedClock()
-        #: The served engine (its clock: trio's, shifted after loading a data file so
+        #: The served engine (its clock: the loop's, shifted after loading a data file so
         #: that versions continue above the saved ones).
         self.engine = Engine(clock=self._clock, rng=rng, faults=faults)
         self.data = Path(data) if data is not None else None
         self.save_interval = save_interval
-        self._nursery: trio.Nursery | None = None
-        self._changed = trio.Event()
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self._changed = anyio.Event()
         self._connections_total = 0
         self._connections_open = 0
         self._requests = 0
@@ -781,7 +829,7 @@ class DevServer:
         *,
         listen: bool = True,
         allow_remote: bool = False,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; ``task_status.started(port)`` once listening (0 with
         ``listen=False``: in-memory connections only)."""
@@ -791,42 +839,43 @@ class DevServer:
         try:
             if self.data is not None:
                 self._load()
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 self._nursery = nursery
                 if listener is not None:
-                    sockname = listener.socket.getsockname()
-                    self.host, self.port = host, int(sockname[1])
-                    nursery.start_soon(trio.serve_listeners, self._handle_tcp, [listener])
+                    self.host = host
+                    self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+                    nursery.start_soon(listener.serve, self._handle_tcp)
                     log.info("devserver_listening", address=self.address, data=str(self.data))
                 if self.data is not None:
                     nursery.start_soon(self._save_loop)
                 task_status.started(self.port or 0)
-                await trio.sleep_forever()
+                await anyio.sleep_forever()
         finally:
             self._nursery = None
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 if listener is not None:
-                    await trio.aclose_forcefully(listener)
+                    await anyio.aclose_forcefully(listener)
                 if self.data is not None:
                     await self.save()
 
-    async def connect_in_memory(self) -> trio.abc.Stream:
+    async def connect_in_memory(self) -> anyio.abc.ByteStream:
         """A client stream connected to this server through memory (no TCP); raises
         :class:`ConnectionRefusedError` when the server is not running."""
         if self._nursery is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "the dev server is not running")
-        client, server = trio.testing.memory_stream_pair()
+        client, server = memory_stream_pair()
         self._nursery.start_soon(self._handle, server, "memory")
         return client
 
-    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+    async def _handle_tcp(self, stream: anyio.abc.SocketStream) -> None:
         try:
-            peer = stream.socket.getpeername()
-            name = f"{peer[0]}:{peer[1]}"
-        except OSError:
+            peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
+            name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        except (OSError, anyio.TypedAttributeLookupError):
             name = "tcp"
         with contextlib.suppress(OSError):
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await self._handle(stream, name)
 
     def client_handles(self) -> list[EngineDatabase]:
@@ -842,7 +891,7 @@ class DevServer:
             session.close()
         return len(sessions)
 
-    async def _handle(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _handle(self, stream: anyio.abc.ByteStream, peer: str) -> None:
         self._connections_total += 1
         self._connections_open += 1
         session = _Session(self, stream, peer)
@@ -912,7 +961,7 @@ class DevServer:
         version, items = self.snapshot()
         if version == self._saved_version:
             return
-        await trio.to_thread.run_sync(save_data_file, self.data, version, items)
+        await anyio.to_thread.run_sync(save_data_file, self.data, version, items)
         self._saved_version = version
         self._saves += 1
         log.debug("devserver_data_saved", path=str(self.data), keys=len(items), version=version)
@@ -920,12 +969,12 @@ class DevServer:
     async def _save_loop(self) -> None:
         while True:
             await self._changed.wait()
-            self._changed = trio.Event()
+            self._changed = anyio.Event()
             try:
                 await self.save()
             except OSError as e:
                 log.error("devserver_save_failed", path=str(self.data), error=str(e))
-            await trio.sleep(self.save_interval)
+            await anyio.sleep(self.save_interval)
 
 
 async def serve(
@@ -935,7 +984,7 @@ async def serve(
     data: Path | None = None,
     allow_remote: bool = False,
     save_interval: float = DEFAULT_SAVE_INTERVAL,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a fresh engine (or the one in ``data``) on ``host:port`` until cancelled;
     ``task_status.started(port)`` reports the bound port. Loopback only unless
@@ -961,8 +1010,8 @@ def run_devserver(
 
     async def main() -> None:
         server = DevServer(data=data, save_interval=save_interval)
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as nursery:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(
                     lambda task_status: server.run(
                         host, port, allow_remote=allow_remote, task_status=task_status
@@ -977,7 +1026,7 @@ def run_devserver(
                     break
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    anyio.run(main, backend="trio")
 
 
 def _write_ready_file(path: Path, address: str) -> None:

@@ -11,21 +11,29 @@ library, selects the API version and starts the network thread) is imported by
 go straight to libfdb_c's C functions through ctypes function objects of our own
 (:func:`_bind_c_api`), without the binding's per-call Python objects.
 
-Bridging FDB futures into trio
-------------------------------
+Bridging FDB futures into the event loop (trio or asyncio)
+----------------------------------------------------------
 Every call that talks to the cluster returns an FDB future. We never block on it and
 never use a thread per call. There is one C callback for the whole process
 (:data:`_CALLBACK`, made once); :func:`_wait` sets it on the future with a fresh integer
 token as its parameter and parks the task. libfdb_c calls it on its network thread (or
 inline, if the future became ready meanwhile); it only looks the token up, queues the
-waiter in the trio run's :class:`_Hub` and wakes the run, once for any number of
-futures that become ready together: through a byte on the hub's socket when a task
-*leads* (waits on that socket, so a lone transaction's wake-up is one scheduler hop),
-else with one ``run_sync_soon``. Then the result is read from the ready future without
-blocking, and the future destroyed. A cancelled waiter withdraws its token and cancels
-the FDB future (reads, commits, ``on_error``), so a late callback finds nothing; a watch
-is not cancelled with its waiter: cancelling a ``Watch.wait`` leaves the watch
-registered, and ``Watch.cancel`` stops it. Errors are libfdb_c's codes, raised as our
+waiter in the hub of the waiting task's loop and wakes that loop, once for any number
+of futures that become ready together:
+
+* under trio (:class:`_TrioHub`, one per run), through a byte on the hub's socket when a
+  task *leads* (waits on that socket, so a lone transaction's wake-up is one scheduler
+  hop), else with one ``run_sync_soon``;
+* under asyncio (:class:`_AsyncioHub`, one per loop), with one
+  ``loop.call_soon_threadsafe``, whose callback resolves the waiting tasks' futures.
+
+Which loop runs the task is read at each wait (trio marks its thread for sniffio; else
+asyncio's running loop), and each hub works with its loop's own primitives: no anyio on
+this path. Then the result is read from the ready future without blocking, and the
+future destroyed. A cancelled waiter withdraws its token and cancels the FDB future
+(reads, commits, ``on_error``), so a late callback finds nothing; a watch is not
+cancelled with its waiter: cancelling a ``Watch.wait`` leaves the watch registered, and
+``Watch.cancel`` stops it. Errors are libfdb_c's codes, raised as our
 :class:`~fdbworkers.FDBError`.
 
 An unreachable cluster
@@ -47,12 +55,12 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import trio
+import sniffio
 
 from .._db import (
     VERSIONSTAMP_SIZE,
@@ -464,8 +472,19 @@ def _check_error(f: int) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Futures into trio: one C callback for the process, one trio wake-up per batch
+# Futures into the event loop: one C callback for the process, one wake-up per batch
 # --------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import trio
+else:
+    trio = None  # set by the first trio hub (trio is running then: no import of our own)
+
+#: Set while trio runs a task in this thread (sniffio's marker, which trio sets): the
+#: cheapest exact answer to "which loop runs this task?", read at every wait.
+_running: Final = sniffio.thread_local
 
 
 class _Lead:
@@ -477,7 +496,7 @@ class _Lead:
         self.done = False
 
 
-class _Hub:
+class _TrioHub:
     """The futures of one trio run that became ready, and how the run is woken.
 
     The C callback (FDB's network thread) queues the waiter of a ready future. If a
@@ -491,10 +510,23 @@ class _Hub:
     is woken by the pass in progress or by the one it triggered (at worst one extra,
     empty pass)."""
 
-    __slots__ = ("leader", "ready", "rsock", "scheduled", "signalled", "token", "wsock")
+    __slots__ = (
+        "call_soon",
+        "checkpoint",
+        "finished",
+        "leader",
+        "ready",
+        "rsock",
+        "scheduled",
+        "signalled",
+        "wsock",
+    )
 
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self.token = token
+    def __init__(self) -> None:
+        #: ``run_sync_soon`` of the run's token, and what it raises once the run ended.
+        self.call_soon = trio.lowlevel.current_trio_token().run_sync_soon
+        self.finished: type[BaseException] = trio.RunFinishedError
+        self.checkpoint = trio.lowlevel.checkpoint
         self.ready: collections.deque[Any] = collections.deque()
         self.scheduled = False
         self.signalled = False
@@ -508,10 +540,14 @@ class _Hub:
         with suppress(OSError):  # full (then it is readable anyway) or closed
             self.wsock.send(b"\0")
 
+    def new_event(self) -> trio.Event:
+        return trio.Event()
+
     def dispatch(self, by_leader: bool) -> None:
         """Wake the waiters queued (trio thread)."""
         ready = self.ready
         reschedule = trio.lowlevel.reschedule
+        event_type = trio.Event
         while ready:
             waiter = ready.popleft()
             kind = type(waiter)
@@ -519,7 +555,7 @@ class _Hub:
                 waiter.done = True
                 if not by_leader and waiter is self.leader:
                     self.signal()
-            elif kind is trio.Event:
+            elif kind is event_type:
                 waiter.set()
             else:
                 reschedule(waiter)
@@ -542,28 +578,119 @@ class _Hub:
                 sock.close()
 
 
-_HUB: Final[trio.lowlevel.RunVar[_Hub]] = trio.lowlevel.RunVar("fdbworkers_fdb_hub")
+class _AsyncioHub:
+    """The futures of one asyncio loop that became ready, and how the loop is woken.
+
+    The C callback queues the waiter of a ready future (an ``asyncio.Future`` of the
+    waiting task, or the ``asyncio.Event`` of a shared future) and, unless a drain is
+    already scheduled, schedules :meth:`drain` with ``loop.call_soon_threadsafe``: one
+    wake-up of the loop per batch of futures that become ready together, the same flag
+    protocol as :class:`_TrioHub` without a leader (asyncio wakes a task from a callback
+    in the loop's next pass either way). Holds the loop weakly: the hubs are kept per
+    loop in a weak mapping."""
+
+    __slots__ = ("__weakref__", "leader", "loop", "ready", "scheduled", "signalled")
+
+    #: What ``call_soon_threadsafe`` raises once the loop is closed.
+    finished: type[BaseException] = RuntimeError
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.ready: collections.deque[Any] = collections.deque()
+        self.scheduled = False
+        self.leader: _Lead | None = None  # never: the callback always schedules a drain
+        self.signalled = False
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        loop = self.loop()
+        if loop is None:
+            raise RuntimeError("the event loop is gone")
+        loop.call_soon_threadsafe(fn)
+
+    def signal(self) -> None:  # pragma: no cover - no leader under asyncio
+        pass
+
+    @staticmethod
+    async def checkpoint() -> None:
+        await _asyncio_sleep(0)
+
+    def new_event(self) -> asyncio.Event:
+        event: asyncio.Event = _asyncio_event()
+        return event
+
+    def drain(self) -> None:
+        """Run in the loop by ``call_soon_threadsafe``: wake the waiters queued."""
+        self.scheduled = False
+        ready = self.ready
+        event_type = _asyncio_event
+        while ready:
+            waiter = ready.popleft()
+            if type(waiter) is event_type:
+                waiter.set()
+            elif not waiter.done():  # (a cancelled waiter's future is done)
+                waiter.set_result(None)
+
+
+_Hub = _TrioHub | _AsyncioHub
+
+_trio_hubs: Any = None  # trio.lowlevel.RunVar[_TrioHub], made by the first trio hub
+_asyncio_hubs: weakref.WeakKeyDictionary[Any, _AsyncioHub] = weakref.WeakKeyDictionary()
+_last_asyncio_hub: _AsyncioHub | None = None
+_get_running_loop: Any = None
+_asyncio_sleep: Any = None
+_asyncio_event: Any = None
 
 
 def _hub() -> _Hub:
-    try:
-        return _HUB.get()
-    except LookupError:
-        hub = _Hub(trio.lowlevel.current_trio_token())
-        _HUB.set(hub)
+    """The hub of the loop running the current task (trio or asyncio)."""
+    if _running.name == "trio":
+        try:
+            hub: _TrioHub = _trio_hubs.get()
+        except (LookupError, AttributeError):  # none yet in this run (or in any run)
+            return _new_trio_hub()
         return hub
+    return _current_asyncio_hub()
 
 
-#: The futures waited on: callback token -> (hub, waiter: a task, a trio.Event or a
-#: _Lead). The C callback pops its entry, so exactly one of the callback and a
-#: cancellation wins it.
+def _new_trio_hub() -> _TrioHub:
+    global trio, _trio_hubs
+    if trio is None:
+        import trio  # already imported: it runs this task
+    if _trio_hubs is None:
+        _trio_hubs = trio.lowlevel.RunVar("fdbworkers_fdb_hub")
+    hub = _TrioHub()
+    _trio_hubs.set(hub)
+    return hub
+
+
+def _current_asyncio_hub() -> _AsyncioHub:
+    global _last_asyncio_hub, _get_running_loop, _asyncio_sleep, _asyncio_event
+    if _get_running_loop is None:
+        import asyncio
+
+        _asyncio_sleep, _asyncio_event = asyncio.sleep, asyncio.Event
+        _get_running_loop = asyncio.get_running_loop
+    loop = _get_running_loop()  # RuntimeError outside a loop
+    hub = _last_asyncio_hub  # (threads that each run a loop: a miss costs a lookup)
+    if hub is not None and hub.loop() is loop:
+        return hub
+    hub = _asyncio_hubs.get(loop)
+    if hub is None:
+        hub = _asyncio_hubs[loop] = _AsyncioHub(loop)
+    _last_asyncio_hub = hub
+    return hub
+
+
+#: The futures waited on: callback token -> (hub, waiter: a trio task, a trio.Event, a
+#: _Lead, an asyncio.Future or an asyncio.Event). The C callback pops its entry, so
+#: exactly one of the callback and a cancellation wins it.
 _waiters: dict[int, tuple[_Hub, Any]] = {}
 _tokens = itertools.count(1)
 
 
 def _on_ready(_future: Any, token: Any) -> None:
-    """The one C callback, on FDB's network thread (or inline, in the trio thread, when
-    the future became ready while the callback was being set). It never blocks and
+    """The one C callback, on FDB's network thread (or inline, in the loop's thread,
+    when the future became ready while the callback was being set). It never blocks and
     never touches the future: identified by ``token``, which a cancelled waiter has
     withdrawn, so a late callback (of a cancelled or destroyed future) finds nothing."""
     entry = _waiters.pop(token, None)
@@ -577,8 +704,8 @@ def _on_ready(_future: Any, token: Any) -> None:
             hub.signal()
     elif not hub.scheduled:
         hub.scheduled = True
-        with suppress(trio.RunFinishedError):
-            hub.token.run_sync_soon(hub.drain)
+        with suppress(hub.finished):  # the loop has ended: nobody waits any more
+            hub.call_soon(hub.drain)
 
 
 _CALLBACK: Final = _CALLBACK_TYPE(_on_ready)  # made once, alive as long as the process
@@ -588,14 +715,26 @@ async def _wait(f: int) -> None:
     """Wait until the FDB future ``f`` is ready. A cancelled waiter cancels the future
     (it then completes with 1101); its owner destroys it as always.
 
-    The first task to wait while no task leads becomes the leader: it waits on the
-    hub's socket itself, so its own wake-up takes one scheduler hop, and it wakes the
-    others whose futures became ready meanwhile. The others park until woken."""
-    if _c.future_is_ready(f):
-        await trio.lowlevel.checkpoint()
-        return
+    Under trio, the first task to wait while no task leads becomes the leader: it waits
+    on the hub's socket itself, so its own wake-up takes one scheduler hop, and it wakes
+    the others whose futures became ready meanwhile. The others park until woken.
+    Under asyncio every waiter awaits a future of its own, resolved by the hub's drain."""
     hub = _hub()
+    if _c.future_is_ready(f):
+        await hub.checkpoint()
+        return
     token = next(_tokens)
+    if isinstance(hub, _AsyncioHub):
+        waiter = _get_running_loop().create_future()
+        _waiters[token] = (hub, waiter)
+        _c.future_set_callback(f, _CALLBACK, token)
+        try:
+            await waiter
+        except BaseException:
+            if _waiters.pop(token, None) is not None:
+                _c.future_cancel(f)
+            raise
+        return
     if hub.leader is None:
         lead = hub.leader = _Lead()
         _waiters[token] = (hub, lead)
@@ -625,16 +764,22 @@ async def _wait(f: int) -> None:
     await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+async def _checkpoint() -> None:
+    """Let the loop run other tasks (and deliver a cancellation)."""
+    await _hub().checkpoint()
+
+
 class _SharedFuture:
     """An FDB future that any number of tasks may await, more than once (a watch, a
-    versionstamp): its callback is set once (libfdb_c takes one per future) and wakes a
-    ``trio.Event``. A cancelled waiter leaves the future alone. Owns the future."""
+    versionstamp): its callback is set once (libfdb_c takes one per future) and wakes an
+    event of the waiting loop (``trio.Event``, ``asyncio.Event``). A cancelled waiter
+    leaves the future alone. Owns the future. All its waiters run in one loop."""
 
     __slots__ = ("_event", "ptr")
 
     def __init__(self, ptr: int) -> None:
         self.ptr = ptr
-        self._event: trio.Event | None = None
+        self._event: trio.Event | asyncio.Event | None = None
 
     @property
     def ready(self) -> bool:
@@ -643,17 +788,18 @@ class _SharedFuture:
     async def wait(self) -> None:
         event = self._event
         if event is None:
+            hub = _hub()
             if _c.future_is_ready(self.ptr):
-                await trio.lowlevel.checkpoint()
+                await hub.checkpoint()
                 return
-            event = self._event = trio.Event()
+            event = self._event = hub.new_event()
             token = next(_tokens)
-            _waiters[token] = (_hub(), event)
+            _waiters[token] = (hub, event)
             _c.future_set_callback(self.ptr, _CALLBACK, token)
         await event.wait()
 
     def wake(self) -> None:
-        """Wake the waiting tasks now, ready or not (trio thread only)."""
+        """Wake the waiting tasks now, ready or not (the loop's thread only)."""
         if self._event is not None:
             self._event.set()
 
@@ -698,7 +844,7 @@ class _FdbReads(ReadTransaction):
                     await _wait(f)
                     waited = True
             if not waited:
-                await trio.lowlevel.checkpoint()
+                await _checkpoint()
             return [_value_of(f) for f in futures]
         finally:
             for f in futures:
@@ -807,7 +953,7 @@ class FdbWatch(Watch):
         if self._error is None:
             await self._future.wait()
         else:
-            await trio.lowlevel.checkpoint()
+            await _checkpoint()
         if self._error is not None:
             # The FDB future may still be pending: never block on it.
             raise FDBError(self._error.code, self._error.description)
@@ -1062,7 +1208,7 @@ class FdbDatabase(Database):
                 w.cancel()
         self._watches.clear()
         self._handle = None
-        await trio.lowlevel.checkpoint()
+        await _checkpoint()
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else "open"
@@ -1149,7 +1295,7 @@ def open_fdb(
 def probe_cluster_blocking(cluster_file: str | None = None, *, timeout: float = 5.0) -> str | None:
     """Ask the cluster for a read version, **blocking** the calling thread for at most
     ``timeout`` seconds: None if it answered, else why not. For start-up checks outside
-    the event loop (test collection, a CLI's first look); never call it from trio code."""
+    the event loop (test collection, a CLI's first look); never call it from async code."""
     try:
         path = resolve_cluster_file(cluster_file)
         fdb_module = _ensure_started(DEFAULT_API_VERSION)

@@ -29,7 +29,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import trio
+import anyio
+import anyio.abc
+import anyio.lowlevel
 
 from .._db import (
     DEFAULT_MAX_WATCHES,
@@ -58,6 +60,7 @@ from .._db import (
 )
 from .._errors import ConfigError, FDBError
 from .._log import get_logger
+from .._loop import LoopToken, current_token, spawn_system_task
 from .wire import (
     _BATCH_BYTES,
     PROTOCOL_VERSION,
@@ -138,7 +141,7 @@ class _Slot:
     __slots__ = ("commit", "error", "event", "value")
 
     def __init__(self, *, commit: bool = False) -> None:
-        self.event = trio.Event()
+        self.event = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
         self.commit = commit
@@ -166,12 +169,13 @@ class _Slot:
 class _Connection:
     """One TCP connection to the server: a writer task sends queued frames in order, a
     reader task matches answers to requests by id, a keepalive task pings. The tasks
-    run as a trio system task (a database handle has no nursery of its own); only the
+    run in a system task of the loop (a database handle has no task group of its own:
+    ``fdbworkers._loop.spawn_system_task``); only the
     writer touches the sending side, so a cancelled caller never leaves half a frame."""
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        stream: anyio.abc.ByteStream,
         reader: FrameReader,
         address: str,
         keepalive_timeout: float,
@@ -180,14 +184,14 @@ class _Connection:
         self._reader = reader
         self.address = address
         self._keepalive_timeout = keepalive_timeout
-        self._send_ch, self._recv_ch = trio.open_memory_channel[bytes](math.inf)
+        self._send_ch, self._recv_ch = anyio.create_memory_object_stream[bytes](math.inf)
         self._pending: dict[int, _Slot] = {}
         self._next_id = 1
         self._next_tid = 1
         self._dropped: list[int] = []
-        self._last_rx = trio.current_time()
-        self._scope = trio.CancelScope()
-        self._token = trio.lowlevel.current_trio_token()
+        self._last_rx = anyio.current_time()
+        self._scope = anyio.CancelScope()
+        self._token = current_token()
         self.error: ConnectionLostError | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -195,10 +199,7 @@ class _Connection:
     def alive(self) -> bool:
         if self.error is not None:
             return False
-        try:
-            return trio.lowlevel.current_trio_token() is self._token
-        except RuntimeError:
-            return False
+        return self._token.is_current()
 
     def lost_error(self, *, commit: bool = False) -> ConnectionLostError:
         reason = self.error.description if self.error is not None else "closed"
@@ -237,7 +238,7 @@ class _Connection:
         the operation that waits next reports the loss)."""
         if self.error is not None:
             return
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._send_ch.send_nowait(encode_frame(list(message)))
 
     def register(self, slot: _Slot) -> int:
@@ -270,7 +271,7 @@ class _Connection:
         rid = self.register(slot)
         self.send(op, rid, *args)
         try:
-            with trio.move_on_at(deadline):
+            with anyio.move_on_at(deadline):
                 await slot.event.wait()
         finally:
             if not slot.done:
@@ -283,24 +284,24 @@ class _Connection:
     async def run(self) -> None:
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._guard, self._read_loop)
                     nursery.start_soon(self._guard, self._write_loop)
                     nursery.start_soon(self._guard, self._keepalive_loop)
         finally:
             self.fail("the connection was closed", expected=True)
-            await trio.aclose_forcefully(self._stream)
+            await anyio.aclose_forcefully(self._stream)
 
     async def close(self) -> None:
         self.fail("the database handle was closed", expected=True)
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def _guard(self, fn: Callable[[], Awaitable[None]]) -> None:
         try:
             await fn()
         except ProtocolError as e:
             self.fail(f"protocol error: {e}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self.fail("the connection was closed")
         except OSError as e:
             self.fail(f"{type(e).__name__}: {e}")
@@ -314,7 +315,7 @@ class _Connection:
             if message is None:
                 self.fail("the server closed the connection")
                 return
-            self._last_rx = trio.current_time()
+            self._last_rx = anyio.current_time()
             if len(message) != 3 or not isinstance(message[0], int):
                 raise ProtocolError(f"bad answer {message!r:.200}")
             rid, status, payload = message
@@ -336,19 +337,19 @@ class _Connection:
             while size < _BATCH_BYTES:
                 try:
                     more = self._recv_ch.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
+                except (anyio.WouldBlock, anyio.EndOfStream):
                     break
                 chunks.append(more)
                 size += len(more)
             if self._dropped:
                 dropped, self._dropped = self._dropped, []
                 chunks.append(encode_frame(["drop", dropped]))
-            await self._stream.send_all(b"".join(chunks))
+            await self._stream.send(b"".join(chunks))
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await trio.sleep(KEEPALIVE_INTERVAL)
-            silent = trio.current_time() - self._last_rx
+            await anyio.sleep(KEEPALIVE_INTERVAL)
+            silent = anyio.current_time() - self._last_rx
             if silent > self._keepalive_timeout:
                 self.fail(f"no answer from the server for {silent:.1f} s")
                 return
@@ -470,8 +471,8 @@ def _v(value: bytes) -> bytes:
 
 def _now_or_none() -> float | None:
     try:
-        return trio.current_time()
-    except RuntimeError:  # outside trio: the clock starts at first use
+        return anyio.current_time()
+    except RuntimeError:  # outside a loop: the clock starts at first use
         return None
 
 
@@ -558,7 +559,7 @@ class RemoteTransaction(Transaction):
     def _bind(self, conn: _Connection) -> None:
         self._conn = conn
         self._tid = conn.new_tid()
-        self._bound_at = trio.current_time()
+        self._bound_at = anyio.current_time()
         self._retries_at_bind = self._retries
         conn.send("new", self._tid)
         self._finalizer = weakref.finalize(self, conn.drop_later, self._tid)
@@ -598,10 +599,10 @@ class RemoteTransaction(Transaction):
         return self._started() + self._timeout if self._timeout > 0 else math.inf
 
     def _started(self) -> float:
-        """When the transaction was created (or reset); outside trio that is its first
-        use inside trio."""
+        """When the transaction was created (or reset); outside a loop that is its first
+        use inside one."""
         if self._created is None:
-            self._created = trio.current_time()
+            self._created = anyio.current_time()
         return self._created
 
     async def _ready(self) -> _Connection:
@@ -610,7 +611,7 @@ class RemoteTransaction(Transaction):
             if self._cancelled:
                 raise FDBError(1025)
             deadline = self._deadline()
-            if trio.current_time() >= deadline:
+            if anyio.current_time() >= deadline:
                 raise FDBError(1031)
             conn = await self._db._connection(deadline)
             if self._conn is None:
@@ -762,11 +763,11 @@ class RemoteTransaction(Transaction):
             self.cancel()  # like the engine: the transaction is cancelled (1025 after)
             raise error
         deadline = self._deadline()
-        wake = trio.current_time() + backoff_delay(self._retries)
+        wake = anyio.current_time() + backoff_delay(self._retries)
         if wake >= deadline:
-            await trio.sleep_until(deadline)
+            await anyio.sleep_until(deadline)
             raise FDBError(1031)
-        await trio.sleep_until(wake)
+        await anyio.sleep_until(wake)
         self._retries += 1
         self._committed_version = -1
         self._unbind()
@@ -804,7 +805,7 @@ class RemoteTransaction(Transaction):
 # The database
 # --------------------------------------------------------------------------------------
 
-Connector = Callable[[], Awaitable[trio.abc.Stream]]
+Connector = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 
 class RemoteDatabase(Database):
@@ -841,8 +842,8 @@ class RemoteDatabase(Database):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._connector = connector
         self._conn: _Connection | None = None
-        self._lock: trio.Lock | None = None
-        self._lock_token: trio.lowlevel.TrioToken | None = None
+        self._lock: anyio.Lock | None = None
+        self._lock_token: LoopToken | None = None
         self._max_watches = DEFAULT_MAX_WATCHES
         self._max_watches_set = False
         self._watches: weakref.WeakSet[RemoteWatch] = weakref.WeakSet()
@@ -882,7 +883,7 @@ class RemoteDatabase(Database):
         if conn is not None and conn.alive:
             await conn.close()
         else:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
     # -- connecting ----------------------------------------------------------------------
     def _live_connection(self) -> _Connection | None:
@@ -895,9 +896,9 @@ class RemoteDatabase(Database):
             return conn
         if self._closed:
             raise FDBError(2000, "the database handle is closed")
-        token = trio.lowlevel.current_trio_token()
-        if self._lock is None or self._lock_token is not token:
-            self._lock = trio.Lock()
+        token = current_token()
+        if self._lock is None or self._lock_token != token:
+            self._lock = anyio.Lock()
             self._lock_token = token
         async with self._lock:
             conn = self._live_connection()
@@ -907,16 +908,16 @@ class RemoteDatabase(Database):
             return conn
 
     async def _connect(self, deadline: float) -> _Connection:
-        limit = min(deadline, trio.current_time() + self.connect_timeout)
-        stream: trio.abc.Stream | None = None
+        limit = min(deadline, anyio.current_time() + self.connect_timeout)
+        stream: anyio.abc.ByteStream | None = None
         try:
-            with trio.move_on_at(limit):
+            with anyio.move_on_at(limit):
                 if self._connector is not None:
                     stream = await self._connector()
                 else:
-                    stream = await trio.open_tcp_stream(self.host, self.port)
+                    stream = await anyio.connect_tcp(self.host, self.port)
                 reader = FrameReader(stream)
-                await stream.send_all(
+                await stream.send(
                     encode_frame(
                         [
                             "hello",
@@ -929,7 +930,7 @@ class RemoteDatabase(Database):
                 conn = self._accept(stream, reader, answer)
                 stream = None  # owned by the connection now
                 return conn
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as e:
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as e:
             raise ConnectionLostError(
                 CONNECTION_FAILED,
                 f"Network connection failed: cannot connect to the dev server {self.address} "
@@ -937,8 +938,8 @@ class RemoteDatabase(Database):
             ) from None
         finally:
             if stream is not None:
-                await trio.aclose_forcefully(stream)
-        if trio.current_time() >= deadline:
+                await anyio.aclose_forcefully(stream)
+        if anyio.current_time() >= deadline:
             raise FDBError(1031)
         raise ConnectionLostError(
             CONNECTION_FAILED,
@@ -947,7 +948,7 @@ class RemoteDatabase(Database):
         )
 
     def _accept(
-        self, stream: trio.abc.Stream, reader: FrameReader, answer: list[Any] | None
+        self, stream: anyio.abc.ByteStream, reader: FrameReader, answer: list[Any] | None
     ) -> _Connection:
         if answer is None:
             raise ProtocolError("the server closed the connection during the handshake")
@@ -959,9 +960,7 @@ class RemoteDatabase(Database):
         conn = _Connection(stream, reader, self.address, self.keepalive_timeout)
         if self._max_watches_set:
             conn.send("max_watches", self._max_watches)
-        trio.lowlevel.spawn_system_task(
-            conn.run, name=f"fdbworkers-devserver-client {self.address}"
-        )
+        spawn_system_task(conn.run, name=f"fdbworkers-devserver-client {self.address}")
         self.connects += 1
         log.debug("devserver_connected", address=self.address, server=payload)
         return conn

@@ -16,8 +16,9 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
+import anyio
+import anyio.abc
 import msgpack
-import trio
 
 #: Version of the wire protocol; client and server must agree (checked by ``hello``).
 PROTOCOL_VERSION: Final = 1
@@ -57,9 +58,9 @@ def encode_frame(message: list[Any]) -> bytes:
 
 
 class FrameReader:
-    """Reads whole frames from a trio stream (one reader task at a time)."""
+    """Reads whole frames from a byte stream (one reader task at a time)."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, max_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_size: int = MAX_FRAME_SIZE) -> None:
         self._stream = stream
         self._buf = bytearray()
         self._max = max_size
@@ -86,7 +87,10 @@ class FrameReader:
                     body = bytes(self._buf[_HEADER.size : end])
                     del self._buf[:end]
                     return _decode(body)
-            chunk = await self._stream.receive_some(max(65536, _HEADER.size))
+            try:
+                chunk = await self._stream.receive(max(65536, _HEADER.size))
+            except anyio.EndOfStream:
+                chunk = b""
             if not chunk:
                 if self._buf:
                     raise ProtocolError("the stream ended in the middle of a frame")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import trio
+import anyio
 
 from .._core.keys import (
     LAYOUT_VERSION,
@@ -243,7 +243,7 @@ async def observe_health(
     cap: float,
     resolve_after: float = 0.5,
     poll: float = OBSERVE_POLL,
-    clock: Callable[[], float] = trio.current_time,
+    clock: Callable[[], float] = anyio.current_time,
 ) -> dict[str, Observation]:
     """Read the role's health stamps every ``poll`` seconds until each member in
     ``members`` is resolved (its stamp changed, or it stayed silent for
@@ -268,7 +268,7 @@ async def observe_health(
             return out
         if clock() + poll > deadline:
             return out
-        await trio.sleep(poll)
+        await anyio.sleep(poll)
 
 
 # --- members and jobs -----------------------------------------------------------------

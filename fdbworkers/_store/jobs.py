@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import trio
+import anyio
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition, stable_hash64
 from .._core.claims import CORRUPT, ClaimDecision, HolderRecord, StoredClaim, decide_claim
@@ -319,18 +319,20 @@ async def tx_list_jobs(
 
 
 async def gather(
-    fn: Callable[[int, int], Awaitable[None]], spans: Sequence[tuple[int, int]], width: int = 64
+    fn: Callable[[int, int], Coroutine[Any, Any, None]],
+    spans: Sequence[tuple[int, int]],
+    width: int = 64,
 ) -> None:
     """``fn(lo, hi)`` for every span, at most ``width`` at a time (reads of one
     transaction, issued together). An FDB error is raised as itself, not as an exception
     group: the retry loop (and the callers' ``except FDBError``) do not look into groups."""
     try:
         for i in range(0, len(spans), width):
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 for lo, hi in spans[i : i + width]:
                     nursery.start_soon(fn, lo, hi)
     except BaseExceptionGroup as group:
-        cancelled, _ = group.split(trio.Cancelled)
+        cancelled, _ = group.split(anyio.get_cancelled_exc_class())
         if cancelled is not None:
             # Being cancelled (a deadline, a stop): that is what must reach the cancel
             # scope; FDB errors of the reads it interrupted are moot.
@@ -902,7 +904,7 @@ async def add_jobs_in_batches(
                     result.unchanged += 1
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for slot in range(max(1, concurrency)):
                 nursery.start_soon(worker, slot)
     finally:

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import trio
+import anyio
+import anyio.lowlevel
 
 from .._core.keys import Layout
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS, plan_ranges, request_limit
@@ -116,7 +117,7 @@ async def read_share(
             out.keys += len(kvs)
             for i, kv in enumerate(kvs):
                 if i % 1000 == 999:
-                    await trio.lowlevel.checkpoint()  # short steps: heartbeats go on
+                    await anyio.lowlevel.checkpoint()  # short steps: heartbeats go on
                 try:
                     t = layout.unpack_below(jobs_begin, kv.key)
                     p, jid = int(t[0]), str(t[1])
@@ -132,5 +133,5 @@ async def read_share(
             if len(kvs) >= limit:
                 # Maybe more: the rest of this range goes first in the next page.
                 queue.appendleft((kvs[-1].key + b"\x00", end))
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
     return out

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trio
 from cli_util import Cli, cli_on, started_devserver, wait_for
@@ -95,7 +96,7 @@ def env_for(attempt: int) -> dict[str, str]:
 
 async def test_stop_sends_sigterm_and_returns_after_the_process_ended(tmp_path: Path) -> None:
     r, out = runner(tmp_path, stop_grace=5.0)
-    stopping = trio.Event()
+    stopping = anyio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
         await wait_until(lambda: [e["event"] for e in events(out)] == ["start"])
@@ -109,7 +110,7 @@ async def test_stop_sends_sigterm_and_returns_after_the_process_ended(tmp_path: 
 
 async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
     r, out = runner(tmp_path, "ignore-term", stop_grace=0.3)
-    stopping = trio.Event()
+    stopping = anyio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
         await wait_until(lambda: len(events(out)) == 1)
@@ -122,7 +123,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Pa
 
 async def test_cancellation_kills_at_once(tmp_path: Path) -> None:
     r, out = runner(tmp_path, "ignore-term", stop_grace=30.0)
-    stopping = trio.Event()
+    stopping = anyio.Event()
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as n:
             n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
@@ -137,7 +138,7 @@ async def test_cancellation_kills_at_once(tmp_path: Path) -> None:
 
 async def test_a_process_that_exits_is_restarted_with_backoff(tmp_path: Path) -> None:
     r, out = runner(tmp_path, "exit", "3", backoff_initial=0.05, backoff_max=0.2)
-    stopping = trio.Event()
+    stopping = anyio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
         await wait_until(lambda: len(events(out)) >= 4)
@@ -149,7 +150,7 @@ async def test_a_process_that_exits_is_restarted_with_backoff(tmp_path: Path) ->
 
 async def test_on_failure_mode_does_not_restart_a_finished_job(tmp_path: Path) -> None:
     r, out = runner(tmp_path, "exit", "0", restart="on-failure", backoff_initial=0.05)
-    stopping = trio.Event()
+    stopping = anyio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
         await wait_until(lambda: r.statistics().exited == 1)
@@ -160,7 +161,7 @@ async def test_on_failure_mode_does_not_restart_a_finished_job(tmp_path: Path) -
 
 async def test_a_missing_program_is_retried_not_fatal(tmp_path: Path) -> None:
     r = ExecRunner(ExecOptions(("/no/such/program",), backoff_initial=0.05, backoff_max=0.1))
-    stopping = trio.Event()
+    stopping = anyio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(lambda: r.run_job(env_for, stopping, label="j1"))
         await wait_until(lambda: r.statistics().spawn_failures >= 2)

@@ -1,4 +1,4 @@
-"""The embedded engine: FoundationDB's semantics in this process, on trio's clock.
+"""The embedded engine: FoundationDB's semantics in this process, on the event loop's clock.
 
 ``Engine`` is one "cluster" (data, versions, conflicts, watches, faults); each
 ``engine.open_database()`` is a client handle implementing :class:`fdbworkers.Database`.
