@@ -4,6 +4,7 @@ This module is the whole public API; everything else lives in private modules.
 """
 
 from ._backends.connect import open_database
+from ._blocking import BlockingDatabase, BlockingJob, BlockingTransaction, BlockingWorker
 from ._core.membership import Membership, MembershipChange
 from ._core.states import WorkerState
 from ._db import (
@@ -51,6 +52,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AddJobsResult",
     "BackendUnavailableError",
+    "BlockingDatabase",
+    "BlockingJob",
+    "BlockingTransaction",
+    "BlockingWorker",
     "ClusterUnreachableError",
     "ConfigError",
     "CorruptDataError",

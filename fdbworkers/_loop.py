@@ -1,7 +1,7 @@
 """The event loop under fdbworkers: asyncio or trio, through anyio.
 
 Everything async in the package is written against anyio, so it runs unchanged inside
-``asyncio.run`` and inside ``trio.run``. anyio covers tasks, cancel
+``asyncio.run`` and inside ``trio.run`` (docs/asyncio.md). anyio covers tasks, cancel
 scopes, events, sleeps and sockets. This module holds the few things it leaves to the
 loop itself, each done the loop's own way:
 

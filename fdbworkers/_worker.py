@@ -93,6 +93,10 @@ JobRunnerHook = Callable[..., Awaitable[None]]
 _job_runner: JobRunnerHook | None = None
 
 
+#: The sending side of a subscriber's stream of settled changes.
+ChangeSender = MemoryObjectSendStream[MembershipChange]
+
+
 def install_job_runner(run: JobRunnerHook) -> None:
     """Called once by ``fdbworkers._runner`` on import: ``run(worker, handler, **options)``
     is what ``Worker.run_jobs`` calls. This keeps the import arrow one way (the runner
@@ -427,16 +431,30 @@ class Worker:
         Every settled change is delivered in order; a consumer that falls ``buffer``
         changes behind loses the oldest ones (the latest membership is always current
         in ``worker.membership``)."""
-        send, recv = anyio.create_memory_object_stream[MembershipChange](buffer)
-        self._subscribers.append(send)
-        if self.membership is not None:
-            send.send_nowait(diff(None, self.membership))
+        send, recv = self._subscribe(buffer)
         try:
             async with recv:
                 yield recv
         finally:
+            self._unsubscribe(send)
+
+    def _subscribe(
+        self, buffer: int
+    ) -> tuple[
+        MemoryObjectSendStream[MembershipChange], MemoryObjectReceiveStream[MembershipChange]
+    ]:
+        """A new subscriber of the settled changes (``changes`` and the blocking
+        façade); the current membership, if any, is its first change."""
+        send, recv = anyio.create_memory_object_stream[MembershipChange](buffer)
+        self._subscribers.append(send)
+        if self.membership is not None:
+            send.send_nowait(diff(None, self.membership))
+        return send, recv
+
+    def _unsubscribe(self, send: ChangeSender) -> None:
+        if send in self._subscribers:
             self._subscribers.remove(send)
-            send.close()
+        send.close()
 
     def on_stop_work(self, fn: Callable[[str], Awaitable[None]]) -> None:
         """Register ``await fn(reason)``, called to stop all work before the worker leaves

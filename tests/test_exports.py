@@ -25,3 +25,14 @@ def test_import_does_not_load_libfdb_c() -> None:
         "assert 'fdb.impl' not in sys.modules, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_blocking_facade_is_public() -> None:
+    """Threaded programs use BlockingWorker and the blocking job, database and
+    transaction it hands out (docs/asyncio.md)."""
+    from fdbworkers._blocking import __all__ as blocking
+
+    assert set(blocking) <= set(fdbworkers.__all__)
+    assert {"BlockingWorker", "BlockingJob", "BlockingDatabase", "BlockingTransaction"} <= set(
+        blocking
+    )
