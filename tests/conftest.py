@@ -2,7 +2,7 @@
 
 ``db`` is parametrized over ``engine`` (the embedded engine, on trio's virtual clock:
 ``MockClock(autojump_threshold=0)``), ``remote`` (the same engine served by a
-``fdbworkers._backends.devserver.DevServer`` in the test's nursery, reached by a
+``fdbworkers._backends.devserver.DevServer`` in a task group of the fixture, reached by a
 ``RemoteDatabase`` over an in-memory stream: the dev server protocol, on the virtual
 clock too) and ``fdb`` (a real FoundationDB cluster named by
 ``FDB_CLUSTER_FILE``, on the real clock, marked ``real_fdb``; skipped with the reason
@@ -17,6 +17,15 @@ clock (autojump would skip over real waits for the cluster) under a wall-clock d
 of ``REAL_TEST_DEADLINE`` seconds, so a hung cluster fails the test instead of the run.
 This is done with pytest-trio's own ``pytest.mark.trio(run=...)`` marker, prepended at
 collection.
+
+Both event loops: a test module marked ``pytestmark = pytest.mark.anyio`` runs each of
+its tests under trio *and* under asyncio (the ``anyio_backend`` fixture below, through
+anyio's pytest plugin instead of pytest-trio). Both run on a virtual clock that jumps
+to the next timer whenever every task waits: trio's ``MockClock(autojump_threshold=0)``
+and, for asyncio, :class:`aio_util.VirtualClockLoop`; real-cluster tests run on the real
+clock under the same wall-clock deadline as above. Such tests use anyio's API (task
+groups, ``anyio.sleep``, ``anyio.fail_after``...) and fixtures that do not depend on
+pytest-trio's (``nursery``, ``autojump_clock``).
 """
 
 from __future__ import annotations
@@ -30,9 +39,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 import trio
 import trio.testing
+from aio_util import VirtualClockLoop
 
 from fdbworkers._db import Database
 
@@ -131,19 +143,26 @@ def _backend_of(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-trio's trio_mode marked every async test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         backend = _backend_of(item)
         if "real_db" in fixtures and item.get_closest_marker("real_fdb") is None:
             item.add_marker(pytest.mark.real_fdb)
-        real = item.get_closest_marker("real_fdb") is not None
+        real = item.get_closest_marker("real_fdb") is not None or backend == "fdb"
         if real:
             reason = real_cluster_unavailable()
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
         fn = getattr(item, "obj", None)
         if not inspect.iscoroutinefunction(fn):
+            continue
+        if "anyio_backend" in fixtures and isinstance(item, pytest.Function):
+            # Both loops: anyio's plugin runs it, not pytest-trio.
+            item.own_markers = [m for m in item.own_markers if m.name != "trio"]
+            if real:
+                item.obj = _with_real_deadline(item.obj)
             continue
         has_own_run = any(m.kwargs.get("run") for m in item.iter_markers("trio"))
         if has_own_run and not any(
@@ -159,6 +178,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------
+
+
+def _with_real_deadline(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A real-cluster test on either loop: fail at once when the cluster does not
+    answer, and within REAL_TEST_DEADLINE seconds of wall time."""
+
+    @functools.wraps(fn)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        if real_cluster_unavailable() is None:
+            reason = real_cluster_unreachable()
+            if reason is not None:
+                pytest.fail(f"the real FoundationDB cluster is not usable: {reason}")
+        with anyio.fail_after(REAL_TEST_DEADLINE):
+            return await fn(*args, **kwargs)
+
+    return bounded
+
+
+#: The two event loops of the tests that run under both (``pytest.mark.anyio``).
+LOOPS = [pytest.param("trio", id="trio"), pytest.param("asyncio", id="asyncio")]
+
+
+@pytest.fixture(params=LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """The loop of a test marked ``pytest.mark.anyio``: trio or asyncio, each on a
+    virtual clock of its own (a fresh one per test), or on the real clock for a
+    real-cluster test."""
+    node = request.node
+    real = _backend_of(node) == "fdb" or node.get_closest_marker("real_fdb") is not None
+    if request.param == "trio":
+        return ("trio", {} if real else {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return ("asyncio", {} if real else {"loop_factory": VirtualClockLoop})
 
 
 @pytest.fixture(params=BACKENDS)
@@ -187,29 +238,32 @@ def _open_real_database() -> Database:
     return open_fdb()
 
 
-async def _open_remote_database(nursery: trio.Nursery) -> Database:
+async def _open_remote_database(task_group: anyio.abc.TaskGroup) -> Database:
     from fdbworkers._backends.devserver import DevServer
     from fdbworkers._backends.remote import RemoteDatabase
 
     server = DevServer()
-    await nursery.start(functools.partial(server.run, listen=False))
+    await task_group.start(functools.partial(server.run, listen=False))
     return RemoteDatabase("memory", 0, connector=server.connect_in_memory)
 
 
 @pytest.fixture
-async def db(backend: str, nursery: trio.Nursery) -> AsyncIterator[Database]:
+async def db(backend: str) -> AsyncIterator[Database]:
     """A database of the test's backend: a fresh embedded engine, the same behind the
-    dev server's protocol, or the real cluster."""
-    if backend == "engine":
-        database = await _open_engine_database()
-    elif backend == "remote":
-        database = await _open_remote_database(nursery)
-    else:
-        database = _open_real_database()
-    try:
-        yield database
-    finally:
-        await database.aclose()
+    dev server's protocol (the server runs in this fixture's task group), or the real
+    cluster. Works under pytest-trio and under anyio's plugin (both loops)."""
+    async with anyio.create_task_group() as tg:
+        if backend == "engine":
+            database = await _open_engine_database()
+        elif backend == "remote":
+            database = await _open_remote_database(tg)
+        else:
+            database = _open_real_database()
+        try:
+            yield database
+        finally:
+            await database.aclose()
+            tg.cancel_scope.cancel()
 
 
 @pytest.fixture

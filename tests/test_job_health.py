@@ -1,16 +1,17 @@
 """Per-job health (issue 17, point 3): a job whose runs fail shows as ``failing`` (with
 its failures in a row, restarts and last error) in the admin read model, ``status``,
 events and statistics; ``park_after`` parks it; a job that then runs ``healthy_after``
-seconds without failing is healthy again. On the engine, on trio's virtual clock."""
+seconds without failing is healthy again. On the engine, on a virtual clock, under trio
+and under asyncio."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
-import trio
-from trio.testing import MockClock
 
 from fdbworkers import ConfigError, JobRunner, WorkerOptions, add_job, open_worker, remove_job
 from fdbworkers._backends.engine import Engine
@@ -28,7 +29,11 @@ ROOT = "health-test"
 ROLE = "h"
 LAYOUT = Layout.for_root(ROOT)
 OPTS = WorkerOptions(timeout=3.0, settle=0.5, partitions=16)
-CLOCKS = (trio.current_time, trio.current_time)
+
+#: Every async test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
+CLOCKS = (anyio.current_time, anyio.current_time)
 
 
 async def views(engine: Engine) -> dict[str, Any]:
@@ -36,9 +41,7 @@ async def views(engine: Engine) -> dict[str, Any]:
     return {j.id: j for j in job_views(snap)}
 
 
-async def test_a_crash_looping_handler_shows_failing_then_parked(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_crash_looping_handler_shows_failing_then_parked() -> None:
     engine = Engine(rng=random.Random(3))
     admin = engine.open_database("admin")
     await add_job(admin, ROLE, "bad", root=ROOT, partitions=16)
@@ -56,10 +59,10 @@ async def test_a_crash_looping_handler_shows_failing_then_parked(
         runner = JobRunner(
             w, handler, park_after=4, restart_backoff=(0.5, 1.0), rng=random.Random(1)
         )
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(runner.run)
             await wait_until(lambda: calls["bad"] == 2, 60)
-            await trio.sleep(0.1)  # the health record commits
+            await anyio.sleep(0.1)  # the health record commits
             v = await views(engine)
             assert v["good"].health is None and v["good"].health_state == "ok"
             bad = v["bad"]
@@ -74,7 +77,7 @@ async def test_a_crash_looping_handler_shows_failing_then_parked(
             assert runner.statistics().jobs_failing == 1
             # Parked after 4 failures in a row: never run again here.
             await wait_until(lambda: calls["bad"] == 4, 60)
-            await trio.sleep(30)
+            await anyio.sleep(30)
             assert calls["bad"] == 4
             v = await views(engine)
             assert v["bad"].health_state == "parked" and v["bad"].health is not None
@@ -91,7 +94,7 @@ async def test_a_crash_looping_handler_shows_failing_then_parked(
             n.cancel_scope.cancel()
 
 
-async def test_a_job_that_runs_healthy_after_failing_recovers(autojump_clock: MockClock) -> None:
+async def test_a_job_that_runs_healthy_after_failing_recovers() -> None:
     engine = Engine(rng=random.Random(4))
     admin = engine.open_database("admin")
     await add_job(admin, ROLE, "flaky", root=ROOT, partitions=16)
@@ -106,12 +109,12 @@ async def test_a_job_that_runs_healthy_after_failing_recovers(autojump_clock: Mo
     db = engine.open_database("w1")
     async with open_worker(db, ROLE, worker_id="w1", root=ROOT, options=OPTS, clocks=CLOCKS) as w:
         runner = JobRunner(w, handler, restart_backoff=(0.5, 1.0), healthy_after=20.0)
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(runner.run)
             await wait_until(lambda: calls[0] == 3, 60)
-            await trio.sleep(1)
+            await anyio.sleep(1)
             assert (await views(engine))["flaky"].health_state == "failing"
-            await trio.sleep(25)  # runs healthy_after seconds without failing
+            await anyio.sleep(25)  # runs healthy_after seconds without failing
             assert (await views(engine))["flaky"].health is None
             assert runner.statistics().jobs_failing == 0
             events = [e.type for e in await read_recent_events(admin, LAYOUT, limit=50)]
@@ -119,7 +122,7 @@ async def test_a_job_that_runs_healthy_after_failing_recovers(autojump_clock: Mo
             n.cancel_scope.cancel()
 
 
-async def test_reported_failures_count_like_crashes(autojump_clock: MockClock) -> None:
+async def test_reported_failures_count_like_crashes() -> None:
     """A handler that restarts its own work (--exec does) reports each failed run."""
     engine = Engine(rng=random.Random(5))
     admin = engine.open_database("admin")
@@ -130,16 +133,16 @@ async def test_reported_failures_count_like_crashes(autojump_clock: MockClock) -
         while not job.parked:
             runs[0] += 1
             job.report_failure("exit code 3")
-            await trio.sleep(1)
+            await anyio.sleep(1)
         await job.stopping.wait()
 
     db = engine.open_database("w1")
     async with open_worker(db, ROLE, worker_id="w1", root=ROOT, options=OPTS, clocks=CLOCKS) as w:
         runner = JobRunner(w, supervisor, park_after=3)
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(runner.run)
             await wait_until(lambda: runs[0] == 3, 60)
-            await trio.sleep(10)
+            await anyio.sleep(10)
             assert runs[0] == 3
             j = (await views(engine))["proc"]
             assert j.health_state == "parked" and j.health is not None
@@ -147,7 +150,7 @@ async def test_reported_failures_count_like_crashes(autojump_clock: MockClock) -
             n.cancel_scope.cancel()
 
 
-async def test_a_record_of_an_earlier_owner_does_not_count(autojump_clock: MockClock) -> None:
+async def test_a_record_of_an_earlier_owner_does_not_count() -> None:
     """The record names the claim's token: after the job moved (or its owner died and
     the claim was taken over), the old record is ignored."""
     from fdbworkers._core.keys import Claim, JobHealth
@@ -163,7 +166,7 @@ async def test_a_record_of_an_earlier_owner_does_not_count(autojump_clock: MockC
 
 
 async def _idle(job: Any) -> None:
-    await trio.lowlevel.checkpoint()
+    await anyio.lowlevel.checkpoint()
 
 
 def test_bad_options() -> None:

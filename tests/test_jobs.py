@@ -1,5 +1,6 @@
-"""The job runner on the embedded engine and trio's virtual clock: handoffs on a
-graceful leave, restarts with the same id, and handoff records that must be ignored."""
+"""The job runner on the embedded engine and a virtual clock, under trio and under asyncio:
+handoffs on a graceful leave, restarts with the same id, and handoff records that must be
+ignored."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import time
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
-import trio
-from trio.testing import MockClock
+from aio_util import jump_clock
 
 from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker, remove_job
 from fdbworkers import _runner as runner_module
@@ -25,6 +27,10 @@ from fdbworkers._store.jobs import JobRecord, tx_add_job, tx_claim_many, tx_take
 from fdbworkers._store.members import tx_leave
 from fdbworkers._store.plan import tx_read_plan, tx_replan
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until
+
+#: Every async test here runs under trio and under asyncio, on a virtual clock
+#: (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 ROOT = "fdbworkers-test"
 ROLE = "sim"
@@ -80,7 +86,7 @@ def moved_off(fleet: Fleet, jobs: set[str], wid: str, inc: str) -> bool:
 
 
 async def start_fleet(
-    nursery: trio.Nursery, engine: Engine, workers: int, ids: list[str], **kw: Any
+    nursery: anyio.abc.TaskGroup, engine: Engine, workers: int, ids: list[str], **kw: Any
 ) -> Fleet:
     """``workers`` workers w0, w1, ... of the role, started and settled on ``ids``."""
     fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS, **kw)
@@ -90,20 +96,18 @@ async def start_fleet(
     return fleet
 
 
-async def test_a_leaving_worker_hands_its_jobs_over_before_the_settle_window(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_leaving_worker_hands_its_jobs_over_before_the_settle_window() -> None:
     engine = Engine(rng=random.Random(1))
     ids = await add_jobs(engine, 60)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 4, ids)
         leaver = fleet.workers["w1"]
         assert leaver.runner is not None
         its_jobs = set(leaver.runner.running)
         assert its_jobs and leaver.worker is not None
         inc = leaver.worker.incarnation
-        t0 = trio.current_time()
-        async with trio.open_nursery() as n:
+        t0 = anyio.current_time()
+        async with anyio.create_task_group() as n:
             n.start_soon(leaver.stop)
             took = await wait_until(lambda: moved_off(fleet, its_jobs, "w1", inc), 30, 0.01)
         # Stop (grace) + release + claim: well inside the settle window of 2 s.
@@ -121,12 +125,10 @@ async def test_a_leaving_worker_hands_its_jobs_over_before_the_settle_window(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners() -> None:
     engine = Engine(rng=random.Random(2))
     ids = await add_jobs(engine, 40)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 3, ids)
         for round_ in range(3):  # a rolling restart, twice over plus one
             wid = f"w{round_ % 3}"
@@ -135,11 +137,11 @@ async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners
             its_jobs = set(fw.runner.running)
             assert fw.worker is not None
             inc = fw.worker.incarnation
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             await fw.stop()
             await fleet.start(wid)
             await wait_until(partial(moved_off, fleet, its_jobs, wid, inc), 30, 0.01)
-            gap = trio.current_time() - t0
+            gap = anyio.current_time() - t0
             assert gap < OPTS.settle, (round_, gap)
             await wait_until(lambda: settled(fleet, ids), 60)
             back = fleet.workers[wid].runner
@@ -150,13 +152,11 @@ async def test_a_restart_with_the_same_id_gets_its_jobs_back_without_two_runners
         nursery.cancel_scope.cancel()
 
 
-async def test_handoffs_from_non_members_or_corrupt_are_dropped(
-    autojump_clock: MockClock,
-) -> None:
+async def test_handoffs_from_non_members_or_corrupt_are_dropped() -> None:
     engine = Engine(rng=random.Random(3))
     ids = await add_jobs(engine, 20)
     admin = engine.open_database("admin")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         w0 = fleet.workers["w0"].runner
         assert w0 is not None and w0.assignment is not None
@@ -173,7 +173,7 @@ async def test_handoffs_from_non_members_or_corrupt_are_dropped(
             tr.set_versionstamped_value(LAYOUT.inbox_key(ROLE, "w0"), epoch_value())
 
         await admin.transact(plant)
-        await trio.sleep(5)
+        await anyio.sleep(5)
         assert settled(fleet, ids)
         assert w0.statistics().handoffs_adopted == 0
         left = await admin.transact(tx_take_handoffs, LAYOUT, ROLE, "w0")
@@ -182,13 +182,11 @@ async def test_handoffs_from_non_members_or_corrupt_are_dropped(
         nursery.cancel_scope.cancel()
 
 
-async def test_removing_a_member_clears_the_handoffs_addressed_to_it(
-    autojump_clock: MockClock,
-) -> None:
+async def test_removing_a_member_clears_the_handoffs_addressed_to_it() -> None:
     engine = Engine(rng=random.Random(4))
     await add_jobs(engine, 4)
     admin = engine.open_database("admin")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         fw = await fleet.start("w0")
         assert fw.worker is not None
@@ -208,10 +206,10 @@ async def test_removing_a_member_clears_the_handoffs_addressed_to_it(
         nursery.cancel_scope.cancel()
 
 
-async def test_max_moves_spaces_moves_by_move_interval(autojump_clock: MockClock) -> None:
+async def test_max_moves_spaces_moves_by_move_interval() -> None:
     engine = Engine(rng=random.Random(5))
     ids = await add_jobs(engine, 40)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(
             nursery,
             engine.open_database,
@@ -223,7 +221,7 @@ async def test_max_moves_spaces_moves_by_move_interval(autojump_clock: MockClock
         first = await fleet.start("w0")
         await wait_until(lambda: settled(fleet, ids), 120)
         assert first.runner is not None and len(first.runner.running) == 40
-        t0 = trio.current_time()
+        t0 = anyio.current_time()
         await fleet.start("w1")
         await wait_until(lambda: settled(fleet, ids), 300)
         stops = sorted(r.end for r in fleet.ledger.runs if r.worker == "w0" and r.end)
@@ -254,9 +252,7 @@ def test_runner_options_are_validated() -> None:
             JobRunner(None, handler, **bad)  # type: ignore[arg-type]
 
 
-async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_once(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_once() -> None:
     """Issue 20, point 1. A process frozen (SIGSTOP, VM pause) past its lease wakes up
     with every timer due at once. Before the fix, the fenced stop still gave each
     handler min(grace, margin / 2) to finish, and a handler could run a step before the
@@ -270,15 +266,15 @@ async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_on
     async def handler(job: Any) -> None:
         try:
             while not job.stopping.is_set():
-                steps.append((job.id, job.token, trio.current_time()))
-                with trio.move_on_after(0.5):
+                steps.append((job.id, job.token, anyio.current_time()))
+                with anyio.move_on_after(0.5):
                     await job.stopping.wait()
         finally:
-            with trio.CancelScope(shield=False):
-                await trio.sleep(0.3)  # cleanup that takes a while
-                cleanups.append((job.id, job.token, trio.current_time()))
+            with anyio.CancelScope(shield=False):
+                await anyio.sleep(0.3)  # cleanup that takes a while
+                cleanups.append((job.id, job.token, anyio.current_time()))
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(
             nursery,
             engine.open_database,
@@ -295,12 +291,12 @@ async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_on
         before = {r.job.token for r in runner.running.values()}
         # The whole process freezes for 10 s (the loop's clock keeps running, as
         # CLOCK_MONOTONIC does under SIGSTOP), far past the 3 s lease.
-        frozen_at = trio.current_time()
+        frozen_at = anyio.current_time()
         hard_end = w.lease.expires_at + w.lease.margin / 2
-        autojump_clock.jump(10.0)
-        woke = trio.current_time()
+        jump_clock(10.0)
+        woke = anyio.current_time()
         assert not w.lease_valid()  # job.check() raises from the first instant
-        await trio.sleep(5.0)
+        await anyio.sleep(5.0)
         late_steps = [(j, t) for j, tok, t in steps if tok in before and t > hard_end]
         late_cleanups = [(j, t) for j, tok, t in cleanups if tok in before and t > frozen_at]
         assert late_steps == [], f"handler steps after the lease's hard end: {late_steps}"
@@ -312,9 +308,7 @@ async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_on
         nursery.cancel_scope.cancel()
 
 
-async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease() -> None:
     """Issue 15, hole 1. w0 runs with timeout 30 and is cut off from the cluster without
     noticing (its commits hang); w0 starts again elsewhere with timeout 3. The new
     incarnation used to wait its own 3 s and run w0's jobs while the old process still
@@ -324,7 +318,7 @@ async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease(
     ids = await add_jobs(engine, 12)
     long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
     short_opts = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=long_opts)
         old = await fleet.start("w0")
         await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
@@ -333,11 +327,11 @@ async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease(
         old_db = old.db
         assert hasattr(old_db, "partitioned")
         old_db.partitioned = True  # its commits hang; it only learns by its lease running out
-        t_cut = trio.current_time()
+        t_cut = anyio.current_time()
         new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), short_opts)
         await nursery.start(new._main)
         await wait_until(lambda: new.runner is not None and len(new.runner.running) == 12, 90)
-        took_over = trio.current_time()
+        took_over = anyio.current_time()
         assert not fleet.ledger.violations, fleet.ledger.violations
         # Not before the old lease ran out, and not much later than its timeout.
         assert took_over >= old_lease_end, (took_over, old_lease_end)
@@ -346,9 +340,7 @@ async def test_a_restart_with_a_shorter_timeout_waits_out_the_old_lease(
         nursery.cancel_scope.cancel()
 
 
-async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
-    autojump_clock: MockClock,
-) -> None:
+async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs() -> None:
     """Issue 20, point 2a. A crash-looping id (killed, restarted after 1 s, killed again
     before its timeout) used to restart the wait for its first
     incarnation's lease with every new incarnation, so that incarnation's jobs had no
@@ -358,7 +350,7 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
     engine = Engine(rng=random.Random(12))
     ids = await add_jobs(engine, 30)
     opts = WorkerOptions(timeout=10.0, settle=2.0, partitions=P)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
         for wid in ("w0", "w1"):
             await fleet.start(wid)
@@ -368,7 +360,7 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
         its_jobs = set(first.runner.running)
         assert its_jobs
         first.crash()  # kill -9
-        death = trio.current_time()
+        death = anyio.current_time()
         await wait_until(lambda: not first.alive, 5, 0.01)
         ran_again: dict[str, float] = {}
 
@@ -377,21 +369,21 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
             # timeout, so the id's heartbeats never stop long enough for an eviction,
             # and no graceful leave hands anything over.
             for _ in range(6):
-                await trio.sleep(1.0)
+                await anyio.sleep(1.0)
                 fw = await fleet.start("w0")
-                await trio.sleep(8.0)
+                await anyio.sleep(8.0)
                 fw.crash()
 
         async def watch() -> None:
             while len(ran_again) < len(its_jobs):
                 for j in its_jobs - set(ran_again):
                     if fleet.owners().get(j):
-                        ran_again[j] = trio.current_time() - death
-                await trio.sleep(0.1)
+                        ran_again[j] = anyio.current_time() - death
+                await anyio.sleep(0.1)
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(crash_loop)
-            with trio.move_on_after(60):
+            with anyio.move_on_after(60):
                 await watch()
         assert not fleet.ledger.violations, fleet.ledger.violations
         stranded = sorted(its_jobs - set(ran_again))
@@ -404,7 +396,7 @@ async def test_an_id_that_restarts_faster_than_its_timeout_does_not_strand_jobs(
 
 @pytest.mark.parametrize("checker_fault", ["crash", "restart"])
 async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
-    autojump_clock: MockClock, checker_fault: str
+    checker_fault: str,
 ) -> None:
     """Issue 20, point 2a, found again by ./scripts/chaos --seed 13 (11 jobs without a
     runner for 43.7 s, 3 for 58.9 s; bound 40 s). The holder's id restarts faster than
@@ -422,7 +414,7 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
     victim = "w0"
     checker = checker_of(victim, wids)
     assert checker is not None and checker != victim
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
         for wid in wids:
             await fleet.start(wid)
@@ -432,7 +424,7 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
         its_jobs = set(first.runner.running)
         assert its_jobs
         first.crash()  # kill -9
-        death = trio.current_time()
+        death = anyio.current_time()
         await wait_until(lambda: not first.alive, 5, 0.01)
         restart_delay = 1.0
         ran_again: dict[str, float] = {}
@@ -440,19 +432,19 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
         async def crash_loop() -> None:
             # Back after 1 s, killed again 8 s later: never up for settle + timeout.
             for _ in range(6):
-                await trio.sleep(restart_delay)
+                await anyio.sleep(restart_delay)
                 fw = await fleet.start(victim)
-                await trio.sleep(8.0)
+                await anyio.sleep(8.0)
                 fw.crash()
 
         async def checker_restarts() -> None:
             # 4 s after the first restart (the wait for the dead lease is under way),
             # the checker goes and comes back as a new incarnation 1 s later.
-            await trio.sleep(restart_delay + 4.0)
+            await anyio.sleep(restart_delay + 4.0)
             fw = fleet.workers[checker]
             if checker_fault == "crash":
                 fw.crash()
-                await trio.sleep(1.0)
+                await anyio.sleep(1.0)
             else:
                 await fw.stop()
             await fleet.start(checker)
@@ -461,13 +453,13 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
             while len(ran_again) < len(its_jobs):
                 for j in its_jobs - set(ran_again):
                     if fleet.owners().get(j):
-                        ran_again[j] = trio.current_time() - death
-                await trio.sleep(0.1)
+                        ran_again[j] = anyio.current_time() - death
+                await anyio.sleep(0.1)
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(crash_loop)
             n.start_soon(checker_restarts)
-            with trio.move_on_after(60):
+            with anyio.move_on_after(60):
                 await watch()
             n.cancel_scope.cancel()
         assert not fleet.ledger.violations, fleet.ledger.violations
@@ -489,9 +481,7 @@ async def test_a_crash_looping_id_whose_checker_restarts_does_not_strand_jobs(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_job_added_while_a_plan_is_written_runs_at_once(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_job_added_while_a_plan_is_written_runs_at_once() -> None:
     """Found by ./scripts/chaos --seed 13 after the stored plan (16 jobs without a runner
     40 s into the quiet) and the simulation's seed 1 (a job added while a plan was
     written never ran). A change-log read that also saw a new plan returned before
@@ -499,7 +489,7 @@ async def test_a_job_added_while_a_plan_is_written_runs_at_once(
     the job waited for the next unrelated change or the resync interval (30-90 s)."""
     engine = Engine(rng=random.Random(33))
     ids = await add_jobs(engine, 8)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         admin = engine.open_database("admin")
         plan = await admin.transact(tx_read_plan, LAYOUT, ROLE)
@@ -519,9 +509,7 @@ async def test_a_job_added_while_a_plan_is_written_runs_at_once(
         nursery.cancel_scope.cancel()
 
 
-async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved(
-    autojump_clock: MockClock,
-) -> None:
+async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved() -> None:
     """Issue 15, hole 2 (the reproduction from outside): w1 joins, then w0's commits
     stall for 2.5 s while its reads work. w0 fences itself (its handlers stop, its
     claims stay: no commit can be trusted) and the join settles meanwhile. Before the
@@ -529,7 +517,7 @@ async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved(
     "held" forever: 13 of 16 jobs had no runner after 60 quiet seconds."""
     engine = Engine(rng=random.Random(13))
     ids = await add_jobs(engine, 16)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         w0 = await fleet.start("w0")
         await wait_until(lambda: w0.runner is not None and len(w0.runner.running) == 16, 60)
@@ -538,9 +526,9 @@ async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved(
         db0.commits_stalled = True
         await wait_until(lambda: w0.worker is not None and w0.worker.fenced, 10, 0.01)
         await fleet.start("w1")  # joins and settles while w0 is fenced
-        await trio.sleep(OPTS.settle + 1.0)
+        await anyio.sleep(OPTS.settle + 1.0)
         db0.commits_stalled = False
-        await trio.sleep(60)
+        await anyio.sleep(60)
         owners = fleet.owners()
         unrun = sorted(j for j in ids if not owners.get(j))
         assert unrun == [], f"{len(unrun)} of 16 jobs have no runner: {unrun}"
@@ -549,9 +537,7 @@ async def test_claims_kept_through_a_fence_are_released_when_the_jobs_moved(
         nursery.cancel_scope.cancel()
 
 
-async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
-    autojump_clock: MockClock,
-) -> None:
+async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter() -> None:
     """Issue 20, point 2b (seen twice from outside): a worker adopts partitions handed
     over by a worker that leaves gracefully and comes back with the same id within the
     settle window; the adopter then freezes, fences and unfences; it used
@@ -559,13 +545,13 @@ async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
     claims and had no runner for 58 s. Now every job runs again once the fence ends."""
     engine = Engine(rng=random.Random(14))
     ids = await add_jobs(engine, 40)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 4, ids)
         leaver = fleet.workers["w1"]
         assert leaver.runner is not None and leaver.worker is not None
         its_jobs = set(leaver.runner.running)
         inc = leaver.worker.incarnation
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(leaver.stop)
             # Its successors take its jobs at once (by the plan it wrote leaving).
             await wait_until(partial(moved_off, fleet, its_jobs, "w1", inc), 10, 0.01)
@@ -577,12 +563,12 @@ async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
         # A rolling restart: the same id is back within the settle window, so the
         # settled map gives the adopted partitions back to it (a new incarnation), and
         # that settles while the adopter is fenced.
-        await trio.sleep(1.5)
+        await anyio.sleep(1.5)
         await fleet.start("w1")
         await wait_until(lambda: adopter.worker is not None and adopter.worker.fenced, 10, 0.01)
-        await trio.sleep(OPTS.settle + 1.0)  # the leave settles everywhere meanwhile
+        await anyio.sleep(OPTS.settle + 1.0)  # the leave settles everywhere meanwhile
         db.commits_stalled = False
-        await trio.sleep(40)
+        await anyio.sleep(40)
         owners = fleet.owners()
         unrun = sorted(j for j in ids if not owners.get(j))
         assert unrun == [], f"jobs without a runner after the fence: {unrun}"
@@ -591,9 +577,7 @@ async def test_jobs_adopted_by_handoff_survive_a_fence_of_their_adopter(
         nursery.cancel_scope.cancel()
 
 
-async def test_the_change_log_read_changes_nothing_until_it_committed(
-    autojump_clock: MockClock,
-) -> None:
+async def test_the_change_log_read_changes_nothing_until_it_committed() -> None:
     """Issue 15, hole 6. The change-log read moved the runner's cursor and dirty set
     inside the function the retry loop runs: when its commit (or read version) then
     failed, the retry found no change, and the changed partitions waited 30-90 s for
@@ -628,9 +612,7 @@ async def _read_version(tr: Transaction) -> int:
     return await tr.get_read_version()
 
 
-async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoins(
-    autojump_clock: MockClock,
-) -> None:
+async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoins() -> None:
     """Issue 15, hole 7. One bad write under the prefix made the worker's heartbeat
     raise: the worker died and its jobs were cancelled without grace (an --exec job got
     SIGKILL, no SIGTERM). Now it stops its jobs gracefully, logs and records an event,
@@ -643,7 +625,7 @@ async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoin
         await job.stopping.wait()
         graceful.append(job.id)  # reached only through a stop with grace
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(
             nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS, handler=handler
         )
@@ -668,13 +650,13 @@ async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoin
         nursery.cancel_scope.cancel()
 
 
-async def test_garbage_in_other_records_is_survived(autojump_clock: MockClock) -> None:
+async def test_garbage_in_other_records_is_survived() -> None:
     """Issue 15, hole 7's other half, kept under test: garbage in another member's
     record, in a claim and in a job record neither kills a worker nor stops the other
     jobs; the garbage claim's job is taken over (a claim nobody can read is nobody's)."""
     engine = Engine(rng=random.Random(17))
     ids = await add_jobs(engine, 12)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         admin = engine.open_database("admin")
         bad_claim, bad_job = ids[0], ids[1]
@@ -689,7 +671,7 @@ async def test_garbage_in_other_records_is_survived(autojump_clock: MockClock) -
             assert fw.runner is not None
             fw.runner._full_resync = True
             fw.runner.wake()
-        await trio.sleep(30)
+        await anyio.sleep(30)
         assert all(fw.alive and fw.error is None for fw in fleet.workers.values())
         owners = fleet.owners()
         assert [j for j in ids if j != bad_job and len(owners.get(j, [])) != 1] == []
@@ -697,9 +679,7 @@ async def test_garbage_in_other_records_is_survived(autojump_clock: MockClock) -
         nursery.cancel_scope.cancel()
 
 
-async def test_a_suspended_machine_finds_its_lease_expired_at_once(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_suspended_machine_finds_its_lease_expired_at_once() -> None:
     """Issue 15, hole 4. The lease ran on the event loop's clock (CLOCK_MONOTONIC),
     which stops while the machine is suspended (laptop sleep, VM pause, live
     migration): a resumed worker believed its lease valid while its peers had evicted
@@ -713,13 +693,13 @@ async def test_a_suspended_machine_finds_its_lease_expired_at_once(
 
     async def handler(job: Any) -> None:
         await job.stopping.wait()
-        await trio.sleep(0.3)  # cleanup: must not be given after a suspend
+        await anyio.sleep(0.3)  # cleanup: must not be given after a suspend
         graceful.append(job.id)
 
     db = engine.open_database("w0")
     async with open_worker(db, ROLE, worker_id="w0", root=ROOT, options=OPTS, clocks=clocks) as w:
         runner = JobRunner(w, handler, grace=2.0)
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(runner.run)
             await wait_until(lambda: len(runner.running) == 6, 60)
             before = {r.job.token for r in runner.running.values()}
@@ -736,9 +716,7 @@ async def test_a_suspended_machine_finds_its_lease_expired_at_once(
             n.cancel_scope.cancel()
 
 
-async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once(
-    autojump_clock: MockClock,
-) -> None:
+async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once() -> None:
     """Issue 15, hole 5. On REJOINING, the fenced stop (no release) and the rejoin's
     stop-and-release raced; when the first won, the claims stayed under the evicted
     incarnation, and its successor (here: the same id, registered again) waited a full
@@ -748,7 +726,7 @@ async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once(
     them while w0 is out, so the test passes on the old code too: a regression test.)"""
     engine = Engine(rng=random.Random(19))
     ids = await add_jobs(engine, 20)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         w0 = fleet.workers["w0"]
         assert w0.worker is not None and w0.runner is not None
@@ -766,23 +744,21 @@ async def test_an_evicted_worker_that_rejoins_takes_its_old_claims_at_once(
         await wait_until(evicted, 30, 0.01)
         db.partitioned = False  # it finds itself evicted and registers again
         await wait_until(lambda: w0.worker is not None and w0.worker.incarnation != first, 30, 0.01)
-        rejoined = trio.current_time()
+        rejoined = anyio.current_time()
         # Its share again (by the plan: the same count, not necessarily the same jobs).
         await wait_until(
             lambda: w0.runner is not None and len(w0.runner.running) >= len(its_jobs) - 1,
             30,
             0.01,
         )
-        took = trio.current_time() - rejoined
+        took = anyio.current_time() - rejoined
         # Its settle window and a claim; not a further wait of its 3 s timeout.
         assert took < OPTS.settle + 1.5, took
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
 
 
-async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_crash_moves_jobs_without_waiting_the_settle_window() -> None:
     """Issue 16, goal 1. An eviction used to reach the job runners only through the
     settled view: the first job started on a survivor a settle window (2 s) after the
     eviction. A departure is now reported at once, and the checker sees each heartbeat
@@ -790,7 +766,7 @@ async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
     check interval + 0.3 s of the victim's last heartbeat (worst case of the issue)."""
     engine = Engine(rng=random.Random(20))
     ids = await add_jobs(engine, 60)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 5, ids)
         victim = fleet.workers["w2"]
         assert victim.worker is not None and victim.runner is not None
@@ -800,7 +776,7 @@ async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
         victim.crash()
         await wait_until(lambda: not victim.alive, 5, 0.01)
         await wait_until(lambda: all(fleet.owners().get(j) for j in its_jobs), 30, 0.01)
-        took = trio.current_time() - last_hb
+        took = anyio.current_time() - last_hb
         bound = OPTS.timeout + OPTS.effective_check_interval + 0.3
         assert took <= bound, (took, bound)
         assert took < OPTS.timeout + OPTS.settle  # no settle window on top of the timeout
@@ -808,9 +784,7 @@ async def test_a_crash_moves_jobs_without_waiting_the_settle_window(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left() -> None:
     """Issue 15, hole 1, the path through "not a member". w0 runs with timeout 30 and is
     cut off without noticing; w0 starts again with timeout 3 and leaves gracefully (a
     rolling restart that scales the id away), so the id is no longer a member. A claim
@@ -821,7 +795,7 @@ async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
     engine = Engine(rng=random.Random(21))
     ids = await add_jobs(engine, 12)
     long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         old = await fleet.start("w0", long_opts)
         await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
@@ -830,14 +804,14 @@ async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
         old_db = old.db
         assert hasattr(old_db, "partitioned")
         old_db.partitioned = True  # its commits hang; it only learns by its lease running out
-        t_cut = trio.current_time()
+        t_cut = anyio.current_time()
         new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
         await nursery.start(new._main)
         await wait_until(lambda: new.worker is not None and new.worker.state.name == "ACTIVE", 30)
         await new.stop()  # leaves: the id is no longer a member
         w1 = await fleet.start("w1")
         await wait_until(lambda: w1.runner is not None and len(w1.runner.running) == 12, 90)
-        took_over = trio.current_time()
+        took_over = anyio.current_time()
         assert not fleet.ledger.violations, fleet.ledger.violations
         assert took_over >= old_lease_end, (took_over, old_lease_end)
         # Not stranded either: the old timeout, a settle window and a few transactions.
@@ -846,9 +820,7 @@ async def test_a_superseded_holder_keeps_its_lease_after_its_successor_left(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor() -> None:
     """Issue 15, hole 1, liveness side. w0 runs with timeout 30 and is cut off; w0
     starts again with timeout 3 and waits out the old lease (G3). When the old process
     comes back 12 s later it finds itself superseded: it used to die with its claims in
@@ -858,7 +830,7 @@ async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
     engine = Engine(rng=random.Random(22))
     ids = await add_jobs(engine, 12)
     long_opts = WorkerOptions(timeout=30.0, settle=2.0, partitions=P)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         old = await fleet.start("w0", long_opts)
         await wait_until(lambda: old.runner is not None and len(old.runner.running) == 12, 60)
@@ -867,12 +839,12 @@ async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
         old_db.partitioned = True
         new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
         await nursery.start(new._main)
-        await trio.sleep(12.0)
+        await anyio.sleep(12.0)
         assert new.runner is not None and not new.runner.running  # the old lease holds
         old_db.partitioned = False
-        back = trio.current_time()
+        back = anyio.current_time()
         await wait_until(lambda: len(new.runner.running) == 12, 40)  # type: ignore[union-attr]
-        took = trio.current_time() - back
+        took = anyio.current_time() - back
         assert not old.alive
         assert not fleet.ledger.violations, fleet.ledger.violations
         assert set(new.runner.running) == set(ids)
@@ -882,9 +854,9 @@ async def test_a_superseded_process_that_wakes_hands_its_jobs_to_its_successor(
         nursery.cancel_scope.cancel()
 
 
-async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not_strand_jobs(
-    autojump_clock: MockClock,
-) -> None:
+async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not_strand_jobs() -> (
+    None
+):
     """Issue 20, point 2a, the pattern with graceful restarts. w0's first incarnation
     (timeout 10) is cut off; its id then restarts again and again (register, run 2.5 s,
     leave, back 1.5 s later: shorter than the settle window, so the others never
@@ -896,7 +868,7 @@ async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not
     ids = await add_jobs(engine, 30)
     opts = WorkerOptions(timeout=10.0, settle=2.0, partitions=P)
     short = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=opts)
         first = await fleet.start("w0")
         await fleet.start("w1")
@@ -907,7 +879,7 @@ async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not
         db = first.db
         assert hasattr(db, "partitioned")
         db.partitioned = True  # cut off: its lease (7.5 s) runs out by itself
-        cut = trio.current_time()
+        cut = anyio.current_time()
         ran_again: dict[str, float] = {}
 
         async def restart_loop() -> None:
@@ -916,9 +888,9 @@ async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not
                 n += 1
                 fw = FleetWorker(fleet, "w0", engine.open_database(f"w0-{n}"), short)
                 await nursery.start(fw._main)
-                await trio.sleep(2.5)
+                await anyio.sleep(2.5)
                 await fw.stop()
-                await trio.sleep(1.5)
+                await anyio.sleep(1.5)
 
         def fresh(j: str) -> bool:
             runs = fleet.ledger.active.get(j, [])
@@ -928,12 +900,12 @@ async def test_an_id_restarted_gracefully_faster_than_its_settle_window_does_not
             while len(ran_again) < len(its_jobs):
                 for j in its_jobs - set(ran_again):
                     if fresh(j):
-                        ran_again[j] = trio.current_time() - cut
-                await trio.sleep(0.1)
+                        ran_again[j] = anyio.current_time() - cut
+                await anyio.sleep(0.1)
 
-        async with trio.open_nursery() as n:
+        async with anyio.create_task_group() as n:
             n.start_soon(restart_loop)
-            with trio.move_on_after(60):
+            with anyio.move_on_after(60):
                 await watch()
             n.cancel_scope.cancel()
         assert not fleet.ledger.violations, fleet.ledger.violations
@@ -952,13 +924,11 @@ def job_counts(fleet: Fleet) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(("jobs", "workers"), [(60, 5), (3, 2), (40, 4)])
-async def test_jobs_are_balanced_per_job_not_per_partition(
-    autojump_clock: MockClock, jobs: int, workers: int
-) -> None:
+async def test_jobs_are_balanced_per_job_not_per_partition(jobs: int, workers: int) -> None:
     """60 jobs on 5 workers are 12 each (the partition map gave 10 10 11 12 17)."""
     engine = Engine(rng=random.Random(jobs))
     ids = await add_jobs(engine, jobs)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, workers, ids)
         got = sorted(job_counts(fleet).values())
         assert max(got) - min(got) <= 1 and sum(got) == jobs, got
@@ -966,15 +936,13 @@ async def test_jobs_are_balanced_per_job_not_per_partition(
         nursery.cancel_scope.cancel()
 
 
-async def test_jobs_added_to_a_running_fleet_are_rebalanced_to_within_one(
-    autojump_clock: MockClock,
-) -> None:
+async def test_jobs_added_to_a_running_fleet_are_rebalanced_to_within_one() -> None:
     """Jobs added after the plan land on their partition's owner; a worker that drifts
     more than one job from its fair share writes a plan for today's counts, which moves
     only the excess."""
     engine = Engine(rng=random.Random(7))
     first = await add_jobs(engine, 10)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 4, first)
         admin = engine.open_database("admin2")
         more = [f"late-{i:03d}" for i in range(70)]
@@ -987,7 +955,7 @@ async def test_jobs_added_to_a_running_fleet_are_rebalanced_to_within_one(
             return sum(got.values()) == len(ids) and max(got.values()) - min(got.values()) <= 2
 
         await wait_until(balanced, 60)
-        await trio.sleep(10)  # at rest: nothing moves any more
+        await anyio.sleep(10)  # at rest: nothing moves any more
         got = job_counts(fleet)
         assert all(abs(n - len(ids) / 4) <= 1 for n in got.values()), got
         assert not fleet.ledger.violations, fleet.ledger.violations
@@ -1037,13 +1005,13 @@ def runs_exactly(fw: FleetWorker, jobs: set[str]) -> bool:
     return fw.runner is not None and set(fw.runner.running) == jobs
 
 
-async def test_a_restart_in_place_moves_nothing(autojump_clock: MockClock) -> None:
+async def test_a_restart_in_place_moves_nothing() -> None:
     """A worker leaving to come back as the same id keeps its membership: the plan does
     not change, nobody else starts its jobs, and the next incarnation runs the same jobs
     as soon as it is up (each job unowned only for the restart)."""
     engine = Engine(rng=random.Random(41))
     ids = await add_jobs(engine, 60)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 5, ids)
         for round_ in range(5):  # a rolling restart of all five
             wid = f"w{round_}"
@@ -1051,38 +1019,36 @@ async def test_a_restart_in_place_moves_nothing(autojump_clock: MockClock) -> No
             assert fw.runner is not None and fw.runner.assignment is not None
             its_jobs = set(fw.runner.running)
             seq = fw.runner.assignment.plan.seq
-            t0 = trio.current_time()
+            t0 = anyio.current_time()
             await fw.stop_for_restart()
-            await trio.sleep(0.5)  # the process restarts
+            await anyio.sleep(0.5)  # the process restarts
             back = await fleet.start(wid)
             await wait_until(partial(runs_exactly, back, its_jobs), 10, 0.01)
-            assert trio.current_time() - t0 < 2.0
+            assert anyio.current_time() - t0 < 2.0
             elsewhere = [r for r in fleet.ledger.runs if r.start >= t0 and r.worker != wid]
             assert not elsewhere, f"round {round_}: {len(elsewhere)} jobs started elsewhere"
-            await trio.sleep(3.0)
+            await anyio.sleep(3.0)
             assert back.runner is not None and back.runner.assignment is not None
             assert back.runner.assignment.plan.seq == seq  # no new plan: nothing moved
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
 
 
-async def test_a_worker_that_does_not_come_back_is_evicted_and_its_jobs_move(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_worker_that_does_not_come_back_is_evicted_and_its_jobs_move() -> None:
     engine = Engine(rng=random.Random(42))
     ids = await add_jobs(engine, 30)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 3, ids)
         fw = fleet.workers["w1"]
         assert fw.runner is not None and fw.worker is not None
         its_jobs = set(fw.runner.running)
         inc = fw.worker.incarnation
-        t0 = trio.current_time()
+        t0 = anyio.current_time()
         await fw.stop_for_restart()
         took = await wait_until(partial(moved_off, fleet, its_jobs, "w1", inc), 30, 0.05)
         # Its timeout (3 s) of silence, the eviction, the plan, the claims.
         assert took - 0 <= OPTS.timeout + 3.0, took
-        assert trio.current_time() - t0 >= OPTS.timeout * 0.5
+        assert anyio.current_time() - t0 >= OPTS.timeout * 0.5
         await wait_until(lambda: settled(fleet, ids), 30)
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()

@@ -6,9 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
-from trio.testing import MockClock
 
 from fdbworkers import ConfigError, WorkerOptions, WorkerState, open_worker
 from fdbworkers._backends.engine import Engine, FaultPlan
@@ -18,7 +17,9 @@ from fdbworkers._store.members import tx_read_membership
 from fdbworkers._worker import resolve_worker_id
 from fdbworkers.testing import Fleet, wait_until
 
-# Every async test here takes ``autojump_clock``: it runs on trio's virtual clock.
+#: Every async test here runs under trio and under asyncio, on a virtual clock
+#: (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 TIMEOUT = 3.0
 OPTS = WorkerOptions(timeout=TIMEOUT, settle=0.5, partitions=64)
@@ -35,7 +36,7 @@ async def members_now(engine: Engine, role: str = "sim") -> dict[str, MemberReco
     return dict(m.members)
 
 
-async def test_join_leave_and_restart_with_same_id(autojump_clock: MockClock) -> None:
+async def test_join_leave_and_restart_with_same_id() -> None:
     engine = fresh_engine()
     db = engine.open_database("a")
     async with open_worker(db, "sim", worker_id="a", root=ROOT, options=OPTS) as a:
@@ -63,19 +64,19 @@ async def test_join_leave_and_restart_with_same_id(autojump_clock: MockClock) ->
     assert await members_now(engine) == {}
 
 
-async def test_changes_stream_reports_settled_changes(autojump_clock: MockClock) -> None:
+async def test_changes_stream_reports_settled_changes() -> None:
     engine = fresh_engine()
     async with (
         open_worker(engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=OPTS) as a,
         a.changes() as changes,
-        trio.open_nursery() as n,
+        anyio.create_task_group() as n,
     ):
         for i in range(5):  # a burst of joins: one settled report, not five
             n.start_soon(
                 lambda i=i: open_and_hold(engine, f"w{i}", 20.0)  # type: ignore[misc]
             )
         seen = []
-        with trio.move_on_after(10):
+        with anyio.move_on_after(10):
             async for ch in changes:
                 seen.append(ch)
                 if len(ch.members) == 6:
@@ -89,18 +90,18 @@ async def open_and_hold(engine: Engine, wid: str, hold: float) -> None:
     async with open_worker(
         engine.open_database(wid), "sim", worker_id=wid, root=ROOT, options=OPTS
     ):
-        await trio.sleep(hold)
+        await anyio.sleep(hold)
 
 
-async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockClock) -> None:
+async def test_crashed_worker_is_evicted_within_the_bound() -> None:
     """G1: evicted within timeout + check_interval (+ one transaction) after its last
     committed heartbeat, measured on the virtual clock."""
     engine = fresh_engine(1, FaultPlan(latency=(0.001, 0.02)))
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
         for i in range(5):
             await fleet.start(f"w{i}")
-        await trio.sleep(5)
+        await anyio.sleep(5)
         victim = fleet.workers["w3"]
         assert victim.worker is not None
         victim.crash()
@@ -111,7 +112,7 @@ async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockCl
         elapsed = await wait_until(
             lambda: observer.latest is not None and "w3" not in observer.latest.members, 30
         )
-        gone_at = trio.current_time()
+        gone_at = anyio.current_time()
         bound = TIMEOUT + OPTS.effective_check_interval + 0.2
         assert gone_at - last_ok <= bound, (gone_at - last_ok, bound, elapsed)
         assert sum(fw.worker.statistics().evictions_done for fw in fleet.live() if fw.worker) == 1
@@ -119,9 +120,7 @@ async def test_crashed_worker_is_evicted_within_the_bound(autojump_clock: MockCl
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_no_false_eviction_under_latency_jitter_and_conflicts(
-    autojump_clock: MockClock, seed: int
-) -> None:
+async def test_no_false_eviction_under_latency_jitter_and_conflicts(seed: int) -> None:
     """G2: heartbeats that commit in time are never evicted, with latency up to 0.1 s per
     operation, spurious conflicts, unknown results and delayed watches."""
     faults = FaultPlan(
@@ -132,11 +131,11 @@ async def test_no_false_eviction_under_latency_jitter_and_conflicts(
         spurious_watch_rate=0.1,
     )
     engine = fresh_engine(seed, faults)
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS, rng=random.Random(seed))
         for i in range(6):
             await fleet.start(f"w{i}")
-        await trio.sleep(300)
+        await anyio.sleep(300)
         for fw in fleet.live():
             assert fw.worker is not None
             st = fw.worker.statistics()
@@ -145,28 +144,28 @@ async def test_no_false_eviction_under_latency_jitter_and_conflicts(
         n.cancel_scope.cancel()
 
 
-async def test_long_pause_fences_before_eviction_and_rejoins(autojump_clock: MockClock) -> None:
+async def test_long_pause_fences_before_eviction_and_rejoins() -> None:
     """A partitioned (or paused) worker fences itself before anyone may evict it, the
     rest evict it, and once healed it rejoins as a new incarnation by itself."""
     engine = fresh_engine(4)
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
         for i in range(4):
             await fleet.start(f"w{i}")
-        await trio.sleep(5)
+        await anyio.sleep(5)
         victim = fleet.workers["w1"]
         w = victim.worker
         assert w is not None
         old_incarnation = w.incarnation
         victim.db.partitioned = True  # type: ignore[attr-defined]
         await wait_until(lambda: w.state is WorkerState.FENCED, 10)
-        fenced_at = trio.current_time()
+        fenced_at = anyio.current_time()
         observer = fleet.workers["w0"].worker
         assert observer is not None
         await wait_until(
             lambda: observer.latest is not None and "w1" not in observer.latest.members, 15
         )
-        evicted_at = trio.current_time()
+        evicted_at = anyio.current_time()
         assert fenced_at < evicted_at - OPTS.effective_fence_margin / 2
         victim.db.partitioned = False  # type: ignore[attr-defined]
         await wait_until(
@@ -179,7 +178,7 @@ async def test_long_pause_fences_before_eviction_and_rejoins(autojump_clock: Moc
         n.cancel_scope.cancel()
 
 
-async def test_hundred_workers_join_at_once_without_conflicts(autojump_clock: MockClock) -> None:
+async def test_hundred_workers_join_at_once_without_conflicts() -> None:
     """G7: registration, heartbeats and leaves are blind writes: no conflicts at all."""
     engine = fresh_engine(5)
     opts = WorkerOptions(timeout=10.0, settle=1.0, partitions=64)
@@ -194,13 +193,13 @@ async def test_hundred_workers_join_at_once_without_conflicts(autojump_clock: Mo
         open_worker(
             engine.open_database("first"), "sim", worker_id="first", root=ROOT, options=opts
         ),
-        trio.open_nursery() as n,
+        anyio.create_task_group() as n,
     ):
         fleet = Fleet(n, db_for, root=ROOT, options=opts)
-        async with trio.open_nursery() as starters:
+        async with anyio.create_task_group() as starters:
             for i in range(100):
                 starters.start_soon(fleet.start, f"w{i:03}")
-        await trio.sleep(60)
+        await anyio.sleep(60)
         assert len(await members_now(engine)) == 101
         conflicts = sum(h.stats.conflicts for h in handles.values())
         assert conflicts == 0
@@ -210,29 +209,29 @@ async def test_hundred_workers_join_at_once_without_conflicts(autojump_clock: Mo
         n.cancel_scope.cancel()
 
 
-async def test_chain_of_dead_neighbours_is_cleaned_up_quickly(autojump_clock: MockClock) -> None:
+async def test_chain_of_dead_neighbours_is_cleaned_up_quickly() -> None:
     engine = fresh_engine(6)
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=OPTS)
         ids = [f"w{i}" for i in range(8)]
         for wid in ids:
             await fleet.start(wid)
-        await trio.sleep(5)
+        await anyio.sleep(5)
         ring = ring_order(ids)
         dead = ring[2:5]  # three consecutive members: two of them checked by dead ones
         for wid in dead:
             fleet.workers[wid].crash()
-        start = trio.current_time()
+        start = anyio.current_time()
         alive = fleet.workers[ring[0]].worker
         assert alive is not None
         await wait_until(lambda: not (set(dead) & set(alive.latest.members)), 60)  # type: ignore[union-attr]
-        took = trio.current_time() - start
+        took = anyio.current_time() - start
         # Not one timeout per dead member: suspects are observed ahead of time.
         assert took <= TIMEOUT + 3 * OPTS.effective_check_interval + 1.0, took
         n.cancel_scope.cancel()
 
 
-async def test_drain_flag_makes_the_worker_leave(autojump_clock: MockClock) -> None:
+async def test_drain_flag_makes_the_worker_leave() -> None:
     engine = fresh_engine(7)
     layout = Layout.for_root(ROOT)
     async with open_worker(
@@ -241,7 +240,7 @@ async def test_drain_flag_makes_the_worker_leave(autojump_clock: MockClock) -> N
         async with open_worker(
             engine.open_database("b"), "sim", worker_id="b", root=ROOT, options=OPTS
         ) as b:
-            await trio.sleep(2)
+            await anyio.sleep(2)
 
             async def set_drain(tr):  # type: ignore[no-untyped-def]
                 key = layout.member_key("sim", "b")
@@ -249,13 +248,13 @@ async def test_drain_flag_makes_the_worker_leave(autojump_clock: MockClock) -> N
                 tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
 
             await engine.open_database("cli").transact(set_drain)
-            await trio.sleep_forever()  # the drain cancels this block
+            await anyio.sleep_forever()  # the drain cancels this block
         assert b.state is WorkerState.LEFT
         await wait_until(lambda: a.latest is not None and "b" not in a.latest.members, 5)
         assert a.statistics().evictions_done == 0
 
 
-async def test_watch_limit_falls_back_to_polling(autojump_clock: MockClock) -> None:
+async def test_watch_limit_falls_back_to_polling() -> None:
     engine = fresh_engine(8)
     db = engine.open_database("a")
     db.set_max_watches(0)
@@ -300,9 +299,7 @@ def test_a_fence_margin_that_leaves_too_short_a_lease_is_rejected() -> None:
         WorkerOptions(timeout=30.0, fence_margin=15.5)
 
 
-async def test_the_largest_allowed_margin_never_fences_a_healthy_worker(
-    autojump_clock: MockClock,
-) -> None:
+async def test_the_largest_allowed_margin_never_fences_a_healthy_worker() -> None:
     """With 10-40 ms of latency on every operation, the largest margin allowed does not
     fence a healthy worker (1.95 fenced 28 times in 30 s from outside)."""
     engine = fresh_engine(faults=FaultPlan(latency=(0.01, 0.04)))
@@ -310,12 +307,12 @@ async def test_the_largest_allowed_margin_never_fences_a_healthy_worker(
     async with open_worker(
         engine.open_database("a"), "sim", worker_id="a", root=ROOT, options=opts
     ) as a:
-        await trio.sleep(60)
+        await anyio.sleep(60)
         assert a.statistics().fences == 0
         assert a.state is WorkerState.ACTIVE
 
 
-async def test_open_worker_rejects_bad_arguments(autojump_clock: MockClock) -> None:
+async def test_open_worker_rejects_bad_arguments() -> None:
     engine = fresh_engine()
     with pytest.raises(ConfigError):
         async with open_worker(engine.open_database(), "", root=ROOT):
@@ -338,9 +335,7 @@ def test_worker_id_file_keeps_the_id(tmp_path: Path) -> None:
         resolve_worker_id(None, f)
 
 
-async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads() -> None:
     """60 workers joining within ~3 s: every join fires every worker's epoch watch, but
     a worker reads the membership at most once per membership_read_gap (not once per
     join), and the last view still has every member."""
@@ -348,15 +343,15 @@ async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
     opts = WorkerOptions(timeout=TIMEOUT, settle=1.0, partitions=64)
     gap = opts.membership_read_gap
     assert gap == 0.25
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=opts)
         first = await fleet.start("w00")
         assert first.worker is not None
-        t0 = trio.current_time()
+        t0 = anyio.current_time()
         reads0 = first.worker.statistics().membership_reads
         for i in range(1, 61):
             await fleet.start(f"w{i:02d}")
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
         await wait_until(
             lambda: (
                 first.worker is not None
@@ -365,7 +360,7 @@ async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
             ),
             30,
         )
-        took = trio.current_time() - t0
+        took = anyio.current_time() - t0
         reads = first.worker.statistics().membership_reads - reads0
         # One read per gap at most, plus the one that ends the burst.
         assert reads <= took / gap + 2, (reads, took)
@@ -373,25 +368,23 @@ async def test_a_burst_of_joins_costs_each_worker_a_few_membership_reads(
         n.cancel_scope.cancel()
 
 
-async def test_a_join_costs_each_worker_a_few_keys_not_all_records(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_join_costs_each_worker_a_few_keys_not_all_records() -> None:
     """Issue 18, goal 2: each epoch bump logs the changed member, so the others re-read
     that record (and their own), not all N; their views still equal a full read."""
     engine = fresh_engine(21)
     opts = WorkerOptions(timeout=10.0, settle=1.0, partitions=64)
-    async with trio.open_nursery() as n:
+    async with anyio.create_task_group() as n:
         fleet = Fleet(n, engine.open_database, root=ROOT, options=opts)
         for i in range(40):
             await fleet.start(f"w{i:02}")
-        await trio.sleep(20)
+        await anyio.sleep(20)
         before = {fw.id: fw.worker.statistics() for fw in fleet.live() if fw.worker is not None}
         for i in range(5):
             await fleet.start(f"x{i}")
-            await trio.sleep(3)
+            await anyio.sleep(3)
         fleet.workers["w07"].crash()
         await fleet.workers["w11"].stop()
-        await trio.sleep(40)
+        await anyio.sleep(40)
         truth = await members_now(engine)
         assert len(truth) == 43
         for fw in fleet.live():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import anyio
 import pytest
-import trio
 
 from fdbworkers._db import Database, KeyValue, Transaction, Watch, strinc
 from fdbworkers._errors import FDBError
@@ -54,7 +54,7 @@ async def read_prefix(db: Database, prefix: bytes) -> list[KeyValue]:
 
 async def fires_within(w: Watch, seconds: float) -> bool:
     """True if the watch fires within ``seconds`` (errors propagate)."""
-    with trio.move_on_after(seconds):
+    with anyio.move_on_after(seconds):
         await w.wait()
         return True
     return False

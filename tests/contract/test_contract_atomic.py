@@ -12,6 +12,9 @@ from contract_util import le64, put, raises_code, read
 
 from fdbworkers._db import Database, MutationType, Transaction
 
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
 M = MutationType
 
 #: (op, existing value or None for a missing key, operand, expected value or None)
@@ -116,14 +119,14 @@ async def test_atomic_op_on_committed_value(db: Database, prefix: bytes) -> None
 
 
 async def test_many_concurrent_adds_sum_exactly(db: Database, prefix: bytes) -> None:
-    import trio
+    import anyio
 
     k = prefix + b"sum"
 
     async def add_one(tr: Transaction, n: int) -> None:
         tr.add(k, le64(n))
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for n in range(1, 51):
             nursery.start_soon(db.transact, add_one, n)
     assert await read(db, k) == le64(sum(range(1, 51)))

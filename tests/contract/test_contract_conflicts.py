@@ -8,6 +8,9 @@ from contract_util import le64, put, raises_code, read
 from fdbworkers._db import Database, KeySelector, Transaction, strinc
 from fdbworkers._errors import FDBError
 
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
+
 
 async def _racing_pair(db: Database) -> tuple[Transaction, Transaction]:
     """Two transactions with read versions fixed before either commits."""

@@ -6,9 +6,13 @@ deferred to the transaction's next read and to its commit. None of these is retr
 
 from __future__ import annotations
 
+import pytest
 from contract_util import raises_code, read
 
 from fdbworkers._db import MAX_KEY_SIZE, MAX_VALUE_SIZE, Database, Transaction
+
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 
 async def test_limits_are_inclusive(db: Database, prefix: bytes) -> None:

@@ -6,9 +6,13 @@ reference); see tests/conftest.py.
 
 from __future__ import annotations
 
+import pytest
 from contract_util import put, read, read_prefix
 
 from fdbworkers._db import Database, KeySelector, KeyValue, Transaction, strinc
+
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 
 async def test_get_set_clear(db: Database, prefix: bytes) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
 from contract_util import put, raises_code, read
 
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import FDBError
+
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 RETRIED = [1020, 1021, 1007, 1009, 1037, 1038]
 NOT_RETRIED = [1025, 1031, 1036, 2017, 2101]
@@ -147,7 +150,7 @@ async def test_transaction_timeout_surfaces_1031(db: Database, prefix: bytes) ->
     async def slow(tr: Transaction) -> None:
         nonlocal attempts
         attempts += 1
-        await trio.sleep(0.5)
+        await anyio.sleep(0.5)
         await tr.get(prefix + b"k")
 
     await raises_code(db.transact(slow), 1031)
@@ -162,7 +165,7 @@ async def test_timeout_spans_retries(db: Database) -> None:
     async def fn(tr: Transaction) -> None:
         nonlocal attempts
         attempts += 1
-        await trio.sleep(0.2)
+        await anyio.sleep(0.2)
         raise FDBError(1020)
 
     await raises_code(db.transact(fn), 1031)
@@ -173,7 +176,7 @@ async def test_timeout_fails_pending_reads_and_commit(db: Database, prefix: byte
     tr = db.create_transaction()
     tr.set_timeout(0.1)
     tr.set(prefix + b"k", b"v")
-    await trio.sleep(0.3)
+    await anyio.sleep(0.3)
     await raises_code(tr.get(prefix + b"k"), 1031)
     await raises_code(tr.commit(), 1031)
     assert await read(db, prefix + b"k") is None
@@ -184,7 +187,7 @@ async def test_reset_clears_the_timeout(db: Database, prefix: bytes) -> None:
     tr = db.create_transaction()
     tr.set_timeout(0.1)
     tr.reset()
-    await trio.sleep(0.3)
+    await anyio.sleep(0.3)
     assert await tr.get(prefix + b"k") is None
 
 
@@ -192,7 +195,7 @@ async def test_zero_timeout_disables(db: Database, prefix: bytes) -> None:
     tr = db.create_transaction()
     tr.set_timeout(0.1)
     tr.set_timeout(0)
-    await trio.sleep(0.3)
+    await anyio.sleep(0.3)
     assert await tr.get(prefix + b"k") is None
 
 
@@ -206,8 +209,8 @@ async def test_transaction_too_old_after_five_seconds(db: Database, prefix: byte
     await put(db, {prefix + b"a": b"1", prefix + b"b": b"2"})
     tr = db.create_transaction()
     assert await tr.get(prefix + b"a") == b"1"
-    await trio.sleep(5.5)
-    with trio.fail_after(15):
+    await anyio.sleep(5.5)
+    with anyio.fail_after(15):
         attempt = 0
         while True:
             attempt += 1
@@ -216,7 +219,7 @@ async def test_transaction_too_old_after_five_seconds(db: Database, prefix: byte
             except FDBError as e:
                 assert e.code == 1007
                 break
-            await trio.sleep(0.25)
+            await anyio.sleep(0.25)
     await tr.on_error(FDBError(1007))
     assert await tr.get(prefix + b"b") == b"2"  # a fresh read version
 
@@ -225,7 +228,7 @@ async def test_commit_too_old_after_five_seconds(db: Database, prefix: bytes) ->
     tr = db.create_transaction()
     await tr.get(prefix + b"a")
     tr.set(prefix + b"b", b"x")
-    await trio.sleep(5.5)
+    await anyio.sleep(5.5)
     await raises_code(tr.commit(), 1007)
     assert await read(db, prefix + b"b") is None
 
@@ -245,9 +248,9 @@ async def test_trio_cancellation_of_a_transact(db: Database, prefix: bytes) -> N
 
     async def slow(tr: Transaction) -> None:
         tr.set(prefix + b"k", b"v")
-        await trio.sleep(10)
+        await anyio.sleep(10)
 
-    with trio.move_on_after(0.1) as scope:
+    with anyio.move_on_after(0.1) as scope:
         await db.transact(slow)
     assert scope.cancelled_caught
     assert await read(db, prefix + b"k") is None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from contract_util import le32, raises_code, read, read_prefix
 
 from fdbworkers._core.tuples import Versionstamp, pack, pack_with_versionstamp, unpack
 from fdbworkers._db import VERSIONSTAMP_SIZE, Database, Transaction, strinc
+
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 PLACEHOLDER = b"\xff" * VERSIONSTAMP_SIZE
 
@@ -31,14 +35,14 @@ async def test_versionstamps_increase_across_transactions(db: Database, prefix: 
 
 
 async def test_concurrent_transactions_get_distinct_stamps(db: Database, prefix: bytes) -> None:
-    import trio
+    import anyio
 
     stamps: list[bytes] = []
 
     async def one(i: int) -> None:
         stamps.append((await _stamp_of_a_write(db, prefix + b"c%d" % i))[0])
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         for i in range(20):
             nursery.start_soon(one, i)
     assert len(set(stamps)) == 20

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
 from contract_util import (
     MUST_HAPPEN_WITHIN,
     MUST_NOT_HAPPEN_WITHIN,
@@ -14,6 +14,9 @@ from contract_util import (
 
 from fdbworkers._db import Database, Transaction, Watch
 from fdbworkers._errors import FDBError
+
+#: Every test here runs under trio and under asyncio (tests/conftest.py).
+pytestmark = pytest.mark.anyio
 
 
 async def _watch(db: Database, key: bytes) -> Watch:
@@ -130,7 +133,7 @@ async def test_watch_cancel(db: Database, prefix: bytes) -> None:
 async def test_cancelling_a_waiter_keeps_the_watch(db: Database, prefix: bytes) -> None:
     k = prefix + b"k"
     w = await _watch(db, k)
-    with trio.move_on_after(0.1):
+    with anyio.move_on_after(0.1):
         await w.wait()
     assert not w.done
     await put(db, {k: b"x"})
@@ -146,11 +149,11 @@ async def test_several_tasks_wait_on_one_watch(db: Database, prefix: bytes) -> N
         await w.wait()
         woken.append(i)
 
-    with trio.fail_after(MUST_HAPPEN_WITHIN):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(MUST_HAPPEN_WITHIN):
+        async with anyio.create_task_group() as nursery:
             for i in range(3):
                 nursery.start_soon(waiter, i)
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
             await put(db, {k: b"x"})
     assert sorted(woken) == [0, 1, 2]
 
@@ -173,7 +176,7 @@ async def test_watches_beyond_the_limit_fail_with_1032(db: Database, prefix: byt
     tr = db.create_transaction()
     extra = tr.watch(prefix + b"extra")
     await tr.commit()
-    with trio.fail_after(MUST_HAPPEN_WITHIN):
+    with anyio.fail_after(MUST_HAPPEN_WITHIN):
         await raises_code(extra.wait(), 1032)
     for w in held:
         assert not w.done
@@ -190,7 +193,7 @@ async def test_watches_beyond_the_limit_fail_with_1032(db: Database, prefix: byt
 async def test_closing_the_database_fails_its_watches(db: Database, prefix: bytes) -> None:
     w = await _watch(db, prefix + b"k")
     await db.aclose()
-    with trio.fail_after(MUST_HAPPEN_WITHIN), pytest.raises(FDBError):
+    with anyio.fail_after(MUST_HAPPEN_WITHIN), pytest.raises(FDBError):
         await w.wait()
 
 
