@@ -5,8 +5,11 @@ trio, asyncio and threads.
 Each snippet ends by running its program for ever (``trio.run(main)``,
 ``asyncio.run(main())``, a ``time.sleep`` in the threaded program). That last line is
 the one thing the test replaces, by a bounded run: the async snippets run on a virtual
-clock for 30 s, the threaded one until its handler committed a checkpoint (real time,
-bounded). The id file of the first snippet goes to a temporary folder.
+clock until they printed what they print first (at most 600 virtual seconds), the
+threaded one until its handler committed a checkpoint (real time, bounded). The id file
+of the first snippet goes to a temporary folder. On the virtual clock the runner
+computes the map of the default 65,536 partitions inline rather than in a thread: an
+autojumping clock would run on while the thread works (``assign_in_thread``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from aio_util import VirtualClockLoop
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-#: Virtual seconds an async snippet runs before it is cancelled (its worker then leaves).
-RUN_FOR = 30.0
+#: Virtual seconds an async snippet may run before its first line is printed.
+RUN_FOR = 600.0
 #: Wall-clock bound of the threaded snippet.
 THREADS_DEADLINE = 60.0
 
@@ -71,9 +74,21 @@ def load(code: str, printed: Printed) -> dict[str, Any]:
     return namespace
 
 
-async def run_bounded(main: Callable[[], Any]) -> None:
-    with anyio.move_on_after(RUN_FOR):
-        await main()
+async def run_bounded(main: Callable[[], Any], printed: Printed) -> None:
+    """Run ``main()`` until it printed a line, then cancel it (its worker leaves)."""
+    with anyio.fail_after(RUN_FOR):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(main)
+            while not printed.lines:  # noqa: ASYNC110 - the snippet's own output
+                await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+def inline_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fdbworkers._runner
+
+    monkeypatch.setattr(fdbworkers._runner, "THREADED_ASSIGN_PARTITIONS", 1 << 30)
 
 
 def test_the_readme_has_the_snippets() -> None:
@@ -82,34 +97,34 @@ def test_the_readme_has_the_snippets() -> None:
         assert marker in text, marker
 
 
-def test_the_membership_worker_runs(tmp_path: Path) -> None:
+def test_the_membership_worker_runs(tmp_path: Path, inline_assignment: None) -> None:
     text = README.read_text()
     code = block_after(text, "## A worker in ten lines")
     assert '"/var/lib/myapp/worker-id"' in code
     code = code.replace('"/var/lib/myapp/worker-id"', repr(str(tmp_path / "worker-id")))
     printed = Printed()
     ns = load(split_last_line(code, "trio.run(main)"), printed)
-    trio.run(run_bounded, ns["main"], clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(run_bounded, ns["main"], printed, clock=trio.testing.MockClock(autojump_threshold=0))
     worker_id = (tmp_path / "worker-id").read_text().strip()
     # The first settled membership: this worker added, nobody removed.
     assert printed.lines[0] == f"frozenset({{{worker_id!r}}}) frozenset() [{worker_id!r}]"
 
 
-def test_the_trio_job_worker_runs() -> None:
+def test_the_trio_job_worker_runs(inline_assignment: None) -> None:
     code = block_after(README.read_text(), "**trio**")
     printed = Printed()
     ns = load(split_last_line(code, "trio.run(main)"), printed)
-    trio.run(run_bounded, ns["main"], clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(run_bounded, ns["main"], printed, clock=trio.testing.MockClock(autojump_threshold=0))
     assert printed.has("running db1-to-db2 {'source': 'db1', 'target': 'db2'} token ")
 
 
-def test_the_asyncio_job_worker_runs() -> None:
+def test_the_asyncio_job_worker_runs(inline_assignment: None) -> None:
     code = block_after(README.read_text(), "**asyncio**")
     assert "import trio" not in code
     printed = Printed()
     ns = load(split_last_line(code, "asyncio.run(main())"), printed)
     with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        runner.run(run_bounded(ns["main"]))
+        runner.run(run_bounded(ns["main"], printed))
     assert printed.has("running db1-to-db2 {'source': 'db1', 'target': 'db2'} token ")
 
 
