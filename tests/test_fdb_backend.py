@@ -3,6 +3,7 @@ an unreachable cluster. (Its semantics are pinned by tests/contract on both back
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -535,6 +537,177 @@ def test_callback_after_the_run_finished_is_harmless(fake_c: FakeFutures) -> Non
 
     trio.run(main)
     fake_c.set_ready(1)  # the trio run is over: RunFinishedError is swallowed
+
+
+# --------------------------------------------------------------------------------------
+# The same bridge under asyncio: one call_soon_threadsafe per batch of ready futures
+# --------------------------------------------------------------------------------------
+
+
+def _run_asyncio(main: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(10):
+            await main()
+
+    asyncio.run(bounded())
+
+
+async def _all_blocked() -> None:
+    """Let every task of the loop run until it waits (no timers in these tests)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def wake_ups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the asyncio hub's wake-ups of its loop (``call_soon_threadsafe`` calls)."""
+    calls: list[int] = []
+    call_soon = fdb_backend._AsyncioHub.call_soon
+
+    def counting(hub: Any, fn: Any) -> None:
+        calls.append(1)
+        call_soon(hub, fn)
+
+    monkeypatch.setattr(fdb_backend._AsyncioHub, "call_soon", counting)
+    return calls
+
+
+def test_asyncio_bridge_wakes_from_another_thread(fake_c: FakeFutures, wake_ups: list[int]) -> None:
+    async def main() -> None:
+        before = threading.active_count()
+        timer = threading.Timer(0.05, fake_c.set_ready, (1,))  # FDB's network thread
+        timer.start()
+        await fdb_backend._wait(1)
+        timer.join()
+        assert threading.active_count() <= before + 1  # no thread of ours per call
+
+    _run_asyncio(main)
+    assert fake_c.callbacks == {1: 1}
+    assert not fake_c.cancelled
+    assert wake_ups == [1]
+    assert not fdb_backend._waiters
+
+
+def test_asyncio_bridge_of_a_ready_future_and_an_inline_callback(
+    fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ready_on_register(f: int, callback: Any, token: int) -> int:
+        fake_c.ready.add(f)
+        return FakeFutures.future_set_callback(fake_c, f, callback, token)
+
+    async def main() -> None:
+        fake_c.ready.add(1)
+        await fdb_backend._wait(1)
+        assert fake_c.callbacks == {}
+        monkeypatch.setattr(fake_c, "future_set_callback", ready_on_register)
+        await fdb_backend._wait(2)
+
+    _run_asyncio(main)
+    assert fake_c.callbacks == {2: 1}
+
+
+@pytest.mark.parametrize("from_thread", [False, True])
+def test_asyncio_many_ready_futures_take_one_wake_up(
+    fake_c: FakeFutures, wake_ups: list[int], from_thread: bool
+) -> None:
+    woken: list[int] = []
+
+    async def waiter(f: int) -> None:
+        await fdb_backend._wait(f)
+        woken.append(f)
+
+    def ready_all() -> None:
+        for f in range(100):
+            fake_c.set_ready(f)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(waiter(f)) for f in range(100)]
+        await _all_blocked()
+        if from_thread:  # all ready on FDB's network thread before the loop runs again
+            network = threading.Thread(target=ready_all)
+            network.start()
+            network.join()
+        else:
+            ready_all()
+        await asyncio.gather(*tasks)
+
+    _run_asyncio(main)
+    assert sorted(woken) == list(range(100))
+    assert wake_ups == [1]
+    assert not fake_c.cancelled
+
+
+def test_asyncio_cancelled_waiter_cancels_the_future(fake_c: FakeFutures) -> None:
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await fdb_backend._wait(1)
+
+    _run_asyncio(main)
+    assert fake_c.cancelled == {1}  # its late callback found no waiter
+    assert not fdb_backend._waiters
+
+
+def test_asyncio_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures) -> None:
+    # The callback won the race against the cancellation: the FDB future is not
+    # cancelled, the task raises CancelledError, and the drain skips its future.
+    async def main() -> None:
+        task = asyncio.create_task(fdb_backend._wait(1))
+        await _all_blocked()
+        fake_c.set_ready(1)  # queues the wake-up...
+        task.cancel()  # ...then the waiter is cancelled before it ran
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _all_blocked()  # the drain ran
+
+    _run_asyncio(main)
+    assert not fake_c.cancelled
+    assert not fdb_backend._waiters
+
+
+def test_asyncio_cancelled_watch_waiter_keeps_the_future(fake_c: FakeFutures) -> None:
+    async def main() -> None:
+        shared = fdb_backend._SharedFuture(1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await shared.wait()
+        assert not fake_c.cancelled
+        # two waiters, and waiting again registers no second callback
+        waiters = [asyncio.create_task(shared.wait()) for _ in range(2)]
+        threading.Timer(0.05, fake_c.set_ready, (1,)).start()
+        await asyncio.gather(*waiters)
+        await shared.wait()
+        del shared, waiters
+
+    _run_asyncio(main)
+    assert fake_c.callbacks == {1: 1}
+    assert fake_c.destroyed == {1}
+
+
+def test_asyncio_callback_after_the_loop_closed_is_harmless(fake_c: FakeFutures) -> None:
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await fdb_backend._SharedFuture(1).wait()
+
+    _run_asyncio(main)
+    fake_c.set_ready(1)  # the loop is closed: call_soon_threadsafe's RuntimeError is swallowed
+
+
+def test_each_loop_has_its_own_hub() -> None:
+    hubs: list[Any] = []
+
+    async def hub() -> None:
+        hubs.append(fdb_backend._hub())
+        hubs.append(fdb_backend._hub())
+
+    _run_asyncio(hub)
+    _run_asyncio(hub)
+    trio.run(hub)
+    assert hubs[0] is hubs[1] and hubs[2] is hubs[3] and hubs[4] is hubs[5]
+    assert isinstance(hubs[0], fdb_backend._AsyncioHub)
+    assert isinstance(hubs[4], fdb_backend._TrioHub)
+    assert len({id(h) for h in hubs}) == 3
 
 
 # --------------------------------------------------------------------------------------
