@@ -26,7 +26,7 @@ import atexit
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -40,7 +40,8 @@ from ._core.membership import Membership, MembershipChange
 from ._core.states import WorkerState
 from ._db import Database, KeySelector, KeyValue, MutationType, Transaction
 from ._errors import ConfigError, FencedError
-from ._runner import Job, JobRunner, add_job, remove_job
+from ._runner import Job, JobRunner, add_job, add_jobs, remove_job
+from ._store.jobs import AddJobsResult
 from ._worker import Worker, WorkerStatistics, open_worker
 
 __all__ = ["BlockingDatabase", "BlockingJob", "BlockingTransaction", "BlockingWorker"]
@@ -76,6 +77,12 @@ class BlockingTransaction:
     # -- reads -------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
         return self._portal.call(self._tr.get, key)
+
+    def get_many(self, keys: Sequence[bytes], *, snapshot: bool = False) -> list[bytes | None]:
+        """The values of ``keys`` (None where absent), read together: one round trip on
+        FoundationDB (``ReadTransaction.get_many``)."""
+        reader = self._tr.snapshot if snapshot else self._tr
+        return self._portal.call(reader.get_many, keys)
 
     def get_key(self, selector: KeySelector) -> bytes:
         return self._portal.call(self._tr.get_key, selector)
@@ -417,6 +424,19 @@ class BlockingWorker:
                 root=worker.layout.prefix,
                 **kwargs,
             )
+        )
+
+    def add_jobs(
+        self,
+        jobs: Mapping[str, Any] | Iterable[tuple[str, Any] | tuple[str, Any, float]],
+        **kwargs: Any,
+    ) -> AddJobsResult:
+        """Add or update many jobs of this worker's role at once, many per transaction
+        (see :func:`fdbworkers.add_jobs`); returns how many were added, updated and left
+        unchanged."""
+        worker = self._worker_or_raise()
+        return self._portal_or_raise().call(
+            lambda: add_jobs(worker.db, worker.role, jobs, root=worker.layout.prefix, **kwargs)
         )
 
     def remove_job(self, job_id: str) -> bool:

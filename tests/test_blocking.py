@@ -74,6 +74,36 @@ def test_a_blocking_handler_runs_fences_and_stops_with_the_worker(backend: str) 
 
 
 @pytest.mark.parametrize("backend", LOOPS)
+def test_many_jobs_added_at_once_and_keys_read_together(backend: str) -> None:
+    started: set[str] = set()
+    lock = threading.Lock()
+    all_started = threading.Event()
+
+    def handler(job: BlockingJob) -> None:
+        with lock:
+            started.add(job.id)
+            if len(started) == 50:
+                all_started.set()
+        job.stopping.wait()
+
+    def write(tr: BlockingTransaction) -> None:
+        tr.set(b"a", b"1")
+        tr.set(b"b", b"2")
+
+    with BlockingWorker("memory", "r", timeout=3.0, settle=0.2, backend=backend) as worker:
+        added = worker.add_jobs({f"j{i}": {"n": i} for i in range(50)})
+        assert (added.added, added.updated, added.unchanged) == (50, 0, 0)
+        again = worker.add_jobs([(f"j{i}", {"n": i}) for i in range(50)])
+        assert (again.added, again.unchanged) == (0, 50)
+        worker.run_jobs(handler, grace=1)
+        wait_for(all_started, "50 handlers' start")
+        worker.db.transact(write)
+        values = worker.db.transact(lambda tr: tr.get_many([b"a", b"x", b"b"]))
+        assert values == [b"1", None, b"2"]
+        assert worker.db.transact(lambda tr: tr.get_many([b"b"], snapshot=True)) == [b"2"]
+
+
+@pytest.mark.parametrize("backend", LOOPS)
 def test_a_removed_job_stops_its_handler_and_a_crash_is_restarted(backend: str) -> None:
     calls: list[str] = []
     stopped = threading.Event()
