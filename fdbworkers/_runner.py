@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -57,6 +56,18 @@ from ._core.share import PAGE_KEYS, PAGE_REQUESTS
 from ._core.states import WorkerState
 from ._db import Database, Transaction, VersionstampFuture, run_transaction
 from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
+from ._loop import (
+    CancelScope,
+    Event,
+    TaskGroup,
+    cancel_scope,
+    checkpoint,
+    current_time,
+    move_on_after,
+    new_event,
+    open_task_group,
+    sleep,
+)
 from ._store.jobs import (
     ADD_BATCH_BYTES,
     CLAIM_BATCH,
@@ -209,8 +220,8 @@ class _ChangeRead:
 class _Generation:
     """Handlers started under one lease: cancelled together at its hard end."""
 
-    scope: anyio.CancelScope
-    nursery: anyio.abc.TaskGroup
+    scope: CancelScope
+    nursery: TaskGroup
     #: Its nursery has closed (the hard end passed, or the runner stops): nothing may
     #: start in it any more.
     closed: bool = False
@@ -219,17 +230,17 @@ class _Generation:
         """Its lease's hard end passed. Read from the clock too: trio's scope says
         ``cancel_called`` once its deadline passed, anyio's asyncio scope only once its
         timer ran (a renewal in between must not revive it)."""
-        return self.scope.cancel_called or self.scope.deadline <= anyio.current_time()
+        return self.scope.cancel_called or self.scope.deadline <= current_time()
 
 
 @dataclass(slots=True)
 class _Running:
     job: Job
-    scope: anyio.CancelScope
-    done: anyio.Event
+    scope: CancelScope
+    done: Event
     restarts: int = 0
     #: Set once the job was stopped, removed and (if asked) released.
-    stopped: anyio.Event | None = None
+    stopped: Event | None = None
     #: Health: failures in a row, the latest error, the first failure's wall time,
     #: a counter of failures (a recovery applies only if none came since), and whether
     #: a health record of ours may be stored.
@@ -246,7 +257,7 @@ class _Waiter:
     __slots__ = ("event", "result")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = new_event()
         self.result: bool | None = None
 
 
@@ -274,7 +285,7 @@ class _GroupCommit:
                 continue
             await waiter.event.wait()
             if waiter.result is None:
-                waiter.event = anyio.Event()  # woken to lead
+                waiter.event = new_event()  # woken to lead
         return waiter.result
 
     async def _lead(self) -> None:
@@ -443,13 +454,13 @@ class JobRunner:
         self._adopted: dict[int, tuple[str, str]] = {}
         self._take_handoffs = True
         self._adoptions = 0
-        self._wake = anyio.Event()
+        self._wake = new_event()
         self._full_resync = True
         self._dirty_parts: set[int] = set()
         self._last_change: bytes | None = None
         #: Bumped (and the event set) whenever a full read moves the cursor.
         self._cursor_moves = 0
-        self._cursor_moved = anyio.Event()
+        self._cursor_moved = new_event()
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
         #: _replace_target, _start and _not_running, so a step costs O(what changed).
@@ -548,14 +559,14 @@ class JobRunner:
                     watch.cancel()
                 continue
             try:
-                async with anyio.create_task_group() as n:
+                async with open_task_group() as n:
 
-                    async def one(watch: Any, inbox: bool, n: anyio.abc.TaskGroup = n) -> None:
+                    async def one(watch: Any, inbox: bool, n: TaskGroup = n) -> None:
                         try:
                             await watch.wait()
                         except FDBError as e:
                             if e.code == 1032:
-                                await anyio.sleep(w.options.poll_interval)
+                                await sleep(w.options.poll_interval)
                         if inbox:
                             self._take_handoffs = True
                         n.cancel_scope.cancel()
@@ -565,14 +576,14 @@ class JobRunner:
                     for i, watch in enumerate(watches):
                         n.start_soon(one, watch, i == 1)
 
-                    async def cursor_moved(ev: anyio.Event, n: anyio.abc.TaskGroup = n) -> None:
+                    async def cursor_moved(ev: Event, n: TaskGroup = n) -> None:
                         await ev.wait()
                         n.cancel_scope.cancel()
 
                     n.start_soon(cursor_moved, self._cursor_moved)
-                    with anyio.move_on_after(self.resync_interval * (0.5 + self._rng.random())):
+                    with move_on_after(self.resync_interval * (0.5 + self._rng.random())):
                         await anyio.sleep_forever()
-                    if anyio.current_time() - self._last_full_resync >= self.full_resync_interval:
+                    if current_time() - self._last_full_resync >= self.full_resync_interval:
                         self._full_resync = True
                     n.cancel_scope.cancel()
             finally:
@@ -644,7 +655,7 @@ class JobRunner:
     async def _reconcile_loop(self) -> None:
         w = self.w
         while True:
-            self._wake = anyio.Event()
+            self._wake = new_event()
             if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
                 await self._stop_all(reason="fenced", release=False)
                 # Stopping takes time: the state may have moved on meanwhile.
@@ -672,7 +683,7 @@ class JobRunner:
                 more = True
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
-            now = anyio.current_time()
+            now = current_time()
             if self._velocity_limited:
                 delay: float | None = max(0.0, self._moves_window_end - now)
             else:
@@ -685,7 +696,7 @@ class JobRunner:
     async def _wait_any(
         self, *waits: Callable[[], Awaitable[Any]], delay: float | None = None
     ) -> None:
-        async with anyio.create_task_group() as n:
+        async with open_task_group() as n:
 
             async def one(fn: Callable[[], Awaitable[Any]]) -> None:
                 await fn()
@@ -695,7 +706,7 @@ class JobRunner:
                 n.start_soon(one, fn)
             n.start_soon(one, self._wake.wait)
             if delay is not None:
-                n.cancel_scope.deadline = anyio.current_time() + delay
+                n.cancel_scope.deadline = current_time() + delay
 
     @property
     def _partitions(self) -> int:
@@ -734,7 +745,7 @@ class JobRunner:
         )
         if stale and w.id in m.members and weights:
             # (A view without us is one we were evicted from: not ours to plan by.)
-            now = anyio.current_time()
+            now = current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
                 self._stale_since = (m.view_key, now)
             # The k-th member by id waits k grace periods: the first writes at once,
@@ -767,7 +778,7 @@ class JobRunner:
         fair = total * plan.members[self.w.id] / sum(plan.members.values())
         if abs(len(self.target) - fair) <= 1.0:
             return False
-        now = anyio.current_time()
+        now = current_time()
         due = self._last_drift_plan + self.w.options.settle
         if now < due:
             # Rate-limited, not forgotten: nothing else may come to wake us (a remove
@@ -827,7 +838,7 @@ class JobRunner:
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
         full = self._full_resync
         if full:
-            self._last_full_resync = anyio.current_time()
+            self._last_full_resync = current_time()
             read_parts: set[int] = set(owned)
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
@@ -854,7 +865,7 @@ class JobRunner:
         # Stop what we no longer own first, then start what we gained.
         # Velocity limit: at most max_moves of our running jobs stopped to move per
         # move_interval (a live-to-live move; starting a job nobody runs is not limited).
-        now = anyio.current_time()
+        now = current_time()
         if self.max_moves is None:
             budget: float = math.inf
         else:
@@ -959,7 +970,7 @@ class JobRunner:
             if self._last_change is None or cursor < self._last_change:
                 self._last_change = cursor
                 self._cursor_moves += 1
-                ev, self._cursor_moved = self._cursor_moved, anyio.Event()
+                ev, self._cursor_moved = self._cursor_moved, new_event()
                 ev.set()
         return share
 
@@ -1025,7 +1036,7 @@ class JobRunner:
                     return started, True
             if quiet and first is not None:
                 self.log.info("jobs_started", jobs=count, first=first.id, last=batch[-1].id)
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
         return started, pending
 
     async def _settle_kept_claims(self, a: PlanMap) -> None:
@@ -1088,7 +1099,7 @@ class JobRunner:
         """Claim ``recs`` in one transaction (``tx_claim_many``: each by the rules of a
         single claim). Tokens of the claims written are the commit's versionstamp."""
         w = self.w
-        now = anyio.current_time()
+        now = current_time()
         requests = []
         for rec in recs:
             take = self._superseded.take(rec.id, now)
@@ -1166,8 +1177,9 @@ class JobRunner:
     async def _run_generation(
         self, task_status: anyio.abc.TaskStatus[_Generation] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with anyio.CancelScope(deadline=self.w.lease.hard_end) as scope:
-            async with anyio.create_task_group() as nursery:
+        scope = cancel_scope(deadline=self.w.lease.hard_end)
+        with scope:
+            async with open_task_group() as nursery:
                 gen = _Generation(scope, nursery)
                 try:
                     task_status.started(gen)
@@ -1183,7 +1195,7 @@ class JobRunner:
         # moved on by every renewal: a process that wakes from a freeze past it cancels
         # the handler before the handler runs again, even before the lease watchdog
         # task has run (G3). Its own scope is for stopping it alone.
-        r = _Running(job, anyio.CancelScope(), anyio.Event(), gen=gen)
+        r = _Running(job, cancel_scope(), new_event(), gen=gen)
         job._on_failure = partial(self._job_reported_failure, r)
         self.running[rec.id] = r
         self._unreleased.pop(rec.id, None)  # the claim is the running job's now
@@ -1203,7 +1215,7 @@ class JobRunner:
                     # A handler runs its first lines before its first await: never call
                     # it past the lease's hard end (this checkpoint raises then: a task
                     # spawned just before a freeze) or without a valid lease.
-                    await anyio.lowlevel.checkpoint()
+                    await checkpoint()
                     if not self.w.lease_valid():
                         await anyio.sleep_forever()  # a stop or the hard end ends this
                     try:
@@ -1348,13 +1360,13 @@ class JobRunner:
         if r.stopped is not None:  # someone else is stopping it: wait for them
             await r.stopped.wait()
             return
-        r.stopped = anyio.Event()
+        r.stopped = new_event()
         try:
             r.job.stopping.set()
             # Never past the lease's hard end: a fenced worker has at most margin / 2
             # left, one resumed from a long freeze (or evicted: lease revoked) none.
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - anyio.current_time()))
-            with anyio.move_on_after(grace):
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - current_time()))
+            with move_on_after(grace):
                 await r.done.wait()
             r.scope.cancel()
             await r.done.wait()
@@ -1383,7 +1395,7 @@ class JobRunner:
         if len(stops) > BULK_STOP:
             await self._stop_many(stops, reason=reason, release=release)
             return
-        async with anyio.create_task_group() as n:
+        async with open_task_group() as n:
             for jid, notify, handoff in stops:
                 n.start_soon(
                     partial(
@@ -1413,12 +1425,12 @@ class JobRunner:
             if r.stopped is not None:
                 others.append(r)  # someone else stops it: wait for them below
                 continue
-            r.stopped = anyio.Event()
+            r.stopped = new_event()
             r.job.stopping.set()
             mine.append((jid, r, notify, handoff))
         try:
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - anyio.current_time()))
-            with anyio.move_on_after(grace):
+            grace = max(0.0, min(self.grace, self.w.lease.hard_end - current_time()))
+            with move_on_after(grace):
                 for _, r, _, _ in mine:
                     if not r.done.is_set():
                         await r.done.wait()
@@ -1434,7 +1446,7 @@ class JobRunner:
                 self.log.debug("job_stopped", job=jid, reason=reason)
                 self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
                 if i % 1000 == 999:
-                    await anyio.lowlevel.checkpoint()
+                    await checkpoint()
             if mine:
                 self.log.info("jobs_stopped", jobs=len(mine), reason=reason)
             if release:
@@ -1598,7 +1610,7 @@ async def add_jobs(
     now = time.time()
     for i, item in enumerate(items):
         if i % 2000 == 1999:
-            await anyio.lowlevel.checkpoint()  # a long input must not stall the loop
+            await checkpoint()  # a long input must not stall the loop
         if not isinstance(item, tuple) or len(item) not in (2, 3):
             raise ConfigError(
                 f"job {i}: expected (id, spec) or (id, spec, weight), got {item!r:.100}"
@@ -1622,7 +1634,7 @@ async def add_jobs(
     buckets: dict[int, list[NewJob]] = {}
     for i, (jid, spec, w, value) in enumerate(checked):
         if i % 2000 == 1999:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
         job = prepare_job(head, cfg.partitions, jid, value, spec, w)
         bucket = buckets.get(job.partition)
         if bucket is None:
@@ -1633,7 +1645,7 @@ async def add_jobs(
     prepared: list[NewJob] = []
     for i, p in enumerate(sorted(buckets)):
         if i % 2000 == 1999:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
         bucket = buckets[p]
         bucket.sort(key=lambda j: j.id)
         prepared.extend(bucket)

@@ -61,6 +61,15 @@ from ._errors import (
     FdbworkersError,
 )
 from ._log import get_logger
+from ._loop import (
+    Event,
+    current_time,
+    move_on_after,
+    move_on_at,
+    new_event,
+    open_task_group,
+    sleep,
+)
 from ._store.events import DEFAULT_EVENT_RETENTION, tx_event
 from ._store.members import (
     tx_check_epoch,
@@ -324,7 +333,7 @@ class Worker:
         #: suspended, which the event loop's clock does not count (see SuspendMeter).
         self._clocks = clocks or default_clocks()
         self._suspend = SuspendMeter(self._clocks[0](), self._clocks[1]())
-        self._lease_changed = anyio.Event()
+        self._lease_changed = new_event()
         self._tracker = NeighbourTracker()
         self._settler = Settler(
             options.settle, options.effective_settle_max, leading=options.settle_leading
@@ -334,12 +343,12 @@ class Worker:
         #: The last settled membership reported to the application.
         self.membership: Membership | None = None
         self._reported: Membership | None = None
-        self._state_event = anyio.Event()
-        self._membership_event = anyio.Event()
-        self._wake_reader = anyio.Event()
-        self._wake_settle = anyio.Event()
-        self._wake_heartbeat = anyio.Event()
-        self._wake_ghosts = anyio.Event()
+        self._state_event = new_event()
+        self._membership_event = new_event()
+        self._wake_reader = new_event()
+        self._wake_settle = new_event()
+        self._wake_heartbeat = new_event()
+        self._wake_ghosts = new_event()
         self._subscribers: list[MemoryObjectSendStream[MembershipChange]] = []
         self._work_stoppers: list[Callable[[str], Awaitable[None]]] = []
         self._lease_listeners: list[Callable[[], None]] = []
@@ -349,7 +358,7 @@ class Worker:
         self.last_heartbeat_committed: float | None = None
         #: True while a heartbeat transaction runs (it may commit at any moment).
         self.heartbeat_in_flight = False
-        self._leaving: anyio.Event | None = None
+        self._leaving: Event | None = None
         #: (this process's clock, wall time) of the first failure since the cluster
         #: last answered a registration or heartbeat; None while it answers.
         self._unreachable_since: tuple[float, float] | None = None
@@ -390,7 +399,7 @@ class Worker:
         after a long pause, or a suspend of its machine, sees its lease expired before
         anything else runs)."""
         self._account_suspend()
-        return self.state is WorkerState.ACTIVE and self.lease.valid(anyio.current_time())
+        return self.state is WorkerState.ACTIVE and self.lease.valid(current_time())
 
     def _account_suspend(self) -> None:
         """Age the lease by any suspension since the last look (two clock reads)."""
@@ -473,7 +482,7 @@ class Worker:
             fn()
 
     def statistics(self) -> WorkerStatistics:
-        now = anyio.current_time()
+        now = current_time()
         return WorkerStatistics(
             role=self.role,
             worker_id=self.id,
@@ -537,7 +546,7 @@ class Worker:
             self.log.error("worker_state_unexpected", old=self.state.value, new=state.value)
         self.log.info("worker_state", old=self.state.value, new=state.value)
         self.state = state
-        ev, self._state_event = self._state_event, anyio.Event()
+        ev, self._state_event = self._state_event, new_event()
         ev.set()
 
     def _record(self) -> MemberRecord:
@@ -560,7 +569,7 @@ class Worker:
                 self.role_config = await self.transact(
                     tx_ensure_role, self.layout, self.role, self.options.partitions
                 )
-                started = anyio.current_time()
+                started = current_time()
                 rec = await self.transact(
                     tx_register,
                     self.layout,
@@ -570,11 +579,11 @@ class Worker:
                 )
                 break
             except FDBError as e:
-                if anyio.current_time() >= deadline_log:
+                if current_time() >= deadline_log:
                     self.log.warning("register_failed", error=str(e), code=e.code)
-                    deadline_log = anyio.current_time() + 10
+                    deadline_log = current_time() + 10
                 self._cluster_failed(e)
-                await anyio.sleep(min(1.0, self.options.heartbeat_interval))
+                await sleep(min(1.0, self.options.heartbeat_interval))
         self._cluster_answered()
         self._renew_lease(started)
         if rec.replaced:
@@ -582,14 +591,14 @@ class Worker:
             # are taken over only once its lease must have expired (see _jobs). It can
             # commit no heartbeat after our registration did: we count that wait too,
             # from now, not from our first claim after the settle window.
-            self._replaced_seen_at = anyio.current_time()
+            self._replaced_seen_at = current_time()
             self.log.info("replaced_incarnation", old=rec.replaced)
             if rec.replaced_timeout:
                 self._tracker.superseded(
                     self.id, rec.replaced, rec.replaced_timeout, self._replaced_seen_at
                 )
                 self._wake_ghosts.set()
-        self._settler.changed(anyio.current_time())
+        self._settler.changed(current_time())
         self._set_state(WorkerState.ACTIVE)
         self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
         self._wake_reader.set()
@@ -599,12 +608,12 @@ class Worker:
         """Seconds since the cluster last answered (0 while it answers)."""
         if self._unreachable_since is None:
             return 0.0
-        return anyio.current_time() - self._unreachable_since[0]
+        return current_time() - self._unreachable_since[0]
 
     def _cluster_failed(self, e: FDBError) -> None:
         """A registration or heartbeat failed: say plainly how long the cluster has not
         answered (every 10 s), and give up after ``give_up_after`` if set."""
-        now = anyio.current_time()
+        now = current_time()
         if self._unreachable_since is None:
             self._unreachable_since = (now, time.time())
         silent = now - self._unreachable_since[0]
@@ -627,7 +636,7 @@ class Worker:
 
     def _cluster_answered(self) -> None:
         if self._unreachable_since is not None:
-            silent = anyio.current_time() - self._unreachable_since[0]
+            silent = current_time() - self._unreachable_since[0]
             if self._unreachable_logged > -math.inf:
                 self.log.warning("cluster_reachable_again", after=round(silent, 1))
             self._unreachable_since = None
@@ -636,7 +645,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.options.heartbeat_interval
         while True:
-            start = anyio.current_time()
+            start = current_time()
             self.heartbeat_in_flight = True
             try:
                 rec = await self.transact(
@@ -652,10 +661,10 @@ class Worker:
                 self.log.warning("heartbeat_failed", error=e.name, code=e.code)
                 self._cluster_failed(e)
                 # Try again soon (the lease keeps running from the last success).
-                await anyio.sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
+                await sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
                 continue
             self.heartbeat_in_flight = False
-            latency = anyio.current_time() - start
+            latency = current_time() - start
             self._hb_latency_last = latency
             self._hb_latency_max = max(self._hb_latency_max, latency)
             if rec is None or rec.incarnation != self.incarnation:
@@ -665,21 +674,21 @@ class Worker:
                 continue
             self._cluster_answered()
             self._hb_sent += 1
-            self.last_heartbeat_committed = anyio.current_time()
+            self.last_heartbeat_committed = current_time()
             self._renew_lease(start)
-            if self.state is WorkerState.FENCED and self.lease.valid(anyio.current_time()):
+            if self.state is WorkerState.FENCED and self.lease.valid(current_time()):
                 self.log.info("unfenced")
                 self._set_state(WorkerState.ACTIVE)
             if rec.drain and self.state is WorkerState.ACTIVE:
                 self._drain_requested()
-            self._wake_heartbeat = anyio.Event()
-            with anyio.move_on_at(start + interval):
+            self._wake_heartbeat = new_event()
+            with move_on_at(start + interval):
                 await self._wake_heartbeat.wait()
 
     async def _lease_watchdog(self) -> None:
         while True:
             self._account_suspend()
-            now = anyio.current_time()
+            now = current_time()
             if self.state is WorkerState.ACTIVE and not self.lease.valid(now):
                 self._fences += 1
                 self.log.warning(
@@ -690,8 +699,8 @@ class Worker:
                 self._set_state(WorkerState.FENCED)
                 await self._emit_fence_event()
             if self.state is WorkerState.ACTIVE:
-                self._lease_changed = anyio.Event()
-                with anyio.move_on_at(self.lease.expires_at):
+                self._lease_changed = new_event()
+                with move_on_at(self.lease.expires_at):
                     await self._lease_changed.wait()
             else:
                 await self.wait_state_change()
@@ -700,22 +709,21 @@ class Worker:
         """Notice a suspend of the machine within a fraction of the margin, even when
         nothing asks for the lease: it then fences and stops the jobs without grace."""
         while True:
-            await anyio.sleep(min(0.25, self.lease.margin / 4))
+            await sleep(min(0.25, self.lease.margin / 4))
             self._account_suspend()
 
     async def _emit_fence_event(self) -> None:
         # Best effort: the cluster may be unreachable, which is why we fenced.
-        with anyio.move_on_after(self.options.op_timeout):
-            with suppress(FDBError):
-                await self.transact(
-                    tx_event,
-                    self.layout,
-                    "self_fenced",
-                    self.role,
-                    self.options.event_retention,
-                    worker=self.id,
-                    incarnation=self.incarnation,
-                )
+        with move_on_after(self.options.op_timeout), suppress(FDBError):
+            await self.transact(
+                tx_event,
+                self.layout,
+                "self_fenced",
+                self.role,
+                self.options.event_retention,
+                worker=self.id,
+                incarnation=self.incarnation,
+            )
 
     async def _lost_record(self, rec: MemberRecord | None) -> None:
         if rec is not None and rec.incarnation != self.incarnation:
@@ -729,7 +737,7 @@ class Worker:
             # Stop the handlers (within our lease) and clear our own claims (a release
             # needs no membership): it then takes them at once, not up to a timeout
             # later (a frozen process resumed after its id was started elsewhere).
-            with anyio.move_on_after(max(self.options.timeout, 5.0)):
+            with move_on_after(max(self.options.timeout, 5.0)):
                 await self._stop_work("superseded")
             raise WorkerSupersededError(
                 f"worker id {self.id!r} in role {self.role!r} was taken over by incarnation "
@@ -758,18 +766,17 @@ class Worker:
         )
         if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
             return
-        with anyio.move_on_after(self.options.op_timeout):
-            with suppress(FDBError):
-                await self.transact(
-                    tx_event,
-                    self.layout,
-                    "own_record_corrupt",
-                    self.role,
-                    self.options.event_retention,
-                    worker=self.id,
-                    incarnation=self.incarnation,
-                    error=error,
-                )
+        with move_on_after(self.options.op_timeout), suppress(FDBError):
+            await self.transact(
+                tx_event,
+                self.layout,
+                "own_record_corrupt",
+                self.role,
+                self.options.event_retention,
+                worker=self.id,
+                incarnation=self.incarnation,
+                error=error,
+            )
         self._set_state(WorkerState.REJOINING)
         await self._stop_work("corrupt_record")
         self.lease.revoke()
@@ -790,11 +797,11 @@ class Worker:
         arm = True
         last_read = -math.inf
         while True:
-            wait = last_read + self.options.membership_read_gap - anyio.current_time()
+            wait = last_read + self.options.membership_read_gap - current_time()
             if wait > 0:
-                await anyio.sleep(wait)  # coalesce a burst of changes into one read
-            last_read = anyio.current_time()
-            self._wake_reader = anyio.Event()
+                await sleep(wait)  # coalesce a burst of changes into one read
+            last_read = current_time()
+            self._wake_reader = new_event()
             try:
                 m, corrupt, _rv, watches, full = await self.transact(
                     tx_read_membership_since,
@@ -805,7 +812,7 @@ class Worker:
                 )
             except FDBError as e:
                 self.log.warning("membership_read_failed", error=e.name, code=e.code)
-                await anyio.sleep(min(1.0, self.options.heartbeat_interval))
+                await sleep(min(1.0, self.options.heartbeat_interval))
                 continue
             self._membership_reads += 1
             self._membership_full_reads += int(full)
@@ -816,7 +823,7 @@ class Worker:
             old = self.latest
             self.latest = m
             if old is None or old.epoch != m.epoch or dict(old.members) != dict(m.members):
-                self._settler.changed(anyio.current_time())
+                self._settler.changed(current_time())
                 self._wake_settle.set()
                 # A departure (eviction, leave) is not churn: its jobs have no runner.
                 # Report the settled view less the departed at once; joins and
@@ -840,7 +847,7 @@ class Worker:
             if watches:
                 arm = await self._wait_membership_watches(m, watches)
             else:
-                with anyio.move_on_after(self.options.poll_interval):
+                with move_on_after(self.options.poll_interval):
                     await self._wake_reader.wait()
                 arm = True
 
@@ -872,7 +879,7 @@ class Worker:
         """Wait for either watch; returns whether to arm watches next time, or None when
         none fired within ``limit`` seconds (the watches are cancelled then)."""
         fired: list[BaseException | None] = []
-        with anyio.move_on_after(math.inf if limit is None else limit) as timer:
+        with move_on_after(math.inf if limit is None else limit) as timer:
             await self._wait_any_watch(watches, fired)
         if timer.cancelled_caught:
             for w in watches:
@@ -881,7 +888,7 @@ class Worker:
         return await self._after_watch(watches, fired)
 
     async def _wait_any_watch(self, watches: list[Any], fired: list[BaseException | None]) -> None:
-        async with anyio.create_task_group() as nursery:
+        async with open_task_group() as nursery:
 
             async def one(w: Any) -> None:
                 try:
@@ -905,11 +912,11 @@ class Worker:
                     action=f"polling membership every {self.options.poll_interval}s",
                 )
             self._polling = True
-            await anyio.sleep(self.options.poll_interval)
+            await sleep(self.options.poll_interval)
             return True
         if errors:
             self.log.info("watch_failed", error=str(errors[0]))
-            await anyio.sleep(0.05 + self._rng.random() * 0.1)
+            await sleep(0.05 + self._rng.random() * 0.1)
         else:
             self._watch_fires += 1
             if self._polling:
@@ -919,14 +926,14 @@ class Worker:
 
     async def _settle_loop(self) -> None:
         while True:
-            self._wake_settle = anyio.Event()
+            self._wake_settle = new_event()
             deadline = self._settler.deadline()
             if deadline is None or self.latest is None:
                 await self._wake_settle.wait()
                 continue
-            with anyio.move_on_at(deadline):
+            with move_on_at(deadline):
                 await self._wake_settle.wait()
-            if not self._settler.due(anyio.current_time()) or self.latest is None:
+            if not self._settler.due(current_time()) or self.latest is None:
                 continue
             self._settler.reported()
             self._report(self.latest)
@@ -953,16 +960,16 @@ class Worker:
                 self.log.warning("membership_subscriber_lagging")
             except anyio.BrokenResourceError:
                 pass
-        ev, self._membership_event = self._membership_event, anyio.Event()
+        ev, self._membership_event = self._membership_event, new_event()
         ev.set()
 
     async def _check_loop(self) -> None:
         interval = self.options.effective_check_interval
         while True:
             m = self.latest
-            now = anyio.current_time()
+            now = current_time()
             if m is None or self.state is not WorkerState.ACTIVE or len(m.members) < 2:
-                await anyio.sleep(interval)
+                await sleep(interval)
                 continue
             members = m.members
 
@@ -988,9 +995,9 @@ class Worker:
                 )
             except FDBError as e:
                 self.log.warning("neighbour_read_failed", error=e.name)
-                await anyio.sleep(interval)
+                await sleep(interval)
                 continue
-            now = anyio.current_time()
+            now = current_time()
             next_due = now + interval
             for wid in neighbours:
                 rec = members.get(wid)
@@ -1011,12 +1018,12 @@ class Worker:
             # Until the next check is due, or a neighbour's heartbeat commits (its
             # watch fires: we see the new stamp at once, so the eviction deadline is
             # counted from the heartbeat itself, not from our next poll).
-            await self._wait_health(watches, max(next_due, anyio.current_time() + interval / 20))
+            await self._wait_health(watches, max(next_due, current_time() + interval / 20))
 
     async def _wait_health(self, watches: list[Any], until: float) -> None:
         try:
-            with anyio.move_on_at(until):
-                async with anyio.create_task_group() as n:
+            with move_on_at(until):
+                async with open_task_group() as n:
 
                     async def one(w: Any) -> None:
                         try:
@@ -1041,7 +1048,7 @@ class Worker:
         over, and the id kept restarting faster than settle + timeout (each new
         incarnation, the claimant, counting from zero after its settle window), nobody
         ever retired the dead incarnation and its jobs had no runner for 44-59 s."""
-        now = anyio.current_time()
+        now = current_time()
         before = self._tracker.next_ghost_due()
         for wid, incarnation, timeout in replaced_or_gone(old, new, self.id):
             self._tracker.superseded(wid, incarnation, timeout, now)
@@ -1055,15 +1062,15 @@ class Worker:
         retirements, and all but the first find it retired (a read of one key)."""
         interval = self.options.effective_check_interval
         while True:
-            self._wake_ghosts = anyio.Event()
+            self._wake_ghosts = new_event()
             due = self._tracker.next_ghost_due()
             if due is None:
                 await self._wake_ghosts.wait()
                 continue
-            with anyio.move_on_at(due + self._rng.random() * interval / 2):
+            with move_on_at(due + self._rng.random() * interval / 2):
                 await self._wake_ghosts.wait()
-            if not await self._retire_ghosts(anyio.current_time()):
-                await anyio.sleep(interval)
+            if not await self._retire_ghosts(current_time()):
+                await sleep(interval)
 
     async def _retire_ghosts(self, now: float) -> bool:
         """Attest that incarnations we saw superseded or gone run nothing any more,
@@ -1139,7 +1146,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._leaving.wait()
             return
-        self._leaving = anyio.Event()
+        self._leaving = new_event()
         try:
             await self._leave_once(kind)
         finally:
@@ -1148,7 +1155,7 @@ class Worker:
     async def _leave_once(self, kind: str) -> None:
         self._set_state(WorkerState.DRAINING)
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + (
+            scope.deadline = current_time() + (
                 self.options.leave_timeout or max(self.options.timeout, 5.0)
             )
             await self._stop_work(kind)

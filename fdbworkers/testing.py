@@ -25,6 +25,7 @@ import anyio.abc
 from ._core.states import WorkerState
 from ._db import Database
 from ._errors import FencedError
+from ._loop import current_time, sleep
 from ._runner import Job, JobRunner
 from ._worker import Worker, WorkerOptions
 
@@ -41,7 +42,7 @@ async def idle_handler(job: Job) -> None:
     """A job that runs until stopped, checking its lease like a careful handler."""
     while True:
         job.check()
-        await anyio.sleep(0.5)
+        await sleep(0.5)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class RunLedger:
     starts: int = 0
 
     def started(self, job: Job, worker: Worker) -> Run:
-        now = anyio.current_time()
+        now = current_time()
         self.starts += 1
         for other, ow in self.active.get(job.id, []):
             if ow is not worker and ow.lease_valid():
@@ -110,7 +111,7 @@ class RunLedger:
         return run
 
     def ended(self, run: Run) -> None:
-        run.end = anyio.current_time()
+        run.end = current_time()
         lst = self.active.get(run.job, [])
         self.active[run.job] = [(r, w) for r, w in lst if r is not run]
 
@@ -121,11 +122,11 @@ class RunLedger:
 async def wait_until(cond: Callable[[], bool], limit: float, step: float = 0.05) -> float:
     """Poll ``cond`` every ``step`` seconds (virtual time in tests) until it holds;
     fail after ``limit`` seconds. Returns how long it took."""
-    start = anyio.current_time()
+    start = current_time()
     with anyio.fail_after(limit):
-        while not cond():  # noqa: ASYNC110 - conditions on other workers' state
-            await anyio.sleep(step)
-    return anyio.current_time() - start
+        while not cond():
+            await sleep(step)
+    return current_time() - start
 
 
 class FleetWorker:
@@ -359,16 +360,16 @@ class Simulation:
         self._last_event = 0.0
 
     def _note(self, text: str) -> None:
-        self.timeline.append(f"t={anyio.current_time():9.3f} {text}")
+        self.timeline.append(f"t={current_time():9.3f} {text}")
 
     def _event(self, text: str) -> None:
         """A fault's delayed part (a restart, a heal): the liveness bound counts from
         the last one."""
-        self._last_event = max(self._last_event, anyio.current_time())
+        self._last_event = max(self._last_event, current_time())
         self._note(text)
 
     def _violate(self, kind: str, detail: str) -> None:
-        v = Violation(anyio.current_time(), kind, detail)
+        v = Violation(current_time(), kind, detail)
         self.violations.append(v)
         self._note(f"VIOLATION {v}")
 
@@ -397,7 +398,7 @@ class Simulation:
         layout = Layout.for_root(root)
         role = "sim"
         store = engine.store
-        start_time = anyio.current_time()
+        start_time = current_time()
         admin = engine.open_database("admin")
         await admin.transact(tx_ensure_role, layout, role, cfg.partitions)
 
@@ -428,7 +429,7 @@ class Simulation:
 
         async def monitor() -> None:
             while True:
-                now = anyio.current_time()
+                now = current_time()
                 current = {(w, r.incarnation) for w, r in records().items()}
                 for key in current:
                     seen_records.setdefault(key, now)
@@ -446,14 +447,14 @@ class Simulation:
                     owners = ledger.running_on(jid)
                     if len(owners) > 1:
                         self._violate("G3 two runners", f"job {jid} runs on {owners}")
-                await anyio.sleep(0.1)
+                await sleep(0.1)
 
         crashing: set[str] = set()
         user_handler = self.handler
 
         async def handler(job: Job) -> None:
             if job.id in crashing:  # an injected crash loop of this job's handler
-                await anyio.sleep(0.05)
+                await sleep(0.05)
                 raise RuntimeError(f"injected crash of {job.id}")
             await user_handler(job)
 
@@ -486,11 +487,11 @@ class Simulation:
             quiet = opts.effective_settle_max + 4 * t_max + 5
             t_end_faults = start_time + cfg.duration - quiet
             next_job = cfg.jobs
-            while anyio.current_time() < t_end_faults:
+            while current_time() < t_end_faults:
                 gap = rng.expovariate(cfg.fault_rate)
-                if anyio.current_time() + gap >= t_end_faults:
+                if current_time() + gap >= t_end_faults:
                     break
-                await anyio.sleep(gap)
+                await sleep(gap)
                 live = [fw for fw in fleet.live() if fw.worker is not None]
                 kinds = ["crash", "partition", "join", "leave", "add", "remove"]
                 weights = [3, 3, 2, 1, 2, 1]
@@ -503,7 +504,7 @@ class Simulation:
                     kind = "join"
                 if kind == "stall_join" and len(live) <= 2:
                     kind = "join"
-                now = anyio.current_time()
+                now = current_time()
                 if kind == "crash":
                     fw = rng.choice(live)
                     w = fw.worker
@@ -610,7 +611,7 @@ class Simulation:
             crashing.clear()
             self._event("quiet period starts")  # the liveness bound counts from here at least
             await self._check_liveness_after_faults(fleet, store, layout, role, cfg, start_time)
-            await anyio.sleep(max(0.0, start_time + cfg.duration - anyio.current_time()))
+            await sleep(max(0.0, start_time + cfg.duration - current_time()))
             self._check_at_rest(fleet, store, layout, role, cfg)
             self._check_liveness(crashes, gone_at, seen_records, fault_times, opts)
             for t, wid, e in fleet.errors:
@@ -660,8 +661,8 @@ class Simulation:
                     f"liveness bound not checked: last fault too late ({self._last_event:.2f})"
                 )
                 return
-            await anyio.sleep(max(0.0, due - anyio.current_time()))
-            if self._last_event + bound <= anyio.current_time() + 1e-9:
+            await sleep(max(0.0, due - current_time()))
+            if self._last_event + bound <= current_time() + 1e-9:
                 break
         version = store.read_version()
         jobs = {
@@ -768,7 +769,7 @@ class Simulation:
 async def restart_later(
     fleet: Fleet, wid: str, delay: float, sim: Simulation, options: WorkerOptions | None = None
 ) -> None:
-    await anyio.sleep(delay)
+    await sleep(delay)
     fw = await fleet.start(wid, options)
     sim._event(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
 
@@ -783,7 +784,7 @@ async def stall_for(
         db.partitioned = True
     else:
         db.commits_stalled = True
-    await anyio.sleep(duration)
+    await sleep(duration)
     db.partitioned = False
     db.commits_stalled = False
     if suspend:
@@ -795,7 +796,7 @@ async def crash_loop_for(
     crashing: set[str], jobs: set[str], duration: float, sim: Simulation
 ) -> None:
     crashing |= jobs
-    await anyio.sleep(duration)
+    await sleep(duration)
     crashing -= jobs
     sim._event(f"crash loop of {sorted(jobs)} ends")
 
@@ -808,7 +809,7 @@ async def partition_for(
         return
     excused.add((w.id, w.incarnation))
     fw.db.partitioned = True  # type: ignore[attr-defined]
-    await anyio.sleep(duration)
+    await sleep(duration)
     fw.db.partitioned = False  # type: ignore[attr-defined]
     if fw.worker is not None:
         # A rejoin after the partition is a new incarnation: excuse the old one only.

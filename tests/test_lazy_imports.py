@@ -52,6 +52,30 @@ def test_a_worker_on_the_engine_loads_none_of_them() -> None:
     assert _loaded_after(code) == []
 
 
+def test_an_asyncio_worker_imports_no_trio_either() -> None:
+    # The library's hot paths use the running loop's own primitives (fdbworkers/_loop.py)
+    # and look trio up only once trio runs: an asyncio program does not load it.
+    code = """
+        import asyncio, sys
+        import fdbworkers
+
+        async def main():
+            db = fdbworkers.open_database("memory")
+            await fdbworkers.add_job(db, "lazy", "job-1", {"n": 1})
+            async with fdbworkers.open_worker(db, "lazy", timeout=1, settle=0) as w:
+                for _ in range(400):  # real time: at most 20 s
+                    if w.membership is not None and w.id in w.membership.members:
+                        break
+                    await asyncio.sleep(0.05)
+                assert w.id in w.membership.members
+            await db.aclose()
+
+        asyncio.run(main())
+        assert "trio" not in sys.modules, "trio was imported"
+    """
+    assert _loaded_after(code) == []
+
+
 def test_numpy_comes_with_the_first_map() -> None:
     code = """
         import sys

@@ -36,6 +36,7 @@ from .._core.tuples import pack_int_str
 from .._db import Transaction
 from .._errors import ConfigError, CorruptDataError, FDBError
 from .._log import get_logger
+from .._loop import open_task_group
 from .events import DEFAULT_EVENT_RETENTION, tx_event
 from .members import tx_ensure_role
 from .plan import tx_count_job
@@ -325,10 +326,16 @@ async def gather(
 ) -> None:
     """``fn(lo, hi)`` for every span, at most ``width`` at a time (reads of one
     transaction, issued together). An FDB error is raised as itself, not as an exception
-    group: the retry loop (and the callers' ``except FDBError``) do not look into groups."""
+    group: the retry loop (and the callers' ``except FDBError``) do not look into groups.
+    A single span (a claim of one job) runs in the calling task; the others in the
+    loop's own task group (``_loop.open_task_group``: a task per read, on the claim
+    path)."""
+    if len(spans) == 1:
+        await fn(*spans[0])
+        return
     try:
         for i in range(0, len(spans), width):
-            async with anyio.create_task_group() as nursery:
+            async with open_task_group() as nursery:
                 for lo, hi in spans[i : i + width]:
                     nursery.start_soon(fn, lo, hi)
     except BaseExceptionGroup as group:

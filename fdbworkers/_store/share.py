@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import anyio
-import anyio.lowlevel
-
 from .._core.keys import Layout
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS, plan_ranges, request_limit
 from .._db import KeyValue, Transaction
 from .._errors import CorruptDataError
 from .._log import get_logger
+from .._loop import checkpoint
 from .jobs import JobRecord, gather
 
 T = TypeVar("T")
@@ -117,7 +115,7 @@ async def read_share(
             out.keys += len(kvs)
             for i, kv in enumerate(kvs):
                 if i % 1000 == 999:
-                    await anyio.lowlevel.checkpoint()  # short steps: heartbeats go on
+                    await checkpoint()  # short steps: heartbeats go on
                 try:
                     t = layout.unpack_below(jobs_begin, kv.key)
                     p, jid = int(t[0]), str(t[1])
@@ -133,5 +131,5 @@ async def read_share(
             if len(kvs) >= limit:
                 # Maybe more: the rest of this range goes first in the next page.
                 queue.appendleft((kvs[-1].key + b"\x00", end))
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
     return out

@@ -1,9 +1,10 @@
-"""The engine's async shell (anyio: asyncio or trio): :class:`Engine`, its database
-handles, transactions and watches, implementing the seam of :mod:`fdbworkers._db` over the pure core
-(:mod:`._store`, :mod:`._ryw`).
+"""The engine's async shell (asyncio or trio): :class:`Engine`, its database handles,
+transactions and watches, implementing the seam of :mod:`fdbworkers._db` over the pure
+core (:mod:`._store`, :mod:`._ryw`). Its waits use the running loop's own primitives
+(:mod:`fdbworkers._loop`: checkpoints, events, deadlines, per operation).
 
-Every operation that would be a network call in FoundationDB yields to the event loop (at least
-a checkpoint; with ``FaultPlan.latency`` a sleep on the engine's clock), honours the
+Every operation that would be a network call in FoundationDB yields to the event loop
+(at least a checkpoint; with ``FaultPlan.latency`` a sleep on the engine's clock), honours the
 transaction's timeout (1031) and its cancellation (1025), and hangs while its database
 handle is partitioned. Nothing runs in the background: delays, spurious watch fires
 and timeouts are deadlines that the waiting task observes, so the engine needs no
@@ -25,9 +26,6 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Final, NoReturn, TypeVar, TypeVarTuple
-
-import anyio
-import anyio.lowlevel
 
 from ..._db import (
     DEFAULT_MAX_WATCHES,
@@ -55,6 +53,7 @@ from ..._db import (
 )
 from ..._errors import RETRYABLE, ConfigError, FDBError
 from ..._log import get_logger
+from ..._loop import Event, checkpoint, current_time, move_on_at, new_event
 from ._faults import FaultPlan
 from ._mutations import SET_VERSIONSTAMPED_KEY, SET_VERSIONSTAMPED_VALUE, versionstamp_offset
 from ._ryw import MAX_KEY, SnapshotReader, WriteMap
@@ -122,7 +121,7 @@ class EngineStatistics:
 class Engine:
     """One embedded "cluster": data, versions, conflict detection, watches and faults.
 
-    ``clock`` is read lazily at each operation (default: ``anyio.current_time``, so it
+    ``clock`` is read lazily at each operation (default: the running loop's ``current_time``, so it
     follows trio's virtual clock in tests); ``rng`` drives faults and retry jitter
     (seed it for reproducible runs); ``faults`` can be replaced at any time.
     Several handles from :meth:`open_database` share the engine like clients of one
@@ -167,13 +166,13 @@ class Engine:
 
     def now(self) -> float:
         """The engine's clock, in seconds."""
-        return self._clock() if self._clock is not None else anyio.current_time()
+        return self._clock() if self._clock is not None else current_time()
 
     def loop_deadline(self, t: float) -> float:
         """The event loop's deadline for engine time ``t``."""
         if self._clock is None:
             return t
-        return anyio.current_time() + (t - self._clock())
+        return current_time() + (t - self._clock())
 
     def open_database(self, name: str = "client") -> EngineDatabase:
         """A client handle of this engine."""
@@ -279,7 +278,7 @@ class EngineDatabase(Database):
             w.cancel()
         self._watches.clear()
         self._closed = True
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
 
     def _count_read(self, op: str, keys: int, nbytes: int) -> None:
         s = self.engine_stats
@@ -373,7 +372,7 @@ _Args = TypeVarTuple("_Args")
 
 async def _fail(code: int) -> NoReturn:
     """A read failing before it starts: one checkpoint, then ``code``."""
-    await anyio.lowlevel.checkpoint()
+    await checkpoint()
     raise FDBError(code)
 
 
@@ -401,7 +400,7 @@ class _VersionstampState:
     def __init__(self) -> None:
         self.stamp: bytes | None = None
         self.error: int | None = None
-        self.event: anyio.Event | None = None
+        self.event: Event | None = None
 
     @property
     def resolved(self) -> bool:
@@ -424,10 +423,10 @@ class EngineVersionstampFuture(VersionstampFuture):
         st = self._state
         if not st.resolved:
             if st.event is None:
-                st.event = anyio.Event()
+                st.event = new_event()
             await st.event.wait()
         else:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
         if st.error is not None:
             raise FDBError(st.error)
         assert st.stamp is not None
@@ -459,7 +458,7 @@ class EngineWatch(Watch):
         self._state = _PENDING
         self._error: int | None = None
         self._counted = False
-        self._event: anyio.Event | None = None
+        self._event: Event | None = None
         self._deliver_at = 0.0
         self._spurious_at: float | None = None
         self._store_watch: StoreWatch | None = None
@@ -549,17 +548,17 @@ class EngineWatch(Watch):
             self._poll()
             st = self._state
             if st == _FAILED:
-                await anyio.lowlevel.checkpoint()
+                await checkpoint()
                 assert self._error is not None
                 raise FDBError(self._error)
             if st == _FIRED and not db._partitioned and engine.now() >= self._deliver_at:
-                await anyio.lowlevel.checkpoint()
+                await checkpoint()
                 if self._state == _FAILED:
                     continue
                 return
             ev = self._event
             if ev is None:
-                ev = self._event = anyio.Event()
+                ev = self._event = new_event()
             if st == _FIRED:
                 if db._partitioned:
                     db._waiting_watches.add(self)
@@ -568,10 +567,10 @@ class EngineWatch(Watch):
                     finally:
                         db._waiting_watches.discard(self)
                 else:
-                    with anyio.move_on_at(engine.loop_deadline(self._deliver_at)):
+                    with move_on_at(engine.loop_deadline(self._deliver_at)):
                         await ev.wait()
             elif st == _ARMED and self._spurious_at is not None:
-                with anyio.move_on_at(engine.loop_deadline(self._spurious_at)):
+                with move_on_at(engine.loop_deadline(self._spurious_at)):
                     await ev.wait()
             else:
                 await ev.wait()
@@ -648,7 +647,7 @@ class EngineTransaction(Transaction):
         self._retries = 0
         self._backoff = INITIAL_BACKOFF
         self._gen = 0
-        self._wake: anyio.Event | None = None
+        self._wake: Event | None = None
         self._in_flight = 0
         self._lazy = _LazyReader(self)
         self._new_attempt()
@@ -749,7 +748,7 @@ class EngineTransaction(Transaction):
         if duration <= 0 and not (
             network and (db._partitioned or (commit and db._commits_stalled))
         ):
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             self._check_alive(gen)
             return False
         engine = self._engine
@@ -768,14 +767,14 @@ class EngineTransaction(Transaction):
                 target = deadline
             ev = self._wake
             if ev is None:
-                ev = self._wake = anyio.Event()
+                ev = self._wake = new_event()
             if partitioned:
                 db._waiting.add(self)
             try:
                 if target == math.inf:
                     await ev.wait()
                 else:
-                    with anyio.move_on_at(engine.loop_deadline(target)):
+                    with move_on_at(engine.loop_deadline(target)):
                         await ev.wait()
             finally:
                 if partitioned:
@@ -804,11 +803,11 @@ class EngineTransaction(Transaction):
             self._check_alive(gen)
             ev = self._wake
             if ev is None:
-                ev = self._wake = anyio.Event()
+                ev = self._wake = new_event()
             if self._deadline is None:
                 await ev.wait()
             else:
-                with anyio.move_on_at(self._engine.loop_deadline(self._deadline)):
+                with move_on_at(self._engine.loop_deadline(self._deadline)):
                     await ev.wait()
         self._check_alive(gen)
 
@@ -845,7 +844,7 @@ class EngineTransaction(Transaction):
         gen = self._gen
         code = self._read_error()
         if code is not None:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             raise FDBError(code)
         if self._reader is not None:
             await self._wait(0.0, gen, network=False)
@@ -942,7 +941,7 @@ class EngineTransaction(Transaction):
             except _NeedsStorage:
                 pass
             else:
-                await anyio.lowlevel.checkpoint()  # = self._wait(0.0, gen, network=False)
+                await checkpoint()  # = self._wait(0.0, gen, network=False)
                 self._check_alive(gen)
                 keys, nbytes = counted(result)
                 self._db._count_read(op, keys, nbytes)
@@ -954,7 +953,7 @@ class EngineTransaction(Transaction):
             # One network round trip of ``op`` (latency, partition, timeout), inline:
             # the hot path of every read that reaches the store.
             if self._engine.faults.latency is None and not self._db._partitioned:
-                await anyio.lowlevel.checkpoint()
+                await checkpoint()
                 if gen != self._gen or self._reset_code is not None or self._deadline is not None:
                     self._check_alive(gen)
             else:
@@ -1140,7 +1139,7 @@ class EngineTransaction(Transaction):
         gen = self._gen
         code = self._read_error()
         if code is not None:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             raise FDBError(code)
         self._commit_started = True
         db = self._db
@@ -1152,7 +1151,7 @@ class EngineTransaction(Transaction):
             if reads and self._reader is None:  # conflict ranges but no read yet: a GRV
                 await self._ensure_read_version(gen)
             if not mutations and not writes:
-                await anyio.lowlevel.checkpoint()
+                await checkpoint()
                 self._check_alive(gen)
                 db.engine_stats.read_only_commits += 1
                 self._committed(None)
@@ -1164,7 +1163,7 @@ class EngineTransaction(Transaction):
             fast = faults.latency is None and not db._partitioned and not db._commits_stalled
             latency = 0.0 if fast else engine._latency("commit")
             if fast:
-                await anyio.lowlevel.checkpoint()
+                await checkpoint()
                 self._check_alive(gen)
             else:
                 await self._wait(latency / 2, gen, commit=True)
@@ -1258,13 +1257,13 @@ class EngineTransaction(Transaction):
         if code is None and self._deadline is not None and self._timed_out():
             code = 1031
         if code is not None:
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             raise FDBError(code)
         limit_hit = self._retry_limit >= 0 and self._retries >= self._retry_limit
         self._retries += 1
         if limit_hit or error.code not in RETRYABLE:
             self._set_reset(1025)
-            await anyio.lowlevel.checkpoint()
+            await checkpoint()
             raise FDBError(error.code, error.description)
         if error.code in (1007, 1009):
             delay = min(TOO_OLD_RETRY_DELAY, MAX_BACKOFF)
