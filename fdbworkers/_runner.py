@@ -128,7 +128,10 @@ class Job:
     to external systems that can reject stale writers. ``fence(tr)`` makes the
     application's own FDB transaction commit only while this claim still holds.
     ``check()`` raises :class:`FencedError` once the worker's lease expired, which a
-    handler should call before any side effect outside FoundationDB.
+    handler should call before any side effect outside FoundationDB. ``stopping`` is set
+    when the job moves away or the worker stops: the running loop's own event (a
+    ``trio.Event`` under trio, an ``asyncio.Event`` under asyncio; ``is_set()``,
+    ``await stopping.wait()``).
     """
 
     id: str
@@ -138,7 +141,7 @@ class Job:
     weight: float
     token: bytes
     _worker: Worker = field(repr=False)
-    stopping: anyio.Event = field(default_factory=anyio.Event, repr=False)
+    stopping: Event = field(default_factory=new_event, repr=False)
     #: Set once the runner parked the job (``park_after`` failures in a row): it stays
     #: claimed here but is not run again until it moves or this worker restarts.
     parked: bool = field(default=False, repr=False)

@@ -4,6 +4,7 @@ on its virtual clock)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -11,7 +12,7 @@ import pytest
 import sniffio
 import trio
 
-from fdbworkers import _loop
+from fdbworkers import Job, _loop
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +59,11 @@ async def test_events_deadlines_and_task_groups() -> None:
         group.start_soon(anyio.sleep_forever)
         group.cancel_scope.cancel()
     assert group.cancel_scope.cancel_called
+
+
+async def test_a_jobs_stopping_event_is_the_loops_own() -> None:
+    # trio programs keep the trio.Event they had; asyncio programs get asyncio's.
+    job = Job("j", "r", 0, None, 1.0, b"\0" * 10, cast(Any, None))
+    under_trio = sniffio.current_async_library() == "trio"
+    assert type(job.stopping) is (trio.Event if under_trio else asyncio.Event)
+    assert not job.stopping.is_set()

@@ -46,11 +46,11 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import anyio
 import trio
 
 from .._errors import ConfigError
 from .._log import get_logger
+from .._loop import Event
 from .._runner import Job
 
 RESTART_MODES: Final = ("always", "on-failure")
@@ -258,7 +258,7 @@ class ExecRunner:
     async def run_job(
         self,
         env_for: Any,
-        stopping: anyio.Event,
+        stopping: Event,
         *,
         label: str,
         log: Any = None,
@@ -318,7 +318,7 @@ class ExecRunner:
             with trio.move_on_after(delay):
                 await stopping.wait()
 
-    async def _supervise(self, proc: trio.Process, stopping: anyio.Event, log: Any) -> int | None:
+    async def _supervise(self, proc: trio.Process, stopping: Event, log: Any) -> int | None:
         """Wait for the process; on ``stopping`` SIGTERM its group, then SIGKILL after the
         grace; on cancellation SIGKILL at once. Returns after the process is reaped."""
         self._live[proc.pid] = proc
@@ -359,7 +359,7 @@ class ExecRunner:
         return proc.returncode
 
     async def _supervise_with_output(
-        self, proc: trio.Process, stopping: anyio.Event, log: Any, label: str
+        self, proc: trio.Process, stopping: Event, log: Any, label: str
     ) -> int | None:
         """``_supervise``, with the process's stdout and stderr copied to ours, each line
         prefixed with ``[JOB-ID] `` (several jobs share the worker's output)."""
