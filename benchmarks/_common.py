@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
 import structlog
-import trio
 
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout
@@ -118,7 +118,7 @@ async def load_jobs(
                 tx_count_job(tr, layout, role, p, 1)  # what the stored plan balances
 
         await db.transact(write)
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()  # (load_jobs runs under trio or asyncio)
 
 
 def start_devserver(tmp: Path, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:

@@ -5,6 +5,7 @@ claim transactions, side by side in one process and one run.
     eval "$(../shared/fdb/start-local-cluster)"      # or any FDB_CLUSTER_FILE
     .venv/bin/python benchmarks/throughput_bench.py            # 3 runs, ~2-4 min
     .venv/bin/python benchmarks/throughput_bench.py --quick    # CI size
+    .venv/bin/python benchmarks/throughput_bench.py --loop asyncio   # the same under asyncio
     ../shared/fdb/stop-local-cluster "$FDB_LOCAL_CLUSTER_DIR"
 
 Throughput: ``--tasks`` concurrent tasks run ``--transactions`` transactions in all, each
@@ -16,7 +17,8 @@ health key, a commit (read version, read and commit: three round trips). Paths:
   waited): the floor a Python client reaches without an event loop;
 * ``raw binding, trio``: the same transaction under trio with the minimal bridge (one
   ``on_ready`` per future whose callback does ``run_sync_soon(event.set)``), no retry
-  loop beyond ``on_error``;
+  loop beyond ``on_error``; with ``--loop asyncio``, ``raw binding, asyncio``: one
+  ``on_ready`` per future whose callback does ``loop.call_soon_threadsafe``;
 * ``seam db.transact``: the heartbeat-shaped function through ``Database.transact``;
 * ``tx_heartbeat``: fdbworkers' heartbeat of ``--tasks`` registered members;
 * ``tx_claim``: fdbworkers' claim of a different unclaimed job each time (member record,
@@ -30,12 +32,14 @@ Every figure is given as min / median / max over ``--runs`` runs, and as a ratio
 the bare binding measured in the same run. Beside transactions per second (wall clock:
 on a shared machine it follows whatever else runs), each path's CPU time per
 transaction: the whole process's (FDB's network thread included) and the calling
-thread's (the trio thread, or the blocking caller), which other processes disturb less.
+thread's (the event loop's thread, or the blocking caller), which other processes
+disturb less. ``--loop`` picks the event loop (trio by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import sys
@@ -45,6 +49,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import anyio
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,6 +146,50 @@ async def raw_trio_tx(handle: Any, keys: Keys, i: int, token: trio.lowlevel.Trio
             f.wait()
 
 
+async def _raw_wait_asyncio(future: Any, loop: asyncio.AbstractEventLoop) -> None:
+    done = loop.create_future()
+
+    def ready(_f: Any) -> None:
+        with suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(done.set_result, None)
+
+    future.on_ready(ready)
+    await done
+
+
+async def raw_asyncio_tx(handle: Any, keys: Keys, i: int, loop: asyncio.AbstractEventLoop) -> None:
+    tr = handle.create_transaction()
+    while True:
+        try:
+            f = tr.get(keys.member[i])
+            await _raw_wait_asyncio(f, loop)
+            _ = f.value
+            tr.set_versionstamped_value(keys.health[i], STAMPED)
+            c = tr.commit()
+            await _raw_wait_asyncio(c, loop)
+            c.wait()
+            return
+        except Exception as e:
+            if not hasattr(e, "code"):
+                raise
+            f = tr.on_error(e)
+            await _raw_wait_asyncio(f, loop)
+            f.wait()
+
+
+def under_trio() -> bool:
+    import sniffio
+
+    return sniffio.current_async_library() == "trio"
+
+
+async def checkpoint() -> None:
+    if under_trio():
+        await trio.lowlevel.checkpoint()
+    else:
+        await asyncio.sleep(0)
+
+
 # --- the seam and the project's transactions -------------------------------------------
 
 
@@ -179,9 +228,14 @@ async def run_concurrent(
             await op(i, n)
 
     with Meter() as m:
-        async with trio.open_nursery() as nursery:
-            for i in range(tasks):
-                nursery.start_soon(worker, i)
+        if under_trio():
+            async with trio.open_nursery() as nursery:
+                for i in range(tasks):
+                    nursery.start_soon(worker, i)
+        else:
+            async with asyncio.TaskGroup() as group:
+                for i in range(tasks):
+                    group.create_task(worker(i))
     return m.figures(total)
 
 
@@ -189,7 +243,6 @@ async def one_run(
     db: Database, keys: Keys, jobs: list[str], args: argparse.Namespace, run: int
 ) -> dict[str, tuple[float, float, float]]:
     handle = db._handle  # type: ignore[attr-defined]
-    token = trio.lowlevel.current_trio_token()
     tasks, total = args.tasks, args.transactions
     layout = keys.layout
     out: dict[str, tuple[float, float, float]] = {}
@@ -197,11 +250,18 @@ async def one_run(
     with Meter() as m:
         bare_pipelined(handle, keys, tasks, total)
     out["bare binding"] = m.figures(total)
-    await trio.lowlevel.checkpoint()
+    await checkpoint()
 
-    out["raw binding, trio"] = await run_concurrent(
-        tasks, total, lambda i, n: raw_trio_tx(handle, keys, i, token)
-    )
+    if under_trio():
+        token = trio.lowlevel.current_trio_token()
+        out["raw binding, trio"] = await run_concurrent(
+            tasks, total, lambda i, n: raw_trio_tx(handle, keys, i, token)
+        )
+    else:
+        loop = asyncio.get_running_loop()
+        out["raw binding, asyncio"] = await run_concurrent(
+            tasks, total, lambda i, n: raw_asyncio_tx(handle, keys, i, loop)
+        )
     out["seam db.transact"] = await run_concurrent(
         tasks, total, lambda i, n: db.transact(hb_shaped, keys.member[i], keys.health[i])
     )
@@ -301,7 +361,7 @@ async def latency(db: Database, keys: Keys, samples: int, seed: int) -> dict[str
                 out["get bare"].append(bare_get(keys.member[i]))
                 out["commit bare"].append(bare_commit(keys.health[i]))
                 out["heartbeat tx bare"].append(bare_tx(i))
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
             else:
                 out["get seam"].append(await seam_get(keys.member[i]))
                 out["commit seam"].append(await seam_commit(keys.health[i]))
@@ -356,7 +416,7 @@ async def main_async(args: argparse.Namespace) -> None:
         async def clear(tr: Transaction) -> None:
             tr.clear_range(begin, end)
 
-        with trio.move_on_after(30), suppress(FDBError):
+        with anyio.move_on_after(30), suppress(FDBError):
             await db.transact(clear)
         await db.aclose()
 
@@ -373,7 +433,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ]
         )
     table(
-        f"Heartbeat-shaped transactions: {args.tasks} concurrent tasks, "
+        f"Heartbeat-shaped transactions under {args.loop}: {args.tasks} concurrent tasks, "
         f"{args.transactions:,} transactions per path and run, min / median / max of "
         f"{args.runs} runs",
         [
@@ -415,6 +475,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loop", choices=("trio", "asyncio"), default="trio")
     args = parser.parse_args()
     if not os.environ.get("FDB_CLUSTER_FILE"):
         print("FDB_CLUSTER_FILE is not set: this benchmark needs a real cluster", file=sys.stderr)
@@ -422,7 +483,10 @@ def main() -> None:
     if args.quick:
         args.tasks, args.transactions, args.samples, args.runs = 50, 500, 50, 1
     quiet_logs()
-    trio.run(main_async, args)
+    if args.loop == "trio":
+        trio.run(main_async, args)
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ def test_share_bench_quick() -> None:
 
 
 @pytest.mark.real_fdb
-def test_throughput_bench_quick() -> None:
-    out = run("throughput_bench.py", "--quick")
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+def test_throughput_bench_quick(loop: str) -> None:
+    out = run("throughput_bench.py", "--quick", "--loop", loop)
+    assert f"| raw binding, {loop} |" in out
     assert "| seam db.transact |" in out and "| tx_claim |" in out and "get median" in out
 
 
