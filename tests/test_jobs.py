@@ -966,16 +966,14 @@ async def test_jobs_added_to_a_running_fleet_are_rebalanced_to_within_one() -> N
         nursery.cancel_scope.cancel()
 
 
-async def test_a_second_drift_within_the_settle_window_is_rebalanced_after_it(
-    autojump_clock: MockClock,
-) -> None:
+async def test_a_second_drift_within_the_settle_window_is_rebalanced_after_it() -> None:
     """Removes twice within one settle window: the first drift writes a plan, the
     second is rate-limited, and must be taken once the window ends, not forgotten until
     the next change (the demo's real-cluster run ended 8/12 against a fair 10/10)."""
     engine = Engine(rng=random.Random(11))
     ids = await add_jobs(engine, 24)
     admin = engine.open_database("admin2")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         assert sorted(job_counts(fleet).values()) == [12, 12]
         w0, w1 = (fleet.workers[w] for w in ("w0", "w1"))
@@ -983,15 +981,15 @@ async def test_a_second_drift_within_the_settle_window_is_rebalanced_after_it(
         for jid in sorted(w0.runner.running)[:4]:  # 8 / 12: both drift, a plan is written
             await remove_job(admin, ROLE, jid, root=ROOT)
         await wait_until(lambda: sorted(job_counts(fleet).values()) == [10, 10], 10, 0.01)
-        await trio.sleep(0.5)  # every plan of the first drift is written
+        await anyio.sleep(0.5)  # every plan of the first drift is written
         # As if each had just written a drift plan (whether the second plan of the first
         # drift comes before or after the next remove depends on the schedule).
         for runner in (w0.runner, w1.runner):
-            runner._last_drift_plan = trio.current_time()
+            runner._last_drift_plan = anyio.current_time()
         for jid in sorted(w1.runner.running)[:4]:  # 10 / 6 within the window
             await remove_job(admin, ROLE, jid, root=ROOT)
         settle = w0.runner.w.options.settle
-        await trio.sleep(settle + 3.0)
+        await anyio.sleep(settle + 3.0)
         got = job_counts(fleet)
         assert sorted(got.values()) == [8, 8], got
         assert not fleet.ledger.violations, fleet.ledger.violations
