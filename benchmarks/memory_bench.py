@@ -13,13 +13,15 @@ seconds (Linux only). Processes:
 * ``import fdbworkers``: the library imported, nothing opened;
 * ``library worker``: ``open_worker`` on the cluster (registered, heartbeating,
   watching the membership), no job runner: it never computes a map;
-* ``library worker + jobs``: the same running a job handler over ``--jobs`` jobs (the
+* ``library worker, asyncio``: the same under asyncio (no trio in the process);
+* ``library worker + jobs``: the trio worker running a job handler over ``--jobs`` jobs (the
   map is computed: numpy is loaded);
 * ``CLI worker``: ``python -m fdbworkers worker --exec 'sleep 3600'`` over the same
   jobs, at rest owning them (its children are other processes and not counted), with a
   timer thread that reports its RSS and modules.
 
-The last column tells which of numpy, rich, click and structlog each process loaded.
+The last column tells which of numpy, rich, click, structlog and trio each process
+loaded.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from fdbworkers._core.keys import Layout
 from fdbworkers._db import Transaction
 
 ROLE = "membench"
-HEAVY = ("numpy", "rich", "click", "structlog")
+HEAVY = ("numpy", "rich", "click", "structlog", "trio")
 
 _REPORT = """
 import json, sys
@@ -77,6 +79,15 @@ PROBES = {
             async with fdbworkers.open_worker(db, ROLE_NAME, root=ROOT, timeout=3, settle=1):
                 await trio.sleep(REST)
         trio.run(main)
+    """,
+    "library worker, asyncio": """
+        import asyncio, os, fdbworkers
+        async def main():
+            db = fdbworkers.open_database("fdb:" + os.environ["FDB_CLUSTER_FILE"])
+            db.default_timeout = 10
+            async with fdbworkers.open_worker(db, ROLE_NAME, root=ROOT, timeout=3, settle=1):
+                await asyncio.sleep(REST)
+        asyncio.run(main())
     """,
     "library worker + jobs": """
         import os, trio, fdbworkers
@@ -221,7 +232,7 @@ def main() -> None:
     table(
         f"Resident memory at rest (MB), {args.jobs} jobs, min / median / max of {args.runs} "
         "runs, each process fresh",
-        ["process", "RSS (MB)", "vs python + binding", "loaded of numpy, rich, click, structlog"],
+        ["process", "RSS (MB)", "vs python + binding", "loaded of " + ", ".join(HEAVY)],
         rows,
     )
 

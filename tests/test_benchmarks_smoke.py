@@ -85,6 +85,7 @@ def test_throughput_bench_quick(loop: str) -> None:
 def test_memory_bench_quick() -> None:
     out = run("memory_bench.py", "--quick")
     assert "| CLI worker |" in out and "| import fdbworkers |" in out
+    assert "| library worker, asyncio |" in out
 
 
 TINY = [
