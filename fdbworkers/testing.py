@@ -196,7 +196,7 @@ class FleetWorker:
             raise
         except Exception as e:  # a worker that dies of an error is reported, not hidden
             self.error = e
-            f.errors.append((trio.current_time(), self.id, e))
+            f.errors.append((current_time(), self.id, e))
         finally:
             self._done.set()
         if not started:  # crashed while registering (crash() during start): not an error
