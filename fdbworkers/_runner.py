@@ -1142,7 +1142,7 @@ class JobRunner:
         # transaction started (retries, a slow cluster), and its lease is bounded only
         # from that change. Counted from the start, the claimant took the job up to one
         # transaction's duration early (see tests/test_claim_model.py).
-        seen_at = trio.current_time()
+        seen_at = current_time()
         result = []
         for rec, out in zip(recs, outs, strict=True):
             if out.kind == "claimed":

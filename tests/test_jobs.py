@@ -1074,7 +1074,7 @@ def test_the_runner_logs_with_the_workers_current_incarnation_and_epoch() -> Non
 
 
 async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its_read(
-    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Found while modelling the claim rule (tests/test_claim_model.py). w1's claim of
     a job held by w0 (timeout 30) is slow: 4 s pass before its reads (retries, a slow
@@ -1094,14 +1094,14 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
     async def slow_claim(tr: Transaction, *args: Any, **kwargs: Any) -> Any:
         requests = args[2]
         if args[3] == "w1" and any(r.job_id == slow["job"] for r in requests):
-            await trio.sleep(4.0)  # before the reads: the supersession commits meanwhile
+            await anyio.sleep(4.0)  # before the reads: the supersession commits meanwhile
             if slow["then"] is not None:
                 await slow["then"]()
                 slow["then"] = None
         return await real_claim(tr, *args, **kwargs)
 
     monkeypatch.setattr(runner_module, "tx_claim_many", slow_claim)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         old = await fleet.start("w0", long_opts)
         await wait_until(lambda: old.runner is not None and len(old.runner.running) == 4, 60)
@@ -1117,7 +1117,7 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
             old.db.partitioned = True  # type: ignore[attr-defined]
             new = FleetWorker(fleet, "w0", engine.open_database("w0-new"), OPTS)
             await nursery.start(new._main)
-            superseded_at.append(trio.current_time())
+            superseded_at.append(anyio.current_time())
 
         slow["then"] = restart_w0
         rec = JobRecord(job, job_partition(job, P))
@@ -1129,6 +1129,6 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
         # Not one instant before 30 s after the supersession committed ...
         assert w1.runner._superseded.take(job, seen + 30.0 - 0.01) == frozenset()
         # ... and at once after 30 s from when the claim returned.
-        took = w1.runner._superseded.take(job, trio.current_time() + 30.0)
+        took = w1.runner._superseded.take(job, anyio.current_time() + 30.0)
         assert took == frozenset({holder.incarnation})
         nursery.cancel_scope.cancel()
