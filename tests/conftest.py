@@ -164,11 +164,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if real:
                 item.obj = _with_real_deadline(item.obj)
             continue
-        has_own_run = any(m.kwargs.get("run") for m in item.iter_markers("trio"))
-        if has_own_run and not any(
-            m.kwargs.get("run") is trio.run for m in item.iter_markers("trio")
-        ):
-            continue  # the test chose its own runner
+        # A runner of the test's own (e.g. a longer deadline) wins; pytest-trio's
+        # trio_mode marks every async test too, with no runner or with trio.run.
+        if any(m.kwargs.get("run") not in (None, trio.run) for m in item.iter_markers("trio")):
+            continue
         if real or backend == "fdb":
             item.add_marker(pytest.mark.trio(run=_real_clock_run), append=False)
         elif backend in ("engine", "remote") or "engine" in fixtures:
