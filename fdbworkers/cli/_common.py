@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -212,6 +215,44 @@ def unwrap(e: BaseException) -> BaseException:
     return e
 
 
+@asynccontextmanager
+async def sigint_cancels() -> AsyncIterator[trio.CancelScope]:
+    """Ctrl-C as a message, not an exception: SIGINT cancels the body (the caller
+    checks ``cancelled_caught`` on the scope it gets and reports the interrupt).
+
+    Trio's own handler raises ``KeyboardInterrupt`` in whatever frame runs when the
+    signal arrives; in a weakref callback, a ``__del__`` or an import lock's callback
+    that exception is printed as "Exception ignored" and dropped, and ``events
+    --follow`` or ``watch`` went on forever (tests/cli/test_cli_interrupt.py). A
+    received signal cannot be lost. Off the main thread (no signal handlers there) the
+    body runs as it is."""
+    scope = trio.CancelScope()
+    if threading.current_thread() is not threading.main_thread():
+        with scope:
+            yield scope
+        return
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_on_sigint() -> None:
+                async for _ in signals:
+                    scope.cancel()
+                    return
+
+            nursery.start_soon(cancel_on_sigint)
+            with scope:
+                yield scope
+            nursery.cancel_scope.cancel()
+
+
+async def interruptible(fn: Callable[[], Awaitable[T]]) -> T:
+    """``await fn()``; Ctrl-C cancels it and raises ``KeyboardInterrupt`` once it has
+    unwound (see :func:`sigint_cancels`)."""
+    async with sigint_cancels():
+        return await fn()
+    raise KeyboardInterrupt
+
+
 def run(
     s: Settings, fn: Callable[[Database], Awaitable[T]], *, bounded: bool = True, extra: float = 0.0
 ) -> T:
@@ -221,16 +262,19 @@ def run(
     guard each operation themselves."""
 
     async def main() -> T:
-        db = open_db(s)
-        try:
-            if bounded:
-                with trio.fail_after(s.timeout * 3 + 2 + extra):
-                    return await fn(db)
-            return await fn(db)
-        finally:
-            with trio.move_on_after(2) as scope:
-                scope.shield = True
-                await db.aclose()
+        async with sigint_cancels() as interrupted:
+            db = open_db(s)
+            try:
+                if bounded:
+                    with trio.fail_after(s.timeout * 3 + 2 + extra):
+                        return await fn(db)
+                return await fn(db)
+            finally:
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    await db.aclose()
+        assert interrupted.cancelled_caught
+        raise KeyboardInterrupt
 
     try:
         return trio.run(main, strict_exception_groups=True)

@@ -845,12 +845,12 @@ async def _bounded_each(
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo; the exit code (0 when every check passed)."""
-    from ._common import configure_logging
+    from ._common import configure_logging, interruptible
 
     configure_logging("warning")
     demo = Demo(options)
     try:
-        return trio.run(demo.main)
+        return trio.run(interruptible, demo.main)
     except BaseException as e:
         from ._common import unwrap
 
