@@ -37,6 +37,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "fdbworkers._metrics",
             "fdbworkers._blocking",
+            "fdbworkers._fleet",
+            "fdbworkers._simulation",
             "fdbworkers.testing",
             "fdbworkers.__init__",
         ],
