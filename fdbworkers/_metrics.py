@@ -28,6 +28,8 @@ from ._worker import Worker
 #: Buckets of the heartbeat latency histogram (seconds).
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAX_REQUEST: Final = 8192
+#: The labels of every metric: the worker's role and id.
+LABELS: Final = ("role", "worker")
 
 
 def require_prometheus() -> Any:
@@ -106,157 +108,192 @@ class _Collector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+        """The metrics by subject: the worker, its job runner and exec runner (when
+        there are), the database's retry loop."""
         m = self.m
-        names = ["role", "worker"]
-        values = [m.worker.role, m.worker.id]
+        yield from self._worker()
+        if m.runner is not None:
+            rs = m.runner.statistics()
+            yield from self._jobs(rs)
+            yield from self._claims(rs)
+        if m.exec_runner is not None:
+            yield from self._exec(m.exec_runner.statistics())
+        yield from self._transactions()
 
-        def gauge(name: str, doc: str, value: float) -> Any:
-            g = GaugeMetricFamily(name, doc, labels=names)
-            g.add_metric(values, float(value))
-            return g
+    def _values(self) -> list[str]:
+        return [self.m.worker.role, self.m.worker.id]
 
-        def counter(name: str, doc: str, value: float) -> Any:
-            c = CounterMetricFamily(name, doc, labels=names)
-            c.add_metric(values, float(value))
-            return c
+    def _gauge(self, name: str, doc: str, value: float) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
 
-        st = m.worker.statistics()
-        yield gauge("fdbworkers_members", "Members of the role this worker sees.", st.members)
+        g = GaugeMetricFamily(name, doc, labels=LABELS)
+        g.add_metric(self._values(), float(value))
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        c = CounterMetricFamily(name, doc, labels=LABELS)
+        c.add_metric(self._values(), float(value))
+        return c
+
+    def _worker(self) -> Iterator[Any]:
+        """Membership, state, heartbeats and lease, evictions, watches."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        st = self.m.worker.statistics()
+        yield self._gauge("fdbworkers_members", "Members of the role this worker sees.", st.members)
         state = GaugeMetricFamily(
-            "fdbworkers_worker_state", "1 for the worker's current state.", labels=[*names, "state"]
+            "fdbworkers_worker_state",
+            "1 for the worker's current state.",
+            labels=[*LABELS, "state"],
         )
         from ._core.states import WorkerState
 
         for s in WorkerState:
-            state.add_metric([*values, s.value], 1.0 if s.value == st.state else 0.0)
+            state.add_metric([*self._values(), s.value], 1.0 if s.value == st.state else 0.0)
         yield state
-        yield gauge(
+        yield self._gauge(
             "fdbworkers_heartbeat_latency_last_seconds",
             "Latency of the last heartbeat.",
             st.heartbeat_latency_last,
         )
-        yield gauge(
+        yield self._gauge(
             "fdbworkers_heartbeat_latency_max_seconds",
             "Largest heartbeat latency seen.",
             st.heartbeat_latency_max,
         )
-        yield gauge(
+        yield self._gauge(
             "fdbworkers_lease_remaining_seconds",
             "Time left on this worker's lease.",
             st.lease_remaining,
         )
-        yield counter("fdbworkers_heartbeats", "Heartbeats committed.", st.heartbeats_sent)
-        yield counter(
+        yield self._counter("fdbworkers_heartbeats", "Heartbeats committed.", st.heartbeats_sent)
+        yield self._counter(
             "fdbworkers_heartbeat_failures",
             "Heartbeat transactions that failed.",
             st.heartbeat_failures,
         )
-        yield counter("fdbworkers_evictions", "Neighbours this worker evicted.", st.evictions_done)
-        yield counter(
+        yield self._counter(
+            "fdbworkers_evictions", "Neighbours this worker evicted.", st.evictions_done
+        )
+        yield self._counter(
             "fdbworkers_rebalances",
             "Settled membership changes (each rebalances the jobs).",
             st.membership_changes_reported,
         )
-        yield counter("fdbworkers_watch_fires", "Membership watches that fired.", st.watch_fires)
-        yield counter("fdbworkers_membership_reads", "Membership reads.", st.membership_reads)
-        yield counter("fdbworkers_fences", "Times this worker fenced itself.", st.fences)
-        yield counter(
+        yield self._counter(
+            "fdbworkers_watch_fires", "Membership watches that fired.", st.watch_fires
+        )
+        yield self._counter("fdbworkers_membership_reads", "Membership reads.", st.membership_reads)
+        yield self._counter("fdbworkers_fences", "Times this worker fenced itself.", st.fences)
+        yield self._counter(
             "fdbworkers_rejoins", "Times this worker found itself evicted and rejoined.", st.rejoins
         )
-        yield counter(
+        yield self._counter(
             "fdbworkers_corrupt_records", "Member records that did not decode.", st.corrupt_records
         )
-        yield gauge(
+        yield self._gauge(
             "fdbworkers_polling",
             "1 while watches are unavailable and membership is polled.",
             1 if st.polling else 0,
         )
-        if m.runner is not None:
-            rs = m.runner.statistics()
-            yield gauge("fdbworkers_owned_jobs", "Jobs running on this worker.", rs.running)
-            yield gauge(
-                "fdbworkers_target_jobs", "Jobs the assignment gives this worker.", rs.target
-            )
-            yield gauge(
-                "fdbworkers_pending_claims",
-                "Jobs assigned here, not yet claimed.",
-                rs.pending_claims,
-            )
-            yield counter(
-                "fdbworkers_job_starts", "Jobs started here (moves in and new jobs).", rs.started
-            )
-            yield counter(
-                "fdbworkers_job_stops",
-                "Jobs stopped here (moves out, removals, leaving).",
-                rs.stopped,
-            )
-            yield counter(
-                "fdbworkers_moves",
-                "Jobs started or stopped here because ownership changed.",
-                rs.started + rs.stopped,
-            )
-            yield counter(
-                "fdbworkers_handler_crashes", "Job handlers that raised.", rs.handler_crashes
-            )
-            yield counter(
-                "fdbworkers_job_failures",
-                "Failed runs of jobs here (handler crashes and reported failures, e.g. an "
-                "--exec exit code other than 0).",
-                rs.job_failures,
-            )
-            yield gauge(
-                "fdbworkers_jobs_failing",
-                "Jobs here whose runs fail (not yet healthy_after seconds without failing).",
-                rs.jobs_failing,
-            )
-            yield gauge(
-                "fdbworkers_jobs_parked",
-                "Jobs here parked after park_after failures in a row (not run).",
-                rs.jobs_parked,
-            )
-            yield counter("fdbworkers_claims", "Claims committed.", rs.claims_committed)
-            yield counter(
-                "fdbworkers_claims_blocked",
-                "Claims still held by another live member.",
-                rs.claims_blocked,
-            )
-            yield counter(
-                "fdbworkers_reconciles", "Reconcile steps of the job runner.", rs.reconciles
-            )
-            yield counter(
-                "fdbworkers_handoffs_adopted",
-                "Partitions taken over from a leaving worker before the membership settled.",
-                rs.handoffs_adopted,
-            )
-            yield counter(
-                "fdbworkers_moves_deferred",
-                "Moves postponed by the velocity limit (max_moves).",
-                rs.moves_deferred,
-            )
-        if m.exec_runner is not None:
-            es = m.exec_runner.statistics()
-            yield gauge("fdbworkers_exec_processes", "Job processes running.", es.running)
-            yield counter("fdbworkers_exec_process_starts", "Job processes started.", es.started)
-            yield counter(
-                "fdbworkers_exec_process_exits",
-                "Job processes that exited by themselves.",
-                es.exited,
-            )
-            yield counter(
-                "fdbworkers_exec_process_kills", "Job processes killed with SIGKILL.", es.killed
-            )
-        ds = m.db.stats
-        yield counter(
+
+    def _jobs(self, rs: Any) -> Iterator[Any]:
+        """The job runner's jobs: owned and targeted, starts and stops, failures."""
+        yield self._gauge("fdbworkers_owned_jobs", "Jobs running on this worker.", rs.running)
+        yield self._gauge(
+            "fdbworkers_target_jobs", "Jobs the assignment gives this worker.", rs.target
+        )
+        yield self._gauge(
+            "fdbworkers_pending_claims",
+            "Jobs assigned here, not yet claimed.",
+            rs.pending_claims,
+        )
+        yield self._counter(
+            "fdbworkers_job_starts", "Jobs started here (moves in and new jobs).", rs.started
+        )
+        yield self._counter(
+            "fdbworkers_job_stops",
+            "Jobs stopped here (moves out, removals, leaving).",
+            rs.stopped,
+        )
+        yield self._counter(
+            "fdbworkers_moves",
+            "Jobs started or stopped here because ownership changed.",
+            rs.started + rs.stopped,
+        )
+        yield self._counter(
+            "fdbworkers_handler_crashes", "Job handlers that raised.", rs.handler_crashes
+        )
+        yield self._counter(
+            "fdbworkers_job_failures",
+            "Failed runs of jobs here (handler crashes and reported failures, e.g. an "
+            "--exec exit code other than 0).",
+            rs.job_failures,
+        )
+        yield self._gauge(
+            "fdbworkers_jobs_failing",
+            "Jobs here whose runs fail (not yet healthy_after seconds without failing).",
+            rs.jobs_failing,
+        )
+        yield self._gauge(
+            "fdbworkers_jobs_parked",
+            "Jobs here parked after park_after failures in a row (not run).",
+            rs.jobs_parked,
+        )
+
+    def _claims(self, rs: Any) -> Iterator[Any]:
+        """The job runner's claims, reconcile steps, handoffs and deferred moves."""
+        yield self._counter("fdbworkers_claims", "Claims committed.", rs.claims_committed)
+        yield self._counter(
+            "fdbworkers_claims_blocked",
+            "Claims still held by another live member.",
+            rs.claims_blocked,
+        )
+        yield self._counter(
+            "fdbworkers_reconciles", "Reconcile steps of the job runner.", rs.reconciles
+        )
+        yield self._counter(
+            "fdbworkers_handoffs_adopted",
+            "Partitions taken over from a leaving worker before the membership settled.",
+            rs.handoffs_adopted,
+        )
+        yield self._counter(
+            "fdbworkers_moves_deferred",
+            "Moves postponed by the velocity limit (max_moves).",
+            rs.moves_deferred,
+        )
+
+    def _exec(self, es: Any) -> Iterator[Any]:
+        """The --exec runner's job processes."""
+        yield self._gauge("fdbworkers_exec_processes", "Job processes running.", es.running)
+        yield self._counter("fdbworkers_exec_process_starts", "Job processes started.", es.started)
+        yield self._counter(
+            "fdbworkers_exec_process_exits",
+            "Job processes that exited by themselves.",
+            es.exited,
+        )
+        yield self._counter(
+            "fdbworkers_exec_process_kills", "Job processes killed with SIGKILL.", es.killed
+        )
+
+    def _transactions(self) -> Iterator[Any]:
+        """The database's retry loop: transactions, commits, retries, errors by code."""
+        from prometheus_client.core import CounterMetricFamily
+
+        ds = self.m.db.stats
+        yield self._counter(
             "fdbworkers_transactions", "Transactions run by the retry loop.", ds.transactions
         )
-        yield counter("fdbworkers_transaction_commits", "Transactions committed.", ds.commits)
-        yield counter("fdbworkers_transaction_retries", "Retries of the retry loop.", ds.retries)
-        yield counter(
+        yield self._counter("fdbworkers_transaction_commits", "Transactions committed.", ds.commits)
+        yield self._counter(
+            "fdbworkers_transaction_retries", "Retries of the retry loop.", ds.retries
+        )
+        yield self._counter(
             "fdbworkers_transaction_conflicts", "Conflicts (1020 not_committed).", ds.conflicts
         )
-        yield counter(
+        yield self._counter(
             "fdbworkers_transaction_unknown_results",
             "Commits with an unknown result (1021).",
             ds.unknown_results,
@@ -264,11 +301,12 @@ class _Collector:
         errors = CounterMetricFamily(
             "fdbworkers_transaction_errors",
             "Transaction errors by FDB code.",
-            labels=[*names, "code", "name"],
+            labels=[*LABELS, "code", "name"],
         )
         for code, n in sorted(ds.errors_by_code.items()):
             errors.add_metric(
-                [*values, str(code), FDB_ERRORS.get(code, (f"error_{code}", ""))[0]], float(n)
+                [*self._values(), str(code), FDB_ERRORS.get(code, (f"error_{code}", ""))[0]],
+                float(n),
             )
         yield errors
 
