@@ -22,7 +22,8 @@ from contextlib import contextmanager
 import pytest
 from chaos_util import run_chaos
 
-from fdbworkers.cli._chaos import Chaos, Report, Run, _parse, _server_pid
+from fdbworkers.cli._chaos import Chaos, _parse, _server_pid
+from fdbworkers.cli._chaos_check import Report, Run
 
 pytestmark = pytest.mark.real_fdb
 
