@@ -2,14 +2,14 @@
 
 Two halves:
 
-* :class:`DemoHandler` runs inside each worker process (``fdbworkers worker
-  --demo-handler``). Each job does a fenced write to the database every
+* :class:`DemoHandler` (``cli/_demo_handler.py``) runs inside each worker process
+  (``fdbworkers worker --demo-handler``). Each job does a fenced write to the database every
   ``work_interval`` seconds (``job.fence(tr)``: it commits only while the job's claim
   still carries its token), and each run's start and stop, with the fencing token and
   this host's monotonic clock, is appended to a file of the demo's folder.
 * :func:`run_demo` orchestrates: a dev server (or a FoundationDB cluster), worker
   processes, jobs, a timeline of faults and operations, the live view, and a summary
-  that checks three things from what was recorded:
+  that checks three things from what was recorded (the checks: ``cli/_demo_check.py``):
 
   - crash detection: the time from the last heartbeat of the killed worker (seen through
     a watch on its health key) to its eviction (seen through the events head watch)
@@ -26,10 +26,7 @@ All processes run on this host, so their monotonic clocks are one clock (Linux
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import os
 import random
 import shutil
 import signal
@@ -38,32 +35,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import trio
 
 from .._core.keys import Layout
 from .._core.liveness import default_check_interval
 from .._db import Database, Transaction
-from .._errors import FDBError, FencedError
-from .._log import get_logger
-from .._runner import Job
+from .._errors import FDBError
 from .._store.events import EventInfo
 from .._store.jobs import tx_add_job, tx_remove_job
+from ._demo_check import (
+    CheckResult,
+    Phase,
+    balance_check,
+    balanced,
+    crash_detection_checks,
+    movement_check,
+    read_runs,
+    rest_check,
+    single_runner_check,
+)
 from ._view import LiveRole, ViewSnapshot, render_plain, render_view
 
 ROLE: Final = "demo"
-#: Extra allowance on the crash-detection bound for the demo's own observation: the
-#: eviction and the last heartbeat are both seen through watches plus one read.
-OBSERVATION_SLACK: Final = 0.5
 #: Partitions of the demo role: few jobs, and each reconcile reads two ranges per owned
 #: partition, so a small count keeps rebalances quick on a loaded laptop.
 DEMO_PARTITIONS: Final = 256
-
-
-# --- the handler inside worker processes ----------------------------------------------
 
 
 #: Printed once before the plain progress lines (docs/demo.md, "Reading the output").
@@ -72,73 +72,6 @@ PLAIN_LEGEND = (
     "draining, unknown; JOBS: the jobs it holds) '| jobs TOTAL' and the count of jobs in "
     "each state (owned, moving, unclaimed, orphaned)"
 )
-
-
-class DemoHandler:
-    """The demo's job handler (see the module doc)."""
-
-    def __init__(
-        self, log_dir: str | os.PathLike[str] | None, *, work_interval: float = 1.0
-    ) -> None:
-        self.log_dir = Path(log_dir) if log_dir else None
-        self.work_interval = work_interval
-        self._file: IO[str] | None = None
-        self._worker: Any = None
-        self.fenced_writes = 0
-        self.fence_rejections = 0
-        self.log = get_logger("fdbworkers").bind(component="demo_handler")
-
-    def bind(self, worker: Any) -> None:
-        self._worker = worker
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            path = self.log_dir / f"{worker.id}-{os.getpid()}.jsonl"
-            self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-
-    def _record(self, job: Job, event: str, **extra: Any) -> None:
-        if self._file is None:
-            return
-        w = job._worker
-        line = {
-            "event": event,
-            "job": job.id,
-            "worker": w.id,
-            "incarnation": w.incarnation,
-            "token": job.token.hex(),
-            "t": time.monotonic(),
-            "pid": os.getpid(),
-            **extra,
-        }
-        self._file.write(json.dumps(line) + "\n")
-
-    async def __call__(self, job: Job) -> None:
-        self._record(job, "start")
-        reason = "stopped"
-        key = job._worker.layout.key("demo", "progress", job.id)
-        try:
-            while not job.stopping.is_set():
-                job.check()
-
-                async def work(tr: Transaction) -> None:
-                    await job.fence(tr)
-                    tr.add(key, (1).to_bytes(8, "little"))
-
-                try:
-                    await job.db.transact(work)
-                    self.fenced_writes += 1
-                except FDBError as e:
-                    self.log.info("demo_write_failed", job=job.id, error=e.name)
-                with trio.move_on_after(self.work_interval):
-                    await job.stopping.wait()
-        except FencedError as e:
-            self.fence_rejections += 1
-            reason = f"fenced: {e}"
-            raise
-        except BaseException:
-            reason = "cancelled"
-            raise
-        finally:
-            self._record(job, "stop", reason=reason)
 
 
 # --- the orchestrator -----------------------------------------------------------------
@@ -169,153 +102,6 @@ class Proc:
     exited_at: float | None = None
     killed_at: float | None = None
     drained: bool = False
-
-
-@dataclass
-class Phase:
-    name: str
-    kind: str  # start, leave, join, jobs
-    subject: str | None = None
-    t_trio: float = 0.0
-    t_mono: float = 0.0
-    rest_ok: bool = True
-    owners: dict[str, str | None] = field(default_factory=dict)
-    weights: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Run:
-    job: str
-    worker: str
-    incarnation: str
-    token: bytes
-    start: float
-    stop: float | None
-    pid: int
-    reason: str = ""
-
-
-@dataclass
-class CheckResult:
-    name: str
-    ok: bool
-    lines: list[str]
-
-
-def read_runs(folder: Path, exit_times: dict[int, float]) -> list[Run]:
-    """Every run the demo handlers recorded; a run without a stop (its process was
-    killed) ends when its process was seen to exit."""
-    runs: list[Run] = []
-    for path in sorted(folder.glob("*.jsonl")):
-        open_runs: dict[tuple[str, str], Run] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by SIGKILL
-            key = (rec["job"], rec["token"])
-            if rec["event"] == "start":
-                r = Run(rec["job"], rec["worker"], rec["incarnation"], bytes.fromhex(rec["token"]),
-                        float(rec["t"]), None, int(rec["pid"]))  # fmt: skip
-                open_runs[key] = r
-                runs.append(r)
-            elif rec["event"] == "stop" and key in open_runs:
-                r = open_runs.pop(key)
-                r.stop = float(rec["t"])
-                r.reason = str(rec.get("reason", ""))
-        for r in open_runs.values():
-            r.stop = exit_times.get(r.pid)
-    return runs
-
-
-def check_single_runner(runs: list[Run]) -> tuple[int, list[str]]:
-    """Overlapping runs of a job and non-increasing tokens (pure)."""
-    problems: list[str] = []
-    by_job: dict[str, list[Run]] = {}
-    for r in runs:
-        by_job.setdefault(r.job, []).append(r)
-    for job, rs in sorted(by_job.items()):
-        rs.sort(key=lambda r: r.start)
-        for a, b in itertools.pairwise(rs):
-            end = a.stop if a.stop is not None else math.inf
-            if b.start < end:
-                problems.append(
-                    f"{job}: run on {b.worker} (token {b.token.hex()}) started "
-                    f"{end - b.start:.3f}s before the run on {a.worker} "
-                    f"(token {a.token.hex()}) stopped"
-                )
-            if b.token <= a.token:
-                problems.append(
-                    f"{job}: token {b.token.hex()} on {b.worker} is not above {a.token.hex()}"
-                )
-    return len(by_job), problems
-
-
-def count_moves(runs: list[Run], t0: float, t1: float) -> int:
-    """Runs started in (t0, t1] on another worker than the job's previous run (pure)."""
-    by_job: dict[str, list[Run]] = {}
-    for r in runs:
-        by_job.setdefault(r.job, []).append(r)
-    moves = 0
-    for rs in by_job.values():
-        rs.sort(key=lambda r: r.start)
-        for prev, cur in itertools.pairwise(rs):
-            if t0 < cur.start <= t1 and cur.worker != prev.worker:
-                moves += 1
-    return moves
-
-
-def required_and_optimum(before: Phase, after: Phase) -> tuple[int, int]:
-    """Moves the assignment required between two rest points, and the fewest moves any
-    balanced assignment needs (pure)."""
-    common = [j for j in after.owners if j in before.owners]
-    required = sum(1 for j in common if before.owners[j] != after.owners[j])
-    if after.kind == "leave" and after.subject is not None:
-        optimum = sum(1 for j in common if before.owners[j] == after.subject)
-    elif after.kind == "join" and after.subject is not None:
-        total = sum(after.weights.values()) or 1.0
-        optimum = math.floor(len(common) * after.weights.get(after.subject, 0.0) / total)
-    else:
-        optimum = 0
-    return required, optimum
-
-
-def balanced(owners: dict[str, str | None], weights: dict[str, float]) -> bool:
-    """Every worker within one job of its fair share ``J * w / W`` (pure)."""
-    total_w = sum(weights.values())
-    if total_w <= 0:
-        return True
-    held = dict.fromkeys(weights, 0)
-    for w in owners.values():
-        if w is not None:
-            held[w] = held.get(w, 0) + 1
-    jobs = sum(held.values())
-    return all(abs(n - jobs * weights.get(w, 0.0) / total_w) <= 1.0 for w, n in held.items())
-
-
-def balance_check(phases: list[Phase]) -> CheckResult:
-    """Jobs per worker after each step beside the fair share ``J * w / W`` (pure): every
-    worker within one job of it (the stored plan balances per job)."""
-    ok = True
-    lines: list[str] = []
-    for ph in phases:
-        held: dict[str, int] = dict.fromkeys(ph.weights, 0)
-        for w in ph.owners.values():
-            if w is not None:
-                held[w] = held.get(w, 0) + 1
-        total_w = sum(ph.weights.values())
-        jobs = sum(held.values())
-        if not held or total_w <= 0:
-            continue
-        parts = []
-        for w in sorted(held):
-            fair = jobs * ph.weights.get(w, 0.0) / total_w
-            bad = abs(held[w] - fair) > 1.0
-            ok &= not bad
-            parts.append(f"{w} {held[w]}/{fair:.1f}{' <-' if bad else ''}")
-        lines.append(f"{ph.name:<28} " + "  ".join(parts))
-    lines.append("(jobs / fair share J*w/W per worker; each within 1 of its share)")
-    return CheckResult("jobs balanced per worker", ok, lines)
 
 
 class Demo:
@@ -510,6 +296,8 @@ class Demo:
         await _bounded_each(one, ids)
 
     async def timeline_run(self, db: Database, layout: Layout, nursery: trio.Nursery) -> None:
+        """The steps at their share of the duration, each waited out until the role is at
+        rest: start, a crash, a join, a drain, more jobs, fewer jobs."""
         o = self.o
         rest_limit = max(15.0, o.worker_timeout * 4 + o.settle * 3)
         job_ids = [f"job-{i:03d}" for i in range(1, o.jobs + 1)]
@@ -523,6 +311,43 @@ class Demo:
 
         # 1. a crash
         await self.until(0.15)
+        await self._crash_one(jobs_now, rest_limit)
+
+        # 2. a new worker
+        await self.until(0.35)
+        new = await self.spawn_worker(nursery)
+        self.note(f"started worker {new}")
+        await self.wait_rest(Phase(f"{new} joined", "join", new), limit=rest_limit, jobs=jobs_now)
+
+        # 3. a drain
+        await self.until(0.5)
+        await self._drain_one(db, layout, new, jobs_now, rest_limit)
+
+        # 4. more jobs
+        await self.until(0.65)
+        extra = [f"job-{i:03d}" for i in range(o.jobs + 1, o.jobs + 1 + max(1, o.jobs // 4))]
+        await self.add_jobs(db, layout, extra)
+        jobs_now |= set(extra)
+        self.note(f"added {len(extra)} jobs")
+        await self.wait_rest(
+            Phase(f"adding {len(extra)} jobs", "jobs"), limit=rest_limit, jobs=jobs_now
+        )
+
+        # 5. fewer jobs
+        await self.until(0.8)
+        gone = self.rng.sample(job_ids, max(1, o.jobs // 4))
+        await self.remove_jobs(db, layout, gone)
+        jobs_now -= set(gone)
+        self.note(f"removed {len(gone)} jobs")
+        await self.wait_rest(
+            Phase(f"removing {len(gone)} jobs", "jobs"), limit=rest_limit, jobs=jobs_now
+        )
+
+        await self.until(1.0)
+        self.note("stopping the workers (SIGTERM: they leave gracefully)")
+
+    async def _crash_one(self, jobs_now: set[str], rest_limit: float) -> None:
+        """1. SIGKILL the live worker with the median job count; its neighbour must evict it."""
         assert self.live is not None
         snap = self.frame()
         candidates = sorted((m.jobs, m.id) for m in snap.members if m.id in self.live_workers())
@@ -544,14 +369,11 @@ class Demo:
             Phase(f"the crash of {victim}", "leave", victim), limit=rest_limit, jobs=jobs_now
         )
 
-        # 2. a new worker
-        await self.until(0.35)
-        new = await self.spawn_worker(nursery)
-        self.note(f"started worker {new}")
-        await self.wait_rest(Phase(f"{new} joined", "join", new), limit=rest_limit, jobs=jobs_now)
-
-        # 3. a drain
-        await self.until(0.5)
+    async def _drain_one(
+        self, db: Database, layout: Layout, new: str, jobs_now: set[str], rest_limit: float
+    ) -> None:
+        """3. Drain the first live worker other than the newcomer; it must leave, then exit
+        with code 0."""
         from .._store.members import tx_request_drain
 
         drained = sorted(w for w in self.live_workers() if w != new)[0]
@@ -577,29 +399,6 @@ class Demo:
                     [f"{drained} exited with code {dp.process.returncode}"],
                 )
             )
-
-        # 4. more jobs
-        await self.until(0.65)
-        extra = [f"job-{i:03d}" for i in range(o.jobs + 1, o.jobs + 1 + max(1, o.jobs // 4))]
-        await self.add_jobs(db, layout, extra)
-        jobs_now |= set(extra)
-        self.note(f"added {len(extra)} jobs")
-        await self.wait_rest(
-            Phase(f"adding {len(extra)} jobs", "jobs"), limit=rest_limit, jobs=jobs_now
-        )
-
-        # 5. fewer jobs
-        await self.until(0.8)
-        gone = self.rng.sample(job_ids, max(1, o.jobs // 4))
-        await self.remove_jobs(db, layout, gone)
-        jobs_now -= set(gone)
-        self.note(f"removed {len(gone)} jobs")
-        await self.wait_rest(
-            Phase(f"removing {len(gone)} jobs", "jobs"), limit=rest_limit, jobs=jobs_now
-        )
-
-        await self.until(1.0)
-        self.note("stopping the workers (SIGTERM: they leave gracefully)")
 
     def bound(self) -> float:
         t = self.o.worker_timeout
@@ -637,97 +436,20 @@ class Demo:
     # -- the verdict -----------------------------------------------------------------
 
     def summarize(self) -> list[str]:
-        lines: list[str] = []
-        # Crash detection.
-        bound = self.bound()
-        t = self.o.worker_timeout
-        for k in self.kills:
-            wid = k["worker"]
-            ev = self.evictions.get(wid)
-            last = self.live.last_heartbeat_seen.get(wid) if self.live else None
-            if ev is None:
-                self.checks.append(
-                    CheckResult("crash detection", False, [f"{wid} was never evicted"])
-                )
-                continue
-            event, seen_at = ev
-            since_kill = seen_at - k["at"]
-            if last is None:
-                detail = f"{wid}: evicted {since_kill:.2f}s after the kill (no heartbeat was seen)"
-                detection = since_kill
-            else:
-                detection = seen_at - last
-                detail = (
-                    f"{wid}: evicted by {event.data.get('by')} {detection:.2f}s after its "
-                    f"last heartbeat was seen ({since_kill:.2f}s after the kill; the "
-                    f"evictor measured {event.data.get('silent_for')}s of silence)"
-                )
-            ok = detection <= bound + OBSERVATION_SLACK
-            self.checks.append(
-                CheckResult(
-                    "crash detection",
-                    ok,
-                    [
-                        detail,
-                        f"bound {bound:.2f}s = timeout {t:g}s + check interval "
-                        f"{default_check_interval(t):g}s + one transaction "
-                        f"{max(0.1, min(t / 3, 5.0)):.2f}s "
-                        f"(+{OBSERVATION_SLACK}s observation slack)",
-                    ],
-                )
-            )
-        # Movement.
+        """Run the checks on what was recorded; the summary's lines."""
+        self.checks += crash_detection_checks(
+            self.kills,
+            self.evictions,
+            self.live.last_heartbeat_seen if self.live else {},
+            self.o.worker_timeout,
+            self.bound(),
+        )
         runs = read_runs(self.runs_dir, self.exit_times)
-        move_lines = []
-        total_moved = total_required = total_optimum = 0
-        moves_ok = True
-        for before, after in zip(self.phases, self.phases[1:], strict=False):
-            moved = count_moves(runs, before.t_mono, after.t_mono)
-            required, optimum = required_and_optimum(before, after)
-            total_moved += moved
-            total_required += required
-            total_optimum += optimum
-            flag = "" if moved <= required else "  <- more than required"
-            moves_ok &= moved <= required
-            move_lines.append(
-                f"{after.name:<28} moved {moved:3d}  required {required:3d}  "
-                f"optimum {optimum:3d}{flag}"
-            )
-        move_lines.append(
-            f"{'total':<28} moved {total_moved:3d}  required {total_required:3d}  "
-            f"optimum {total_optimum:3d}"
-        )
-        move_lines.append(
-            "(moved: jobs that started on another worker; required: jobs whose owner the "
-            "assignment changed; optimum: the fewest moves a perfectly balanced map needs, "
-            "a leaver's jobs or a newcomer's fair share)"
-        )
-        self.checks.append(CheckResult("jobs moved only as required", moves_ok, move_lines))
+        self.checks.append(movement_check(self.phases, runs))
         self.checks.append(balance_check(self.phases))
-        # At most one runner.
-        jobs, problems = check_single_runner(runs)
-        self.checks.append(
-            CheckResult(
-                "no job ran on two workers",
-                not problems,
-                [
-                    f"{len(runs)} runs of {jobs} jobs checked: {len(problems)} overlap(s) "
-                    "or token regressions",
-                    *problems[:10],
-                ],
-            )
-        )
-        rest = [ph.name for ph in self.phases if not ph.rest_ok]
-        self.checks.append(
-            CheckResult(
-                "agreement at rest after each step",
-                not rest,
-                ["every job owned by the member the assignment names, after each step"]
-                if not rest
-                else [f"not at rest after: {', '.join(rest)}"],
-            )
-        )
-        lines.append("summary")
+        self.checks.append(single_runner_check(runs))
+        self.checks.append(rest_check(self.phases))
+        lines = ["summary"]
         for c in self.checks:
             lines.append(f"  [{'ok' if c.ok else 'FAIL'}] {c.name}")
             lines.extend(f"         {line}" for line in c.lines)

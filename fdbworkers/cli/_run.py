@@ -285,7 +285,7 @@ def run_worker_process(
             handler = exec_runner
             runner_grace = grace + 1.0  # the exec runner's own SIGTERM -> SIGKILL comes first
         else:
-            from ._demo import DemoHandler
+            from ._demo_handler import DemoHandler
 
             handler = DemoHandler(demo_log, work_interval=demo_work_interval)
             runner_grace = grace

@@ -25,7 +25,13 @@ from fdbworkers._store.admin import (
 )
 from fdbworkers._store.events import EventInfo
 from fdbworkers.cli._common import plain_table, resolve_cluster
-from fdbworkers.cli._demo import Phase, Run, check_single_runner, count_moves, required_and_optimum
+from fdbworkers.cli._demo_check import (
+    Phase,
+    Run,
+    check_single_runner,
+    count_moves,
+    required_and_optimum,
+)
 from fdbworkers.cli._view import ViewSnapshot, render_plain, render_to_string
 
 
