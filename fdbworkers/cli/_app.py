@@ -113,9 +113,9 @@ def cli(
 
 
 def _register() -> None:
-    from . import _insight, _read, _run, _write
+    from . import _health, _insight, _read, _run, _write
 
-    for module in (_read, _write, _run, _insight):
+    for module in (_read, _health, _write, _run, _insight):
         for command in module.COMMANDS:
             cli.add_command(command)
 

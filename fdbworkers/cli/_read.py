@@ -1,40 +1,32 @@
-"""Read commands: roles, members, jobs, events, watch, status, doctor."""
+"""Read commands: roles, members, jobs, events, watch (status and doctor: ``_health``)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
 
-from .._core.keys import LAYOUT_VERSION, Layout, validate_name
-from .._db import DEFAULT_MAX_WATCHES, Database, Transaction
-from .._errors import ConfigError, FDBError, LayoutError
+from .._core.keys import Layout, validate_name
+from .._db import Database, Transaction
+from .._errors import ConfigError, FDBError
 from .._store.admin import (
     SCHEMAS,
     JobView,
     MemberView,
     Observation,
     RoleSnapshot,
-    RoleStatus,
-    evaluate_role,
     job_views,
     member_views,
     observe_health,
-    read_layout_version,
-    read_role_configs,
     read_role_snapshot,
     read_roles,
 )
 from .._store.events import EventInfo, read_events_after, read_recent_events
 from ._common import (
-    EXIT_FAILURE,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     CliError,
     FiniteFloatRange,
     Settings,
@@ -48,9 +40,8 @@ from ._common import (
     stdout_is_terminal,
 )
 
-#: Watches each worker process holds (membership: epoch + own record; jobs: jobs_epoch
-#: + inbox), for doctor's capacity figure.
-WATCHES_PER_WORKER = 4
+if TYPE_CHECKING:
+    from ._view import LiveRole
 
 
 def name_arg(kind: str) -> Any:
@@ -415,35 +406,7 @@ def events(ctx: click.Context, role: str | None, limit: int, follow: bool, as_js
         if not follow:
             return
         after = latest[-1].key if latest else await guarded(s, newest_event_key(db, layout))
-        failures = 0
-        while True:
-            try:
-                new, watch = await guarded(s, read_events_after(db, layout, after, arm=True))
-                failures = 0
-            except (FDBError, trio.TooSlowError) as e:
-                failures += 1
-                if failures >= 3:
-                    raise
-                echo(f"warning: reading events failed ({e}); retrying", err=True)
-                await trio.sleep(1.0)
-                continue
-            for ev in new:
-                after = ev.key
-                if role is not None and ev.role != role:
-                    continue
-                if as_json:
-                    print_json_line({"schema": SCHEMAS["event"], **ev.to_json()})
-                else:
-                    click.echo("  ".join(event_row(ev)))
-            try:
-                if watch is not None:
-                    with trio.move_on_after(60):  # re-arm now and then (a lost watch)
-                        await watch.wait()
-            except FDBError:
-                await trio.sleep(0.5)
-            finally:
-                if watch is not None:
-                    watch.cancel()
+        await follow_events(db, s, after, role, as_json)
 
     try:
         run(s, main, bounded=not follow)
@@ -451,6 +414,42 @@ def events(ctx: click.Context, role: str | None, limit: int, follow: bool, as_js
         if not (follow and e.code == EXIT_INTERRUPTED):
             raise
         # Ctrl-C is how --follow ends: not an error.
+
+
+async def follow_events(
+    db: Database, s: Settings, after: bytes | None, role: str | None, as_json: bool
+) -> None:
+    """Print the events committed after ``after`` as they come (an FDB watch on the
+    events head key wakes the reader), until cancelled."""
+    failures = 0
+    while True:
+        try:
+            new, watch = await guarded(s, read_events_after(db, s.layout, after, arm=True))
+            failures = 0
+        except (FDBError, trio.TooSlowError) as e:
+            failures += 1
+            if failures >= 3:
+                raise
+            echo(f"warning: reading events failed ({e}); retrying", err=True)
+            await trio.sleep(1.0)
+            continue
+        for ev in new:
+            after = ev.key
+            if role is not None and ev.role != role:
+                continue
+            if as_json:
+                print_json_line({"schema": SCHEMAS["event"], **ev.to_json()})
+            else:
+                click.echo("  ".join(event_row(ev)))
+        try:
+            if watch is not None:
+                with trio.move_on_after(60):  # re-arm now and then (a lost watch)
+                    await watch.wait()
+        except FDBError:
+            await trio.sleep(0.5)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
 
 async def newest_event_key(db: Database, layout: Layout) -> bytes | None:
@@ -491,7 +490,7 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
       fdbworkers watch replicator
     """
     s = settings(ctx)
-    from ._view import LiveRole, render_plain, render_view
+    from ._view import LiveRole
 
     async def main(db: Database) -> None:
         await guarded(s, read_role_snapshot(db, s.layout, role))  # the role must exist
@@ -500,38 +499,12 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
             with trio.fail_after(s.timeout * 3 + 2):
                 await nursery.start(live.run)
             if once:
-                # Until each member's stamp changed (or it missed a heartbeat).
-                with trio.move_on_after(10):
-                    while any(m.state == "unknown" for m in live.snapshot().members):
-                        with trio.move_on_after(0.1):
-                            await live.wait_changed()
-                if stdout_is_terminal():
-                    from rich.console import Console
-
-                    Console().print(render_view(live.snapshot()))
-                else:
-                    click.echo(render_plain(live.snapshot()))
+                await show_once(live)
                 nursery.cancel_scope.cancel()
                 return
             if not stdout_is_terminal():
-                last = ""
-                while True:
-                    frame = render_plain(live.snapshot(), with_ages=False)
-                    if frame != last:
-                        click.echo(frame)
-                        click.echo("")
-                        last = frame
-                    with trio.move_on_after(1.0):  # states also change with time
-                        await live.wait_changed()
-            from rich.console import Console
-            from rich.live import Live
-
-            console = Console()
-            with Live(console=console, auto_refresh=False, screen=False, transient=False) as view:
-                while True:
-                    view.update(render_view(live.snapshot()), refresh=True)
-                    with trio.move_on_after(0.25):
-                        await live.wait_changed()
+                await show_changes(live)
+            await show_live(live)
 
     try:
         run(s, main, bounded=False)
@@ -541,252 +514,50 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
         # Ctrl-C is how a live view ends: not an error.
 
 
-# --- status ----------------------------------------------------------------------------
+async def show_once(live: LiveRole) -> None:
+    """One frame, once each member's stamp changed (or it missed a heartbeat)."""
+    from ._view import render_plain, render_view
+
+    with trio.move_on_after(10):
+        while any(m.state == "unknown" for m in live.snapshot().members):
+            with trio.move_on_after(0.1):
+                await live.wait_changed()
+    if stdout_is_terminal():
+        from rich.console import Console
+
+        Console().print(render_view(live.snapshot()))
+    else:
+        click.echo(render_plain(live.snapshot()))
 
 
-async def role_status(db: Database, s: Settings, role: str, observe: float | None) -> RoleStatus:
-    snap = await read_role_snapshot(db, s.layout, role)
-    cap = observe
-    if cap is None:
-        cap = max([m.timeout for m in snap.members.values()] + [0.0]) + 0.5
-    start_obs: dict[str, Observation] = {}
-    if snap.members and cap > 0:
-        start_obs = await observe_health(
-            db, s.layout, role, snap.members, cap=cap, resolve_after=1.0
-        )
-    jobs = job_views(snap)
-    return evaluate_role(snap, member_views(snap, start_obs, jobs), jobs)
+async def show_changes(live: LiveRole) -> None:
+    """A plain frame whenever something changes (stdout is not a terminal)."""
+    from ._view import render_plain
+
+    last = ""
+    while True:
+        frame = render_plain(live.snapshot(), with_ages=False)
+        if frame != last:
+            click.echo(frame)
+            click.echo("")
+            last = frame
+        with trio.move_on_after(1.0):  # states also change with time
+            await live.wait_changed()
 
 
-@click.command()
-@click.argument("role", required=False, callback=name_arg("role"))
-@json_option
-@observe_option(
-    None,
-    "Watch the heartbeat stamps at most this long [default: the longest member timeout "
-    "+ 0.5 s; a healthy role answers within a heartbeat interval].",
-)
-@click.option(
-    "--wait",
-    "wait_for",
-    type=FiniteFloatRange(min=0, max=3600),
-    default=0,
-    metavar="SECONDS",
-    help="Re-check until healthy or this long has passed (e.g. after a deploy).",
-)
-@click.pass_context
-def status(
-    ctx: click.Context, role: str | None, as_json: bool, observe: float | None, wait_for: float
-) -> None:
-    """A health summary of ROLE (or of every role). Healthy means: no member is past its
-    timeout, every job is held by a live member, every claim matches the assignment
-    (agreement at rest), and every record decodes. Exit code 0 when healthy, 1 when not.
+async def show_live(live: LiveRole) -> None:
+    """A live view on the terminal, redrawn as the role changes."""
+    from rich.console import Console
+    from rich.live import Live
 
-    \b
-    Examples:
-      fdbworkers status                    # all roles
-      fdbworkers status replicator --wait 30 && echo rebalanced
-    """
-    s = settings(ctx)
+    from ._view import render_view
 
-    async def main(db: Database) -> list[RoleStatus]:
-        deadline = trio.current_time() + wait_for
+    console = Console()
+    with Live(console=console, auto_refresh=False, screen=False, transient=False) as view:
         while True:
-            try:
-                with trio.fail_after(s.timeout * 3 + 2 + (observe if observe is not None else 60)):
-                    names = [role] if role else sorted(await read_role_configs(db, s.layout))
-                    await read_layout_version(db, s.layout)
-                    out = [await role_status(db, s, r, observe) for r in names]
-            except LookupError:  # the role does not exist (yet)
-                if trio.current_time() >= deadline:
-                    raise
-                await trio.sleep(0.5)
-                continue
-            if all(r.healthy for r in out) or trio.current_time() >= deadline:
-                return out
-            await trio.sleep(min(1.0, max(0.0, deadline - trio.current_time())))
-
-    results = run(s, main, bounded=False)
-    healthy = all(r.healthy for r in results)
-    if as_json:
-        print_json(
-            {
-                "schema": SCHEMAS["status"],
-                "healthy": healthy,
-                "roles": [r.to_json() for r in results],
-            }
-        )
-    else:
-        if not results:
-            echo(f"no roles under root {s.root!r}")
-        tty = stdout_is_terminal()
-        for r in results:
-            mark = "healthy" if r.healthy else "UNHEALTHY"
-            echo(
-                f"{r.role}: {mark} ({r.members} members, {r.jobs} jobs)",
-                style="green" if r.healthy else "red",
-            )
-            for c in r.checks:
-                sign = ("✓" if c.ok else "✗") if tty else ("ok  " if c.ok else "FAIL")
-                echo(f"  {sign} {c.name}: {c.detail}", style=None if c.ok else "red")
-    ctx.exit(EXIT_OK if healthy else EXIT_FAILURE)
+            view.update(render_view(live.snapshot()), refresh=True)
+            with trio.move_on_after(0.25):
+                await live.wait_changed()
 
 
-# --- doctor ----------------------------------------------------------------------------
-
-
-async def doctor_checks(db: Database, s: Settings) -> list[dict[str, Any]]:
-    checks: list[dict[str, Any]] = []
-    layout = s.layout
-
-    def add(name: str, ok: bool, detail: str, **extra: Any) -> None:
-        checks.append({"name": name, "ok": ok, "detail": detail, **extra})
-
-    async def timed(aw: Any) -> tuple[Any, float]:
-        t0 = trio.current_time()
-        with trio.fail_after(s.timeout + 1):
-            value = await aw
-        return value, trio.current_time() - t0
-
-    # 1. reachable
-    async def grv(tr: Transaction) -> int:
-        return await tr.get_read_version()
-
-    try:
-        rv, took = await timed(db.transact(grv))
-        add(
-            "cluster_reachable",
-            True,
-            f"read version {rv} in {took * 1000:.0f} ms",
-            seconds=round(took, 4),
-        )
-    except (FDBError, trio.TooSlowError) as e:
-        add("cluster_reachable", False, f"no read version within {s.timeout:g}s: {e}")
-        return checks
-    # 2. backend and client
-    detail = f"{db.backend} at {s.cluster}"
-    if db.backend == "fdb":
-        try:
-            from .._backends.fdb import fdb_client_info
-
-            info = fdb_client_info()
-            detail += ", " + ", ".join(f"{k}={v}" for k, v in info.items())
-        except Exception as e:  # informational only
-            detail += f" (client info unavailable: {e})"
-    add("backend", True, detail)
-    # 3. layout
-    try:
-        version = await read_layout_version(db, layout)
-        if version is None:
-            add(
-                "layout_version",
-                True,
-                f"nothing under root {s.root!r} yet (fdbworkers writes layout {LAYOUT_VERSION})",
-            )
-        else:
-            add(
-                "layout_version",
-                True,
-                f"layout {version} (this fdbworkers reads up to {LAYOUT_VERSION})",
-                version=version,
-            )
-    except LayoutError as e:
-        add("layout_version", False, str(e))
-    # 4. roles decode
-    try:
-        configs = await read_role_configs(db, layout)
-        add("roles_readable", True, f"{len(configs)} role(s): {', '.join(sorted(configs)) or '-'}")
-    except Exception as e:
-        add("roles_readable", False, f"role configs do not decode: {e}")
-    # 5. write and read back, then a watch that must fire
-    key = layout.key("doctor", uuid.uuid4().hex)
-    try:
-
-        async def write(tr: Transaction) -> None:
-            tr.set(key, b"1")
-
-        _, took = await timed(db.transact(write))
-        add("commit", True, f"a write committed in {took * 1000:.0f} ms", seconds=round(took, 4))
-
-        async def arm(tr: Transaction) -> Any:
-            return tr.watch(key)
-
-        w = await db.transact(arm)
-        try:
-            t0 = trio.current_time()
-
-            async def change(tr: Transaction) -> None:
-                tr.set(key, b"2")
-
-            await db.transact(change)
-            with trio.fail_after(s.timeout):
-                await w.wait()
-            took = trio.current_time() - t0
-            add(
-                "watch",
-                True,
-                f"a watch fired {took * 1000:.0f} ms after the change",
-                seconds=round(took, 4),
-            )
-        except (FDBError, trio.TooSlowError) as e:
-            add("watch", False, f"a watch did not fire within {s.timeout:g}s of a change: {e}")
-        finally:
-            w.cancel()
-    except (FDBError, trio.TooSlowError) as e:
-        add("commit", False, f"cannot write under the root: {e}")
-    finally:
-        with trio.move_on_after(s.timeout):
-
-            async def clean(tr: Transaction) -> None:
-                tr.clear(key)
-
-            with contextlib.suppress(FDBError):
-                await db.transact(clean)
-    # 6. watch capacity
-    limit = DEFAULT_MAX_WATCHES
-    add(
-        "watch_capacity",
-        True,
-        f"{limit} watches per client process (FDB's max_watches default); each worker holds "
-        f"{WATCHES_PER_WORKER}, so one process can host up to {limit // WATCHES_PER_WORKER} "
-        "workers before they fall back to polling",
-        max_watches=limit,
-        watches_per_worker=WATCHES_PER_WORKER,
-    )
-    return checks
-
-
-@click.command()
-@json_option
-@click.pass_context
-def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check the cluster and the key space: reachable (and how fast), backend and client
-    versions, layout version under the root, role records, a commit, a watch that fires,
-    and the watch capacity. Exit code 0 when every check passes.
-
-    \b
-    Example:
-      fdbworkers --cluster-file /etc/foundationdb/fdb.cluster doctor
-    """
-    s = settings(ctx)
-    checks = run(s, lambda db: doctor_checks(db, s), extra=s.timeout * 3)
-    ok = all(c["ok"] for c in checks)
-    if as_json:
-        print_json(
-            {
-                "schema": SCHEMAS["doctor"],
-                "ok": ok,
-                "cluster": s.cluster,
-                "root": s.root,
-                "checks": checks,
-            }
-        )
-    else:
-        tty = stdout_is_terminal()
-        for c in checks:
-            sign = ("✓" if c["ok"] else "✗") if tty else ("ok  " if c["ok"] else "FAIL")
-            echo(f"{sign} {c['name']}: {c['detail']}", style=None if c["ok"] else "red")
-    ctx.exit(EXIT_OK if ok else EXIT_FAILURE)
-
-
-COMMANDS = [roles, members, jobs, events, watch, status, doctor]
+COMMANDS = [roles, members, jobs, events, watch]
