@@ -139,20 +139,9 @@ class _Collector:
 
     def _worker(self) -> Iterator[Any]:
         """Membership, state, heartbeats and lease, evictions, watches."""
-        from prometheus_client.core import GaugeMetricFamily
-
         st = self.m.worker.statistics()
         yield self._gauge("fdbworkers_members", "Members of the role this worker sees.", st.members)
-        state = GaugeMetricFamily(
-            "fdbworkers_worker_state",
-            "1 for the worker's current state.",
-            labels=[*LABELS, "state"],
-        )
-        from ._core.states import WorkerState
-
-        for s in WorkerState:
-            state.add_metric([*self._values(), s.value], 1.0 if s.value == st.state else 0.0)
-        yield state
+        yield self._state(st.state)
         yield self._gauge(
             "fdbworkers_heartbeat_latency_last_seconds",
             "Latency of the last heartbeat.",
@@ -198,6 +187,21 @@ class _Collector:
             "1 while watches are unavailable and membership is polled.",
             1 if st.polling else 0,
         )
+
+    def _state(self, current: str) -> Any:
+        """One series per WorkerState: 1 for the current one."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        state = GaugeMetricFamily(
+            "fdbworkers_worker_state",
+            "1 for the worker's current state.",
+            labels=[*LABELS, "state"],
+        )
+        from ._core.states import WorkerState
+
+        for s in WorkerState:
+            state.add_metric([*self._values(), s.value], 1.0 if s.value == current else 0.0)
+        return state
 
     def _jobs(self, rs: Any) -> Iterator[Any]:
         """The job runner's jobs: owned and targeted, starts and stops, failures."""
