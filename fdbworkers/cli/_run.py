@@ -212,12 +212,69 @@ def worker(
     but the worker stays a member, so nothing moves if a process with the same --id
     (or --id-file) starts within --timeout; otherwise it is evicted and its jobs move."""
     s = settings(ctx)
+    demo_log = check_worker_args(exec_cmd, demo_handler, worker_id, id_file, demo_log)
+    options, exec_runner = worker_options(
+        liveness_timeout=liveness_timeout,
+        weight=weight,
+        settle=settle,
+        partitions=partitions,
+        meta=meta,
+        grace=grace,
+        give_up_after=give_up_after,
+        exec_cmd=exec_cmd,
+        restart=restart,
+        metrics=metrics_port is not None,
+    )
+    configure_logging(log_level, log_format)
+    code = run_worker_process(
+        s,
+        role,
+        options,
+        worker_id=worker_id,
+        id_file=id_file,
+        exec_runner=exec_runner,
+        demo_log=demo_log,
+        demo_work_interval=demo_work_interval,
+        grace=grace,
+        park_after=park_after,
+        metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
+    )
+    ctx.exit(code)
+
+
+def check_worker_args(
+    exec_cmd: str | None,
+    demo_handler: bool,
+    worker_id: str | None,
+    id_file: str | None,
+    demo_log: str | None,
+) -> str | None:
+    """The usage errors of ``worker`` that its options cannot express one by one; the
+    demo handler's log folder (None when not given)."""
     if bool(exec_cmd) == demo_handler:
         raise click.UsageError("give exactly one of --exec CMD or --demo-handler")
     if worker_id is not None and id_file is not None:
         raise click.UsageError("give either --id or --id-file, not both")
     if demo_handler and not demo_log:
         demo_log = None
+    return demo_log
+
+
+def worker_options(
+    *,
+    liveness_timeout: float,
+    weight: float,
+    settle: float,
+    partitions: int,
+    meta: dict[str, str],
+    grace: float,
+    give_up_after: float | None,
+    exec_cmd: str | None,
+    restart: str,
+    metrics: bool,
+) -> tuple[Any, Any]:
+    """The worker's options and its --exec runner (None without --exec); a value they
+    refuse is a usage error."""
     from .._worker import WorkerOptions
     from ._exec import ExecOptions, ExecRunner, split_command
 
@@ -236,27 +293,13 @@ def worker(
             exec_runner = ExecRunner(
                 ExecOptions(split_command(exec_cmd), stop_grace=grace, restart=restart)
             )
-        if metrics_port is not None:
+        if metrics:
             from .._metrics import require_prometheus
 
             require_prometheus()
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
-    configure_logging(log_level, log_format)
-    code = run_worker_process(
-        s,
-        role,
-        options,
-        worker_id=worker_id,
-        id_file=id_file,
-        exec_runner=exec_runner,
-        demo_log=demo_log,
-        demo_work_interval=demo_work_interval,
-        grace=grace,
-        park_after=park_after,
-        metrics=(metrics_host, metrics_port) if metrics_port is not None else None,
-    )
-    ctx.exit(code)
+    return options, exec_runner
 
 
 def run_worker_process(
@@ -273,7 +316,6 @@ def run_worker_process(
     metrics: tuple[str, int] | None,
     park_after: int | None = None,
 ) -> int:
-    from .._runner import JobRunner
     from .._worker import open_worker
 
     log = get_logger("fdbworkers").bind(component="cli", role=role)
@@ -289,63 +331,18 @@ def run_worker_process(
 
             handler = DemoHandler(demo_log, work_interval=demo_work_interval)
             runner_grace = grace
-        signals = 0
         try:
             async with trio.open_nursery() as outer:
-                body = trio.CancelScope()
-                worker_box: list[Any] = []
-
-                async def on_signals() -> None:
-                    nonlocal signals
-                    with trio.open_signal_receiver(
-                        signal.SIGTERM, signal.SIGINT, signal.SIGHUP
-                    ) as received:
-                        async for signum in received:
-                            signals += 1
-                            if signals == 1 and worker_box and signum == signal.SIGHUP:
-                                # Restart in place: release the jobs but stay a member;
-                                # the next process with this id takes them back.
-                                log.info("leaving_for_restart", signal="SIGHUP")
-                                outer.start_soon(worker_box[0].leave_for_restart)
-                            elif signals == 1 and worker_box:
-                                log.info("leaving", signal=signal.Signals(signum).name)
-                                # Leave (event "left"): stop and release the jobs
-                                # gracefully first; the worker block then ends.
-                                outer.start_soon(worker_box[0]._leave, "left")
-                            elif signals == 1:
-                                body.cancel()
-                            else:
-                                log.warning("exiting_now", signal=signal.Signals(signum).name)
-                                if exec_runner is not None:
-                                    exec_runner.kill_all()
-                                os._exit(EXIT_INTERRUPTED)
-
-                outer.start_soon(on_signals)
-                with body:
+                signals = _Signals(outer, trio.CancelScope(), exec_runner, log)
+                outer.start_soon(signals.receive)
+                with signals.body:
                     async with open_worker(
                         db, role, worker_id=worker_id, id_file=id_file, root=s.root, options=options
                     ) as w:
-                        worker_box.append(w)
-                        runner = JobRunner(w, handler, grace=runner_grace, park_after=park_after)
-                        if hasattr(handler, "bind"):
-                            handler.bind(w)
-                        async with trio.open_nursery() as n:
-                            if metrics is not None:
-                                from .._metrics import WorkerMetrics, serve_metrics
-
-                                m = WorkerMetrics(w, runner, db=db, exec_runner=exec_runner)
-                                port = await n.start(serve_metrics, m, metrics[0], metrics[1])
-                                log.info(
-                                    "metrics_endpoint", url=f"http://{metrics[0]}:{port}/metrics"
-                                )
-                            n.start_soon(runner.run)
-                            log.info(
-                                "worker_running",
-                                worker=w.id,
-                                incarnation=w.incarnation,
-                                cluster=s.cluster,
-                            )
-                            await trio.sleep_forever()
+                        signals.worker_box.append(w)
+                        await serve_jobs(
+                            w, db, s, handler, runner_grace, park_after, exec_runner, metrics, log
+                        )
                 outer.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -359,23 +356,103 @@ def run_worker_process(
         inner = unwrap(e)
         if isinstance(inner, KeyboardInterrupt):
             return EXIT_INTERRUPTED
-        if isinstance(inner, ClusterUnreachableError):
-            raise CliError(
-                f"{inner} ({s.describe()})",
-                EXIT_UNREACHABLE,
-                hint="is it running? (a dev server: fdbworkers devserver; FoundationDB: "
-                "check the cluster file)",
-            ) from None
-        if isinstance(inner, WorkerSupersededError):
-            raise CliError(str(inner), EXIT_FAILURE) from None
-        if isinstance(inner, ConfigError):
-            raise CliError(str(inner), EXIT_USAGE) from None
-        known = translate(s, inner)
-        if known is not None:
-            raise known from None
-        if isinstance(inner, FdbworkersError):
-            raise CliError(str(inner)) from None
+        error = worker_error(s, inner)
+        if error is not None:
+            raise error from None
         raise
+
+
+class _Signals:
+    """The worker process's signals: the first SIGTERM or SIGINT leaves gracefully, a
+    SIGHUP leaves to restart in place (before the worker is up, the first signal just
+    ends the process), a second signal exits at once."""
+
+    def __init__(
+        self, outer: trio.Nursery, body: trio.CancelScope, exec_runner: Any, log: Any
+    ) -> None:
+        self.outer = outer
+        self.body = body
+        self.exec_runner = exec_runner
+        self.log = log
+        self.count = 0
+        self.worker_box: list[Any] = []
+
+    async def receive(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            async for signum in received:
+                self.count += 1
+                if self.count == 1 and self.worker_box and signum == signal.SIGHUP:
+                    # Restart in place: release the jobs but stay a member;
+                    # the next process with this id takes them back.
+                    self.log.info("leaving_for_restart", signal="SIGHUP")
+                    self.outer.start_soon(self.worker_box[0].leave_for_restart)
+                elif self.count == 1 and self.worker_box:
+                    self.log.info("leaving", signal=signal.Signals(signum).name)
+                    # Leave (event "left"): stop and release the jobs
+                    # gracefully first; the worker block then ends.
+                    self.outer.start_soon(self.worker_box[0]._leave, "left")
+                elif self.count == 1:
+                    self.body.cancel()
+                else:
+                    self.log.warning("exiting_now", signal=signal.Signals(signum).name)
+                    if self.exec_runner is not None:
+                        self.exec_runner.kill_all()
+                    os._exit(EXIT_INTERRUPTED)
+
+
+async def serve_jobs(
+    w: Any,
+    db: Any,
+    s: Settings,
+    handler: Any,
+    runner_grace: float,
+    park_after: int | None,
+    exec_runner: Any,
+    metrics: tuple[str, int] | None,
+    log: Any,
+) -> None:
+    """Run the worker's jobs (and the metrics endpoint, if asked) until cancelled."""
+    from .._runner import JobRunner
+
+    runner = JobRunner(w, handler, grace=runner_grace, park_after=park_after)
+    if hasattr(handler, "bind"):
+        handler.bind(w)
+    async with trio.open_nursery() as n:
+        if metrics is not None:
+            from .._metrics import WorkerMetrics, serve_metrics
+
+            m = WorkerMetrics(w, runner, db=db, exec_runner=exec_runner)
+            port = await n.start(serve_metrics, m, metrics[0], metrics[1])
+            log.info("metrics_endpoint", url=f"http://{metrics[0]}:{port}/metrics")
+        n.start_soon(runner.run)
+        log.info(
+            "worker_running",
+            worker=w.id,
+            incarnation=w.incarnation,
+            cluster=s.cluster,
+        )
+        await trio.sleep_forever()
+
+
+def worker_error(s: Settings, inner: BaseException) -> CliError | None:
+    """The CLI's error for what ended the worker process; None: not one it knows."""
+    if isinstance(inner, ClusterUnreachableError):
+        return CliError(
+            f"{inner} ({s.describe()})",
+            EXIT_UNREACHABLE,
+            hint="is it running? (a dev server: fdbworkers devserver; FoundationDB: "
+            "check the cluster file)",
+        )
+    if isinstance(inner, WorkerSupersededError):
+        return CliError(str(inner), EXIT_FAILURE)
+    if isinstance(inner, ConfigError):
+        return CliError(str(inner), EXIT_USAGE)
+    known = translate(s, inner)
+    if known is not None:
+        return known
+    if isinstance(inner, FdbworkersError):
+        return CliError(str(inner))
+    return None
 
 
 # --- devserver -------------------------------------------------------------------------
