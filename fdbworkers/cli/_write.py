@@ -364,29 +364,7 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
     stamp = health.stamp
     silent = 0.0
     if not force:
-        echo(
-            f"watching the heartbeat of {worker} for up to its timeout ({rec.timeout:g}s) ...",
-            err=True,
-        )
-
-        async def watch_it(db: Database) -> tuple[bytes | None, float, bool]:
-            obs = await observe_health(
-                db, layout, role, {worker: rec}, cap=rec.timeout + 0.5, resolve_after=1.0
-            )
-            o = obs[worker]
-            return o.stamp, o.silent_for, o.changed
-
-        stamp, silent, changed = run(s, watch_it, extra=rec.timeout + 0.5)
-        if changed:
-            raise CliError(
-                f"{worker} is heartbeating (its stamp changed while watched): not evicting",
-                hint="use 'fdbworkers drain' to make it leave gracefully, or --force",
-            )
-        if silent < rec.timeout:
-            raise CliError(
-                f"{worker} was watched for only {silent:.1f}s of its {rec.timeout:g}s "
-                "timeout: not evicting"
-            )
+        stamp, silent = watch_silence(s, role, worker, rec)
         question = (
             f"{worker} has been silent for {silent:.1f}s (timeout {rec.timeout:g}s). Evict it?"
         )
@@ -397,25 +375,70 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
     by = operator()
     reason = "forced by an operator" if force else "silent for its timeout, evicted by an operator"
 
-    async def do_evict(db: Database) -> bool:
-        current = stamp
-        for _ in range(3 if force else 1):
-            done = await db.transact(
-                tx_evict, layout, role, worker, rec.incarnation, current, by, silent, reason,
-                DEFAULT_EVENT_RETENTION, retire=not force,
-            )  # fmt: skip
-            if done or not force:
-                return bool(done)
-            _, h = await read_member(db, layout, role, worker)  # a heartbeat raced us
-            current = h.stamp
-        return False
-
-    if run(s, do_evict):
+    if run(s, lambda db: evict_member(db, s, role, worker, rec, stamp, silent, by, reason, force)):
         echo(f"evicted {worker} from role {role!r}")
     else:
         raise CliError(
             f"{worker} was not evicted: its heartbeat stamp changed or it restarted meanwhile"
         )
+
+
+def watch_silence(
+    s: Settings, role: str, worker: str, rec: MemberRecord
+) -> tuple[bytes | None, float]:
+    """Watch ``worker``'s heartbeat stamp for up to its timeout; refuse (CliError) unless
+    it stayed unchanged that long. The stamp seen, and how long it was silent."""
+    echo(
+        f"watching the heartbeat of {worker} for up to its timeout ({rec.timeout:g}s) ...",
+        err=True,
+    )
+
+    async def watch_it(db: Database) -> tuple[bytes | None, float, bool]:
+        obs = await observe_health(
+            db, s.layout, role, {worker: rec}, cap=rec.timeout + 0.5, resolve_after=1.0
+        )
+        o = obs[worker]
+        return o.stamp, o.silent_for, o.changed
+
+    stamp, silent, changed = run(s, watch_it, extra=rec.timeout + 0.5)
+    if changed:
+        raise CliError(
+            f"{worker} is heartbeating (its stamp changed while watched): not evicting",
+            hint="use 'fdbworkers drain' to make it leave gracefully, or --force",
+        )
+    if silent < rec.timeout:
+        raise CliError(
+            f"{worker} was watched for only {silent:.1f}s of its {rec.timeout:g}s "
+            "timeout: not evicting"
+        )
+    return stamp, silent
+
+
+async def evict_member(
+    db: Database,
+    s: Settings,
+    role: str,
+    worker: str,
+    rec: MemberRecord,
+    stamp: bytes | None,
+    silent: float,
+    by: str,
+    reason: str,
+    force: bool,
+) -> bool:
+    """The compare-and-clear with the stamp seen; with --force, retried with the current
+    stamp when a heartbeat raced it (three tries)."""
+    current = stamp
+    for _ in range(3 if force else 1):
+        done = await db.transact(
+            tx_evict, s.layout, role, worker, rec.incarnation, current, by, silent, reason,
+            DEFAULT_EVENT_RETENTION, retire=not force,
+        )  # fmt: skip
+        if done or not force:
+            return bool(done)
+        _, h = await read_member(db, s.layout, role, worker)  # a heartbeat raced us
+        current = h.stamp
+    return False
 
 
 # --- drain -----------------------------------------------------------------------------
