@@ -274,26 +274,9 @@ class ExecRunner:
         while not stopping.is_set():
             env = {**os.environ, **o.env, **env_for(attempt)}
             started = trio.current_time()
-            try:
-                proc = await trio.lowlevel.open_process(
-                    list(o.argv),
-                    env=env,
-                    start_new_session=True,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE if self.prefix_output else None,
-                    stderr=subprocess.PIPE if self.prefix_output else None,
-                )
-            except OSError as e:
-                self._spawn_failures += 1
-                log.error("job_process_spawn_failed", command=o.argv[0], error=str(e))
-                code: int | None = None
-            else:
-                self._started += 1
-                log.info("job_process_started", pid=proc.pid, attempt=attempt)
-                code = await self._supervise_with_output(proc, stopping, log, label)
-                if stopping.is_set():
-                    return
-                self._exited += 1
+            code, stopped = await self._run_once(env, stopping, log, label, attempt)
+            if stopped:
+                return
             ran = trio.current_time() - started
             if code != 0 and job is not None:
                 job.report_failure(describe_exit(code, o.argv[0]))
@@ -317,6 +300,33 @@ class ExecRunner:
             )
             with trio.move_on_after(delay):
                 await stopping.wait()
+
+    async def _run_once(
+        self, env: dict[str, str], stopping: Event, log: Any, label: str, attempt: int
+    ) -> tuple[int | None, bool]:
+        """Start the command once and supervise it: its exit code (None: it did not
+        start), and whether ``stopping`` ended it."""
+        o = self.options
+        try:
+            proc = await trio.lowlevel.open_process(
+                list(o.argv),
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.prefix_output else None,
+                stderr=subprocess.PIPE if self.prefix_output else None,
+            )
+        except OSError as e:
+            self._spawn_failures += 1
+            log.error("job_process_spawn_failed", command=o.argv[0], error=str(e))
+            return None, False
+        self._started += 1
+        log.info("job_process_started", pid=proc.pid, attempt=attempt)
+        code = await self._supervise_with_output(proc, stopping, log, label)
+        if stopping.is_set():
+            return code, True
+        self._exited += 1
+        return code, False
 
     async def _supervise(self, proc: trio.Process, stopping: Event, log: Any) -> int | None:
         """Wait for the process; on ``stopping`` SIGTERM its group, then SIGKILL after the
