@@ -60,7 +60,8 @@ from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import assign
 from fdbworkers._core.keys import Layout, MemberRecord
 from fdbworkers._db import Database, Transaction
-from fdbworkers._store.jobs import tx_claim, tx_read_partitions
+from fdbworkers._store.claims import tx_claim
+from fdbworkers._store.jobs import tx_read_partitions
 from fdbworkers._store.members import tx_heartbeat, tx_read_membership, tx_register
 
 

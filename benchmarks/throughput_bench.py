@@ -61,7 +61,7 @@ from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, MemberRecord, stamped_value
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import FDBError
-from fdbworkers._store.jobs import tx_claim
+from fdbworkers._store.claims import tx_claim
 from fdbworkers._store.members import tx_heartbeat, tx_register
 
 PARTITIONS = 1024

@@ -37,7 +37,8 @@ from ._runner import (
     add_jobs,
     remove_job,
 )
-from ._store.jobs import AddJobsResult, JobRecord
+from ._store.bulk import AddJobsResult
+from ._store.jobs import JobRecord
 from ._worker import (
     Worker,
     WorkerOptions,

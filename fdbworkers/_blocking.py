@@ -41,7 +41,7 @@ from ._core.states import WorkerState
 from ._db import Database, KeySelector, KeyValue, MutationType, Transaction
 from ._errors import ConfigError, FencedError
 from ._runner import Job, JobRunner, add_job, add_jobs, remove_job
-from ._store.jobs import AddJobsResult
+from ._store.bulk import AddJobsResult
 from ._worker import Worker, WorkerStatistics, open_worker
 
 __all__ = ["BlockingDatabase", "BlockingJob", "BlockingTransaction", "BlockingWorker"]

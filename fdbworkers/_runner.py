@@ -68,25 +68,29 @@ from ._loop import (
     open_task_group,
     sleep,
 )
-from ._store.jobs import (
+from ._store.bulk import (
     ADD_BATCH_BYTES,
-    CLAIM_BATCH,
-    JOBCHANGE_RETENTION,
     AddJobsResult,
-    ClaimOutcome,
-    ClaimRequest,
-    JobRecord,
     NewJob,
-    ReleaseRequest,
     add_jobs_in_batches,
     check_job,
     prepare_job,
-    tx_add_job,
+)
+from ._store.claims import (
+    CLAIM_BATCH,
+    ClaimOutcome,
+    ClaimRequest,
+    ReleaseRequest,
     tx_claim_many,
-    tx_clear_job_health,
     tx_release_many,
-    tx_remove_job,
     tx_take_handoffs,
+)
+from ._store.jobs import (
+    JOBCHANGE_RETENTION,
+    JobRecord,
+    tx_add_job,
+    tx_clear_job_health,
+    tx_remove_job,
     tx_write_job_health,
 )
 from ._store.members import tx_ensure_role

@@ -22,8 +22,9 @@ from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
+from fdbworkers._store.claims import tx_claim_many, tx_take_handoffs
 from fdbworkers._store.events import read_recent_events
-from fdbworkers._store.jobs import JobRecord, tx_add_job, tx_claim_many, tx_take_handoffs
+from fdbworkers._store.jobs import JobRecord, tx_add_job
 from fdbworkers._store.members import tx_leave
 from fdbworkers._store.plan import tx_read_plan, tx_replan
 from fdbworkers.testing import Fleet, FleetWorker, idle_handler, wait_until

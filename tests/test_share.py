@@ -55,15 +55,15 @@ from fdbworkers._core.share import (
 from fdbworkers._core.share import group_sorted as group_sorted_
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import CorruptDataError
-from fdbworkers._store.jobs import (
+from fdbworkers._store.bulk import prepare_job
+from fdbworkers._store.claims import (
     ClaimOutcome,
     ClaimRequest,
-    JobRecord,
     ReleaseRequest,
-    prepare_job,
     tx_claim_many,
     tx_release_many,
 )
+from fdbworkers._store.jobs import JobRecord
 from fdbworkers._store.members import tx_ensure_role
 from fdbworkers._store.share import read_share
 from fdbworkers.testing import Fleet, wait_until
@@ -571,7 +571,7 @@ async def test_add_jobs_says_how_much_was_written_when_it_fails(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = engine.open_database("admin")
-    from fdbworkers._store import jobs as jobs_module
+    from fdbworkers._store import bulk as jobs_module
 
     real = jobs_module.tx_add_jobs
     calls = 0

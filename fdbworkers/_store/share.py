@@ -15,7 +15,8 @@ from .._db import KeyValue, Transaction
 from .._errors import CorruptDataError
 from .._log import get_logger
 from .._loop import checkpoint
-from .jobs import JobRecord, gather
+from .batch import gather
+from .jobs import JobRecord
 
 T = TypeVar("T")
 

@@ -95,7 +95,7 @@ def read_job_lines(stream: IO[str], name: str, weight: float) -> list[tuple[str,
     ``"weight"``; ``"spec"`` may stand for ``"data"``; blank lines skipped), every line
     checked as ``job add`` checks one job. Bad lines raise a usage error naming each
     (up to MAX_LINE_ERRORS) with its line number."""
-    from .._store.jobs import check_job
+    from .._store.bulk import check_job
 
     def no_constants(value: str) -> Any:
         raise ValueError(f"{value} is not JSON: only finite numbers are allowed")
@@ -267,7 +267,7 @@ def add_from_file(s: Settings, role: str, stream: IO[str], weight: float, partit
     """``job add --from-file``: check every line, then write the jobs in batches."""
     from .._errors import FDBError
     from .._runner import add_jobs
-    from .._store.jobs import AddJobsResult
+    from .._store.bulk import AddJobsResult
 
     name = "stdin" if stream.name in ("<stdin>", "-") else str(stream.name)
     jobs = read_job_lines(stream, name, weight)
