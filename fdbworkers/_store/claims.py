@@ -115,8 +115,26 @@ async def tx_claim_many(
     raws = await read_keys(tr, ckeys, parts, keys_per_partition, conflicts="runs")
     jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
 
-    # The claims, and the ids of the other holders whose records decide.
-    claims: list[tuple[Claim, StoredClaim] | None] = [None] * n
+    claims, outcomes = _decode_claims(ckeys, raws)
+    members = await _read_holders(tr, layout, role, claims, wid, incarnation)
+    takes = [requests[i].take_superseded for i in order]
+    await _decide_claims(
+        tr, layout, role, claims, members, takes, outcomes, wid, incarnation, nonce
+    )
+    return _write_claims(tr, ckeys, jobs, order, outcomes, wid, incarnation, nonce, lease_timeout)
+
+
+#: A claim as read: the claim, and what is stored of it (the rule decides on the latter).
+_ReadClaim = tuple[Claim, StoredClaim]
+
+
+def _decode_claims(
+    ckeys: Sequence[bytes], raws: Sequence[bytes | None]
+) -> tuple[list[_ReadClaim | None], list[ClaimOutcome | None]]:
+    """The claims read (None where there is none), and the outcomes they already decide:
+    a corrupt claim is "held"."""
+    n = len(raws)
+    claims: list[_ReadClaim | None] = [None] * n
     outcomes: list[ClaimOutcome | None] = [None] * n
     for k, raw in enumerate(raws):
         if raw is None:
@@ -133,6 +151,19 @@ async def tx_claim_many(
             str(obj.get("wid")), str(obj.get("incarnation")), timeout, obj.get("nonce")
         )
         claims[k] = (Claim(stamp, sc.wid, sc.incarnation, timeout), sc)
+    return claims, outcomes
+
+
+async def _read_holders(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    claims: Sequence[_ReadClaim | None],
+    wid: str,
+    incarnation: str,
+) -> dict[str, HolderRecord]:
+    """The member record of each other holder id, read once per id (None: not a
+    member; ``CORRUPT``: unreadable)."""
     hwids = sorted(
         {
             c[1].wid
@@ -149,21 +180,35 @@ async def tx_claim_many(
             )
         except CorruptDataError:
             members[h] = CORRUPT
+    return members
 
-    # The rule (_core/claims.py), first without the retired records: they can only turn
-    # "superseded" into "take", so they are read only for the holders it names.
-    decisions: list[ClaimDecision | None] = [None] * n
+
+async def _decide_claims(
+    tr: Transaction,
+    layout: Layout,
+    role: str,
+    claims: Sequence[_ReadClaim | None],
+    members: dict[str, HolderRecord],
+    takes: Sequence[frozenset[str]],
+    outcomes: list[ClaimOutcome | None],
+    wid: str,
+    incarnation: str,
+    nonce: str,
+) -> None:
+    """Fill in ``outcomes`` by the rule (_core/claims.py), first without the retired
+    records: they can only turn "superseded" into "take", so they are read only for the
+    holders it names. None left: the claim may be taken."""
+    decisions: list[ClaimDecision | None] = [None] * len(claims)
     for k, c in enumerate(claims):
         if outcomes[k] is not None:
             continue
-        take = requests[order[k]].take_superseded
         decisions[k] = decide_claim(
             wid,
             incarnation,
             nonce,
             None if c is None else c[1],
             _member(members, c),
-            take_superseded=take,
+            take_superseded=takes[k],
         )
     rwids = sorted(
         {
@@ -172,13 +217,7 @@ async def tx_claim_many(
             if c and d and d.kind == "superseded"
         }
     )
-    rkeys = [layout.retired_key(role, r) for r in rwids]
-    retired: dict[str, dict[str, int]] = {}
-    for r, key, raw_retired in zip(rwids, rkeys, await _get_all(tr, rkeys), strict=True):
-        try:
-            retired[r] = decode_retired(key, raw_retired)
-        except CorruptDataError:
-            retired[r] = {}  # a corrupt marker only loses the shortcut: the wait applies
+    retired = await _read_retired(tr, layout, role, rwids)
     for k, d in enumerate(decisions):
         c = claims[k]
         if d is None:
@@ -186,13 +225,7 @@ async def tx_claim_many(
         if d.kind == "superseded":
             assert c is not None
             d = decide_claim(
-                wid,
-                incarnation,
-                nonce,
-                c[1],
-                _member(members, c),
-                retired[c[1].wid],
-                requests[order[k]].take_superseded,
+                wid, incarnation, nonce, c[1], _member(members, c), retired[c[1].wid], takes[k]
             )
         if d.kind == "ours":
             assert c is not None
@@ -204,6 +237,35 @@ async def tx_claim_many(
             assert c is not None
             outcomes[k] = ClaimOutcome("superseded", holder=c[0], holder_timeout=d.wait)
 
+
+async def _read_retired(
+    tr: Transaction, layout: Layout, role: str, rwids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """The retired incarnations of each holder id in ``rwids``."""
+    rkeys = [layout.retired_key(role, r) for r in rwids]
+    retired: dict[str, dict[str, int]] = {}
+    for r, key, raw_retired in zip(rwids, rkeys, await _get_all(tr, rkeys), strict=True):
+        try:
+            retired[r] = decode_retired(key, raw_retired)
+        except CorruptDataError:
+            retired[r] = {}  # a corrupt marker only loses the shortcut: the wait applies
+    return retired
+
+
+def _write_claims(
+    tr: Transaction,
+    ckeys: Sequence[bytes],
+    jobs: Sequence[bytes | None],
+    order: Sequence[int],
+    outcomes: Sequence[ClaimOutcome | None],
+    wid: str,
+    incarnation: str,
+    nonce: str,
+    lease_timeout: float | None,
+) -> list[ClaimOutcome]:
+    """Write our claim (its commit versionstamp is the token) over each job left to
+    take; "gone" where the job is not there. The outcomes in request order."""
+    n = len(ckeys)
     value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
     if lease_timeout is not None:
         value["timeout"] = lease_timeout
@@ -223,7 +285,7 @@ async def tx_claim_many(
 
 def _member(
     members: dict[str, HolderRecord],
-    claim: tuple[Claim, StoredClaim] | None,
+    claim: _ReadClaim | None,
 ) -> HolderRecord:
     """The holder id's member record (not read for claims of our own incarnation)."""
     return None if claim is None else members.get(claim[1].wid)
