@@ -13,7 +13,7 @@ from .._core.keys import Layout
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS, plan_ranges, request_limit
 from .._db import KeyValue, Transaction
 from .._errors import CorruptDataError
-from .._log import get_logger
+from .._log import Logger, get_logger
 from .._loop import checkpoint
 from .batch import gather
 from .jobs import JobRecord
@@ -105,7 +105,6 @@ async def read_share(
         queue.append(
             (layout.partition_range(role, first)[0], layout.partition_range(role, last)[1])
         )
-    jobs, by_part = out.jobs, out.by_part
     while queue:
         batch = [queue.popleft() for _ in range(min(page_requests, len(queue)))]
         limit = request_limit(len(batch), page_keys)
@@ -114,23 +113,37 @@ async def read_share(
         out.requests += len(batch)
         for (_, end), kvs in zip(batch, results, strict=True):
             out.keys += len(kvs)
-            for i, kv in enumerate(kvs):
-                if i % 1000 == 999:
-                    await checkpoint()  # short steps: heartbeats go on
-                try:
-                    t = layout.unpack_below(jobs_begin, kv.key)
-                    p, jid = int(t[0]), str(t[1])
-                    if p in wanted:
-                        jobs[jid] = JobRecord.decode(jid, p, kv.key, kv.value)
-                        ids = by_part.get(p)
-                        if ids is None:
-                            by_part[p] = [jid]
-                        else:
-                            ids.append(jid)
-                except (CorruptDataError, ValueError, IndexError) as e:
-                    log.error("corrupt_job_record", key=kv.key.hex(), error=str(e))
+            await _take_jobs(out, layout, jobs_begin, wanted, kvs, log)
             if len(kvs) >= limit:
                 # Maybe more: the rest of this range goes first in the next page.
                 queue.appendleft((kvs[-1].key + b"\x00", end))
         await checkpoint()
     return out
+
+
+async def _take_jobs(
+    out: ShareRead,
+    layout: Layout,
+    jobs_begin: bytes,
+    wanted: set[int],
+    kvs: Sequence[KeyValue],
+    log: Logger,
+) -> None:
+    """The job records of one range read into ``out``: those of ``wanted`` partitions
+    (a merged range returns others too), a checkpoint every 1,000 keys."""
+    jobs, by_part = out.jobs, out.by_part
+    for i, kv in enumerate(kvs):
+        if i % 1000 == 999:
+            await checkpoint()  # short steps: heartbeats go on
+        try:
+            t = layout.unpack_below(jobs_begin, kv.key)
+            p, jid = int(t[0]), str(t[1])
+            if p in wanted:
+                jobs[jid] = JobRecord.decode(jid, p, kv.key, kv.value)
+                ids = by_part.get(p)
+                if ids is None:
+                    by_part[p] = [jid]
+                else:
+                    ids.append(jid)
+        except (CorruptDataError, ValueError, IndexError) as e:
+            log.error("corrupt_job_record", key=kv.key.hex(), error=str(e))
