@@ -16,13 +16,13 @@ import pytest
 from fdbworkers import ConfigError, JobRunner, WorkerOptions, add_job, open_worker, remove_job
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.keys import Layout
-from fdbworkers._store.admin import (
+from fdbworkers._store.admin import read_role_snapshot
+from fdbworkers._store.events import read_recent_events
+from fdbworkers._store.views import (
     evaluate_role,
     job_views,
     member_views,
-    read_role_snapshot,
 )
-from fdbworkers._store.events import read_recent_events
 from fdbworkers.testing import wait_until
 
 ROOT = "health-test"

@@ -16,15 +16,12 @@ from .._errors import FDBError, LayoutError
 from .._store.admin import (
     SCHEMAS,
     Observation,
-    RoleStatus,
-    evaluate_role,
-    job_views,
-    member_views,
     observe_health,
     read_layout_version,
     read_role_configs,
     read_role_snapshot,
 )
+from .._store.views import RoleStatus, evaluate_role, job_views, member_views
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,

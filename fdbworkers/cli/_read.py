@@ -14,17 +14,19 @@ from .._db import Database, Transaction
 from .._errors import ConfigError, FDBError
 from .._store.admin import (
     SCHEMAS,
-    JobView,
-    MemberView,
     Observation,
     RoleSnapshot,
-    job_views,
-    member_views,
     observe_health,
     read_role_snapshot,
     read_roles,
 )
 from .._store.events import EventInfo, read_events_after, read_recent_events
+from .._store.views import (
+    JobView,
+    MemberView,
+    job_views,
+    member_views,
+)
 from ._common import (
     EXIT_INTERRUPTED,
     CliError,

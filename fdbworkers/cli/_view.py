@@ -35,16 +35,18 @@ from .._log import get_logger
 from .._store.admin import (
     HealthStamp,
     JobInfoRecord,
-    JobView,
-    MemberView,
     Observation,
     RoleSnapshot,
-    job_views,
-    member_views,
     read_jobs_and_claims,
     read_plan,
 )
 from .._store.events import EventInfo, read_events_after, read_recent_events
+from .._store.views import (
+    JobView,
+    MemberView,
+    job_views,
+    member_views,
+)
 
 #: Members whose health keys are watched; beyond it their liveness shows as unknown.
 HEALTH_WATCH_CAP: Final = 256

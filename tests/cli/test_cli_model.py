@@ -14,16 +14,18 @@ from hypothesis import strategies as st
 from fdbworkers._core.keys import Claim, MemberRecord, RoleConfig, jsonable
 from fdbworkers._store.admin import (
     JobInfoRecord,
-    JobView,
-    MemberView,
     Observation,
     RoleSnapshot,
+)
+from fdbworkers._store.events import EventInfo
+from fdbworkers._store.views import (
+    JobView,
+    MemberView,
     evaluate_role,
     job_state,
     member_state,
     member_views,
 )
-from fdbworkers._store.events import EventInfo
 from fdbworkers.cli._common import plain_table, resolve_cluster
 from fdbworkers.cli._demo_check import (
     Phase,
