@@ -271,9 +271,17 @@ def evaluate_role(
 ) -> RoleStatus:
     """The health summary of a role (the Akutan seed's spirit): every job owned by a live
     worker, agreement at rest, no member past its timeout, nothing corrupt."""
-    live = {m.id for m in members if m.state not in ("stale",)}
-    checks: list[Check] = []
+    checks = [
+        _check_members_within_timeout(members),
+        _check_jobs_owned_by_live_workers(members, jobs),
+        _check_jobs_running(jobs),
+        _check_agreement_at_rest(jobs),
+        _check_records_readable(snap),
+    ]
+    return RoleStatus(snap.role, len(members), len(jobs), checks)
 
+
+def _check_members_within_timeout(members: Sequence[MemberView]) -> Check:
     past = [
         f"{m.id} (silent {m.silent_for:.1f}s >= {m.timeout:g}s)"
         for m in members
@@ -281,58 +289,53 @@ def evaluate_role(
     ]
     unknown = [m.id for m in members if m.state == "unknown"]
     if past:
-        checks.append(
-            Check(
-                "members_within_timeout",
-                False,
-                f"{len(past)} member(s) past their timeout: {_some(past)}",
-                past,
-            )
+        return Check(
+            "members_within_timeout",
+            False,
+            f"{len(past)} member(s) past their timeout: {_some(past)}",
+            past,
         )
-    elif unknown:
-        checks.append(
-            Check(
-                "members_within_timeout",
-                False,
-                f"{len(unknown)} member(s) not observed long enough to tell: {_some(unknown)} "
-                "(raise --observe)",
-                unknown,
-            )
+    if unknown:
+        return Check(
+            "members_within_timeout",
+            False,
+            f"{len(unknown)} member(s) not observed long enough to tell: {_some(unknown)} "
+            "(raise --observe)",
+            unknown,
         )
-    else:
-        suspect = [m.id for m in members if m.state == "suspect"]
-        detail = f"{len(members)} member(s) heartbeating"
-        if suspect:
-            detail += f"; {len(suspect)} missed a heartbeat: {_some(suspect)}"
-        checks.append(Check("members_within_timeout", True, detail))
+    suspect = [m.id for m in members if m.state == "suspect"]
+    detail = f"{len(members)} member(s) heartbeating"
+    if suspect:
+        detail += f"; {len(suspect)} missed a heartbeat: {_some(suspect)}"
+    return Check("members_within_timeout", True, detail)
 
+
+def _check_jobs_owned_by_live_workers(
+    members: Sequence[MemberView], jobs: Sequence[JobView]
+) -> Check:
+    live = {m.id for m in members if m.state not in ("stale",)}
     not_live = [
         f"{j.id} ({j.state}{', held by ' + j.owner if j.owner else ''})"
         for j in jobs
         if j.state in ("unclaimed", "orphaned") or (j.owner is not None and j.owner not in live)
     ]
     if not_live:
-        checks.append(
-            Check(
-                "jobs_owned_by_live_workers",
-                False,
-                f"{len(not_live)} of {len(jobs)} job(s) without a live owner: {_some(not_live)}",
-                not_live,
-            )
+        return Check(
+            "jobs_owned_by_live_workers",
+            False,
+            f"{len(not_live)} of {len(jobs)} job(s) without a live owner: {_some(not_live)}",
+            not_live,
         )
-    elif not members and jobs:
-        checks.append(
-            Check("jobs_owned_by_live_workers", False, f"{len(jobs)} job(s) and no member")
-        )
-    else:
-        checks.append(
-            Check(
-                "jobs_owned_by_live_workers",
-                True,
-                f"{len(jobs)} job(s), each held by a live member",
-            )
-        )
+    if not members and jobs:
+        return Check("jobs_owned_by_live_workers", False, f"{len(jobs)} job(s) and no member")
+    return Check(
+        "jobs_owned_by_live_workers",
+        True,
+        f"{len(jobs)} job(s), each held by a live member",
+    )
 
+
+def _check_jobs_running(jobs: Sequence[JobView]) -> Check:
     failing = [
         f"{j.id} ({j.health_state} on {j.owner}: {j.health.failures} failure(s) in a row, "
         f"last: {j.health.last_error[:120]})"
@@ -340,40 +343,34 @@ def evaluate_role(
         if j.health is not None
     ]
     if failing:
-        checks.append(
-            Check(
-                "jobs_running",
-                False,
-                f"{len(failing)} job(s) failing or parked: {_some(failing, 3)}",
-                failing,
-            )
+        return Check(
+            "jobs_running",
+            False,
+            f"{len(failing)} job(s) failing or parked: {_some(failing, 3)}",
+            failing,
         )
-    else:
-        checks.append(Check("jobs_running", True, "no job reports failing runs"))
+    return Check("jobs_running", True, "no job reports failing runs")
 
+
+def _check_agreement_at_rest(jobs: Sequence[JobView]) -> Check:
     moving = [f"{j.id} ({j.owner} -> {j.assigned_to})" for j in jobs if j.state == "moving"]
     if moving:
-        checks.append(
-            Check(
-                "agreement_at_rest",
-                False,
-                f"{len(moving)} job(s) held by another member than the assignment names "
-                f"(a rebalance may be under way): {_some(moving)}",
-                moving,
-            )
+        return Check(
+            "agreement_at_rest",
+            False,
+            f"{len(moving)} job(s) held by another member than the assignment names "
+            f"(a rebalance may be under way): {_some(moving)}",
+            moving,
         )
-    else:
-        checks.append(Check("agreement_at_rest", True, "every claim matches the assignment"))
+    return Check("agreement_at_rest", True, "every claim matches the assignment")
 
+
+def _check_records_readable(snap: RoleSnapshot) -> Check:
     corrupt = [k.hex() for k in snap.corrupt_members] + list(snap.corrupt)
     orphan_claims = sorted(set(snap.claims) - set(snap.jobs))
     if corrupt:
-        checks.append(
-            Check("records_readable", False, f"{len(corrupt)} corrupt record(s)", corrupt)
-        )
-    else:
-        detail = "every record decodes"
-        if orphan_claims:
-            detail += f"; {len(orphan_claims)} claim(s) of removed jobs still being released"
-        checks.append(Check("records_readable", True, detail))
-    return RoleStatus(snap.role, len(members), len(jobs), checks)
+        return Check("records_readable", False, f"{len(corrupt)} corrupt record(s)", corrupt)
+    detail = "every record decodes"
+    if orphan_claims:
+        detail += f"; {len(orphan_claims)} claim(s) of removed jobs still being released"
+    return Check("records_readable", True, detail)
