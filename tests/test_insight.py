@@ -25,15 +25,17 @@ from trio.testing import MockClock
 from fdbworkers import ConfigError, WorkerOptions, WorkerState, add_job
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.insight import (
-    Change,
     ClaimInfo,
     MemberState,
     RecordedEvent,
-    apply_change,
     explain_job,
+    replay_membership,
+)
+from fdbworkers._core.insight_plan import (
+    Change,
+    apply_change,
     hypothetical_ids,
     plan_change,
-    replay_membership,
 )
 from fdbworkers._core.keys import Layout
 from fdbworkers._core.plan import make_plan

@@ -13,18 +13,20 @@ import click
 
 from .._core.assign import job_partition
 from .._core.insight import (
-    MAX_ADD,
-    Change,
     ClaimInfo,
     Epoch,
     Explanation,
     MemberState,
-    Plan,
     RecordedEvent,
     Replay,
     explain_job,
-    plan_change,
     replay_membership,
+)
+from .._core.insight_plan import (
+    MAX_ADD,
+    Change,
+    Plan,
+    plan_change,
 )
 from .._core.keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
 from .._core.plan import Plan as StoredPlan
