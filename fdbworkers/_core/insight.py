@@ -25,7 +25,7 @@ history before the first retained event), the result says so in plain words.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -141,8 +141,39 @@ def replay_membership(
     changes = [e for e in ordered if e.type in MEMBERSHIP_EVENTS and e.worker]
     notes = [e for e in ordered if e.type in NOTE_EVENTS]
     warnings: list[str] = []
+    weights = _recorded_weights(changes, current)
+    start_ids = _walk_back(changes, current, warnings)
 
-    # Weights are fixed per incarnation: collect every recorded one.
+    unknown: set[tuple[str, str]] = set()
+
+    def member(wid: str, inc: str, drain: bool) -> MemberState:
+        w = weights.get((wid, inc))
+        if w is None:
+            unknown.add((wid, inc))
+            w = 1.0
+        return MemberState(inc, w, drain)
+
+    start = {wid: member(wid, inc, drain) for wid, (inc, drain) in start_ids.items()}
+    cur = dict(start)
+    epochs: list[Epoch] = []
+    for e in changes:
+        wid, inc = e.worker, e.incarnation or "?"
+        if e.type == "joined":
+            cur[wid] = member(wid, inc, False)
+        elif e.type == "drain_requested":
+            if wid in cur:
+                cur[wid] = MemberState(cur[wid].incarnation, cur[wid].weight, True)
+        else:
+            cur.pop(wid, None)
+        epochs.append(Epoch(e, dict(cur)))
+    return Replay(start, epochs, notes, frozenset(unknown), warnings)
+
+
+def _recorded_weights(
+    changes: Sequence[RecordedEvent], current: Mapping[str, MemberState]
+) -> dict[tuple[str, str], float]:
+    """Weights are fixed per incarnation: collect every recorded one, by (worker,
+    incarnation): the live members' and those the events name."""
     weights: dict[tuple[str, str], float] = {
         (w, m.incarnation): m.weight for w, m in current.items()
     }
@@ -154,8 +185,14 @@ def replay_membership(
         w = _weight(e.data.get("replaced_weight"))
         if e.type == "joined" and old is not None and w is not None:
             weights.setdefault((e.worker, str(old)), w)
+    return weights
 
-    # Backwards: (worker -> (incarnation, drain)) before each change.
+
+def _walk_back(
+    changes: Sequence[RecordedEvent], current: Mapping[str, MemberState], warnings: list[str]
+) -> dict[str, tuple[str, bool]]:
+    """Backwards from ``current``: (worker -> (incarnation, drain)) before the oldest
+    change. What does not fit a later state is added to ``warnings``."""
     state: dict[str, tuple[str, bool]] = {w: (m.incarnation, m.drain) for w, m in current.items()}
     for e in reversed(changes):
         wid, inc = e.worker, e.incarnation or "?"
@@ -187,31 +224,7 @@ def replay_membership(
             # Drain flag before a leave is unknown here; a retained drain_requested
             # event sets it in the forward pass.
             state[wid] = (inc, False)
-    start_ids = dict(state)
-
-    unknown: set[tuple[str, str]] = set()
-
-    def member(wid: str, inc: str, drain: bool) -> MemberState:
-        w = weights.get((wid, inc))
-        if w is None:
-            unknown.add((wid, inc))
-            w = 1.0
-        return MemberState(inc, w, drain)
-
-    start = {wid: member(wid, inc, drain) for wid, (inc, drain) in start_ids.items()}
-    cur = dict(start)
-    epochs: list[Epoch] = []
-    for e in changes:
-        wid, inc = e.worker, e.incarnation or "?"
-        if e.type == "joined":
-            cur[wid] = member(wid, inc, False)
-        elif e.type == "drain_requested":
-            if wid in cur:
-                cur[wid] = MemberState(cur[wid].incarnation, cur[wid].weight, True)
-        else:
-            cur.pop(wid, None)
-        epochs.append(Epoch(e, dict(cur)))
-    return Replay(start, epochs, notes, frozenset(unknown), warnings)
+    return state
 
 
 # --- explain ------------------------------------------------------------------------------
@@ -360,6 +373,49 @@ def explain_job(
     overrides it to balance jobs: docs/assignment.md)."""
     validate_name("job id", job_id)
     p = job_partition(job_id, partitions) if partition is None else partition
+    owner_of = _owner_of(partitions, p, current_plan)
+    warnings = list(replay.warnings)
+    first = replay.epochs[0].event if replay.epochs else None
+    log_begins = first_event or first
+    complete = not replay.start
+    stints = _with_notes(_stints(replay, owner_of, log_begins), replay.notes)
+    assigned = owner_of(current)
+    _up_to_now(stints, claim, assigned, current)
+    if stints[-1].owner != assigned:
+        warnings.append(
+            f"replay ends with {stints[-1].owner} but the live membership assigns {assigned}: "
+            "the log is inconsistent with the live membership"
+        )
+    if replay.unknown_weights:
+        names = ", ".join(sorted(f"{w} ({i[:8]})" for w, i in replay.unknown_weights))
+        warnings.append(
+            f"the weights of {names} were not recorded (events written by an older "
+            "fdbworkers, or older than the retained log): replay assumed 1.0, so owners "
+            "while they were members may be wrong"
+        )
+    state, detail = job_state(claim, current, assigned, exists)
+    return Explanation(
+        role,
+        job_id,
+        p,
+        partitions,
+        exists,
+        tuple(stints),
+        assigned,
+        claim,
+        state,
+        detail,
+        log_begins,
+        complete and not replay.unknown_weights,
+        tuple(warnings),
+    )
+
+
+def _owner_of(
+    partitions: int, p: int, current_plan: StoredPlan | None
+) -> Callable[[Mapping[str, MemberState]], str | None]:
+    """The owner of partition ``p`` for a membership: the stored plan's for the members
+    it was made for, else the rendezvous map's (cached per set of weights)."""
     cache: dict[tuple[tuple[str, float], ...], str | None] = {}
 
     def owner_of(members: Mapping[str, MemberState]) -> str | None:
@@ -376,10 +432,16 @@ def explain_job(
                 cache[key] = assign(weights, partitions, balance=None).owner(p) if weights else None
         return cache[key]
 
-    warnings = list(replay.warnings)
-    first = replay.epochs[0].event if replay.epochs else None
-    log_begins = first_event or first
-    complete = not replay.start
+    return owner_of
+
+
+def _stints(
+    replay: Replay,
+    owner_of: Callable[[Mapping[str, MemberState]], str | None],
+    log_begins: RecordedEvent | None,
+) -> list[Stint]:
+    """The owners of the partition over the replay: one stint per change of owner (or of
+    the owner's incarnation), the first from before the retained log if it has a start."""
     stints: list[Stint] = []
     owner = owner_of(replay.start)
     inc = replay.start[owner].incarnation if owner is not None and owner in replay.start else None
@@ -410,11 +472,16 @@ def explain_job(
             reason = move_reason(ep.event, owner, new, ep)
         stints.append(Stint(new, new_inc, ep.event, None, reason))
         owner, inc = new, new_inc
-    # Self-fences of an owner during its stint.
+    return stints
+
+
+def _with_notes(stints: Sequence[Stint], fences: Sequence[RecordedEvent]) -> list[Stint]:
+    """The stints with the self-fences (``fences``: the replay's notes) of their owner
+    during the stint as notes."""
     out: list[Stint] = []
     for s in stints:
         notes = list(s.notes)
-        for n in replay.notes:
+        for n in fences:
             if n.worker != s.owner:
                 continue
             if s.since is not None and n.stamp < s.since.stamp:
@@ -427,8 +494,17 @@ def explain_job(
                 "heartbeats committed again (or was evicted)"
             )
         out.append(Stint(s.owner, s.incarnation, s.since, s.until, s.reason, s.token, tuple(notes)))
-    stints = out
-    assigned = owner_of(current)
+    return out
+
+
+def _up_to_now(
+    stints: list[Stint],
+    claim: ClaimInfo | None,
+    assigned: str | None,
+    current: Mapping[str, MemberState],
+) -> None:
+    """End ``stints`` now: the last owner's token if it holds the claim; the current
+    owner alone when the retained log holds no membership change."""
     if stints and claim is not None and stints[-1].owner == claim.wid:
         last = stints[-1]
         stints[-1] = Stint(
@@ -445,34 +521,6 @@ def explain_job(
                 "the current owner (the retained log holds no membership change of the role)",
             )
         )
-    if stints[-1].owner != assigned:
-        warnings.append(
-            f"replay ends with {stints[-1].owner} but the live membership assigns {assigned}: "
-            "the log is inconsistent with the live membership"
-        )
-    if replay.unknown_weights:
-        names = ", ".join(sorted(f"{w} ({i[:8]})" for w, i in replay.unknown_weights))
-        warnings.append(
-            f"the weights of {names} were not recorded (events written by an older "
-            "fdbworkers, or older than the retained log): replay assumed 1.0, so owners "
-            "while they were members may be wrong"
-        )
-    state, detail = job_state(claim, current, assigned, exists)
-    return Explanation(
-        role,
-        job_id,
-        p,
-        partitions,
-        exists,
-        tuple(stints),
-        assigned,
-        claim,
-        state,
-        detail,
-        log_begins,
-        complete and not replay.unknown_weights,
-        tuple(warnings),
-    )
 
 
 def job_state(
