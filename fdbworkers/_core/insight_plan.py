@@ -8,7 +8,7 @@ exactly those jobs, because the workers compute the very same function (see
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -17,7 +17,7 @@ from .assign import MAX_WEIGHT, MIN_WEIGHT
 from .insight import MemberState, assignment_weights
 from .keys import validate_name
 from .plan import Plan as StoredPlan
-from .plan import make_plan
+from .plan import PlanMap, make_plan
 
 #: Names of hypothetical workers in ``plan --add N``.
 HYPOTHETICAL_PREFIX: Final = "planned-"
@@ -239,22 +239,66 @@ def plan_change(
         for j, p in sorted(jobs.items())
         if own0[p] != own1[p]
     )  # fmt: skip
-    before_jobs: dict[str, int] = {}
-    after_jobs: dict[str, int] = {}
-    for p in jobs.values():
-        if own0[p] is not None:
-            before_jobs[str(own0[p])] = before_jobs.get(str(own0[p]), 0) + 1
-        if own1[p] is not None:
-            after_jobs[str(own1[p])] = after_jobs.get(str(own1[p]), 0) + 1
+    before_jobs, after_jobs = _jobs_per_worker(own0, jobs), _jobs_per_worker(own1, jobs)
     s0, s1 = _shares(wb), _shares(wa)
-    tv = sum(max(0.0, s0.get(w, 0.0) - s1.get(w, 0.0)) for w in set(s0) | set(s1))
-    if not s0 or not s1:
-        tv = 1.0 if s0 or s1 else 0.0
-    optimum = len(jobs) * tv
+    optimum = _optimum(s0, s1, len(jobs))
     lower = sum(
         max(0, before_jobs.get(w, 0) - after_jobs.get(w, 0))
         for w in set(before_jobs) | set(after_jobs)
     )
+    loads = _loads(members, after, change, added, a0, a1, before_jobs, after_jobs, s1, len(jobs))
+    unsettled: tuple[str, ...] = ()
+    if claims is not None:
+        unsettled = tuple(sorted(j for j, p in jobs.items() if claims.get(j) != own0[p]))
+    warnings = _warnings(change, added, unsettled, wa)
+    return Plan(
+        role,
+        change,
+        tuple(added),
+        partitions,
+        len(jobs),
+        moves,
+        optimum,
+        lower,
+        loads,
+        unsettled,
+        sum(1 for p in own0 if own0[p] != own1[p]),
+        warnings,
+    )
+
+
+def _jobs_per_worker(owners: Mapping[int, str | None], jobs: Mapping[str, int]) -> dict[str, int]:
+    """Jobs per worker when partition ``p`` is owned by ``owners[p]`` (None: nobody)."""
+    out: dict[str, int] = {}
+    for p in jobs.values():
+        if owners[p] is not None:
+            out[str(owners[p])] = out.get(str(owners[p]), 0) + 1
+    return out
+
+
+def _optimum(s0: Mapping[str, float], s1: Mapping[str, float], jobs: int) -> float:
+    """Jobs that must move at least: ``jobs`` times the total variation distance of the
+    fair shares before (``s0``) and after (``s1``)."""
+    tv = sum(max(0.0, s0.get(w, 0.0) - s1.get(w, 0.0)) for w in set(s0) | set(s1))
+    if not s0 or not s1:
+        tv = 1.0 if s0 or s1 else 0.0
+    return jobs * tv
+
+
+def _loads(
+    members: Mapping[str, MemberState],
+    after: Mapping[str, MemberState],
+    change: Change,
+    added: Sequence[str],
+    a0: PlanMap,
+    a1: PlanMap,
+    before_jobs: Mapping[str, int],
+    after_jobs: Mapping[str, int],
+    s1: Mapping[str, float],
+    jobs: int,
+) -> tuple[WorkerLoad, ...]:
+    """Each worker's weight, jobs and partitions before and after (``a0``, ``a1``: the
+    maps), its fair share after, and what the change does to it."""
     pl0 = {w: len(a0.partitions_of(w)) for w in set(members) | set(after)}
     pl1 = {w: len(a1.partitions_of(w)) for w in set(members) | set(after)}
     loads = []
@@ -277,13 +321,17 @@ def plan_change(
                 after_jobs.get(w, 0),
                 pl0.get(w, 0),
                 pl1.get(w, 0),
-                len(jobs) * s1.get(w, 0.0),
+                jobs * s1.get(w, 0.0),
                 note,
             )
         )
-    unsettled: tuple[str, ...] = ()
-    if claims is not None:
-        unsettled = tuple(sorted(j for j, p in jobs.items() if claims.get(j) != own0[p]))
+    return tuple(loads)
+
+
+def _warnings(
+    change: Change, added: Sequence[str], unsettled: Sequence[str], wa: Mapping[str, float]
+) -> tuple[str, ...]:
+    """What the plan cannot promise: hypothetical ids, a role not converged, no member."""
     warnings = []
     if change.add:
         warnings.append(
@@ -300,17 +348,4 @@ def plan_change(
         )
     if not wa:
         warnings.append("no member would remain: every job would stop")
-    return Plan(
-        role,
-        change,
-        tuple(added),
-        partitions,
-        len(jobs),
-        moves,
-        optimum,
-        lower,
-        tuple(loads),
-        unsettled,
-        sum(1 for p in own0 if own0[p] != own1[p]),
-        tuple(warnings),
-    )
+    return tuple(warnings)
