@@ -2,7 +2,7 @@
 
 A job runs where its claim says. A claimant may write its own claim over a stored one
 only when nobody else can still be running the job (G3). Who may still be running it is
-decided from values read in the claim transaction (``_store/jobs.py: tx_claim_many``
+decided from values read in the claim transaction (``_store/claims.py: tx_claim_many``
 reads them, calls :func:`decide_claim`, and writes) and from the claimant's own clock
 (:class:`SupersededWaits`, kept by the runner):
 

@@ -1,6 +1,7 @@
 """Insight commands: ``explain`` (a job's ownership history, replayed from the event
 log) and ``plan`` (a dry run of a membership change). The logic is pure, in
-``fdbworkers._core.insight``; this module reads and prints. See docs/insight.md."""
+``fdbworkers._core.insight`` (explain) and ``fdbworkers._core.insight_plan`` (plan); this
+module reads and prints. See docs/insight.md."""
 
 from __future__ import annotations
 
