@@ -49,7 +49,7 @@ from ._core.membership import (
     replaced_or_gone,
     without_departed,
 )
-from ._core.ring import watched_neighbours
+from ._core.ring import Ring, watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
@@ -335,6 +335,10 @@ class Worker:
         self._suspend = SuspendMeter(self._clocks[0](), self._clocks[1]())
         self._lease_changed = new_event()
         self._tracker = NeighbourTracker()
+        #: The ring of the members the check loop last saw (updated per change, not
+        #: re-sorted per check: the cost at rest stays O(1) per worker).
+        self._ring = Ring()
+        self._ring_of: Mapping[str, MemberRecord] | None = None
         self._settler = Settler(
             options.settle, options.effective_settle_max, leading=options.settle_leading
         )
@@ -979,7 +983,10 @@ class Worker:
                 rec = members.get(w)
                 return rec is not None and self._tracker.suspect(w, rec.timeout, now)
 
-            neighbours = watched_neighbours(self.id, [w for w in members if w != self.id], suspect)
+            if members is not self._ring_of:
+                self._ring.update(members.keys())
+                self._ring_of = members
+            neighbours = watched_neighbours(self.id, self._ring, suspect)
             # A neighbour that the ring gave to another checker (a join landed between
             # us) stays observed until its stamp changes: the new checker starts from
             # zero, and a dead one would otherwise wait a full timeout more (G1).

@@ -25,7 +25,7 @@ from fdbworkers._core.keys import (
 )
 from fdbworkers._core.liveness import Lease, NeighbourTracker
 from fdbworkers._core.membership import Membership, diff, replaced_or_gone
-from fdbworkers._core.ring import checker_of, ring_order, successors, watched_neighbours
+from fdbworkers._core.ring import Ring, checker_of, ring_order, successors, watched_neighbours
 from fdbworkers._core.settle import Settler
 from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
 
@@ -65,6 +65,25 @@ def test_watched_neighbours_extend_past_suspects(members: list[str], data: st.Da
     assert watched == succ[: len(watched)]
     assert all(w in suspects for w in watched[:-1])
     assert len(watched) == len(succ) or watched[-1] not in suspects
+
+
+@given(st.lists(ids, min_size=1, max_size=6), st.text("abc", min_size=1, max_size=3))
+def test_a_ring_kept_up_to_date_is_the_ring_of_its_members(
+    views: list[list[str]], me: str
+) -> None:
+    """The worker keeps one Ring and updates it per membership change (joins and leaves
+    inserted and removed, many at once re-sorted): always the same order and the same
+    successors as a ring computed from scratch."""
+    ring = Ring()
+    for members in views:
+        ring.update(members)
+        assert ring.order() == ring_order(members)
+        assert len(ring) == len(set(members))
+        # From scratch: the ring with ``me`` in it, starting after ``me``.
+        full = ring_order([*members, me])
+        i = full.index(me)
+        expect = [w for w in full[i + 1 :] + full[:i] if w != me]
+        assert list(ring.successors(me)) == expect == successors(me, members)
 
 
 def test_settler_waits_for_quiet_but_caps_the_delay() -> None:
