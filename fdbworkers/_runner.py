@@ -435,6 +435,11 @@ class JobRunner:
         #: The stored plan as last read (None: none read yet, or there is none).
         self._plan: Plan | None = None
         self._plan_dirty = True
+        #: The map of the last plan reconciled against, and the plan weights of the last
+        #: membership: a reconcile that follows the same plan and view (claim polls, job
+        #: changes) computes neither again (each is O(P) or O(N)).
+        self._map: PlanMap | None = None
+        self._weights_for: tuple[Membership, dict[str, float]] | None = None
         #: (epoch of the view that found the plan stale, when it did).
         self._stale_since: tuple[bytes, float] | None = None
         #: The plan is stale and another member writes it first: check again soon.
@@ -744,7 +749,11 @@ class JobRunner:
             self._plan_dirty = False
             self._plan = await w.transact(tx_read_plan, w.layout, w.role)
         plan = self._plan
-        weights = plan_weights(m.members)
+        if self._weights_for is not None and self._weights_for[0] is m:
+            weights = self._weights_for[1]
+        else:
+            weights = plan_weights(m.members)
+            self._weights_for = (m, weights)
         stale = (
             plan is None
             or plan.partitions != self._partitions
@@ -768,8 +777,11 @@ class JobRunner:
             plan = await self._replan(weights, m.view_key, force=True)
         if plan is None:
             plan = Plan(0, b"", {}, self._partitions)
+        if self._map is not None and self._map.plan is plan:
+            return self._map
         await self._warm(plan)
-        return plan.map()
+        self._map = plan.map()
+        return self._map
 
     def _drifted(self, a: PlanMap) -> bool:
         """After a read of our share: jobs were added or removed since the plan and our

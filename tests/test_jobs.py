@@ -1133,3 +1133,62 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
         took = w1.runner._superseded.take(job, anyio.current_time() + 30.0)
         assert took == frozenset({holder.incarnation})
         nursery.cancel_scope.cancel()
+
+
+async def test_at_rest_no_worker_does_work_that_grows_with_the_fleet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18, goal 4 (10,000 workers): at rest a worker checks its neighbour about
+    once a second. Each check sorted all N members into the ring (N hashes, 13 ms at
+    N = 10,000), and each reconcile of the runner rebuilt the plan's map (an O(P) copy)
+    and its weights (O(N)) even when neither plan nor view had changed. Now the ring is
+    updated per membership change and the map per plan: at rest none of it runs, and a
+    join costs each worker one ring update and one map per plan written."""
+    import fdbworkers._core.plan as plan_mod
+    import fdbworkers._core.ring as ring_mod
+    import fdbworkers._runner as runner_mod
+
+    calls = {"hash": 0, "map": 0, "weights": 0}
+    real_position, real_init = ring_mod.ring_position, plan_mod.PlanMap.__init__
+    real_weights = runner_mod.plan_weights
+
+    def position(wid: str) -> tuple[int, str]:
+        calls["hash"] += 1
+        return real_position(wid)
+
+    def init(self: Any, plan: Any) -> None:
+        calls["map"] += 1
+        real_init(self, plan)
+
+    def weights(members: Any) -> dict[str, float]:
+        calls["weights"] += 1
+        return real_weights(members)
+
+    monkeypatch.setattr(ring_mod, "ring_position", position)
+    monkeypatch.setattr(plan_mod.PlanMap, "__init__", init)
+    monkeypatch.setattr(runner_mod, "plan_weights", weights)
+    n = 40
+    engine = Engine(rng=random.Random(3))
+    ids = await add_jobs(engine, 200)
+    async with anyio.create_task_group() as nursery:
+        fleet = await start_fleet(nursery, engine, n, ids)
+        await anyio.sleep(10.0)
+        calls.update(hash=0, map=0, weights=0)
+        await anyio.sleep(30.0)  # at rest: about 30 checks and 10 heartbeats per worker
+        # One hash per check (our own position), not N: before, 40 x 30 x 40 = 48,000.
+        assert calls["hash"] <= n * 30 * 2, calls
+        assert calls["map"] == 0 and calls["weights"] == 0, calls
+        plans0 = sum(fw.runner.statistics().plans_written for fw in fleet.live() if fw.runner)
+        calls.update(hash=0, map=0, weights=0)
+        await fleet.start("newcomer")
+        await wait_until(lambda: settled(fleet, ids), 60)
+        await anyio.sleep(10.0)
+        plans = sum(fw.runner.statistics().plans_written for fw in fleet.live() if fw.runner)
+        live = len(fleet.live())
+        # Each worker: its own position per check, the newcomer's when it joins; a map
+        # per plan it follows (the newcomer's first included), the weights per view.
+        assert calls["hash"] <= live * 10 * 2 + 2 * live, calls
+        assert calls["map"] <= live * (plans - plans0 + 1), (calls, plans - plans0)
+        assert calls["weights"] <= live * 3, calls
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
