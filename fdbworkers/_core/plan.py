@@ -32,6 +32,7 @@ quota; with larger partitions a member may end up to one partition's jobs away.
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ CHUNK_BYTES: Final = 90_000
 
 if TYPE_CHECKING:
     I64Array = NDArray[np.int64]
+    U64Array = NDArray[np.uint64]
 
 
 class _Weighted(Protocol):
@@ -146,6 +148,11 @@ class PlanMap:
             return None
         return self._ids[int(self._owner[partition])]
 
+    @property
+    def member_ids(self) -> tuple[str, ...]:
+        """The members, sorted: what :meth:`owner_indices` indexes."""
+        return self._ids
+
     def owner_indices(self) -> I64Array | None:
         """Index (into the sorted member ids) of every partition's owner."""
         return self._owner
@@ -171,8 +178,26 @@ class PlanMap:
         return out
 
 
-def _tie(member: str, partition: int) -> int:
-    return stable_hash64(f"{member}\0{partition}".encode())
+def _tie_keys(ids: tuple[str, ...]) -> U64Array:
+    """Per member: the 64-bit key of its tie-breaks (BLAKE2b of the id, so the same in
+    every process)."""
+    return np.fromiter(
+        (stable_hash64(b"fdbw.plan.tie\0" + w.encode()) for w in ids),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+
+
+def _ties(keys: U64Array, parts: I64Array) -> U64Array:
+    """Tie-break of each (member key, partition) pair: SplitMix64's finalizer over the
+    member's key and the partition (vectorized, integer operations only)."""
+    x = keys ^ (parts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
 
 
 def quotas(members: Mapping[str, float], total: int, held: Mapping[str, int]) -> dict[str, int]:
@@ -197,6 +222,38 @@ def quotas(members: Mapping[str, float], total: int, held: Mapping[str, int]) ->
     return out
 
 
+def _quota_array(
+    ids: tuple[str, ...], weights: tuple[float, ...], total: int, held: I64Array
+) -> I64Array:
+    """:func:`quotas` for the sorted ``ids`` as an array, with the exact rationals
+    computed once per distinct weight (a fleet has a few), not once per member."""
+    n = len(ids)
+    mult: dict[float, int] = {}
+    for x in weights:
+        mult[x] = mult.get(x, 0) + 1
+    wsum = sum((Fraction(x) * k for x, k in mult.items()), Fraction(0))
+    floor_of: dict[float, int] = {}
+    whole_of: dict[float, bool] = {}
+    for x in mult:
+        f = total * Fraction(x) / wsum
+        floor_of[x] = math.floor(f)
+        whole_of[x] = f == floor_of[x]
+    out = np.fromiter((floor_of[x] for x in weights), dtype=np.int64, count=n)
+    extra = total - int(out.sum())
+    if extra > 0:
+        frac = np.flatnonzero(~np.fromiter((whole_of[x] for x in weights), dtype=bool, count=n))
+        h = np.fromiter(
+            (stable_hash64(ids[i].encode()) for i in frac.tolist()),
+            dtype=np.uint64,
+            count=frac.size,
+        )
+        # By (-(held - floor), hash of the id, id); the ids are sorted, so the index
+        # stands for the id.
+        order = np.lexsort((frac, h, -(held[frac] - out[frac])))
+        out[frac[order[:extra]]] += 1
+    return out
+
+
 def make_plan(
     prev: Plan | None,
     members: Mapping[str, float],
@@ -206,65 +263,90 @@ def make_plan(
 ) -> Plan:
     """The next plan for ``members`` (id -> weight) from ``prev`` and the per-partition
     job ``counts`` (partition -> jobs, zeros may be left out). Deterministic: the same
-    inputs give the same plan in every process (module docstring)."""
+    inputs give the same plan in every process (module docstring).
+
+    Vector operations over the non-empty partitions and the members; a Python loop
+    only over the partitions that change owner (step 3b), ``O(log N)`` each."""
     if prev is not None and prev.partitions != partitions:
         raise ConfigError(f"plan of {prev.partitions} partitions for a role of {partitions}")
     ids = tuple(sorted(members))
     seq = (prev.seq + 1) if prev is not None else 1
     if not ids:
         return Plan(seq, epoch, {}, partitions, {}, 0)
+    n = len(ids)
+    weights = tuple(float(members[w]) for w in ids)
     base = assign(dict(members), partitions, balance=None)
-    base_owner = base._primary
-    nz = sorted(p for p, c in counts.items() if c > 0)
-    cnt = {p: int(counts[p]) for p in nz}
-    total = sum(cnt.values())
+    ps = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    cs = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    nonzero = cs > 0
+    ps, cs = ps[nonzero], cs[nonzero]
+    by_p = np.argsort(ps, kind="stable")
+    nz, cnt = ps[by_p], cs[by_p]
+    total = int(cnt.sum())
+    base_of = np.asarray(base._primary, dtype=np.int64)[nz]
+    # 1. Current owners (index into ids; -1: free) by the previous plan; a departed
+    # member's partitions are free.
     old = prev.map() if prev is not None and prev.members else None
-    owner: dict[int, str | None] = {}
-    for p in nz:
-        o = old.owner(p) if old is not None else ids[int(base_owner[p])]
-        owner[p] = o if o in members else None
-    held = dict.fromkeys(ids, 0)
-    for p, o in owner.items():
-        if o is not None:
-            held[o] += cnt[p]
-    quota = quotas(members, total, held)
-    base_of = {p: ids[int(base_owner[p])] for p in nz}
+    old_idx = old.owner_indices() if old is not None else None
+    if old is not None and old_idx is not None:
+        index = {w: i for i, w in enumerate(ids)}
+        old_ids = old.member_ids
+        remap = np.fromiter((index.get(w, -1) for w in old_ids), dtype=np.int64, count=len(old_ids))
+        owner = remap[old_idx[nz]]
+    else:
+        owner = base_of.copy()
+    had = owner >= 0
+    held = np.bincount(owner[had], weights=cnt[had], minlength=n).astype(np.int64)
+    # 2. Quotas.
+    quota = _quota_array(ids, weights, total, held)
+    tkeys = _tie_keys(ids)
     # 3a. Members above quota free partitions: those whose rendezvous owner is below
-    # quota first (the move also removes an override), then the smallest, then by hash.
-    mine: dict[str, list[int]] = {w: [] for w in ids}
-    for p, o in owner.items():
-        if o is not None:
-            mine[o].append(p)
-    for w in ids:
-        excess = held[w] - quota[w]
-        if excess <= 0:
-            continue
-
-        def order(p: int, w: str = w) -> tuple[int, int, int]:
-            b = base_of[p]
-            better = 0 if b != w and held[b] < quota[b] else 1
-            return (better, cnt[p], _tie(w, p))
-
-        for p in sorted(mine[w], key=order):
-            if excess <= 0:
-                break
-            if cnt[p] > excess:
+    # quota first (the move also removes an override), then the smallest, then by hash,
+    # never more jobs than the excess. Sorted so, each (member, group)'s greedy take is
+    # a prefix: the partitions whose running sum of jobs stays within the excess left.
+    excess = held - quota
+    cand = np.flatnonzero(had & (excess[np.maximum(owner, 0)] > 0))
+    if cand.size:
+        co, cb, cc = owner[cand], base_of[cand], cnt[cand]
+        better = np.where((cb != co) & (held[cb] < quota[cb]), 0, 1)
+        srt = np.lexsort((_ties(tkeys[co], nz[cand]), cc, better, co))
+        cand, co, better, cc = cand[srt], co[srt], better[srt], cc[srt]
+        left = excess.copy()
+        for group in (0, 1):
+            sel = np.flatnonzero(better == group)
+            if not sel.size:
                 continue
-            owner[p] = None
-            held[w] -= cnt[p]
-            excess -= cnt[p]
-    # 3b. Free partitions, largest first: to the rendezvous owner if it has room, else
-    # to the member furthest below quota (ties by hash).
-    free = sorted((p for p, o in owner.items() if o is None), key=lambda p: (-cnt[p], p))
-    for p in free:
-        b = base_of[p]
-        if quota[b] - held[b] >= cnt[p]:
-            to = b
-        else:
-            to = max(ids, key=lambda w: (quota[w] - held[w], -_tie(w, p)))
-        owner[p] = to
-        held[to] += cnt[p]
-    overrides = {p: o for p, o in owner.items() if o is not None and o != base_of[p]}
+            gm, gc = co[sel], cc[sel]  # sorted by member, then jobs
+            run = np.cumsum(gc)
+            first = np.searchsorted(gm, gm, side="left")
+            take = run - (run[first] - gc[first]) <= left[gm]
+            freed = np.bincount(gm[take], weights=gc[take], minlength=n).astype(np.int64)
+            owner[cand[sel[take]]] = -1
+            held -= freed
+            left -= freed
+    # 3b. Free partitions, largest first (then by partition): to the rendezvous owner
+    # if it has room, else to the member furthest below quota (ties by its key).
+    free = np.flatnonzero(owner < 0)
+    if free.size:
+        free = free[np.lexsort((nz[free], -cnt[free]))]
+        room = (quota - held).tolist()
+        key = tkeys.tolist()
+        heap = [(-room[i], key[i], i) for i in range(n)]
+        heapq.heapify(heap)
+        got: list[int] = []
+        for c, b in zip(cnt[free].tolist(), base_of[free].tolist(), strict=True):
+            if room[b] >= c:
+                to = b
+            else:
+                while -heap[0][0] != room[heap[0][2]]:
+                    heapq.heappop(heap)  # an entry from before the member's room changed
+                to = heap[0][2]
+            got.append(to)
+            room[to] -= c
+            heapq.heappush(heap, (-room[to], key[to], to))
+        owner[free] = np.asarray(got, dtype=np.int64)
+    moved = np.flatnonzero(owner != base_of)
+    overrides = dict(zip(nz[moved].tolist(), (ids[i] for i in owner[moved].tolist()), strict=True))
     return Plan(seq, epoch, dict(members), partitions, overrides, total)
 
 
