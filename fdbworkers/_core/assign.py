@@ -199,16 +199,11 @@ def _mix64(x: U64Array) -> U64Array:
 
 def _member_keys(ids: Iterable[str]) -> U64Array:
     """Per member: 4 Feistel round keys, a tie-break key and a dither key (n x 6)."""
-    rows = [
-        np.frombuffer(
-            hashlib.blake2b(i.encode("utf-8"), digest_size=48, person=b"fdbw.member").digest(),
-            dtype="<u8",
-        )
+    raw = b"".join(
+        hashlib.blake2b(i.encode("utf-8"), digest_size=48, person=b"fdbw.member").digest()
         for i in ids
-    ]
-    if not rows:
-        return np.zeros((0, 6), dtype=np.uint64)
-    return np.stack(rows).astype(np.uint64)
+    )
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(-1, 6)
 
 
 # ------------------------------------------------------------------ permutations
@@ -307,8 +302,10 @@ def _check_partitions(partitions: int) -> None:
 def _check_members(members: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
     if not isinstance(members, Mapping):
         raise ConfigError(f"members must be a mapping of worker id -> weight, not {members!r}")
-    ids: list[str] = []
     for wid, w in members.items():
+        # The common case first (a str id and a float weight in range), then the rest.
+        if type(wid) is str and wid and type(w) is float and MIN_WEIGHT <= w <= MAX_WEIGHT:
+            continue
         if not isinstance(wid, str) or not wid:
             raise ConfigError(f"worker id must be a non-empty str, got {wid!r}")
         if isinstance(w, bool) or not isinstance(w, numbers.Real):
@@ -321,9 +318,8 @@ def _check_members(members: Mapping[str, float]) -> tuple[tuple[str, ...], tuple
             raise ConfigError(
                 f"weight of worker {wid!r} must be in [{MIN_WEIGHT}, {MAX_WEIGHT}], got {w!r}"
             )
-        ids.append(wid)
-    ids.sort()
-    return tuple(ids), tuple(float(members[i]) for i in ids)
+    ids = tuple(sorted(members))
+    return ids, tuple(float(members[i]) for i in ids)
 
 
 def _check_replicas(replicas: int) -> None:
