@@ -202,9 +202,10 @@ async def tx_read_membership_since(
     changed = {wid for _, wid in entries}
     if arm_for is not None:
         changed.add(arm_for)
-    for wid in sorted(changed):
-        key = layout.member_key(role, wid)
-        raw = await tr.get(key)
+    wids = sorted(changed)
+    keys = [layout.member_key(role, wid) for wid in wids]
+    # Sent together: one round trip for a storm of joins, not one per joiner.
+    for wid, key, raw in zip(wids, keys, await tr.get_many(keys), strict=True):
         members.pop(wid, None)
         if raw is None:
             continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Final, NoReturn, TypeVar, TypeVarTuple
 
@@ -381,6 +381,22 @@ def _value_read(value: bytes | None) -> tuple[int, int]:
     return (0, 0) if value is None else (1, len(value))
 
 
+def _values_read(values: list[bytes | None]) -> tuple[int, int]:
+    """The keys and bytes point reads count."""
+    n = nbytes = 0
+    for v in values:
+        if v is not None:
+            n += 1
+            nbytes += len(v)
+    return n, nbytes
+
+
+def _get_all(
+    rw: WriteMap, reader: SnapshotReader, keys: list[bytes], snapshot: bool
+) -> list[bytes | None]:
+    return [None if len(k) > MAX_READ_KEY_SIZE else rw.get(reader, k, snapshot) for k in keys]
+
+
 def _key_read(key: bytes) -> tuple[int, int]:
     """The keys and bytes a key selector's resolution counts."""
     return 1, len(key)
@@ -608,6 +624,9 @@ class _SnapshotView(ReadTransaction):
     async def get(self, key: bytes) -> bytes | None:
         return await self._tr._get(key, True)
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return await self._tr._get_many(keys, True)
+
     async def get_key(self, selector: KeySelector) -> bytes:
         return await self._tr._get_key(selector, True)
 
@@ -827,6 +846,9 @@ class EngineTransaction(Transaction):
     async def get(self, key: bytes) -> bytes | None:
         return await self._get(key, False)
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return await self._get_many(keys, False)
+
     async def get_key(self, selector: KeySelector) -> bytes:
         return await self._get_key(selector, False)
 
@@ -877,6 +899,26 @@ class EngineTransaction(Transaction):
         if len(key) > MAX_READ_KEY_SIZE:
             return self._answer(gen, None)
         return self._read("get", gen, WriteMap.get, _value_read, key, snapshot)
+
+    async def _get_many(self, keys: Sequence[bytes], snapshot: bool) -> list[bytes | None]:
+        """Point reads sent together, as the real backend does: one round trip (one
+        latency, one checkpoint) for all of them; each counts as a read request."""
+        keys = list(keys)
+        for key in keys:
+            if type(key) is not bytes:
+                _check_key(key)
+        gen = self._gen
+        code = self._read_error()
+        if code is None and any(key >= MAX_KEY for key in keys):
+            code = 2004
+        if code is not None:
+            return await _fail(code)
+        if not keys:
+            return await self._answer(gen, [])
+        out = await self._read("get", gen, _get_all, _values_read, keys, snapshot)
+        by_op = self._db.engine_stats.reads_by_op
+        by_op["get"] = by_op.get("get", 0) + len(keys) - 1
+        return out
 
     def _get_key(self, selector: KeySelector, snapshot: bool) -> Awaitable[bytes]:
         if not isinstance(selector, KeySelector):
