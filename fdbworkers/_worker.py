@@ -93,6 +93,9 @@ MIN_TIMEOUT = 0.3
 MAX_TIMEOUT = 3600.0
 #: Membership reads of one worker are at least this far apart (see WorkerOptions).
 MEMBERSHIP_READ_GAP = 0.25
+#: A heartbeat comes up to this fraction of its interval early (random), so that the
+#: heartbeats of workers started together spread over the interval.
+HEARTBEAT_JITTER = 0.1
 #: Partitions of a new role: the assignment's measured choice (docs/assignment.md).
 DEFAULT_PARTITIONS = ASSIGN_DEFAULT_PARTITIONS
 
@@ -686,7 +689,10 @@ class Worker:
             if rec.drain and self.state is WorkerState.ACTIVE:
                 self._drain_requested()
             self._wake_heartbeat = new_event()
-            with move_on_at(start + interval):
+            # Up to HEARTBEAT_JITTER earlier (never later: the lease only gains): workers
+            # started together would otherwise commit together every interval for as
+            # long as they live, N commits in the same instant.
+            with move_on_at(start + interval * (1.0 - HEARTBEAT_JITTER * self._rng.random())):
                 await self._wake_heartbeat.wait()
 
     async def _lease_watchdog(self) -> None:
