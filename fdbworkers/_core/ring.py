@@ -13,18 +13,25 @@ cleaned up in about one timeout, not one timeout per dead member.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 
 
 def ring_position(wid: str) -> tuple[int, str]:
+    return _position(wid)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _position(wid: str) -> tuple[int, str]:
     digest = hashlib.blake2b(wid.encode(), digest_size=8, person=b"fdbw-ring").digest()
     return int.from_bytes(digest, "big"), wid
 
 
 def ring_order(members: Iterable[str]) -> list[str]:
     """Members in ring order (deterministic across processes and Python versions)."""
-    return sorted(set(members), key=ring_position)
+    return sorted(set(members), key=_position)
 
 
 class Ring:
@@ -33,45 +40,46 @@ class Ring:
     its successors at every check, and sorting N hashed ids each time made the cost at
     rest O(N log N) per worker (13 ms at N = 10,000, about once a second)."""
 
-    __slots__ = ("_ids", "_pos")
+    __slots__ = ("_of", "_pos")
 
     #: Above this fraction of the members changed at once, :meth:`update` re-sorts.
     REBUILD_FRACTION = 0.25
 
     def __init__(self, members: Iterable[str] = ()) -> None:
+        self._of: AbstractSet[str] = frozenset()
         self._pos: list[tuple[int, str]] = []
-        self._ids: set[str] = set()
         self._rebuild(members)
 
     def _rebuild(self, members: Iterable[str]) -> None:
-        self._ids = set(members)
-        self._pos = sorted(ring_position(w) for w in self._ids)
+        self._of = members if isinstance(members, AbstractSet) else frozenset(members)
+        self._pos = sorted(ring_position(w) for w in self._of)
 
     def __len__(self) -> int:
         return len(self._pos)
 
     def __contains__(self, wid: object) -> bool:
-        return wid in self._ids
+        return wid in self._of
 
     def order(self) -> list[str]:
         return [w for _, w in self._pos]
 
     def update(self, members: Iterable[str]) -> None:
-        """Make the ring hold exactly ``members``."""
-        keys = set(members)
-        added = keys - self._ids
-        removed = self._ids - keys
+        """Make the ring hold exactly ``members``. A set-like ``members`` (a dict's keys,
+        which a membership never changes) is kept, not copied."""
+        keys = members if isinstance(members, AbstractSet) else frozenset(members)
+        added = keys - self._of
+        removed = self._of - keys
         if not added and not removed:
+            self._of = keys
             return
         if len(added) + len(removed) > self.REBUILD_FRACTION * max(1, len(self._pos)):
             self._rebuild(keys)
             return
         for w in removed:
             self._pos.pop(bisect.bisect_left(self._pos, ring_position(w)))
-            self._ids.discard(w)
         for w in added:
             bisect.insort(self._pos, ring_position(w))
-            self._ids.add(w)
+        self._of = keys
 
     def successors(self, me: str) -> Iterator[str]:
         """Every member other than ``me``, in ring order starting after ``me``, who
