@@ -435,11 +435,11 @@ class JobRunner:
         #: The stored plan as last read (None: none read yet, or there is none).
         self._plan: Plan | None = None
         self._plan_dirty = True
-        #: The map of the last plan reconciled against, and the plan weights of the last
-        #: membership: a reconcile that follows the same plan and view (claim polls, job
-        #: changes) computes neither again (each is O(P) or O(N)).
+        #: The map of the last plan reconciled against, and whether the plan was made
+        #: for the members of the last view: a reconcile that follows the same plan and
+        #: view (claim polls, job changes) computes neither again (O(P) and O(N)).
         self._map: PlanMap | None = None
-        self._weights_for: tuple[Membership, dict[str, float]] | None = None
+        self._same_members: tuple[Membership, Plan, bool] | None = None
         #: (epoch of the view that found the plan stale, when it did).
         self._stale_since: tuple[bytes, float] | None = None
         #: The plan is stale and another member writes it first: check again soon.
@@ -749,17 +749,21 @@ class JobRunner:
             self._plan_dirty = False
             self._plan = await w.transact(tx_read_plan, w.layout, w.role)
         plan = self._plan
-        if self._weights_for is not None and self._weights_for[0] is m:
-            weights = self._weights_for[1]
+        weights: dict[str, float] | None = None
+        if plan is None or plan.partitions != self._partitions:
+            stale = True
+        elif m.view_key <= plan.epoch:
+            stale = False
+        elif self._same_members is not None and self._same_members[:2] == (m, plan):
+            stale = not self._same_members[2]  # decided for this view and plan (O(N))
         else:
             weights = plan_weights(m.members)
-            self._weights_for = (m, weights)
-        stale = (
-            plan is None
-            or plan.partitions != self._partitions
-            or (m.view_key > plan.epoch and not plan.same_members(weights))
-        )
-        if stale and w.id in m.members and weights:
+            same = plan.same_members(weights)
+            self._same_members = (m, plan, same)
+            stale = not same
+        if stale or self._drift_replan:
+            weights = plan_weights(m.members) if weights is None else weights
+        if stale and weights and w.id in m.members:
             # (A view without us is one we were evicted from: not ours to plan by.)
             now = current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
@@ -772,7 +776,7 @@ class JobRunner:
                 plan = await self._replan(weights, m.view_key)
             else:
                 self._plan_pending = True
-        elif self._drift_replan:
+        elif self._drift_replan and weights is not None:
             self._drift_replan = False
             plan = await self._replan(weights, m.view_key, force=True)
         if plan is None:

@@ -47,6 +47,7 @@ from ._core.membership import (
     MembershipChange,
     diff,
     replaced_or_gone,
+    shared_view,
     without_departed,
 )
 from ._core.ring import Ring, watched_neighbours
@@ -327,6 +328,7 @@ class Worker:
         self.id = validate_name("worker id", worker_id)
         self.options = options
         self.layout = Layout.for_root(root)
+        self._members_scope = self.layout.members_range(self.role)[0]
         self._rng = rng or random.Random()
         self.incarnation = self._new_incarnation()
         self.state = WorkerState.STARTING
@@ -824,6 +826,7 @@ class Worker:
                 self.log.warning("membership_read_failed", error=e.name, code=e.code)
                 await sleep(min(1.0, self.options.heartbeat_interval))
                 continue
+            m = shared_view(self._members_scope, m)
             self._membership_reads += 1
             self._membership_full_reads += int(full)
             self._note_replaced(self.latest, m)

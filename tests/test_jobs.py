@@ -1174,9 +1174,9 @@ async def test_at_rest_no_worker_does_work_that_grows_with_the_fleet(
         fleet = await start_fleet(nursery, engine, n, ids)
         await anyio.sleep(10.0)
         calls.update(hash=0, map=0, weights=0)
-        await anyio.sleep(30.0)  # at rest: about 30 checks and 10 heartbeats per worker
-        # One hash per check (our own position), not N: before, 40 x 30 x 40 = 48,000.
-        assert calls["hash"] <= n * 30 * 2, calls
+        await anyio.sleep(30.0)  # at rest: about 50 checks and 10 heartbeats per worker
+        # Our own position per check (1-2 checks a second), not all N: 96,000 before.
+        assert calls["hash"] <= n * 30 * 4, calls
         assert calls["map"] == 0 and calls["weights"] == 0, calls
         plans0 = sum(fw.runner.statistics().plans_written for fw in fleet.live() if fw.runner)
         calls.update(hash=0, map=0, weights=0)
@@ -1187,8 +1187,32 @@ async def test_at_rest_no_worker_does_work_that_grows_with_the_fleet(
         live = len(fleet.live())
         # Each worker: its own position per check, the newcomer's when it joins; a map
         # per plan it follows (the newcomer's first included), the weights per view.
-        assert calls["hash"] <= live * 10 * 2 + 2 * live, calls
+        assert calls["hash"] <= live * 10 * 4 + 2 * live, calls
         assert calls["map"] <= live * (plans - plans0 + 1), (calls, plans - plans0)
         assert calls["weights"] <= live * 3, calls
         assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_workers_in_one_process_share_their_views_and_plans() -> None:
+    """A simulation of N workers held N copies of every view (N records each), of the
+    plan (N members, its overrides) and of its map (P owners): O(N^2) memory, 1.6 GB
+    at N = 1,000. Views, records and plans are immutable, so equal ones are shared."""
+    engine = Engine(rng=random.Random(4))
+    ids = await add_jobs(engine, 100)
+    async with anyio.create_task_group() as nursery:
+        fleet = await start_fleet(nursery, engine, 12, ids)
+        await anyio.sleep(5.0)
+        workers = [fw.worker for fw in fleet.live() if fw.worker is not None]
+        runners = [fw.runner for fw in fleet.live() if fw.runner is not None]
+        assert len({id(w.latest) for w in workers}) == 1
+        assert len({id(w.membership) for w in workers}) == 1
+        # One plan and one map for the readers (the writer keeps the one it made).
+        assert len({id(r.assignment) for r in runners}) <= 2
+        first = workers[0].latest
+        assert first is not None
+        for w in workers[1:]:
+            assert w.latest is not None
+            for wid, rec in w.latest.members.items():
+                assert rec is first.members[wid]
         nursery.cancel_scope.cancel()

@@ -558,6 +558,11 @@ class RoleConfig:
         return cls(p, float(obj.get("created_at", 0.0)), algorithm)
 
 
+#: Decoded member records kept for reuse (see ``MemberRecord.decode``).
+RECORD_MEMO_SIZE: Final = 65_536
+_RECORD_MEMO: dict[tuple[str, bytes], MemberRecord] = {}
+
+
 @dataclass(frozen=True)
 class MemberRecord:
     """What a worker publishes about itself under ``(root, "r", role, "member", wid)``."""
@@ -596,6 +601,21 @@ class MemberRecord:
 
     @classmethod
     def decode(cls, wid: str, key: bytes, value: bytes) -> MemberRecord:
+        """The record stored as ``value``. Records are immutable, so the same stored
+        bytes give the same object (a bounded memo): a full membership read decodes only
+        the records that changed, and workers simulated in one process share records
+        instead of holding N copies each."""
+        memo = _RECORD_MEMO.get((wid, value))
+        if memo is not None:
+            return memo
+        rec = cls._decode(wid, key, value)
+        if len(_RECORD_MEMO) >= RECORD_MEMO_SIZE:
+            del _RECORD_MEMO[next(iter(_RECORD_MEMO))]  # the oldest
+        _RECORD_MEMO[(wid, value)] = rec
+        return rec
+
+    @classmethod
+    def _decode(cls, wid: str, key: bytes, value: bytes) -> MemberRecord:
         obj = decode(key, value)
         try:
             return cls(

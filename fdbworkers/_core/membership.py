@@ -53,6 +53,30 @@ class MembershipChange:
         return not (self.added or self.removed or self.restarted)
 
 
+#: Views kept for sharing (see :func:`shared_view`).
+VIEW_MEMO_SIZE = 16
+_VIEWS: dict[tuple[bytes, str, bytes], Membership] = {}
+
+
+def shared_view(scope: bytes, m: Membership) -> Membership:
+    """``m``, or an equal view already read in this process (same scope, role, epoch
+    and records): views are immutable, so workers in one process that read the same
+    view (a simulation of many workers, an application running several) hold one copy
+    of its N records instead of one each. ``scope`` tells databases and roots apart
+    (the members' key prefix); the records are compared, so a view that differs in
+    anything is never replaced by another."""
+    if m.partial:
+        return m
+    key = (scope, m.role, m.epoch)
+    known = _VIEWS.get(key)
+    if known is not None and known.members == m.members:  # shared records: identity
+        return known
+    if len(_VIEWS) >= VIEW_MEMO_SIZE:
+        del _VIEWS[next(iter(_VIEWS))]  # the oldest
+    _VIEWS[key] = m
+    return m
+
+
 def diff(old: Membership | None, new: Membership) -> MembershipChange:
     before: Mapping[str, MemberRecord] = old.members if old else {}
     added = frozenset(new.members.keys() - before.keys())

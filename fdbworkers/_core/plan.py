@@ -106,7 +106,12 @@ class Plan:
         return dict(self.members) == dict(members)
 
     def map(self) -> PlanMap:
-        return PlanMap(self)
+        """The plan's map, computed once per plan object (plans are immutable)."""
+        got: PlanMap | None = self.__dict__.get("_map")
+        if got is None:
+            got = PlanMap(self)
+            object.__setattr__(self, "_map", got)
+        return got
 
 
 class PlanMap:
@@ -378,8 +383,26 @@ def plan_chunks(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
 
 
+#: Plans decoded lately, by their bytes (see :func:`decode_plan`).
+PLAN_MEMO_SIZE: Final = 4
+_PLAN_MEMO: dict[bytes, Plan] = {}
+
+
 def decode_plan(data: bytes, where: str = "the stored plan") -> Plan:
-    """Decode :func:`encode_plan`'s bytes; corrupt data or a newer format is refused."""
+    """Decode :func:`encode_plan`'s bytes; corrupt data or a newer format is refused.
+    The same bytes give the same (immutable) plan object: workers in one process that
+    read the same plan (a simulation of many workers) share it and its map instead of
+    holding a copy each (N members, up to P overrides, P owners)."""
+    got = _PLAN_MEMO.get(data)
+    if got is None:
+        got = _decode_plan(data, where)
+        if len(_PLAN_MEMO) >= PLAN_MEMO_SIZE:
+            del _PLAN_MEMO[next(iter(_PLAN_MEMO))]  # the oldest
+        _PLAN_MEMO[data] = got
+    return got
+
+
+def _decode_plan(data: bytes, where: str) -> Plan:
     try:
         body = msgpack.unpackb(zlib.decompress(data), raw=False)
     except Exception as e:  # zlib.error, msgpack's several errors
