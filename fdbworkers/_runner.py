@@ -51,7 +51,7 @@ from ._core.keys import (
     validate_name,
 )
 from ._core.membership import Membership
-from ._core.plan import Plan, PlanMap, plan_weights
+from ._core.plan import Plan, PlanMap, plan_weights, view_weights
 from ._core.share import PAGE_KEYS, PAGE_REQUESTS
 from ._core.states import WorkerState
 from ._db import Database, Transaction, VersionstampFuture, run_transaction
@@ -757,12 +757,12 @@ class JobRunner:
         elif self._same_members is not None and self._same_members[:2] == (m, plan):
             stale = not self._same_members[2]  # decided for this view and plan (O(N))
         else:
-            weights = plan_weights(m.members)
+            weights = view_weights(m.members)
             same = plan.same_members(weights)
             self._same_members = (m, plan, same)
             stale = not same
         if stale or self._drift_replan:
-            weights = plan_weights(m.members) if weights is None else weights
+            weights = view_weights(m.members) if weights is None else weights
         if stale and weights and w.id in m.members:
             # (A view without us is one we were evicted from: not ours to plan by.)
             now = current_time()

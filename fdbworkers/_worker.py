@@ -50,7 +50,7 @@ from ._core.membership import (
     shared_view,
     without_departed,
 )
-from ._core.ring import Ring, watched_neighbours
+from ._core.ring import Ring, ring_of, watched_neighbours
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed
 from ._db import Database, Transaction, run_transaction
@@ -993,7 +993,7 @@ class Worker:
                 return rec is not None and self._tracker.suspect(w, rec.timeout, now)
 
             if members is not self._ring_of:
-                self._ring.update(members.keys())
+                self._ring = ring_of(members, self._ring)
                 self._ring_of = members
             neighbours = watched_neighbours(self.id, self._ring, suspect)
             # A neighbour that the ring gave to another checker (a join landed between

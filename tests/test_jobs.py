@@ -1146,11 +1146,10 @@ async def test_at_rest_no_worker_does_work_that_grows_with_the_fleet(
     join costs each worker one ring update and one map per plan written."""
     import fdbworkers._core.plan as plan_mod
     import fdbworkers._core.ring as ring_mod
-    import fdbworkers._runner as runner_mod
 
     calls = {"hash": 0, "map": 0, "weights": 0}
     real_position, real_init = ring_mod.ring_position, plan_mod.PlanMap.__init__
-    real_weights = runner_mod.plan_weights
+    real_weights = plan_mod.plan_weights
 
     def position(wid: str) -> tuple[int, str]:
         calls["hash"] += 1
@@ -1166,7 +1165,7 @@ async def test_at_rest_no_worker_does_work_that_grows_with_the_fleet(
 
     monkeypatch.setattr(ring_mod, "ring_position", position)
     monkeypatch.setattr(plan_mod.PlanMap, "__init__", init)
-    monkeypatch.setattr(runner_mod, "plan_weights", weights)
+    monkeypatch.setattr(plan_mod, "plan_weights", weights)
     n = 40
     engine = Engine(rng=random.Random(3))
     ids = await add_jobs(engine, 200)
@@ -1216,3 +1215,4 @@ async def test_workers_in_one_process_share_their_views_and_plans() -> None:
             for wid, rec in w.latest.members.items():
                 assert rec is first.members[wid]
         nursery.cancel_scope.cancel()
+

@@ -24,7 +24,7 @@ from fdbworkers._core.keys import (
     validate_name,
 )
 from fdbworkers._core.liveness import Lease, NeighbourTracker
-from fdbworkers._core.membership import Membership, diff, replaced_or_gone
+from fdbworkers._core.membership import Membership, apply_changes, diff, replaced_or_gone
 from fdbworkers._core.ring import Ring, checker_of, ring_order, successors, watched_neighbours
 from fdbworkers._core.settle import Settler
 from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
@@ -68,9 +68,7 @@ def test_watched_neighbours_extend_past_suspects(members: list[str], data: st.Da
 
 
 @given(st.lists(ids, min_size=1, max_size=6), st.text("abc", min_size=1, max_size=3))
-def test_a_ring_kept_up_to_date_is_the_ring_of_its_members(
-    views: list[list[str]], me: str
-) -> None:
+def test_a_ring_kept_up_to_date_is_the_ring_of_its_members(views: list[list[str]], me: str) -> None:
     """The worker keeps one Ring and updates it per membership change (joins and leaves
     inserted and removed, many at once re-sorted): always the same order and the same
     successors as a ring computed from scratch."""
@@ -84,6 +82,39 @@ def test_a_ring_kept_up_to_date_is_the_ring_of_its_members(
         i = full.index(me)
         expect = [w for w in full[i + 1 :] + full[:i] if w != me]
         assert list(ring.successors(me)) == expect == successors(me, members)
+
+
+def _rec(wid: str, inc: str = "1") -> MemberRecord:
+    return MemberRecord(wid=wid, incarnation=f"{wid}-{inc}", timeout=3.0)
+
+
+@given(ids, ids, ids, st.booleans())
+def test_applying_changes_is_a_fresh_read_and_is_shared(
+    members: list[str], joined: list[str], gone: list[str], restart: bool
+) -> None:
+    """apply_changes (the incremental membership read) gives exactly the view the
+    changes describe, sorted by id; the same changes to the same view give the same
+    object (workers of one process share it), and different records another view."""
+    known = Membership("r", b"e1", {w: _rec(w) for w in sorted(members)})
+    changes: dict[str, MemberRecord | None] = {w: None for w in gone}
+    for w in joined:
+        changes[w] = _rec(w, "2" if restart else "1")
+    expect = dict(known.members)
+    for w, r in changes.items():
+        if r is None:
+            expect.pop(w, None)
+        else:
+            expect[w] = r
+    view = apply_changes(known, b"e2", changes)
+    assert view.members == expect and list(view.members) == sorted(expect)
+    assert view.epoch == b"e2" and not view.partial
+    same = apply_changes(known, b"e2", dict(changes))
+    assert same is view
+    if joined:
+        other = dict(changes)
+        other[joined[0]] = _rec(joined[0], "3")
+        again = apply_changes(known, b"e2", other)
+        assert again is not view and again.members[joined[0]].incarnation.endswith("-3")
 
 
 def test_settler_waits_for_quiet_but_caps_the_delay() -> None:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -256,6 +257,11 @@ class Layout:
     def members_range(self, role: str) -> tuple[bytes, bytes]:
         return self.range("r", role, "member")
 
+    def member_keys(self, role: str, wids: Iterable[str]) -> list[bytes]:
+        """:meth:`member_key` of many ids (the role's prefix packed once)."""
+        head = self.key("r", role, "member")
+        return [head + pack((wid,)) for wid in wids]
+
     def health_key(self, role: str, wid: str) -> bytes:
         return self.key("r", role, "health", wid)
 
@@ -347,9 +353,16 @@ class Layout:
         head = self.key("r", role, "mchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
         return head + VS_PLACEHOLDER + b"\0\0" + pack((wid,)) + struct.pack("<I", len(head))
 
+    def memberchange_entries(self, role: str, keys: Iterable[bytes]) -> list[tuple[bytes, str]]:
+        """:meth:`memberchange_entry` of many keys (the role's prefix packed once)."""
+        at = len(self.key("r", role, "mchange")) + 1
+        return [self._memberchange_entry(at, key) for key in keys]
+
     def memberchange_entry(self, role: str, key: bytes) -> tuple[bytes, str]:
         """(versionstamp, worker id) of a membership change-log key."""
-        at = len(self.key("r", role, "mchange")) + 1
+        return self._memberchange_entry(len(self.key("r", role, "mchange")) + 1, key)
+
+    def _memberchange_entry(self, at: int, key: bytes) -> tuple[bytes, str]:
         if len(key) < at + VERSIONSTAMP_SIZE + 2 or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
             raise CorruptDataError(f"membership change-log key {key!r} has no versionstamp")
         try:
@@ -560,7 +573,7 @@ class RoleConfig:
 
 #: Decoded member records kept for reuse (see ``MemberRecord.decode``).
 RECORD_MEMO_SIZE: Final = 65_536
-_RECORD_MEMO: dict[tuple[str, bytes], MemberRecord] = {}
+_RECORD_MEMO: dict[tuple[bytes, bytes], MemberRecord] = {}
 
 
 @dataclass(frozen=True)
@@ -605,14 +618,26 @@ class MemberRecord:
         bytes give the same object (a bounded memo): a full membership read decodes only
         the records that changed, and workers simulated in one process share records
         instead of holding N copies each."""
-        memo = _RECORD_MEMO.get((wid, value))
-        if memo is not None:
+        memo = _RECORD_MEMO.get((key, value))
+        if memo is not None and memo.wid == wid:
             return memo
         rec = cls._decode(wid, key, value)
         if len(_RECORD_MEMO) >= RECORD_MEMO_SIZE:
             del _RECORD_MEMO[next(iter(_RECORD_MEMO))]  # the oldest
-        _RECORD_MEMO[(wid, value)] = rec
+        _RECORD_MEMO[(key, value)] = rec
         return rec
+
+    @classmethod
+    def decode_stored(
+        cls, key: bytes, value: bytes, wid_of: Callable[[bytes], str]
+    ) -> MemberRecord:
+        """:meth:`decode` of a stored key and value, the id read from the key
+        (``wid_of``) only when the record is not known yet; the record's ``wid`` is
+        then the one id string shared by every view holding it."""
+        memo = _RECORD_MEMO.get((key, value))
+        if memo is not None:
+            return memo
+        return cls.decode(wid_of(key), key, value)
 
     @classmethod
     def _decode(cls, wid: str, key: bytes, value: bytes) -> MemberRecord:

@@ -53,9 +53,46 @@ class MembershipChange:
         return not (self.added or self.removed or self.restarted)
 
 
-#: Views kept for sharing (see :func:`shared_view`).
+#: Views kept for sharing (see :func:`shared_view` and :func:`apply_changes`).
 VIEW_MEMO_SIZE = 16
 _VIEWS: dict[tuple[bytes, str, bytes], Membership] = {}
+
+
+#: Views derived lately (see :func:`apply_changes`).
+_DERIVED: dict[tuple[int, bytes], tuple[Mapping[str, MemberRecord], Membership]] = {}
+
+
+def apply_changes(
+    known: Membership, epoch: bytes, changes: Mapping[str, MemberRecord | None]
+) -> Membership:
+    """The view at ``epoch``: ``known`` with the records re-read since (``None``: gone
+    or unreadable). Members stay sorted by id. Workers of one process that apply the
+    same changes to the same view get one result (checked: every record of ``changes``
+    is the one in the result), so a storm of joins makes one copy of the N records per
+    process, not one per worker, and costs a worker O(changes) when another already
+    made it."""
+    key = (id(known.members), epoch)
+    got = _DERIVED.get(key)
+    if got is not None and got[0] is known.members:
+        view = got[1]
+        now = view.members
+        if all(now.get(wid) is rec for wid, rec in changes.items()):
+            return view
+    members = dict(known.members)
+    added = False
+    for wid, rec in changes.items():
+        if rec is None:
+            members.pop(wid, None)
+        else:
+            added = added or wid not in members
+            members[wid] = rec
+    if added:
+        members = dict(sorted(members.items()))
+    view = Membership(known.role, epoch, members)
+    if len(_DERIVED) >= VIEW_MEMO_SIZE:
+        del _DERIVED[next(iter(_DERIVED))]  # the oldest
+    _DERIVED[key] = (known.members, view)
+    return view
 
 
 def shared_view(scope: bytes, m: Membership) -> Membership:
@@ -69,8 +106,8 @@ def shared_view(scope: bytes, m: Membership) -> Membership:
         return m
     key = (scope, m.role, m.epoch)
     known = _VIEWS.get(key)
-    if known is not None and known.members == m.members:  # shared records: identity
-        return known
+    if known is not None and (known is m or known.members == m.members):
+        return known  # (records are shared: the comparison is one of identities)
     if len(_VIEWS) >= VIEW_MEMO_SIZE:
         del _VIEWS[next(iter(_VIEWS))]  # the oldest
     _VIEWS[key] = m
@@ -81,10 +118,12 @@ def diff(old: Membership | None, new: Membership) -> MembershipChange:
     before: Mapping[str, MemberRecord] = old.members if old else {}
     added = frozenset(new.members.keys() - before.keys())
     removed = frozenset(before.keys() - new.members.keys())
+    now = new.members
+    # Records are shared while unchanged (MemberRecord.decode): identity first.
     restarted = frozenset(
         w
-        for w in new.members.keys() & before.keys()
-        if new.members[w].incarnation != before[w].incarnation
+        for w, rec in before.items()
+        if (cur := now.get(w)) is not rec and cur is not None and cur.incarnation != rec.incarnation
     )
     return MembershipChange(new.role, added, removed, restarted, new.members, new.epoch)
 
@@ -121,10 +160,11 @@ def replaced_or_gone(
     if old is None:
         return []
     out: list[tuple[str, str, float]] = []
+    members = new.members
     for wid, rec in old.members.items():
-        if wid == me:
+        now = members.get(wid)
+        if now is rec:  # unchanged (records are shared while unchanged)
             continue
-        now = new.members.get(wid)
-        if now is None or now.incarnation != rec.incarnation:
+        if (now is None or now.incarnation != rec.incarnation) and wid != me:
             out.append((wid, rec.incarnation, rec.timeout))
     return sorted(out)

@@ -61,6 +61,7 @@ __all__ = [
     "make_plan",
     "plan_chunks",
     "plan_weights",
+    "view_weights",
 ]
 
 #: Version of the stored plan's encoding; a newer one is refused with a clear error.
@@ -85,6 +86,25 @@ def plan_weights(members: Mapping[str, _Weighted]) -> dict[str, float]:
     unless every member drains (then the jobs have nowhere else to go)."""
     weights = {w: m.weight for w, m in members.items() if not m.drain}
     return weights or {w: m.weight for w, m in members.items()}
+
+
+#: Plan weights of the views held lately (see :func:`view_weights`).
+WEIGHTS_MEMO_SIZE: Final = 16
+_WEIGHTS: dict[int, tuple[Mapping[str, Any], dict[str, float]]] = {}
+
+
+def view_weights(members: Mapping[str, _Weighted]) -> dict[str, float]:
+    """:func:`plan_weights` of a view's members (a mapping that never changes), computed
+    once per view in this process (workers simulated in one process share it). The
+    result is shared: do not change it."""
+    got = _WEIGHTS.get(id(members))
+    if got is not None and got[0] is members:
+        return got[1]
+    weights = plan_weights(members)
+    if len(_WEIGHTS) >= WEIGHTS_MEMO_SIZE:
+        del _WEIGHTS[next(iter(_WEIGHTS))]  # the oldest
+    _WEIGHTS[id(members)] = (members, weights)
+    return weights
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 
 def ring_position(wid: str) -> tuple[int, str]:
@@ -91,6 +92,32 @@ class Ring:
             w = self._pos[(start + k) % n][1]
             if w != me:
                 yield w
+
+    def copy(self) -> Ring:
+        ring = Ring()
+        ring._of, ring._pos = self._of, list(self._pos)
+        return ring
+
+
+#: Rings of the views held lately (see :func:`ring_of`).
+RING_MEMO_SIZE = 16
+_RINGS: dict[int, tuple[Mapping[str, Any], Ring]] = {}
+
+
+def ring_of(members: Mapping[str, Any], previous: Ring | None = None) -> Ring:
+    """The ring of ``members`` (a view's members, which never change), shared by the
+    callers in this process that hold the same view (workers simulated in one process
+    hold one ring, not one each). A new one is made from ``previous`` at the cost of
+    the change. Do not :meth:`~Ring.update` the result."""
+    got = _RINGS.get(id(members))
+    if got is not None and got[0] is members:
+        return got[1]
+    ring = previous.copy() if previous is not None else Ring()
+    ring.update(members.keys())
+    if len(_RINGS) >= RING_MEMO_SIZE:
+        del _RINGS[next(iter(_RINGS))]  # the oldest
+    _RINGS[id(members)] = (members, ring)
+    return ring
 
 
 def successors(me: str, members: Iterable[str]) -> list[str]:

@@ -22,7 +22,7 @@ from .._core.keys import (
     stamp_version,
     stamped_value,
 )
-from .._core.membership import Membership
+from .._core.membership import Membership, apply_changes
 from .._db import Transaction, Watch
 from .._errors import CorruptDataError
 from .._store.events import trim_events, write_event
@@ -146,8 +146,10 @@ async def tx_read_membership(
     corrupt: list[bytes] = []
     for kv in await tr.get_range(begin, end):
         try:
-            wid = str(layout.unpack_below(begin, kv.key)[-1])
-            members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
+            rec = MemberRecord.decode_stored(
+                kv.key, kv.value, lambda key: str(layout.unpack_below(begin, key)[-1])
+            )
+            members[rec.wid] = rec
         except CorruptDataError:
             corrupt.append(kv.key)
     watches: list[Any] = []
@@ -192,32 +194,30 @@ async def tx_read_membership_since(
         _, end = layout.memberchange_range(role)
         kvs = await tr.get_range(begin, end, limit=MEMBERCHANGE_READ_LIMIT + 1)
         try:
-            entries = [layout.memberchange_entry(role, kv.key) for kv in kvs]
+            entries = layout.memberchange_entries(role, [kv.key for kv in kvs])
         except CorruptDataError:
             return (*await tx_read_membership(tr, layout, role, arm_for), True)
         if len(entries) > MEMBERCHANGE_READ_LIMIT or not entries or entries[-1][0] != epoch:
             return (*await tx_read_membership(tr, layout, role, arm_for), True)
-    members = dict(known.members)
     corrupt: list[bytes] = []
     changed = {wid for _, wid in entries}
     if arm_for is not None:
         changed.add(arm_for)
     wids = sorted(changed)
-    keys = [layout.member_key(role, wid) for wid in wids]
+    keys = layout.member_keys(role, wids)
+    changes: dict[str, MemberRecord | None] = {}
     # Sent together: one round trip for a storm of joins, not one per joiner.
     for wid, key, raw in zip(wids, keys, await tr.get_many(keys), strict=True):
-        members.pop(wid, None)
-        if raw is None:
-            continue
-        try:
-            members[wid] = MemberRecord.decode(wid, key, raw)
-        except CorruptDataError:
-            corrupt.append(key)
+        changes[wid] = None
+        if raw is not None:
+            try:
+                changes[wid] = MemberRecord.decode(wid, key, raw)
+            except CorruptDataError:
+                corrupt.append(key)
     watches: list[Any] = []
     if arm_for is not None:
         watches = [tr.watch(layout.epoch_key(role)), tr.watch(layout.member_key(role, arm_for))]
-    ordered = {w: members[w] for w in sorted(members)}
-    return Membership(role, epoch, ordered), corrupt, rv, watches, False
+    return apply_changes(known, epoch, changes), corrupt, rv, watches, False
 
 
 async def tx_check_epoch(
