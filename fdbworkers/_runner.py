@@ -346,6 +346,9 @@ class RunnerStatistics:
     share_keys_read: int = 0
     share_requests: int = 0
     share_transactions: int = 0
+    #: Reads of the job change log (at most one per ``membership_read_gap`` while only
+    #: job changes wake them).
+    change_log_reads: int = 0
 
 
 def _check_seconds(**values: Any) -> None:
@@ -499,6 +502,7 @@ class JobRunner:
         self._log = worker.log.bind(component="jobs")
         self._started = self._stopped = self._crashes = 0
         self._claims = self._blocked = self._reconciles = self._deferred = 0
+        self._change_reads = 0
         worker.on_stop_work(self._stop_all_and_release)
         worker.on_lease_renewed(self._lease_renewed)
 
@@ -523,6 +527,7 @@ class JobRunner:
             share_keys_read=self._share_keys,
             share_requests=self._share_requests,
             share_transactions=self._share_transactions,
+            change_log_reads=self._change_reads,
         )
 
     def subscribe(self, buffer: int = 64) -> MemoryObjectReceiveStream[OwnershipChange]:
@@ -554,10 +559,23 @@ class JobRunner:
         """Wakes the reconciler on job changes and on our inbox (claims released for
         us). Two watches, armed in the transaction that read the change log."""
         w = self.w
+        last_read = -math.inf
+        gated = False
         while True:
+            if gated:
+                # Only jobs_epoch fired: at most one change-log read per gap, so that a
+                # steady stream of job adds and removes costs each worker a bounded rate
+                # of reads (every change bumps jobs_epoch, which all N workers watch),
+                # not one per change. Inbox and plan fires are read at once.
+                wait = last_read + w.options.membership_read_gap - current_time()
+                if wait > 0:
+                    await sleep(wait)
+            last_read = current_time()
+            gated = False
             moves = self._cursor_moves
             try:
                 read, watches = await self.w.transact(self._tx_read_changes)
+                self._change_reads += 1
             except FDBError as e:
                 self.log.warning("job_changes_read_failed", error=e.name)
                 await anyio.sleep(1.0)
@@ -572,21 +590,25 @@ class JobRunner:
                 continue
             try:
                 async with open_task_group() as n:
+                    fired: list[int] = []
 
-                    async def one(watch: Any, inbox: bool, n: TaskGroup = n) -> None:
+                    async def one(
+                        watch: Any, i: int, n: TaskGroup = n, fired: list[int] = fired
+                    ) -> None:
                         try:
                             await watch.wait()
                         except FDBError as e:
                             if e.code == 1032:
                                 await sleep(w.options.poll_interval)
-                        if inbox:
+                        if i == 1:
                             self._take_handoffs = True
+                        fired.append(i)
                         n.cancel_scope.cancel()
 
                     # watches = [jobs_epoch, inbox, plan] (_tx_read_changes): an
                     # inbox fire may bring handoffs from a leaving worker.
                     for i, watch in enumerate(watches):
-                        n.start_soon(one, watch, i == 1)
+                        n.start_soon(one, watch, i)
 
                     async def cursor_moved(ev: Event, n: TaskGroup = n) -> None:
                         await ev.wait()
@@ -598,6 +620,7 @@ class JobRunner:
                     if current_time() - self._last_full_resync >= self.full_resync_interval:
                         self._full_resync = True
                     n.cancel_scope.cancel()
+                gated = fired == [0]
             finally:
                 for watch in watches:
                     watch.cancel()
