@@ -6,6 +6,8 @@ engine's virtual clock, plus a wall-clock run of worker processes on a dev serve
     .venv/bin/python benchmarks/scale_bench.py --part fleet    # only the fleet runs
     .venv/bin/python benchmarks/scale_bench.py --part reads    # only rebalance reads
     .venv/bin/python benchmarks/scale_bench.py --part wallclock --procs 50
+    .venv/bin/python benchmarks/scale_bench.py --part big        # 10,000 workers (~1 h)
+    .venv/bin/python benchmarks/scale_bench.py --part plan       # make_plan, J up to 10M
     .venv/bin/python benchmarks/scale_bench.py --plots docs/img   # also write PNGs
 
 Parts:
@@ -20,6 +22,17 @@ Parts:
   1,000,000 and N up to 1,000: exact, by loading only the jobs of that worker's
   partitions (and their claims) into an engine whose job counter says J, then running
   the paged share read for those partitions; a worker reads nothing else.
+* ``big``: issue 18, goal 4. ``--big-n`` workers (9,000) started in waves of
+  ``--big-wave``, each wave at once; the cost at rest per worker; a storm of
+  ``--big-storm`` (1,000) simultaneous joins (time until every worker holds its quota,
+  conflicts, membership reads per worker per settle window); the cost at rest at
+  10,000; one more join (keys each existing worker reads until the map settles); the
+  CPU time of every ``make_plan`` (the map computation per change) on the way. One
+  process, virtual clock; the process's collector is tuned (see ``big_part``).
+* ``plan``: the map computation alone for N up to 10,000 and J up to 10M (the
+  per-partition counts of J uniformly hashed jobs): the first plan, the plan after a
+  join with the new rendezvous map computed cold, and a worker's own share (decode the
+  stored plan, compute its map, take its partitions), CPU seconds, ``--runs`` times.
 * ``wallclock``: a dev server and ``--procs`` worker processes (``python -m fdbworkers
   worker --demo-handler``) with real timeouts: CPU per worker at rest, detection and
   reassignment after a SIGKILL against the bound ``timeout + check_interval``.
@@ -31,15 +44,18 @@ it show O(1) per worker), and J/N (ratios show O(J/N) reads and moves).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +65,27 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROLE, ROOT, job_ids, load_jobs, note, quiet_logs, start_devserver, table
+from _common import (
+    ROLE,
+    ROOT,
+    fmt,
+    job_ids,
+    load_jobs,
+    note,
+    quiet_logs,
+    start_devserver,
+    table,
+)
 
 from fdbworkers._backends.engine import Engine, EngineDatabase, EngineStatistics
 from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout, decode
+from fdbworkers._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
 from fdbworkers._core.share import plan_ranges
 from fdbworkers._db import Transaction
 from fdbworkers._runner import Job, JobRunner
+from fdbworkers._store import plan as plan_store
 from fdbworkers._store.jobs import tx_list_jobs
 from fdbworkers._store.members import tx_read_membership
 from fdbworkers._store.share import ShareRead, read_share
@@ -531,6 +559,481 @@ def reads_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) -
 
 
 # --------------------------------------------------------------------------------------
+# 10,000 workers on the virtual clock: rest, a storm of joins, one join (issue 18, goal 4)
+# --------------------------------------------------------------------------------------
+
+#: make_plan calls during the big run: (virtual time, members, CPU seconds, wall seconds).
+PLAN_TIMES: list[tuple[float, int, float, float]] = []
+_orig_make_plan = make_plan
+
+
+def _timed_make_plan(
+    prev: Plan | None,
+    members: Mapping[str, float],
+    counts: Mapping[int, int],
+    partitions: int,
+    epoch: bytes,
+) -> Plan:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = _orig_make_plan(prev, members, counts, partitions, epoch)
+    PLAN_TIMES.append(
+        (trio.current_time(), len(members), time.process_time() - c0, time.perf_counter() - w0)
+    )
+    return out
+
+
+plan_store.make_plan = _timed_make_plan  # type: ignore[attr-defined]
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Window:
+    """Per-worker counters over a window of virtual time (the workers alive throughout)."""
+
+    seconds: float
+    tx: list[float]
+    keys: list[float]
+    requests: list[float]
+    written: list[float]
+    conflicts: int
+    membership_reads: list[int]
+    membership_full_reads: list[int]
+
+
+class Counters:
+    """Snapshots of every worker's engine and retry-loop counters and membership reads."""
+
+    def __init__(self, dbs: dict[str, EngineDatabase], fleet: Fleet) -> None:
+        self.dbs, self.fleet = dbs, fleet
+
+    def snap(self) -> dict[str, tuple[int, int, int, int, int, int, int]]:
+        out = {}
+        for wid, fw in self.fleet.workers.items():
+            if not fw.alive or fw.worker is None:
+                continue
+            db = self.dbs[wid]
+            st = db.engine_stats
+            out[wid] = (
+                db.stats.transactions,
+                st.keys_read,
+                sum(st.reads_by_op.values()),
+                st.keys_written,
+                db.stats.conflicts,
+                fw.worker._membership_reads,
+                fw.worker._membership_full_reads,
+            )
+        return out
+
+    @staticmethod
+    def window(a: dict[str, Any], b: dict[str, Any], seconds: float, only: set[str]) -> Window:
+        ws = [w for w in b if w in a and w in only]
+        d = [[b[w][i] - a[w][i] for w in ws] for i in range(7)]
+        per = max(seconds, 1e-9)
+        return Window(
+            seconds,
+            [x / per for x in d[0]],
+            [x / per for x in d[1]],
+            [x / per for x in d[2]],
+            [x / per for x in d[3]],
+            sum(d[4]),
+            d[5],
+            d[6],
+        )
+
+
+def _three(xs: Sequence[float]) -> str:
+    """min / median / max"""
+    return " / ".join(fmt(x) for x in (min(xs), statistics.median(xs), max(xs)))
+
+
+def _spread(xs: Sequence[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{fmt(min(xs))} / {fmt(statistics.mean(xs))} / {fmt(max(xs))}"
+
+
+async def big_run(
+    n: int, storm: int, j: int, partitions: int, liveness: float, rest: float, wave: int, seed: int
+) -> dict[str, Any]:
+    """``n`` workers started in waves of ``wave``, then ``storm`` more joining at once,
+    then one more; rest measured before the storm and at ``n + storm``."""
+    wall0 = time.perf_counter()
+    out: dict[str, Any] = {
+        "n": n,
+        "storm": storm,
+        "j": j,
+        "partitions": partitions,
+        "timeout": liveness,
+        "rest_seconds": rest,
+    }
+    PLAN_TIMES.clear()
+    engine = Engine(rng=random.Random(seed))
+    admin = engine.open_database("admin")
+    await load_jobs(admin, job_ids(j, seed), partitions)
+    dbs: dict[str, EngineDatabase] = {}
+
+    def db_for(wid: str) -> EngineDatabase:
+        db = engine.open_database(wid)
+        dbs[wid] = db
+        return db
+
+    opts = WorkerOptions(timeout=liveness, settle=2.0, partitions=partitions)
+
+    def settled(fleet: Fleet, members: int) -> bool:
+        running = 0
+        for fw in fleet.live():
+            w, r = fw.worker, fw.runner
+            if w is None or r is None or w.membership is None or r.assignment is None:
+                return False
+            if len(w.membership.members) != members or len(r.assignment.plan.members) != members:
+                return False
+            if len(r.running) != len(r.target) or not w.lease_valid():
+                return False
+            running += len(r.running)
+        return running == j
+
+    cpu_at = [time.process_time()]
+
+    def note_phase(name: str, t_virtual: float, w0: float) -> None:
+        gc.collect()
+        gc.freeze()  # what lives on is not traversed again (see big_part)
+        cpu = time.process_time() - cpu_at[0]
+        cpu_at[0] = time.process_time()
+        out.setdefault("phases", []).append(
+            {
+                "phase": name,
+                "virtual_s": t_virtual,
+                "wall_s": time.perf_counter() - w0,
+                "cpu_s": cpu,
+                "rss_mb": _rss_mb(),
+            }
+        )
+        note(
+            f"  {name}: {t_virtual:.2f} virtual s, {time.perf_counter() - w0:.1f} s wall, "
+            f"{cpu:.1f} s CPU, peak RSS {_rss_mb():,.0f} MB"
+        )
+
+    async with trio.open_nursery() as nursery:
+        fleet = Fleet(
+            nursery,
+            db_for,
+            role=ROLE,
+            root=ROOT,
+            options=opts,
+            handler=sleeper,
+            grace=0.1,
+            rng=random.Random(seed),
+            runner_options={"assign_in_thread": False},
+        )
+        counters = Counters(dbs, fleet)
+
+        async def start_many(ids: Sequence[str]) -> None:
+            async with trio.open_nursery() as n2:
+                for wid in ids:
+                    n2.start_soon(fleet.start, wid)
+
+        # 1. Start n workers, a wave of ``wave`` at a time, each wave at once.
+        t0, w0 = trio.current_time(), time.perf_counter()
+        for first in range(0, n, wave):
+            await start_many([f"w{i:05d}" for i in range(first, min(n, first + wave))])
+            await trio.sleep(1.0)
+        await wait_until(lambda: settled(fleet, n), 600 + n / 10, 1.0)
+        note_phase(f"start {n} in waves of {wave}", trio.current_time() - t0, w0)
+
+        async def measure_rest(label: str) -> Window:
+            w0 = time.perf_counter()
+            await trio.sleep(2 * liveness)  # the start's or storm's tail passes
+            a, ta = counters.snap(), trio.current_time()
+            await trio.sleep(rest)
+            b = counters.snap()
+            win = Counters.window(a, b, trio.current_time() - ta, set(b))
+            note_phase(label, 2 * liveness + rest, w0)
+            return win
+
+        r1 = await measure_rest(f"rest at N={n}")
+        out["rest_before"] = r1.__dict__
+        out["watches_before"] = [db.unfired_watches for w, db in dbs.items() if w in fleet.workers]
+
+        # 2. The storm: ``storm`` workers join at once.
+        old = {fw.id for fw in fleet.live()}
+        plans0 = len(PLAN_TIMES)
+        written0 = sum(fw.runner._plans_written for fw in fleet.live() if fw.runner)
+        a = counters.snap()
+        w0 = time.perf_counter()
+        nursery.start_soon(start_many, [f"s{i:05d}" for i in range(storm)])
+        took = await wait_until(lambda: settled(fleet, n + storm), 600 + n / 10, 0.25)
+        b = counters.snap()
+        note_phase(f"storm of {storm} joins into {n}", took, w0)
+        win = Counters.window(a, b, took, old)
+        new_ids = {f"s{i:05d}" for i in range(storm)}
+        newcomers = Counters.window(
+            {w: (0,) * 7 for w in new_ids}, b, took, new_ids
+        )  # the newcomers' counters started at zero
+        out["storm"] = {
+            "settle_s": took,
+            "conflicts_all": sum(b[w][4] - a.get(w, (0,) * 7)[4] for w in b),
+            "old": win.__dict__,
+            "new": newcomers.__dict__,
+            "plans_computed": len(PLAN_TIMES) - plans0,
+            "plans_written": sum(fw.runner._plans_written for fw in fleet.live() if fw.runner)
+            - written0,
+            "settle_windows": max(1, math.ceil(took / opts.settle)),
+        }
+
+        # 3. Rest at n + storm.
+        r2 = await measure_rest(f"rest at N={n + storm}")
+        out["rest_after"] = r2.__dict__
+        out["watches_after"] = [db.unfired_watches for w, db in dbs.items() if w in fleet.workers]
+
+        # 4. One join: keys each existing worker reads until the map is settled.
+        old = {fw.id for fw in fleet.live()}
+        plans0 = len(PLAN_TIMES)
+        a = counters.snap()
+        w0 = time.perf_counter()
+        await fleet.start("x-newcomer")
+        took = await wait_until(lambda: settled(fleet, n + storm + 1), 120 + n / 10, 0.05)
+        b = counters.snap()
+        note_phase("one join", took, w0)
+        jw = Counters.window(a, b, took, old)
+        out["join"] = {
+            "settle_s": took,
+            "keys_per_worker": [x * took for x in jw.keys],
+            "tx_per_worker": [x * took for x in jw.tx],
+            "membership_reads": jw.membership_reads,
+            "full_reads": sum(jw.membership_full_reads),
+            "conflicts": jw.conflicts,
+            "newcomer_keys": b["x-newcomer"][1],
+            "plans_computed": len(PLAN_TIMES) - plans0,
+            # What the same workers read at rest in as long: heartbeats, neighbour reads.
+            "rest_keys_same_window": [x * took for x in r2.keys],
+        }
+        out["make_plan"] = [
+            {"at": t, "members": m, "cpu_s": c, "wall_s": w} for t, m, c, w in PLAN_TIMES
+        ]
+        out["violations"] = len(fleet.ledger.violations)
+        nursery.cancel_scope.cancel()
+    out["wall_s"] = time.perf_counter() - wall0
+    out["rss_mb"] = _rss_mb()
+    return out
+
+
+def big_part(args: argparse.Namespace) -> dict[str, Any]:
+    n, storm, j = args.big_n, args.big_storm, args.big_jobs
+    note(f"big: {n} workers + a storm of {storm} + one join, J={j}, P={args.partitions} ...")
+    # One process holds every worker: millions of long-lived objects. CPython's default
+    # collector (a full pass each time the tracked heap grows by a quarter, young passes
+    # every 700 allocations) took two thirds of the CPU at N = 2,000. Young passes every
+    # 50,000 allocations, and what the start built is frozen (gc.freeze) after each phase.
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        r: dict[str, Any] = run_virtual(
+            big_run,
+            n,
+            storm,
+            j,
+            args.partitions,
+            args.timeout,
+            args.big_rest,
+            args.big_wave,
+            args.seed,
+        )
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+    rb, ra = r["rest_before"], r["rest_after"]
+    table(
+        f"At rest (virtual clock, timeout {args.timeout:g} s, {args.big_rest:g} s counted), "
+        "per worker: min / mean / max over workers",
+        ["N", "tx/s", "keys read/s", "read requests/s", "keys written/s", "watches", "conflicts"],
+        [
+            (
+                n,
+                _spread(rb["tx"]),
+                _spread(rb["keys"]),
+                _spread(rb["requests"]),
+                _spread(rb["written"]),
+                _spread(r["watches_before"]),
+                rb["conflicts"],
+            ),
+            (
+                n + storm,
+                _spread(ra["tx"]),
+                _spread(ra["keys"]),
+                _spread(ra["requests"]),
+                _spread(ra["written"]),
+                _spread(r["watches_after"]),
+                ra["conflicts"],
+            ),
+        ],
+    )
+    s = r["storm"]
+    windows = s["settle_windows"]
+    table(
+        f"A storm of {storm} simultaneous joins into {n} (settle 2 s, settle_max 10 s); "
+        "per worker: min / mean / max",
+        ["figure", "value"],
+        [
+            ("joins to every worker at its quota, all jobs running (s)", s["settle_s"]),
+            ("transaction conflicts, all workers", s["conflicts_all"]),
+            ("membership reads per existing worker", _spread(s["old"]["membership_reads"])),
+            (
+                "membership reads per existing worker per settle window",
+                _spread([x / windows for x in s["old"]["membership_reads"]]),
+            ),
+            (
+                "full membership reads (existing workers, total)",
+                sum(s["old"]["membership_full_reads"]),
+            ),
+            ("membership reads per newcomer", _spread(s["new"]["membership_reads"])),
+            (
+                "keys read per existing worker",
+                _spread([x * s["settle_s"] for x in s["old"]["keys"]]),
+            ),
+            ("plans computed / written", f"{s['plans_computed']} / {s['plans_written']}"),
+        ],
+    )
+    jn = r["join"]
+    table(
+        f"One join into {n + storm}: keys each existing worker read until the map settled",
+        ["figure", "value"],
+        [
+            ("join to settled (s)", jn["settle_s"]),
+            ("keys read per existing worker", _spread(jn["keys_per_worker"])),
+            ("(at rest in as long)", _spread(jn["rest_keys_same_window"])),
+            ("transactions per existing worker", _spread(jn["tx_per_worker"])),
+            ("membership reads per existing worker", _spread(jn["membership_reads"])),
+            ("full membership reads (total)", jn["full_reads"]),
+            ("conflicts", jn["conflicts"]),
+            ("keys read by the newcomer", jn["newcomer_keys"]),
+            ("plans computed", jn["plans_computed"]),
+        ],
+    )
+    mp = r["make_plan"]
+    table(
+        "Every make_plan of the run (the map computation per change, by the plan's writer)",
+        ["members", "calls", "CPU s (min / mean / max)", "wall s (max)"],
+        [
+            (
+                m,
+                len([p for p in mp if p["members"] == m]),
+                _spread([p["cpu_s"] for p in mp if p["members"] == m]),
+                max(p["wall_s"] for p in mp if p["members"] == m),
+            )
+            for m in sorted({p["members"] for p in mp})
+        ],
+    )
+    table(
+        "Phases (wall and CPU time of this machine; peak RSS of the one process)",
+        ["phase", "virtual s", "wall s", "CPU s", "peak RSS (MB)"],
+        [(p["phase"], p["virtual_s"], p["wall_s"], p["cpu_s"], p["rss_mb"]) for p in r["phases"]],
+    )
+    return r
+
+
+# --------------------------------------------------------------------------------------
+# The map computation alone: make_plan and a worker's own share, J up to 10M
+# --------------------------------------------------------------------------------------
+
+
+def _counts(j: int, partitions: int, seed: int) -> dict[int, int]:
+    """Per-partition job counts of ``j`` jobs hashed uniformly (what the plan reads)."""
+    import numpy as np
+
+    c = np.random.default_rng(seed).multinomial(j, [1.0 / partitions] * partitions)
+    nz = np.flatnonzero(c)
+    return dict(zip(nz.tolist(), c[nz].tolist(), strict=True))
+
+
+def _cpu(fn: Any) -> tuple[Any, float, float]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def _plan_timings(n: int, j: int, p: int, runs: int, seed: int) -> list[dict[str, Any]]:
+    """CPU seconds of the first plan, of the plan after one join (the writer's map of the
+    current plan warm, the new rendezvous map cold) and of a worker's own share (decode
+    the stored plan, compute its map, take its partitions)."""
+    from fdbworkers._core import assign as assign_mod
+    from fdbworkers._core import plan as plan_mod
+
+    counts = _counts(j, p, seed)
+    members = {f"w{i:05d}": 1.0 for i in range(n)}
+    joined = {**members, "w-new": 1.0}
+    cpu: dict[str, list[float]] = {}
+    nxt: Plan | None = None
+    data = b""
+    jobs = 0
+    for _ in range(runs):
+        assign_mod._assign.cache_clear()  # nothing of these memberships computed yet
+        c0 = time.process_time()
+        first = make_plan(None, members, counts, p, b"\x01")
+        cpu.setdefault("first plan", []).append(time.process_time() - c0)
+        assign_mod._assign.cache_clear()
+        first.map()  # the writer follows the current plan: its map is warm
+        c0 = time.process_time()
+        nxt = make_plan(first, joined, counts, p, b"\x02")
+        cpu.setdefault("plan after a join (with the new rendezvous map)", []).append(
+            time.process_time() - c0
+        )
+        data = b"".join(plan_chunks(encode_plan(nxt)))
+        assign_mod._assign.cache_clear()
+        plan_mod._PLAN_MEMO.clear()  # another process: nothing decoded or mapped yet
+        c0 = time.process_time()
+        mine = decode_plan(data).map().partitions_of("w00001")
+        cpu.setdefault("a worker's own share (decode, map, its partitions)", []).append(
+            time.process_time() - c0
+        )
+        jobs = sum(counts.get(q, 0) for q in mine)
+    assert nxt is not None
+    return [
+        {
+            "n": n,
+            "j": j,
+            "what": what,
+            "cpu": sorted(cs),
+            "overrides": len(nxt.overrides),
+            "plan_bytes": len(data),
+            "jobs": jobs,
+        }
+        for what, cs in cpu.items()
+    ]
+
+
+def plan_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) -> list[Any]:
+    rows: list[dict[str, Any]] = []
+    for n in ns:
+        for j in js:
+            note(f"plan N={n} J={j} ...")
+            rows += _plan_timings(n, j, args.partitions, args.runs, args.seed)
+    table(
+        f"The map computation (CPU seconds of this process, {args.runs} runs: min / median / "
+        f"max), P = {args.partitions}",
+        ["N", "J", "what", "CPU s", "overrides", "plan bytes (zlib)", "jobs of w00001"],
+        [
+            (
+                r["n"],
+                r["j"],
+                r["what"],
+                _three(r["cpu"]),
+                r["overrides"],
+                r["plan_bytes"],
+                r["jobs"],
+            )
+            for r in rows
+        ],
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------------------
 # Wall clock: worker processes on a dev server
 # --------------------------------------------------------------------------------------
 
@@ -790,7 +1293,9 @@ def plots(out: dict[str, Any], folder: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI-size run")
-    parser.add_argument("--part", choices=["all", "fleet", "reads", "wallclock"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "fleet", "reads", "wallclock", "big", "plan"], default="all"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=10.0, help="worker timeout (virtual)")
     parser.add_argument("--partitions", type=int, default=65536)
@@ -802,6 +1307,14 @@ def main() -> None:
     parser.add_argument(
         "--fleet", action="append", metavar="N,J,REST", help="fleet runs instead of the defaults"
     )
+    parser.add_argument("--big-n", type=int, default=9000, help="big: workers before the storm")
+    parser.add_argument("--big-storm", type=int, default=1000, help="big: joins at once")
+    parser.add_argument("--big-jobs", type=int, default=20_000, help="big: jobs")
+    parser.add_argument("--big-rest", type=float, default=30.0, help="big: rest counted (s)")
+    parser.add_argument("--big-wave", type=int, default=500, help="big: workers started at once")
+    parser.add_argument("--plan-n", type=int, action="append", help="plan: members (repeatable)")
+    parser.add_argument("--plan-j", type=int, action="append", help="plan: jobs (repeatable)")
+    parser.add_argument("--runs", type=int, default=3, help="plan: runs of each timing")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
     args = parser.parse_args()
@@ -812,10 +1325,16 @@ def main() -> None:
         fleet_cfg = [(5, 100, 10.0), (20, 200, 10.0)]
         reads_ns, reads_js = [10, 100], [1000, 10_000]
         args.procs, args.wall_jobs, args.wall_rest = min(args.procs, 4), 40, 3.0
+        args.big_n, args.big_storm, args.big_jobs, args.big_rest = 40, 10, 200, 10.0
+        args.big_wave = 20
+        plan_ns, plan_js = [100], [10_000]
     else:
         # One process simulates every worker; other sizes with --fleet N,J,REST.
         fleet_cfg = [(n, j, 60.0) for j in (1000, 10_000, 100_000) for n in (10, 100, 1000)]
         reads_ns, reads_js = [10, 100, 1000], [1000, 10_000, 100_000, 1_000_000]
+        plan_ns, plan_js = [1000, 10_000], [1_000_000, 10_000_000]
+    plan_ns = args.plan_n or plan_ns
+    plan_js = args.plan_j or plan_js
     if args.fleet:
         fleet_cfg = [(int(n), int(j), float(r)) for n, j, r in (c.split(",") for c in args.fleet)]
     if args.part in ("all", "fleet"):
@@ -824,6 +1343,10 @@ def main() -> None:
         out["reads"] = reads_part(reads_ns, reads_js, args)
     if args.part in ("all", "wallclock"):
         out["wallclock"] = wallclock_part(args)
+    if args.part in ("all", "plan"):
+        out["plan"] = plan_part(plan_ns, plan_js, args)
+    if args.part in ("all", "big"):
+        out["big"] = big_part(args)
     if args.plots:
         for p in plots(out, args.plots):
             note(f"wrote {p}")

@@ -38,6 +38,15 @@ def test_scale_bench_fleet_and_reads_quick() -> None:
     assert "One worker's full rebalance read" in out
 
 
+def test_scale_bench_big_and_plan_quick() -> None:
+    # The 10,000-worker run (rest, a storm of joins, one join) and the map computation,
+    # at CI size.
+    out = run("scale_bench.py", "--quick", "--part", "big")
+    assert "A storm of 10 simultaneous joins into 40" in out and "| 50 |" in out
+    out = run("scale_bench.py", "--quick", "--part", "plan")
+    assert "a worker's own share" in out
+
+
 def test_scale_bench_wallclock_quick() -> None:
     out = run(
         "scale_bench.py",
