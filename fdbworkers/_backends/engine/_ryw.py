@@ -18,6 +18,7 @@ from typing import Final, Protocol
 
 from ..._db import KeySelector, KeyValue
 from ..._errors import FDBError
+from ._merge import walk_forward, walk_reverse
 from ._mutations import (
     CLEAR,
     CLEAR_RANGE,
@@ -136,6 +137,20 @@ _PHANTOM: Final = bytes(bytearray(b"<phantom>"))
 
 def _unreadable() -> FDBError:
     return FDBError(1036)
+
+
+def _uncleared(clears: RangeSet, lo: bytes, hi: bytes) -> list[KeyRange]:
+    """The parts of ``[lo, hi)`` outside the cleared ranges ``clears``, in order."""
+    segments: list[KeyRange] = []
+    pos = lo
+    if clears:
+        for cb, ce in clears.overlapping(lo, hi):
+            if pos < cb:
+                segments.append((pos, cb))
+            pos = ce
+    if pos < hi:
+        segments.append((pos, hi))
+    return segments
 
 
 class WriteMap:
@@ -339,9 +354,9 @@ class WriteMap:
 
         The store is consulted lazily, only for the parts its own writes do not decide
         (outside its cleared ranges, past its own keys at the cursor), like FDB's RYW
-        iterator: a walk that ends inside what the transaction wrote reads nothing.
-        With ``phantoms``, keys that a pending atomic op clears are yielded too, with
-        the value ``_PHANTOM``."""
+        iterator: a walk that ends inside what the transaction wrote reads nothing
+        (:mod:`._merge`). With ``phantoms``, keys that a pending atomic op clears are
+        yielded too, with the value ``_PHANTOM``."""
         if lo >= hi:
             return
         keys = self._point_keys
@@ -350,21 +365,11 @@ class WriteMap:
         if not pk and not clears:
             yield from reader.iter_range(lo, hi, reverse)
             return
-        segments: list[KeyRange] = []  # the parts of [lo, hi) outside cleared ranges
-        pos = lo
-        if clears:
-            for cb, ce in clears.overlapping(lo, hi):
-                if pos < cb:
-                    segments.append((pos, cb))
-                pos = ce
-        if pos < hi:
-            segments.append((pos, hi))
+        segments = _uncleared(clears, lo, hi)
         if reverse:
             pk.reverse()
             segments.reverse()
         points = self.points
-        pi = 0
-        np = len(pk)
 
         def point(pkey: bytes) -> KeyValue | None:
             e = points[pkey]
@@ -375,75 +380,12 @@ class WriteMap:
                 return KeyValue(pkey, _PHANTOM)
             return None
 
+        walk = walk_reverse if reverse else walk_forward
+        iter_range = reader.iter_range
+        pi = 0
         for sb, se in segments:
-            if not reverse:
-                while pi < np and pk[pi] < sb:  # own keys inside a cleared range
-                    kv = point(pk[pi])
-                    pi += 1
-                    if kv is not None:
-                        yield kv
-                cursor = sb
-                while pi < np and pk[pi] == cursor:  # own keys right at the cursor
-                    kv = point(cursor)
-                    pi += 1
-                    cursor = cursor + b"\x00"
-                    if kv is not None:
-                        yield kv
-                if cursor >= se:
-                    continue
-                for skv in reader.iter_range(cursor, se, False):
-                    k = skv[0]
-                    while pi < np and pk[pi] < k:
-                        kv = point(pk[pi])
-                        pi += 1
-                        if kv is not None:
-                            yield kv
-                    if pi < np and pk[pi] == k:
-                        kv = point(k)
-                        pi += 1
-                        if kv is not None:
-                            yield kv
-                        continue
-                    yield skv
-                while pi < np and pk[pi] < se:
-                    kv = point(pk[pi])
-                    pi += 1
-                    if kv is not None:
-                        yield kv
-            else:
-                while pi < np and pk[pi] >= se:
-                    kv = point(pk[pi])
-                    pi += 1
-                    if kv is not None:
-                        yield kv
-                cursor = se
-                while pi < np and pk[pi] >= sb and pk[pi] + b"\x00" == cursor:
-                    cursor = pk[pi]
-                    kv = point(cursor)
-                    pi += 1
-                    if kv is not None:
-                        yield kv
-                if cursor <= sb:
-                    continue
-                for skv in reader.iter_range(sb, cursor, True):
-                    k = skv[0]
-                    while pi < np and pk[pi] > k:
-                        kv = point(pk[pi])
-                        pi += 1
-                        if kv is not None:
-                            yield kv
-                    if pi < np and pk[pi] == k:
-                        kv = point(k)
-                        pi += 1
-                        if kv is not None:
-                            yield kv
-                        continue
-                    yield skv
-                while pi < np and pk[pi] >= sb:
-                    kv = point(pk[pi])
-                    pi += 1
-                    if kv is not None:
-                        yield kv
+            pi = yield from walk(iter_range, pk, pi, sb, se, point)
+        np = len(pk)
         while pi < np:
             kv = point(pk[pi])
             pi += 1

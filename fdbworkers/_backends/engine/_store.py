@@ -279,6 +279,35 @@ class Store:
         self._last_commit = version
         stamp = versionstamp(version)
         touched: dict[bytes, None] = {}
+        extra_writes = self._apply(mutations, version, stamp, touched)
+        all_writes = [*writes, *extra_writes] if extra_writes else writes
+        if all_writes:
+            self._log_versions.append(version)
+            self._log_writes.append(all_writes)
+        if touched:
+            keys = list(touched)
+            self._gc_queue.append((version, keys))
+            if self._watches:
+                self._notify(keys)
+        horizon = version - MVCC_WINDOW
+        q = self._gc_queue
+        if (q and q[0][0] <= horizon) or (
+            self._log_start < len(self._log_versions)
+            and self._log_versions[self._log_start] <= horizon
+        ):
+            self._collect(horizon)
+        return CommitResult(version, stamp, len(touched))
+
+    def _apply(
+        self,
+        mutations: Sequence[Mutation],
+        version: int,
+        stamp: bytes,
+        touched: dict[bytes, None],
+    ) -> list[KeyRange]:
+        """Apply ``mutations`` in order at ``version`` (``stamp`` its versionstamp),
+        noting the keys written in ``touched``. Returns the write conflict ranges the
+        versionstamped keys add."""
         extra_writes: list[KeyRange] = []
         hist = self._hist
         for code, key, param in mutations:
@@ -304,23 +333,7 @@ class Store:
                 h = hist.get(key)
                 old = None if h is None else h[-1][1]
                 self._put(key, version, apply_atomic(code, old, param), touched)
-        all_writes = [*writes, *extra_writes] if extra_writes else writes
-        if all_writes:
-            self._log_versions.append(version)
-            self._log_writes.append(all_writes)
-        if touched:
-            keys = list(touched)
-            self._gc_queue.append((version, keys))
-            if self._watches:
-                self._notify(keys)
-        horizon = version - MVCC_WINDOW
-        q = self._gc_queue
-        if (q and q[0][0] <= horizon) or (
-            self._log_start < len(self._log_versions)
-            and self._log_versions[self._log_start] <= horizon
-        ):
-            self._collect(horizon)
-        return CommitResult(version, stamp, len(touched))
+        return extra_writes
 
     def _put(
         self, key: bytes, version: int, value: bytes | None, touched: dict[bytes, None]
