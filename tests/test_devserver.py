@@ -40,7 +40,8 @@ from fdbworkers._backends.devserver import (
     serve,
 )
 from fdbworkers._backends.engine import FaultPlan
-from fdbworkers._backends.remote import ConnectionLostError, RemoteDatabase
+from fdbworkers._backends.remote import RemoteDatabase
+from fdbworkers._backends.remote_connection import ConnectionLostError
 from fdbworkers._backends.wire import (
     PROTOCOL_VERSION,
     STATUS_PROTOCOL_ERROR,
