@@ -31,14 +31,12 @@ import trio.testing
 
 from fdbworkers._backends.connect import open_database
 from fdbworkers._backends.devserver import (
-    DATA_FORMAT,
     DevServer,
     check_bind_host,
-    load_data_file,
     memory_stream_pair,
-    save_data_file,
     serve,
 )
+from fdbworkers._backends.devserver_data import DATA_FORMAT, load_data_file, save_data_file
 from fdbworkers._backends.engine import FaultPlan
 from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._backends.remote_connection import ConnectionLostError
@@ -760,7 +758,7 @@ async def test_remote_and_local_engine_agree(
 
 
 async def test_data_in_a_missing_folder_fails_at_start(tmp_path: Path) -> None:
-    from fdbworkers._backends.devserver import check_data_path
+    from fdbworkers._backends.devserver_data import check_data_path
 
     missing = tmp_path / "no-such-folder" / "data.db"
     with pytest.raises(ConfigError, match="does not exist"):
@@ -782,7 +780,7 @@ async def test_data_in_a_missing_folder_fails_at_start(tmp_path: Path) -> None:
 async def test_a_large_frame_before_the_hello_is_refused_at_its_header(
     memserver: DevServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from fdbworkers._backends.devserver import MAX_HELLO_FRAME, MAX_REQUEST_FRAME
+    from fdbworkers._backends.devserver_session import MAX_HELLO_FRAME, MAX_REQUEST_FRAME
 
     stream = await memserver.connect_in_memory()
     await stream.send((128 * 1024 * 1024).to_bytes(4, "big") + b"x" * 1000)
@@ -803,7 +801,7 @@ async def test_a_large_frame_before_the_hello_is_refused_at_its_header(
 async def test_a_client_that_reads_no_answers_gets_backpressure(
     memserver: DevServer, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fdbworkers._backends.devserver as devserver_module
+    import fdbworkers._backends.devserver_session as devserver_module
 
     limit = 20_000
     monkeypatch.setattr(devserver_module, "MAX_QUEUED_REPLY_BYTES", limit)
