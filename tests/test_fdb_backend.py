@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from fdbworkers._backends import fdb as fdb_backend
+from fdbworkers._backends import fdb_bridge, fdb_capi
 from fdbworkers._backends.connect import ClusterAddress, open_database, parse_cluster_address
 from fdbworkers._backends.fdb import check_version_fit, resolve_cluster_file
 from fdbworkers._db import Database, Transaction
@@ -388,8 +388,8 @@ class FakeFutures:
 
 @pytest.fixture
 def fake_c(monkeypatch: pytest.MonkeyPatch) -> FakeFutures:
-    fake = FakeFutures(fdb_backend._c)
-    monkeypatch.setattr(fdb_backend, "_c", fake)
+    fake = FakeFutures(fdb_capi._c)
+    monkeypatch.setattr(fdb_capi, "_c", fake)
     return fake
 
 
@@ -398,17 +398,17 @@ async def test_bridge_wakes_from_another_thread(fake_c: FakeFutures) -> None:
     timer = threading.Timer(0.05, fake_c.set_ready, (1,))  # stands in for FDB's network thread
     timer.start()
     with trio.fail_after(5):
-        await fdb_backend._wait(1)
+        await fdb_bridge._wait(1)
     timer.join()
     assert fake_c.callbacks == {1: 1}
     assert not fake_c.cancelled
     assert threading.active_count() <= before + 1  # no thread of ours per call
-    assert not fdb_backend._waiters
+    assert not fdb_bridge._waiters
 
 
 async def test_bridge_of_a_ready_future_returns_at_once(fake_c: FakeFutures) -> None:
     fake_c.ready.add(1)
-    await fdb_backend._wait(1)
+    await fdb_bridge._wait(1)
     assert fake_c.callbacks == {}
 
 
@@ -421,7 +421,7 @@ async def test_bridge_callback_fired_inline_while_registering(
 
     monkeypatch.setattr(fake_c, "future_set_callback", ready_on_register)
     with trio.fail_after(5):
-        await fdb_backend._wait(1)
+        await fdb_bridge._wait(1)
     assert fake_c.callbacks == {1: 1}
 
 
@@ -429,7 +429,7 @@ async def test_many_ready_futures_take_one_wake_up(
     fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wake_ups = 0
-    signal, drain = fdb_backend._TrioHub.signal, fdb_backend._TrioHub.drain
+    signal, drain = fdb_bridge._TrioHub.signal, fdb_bridge._TrioHub.drain
 
     def counting_signal(hub: Any) -> None:
         nonlocal wake_ups
@@ -441,12 +441,12 @@ async def test_many_ready_futures_take_one_wake_up(
         wake_ups += 1
         drain(hub)
 
-    monkeypatch.setattr(fdb_backend._TrioHub, "signal", counting_signal)
-    monkeypatch.setattr(fdb_backend._TrioHub, "drain", counting_drain)
+    monkeypatch.setattr(fdb_bridge._TrioHub, "signal", counting_signal)
+    monkeypatch.setattr(fdb_bridge._TrioHub, "drain", counting_drain)
     woken: list[int] = []
 
     async def waiter(f: int) -> None:
-        await fdb_backend._wait(f)
+        await fdb_bridge._wait(f)
         woken.append(f)
 
     # A leader (the first waiter) wakes the others: one byte on the hub's socket.
@@ -466,7 +466,7 @@ async def test_many_ready_futures_take_one_wake_up(
     async def cancelled_leader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await fdb_backend._wait(100)
+            await fdb_bridge._wait(100)
 
     async with trio.open_nursery() as nursery:
         leader_scope = await nursery.start(cancelled_leader)
@@ -485,9 +485,9 @@ async def test_many_ready_futures_take_one_wake_up(
 
 async def test_cancelled_waiter_cancels_the_future(fake_c: FakeFutures) -> None:
     with trio.move_on_after(0.05):
-        await fdb_backend._wait(1)
+        await fdb_bridge._wait(1)
     assert fake_c.cancelled == {1}  # its late callback found no waiter
-    assert not fdb_backend._waiters
+    assert not fdb_bridge._waiters
 
 
 @pytest.mark.parametrize("leads", [True, False])
@@ -503,11 +503,11 @@ async def test_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures, lea
     returned = False
     async with trio.open_nursery() as nursery:
         if not leads:
-            nursery.start_soon(fdb_backend._wait, 2)  # the leader
+            nursery.start_soon(fdb_bridge._wait, 2)  # the leader
             await trio.testing.wait_all_tasks_blocked()
         with trio.CancelScope() as scope:
             nursery.start_soon(ready_then_cancel, scope)
-            await fdb_backend._wait(1)
+            await fdb_bridge._wait(1)
             returned = True
             await trio.lowlevel.checkpoint()
         fake_c.set_ready(2)
@@ -517,7 +517,7 @@ async def test_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures, lea
 
 
 async def test_cancelled_watch_waiter_keeps_the_future(fake_c: FakeFutures) -> None:
-    shared = fdb_backend._SharedFuture(1)
+    shared = fdb_bridge._SharedFuture(1)
     with trio.move_on_after(0.05):
         await shared.wait()
     assert not fake_c.cancelled
@@ -533,7 +533,7 @@ async def test_cancelled_watch_waiter_keeps_the_future(fake_c: FakeFutures) -> N
 def test_callback_after_the_run_finished_is_harmless(fake_c: FakeFutures) -> None:
     async def main() -> None:
         with trio.move_on_after(0.01):
-            await fdb_backend._SharedFuture(1).wait()
+            await fdb_bridge._SharedFuture(1).wait()
 
     trio.run(main)
     fake_c.set_ready(1)  # the trio run is over: RunFinishedError is swallowed
@@ -562,13 +562,13 @@ async def _all_blocked() -> None:
 def wake_ups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the asyncio hub's wake-ups of its loop (``call_soon_threadsafe`` calls)."""
     calls: list[int] = []
-    call_soon = fdb_backend._AsyncioHub.call_soon
+    call_soon = fdb_bridge._AsyncioHub.call_soon
 
     def counting(hub: Any, fn: Any) -> None:
         calls.append(1)
         call_soon(hub, fn)
 
-    monkeypatch.setattr(fdb_backend._AsyncioHub, "call_soon", counting)
+    monkeypatch.setattr(fdb_bridge._AsyncioHub, "call_soon", counting)
     return calls
 
 
@@ -577,7 +577,7 @@ def test_asyncio_bridge_wakes_from_another_thread(fake_c: FakeFutures, wake_ups:
         before = threading.active_count()
         timer = threading.Timer(0.05, fake_c.set_ready, (1,))  # FDB's network thread
         timer.start()
-        await fdb_backend._wait(1)
+        await fdb_bridge._wait(1)
         timer.join()
         assert threading.active_count() <= before + 1  # no thread of ours per call
 
@@ -585,7 +585,7 @@ def test_asyncio_bridge_wakes_from_another_thread(fake_c: FakeFutures, wake_ups:
     assert fake_c.callbacks == {1: 1}
     assert not fake_c.cancelled
     assert wake_ups == [1]
-    assert not fdb_backend._waiters
+    assert not fdb_bridge._waiters
 
 
 def test_asyncio_bridge_of_a_ready_future_and_an_inline_callback(
@@ -597,10 +597,10 @@ def test_asyncio_bridge_of_a_ready_future_and_an_inline_callback(
 
     async def main() -> None:
         fake_c.ready.add(1)
-        await fdb_backend._wait(1)
+        await fdb_bridge._wait(1)
         assert fake_c.callbacks == {}
         monkeypatch.setattr(fake_c, "future_set_callback", ready_on_register)
-        await fdb_backend._wait(2)
+        await fdb_bridge._wait(2)
 
     _run_asyncio(main)
     assert fake_c.callbacks == {2: 1}
@@ -613,7 +613,7 @@ def test_asyncio_many_ready_futures_take_one_wake_up(
     woken: list[int] = []
 
     async def waiter(f: int) -> None:
-        await fdb_backend._wait(f)
+        await fdb_bridge._wait(f)
         woken.append(f)
 
     def ready_all() -> None:
@@ -641,18 +641,18 @@ def test_asyncio_cancelled_waiter_cancels_the_future(fake_c: FakeFutures) -> Non
     async def main() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
-                await fdb_backend._wait(1)
+                await fdb_bridge._wait(1)
 
     _run_asyncio(main)
     assert fake_c.cancelled == {1}  # its late callback found no waiter
-    assert not fdb_backend._waiters
+    assert not fdb_bridge._waiters
 
 
 def test_asyncio_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures) -> None:
     # The callback won the race against the cancellation: the FDB future is not
     # cancelled, the task raises CancelledError, and the drain skips its future.
     async def main() -> None:
-        task = asyncio.create_task(fdb_backend._wait(1))
+        task = asyncio.create_task(fdb_bridge._wait(1))
         await _all_blocked()
         fake_c.set_ready(1)  # queues the wake-up...
         task.cancel()  # ...then the waiter is cancelled before it ran
@@ -662,12 +662,12 @@ def test_asyncio_cancelled_waiter_whose_wake_up_is_queued(fake_c: FakeFutures) -
 
     _run_asyncio(main)
     assert not fake_c.cancelled
-    assert not fdb_backend._waiters
+    assert not fdb_bridge._waiters
 
 
 def test_asyncio_cancelled_watch_waiter_keeps_the_future(fake_c: FakeFutures) -> None:
     async def main() -> None:
-        shared = fdb_backend._SharedFuture(1)
+        shared = fdb_bridge._SharedFuture(1)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await shared.wait()
@@ -688,7 +688,7 @@ def test_asyncio_callback_after_the_loop_closed_is_harmless(fake_c: FakeFutures)
     async def main() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.01):
-                await fdb_backend._SharedFuture(1).wait()
+                await fdb_bridge._SharedFuture(1).wait()
 
     _run_asyncio(main)
     fake_c.set_ready(1)  # the loop is closed: call_soon_threadsafe's RuntimeError is swallowed
@@ -698,15 +698,15 @@ def test_each_loop_has_its_own_hub() -> None:
     hubs: list[Any] = []
 
     async def hub() -> None:
-        hubs.append(fdb_backend._hub())
-        hubs.append(fdb_backend._hub())
+        hubs.append(fdb_bridge._hub())
+        hubs.append(fdb_bridge._hub())
 
     _run_asyncio(hub)
     _run_asyncio(hub)
     trio.run(hub)
     assert hubs[0] is hubs[1] and hubs[2] is hubs[3] and hubs[4] is hubs[5]
-    assert isinstance(hubs[0], fdb_backend._AsyncioHub)
-    assert isinstance(hubs[4], fdb_backend._TrioHub)
+    assert isinstance(hubs[0], fdb_bridge._AsyncioHub)
+    assert isinstance(hubs[4], fdb_bridge._TrioHub)
     assert len({id(h) for h in hubs}) == 3
 
 
