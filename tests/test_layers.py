@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "fdbworkers._metrics",
             "fdbworkers._blocking",
+            "fdbworkers._blocking_db",
             "fdbworkers._fleet",
             "fdbworkers._simulation",
             "fdbworkers.testing",
