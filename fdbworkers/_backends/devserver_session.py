@@ -14,8 +14,6 @@ from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
-import anyio.to_thread
 
 from .._db import KeySelector, MutationType, Transaction, Watch
 from .._errors import ConfigError, FDBError

@@ -13,8 +13,6 @@ import weakref
 from typing import Any, Final, Protocol
 
 import anyio
-import anyio.abc
-import anyio.lowlevel
 
 from .._db import (
     MAX_KEY_SIZE,
