@@ -11,7 +11,7 @@ holds the few things anyio leaves to the loop itself, each done the loop's own w
   handle (the dev server client keys its per-loop state by it) that other threads can
   wake it through: ``TrioToken.run_sync_soon`` under trio, ``loop.call_soon_threadsafe``
   under asyncio. (The real backend bridges FoundationDB's futures with hubs of its
-  own, one wake-up per batch of ready futures: ``fdbworkers._backends.fdb``.)
+  own, one wake-up per batch of ready futures: ``fdbworkers._backends.fdb_bridge``.)
 * :func:`spawn_system_task`: a task that belongs to the loop rather than to a task group
   (a database handle has no task group of its own: the dev server client's connection
   runs in one). Under trio ``trio.lowlevel.spawn_system_task``, under asyncio a task of
