@@ -567,6 +567,22 @@ async def test_add_jobs_checks_everything_before_writing(engine: Engine) -> None
     assert await db.transact(nothing) == []  # not even the role
 
 
+async def test_one_job_and_many_refuse_the_same_weights(engine: Engine) -> None:
+    """add_job took weight=True as 1.0 while add_jobs refused it (found when the store
+    was split): both refuse a bool, zero, NaN and inf alike, and write nothing."""
+    db = engine.open_database("admin")
+    for weight in (True, False, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="job weight"):
+            await add_job(db, ROLE, "x", weight=weight, root=ROOT)
+        with pytest.raises(ConfigError, match="job weight"):
+            await add_jobs(db, ROLE, [("x", None, weight)], root=ROOT)
+
+    async def nothing(tr: Transaction) -> list[Any]:
+        return await tr.get_range(LAYOUT.prefix, LAYOUT.prefix + b"\xff")
+
+    assert await db.transact(nothing) == []  # not even the role
+
+
 async def test_add_jobs_says_how_much_was_written_when_it_fails(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

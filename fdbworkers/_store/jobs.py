@@ -98,7 +98,12 @@ async def tx_add_job(
     """Add (or update) a job. Returns (record, changed). Idempotent: adding the same job
     with the same spec again changes nothing and wakes nobody."""
     validate_name("job id", job_id)
-    if not isinstance(weight, int | float) or not 0 < weight < 1e9 or math.isnan(weight):
+    if (
+        isinstance(weight, bool)  # like the bulk path's check_job: True is not a weight
+        or not isinstance(weight, int | float)
+        or not 0 < weight < 1e9
+        or math.isnan(weight)
+    ):
         raise ConfigError(f"job weight must be a positive number, got {weight!r}")
     check_spec(spec)
     try:
