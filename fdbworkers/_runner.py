@@ -73,7 +73,6 @@ from ._store.bulk import (
     AddJobsResult,
     NewJob,
     add_jobs_in_batches,
-    check_job,
     prepare_job,
 )
 from ._store.claims import (
@@ -88,6 +87,7 @@ from ._store.claims import (
 from ._store.jobs import (
     JOBCHANGE_RETENTION,
     JobRecord,
+    check_job,
     tx_add_job,
     tx_clear_job_health,
     tx_remove_job,

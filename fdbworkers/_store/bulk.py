@@ -1,11 +1,10 @@
-"""Bulk adds: jobs checked and placed before any transaction (``check_job``,
+"""Bulk adds: jobs checked and placed before any transaction (``jobs.check_job``,
 ``prepare_job``), written many per transaction (``tx_add_jobs``: one counter add, one
 change-log entry), in batches by size with a few transactions in flight
 (``add_jobs_in_batches``)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ from typing import Any
 import anyio
 
 from .._core.assign import stable_hash64
-from .._core.keys import Layout, check_record_size, check_spec, encode, epoch_value, validate_name
+from .._core.keys import Layout, encode, epoch_value
 from .._core.tuples import pack_int_str
 from .._db import Transaction
-from .._errors import ConfigError, CorruptDataError, FDBError
+from .._errors import CorruptDataError, FDBError
 from .batch import read_keys
 from .jobs import JobRecord, trim_job_changes
 from .plan import tx_count_job
@@ -33,29 +32,6 @@ class NewJob:
     weight: float
     key: bytes
     value: bytes
-
-
-def check_job(
-    job_id: Any, spec: Any = None, weight: Any = 1.0, added_at: float | None = None
-) -> bytes:
-    """The encoded record of a job to add, or ConfigError saying what is wrong (the
-    checks of :func:`tx_add_job`). ``added_at``: the wall time to record (now)."""
-    validate_name("job id", job_id)
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, int | float)
-        or not 0 < weight < 1e9
-        or math.isnan(weight)
-    ):
-        raise ConfigError(f"job weight must be a positive number, got {weight!r}")
-    check_spec(spec)
-    try:
-        at = time.time() if added_at is None else added_at
-        encoded = JobRecord(job_id, 0, spec, float(weight), at).encode()
-    except Exception as e:
-        raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
-    check_record_size("the job spec", encoded)
-    return encoded
 
 
 def prepare_job(

@@ -86,6 +86,30 @@ async def trim_job_changes(tr: Transaction, layout: Layout, role: str) -> None:
         tr.clear_range(begin, layout.jobchange_before_version(role, cut))
 
 
+def check_job(
+    job_id: Any, spec: Any = None, weight: Any = 1.0, added_at: float | None = None
+) -> bytes:
+    """The encoded record of a job to add, or ConfigError saying what is wrong: the
+    checks of :func:`tx_add_job` and of the bulk add, one for both. ``added_at``: the
+    wall time to record (now)."""
+    validate_name("job id", job_id)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0 < weight < 1e9
+        or math.isnan(weight)
+    ):
+        raise ConfigError(f"job weight must be a positive number, got {weight!r}")
+    check_spec(spec)
+    try:
+        at = time.time() if added_at is None else added_at
+        encoded = JobRecord(job_id, 0, spec, float(weight), at).encode()
+    except Exception as e:
+        raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
+    check_record_size("the job spec", encoded)
+    return encoded
+
+
 async def tx_add_job(
     tr: Transaction,
     layout: Layout,
@@ -97,20 +121,7 @@ async def tx_add_job(
 ) -> tuple[JobRecord, bool]:
     """Add (or update) a job. Returns (record, changed). Idempotent: adding the same job
     with the same spec again changes nothing and wakes nobody."""
-    validate_name("job id", job_id)
-    if (
-        isinstance(weight, bool)  # like the bulk path's check_job: True is not a weight
-        or not isinstance(weight, int | float)
-        or not 0 < weight < 1e9
-        or math.isnan(weight)
-    ):
-        raise ConfigError(f"job weight must be a positive number, got {weight!r}")
-    check_spec(spec)
-    try:
-        encoded = JobRecord(job_id, 0, spec, float(weight), time.time()).encode()
-    except Exception as e:
-        raise ConfigError(f"job spec must be msgpack-serialisable: {e}") from e
-    check_record_size("the job spec", encoded)
+    check_job(job_id, spec, weight)
     cfg = await tx_ensure_role(tr, layout, role, partitions)
     p = job_partition(job_id, cfg.partitions)
     key = layout.job_key(role, p, job_id)

@@ -95,7 +95,7 @@ def read_job_lines(stream: IO[str], name: str, weight: float) -> list[tuple[str,
     ``"weight"``; ``"spec"`` may stand for ``"data"``; blank lines skipped), every line
     checked as ``job add`` checks one job. Bad lines raise a usage error naming each
     (up to MAX_LINE_ERRORS) with its line number."""
-    from .._store.bulk import check_job
+    from .._store.jobs import check_job
 
     def no_constants(value: str) -> Any:
         raise ValueError(f"{value} is not JSON: only finite numbers are allowed")
