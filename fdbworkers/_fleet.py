@@ -136,6 +136,8 @@ class FleetWorker:
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
         self.crashed = False
+        #: ``stop()`` or ``stop_for_restart()`` began: alive until it ends, but leaving.
+        self.leaving = False
         self.error: BaseException | None = None
         #: Time this worker's machine "slept" (see suspend()).
         self.slept = 0.0
@@ -203,6 +205,7 @@ class FleetWorker:
 
     async def stop(self) -> None:
         """Leave gracefully (drain)."""
+        self.leaving = True
         if self.worker is not None and self.worker.state is WorkerState.ACTIVE:
             await self.worker.drain()
         if self._scope is not None:
@@ -211,6 +214,7 @@ class FleetWorker:
 
     async def stop_for_restart(self) -> None:
         """Leave to come back as the same id (``Worker.leave_for_restart``)."""
+        self.leaving = True
         if self.worker is not None and self.worker.state is WorkerState.ACTIVE:
             await self.worker.leave_for_restart()
         if self._scope is not None:
@@ -260,6 +264,11 @@ class Fleet:
 
     def live(self) -> list[FleetWorker]:
         return [fw for fw in self.workers.values() if fw.alive]
+
+    def staying(self) -> list[FleetWorker]:
+        """The live workers that are not on their way out (a leave still draining is
+        alive until it ends, but will not be there to run jobs)."""
+        return [fw for fw in self.live() if not fw.leaving]
 
     def owners(self) -> dict[str, list[str]]:
         """job -> the workers running it right now (with a valid lease)."""

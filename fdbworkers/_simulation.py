@@ -407,7 +407,9 @@ class _SimRun:
             if current_time() + gap >= t_end_faults:
                 break
             await sleep(gap)
-            live = [fw for fw in self.fleet.live() if fw.worker is not None]
+            # A worker still draining after a leave counts as gone: two leaves and a
+            # crash within one drain took every worker away (seed 10117).
+            live = [fw for fw in self.fleet.staying() if fw.worker is not None]
             kind = self.pick_fault(live)
             await self.inject(kind, live, current_time())
 
