@@ -301,78 +301,125 @@ def make_plan(
     n = len(ids)
     weights = tuple(float(members[w]) for w in ids)
     base = assign(dict(members), partitions, balance=None)
+    nz, cnt = _nonempty(counts)
+    total = int(cnt.sum())
+    base_of = np.asarray(base._primary, dtype=np.int64)[nz]
+    # 1. Current owners (index into ids; -1: free) by the previous plan; a departed
+    # member's partitions are free.
+    owner = _kept_owners(prev, ids, nz, base_of)
+    had = owner >= 0
+    held = np.bincount(owner[had], weights=cnt[had], minlength=n).astype(np.int64)
+    # 2. Quotas.
+    quota = _quota_array(ids, weights, total, held)
+    tkeys = _tie_keys(ids)
+    # 3a. Members above quota free partitions (``owner`` and ``held`` change in place).
+    _free_excess(owner, held, quota, nz, cnt, base_of, tkeys)
+    # 3b. Free partitions go to their rendezvous owner or the member with most room.
+    _place_free(owner, held, quota, nz, cnt, base_of, tkeys)
+    moved = np.flatnonzero(owner != base_of)
+    overrides = dict(zip(nz[moved].tolist(), (ids[i] for i in owner[moved].tolist()), strict=True))
+    return Plan(seq, epoch, dict(members), partitions, overrides, total)
+
+
+def _nonempty(counts: Mapping[int, int]) -> tuple[I64Array, I64Array]:
+    """The non-empty partitions of ``counts``, sorted, and their job counts."""
     ps = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     cs = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
     nonzero = cs > 0
     ps, cs = ps[nonzero], cs[nonzero]
     by_p = np.argsort(ps, kind="stable")
-    nz, cnt = ps[by_p], cs[by_p]
-    total = int(cnt.sum())
-    base_of = np.asarray(base._primary, dtype=np.int64)[nz]
-    # 1. Current owners (index into ids; -1: free) by the previous plan; a departed
-    # member's partitions are free.
+    return ps[by_p], cs[by_p]
+
+
+def _kept_owners(
+    prev: Plan | None, ids: tuple[str, ...], nz: I64Array, base_of: I64Array
+) -> I64Array:
+    """Step 1: the owner (index into ``ids``; -1: free) of each partition of ``nz`` by
+    the previous plan, a departed member's partitions free; without a previous plan,
+    the rendezvous owners ``base_of``."""
     old = prev.map() if prev is not None and prev.members else None
     old_idx = old.owner_indices() if old is not None else None
     if old is not None and old_idx is not None:
         index = {w: i for i, w in enumerate(ids)}
         old_ids = old.member_ids
         remap = np.fromiter((index.get(w, -1) for w in old_ids), dtype=np.int64, count=len(old_ids))
-        owner = remap[old_idx[nz]]
-    else:
-        owner = base_of.copy()
+        owner: I64Array = remap[old_idx[nz]]
+        return owner
+    return base_of.copy()
+
+
+def _free_excess(
+    owner: I64Array,
+    held: I64Array,
+    quota: I64Array,
+    nz: I64Array,
+    cnt: I64Array,
+    base_of: I64Array,
+    tkeys: U64Array,
+) -> None:
+    """Step 3a: members above quota free partitions (``owner`` -1, ``held`` lowered, in
+    place): those whose rendezvous owner is below quota first (the move also removes an
+    override), then the smallest, then by hash, never more jobs than the excess. Sorted
+    so, each (member, group)'s greedy take is a prefix: the partitions whose running sum
+    of jobs stays within the excess left."""
+    n = held.size
     had = owner >= 0
-    held = np.bincount(owner[had], weights=cnt[had], minlength=n).astype(np.int64)
-    # 2. Quotas.
-    quota = _quota_array(ids, weights, total, held)
-    tkeys = _tie_keys(ids)
-    # 3a. Members above quota free partitions: those whose rendezvous owner is below
-    # quota first (the move also removes an override), then the smallest, then by hash,
-    # never more jobs than the excess. Sorted so, each (member, group)'s greedy take is
-    # a prefix: the partitions whose running sum of jobs stays within the excess left.
     excess = held - quota
     cand = np.flatnonzero(had & (excess[np.maximum(owner, 0)] > 0))
-    if cand.size:
-        co, cb, cc = owner[cand], base_of[cand], cnt[cand]
-        better = np.where((cb != co) & (held[cb] < quota[cb]), 0, 1)
-        srt = np.lexsort((_ties(tkeys[co], nz[cand]), cc, better, co))
-        cand, co, better, cc = cand[srt], co[srt], better[srt], cc[srt]
-        left = excess.copy()
-        for group in (0, 1):
-            sel = np.flatnonzero(better == group)
-            if not sel.size:
-                continue
-            gm, gc = co[sel], cc[sel]  # sorted by member, then jobs
-            run = np.cumsum(gc)
-            first = np.searchsorted(gm, gm, side="left")
-            take = run - (run[first] - gc[first]) <= left[gm]
-            freed = np.bincount(gm[take], weights=gc[take], minlength=n).astype(np.int64)
-            owner[cand[sel[take]]] = -1
-            held -= freed
-            left -= freed
-    # 3b. Free partitions, largest first (then by partition): to the rendezvous owner
-    # if it has room, else to the member furthest below quota (ties by its key).
+    if not cand.size:
+        return
+    co, cb, cc = owner[cand], base_of[cand], cnt[cand]
+    better = np.where((cb != co) & (held[cb] < quota[cb]), 0, 1)
+    srt = np.lexsort((_ties(tkeys[co], nz[cand]), cc, better, co))
+    cand, co, better, cc = cand[srt], co[srt], better[srt], cc[srt]
+    left = excess.copy()
+    for group in (0, 1):
+        sel = np.flatnonzero(better == group)
+        if not sel.size:
+            continue
+        gm, gc = co[sel], cc[sel]  # sorted by member, then jobs
+        run = np.cumsum(gc)
+        first = np.searchsorted(gm, gm, side="left")
+        take = run - (run[first] - gc[first]) <= left[gm]
+        freed = np.bincount(gm[take], weights=gc[take], minlength=n).astype(np.int64)
+        owner[cand[sel[take]]] = -1
+        held -= freed
+        left -= freed
+
+
+def _place_free(
+    owner: I64Array,
+    held: I64Array,
+    quota: I64Array,
+    nz: I64Array,
+    cnt: I64Array,
+    base_of: I64Array,
+    tkeys: U64Array,
+) -> None:
+    """Step 3b: every free partition (``owner`` -1), largest first (then by partition),
+    goes to its rendezvous owner if it has room, else to the member furthest below
+    quota (ties by its key); ``owner`` is set in place. A heap of the members by room."""
+    n = held.size
     free = np.flatnonzero(owner < 0)
-    if free.size:
-        free = free[np.lexsort((nz[free], -cnt[free]))]
-        room = (quota - held).tolist()
-        key = tkeys.tolist()
-        heap = [(-room[i], key[i], i) for i in range(n)]
-        heapq.heapify(heap)
-        got: list[int] = []
-        for c, b in zip(cnt[free].tolist(), base_of[free].tolist(), strict=True):
-            if room[b] >= c:
-                to = b
-            else:
-                while -heap[0][0] != room[heap[0][2]]:
-                    heapq.heappop(heap)  # an entry from before the member's room changed
-                to = heap[0][2]
-            got.append(to)
-            room[to] -= c
-            heapq.heappush(heap, (-room[to], key[to], to))
-        owner[free] = np.asarray(got, dtype=np.int64)
-    moved = np.flatnonzero(owner != base_of)
-    overrides = dict(zip(nz[moved].tolist(), (ids[i] for i in owner[moved].tolist()), strict=True))
-    return Plan(seq, epoch, dict(members), partitions, overrides, total)
+    if not free.size:
+        return
+    free = free[np.lexsort((nz[free], -cnt[free]))]
+    room = (quota - held).tolist()
+    key = tkeys.tolist()
+    heap = [(-room[i], key[i], i) for i in range(n)]
+    heapq.heapify(heap)
+    got: list[int] = []
+    for c, b in zip(cnt[free].tolist(), base_of[free].tolist(), strict=True):
+        if room[b] >= c:
+            to = b
+        else:
+            while -heap[0][0] != room[heap[0][2]]:
+                heapq.heappop(heap)  # an entry from before the member's room changed
+            to = heap[0][2]
+        got.append(to)
+        room[to] -= c
+        heapq.heappush(heap, (-room[to], key[to], to))
+    owner[free] = np.asarray(got, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------- codec
