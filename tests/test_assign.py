@@ -23,23 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fdbworkers._core.assign import (
-    _GOLDEN,
     DEFAULT_PARTITIONS,
     MAX_PARTITIONS,
     MAX_WEIGHT,
     Assignment,
     _capacities,
-    _Domain,
-    _exp_score,
-    _ln,
-    _member_keys,
-    _mix64,
     assign,
     job_partition,
     moved,
     next_step,
     stable_hash64,
 )
+from fdbworkers._core.rendezvous import _GOLDEN, _Domain, _exp_score, _ln, _member_keys, _mix64
 from fdbworkers._errors import ConfigError
 
 # ----------------------------------------------------------------------- helpers

@@ -7,7 +7,8 @@ randomized ``hash()``, and every value that decides an owner is computed with in
 operations and IEEE basic float operations only (no libm), so the map is the same on
 every machine, platform and Python version (G4).
 
-Two layers (measurements and reasons in ``docs/assignment.md``):
+Two layers (measurements and reasons in ``docs/assignment.md``), the building blocks of
+the first in :mod:`fdbworkers._core.rendezvous`:
 
 1. **Rank rendezvous.** Each member ranks all partitions by its own keyed permutation
    (a 4-round Feistel network keyed by a BLAKE2b hash of the member id). A partition
@@ -41,16 +42,21 @@ import functools
 import hashlib
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from .._errors import ConfigError
+from .rendezvous import _Domain, _exp_score, _ln, _member_keys, _pair_ties, lazy_numpy
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+    from .rendezvous import F64Array, I64Array, U64Array
+else:
+    np = lazy_numpy(globals())  # numpy is loaded with the first map, not on import
 
 __all__ = [
     "ALGORITHM_VERSION",
@@ -82,85 +88,6 @@ MIN_WEIGHT: Final = 1e-9
 MAX_WEIGHT: Final = 1e9
 
 
-def _load_numpy() -> Any:
-    """Import numpy and bind it, and the constants made with it, as this module's
-    globals. numpy (about 16 MB) is loaded when a map is first computed, not with the
-    module: a process that never computes one (a library user adding jobs, most CLI
-    commands) does without it. Until then ``np`` is a stand-in whose first attribute
-    access calls this; every computation starts with such an access (arrays are made
-    with ``np.*``), so the constants are bound before anything uses them."""
-    import numpy
-
-    u64 = numpy.uint64
-    globals().update(
-        np=numpy,
-        _U64=u64,
-        _M1=u64(0xBF58476D1CE4E5B9),
-        _M2=u64(0x94D049BB133111EB),
-        _GOLDEN=u64(0x9E3779B97F4A7C15),
-        _S30=u64(30),
-        _S27=u64(27),
-        _S31=u64(31),
-    )
-    return numpy
-
-
-class _LazyNumpy:
-    """numpy's stand-in as ``np`` in a module's globals (``namespace``): its first
-    attribute access loads numpy (:func:`_load_numpy`) and binds it there."""
-
-    __slots__ = ("_namespace",)
-
-    def __init__(self, namespace: dict[str, Any]) -> None:
-        self._namespace = namespace
-
-    def __getattr__(self, name: str) -> Any:
-        numpy = _load_numpy()
-        self._namespace["np"] = numpy
-        return getattr(numpy, name)
-
-
-def lazy_numpy(namespace: dict[str, Any]) -> Any:
-    """The stand-in to bind as ``np`` in a module that computes with numpy but should
-    not load it on import: ``np = lazy_numpy(globals())``."""
-    return _LazyNumpy(namespace)
-
-
-_NUMPY_CONSTANTS: Final = frozenset({"_U64", "_M1", "_M2", "_GOLDEN", "_S30", "_S27", "_S31"})
-
-
-def __getattr__(name: str) -> Any:
-    # ``from fdbworkers._core.assign import _M1`` before numpy was loaded.
-    if name in _NUMPY_CONSTANTS:
-        _load_numpy()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-if TYPE_CHECKING:
-    _U64 = np.uint64
-    _M1 = _M2 = _GOLDEN = _S30 = _S27 = _S31 = np.uint64(0)  # the values: _load_numpy
-else:
-    np = _LazyNumpy(globals())
-
-#: Expected listed candidates per partition (the rest are completed on demand).
-_BAND = 5.0
-#: Shortest prefix listed for a partition that needs more than the band.
-_MIN_PREFIX = 16
-#: balance="auto": the target fraction of members at capacity is this times
-#: sqrt(fair share / N) (calibrated in benchmarks/assign_bench.py, docs/assignment.md).
-_AUTO_GAIN = 0.04
-_LN2 = 0.6931471805599453
-_SQRT_HALF = 0.7071067811865476
-#: 1/(2k+1), k = 0..12: the atanh series of ln(m) for m in [sqrt(1/2), sqrt(2)).
-_ATANH_COEFFS: Final = tuple(1.0 / (2 * k + 1) for k in range(13))
-
-if TYPE_CHECKING:
-    U64Array = NDArray[np.uint64]
-    I64Array = NDArray[np.int64]
-    F64Array = NDArray[np.float64]
-
-
 # --------------------------------------------------------------------------- hashing
 
 
@@ -185,108 +112,6 @@ def job_partition(job_id: str, partitions: int) -> int:
     if not isinstance(job_id, str):
         raise ConfigError(f"job id must be a str, not {type(job_id).__name__}")
     return (stable_hash64(job_id.encode("utf-8")) * int(partitions)) >> 64
-
-
-def _mix64(x: U64Array) -> U64Array:
-    """SplitMix64's finalizer, vectorized (a bijection of 64-bit words)."""
-    x = x ^ (x >> _S30)
-    x *= _M1
-    x ^= x >> _S27
-    x *= _M2
-    x ^= x >> _S31
-    return x
-
-
-def _member_keys(ids: Iterable[str]) -> U64Array:
-    """Per member: 4 Feistel round keys, a tie-break key and a dither key (n x 6)."""
-    raw = b"".join(
-        hashlib.blake2b(i.encode("utf-8"), digest_size=48, person=b"fdbw.member").digest()
-        for i in ids
-    )
-    return np.frombuffer(raw, dtype="<u8").astype(np.uint64).reshape(-1, 6)
-
-
-# ------------------------------------------------------------------ permutations
-
-
-@dataclass(frozen=True, slots=True)
-class _Domain:
-    """Feistel domain ``[0, 4**k)`` covering ``[0, partitions)`` (cycle-walked)."""
-
-    partitions: int
-    half: int
-
-    @classmethod
-    def of(cls, partitions: int) -> _Domain:
-        bits = max(2, (partitions - 1).bit_length())
-        return cls(partitions, (bits + 1) // 2)
-
-    def permute(self, ranks: U64Array, keys: U64Array) -> U64Array:
-        """Member permutation: rank -> partition (``keys``: n x 4 round keys per rank)."""
-        out = self._feistel(ranks, keys)
-        bad = np.flatnonzero(out >= self.partitions)
-        while bad.size:  # cycle walking: stays a permutation of [0, partitions)
-            out[bad] = self._feistel(out[bad], keys[bad])
-            bad = bad[out[bad] >= self.partitions]
-        return out
-
-    def unpermute(self, parts: U64Array, keys: U64Array) -> U64Array:
-        """The inverse: partition -> the member's rank of it."""
-        out = self._feistel_inv(parts, keys)
-        bad = np.flatnonzero(out >= self.partitions)
-        while bad.size:
-            out[bad] = self._feistel_inv(out[bad], keys[bad])
-            bad = bad[out[bad] >= self.partitions]
-        return out
-
-    def _feistel_inv(self, x: U64Array, keys: U64Array) -> U64Array:
-        half = _U64(self.half)
-        mask = _U64((1 << self.half) - 1)
-        top = _U64(64 - self.half)
-        left = x >> half
-        right = x & mask
-        for r in (3, 2, 1, 0):
-            f = _mix64(left ^ keys[:, r]) >> top
-            left, right = right ^ f, left
-        return (left << half) | right
-
-    def _feistel(self, x: U64Array, keys: U64Array) -> U64Array:
-        half = _U64(self.half)
-        mask = _U64((1 << self.half) - 1)
-        top = _U64(64 - self.half)
-        left = x >> half
-        right = x & mask
-        for r in range(4):
-            f = _mix64(right ^ keys[:, r]) >> top
-            left, right = right, left ^ f
-        return (left << half) | right
-
-
-# ------------------------------------------------------------ deterministic math
-
-
-def _ln(x: F64Array) -> F64Array:
-    """Natural log with IEEE basic operations only (exact frexp, a fixed series).
-
-    ``math.log``/``numpy.log`` may differ in the last bit between libms; comparisons of
-    scores must not, or two machines would disagree about an owner.
-    """
-    m, e = np.frexp(x)
-    low = m < _SQRT_HALF
-    m = np.where(low, m * 2.0, m)
-    e = np.where(low, e - 1, e).astype(np.float64)
-    s = (m - 1.0) / (m + 1.0)
-    z = s * s
-    acc = np.full_like(s, _ATANH_COEFFS[-1])
-    for c in reversed(_ATANH_COEFFS[:-1]):
-        acc = acc * z + c
-    return e * _LN2 + 2.0 * s * acc
-
-
-def _exp_score(ranks: I64Array, partitions: int) -> F64Array:
-    """``E(r) = -ln(1 - (r + 0.5) / P)``: a rank as a standard exponential draw."""
-    u = (float(partitions) - ranks.astype(np.float64) - 0.5) / float(partitions)
-    return -_ln(u)
 
 
 # ------------------------------------------------------------------- validation
@@ -336,6 +161,15 @@ def _check_balance(balance: float | str | None) -> None:
         raise ConfigError(f"balance must be 'auto', a number >= 1.0 or None, got {balance!r}")
     if not (math.isfinite(float(balance)) and float(balance) >= 1.0):
         raise ConfigError(f"balance must be a finite number >= 1.0 or None, got {balance!r}")
+
+
+#: Expected listed candidates per partition (the rest are completed on demand).
+_BAND = 5.0
+#: Shortest prefix listed for a partition that needs more than the band.
+_MIN_PREFIX = 16
+#: balance="auto": the target fraction of members at capacity is this times
+#: sqrt(fair share / N) (calibrated in benchmarks/assign_bench.py, docs/assignment.md).
+_AUTO_GAIN = 0.04
 
 
 # ----------------------------------------------------------------------- solver
@@ -388,7 +222,7 @@ class _Solver:
         return _exp_score(rank, self.p) / w
 
     def _ties(self, part: I64Array, member: I64Array) -> U64Array:
-        return _mix64(self.keys[member, 4] ^ (part.astype(np.uint64) * _GOLDEN))
+        return _pair_ties(self.keys[member, 4], part)
 
     def _order(self, part: I64Array, member: I64Array, score: F64Array) -> I64Array:
         """The permutation sorting pairs by (partition, score, tie-break, member)."""
@@ -397,13 +231,13 @@ class _Solver:
         if self.uniform and 2 * pbits + ibits <= 64:
             # Scores are ranks < P: pack (partition, rank, batch index) in one word and
             # sort the words, much faster than an argsort; the index is the permutation.
-            word = (part.astype(np.uint64) << _U64(pbits + ibits)) | (
-                score.astype(np.uint64) << _U64(ibits)
+            word = (part.astype(np.uint64) << np.uint64(pbits + ibits)) | (
+                score.astype(np.uint64) << np.uint64(ibits)
             )
             word |= np.arange(part.size, dtype=np.uint64)
-            order = (np.sort(word) & _U64((1 << ibits) - 1)).astype(np.int64)
+            order = (np.sort(word) & np.uint64((1 << ibits) - 1)).astype(np.int64)
         elif self.uniform:
-            key = (part.astype(np.uint64) << _U64(32)) | score.astype(np.uint64)
+            key = (part.astype(np.uint64) << np.uint64(32)) | score.astype(np.uint64)
             order = np.argsort(key)
         else:
             order = np.argsort(score)
@@ -630,7 +464,7 @@ def _capacities(
         slack = _normal_quantile(frac) * np.sqrt(fair * 0.5)
     else:
         slack = (float(balance) - 1.0) * fair
-    dither = (keys[:, 5] >> _U64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    dither = (keys[:, 5] >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
     raw = fair + slack + dither
     caps = np.floor(raw).astype(np.int64)
     short = partitions - int(caps.sum())

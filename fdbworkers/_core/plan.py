@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import msgpack
 
 from .._errors import ConfigError, CorruptDataError, LayoutError
-from .assign import ALGORITHM_VERSION, assign, lazy_numpy, stable_hash64
+from .assign import ALGORITHM_VERSION, assign, stable_hash64
+from .rendezvous import lazy_numpy
 
 if TYPE_CHECKING:
     import numpy as np
