@@ -27,13 +27,13 @@ from fdbworkers._core.assign import (
     MAX_PARTITIONS,
     MAX_WEIGHT,
     Assignment,
-    _capacities,
     assign,
     job_partition,
     moved,
     next_step,
     stable_hash64,
 )
+from fdbworkers._core.matching import _capacities
 from fdbworkers._core.rendezvous import _GOLDEN, _Domain, _exp_score, _ln, _member_keys, _mix64
 from fdbworkers._errors import ConfigError
 

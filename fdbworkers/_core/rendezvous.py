@@ -5,9 +5,9 @@ network on ``[0, 4**k)`` (cycle-walked down to ``[0, P)``), round function Split
 keys from a BLAKE2b hash of the member id (:func:`_member_keys`, :class:`_Domain`). A
 rank is scored as an exponential draw ``E(r) = -ln(1 - (r + 0.5)/P)`` (divided by the
 member's weight: weighted rendezvous), with a log of IEEE basic operations only
-(:func:`_ln`), so every machine orders pairs alike (G4). The solver and the map's API
-(:mod:`fdbworkers._core.assign`) list and match pairs with these; reasons and
-measurements in docs/assignment.md.
+(:func:`_ln`), so every machine orders pairs alike (G4). The solver
+(:mod:`fdbworkers._core.matching`) lists and matches pairs with these; the map's API is
+:mod:`fdbworkers._core.assign`; reasons and measurements in docs/assignment.md.
 
 numpy is loaded with the first map, not on import (:func:`lazy_numpy`): a module that
 computes with it binds a stand-in as ``np``; this module's uint64 constants are bound
