@@ -89,7 +89,7 @@ from fdbworkers._store import plan as plan_store
 from fdbworkers._store.jobs import tx_list_jobs
 from fdbworkers._store.members import tx_read_membership
 from fdbworkers._store.share import ShareRead, read_share
-from fdbworkers._worker import WorkerOptions
+from fdbworkers._worker_options import WorkerOptions
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
 LAYOUT = Layout.for_root(ROOT)

@@ -41,12 +41,12 @@ from ._store.bulk import AddJobsResult
 from ._store.jobs import JobRecord
 from ._worker import (
     Worker,
-    WorkerOptions,
     WorkerStatistics,
     WorkerSupersededError,
     open_worker,
     run_worker,
 )
+from ._worker_options import WorkerOptions
 
 __version__ = "0.1.0"
 

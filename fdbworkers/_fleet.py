@@ -20,7 +20,8 @@ from ._db import Database
 from ._errors import FencedError
 from ._loop import current_time, sleep
 from ._runner import Job, JobRunner
-from ._worker import Worker, WorkerOptions
+from ._worker import Worker
+from ._worker_options import WorkerOptions
 
 Handler = Callable[[Job], Awaitable[None]]
 

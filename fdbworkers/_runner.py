@@ -96,7 +96,8 @@ from ._store.jobs import (
 from ._store.members import tx_ensure_role
 from ._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
 from ._store.share import ShareRead, read_share
-from ._worker import DEFAULT_PARTITIONS, Worker, check_database, install_job_runner
+from ._worker import Worker, check_database, install_job_runner
+from ._worker_options import DEFAULT_PARTITIONS
 
 T = TypeVar("T")
 

@@ -18,7 +18,8 @@ from ._db import Database
 from ._fleet import Fleet, FleetWorker, Handler, Violation, idle_handler
 from ._loop import current_time, sleep
 from ._runner import Job
-from ._worker import Worker, WorkerOptions
+from ._worker import Worker
+from ._worker_options import WorkerOptions
 
 if TYPE_CHECKING:
     from ._backends.engine import Engine

@@ -30,7 +30,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("seam", ["fdbworkers._db", "fdbworkers._loop"]),
     ("backends", ["fdbworkers._backends"]),
     ("store", ["fdbworkers._store"]),
-    ("worker", ["fdbworkers._worker"]),
+    (
+        "worker",
+        [
+            "fdbworkers._worker_options",
+            "fdbworkers._worker",
+        ],
+    ),
     ("runner", ["fdbworkers._runner"]),
     (
         "shell",

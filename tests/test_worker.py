@@ -16,7 +16,7 @@ from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.keys import Layout, MemberRecord
 from fdbworkers._core.ring import ring_order
 from fdbworkers._store.members import tx_read_membership
-from fdbworkers._worker import resolve_worker_id
+from fdbworkers._worker_options import resolve_worker_id
 from fdbworkers.testing import Fleet, wait_until
 
 #: Every async test here runs under trio and under asyncio, on a virtual clock

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .._errors import ConfigError, FdbworkersError
-from .._worker import DEFAULT_PARTITIONS
+from .._worker_options import DEFAULT_PARTITIONS
 from ._common import (
     EXIT_USAGE,
     CliError,
@@ -267,7 +267,7 @@ def worker_options(
 ) -> tuple[Any, Any]:
     """The worker's options and its --exec runner (None without --exec); a value they
     refuse is a usage error."""
-    from .._worker import WorkerOptions
+    from .._worker_options import WorkerOptions
     from ._exec import ExecOptions, ExecRunner, split_command
 
     exec_runner = None

@@ -17,7 +17,7 @@ from .._errors import ClusterUnreachableError, ConfigError, CorruptDataError
 from .._store.admin import HealthStamp, observe_health, require_role
 from .._store.events import DEFAULT_EVENT_RETENTION
 from .._store.members import tx_evict, tx_request_drain
-from .._worker import DEFAULT_PARTITIONS
+from .._worker_options import DEFAULT_PARTITIONS
 from ._common import (
     EXIT_USAGE,
     CliError,
