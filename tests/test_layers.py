@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "worker",
         [
             "fdbworkers._worker_options",
+            "fdbworkers._worker_base",
             "fdbworkers._worker",
         ],
     ),

@@ -24,7 +24,6 @@ NOT_YET_SPLIT_FUNCTIONS = {
     "fdbworkers/_runner.py __init__",
     "fdbworkers/_runner.py _watch_loop",
     "fdbworkers/_runner.py _reconcile",
-    "fdbworkers/_worker.py __init__",
 }
 NOT_YET_SPLIT_MODULES = {
     "fdbworkers/_backends/engine/_database.py",
