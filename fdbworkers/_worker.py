@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +30,9 @@ from ._core.membership import (
     Membership,
     MembershipChange,
     diff,
-    replaced_or_gone,
     shared_view,
     without_departed,
 )
-from ._core.ring import ring_of, watched_neighbours
 from ._core.states import WorkerState
 from ._db import Database
 from ._errors import (
@@ -56,16 +54,14 @@ from ._store.events import tx_event
 from ._store.members import (
     tx_check_epoch,
     tx_ensure_role,
-    tx_evict,
     tx_heartbeat,
     tx_leave,
     tx_park,
     tx_read_membership_since,
     tx_register,
-    tx_retire,
-    tx_watch_health,
 )
 from ._worker_base import WorkerBase
+from ._worker_neighbours import check_loop, ghost_loop, note_replaced
 from ._worker_options import WorkerOptions, make_options, resolve_worker_id
 
 #: A heartbeat comes up to this fraction of its interval early (random), so that the
@@ -499,7 +495,7 @@ class Worker(WorkerBase):
             m = shared_view(self._members_scope, m)
             self._membership_reads += 1
             self._membership_full_reads += int(full)
-            self._note_replaced(self.latest, m)
+            note_replaced(self, self.latest, m)
             if corrupt:
                 self._corrupt += len(corrupt)
                 self.log.error("corrupt_member_records", keys=[k.hex() for k in corrupt])
@@ -646,164 +642,6 @@ class Worker(WorkerBase):
         ev, self._membership_event = self._membership_event, new_event()
         ev.set()
 
-    async def _check_loop(self) -> None:
-        interval = self.options.effective_check_interval
-        while True:
-            m = self.latest
-            now = current_time()
-            if m is None or self.state is not WorkerState.ACTIVE or len(m.members) < 2:
-                await sleep(interval)
-                continue
-            members = m.members
-
-            def suspect(
-                w: str, now: float = now, members: Mapping[str, MemberRecord] = members
-            ) -> bool:
-                rec = members.get(w)
-                return rec is not None and self._tracker.suspect(w, rec.timeout, now)
-
-            if members is not self._ring_of:
-                self._ring = ring_of(members, self._ring)
-                self._ring_of = members
-            neighbours = watched_neighbours(self.id, self._ring, suspect)
-            # A neighbour that the ring gave to another checker (a join landed between
-            # us) stays observed until its stamp changes: the new checker starts from
-            # zero, and a dead one would otherwise wait a full timeout more (G1).
-            ghost_due = self._tracker.next_ghost_due()
-            for gone in [w for w in self._tracker.tracked() if w not in members]:
-                self._tracker.departed(gone, now)  # before retain() forgets it
-            former = [w for w in self._tracker.tracked() if w in members and w not in neighbours]
-            neighbours = neighbours + former
-            self._tracker.retain(set(neighbours))
-            try:
-                stamps, watches = await self.transact(
-                    tx_watch_health, self.layout, self.role, neighbours
-                )
-            except FDBError as e:
-                self.log.warning("neighbour_read_failed", error=e.name)
-                await sleep(interval)
-                continue
-            now = current_time()
-            next_due = now + interval
-            for wid in neighbours:
-                rec = members.get(wid)
-                if rec is None:
-                    continue
-                self._tracker.observe(wid, rec.incarnation, stamps.get(wid), now, rec.timeout)
-                if wid in former and self._tracker.silent_for(wid, now) == 0.0:
-                    self._tracker.forget(wid)  # alive: its new checker has it
-                    continue
-                if self._tracker.stale(wid, rec.timeout, now):
-                    await self._evict(wid, rec, stamps.get(wid), self._tracker.silent_for(wid, now))
-                else:
-                    due = self._tracker.evict_due(wid, rec.timeout)
-                    if due is not None:
-                        next_due = min(next_due, due)
-            if self._tracker.next_ghost_due() != ghost_due:
-                self._wake_ghosts.set()  # observe() or departed() found a new one
-            # Until the next check is due, or a neighbour's heartbeat commits (its
-            # watch fires: we see the new stamp at once, so the eviction deadline is
-            # counted from the heartbeat itself, not from our next poll).
-            await self._wait_health(watches, max(next_due, current_time() + interval / 20))
-
-    async def _wait_health(self, watches: list[Any], until: float) -> None:
-        try:
-            with move_on_at(until):
-                async with open_task_group() as n:
-
-                    async def one(w: Any) -> None:
-                        try:
-                            await w.wait()
-                        except FDBError:
-                            # A failed watch (too many: 1032): the timer alone decides.
-                            await anyio.sleep_forever()
-                        n.cancel_scope.cancel()
-
-                    for w in watches:
-                        n.start_soon(one, w)
-        finally:
-            for w in watches:
-                w.cancel()
-
-    def _note_replaced(self, old: Membership | None, new: Membership) -> None:
-        """Every member (not only the id's ring checker) counts the wait for the lease
-        of an incarnation it saw replaced or gone, from the moment it saw that (after
-        the read returned, so after the replacement committed). The first one whose
-        wait is over retires it (``_ghost_loop``). Found by the chaos soak (seed 13): when
-        the only member that counted, the ring checker, restarted before the wait was
-        over, and the id kept restarting faster than settle + timeout (each new
-        incarnation, the claimant, counting from zero after its settle window), nobody
-        ever retired the dead incarnation and its jobs had no runner for 44-59 s."""
-        now = current_time()
-        before = self._tracker.next_ghost_due()
-        for wid, incarnation, timeout in replaced_or_gone(old, new, self.id):
-            self._tracker.superseded(wid, incarnation, timeout, now)
-        if self._tracker.next_ghost_due() != before:
-            self._wake_ghosts.set()
-
-    async def _ghost_loop(self) -> None:
-        """Retire the incarnations this worker saw replaced or gone once their timeout
-        has passed since (see ``NeighbourTracker``). Every member that saw it counts the
-        same wait: a little jitter (up to half a check interval) spreads their
-        retirements, and all but the first find it retired (a read of one key)."""
-        interval = self.options.effective_check_interval
-        while True:
-            self._wake_ghosts = new_event()
-            due = self._tracker.next_ghost_due()
-            if due is None:
-                await self._wake_ghosts.wait()
-                continue
-            with move_on_at(due + self._rng.random() * interval / 2):
-                await self._wake_ghosts.wait()
-            if not await self._retire_ghosts(current_time()):
-                await sleep(interval)
-
-    async def _retire_ghosts(self, now: float) -> bool:
-        """Attest that incarnations we saw superseded or gone run nothing any more,
-        once their timeout has passed since we saw that (see NeighbourTracker): their
-        claims are then taken at once, even when their id keeps restarting (a
-        crash-looping pod). False if a retirement failed (tried again later)."""
-        for wid, incarnation in self._tracker.ghosts_due(now):
-            try:
-                await self.transact(tx_retire, self.layout, self.role, wid, incarnation)
-            except FDBError as e:
-                self.log.warning("retire_failed", neighbour=wid, error=e.name)
-                return False
-            self._tracker.ghost_retired(wid, incarnation)
-            self.log.info("superseded_incarnation_retired", neighbour=wid, old=incarnation)
-        return True
-
-    async def _evict(
-        self, wid: str, rec: MemberRecord, stamp: bytes | None, silent_for: float
-    ) -> None:
-        try:
-            done = await self.transact(
-                tx_evict,
-                self.layout,
-                self.role,
-                wid,
-                rec.incarnation,
-                stamp,
-                self.id,
-                silent_for,
-                "heartbeat silent for longer than its timeout",
-                self.options.event_retention,
-            )
-        except FDBError as e:
-            self.log.warning("evict_failed", neighbour=wid, error=e.name)
-            return
-        if done:
-            self._evictions += 1
-            self.log.warning(
-                "neighbour_evicted",
-                neighbour=wid,
-                silent_for=round(silent_for, 3),
-                timeout=rec.timeout,
-            )
-            self._wake_reader.set()
-        else:
-            self.log.info("eviction_skipped", neighbour=wid, reason="heartbeat changed or gone")
-
     async def leave_for_restart(self) -> None:
         """Leave now to come back as the same id (restart in place, e.g. a deploy):
         stop every job and release its claim, but keep the member record, so the
@@ -882,8 +720,8 @@ class Worker(WorkerBase):
             nursery.start_soon(self._suspend_watch)
             nursery.start_soon(self._membership_loop)
             nursery.start_soon(self._settle_loop)
-            nursery.start_soon(self._check_loop)
-            nursery.start_soon(self._ghost_loop)
+            nursery.start_soon(check_loop, self)
+            nursery.start_soon(ghost_loop, self)
             nursery.start_soon(self._drain_watcher)
             task_status.started()
 
