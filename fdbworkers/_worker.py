@@ -30,8 +30,6 @@ from ._core.membership import (
     Membership,
     MembershipChange,
     diff,
-    shared_view,
-    without_departed,
 )
 from ._core.states import WorkerState
 from ._db import Database
@@ -47,21 +45,19 @@ from ._loop import (
     move_on_after,
     move_on_at,
     new_event,
-    open_task_group,
     sleep,
 )
 from ._store.events import tx_event
 from ._store.members import (
-    tx_check_epoch,
     tx_ensure_role,
     tx_heartbeat,
     tx_leave,
     tx_park,
-    tx_read_membership_since,
     tx_register,
 )
 from ._worker_base import WorkerBase
-from ._worker_neighbours import check_loop, ghost_loop, note_replaced
+from ._worker_membership import membership_loop, settle_loop
+from ._worker_neighbours import check_loop, ghost_loop
 from ._worker_options import WorkerOptions, make_options, resolve_worker_id
 
 #: A heartbeat comes up to this fraction of its interval early (random), so that the
@@ -471,177 +467,6 @@ class Worker(WorkerBase):
         self.log = self.log.bind(incarnation=self.incarnation)
         await self._register()
 
-    async def _membership_loop(self) -> None:
-        arm = True
-        last_read = -math.inf
-        while True:
-            wait = last_read + self.options.membership_read_gap - current_time()
-            if wait > 0:
-                await sleep(wait)  # coalesce a burst of changes into one read
-            last_read = current_time()
-            self._wake_reader = new_event()
-            try:
-                m, corrupt, _rv, watches, full = await self.transact(
-                    tx_read_membership_since,
-                    self.layout,
-                    self.role,
-                    self.id if arm else None,
-                    self.latest,
-                )
-            except FDBError as e:
-                self.log.warning("membership_read_failed", error=e.name, code=e.code)
-                await sleep(min(1.0, self.options.heartbeat_interval))
-                continue
-            m = shared_view(self._members_scope, m)
-            self._membership_reads += 1
-            self._membership_full_reads += int(full)
-            note_replaced(self, self.latest, m)
-            if corrupt:
-                self._corrupt += len(corrupt)
-                self.log.error("corrupt_member_records", keys=[k.hex() for k in corrupt])
-            old = self.latest
-            self.latest = m
-            if old is None or old.epoch != m.epoch or dict(old.members) != dict(m.members):
-                self._settler.changed(current_time())
-                self._wake_settle.set()
-                # A departure (eviction, leave) is not churn: its jobs have no runner.
-                # Report the settled view less the departed at once; joins and
-                # restarts still wait for the settle window.
-                interim = without_departed(self._reported, m)
-                if interim is not None:
-                    self._report(interim)
-            mine = m.members.get(self.id)
-            if (mine is None or mine.incarnation != self.incarnation) and self.state in (
-                WorkerState.ACTIVE,
-                WorkerState.FENCED,
-            ):
-                self._wake_heartbeat.set()  # it finds out and rejoins (or stops)
-            if (
-                mine is not None
-                and mine.incarnation == self.incarnation
-                and mine.drain
-                and self.state in (WorkerState.ACTIVE, WorkerState.FENCED)
-            ):
-                self._drain_requested()
-            if watches:
-                arm = await self._wait_membership_watches(m, watches)
-            else:
-                with move_on_after(self.options.poll_interval):
-                    await self._wake_reader.wait()
-                arm = True
-
-    async def _wait_membership_watches(self, m: Membership, watches: list[Any]) -> bool:
-        """Wait for a membership watch to fire. A watch may never fire (lost): after a
-        timeout without a fire, read the epoch alone (one key, O(1) at rest) with fresh
-        watches; a changed epoch means a change was missed: read it all now. Without
-        this, a worker whose watch was lost kept a view without later joiners, and a
-        joiner its ring gave it to check went unchecked: a crash of it was not evicted
-        until the watch came back (found by the simulation's lost-watch fault)."""
-        while True:
-            arm = await self._wait_watches(watches, self.options.timeout)
-            if arm is not None:
-                return arm
-            try:
-                epoch, watches = await self.transact(
-                    tx_check_epoch, self.layout, self.role, self.id
-                )
-            except FDBError as e:
-                self.log.info("epoch_check_failed", error=e.name)
-                return True
-            if epoch != m.epoch:
-                for w in watches:
-                    w.cancel()
-                self.log.info("membership_watch_missed", action="read membership")
-                return True
-
-    async def _wait_watches(self, watches: list[Any], limit: float | None = None) -> bool | None:
-        """Wait for either watch; returns whether to arm watches next time, or None when
-        none fired within ``limit`` seconds (the watches are cancelled then)."""
-        fired: list[BaseException | None] = []
-        with move_on_after(math.inf if limit is None else limit) as timer:
-            await self._wait_any_watch(watches, fired)
-        if timer.cancelled_caught:
-            for w in watches:
-                w.cancel()
-            return None
-        return await self._after_watch(watches, fired)
-
-    async def _wait_any_watch(self, watches: list[Any], fired: list[BaseException | None]) -> None:
-        async with open_task_group() as nursery:
-
-            async def one(w: Any) -> None:
-                try:
-                    await w.wait()
-                    fired.append(None)
-                except FDBError as e:
-                    fired.append(e)
-                nursery.cancel_scope.cancel()
-
-            for w in watches:
-                nursery.start_soon(one, w)
-
-    async def _after_watch(self, watches: list[Any], fired: list[BaseException | None]) -> bool:
-        for w in watches:
-            w.cancel()
-        errors = [e for e in fired if isinstance(e, FDBError)]
-        if errors and any(e.code == 1032 for e in errors):
-            if not self._polling:
-                self.log.warning(
-                    "watch_limit_reached",
-                    action=f"polling membership every {self.options.poll_interval}s",
-                )
-            self._polling = True
-            await sleep(self.options.poll_interval)
-            return True
-        if errors:
-            self.log.info("watch_failed", error=str(errors[0]))
-            await sleep(0.05 + self._rng.random() * 0.1)
-        else:
-            self._watch_fires += 1
-            if self._polling:
-                self.log.info("watches_restored")
-            self._polling = False
-        return True
-
-    async def _settle_loop(self) -> None:
-        while True:
-            self._wake_settle = new_event()
-            deadline = self._settler.deadline()
-            if deadline is None or self.latest is None:
-                await self._wake_settle.wait()
-                continue
-            with move_on_at(deadline):
-                await self._wake_settle.wait()
-            if not self._settler.due(current_time()) or self.latest is None:
-                continue
-            self._settler.reported()
-            self._report(self.latest)
-
-    def _report(self, m: Membership) -> None:
-        change = diff(self._reported, m)
-        self._reported = m
-        self.membership = m
-        if change.empty and self._changes_reported > 0:
-            return
-        self._changes_reported += 1
-        self.log = self.log.bind(epoch=m.epoch.hex())
-        self.log.info(
-            "membership_changed",
-            added=sorted(change.added),
-            removed=sorted(change.removed),
-            restarted=sorted(change.restarted),
-            members=len(m.members),
-        )
-        for ch in list(self._subscribers):
-            try:
-                ch.send_nowait(change)
-            except anyio.WouldBlock:
-                self.log.warning("membership_subscriber_lagging")
-            except anyio.BrokenResourceError:
-                pass
-        ev, self._membership_event = self._membership_event, new_event()
-        ev.set()
-
     async def leave_for_restart(self) -> None:
         """Leave now to come back as the same id (restart in place, e.g. a deploy):
         stop every job and release its claim, but keep the member record, so the
@@ -718,8 +543,8 @@ class Worker(WorkerBase):
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._lease_watchdog)
             nursery.start_soon(self._suspend_watch)
-            nursery.start_soon(self._membership_loop)
-            nursery.start_soon(self._settle_loop)
+            nursery.start_soon(membership_loop, self)
+            nursery.start_soon(settle_loop, self)
             nursery.start_soon(check_loop, self)
             nursery.start_soon(ghost_loop, self)
             nursery.start_soon(self._drain_watcher)

@@ -29,7 +29,6 @@ NOT_YET_SPLIT_MODULES = {
     "fdbworkers/_backends/engine/_database.py",
     "fdbworkers/_core/keys.py",
     "fdbworkers/_runner.py",
-    "fdbworkers/_worker.py",
 }
 
 
