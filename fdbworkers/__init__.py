@@ -39,13 +39,8 @@ from ._runner import (
 )
 from ._store.bulk import AddJobsResult
 from ._store.jobs import JobRecord
-from ._worker import (
-    Worker,
-    WorkerStatistics,
-    WorkerSupersededError,
-    open_worker,
-    run_worker,
-)
+from ._worker import Worker, WorkerStatistics, open_worker, run_worker
+from ._worker_lease import WorkerSupersededError
 from ._worker_options import WorkerOptions
 
 __version__ = "0.1.0"

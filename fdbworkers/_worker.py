@@ -4,18 +4,21 @@ around the pure core (``_core.keys``, ``ring``, ``liveness``, ``settle``, ``memb
 ``states``) and the member transactions of ``_store.members``; it knows nothing of jobs
 (the runner hooks in).
 
+This module holds ``Worker`` (the public surface, leave and drain, and the task group
+running the loops) and ``open_worker``; the loops are in ``_worker_lease``,
+``_worker_membership`` and ``_worker_neighbours``, the state they share in
+``_worker_base``, the options in ``_worker_options``.
+
 Every transaction is a function taking the transaction as its first argument, run by the
 shared retry loop (``Worker.transact``) with a timeout, so nothing hangs forever.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,47 +26,17 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._core.keys import (
-    MemberRecord,
-)
-from ._core.membership import (
-    Membership,
-    MembershipChange,
-    diff,
-)
+from ._core.membership import Membership, MembershipChange, diff
 from ._core.states import WorkerState
 from ._db import Database
-from ._errors import (
-    ClusterUnreachableError,
-    ConfigError,
-    CorruptDataError,
-    FDBError,
-    FdbworkersError,
-)
-from ._loop import (
-    current_time,
-    move_on_after,
-    move_on_at,
-    new_event,
-    sleep,
-)
-from ._store.events import tx_event
-from ._store.members import (
-    tx_ensure_role,
-    tx_heartbeat,
-    tx_leave,
-    tx_park,
-    tx_register,
-)
+from ._errors import ConfigError, FDBError
+from ._loop import current_time, new_event
+from ._store.members import tx_leave, tx_park
 from ._worker_base import WorkerBase
+from ._worker_lease import heartbeat_loop, lease_watchdog, register, suspend_watch
 from ._worker_membership import membership_loop, settle_loop
 from ._worker_neighbours import check_loop, ghost_loop
 from ._worker_options import WorkerOptions, make_options, resolve_worker_id
-
-#: A heartbeat comes up to this fraction of its interval early (random), so that the
-#: heartbeats of workers started together spread over the interval.
-HEARTBEAT_JITTER = 0.1
-
 
 #: How ``Worker.run_jobs`` runs jobs: installed by the job runner (a layer above).
 JobRunnerHook = Callable[..., Awaitable[None]]
@@ -80,10 +53,6 @@ def install_job_runner(run: JobRunnerHook) -> None:
     knows the worker; the worker does not know the runner)."""
     global _job_runner
     _job_runner = run
-
-
-class WorkerSupersededError(FdbworkersError):
-    """Another process registered with this worker id; this one stopped its work."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +99,6 @@ class Worker(WorkerBase):
             f"incarnation={self.incarnation[:8]} "
             f"members={len(self.latest.members) if self.latest else 0}>"
         )
-
-    # -- public surface ----------------------------------------------------------------
 
     @property
     def fenced(self) -> bool:
@@ -246,227 +213,6 @@ class Worker(WorkerBase):
             raise RuntimeError("no job runner is installed: import fdbworkers first")
         await _job_runner(self, handler, **options)
 
-    # -- internals ---------------------------------------------------------------------
-
-    async def _register(self) -> None:
-        deadline_log = 0.0
-        while True:
-            try:
-                self.role_config = await self.transact(
-                    tx_ensure_role, self.layout, self.role, self.options.partitions
-                )
-                started = current_time()
-                rec = await self.transact(
-                    tx_register,
-                    self.layout,
-                    self.role,
-                    self._record(),
-                    self.options.event_retention,
-                )
-                break
-            except FDBError as e:
-                if current_time() >= deadline_log:
-                    self.log.warning("register_failed", error=str(e), code=e.code)
-                    deadline_log = current_time() + 10
-                self._cluster_failed(e)
-                await sleep(min(1.0, self.options.heartbeat_interval))
-        self._cluster_answered()
-        self._renew_lease(started)
-        if rec.replaced:
-            # A previous incarnation with our id may still be running somewhere: its jobs
-            # are taken over only once its lease must have expired (see _jobs). It can
-            # commit no heartbeat after our registration did: we count that wait too,
-            # from now, not from our first claim after the settle window.
-            self._replaced_seen_at = current_time()
-            self.log.info("replaced_incarnation", old=rec.replaced)
-            if rec.replaced_timeout:
-                self._tracker.superseded(
-                    self.id, rec.replaced, rec.replaced_timeout, self._replaced_seen_at
-                )
-                self._wake_ghosts.set()
-        self._settler.changed(current_time())
-        self._set_state(WorkerState.ACTIVE)
-        self.log.info("registered", timeout=self.options.timeout, weight=self.options.weight)
-        self._wake_reader.set()
-
-    def _cluster_failed(self, e: FDBError) -> None:
-        """A registration or heartbeat failed: say plainly how long the cluster has not
-        answered (every 10 s), and give up after ``give_up_after`` if set."""
-        now = current_time()
-        if self._unreachable_since is None:
-            self._unreachable_since = (now, time.time())
-        silent = now - self._unreachable_since[0]
-        since = utc_iso(self._unreachable_since[1])
-        limit = self.options.give_up_after
-        if silent >= self.options.op_timeout and now - self._unreachable_logged >= 10.0:
-            self._unreachable_logged = now
-            self.log.error(
-                "cluster_unreachable",
-                since=since,
-                seconds=round(silent, 1),
-                last_error=f"{e.name} ({e.code})",
-                give_up_in=None if limit is None else round(max(0.0, limit - silent), 1),
-            )
-        if limit is not None and silent >= limit:
-            raise ClusterUnreachableError(
-                f"the cluster has not answered for {silent:.0f} s (since {since}; last "
-                f"error: {e.name} ({e.code})): giving up after {limit:g} s"
-            )
-
-    def _cluster_answered(self) -> None:
-        if self._unreachable_since is not None:
-            silent = current_time() - self._unreachable_since[0]
-            if self._unreachable_logged > -math.inf:
-                self.log.warning("cluster_reachable_again", after=round(silent, 1))
-            self._unreachable_since = None
-            self._unreachable_logged = -math.inf
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.options.heartbeat_interval
-        while True:
-            start = current_time()
-            self.heartbeat_in_flight = True
-            try:
-                rec = await self.transact(
-                    tx_heartbeat, self.layout, self.role, self.id, self.incarnation
-                )
-            except CorruptDataError as e:
-                self.heartbeat_in_flight = False
-                await self._own_record_corrupt(str(e))
-                continue
-            except FDBError as e:
-                self.heartbeat_in_flight = False
-                self._hb_failures += 1
-                self.log.warning("heartbeat_failed", error=e.name, code=e.code)
-                self._cluster_failed(e)
-                # Try again soon (the lease keeps running from the last success).
-                await sleep(min(interval / 4, 0.05 + self._rng.random() * 0.1))
-                continue
-            self.heartbeat_in_flight = False
-            latency = current_time() - start
-            self._hb_latency_last = latency
-            self._hb_latency_max = max(self._hb_latency_max, latency)
-            if rec is None or rec.incarnation != self.incarnation:
-                if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
-                    return  # our leave removed the record: nothing more to renew
-                await self._lost_record(rec)
-                continue
-            self._cluster_answered()
-            self._hb_sent += 1
-            self.last_heartbeat_committed = current_time()
-            self._renew_lease(start)
-            if self.state is WorkerState.FENCED and self.lease.valid(current_time()):
-                self.log.info("unfenced")
-                self._set_state(WorkerState.ACTIVE)
-            if rec.drain and self.state is WorkerState.ACTIVE:
-                self._drain_requested()
-            self._wake_heartbeat = new_event()
-            # Up to HEARTBEAT_JITTER earlier (never later: the lease only gains): workers
-            # started together would otherwise commit together every interval for as
-            # long as they live, N commits in the same instant.
-            with move_on_at(start + interval * (1.0 - HEARTBEAT_JITTER * self._rng.random())):
-                await self._wake_heartbeat.wait()
-
-    async def _lease_watchdog(self) -> None:
-        while True:
-            self._account_suspend()
-            now = current_time()
-            if self.state is WorkerState.ACTIVE and not self.lease.valid(now):
-                self._fences += 1
-                self.log.warning(
-                    "self_fenced",
-                    reason="no heartbeat committed within timeout - margin",
-                    margin=self.lease.margin,
-                )
-                self._set_state(WorkerState.FENCED)
-                await self._emit_fence_event()
-            if self.state is WorkerState.ACTIVE:
-                self._lease_changed = new_event()
-                with move_on_at(self.lease.expires_at):
-                    await self._lease_changed.wait()
-            else:
-                await self.wait_state_change()
-
-    async def _suspend_watch(self) -> None:
-        """Notice a suspend of the machine within a fraction of the margin, even when
-        nothing asks for the lease: it then fences and stops the jobs without grace."""
-        while True:
-            await sleep(min(0.25, self.lease.margin / 4))
-            self._account_suspend()
-
-    async def _emit_fence_event(self) -> None:
-        # Best effort: the cluster may be unreachable, which is why we fenced.
-        with move_on_after(self.options.op_timeout), suppress(FDBError):
-            await self.transact(
-                tx_event,
-                self.layout,
-                "self_fenced",
-                self.role,
-                self.options.event_retention,
-                worker=self.id,
-                incarnation=self.incarnation,
-            )
-
-    async def _lost_record(self, rec: MemberRecord | None) -> None:
-        if rec is not None and rec.incarnation != self.incarnation:
-            self.log.error(
-                "worker_superseded",
-                by_incarnation=rec.incarnation,
-                hint="another process registered with this worker id",
-            )
-            self._set_state(WorkerState.SUPERSEDED)
-            # The new incarnation waits out our lease before it takes our jobs (G3).
-            # Stop the handlers (within our lease) and clear our own claims (a release
-            # needs no membership): it then takes them at once, not up to a timeout
-            # later (a frozen process resumed after its id was started elsewhere).
-            with move_on_after(max(self.options.timeout, 5.0)):
-                await self._stop_work("superseded")
-            raise WorkerSupersededError(
-                f"worker id {self.id!r} in role {self.role!r} was taken over by incarnation "
-                f"{rec.incarnation}; stopping this one ({self.incarnation})"
-            )
-        if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
-            return
-        self.log.warning("found_self_evicted", action="stop work and rejoin")
-        self.lease.revoke()
-        self._set_state(WorkerState.REJOINING)
-        await self._stop_work("rejoin")
-        self._rejoins += 1
-        self.incarnation = self._new_incarnation()
-        self.log = self.log.bind(incarnation=self.incarnation)
-        await self._register()
-
-    async def _own_record_corrupt(self, error: str) -> None:
-        """Our own member record holds garbage (a bad write under the prefix): we can no
-        longer prove membership by heartbeats. Others see the record as held but do not
-        trust it, so our claims stay ours and our lease runs out normally: stop the jobs
-        gracefully (within the lease), then register again as a new incarnation, which
-        overwrites the garbage."""
-        self._corrupt += 1
-        self.log.error(
-            "own_record_corrupt", error=error, action="stop jobs gracefully and re-register"
-        )
-        if self.state in (WorkerState.DRAINING, WorkerState.LEFT):
-            return
-        with move_on_after(self.options.op_timeout), suppress(FDBError):
-            await self.transact(
-                tx_event,
-                self.layout,
-                "own_record_corrupt",
-                self.role,
-                self.options.event_retention,
-                worker=self.id,
-                incarnation=self.incarnation,
-                error=error,
-            )
-        self._set_state(WorkerState.REJOINING)
-        await self._stop_work("corrupt_record")
-        self.lease.revoke()
-        self._rejoins += 1
-        self.incarnation = self._new_incarnation()
-        self.log = self.log.bind(incarnation=self.incarnation)
-        await self._register()
-
     async def leave_for_restart(self) -> None:
         """Leave now to come back as the same id (restart in place, e.g. a deploy):
         stop every job and release its claim, but keep the member record, so the
@@ -538,25 +284,17 @@ class Worker(WorkerBase):
     async def _run(
         self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        await self._register()
+        await register(self)
         async with anyio.create_task_group() as nursery:
-            nursery.start_soon(self._heartbeat_loop)
-            nursery.start_soon(self._lease_watchdog)
-            nursery.start_soon(self._suspend_watch)
+            nursery.start_soon(heartbeat_loop, self)
+            nursery.start_soon(lease_watchdog, self)
+            nursery.start_soon(suspend_watch, self)
             nursery.start_soon(membership_loop, self)
             nursery.start_soon(settle_loop, self)
             nursery.start_soon(check_loop, self)
             nursery.start_soon(ghost_loop, self)
             nursery.start_soon(self._drain_watcher)
             task_status.started()
-
-
-def utc_iso(wall: float) -> str:
-    """A wall-clock time as UTC ISO-8601 with the zone (``2026-01-02T03:04:05Z``)."""
-    import datetime
-
-    t = datetime.datetime.fromtimestamp(wall, datetime.UTC).replace(microsecond=0)
-    return t.isoformat().replace("+00:00", "Z")
 
 
 def check_database(db: Any, what: str = "db") -> None:

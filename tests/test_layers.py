@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "fdbworkers._worker_base",
             "fdbworkers._worker_neighbours",
             "fdbworkers._worker_membership",
+            "fdbworkers._worker_lease",
             "fdbworkers._worker",
         ],
     ),

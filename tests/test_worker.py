@@ -439,7 +439,7 @@ async def test_the_heartbeats_of_workers_started_together_spread_out(
     burst for the cluster every interval (and, on the engine, each of those commits
     checked for conflicts against all the others). A heartbeat now comes up to 10 %
     early, at random: after a minute the beats of 50 workers are spread out."""
-    import fdbworkers._worker as worker_mod
+    import fdbworkers._worker_lease as worker_mod
     from fdbworkers._store.members import tx_heartbeat as real
 
     beats: list[float] = []

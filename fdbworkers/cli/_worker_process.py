@@ -15,7 +15,7 @@ import trio
 
 from .._errors import ClusterUnreachableError, ConfigError, FdbworkersError
 from .._log import get_logger
-from .._worker import WorkerSupersededError
+from .._worker_lease import WorkerSupersededError
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
