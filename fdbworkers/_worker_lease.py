@@ -61,7 +61,7 @@ async def register(worker: WorkerBase) -> None:
     worker._renew_lease(started)
     if rec.replaced:
         # A previous incarnation with our id may still be running somewhere: its jobs
-        # are taken over only once its lease must have expired (see _jobs). It can
+        # are taken over only once its lease must have expired (_core/claims.py). It can
         # commit no heartbeat after our registration did: we count that wait too,
         # from now, not from our first claim after the settle window.
         worker._replaced_seen_at = current_time()

@@ -105,7 +105,7 @@ def note_replaced(worker: WorkerBase, old: Membership | None, new: Membership) -
     """Every member (not only the id's ring checker) counts the wait for the lease
     of an incarnation it saw replaced or gone, from the moment it saw that (after
     the read returned, so after the replacement committed). The first one whose
-    wait is over retires it (``_ghost_loop``). Found by the chaos soak (seed 13): when
+    wait is over retires it (``ghost_loop``). Found by the chaos soak (seed 13): when
     the only member that counted, the ring checker, restarted before the wait was
     over, and the id kept restarting faster than settle + timeout (each new
     incarnation, the claimant, counting from zero after its settle window), nobody
