@@ -10,11 +10,11 @@ from ._database import (
     EngineDatabase,
     EngineStatistics,
     EngineTransaction,
-    EngineVersionstampFuture,
-    EngineWatch,
 )
 from ._faults import FaultPlan, Latency
 from ._store import MVCC_WINDOW, VERSIONS_PER_SECOND, Store
+from ._versionstamps import EngineVersionstampFuture
+from ._watches import EngineWatch
 
 __all__ = [
     "MVCC_WINDOW",
