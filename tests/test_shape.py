@@ -26,7 +26,6 @@ NOT_YET_SPLIT_FUNCTIONS = {
     "fdbworkers/_runner.py _reconcile",
 }
 NOT_YET_SPLIT_MODULES = {
-    "fdbworkers/_backends/engine/_database.py",
     "fdbworkers/_core/keys.py",
     "fdbworkers/_runner.py",
 }

@@ -5,14 +5,11 @@
 See docs/engine.md for what it models and what it does not.
 """
 
-from ._database import (
-    Engine,
-    EngineDatabase,
-    EngineStatistics,
-    EngineTransaction,
-)
+from ._database import Engine, EngineDatabase
 from ._faults import FaultPlan, Latency
+from ._stats import EngineStatistics
 from ._store import MVCC_WINDOW, VERSIONS_PER_SECOND, Store
+from ._transaction import EngineTransaction
 from ._versionstamps import EngineVersionstampFuture
 from ._watches import EngineWatch
 
