@@ -18,6 +18,7 @@ from ._db import Database
 from ._fleet import Fleet, FleetWorker, Handler, Violation, idle_handler
 from ._loop import current_time, sleep
 from ._runner import Job
+from ._sim_faults import crash_loop_for, partition_for, restart_later, stall_for
 from ._worker import Worker
 from ._worker_options import WorkerOptions
 
@@ -569,56 +570,6 @@ class _SimRun:
             ),
             "engine": self.engine.stats,
         }
-
-
-async def restart_later(
-    fleet: Fleet, wid: str, delay: float, sim: Simulation, options: WorkerOptions | None = None
-) -> None:
-    await sleep(delay)
-    fw = await fleet.start(wid, options)
-    sim._event(f"restart {wid} ({fw.worker.incarnation[:6] if fw.worker else '?'})")
-
-
-async def stall_for(
-    fw: FleetWorker, duration: float, suspend: bool, unseen: float, sim: Simulation
-) -> None:
-    """Commits stall while reads work (a stall), or nothing gets through and part of the
-    time goes unseen by the loop clock (a suspend: the boot clock jumps at resume)."""
-    db: Any = fw.db
-    if suspend:
-        db.partitioned = True
-    else:
-        db.commits_stalled = True
-    await sleep(duration)
-    db.partitioned = False
-    db.commits_stalled = False
-    if suspend:
-        fw.suspend(unseen * duration)
-    sim._event(f"heal {fw.id}")
-
-
-async def crash_loop_for(
-    crashing: set[str], jobs: set[str], duration: float, sim: Simulation
-) -> None:
-    crashing |= jobs
-    await sleep(duration)
-    crashing -= jobs
-    sim._event(f"crash loop of {sorted(jobs)} ends")
-
-
-async def partition_for(
-    fw: FleetWorker, duration: float, excused: set[tuple[str, str]], sim: Simulation
-) -> None:
-    w = fw.worker
-    if w is None:
-        return
-    excused.add((w.id, w.incarnation))
-    fw.db.partitioned = True  # type: ignore[attr-defined]
-    await sleep(duration)
-    fw.db.partitioned = False  # type: ignore[attr-defined]
-    if fw.worker is not None:
-        # A rejoin after the partition is a new incarnation: excuse the old one only.
-        sim._event(f"heal {w.id}")
 
 
 async def add_job_for_sim(

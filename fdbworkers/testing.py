@@ -23,16 +23,13 @@ from ._fleet import (
     idle_handler,
     wait_until,
 )
+from ._sim_faults import crash_loop_for, partition_for, restart_later, stall_for
 from ._simulation import (
     SimConfig,
     SimReport,
     Simulation,
     add_job_for_sim,
-    crash_loop_for,
-    partition_for,
     remove_job_for_sim,
-    restart_later,
-    stall_for,
 )
 
 __all__ = [

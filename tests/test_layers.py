@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "fdbworkers._blocking_db",
             "fdbworkers._fleet",
             "fdbworkers._simulation",
+            "fdbworkers._sim_faults",
             "fdbworkers.testing",
             "fdbworkers.__init__",
         ],
