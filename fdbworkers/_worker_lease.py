@@ -71,6 +71,11 @@ async def register(worker: WorkerBase) -> None:
                 worker.id, rec.replaced, rec.replaced_timeout, worker._replaced_seen_at
             )
             worker._wake_ghosts.set()
+    # A new incarnation settles like a first start: its first view with itself is
+    # reported at once (the peers saw a lone join; the first member by id writes the
+    # plan, which may be us). Before, a rejoin waited a whole settle window because
+    # it had just read the view it was evicted from.
+    worker._settler.restart()
     worker._settler.changed(current_time())
     worker._set_state(WorkerState.ACTIVE)
     worker.log.info("registered", timeout=worker.options.timeout, weight=worker.options.weight)

@@ -463,3 +463,37 @@ async def test_the_heartbeats_of_workers_started_together_spread_out(
     per_instant = collections.Counter(round(t, 3) for t in beats)
     assert len(beats) >= 50 * 10 / 1.0 * 0.9, len(beats)  # every second or a bit more often
     assert max(per_instant.values()) <= 3, per_instant.most_common(3)  # before: 9
+
+
+async def test_a_rejoined_worker_reports_its_own_view_at_once() -> None:
+    """A worker that was evicted (a pause past its timeout) and rejoins as a new
+    incarnation reports its first view with itself at once, as on a first start: its
+    own registration is not churn to settle (it runs nothing yet), and every peer
+    waited for it as the first member by id to write the plan. Before, the read of the
+    view without it, just before it registered, made its registration look like part of
+    a burst: it waited a whole settle window (2.3 s of issue 16's 2.4 s SIGCONT ->
+    stable)."""
+    opts = WorkerOptions(timeout=TIMEOUT, settle=2.0, partitions=64)
+    engine = fresh_engine(4)
+    async with anyio.create_task_group() as n:
+        fleet = Fleet(n, engine.open_database, root=ROOT, options=opts)
+        for i in range(3):
+            await fleet.start(f"w{i}")
+        await anyio.sleep(8)
+        victim = fleet.workers["w0"]
+        w = victim.worker
+        assert w is not None
+        old_incarnation = w.incarnation
+        victim.db.partitioned = True  # type: ignore[attr-defined]
+        await anyio.sleep(9)  # fenced, evicted, then quiet; its reads waited all along
+        observer = fleet.workers["w1"].worker
+        assert observer is not None and observer.latest is not None
+        assert "w0" not in observer.latest.members
+        victim.db.partitioned = False  # type: ignore[attr-defined]
+        await wait_until(
+            lambda: w.state is WorkerState.ACTIVE and w.incarnation != old_incarnation, 15
+        )
+        registered = anyio.current_time()
+        await wait_until(lambda: w.membership is not None and "w0" in w.membership.members, 10)
+        assert anyio.current_time() - registered < opts.settle / 4
+        n.cancel_scope.cancel()

@@ -61,6 +61,16 @@ class Settler:
         d = self.deadline()
         return d is not None and now >= d
 
+    def restart(self) -> None:
+        """Forget every change seen, as if just created: the next change is reported as
+        a first start's is (at once if ``leading``). A worker calls it when it registers
+        anew: the new incarnation runs nothing yet, so its own arrival is no churn to
+        settle, whatever it read just before (the view it was evicted from)."""
+        self._first_change = None
+        self._last_change = None
+        self._previous_change = None
+        self._at_once = False
+
     def reported(self) -> None:
         self._first_change = None
         self._last_change = None
