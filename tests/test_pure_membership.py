@@ -477,3 +477,16 @@ def test_suspend_meter_ignores_the_jitter_of_reading_two_clocks(jitter: list[flo
     meter = SuspendMeter(boot=1000.0, mono=5.0)
     for i, j in enumerate(jitter, 1):
         assert meter.observe(1000.0 + i * 0.25 + j, 5.0 + i * 0.25) == 0.0
+
+
+def test_a_restarted_settler_reports_the_next_change_at_once() -> None:
+    """restart() forgets the burst: a worker's new incarnation settles like a first start."""
+    s = Settler(window=2.0, max_delay=10.0, leading=True)
+    s.changed(0.0)
+    s.reported()
+    s.changed(1.0)  # within the window: trailing
+    assert s.deadline() == 3.0
+    s.restart()
+    assert not s.pending
+    s.changed(1.1)
+    assert s.deadline() == 1.1 and s.due(1.1)
