@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
 from ._core.keys import encode, validate_name
@@ -30,7 +30,7 @@ MEMBERSHIP_READ_GAP = 0.25
 DEFAULT_PARTITIONS = ASSIGN_DEFAULT_PARTITIONS
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -78,7 +78,11 @@ class WorkerOptions:
         if self.fence_margin is not None:
             self._check_fence_margin()
         _positive("poll_interval", self.poll_interval)
-        if not isinstance(self.partitions, int) or not 1 <= self.partitions <= 1_000_000:
+        if (
+            not isinstance(self.partitions, int)
+            or isinstance(self.partitions, bool)
+            or not 1 <= self.partitions <= 1_000_000
+        ):
             raise ConfigError(f"partitions must be an integer in [1, 1e6], got {self.partitions!r}")
         _positive("event_retention", self.event_retention)
         self._check_meta()
@@ -108,11 +112,7 @@ class WorkerOptions:
         """The lease (timeout - margin) must cover a heartbeat interval plus an operation
         timeout (``max_fence_margin``)."""
         most = max_fence_margin(self.timeout, self.heartbeat_interval, self.op_timeout)
-        if (
-            not isinstance(self.fence_margin, int | float)
-            or not math.isfinite(self.fence_margin)
-            or not 0 < self.fence_margin <= most
-        ):
+        if not _number(self.fence_margin) or not 0 < self.fence_margin <= most:
             raise ConfigError(
                 f"fence_margin must be > 0 and at most {most:g} s with timeout "
                 f"{self.timeout:g} s: the lease (timeout - margin) must cover a heartbeat "

@@ -285,6 +285,29 @@ def test_invalid_options_are_rejected_clearly() -> None:
             WorkerOptions(**bad)
 
 
+def test_no_numeric_option_takes_a_bool() -> None:
+    """True is an int to Python: partitions=True stored a partition count of True in
+    the role's config, and fence_margin=True gave a 1 s margin (seen when the worker
+    module was split). Every numeric option refuses bools, like weight and timeout."""
+    for name in (
+        "timeout",
+        "weight",
+        "settle",
+        "settle_max",
+        "check_interval",
+        "fence_margin",
+        "poll_interval",
+        "leave_timeout",
+        "give_up_after",
+        "event_retention",
+        "partitions",
+    ):
+        for value in (True, False):
+            kwargs: dict[str, Any] = {name: value}
+            with pytest.raises(ConfigError, match=name):
+                WorkerOptions(**kwargs)
+
+
 def test_a_fence_margin_that_leaves_too_short_a_lease_is_rejected() -> None:
     """Issue 15, hole 3: timeout 3 with margin 1.95 left a 1.05 s lease against a 1 s
     heartbeat interval and a 1 s operation timeout; it was accepted and fenced on
