@@ -45,7 +45,7 @@ class WorkerOptions:
 
     timeout: float = DEFAULT_TIMEOUT
     weight: float = 1.0
-    settle: float = 2.0
+    settle: float = 1.0
     settle_max: float | None = None
     #: Report the first change after a quiet window at once, and batch the changes that
     #: follow it for the window (a lone join costs no wait; a storm still one report

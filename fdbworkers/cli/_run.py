@@ -100,7 +100,7 @@ FDBWORKERS_JOB_PARTITION, FDBWORKERS_JOB_WEIGHT, FDBWORKERS_ATTEMPT.
 @click.option(
     "--settle",
     type=FiniteFloatRange(min=0, max=3600),
-    default=2.0,
+    default=1.0,
     show_default=True,
     metavar="SECONDS",
     help="Quiet period before a membership change rebalances jobs.",
