@@ -84,7 +84,8 @@ from fdbworkers._core.keys import Layout, decode
 from fdbworkers._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
 from fdbworkers._core.share import plan_ranges
 from fdbworkers._db import Transaction
-from fdbworkers._runner import Job, JobRunner
+from fdbworkers._runner.job import Job
+from fdbworkers._runner.runner import JobRunner
 from fdbworkers._store import plan as plan_store
 from fdbworkers._store.jobs import tx_list_jobs
 from fdbworkers._store.members import tx_read_membership

@@ -28,15 +28,9 @@ from ._errors import (
     FencedError,
     LayoutError,
 )
-from ._runner import (
-    Job,
-    JobRunner,
-    OwnershipChange,
-    RunnerStatistics,
-    add_job,
-    add_jobs,
-    remove_job,
-)
+from ._runner.admin import add_job, add_jobs, remove_job
+from ._runner.job import Job, OwnershipChange, RunnerStatistics
+from ._runner.runner import JobRunner
 from ._store.bulk import AddJobsResult
 from ._store.jobs import JobRecord
 from ._worker import Worker, WorkerStatistics, open_worker, run_worker

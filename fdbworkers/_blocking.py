@@ -42,7 +42,9 @@ from ._core.membership import Membership, MembershipChange
 from ._core.states import WorkerState
 from ._db import Database
 from ._errors import ConfigError, FencedError
-from ._runner import Job, JobRunner, add_job, add_jobs, remove_job
+from ._runner.admin import add_job, add_jobs, remove_job
+from ._runner.job import Job
+from ._runner.runner import JobRunner
 from ._store.bulk import AddJobsResult
 from ._worker import Worker, WorkerStatistics, open_worker
 

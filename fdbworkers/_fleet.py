@@ -19,7 +19,8 @@ from ._core.states import WorkerState
 from ._db import Database
 from ._errors import FencedError
 from ._loop import current_time, sleep
-from ._runner import Job, JobRunner
+from ._runner.job import Job
+from ._runner.runner import JobRunner
 from ._worker import Worker
 from ._worker_options import WorkerOptions
 

@@ -17,7 +17,7 @@ from ._core.states import WorkerState
 from ._db import Database
 from ._fleet import Fleet, FleetWorker, Handler, Violation, idle_handler
 from ._loop import current_time, sleep
-from ._runner import Job
+from ._runner.job import Job
 from ._sim_faults import crash_loop_for, partition_for, restart_later, stall_for
 from ._worker import Worker
 from ._worker_options import WorkerOptions

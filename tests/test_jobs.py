@@ -16,12 +16,12 @@ import pytest
 from aio_util import jump_clock
 
 from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker, remove_job
-from fdbworkers import _runner as runner_module
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
+from fdbworkers._runner import runner as runner_module
 from fdbworkers._store.claims import tx_claim_many, tx_take_handoffs
 from fdbworkers._store.events import read_recent_events
 from fdbworkers._store.jobs import JobRecord, tx_add_job
@@ -243,7 +243,7 @@ async def test_max_moves_spaces_moves_by_move_interval() -> None:
 
 def test_runner_options_are_validated() -> None:
     from fdbworkers import ConfigError
-    from fdbworkers._runner import JobRunner
+    from fdbworkers._runner.runner import JobRunner
 
     async def handler(job: object) -> None:
         return None

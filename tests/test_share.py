@@ -28,8 +28,16 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 import fdbworkers._core.share as share_module
-import fdbworkers._runner as runner_module
-from fdbworkers import AddJobsResult, ConfigError, FDBError, WorkerOptions, add_job, add_jobs
+import fdbworkers._runner.runner as runner_module
+from fdbworkers import (
+    AddJobsResult,
+    ConfigError,
+    FDBError,
+    WorkerOptions,
+    add_job,
+    add_jobs,
+    remove_job,
+)
 from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import (
@@ -444,7 +452,7 @@ async def test_jobs_added_and_removed_during_a_paged_read_are_neither_lost_nor_r
             if rng.random() < 0.5 and existing:
                 jid = rng.choice(sorted(existing))
                 existing.discard(jid)
-                await runner_module.remove_job(admin, ROLE, jid, root=ROOT)
+                await remove_job(admin, ROLE, jid, root=ROOT)
             else:
                 jid = f"new-{n}"
                 n += 1

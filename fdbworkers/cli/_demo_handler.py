@@ -17,7 +17,7 @@ import trio
 from .._db import Transaction
 from .._errors import FDBError, FencedError
 from .._log import get_logger
-from .._runner import Job
+from .._runner.job import Job
 
 
 class DemoHandler:

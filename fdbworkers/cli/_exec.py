@@ -51,7 +51,7 @@ import trio
 from .._errors import ConfigError
 from .._log import get_logger
 from .._loop import Event
-from .._runner import Job
+from .._runner.job import Job
 
 RESTART_MODES: Final = ("always", "on-failure")
 

@@ -139,7 +139,7 @@ async def serve_jobs(
     log: Any,
 ) -> None:
     """Run the worker's jobs (and the metrics endpoint, if asked) until cancelled."""
-    from .._runner import JobRunner
+    from .._runner.runner import JobRunner
 
     runner = JobRunner(w, handler, grace=runner_grace, park_after=park_after)
     if hasattr(handler, "bind"):

@@ -266,7 +266,7 @@ def job_show(ctx: click.Context, role: str, job_id: str, as_json: bool) -> None:
 def add_from_file(s: Settings, role: str, stream: IO[str], weight: float, partitions: int) -> None:
     """``job add --from-file``: check every line, then write the jobs in batches."""
     from .._errors import FDBError
-    from .._runner import add_jobs
+    from .._runner.admin import add_jobs
     from .._store.bulk import AddJobsResult
 
     name = "stdin" if stream.name in ("<stdin>", "-") else str(stream.name)

@@ -38,25 +38,21 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._core.assign import assign
-from ._core.claims import SupersededWaits
-from ._core.keys import (
+from .._core.assign import assign
+from .._core.claims import SupersededWaits
+from .._core.keys import (
     VERSIONS_PER_SECOND,
-    Claim,
     JobHealth,
-    Layout,
-    MemberRecord,
     decode,
     stamp_version,
-    validate_name,
 )
-from ._core.membership import Membership
-from ._core.plan import Plan, PlanMap, plan_weights, view_weights
-from ._core.share import PAGE_KEYS, PAGE_REQUESTS
-from ._core.states import WorkerState
-from ._db import Database, Transaction, VersionstampFuture, run_transaction
-from ._errors import ConfigError, CorruptDataError, FDBError, FencedError
-from ._loop import (
+from .._core.membership import Membership
+from .._core.plan import Plan, PlanMap, plan_weights, view_weights
+from .._core.share import PAGE_KEYS, PAGE_REQUESTS
+from .._core.states import WorkerState
+from .._db import Transaction, VersionstampFuture, run_transaction
+from .._errors import ConfigError, CorruptDataError, FDBError, FencedError
+from .._loop import (
     CancelScope,
     Event,
     TaskGroup,
@@ -68,14 +64,7 @@ from ._loop import (
     open_task_group,
     sleep,
 )
-from ._store.bulk import (
-    ADD_BATCH_BYTES,
-    AddJobsResult,
-    NewJob,
-    add_jobs_in_batches,
-    prepare_job,
-)
-from ._store.claims import (
+from .._store.claims import (
     CLAIM_BATCH,
     ClaimOutcome,
     ClaimRequest,
@@ -84,20 +73,17 @@ from ._store.claims import (
     tx_release_many,
     tx_take_handoffs,
 )
-from ._store.jobs import (
+from .._store.jobs import (
     JOBCHANGE_RETENTION,
     JobRecord,
-    check_job,
-    tx_add_job,
     tx_clear_job_health,
-    tx_remove_job,
     tx_write_job_health,
 )
-from ._store.members import tx_ensure_role
-from ._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
-from ._store.share import ShareRead, read_share
-from ._worker import Worker, check_database, install_job_runner
-from ._worker_options import DEFAULT_PARTITIONS
+from .._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
+from .._store.share import ShareRead, read_share
+from .._worker import Worker, install_job_runner
+from .._worker_options import DEFAULT_PARTITIONS
+from .job import Handler, Job, OwnershipChange, RunnerStatistics
 
 T = TypeVar("T")
 
@@ -114,99 +100,6 @@ _OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
 #: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
 THREADED_ASSIGN_PARTITIONS = 16384
-
-
-# --- the job store (used by the API and the CLI) ----------------------------------------
-
-
-# --- claims ---------------------------------------------------------------------------
-
-
-# --- the job handle and the runner ------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """What a handler gets: the job and its fencing token.
-
-    ``token`` is the claim's commit versionstamp (10 bytes, increasing per job): pass it
-    to external systems that can reject stale writers. ``fence(tr)`` makes the
-    application's own FDB transaction commit only while this claim still holds.
-    ``check()`` raises :class:`FencedError` once the worker's lease expired, which a
-    handler should call before any side effect outside FoundationDB. ``stopping`` is set
-    when the job moves away or the worker stops: the running loop's own event (a
-    ``trio.Event`` under trio, an ``asyncio.Event`` under asyncio; ``is_set()``,
-    ``await stopping.wait()``).
-    """
-
-    id: str
-    role: str
-    partition: int
-    spec: Any
-    weight: float
-    token: bytes
-    _worker: Worker = field(repr=False)
-    stopping: Event = field(default_factory=new_event, repr=False)
-    #: Set once the runner parked the job (``park_after`` failures in a row): it stays
-    #: claimed here but is not run again until it moves or this worker restarts.
-    parked: bool = field(default=False, repr=False)
-    _on_failure: Callable[[str], None] | None = field(default=None, repr=False)
-
-    def report_failure(self, error: str) -> None:
-        """Count a failed run that did not raise out of the handler, for a handler that
-        restarts its own work (``--exec`` does, for each exit code other than 0): the
-        job shows as ``failing`` in ``jobs`` and ``status`` like after a crash, and is
-        parked after ``park_after`` failures in a row; check :attr:`parked` after."""
-        if self._on_failure is not None:
-            self._on_failure(str(error))
-
-    @property
-    def db(self) -> Database:
-        """The database of the worker running this job."""
-        return self._worker.db
-
-    @property
-    def token_version(self) -> int:
-        return stamp_version(self.token)
-
-    def check(self) -> None:
-        if self.stopping.is_set():
-            raise FencedError(f"job {self.id!r} is being stopped on this worker")
-        if not self._worker.lease_valid():
-            raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
-
-    async def fence(self, tr: Transaction) -> None:
-        """Add the claim check to ``tr``: reads (with conflict ranges) of the job's claim,
-        which must still carry this job's token, and of this worker's member record,
-        which must still be this incarnation. If another worker takes the claim, or this
-        worker is evicted, before ``tr`` commits, ``tr`` conflicts (1020), and its retry
-        raises FencedError: a worker that lost the job, or was evicted while paused in
-        the middle of a transaction, never commits a fenced write."""
-        w = self._worker
-        layout, role = w.layout, self.role
-        ckey = layout.claim_key(role, self.partition, self.id)
-        mkey = layout.member_key(role, w.id)
-        raw = await tr.get(ckey)
-        if raw is None or Claim.decode(ckey, raw).token != self.token:
-            raise FencedError(f"job {self.id!r}: the claim with this token is gone")
-        mraw = await tr.get(mkey)
-        if mraw is None or MemberRecord.decode(w.id, mkey, mraw).incarnation != w.incarnation:
-            raise FencedError(f"worker {w.id!r} is no longer a member with this incarnation")
-        if not self._worker.lease_valid():
-            raise FencedError(f"worker {self._worker.id!r} lost its lease (fenced)")
-
-
-Handler = Callable[[Job], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class OwnershipChange:
-    """What the runner did in one reconcile step."""
-
-    started: frozenset[str]
-    stopped: frozenset[str]
-    owned: frozenset[str]
-    epoch: bytes
 
 
 @dataclass
@@ -317,39 +210,6 @@ class _GroupCommit:
             for ws in self._queue.values():  # cancelled with work queued: hand it over
                 ws[0].event.set()
                 break
-
-
-@dataclass(frozen=True)
-class RunnerStatistics:
-    running: int
-    target: int
-    pending_claims: int
-    started: int
-    stopped: int
-    handler_crashes: int
-    claims_committed: int
-    claims_blocked: int
-    reconciles: int
-    moves_deferred: int
-    #: Partitions taken over from a leaving worker before the membership settled.
-    handoffs_adopted: int = 0
-    #: Plans this worker wrote (docs/assignment.md, "The plan").
-    plans_written: int = 0
-    #: Jobs whose runs fail (crash or reported failure) and have not run
-    #: ``healthy_after`` seconds since; jobs parked; failed runs in all.
-    jobs_failing: int = 0
-    jobs_parked: int = 0
-    job_failures: int = 0
-    #: Paged reads of owned partitions (each rebalance reads what it gained, and what
-    #: the change log says changed; see docs/architecture.md): how many, and their
-    #: keys, range requests and transactions in all.
-    share_reads: int = 0
-    share_keys_read: int = 0
-    share_requests: int = 0
-    share_transactions: int = 0
-    #: Reads of the job change log (at most one per ``membership_read_gap`` while only
-    #: job changes wake them).
-    change_log_reads: int = 0
 
 
 def _check_seconds(**values: Any) -> None:
@@ -1599,129 +1459,6 @@ class JobRunner:
 async def run_jobs(worker: Worker, handler: Handler, **options: Any) -> None:
     """Run ``handler`` for every job ``worker`` owns until cancelled (see JobRunner)."""
     await JobRunner(worker, handler, **options).run()
-
-
-async def add_job(
-    db: Database,
-    role: str,
-    job_id: str,
-    spec: Any = None,
-    *,
-    weight: float = 1.0,
-    root: str | bytes | tuple[str, ...] | None = None,
-    partitions: int = DEFAULT_PARTITIONS,
-) -> bool:
-    """Add or update a job; True if anything changed. ``partitions`` applies only when
-    this call creates the role."""
-    check_database(db)
-    validate_name("role", role)
-    layout = Layout.for_root(root)
-    _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
-    return bool(changed)
-
-
-async def add_jobs(
-    db: Database,
-    role: str,
-    jobs: Mapping[str, Any] | Iterable[tuple[str, Any] | tuple[str, Any, float]],
-    *,
-    weight: float = 1.0,
-    root: str | bytes | tuple[str, ...] | None = None,
-    partitions: int = DEFAULT_PARTITIONS,
-    concurrency: int = 4,
-    batch_bytes: int = ADD_BATCH_BYTES,
-    result: AddJobsResult | None = None,
-) -> AddJobsResult:
-    """Add or update many jobs at once: ``jobs`` maps job ids to specs, or is an iterable
-    of ``(id, spec)`` or ``(id, spec, weight)``. Each job ends up as :func:`add_job`
-    would leave it (the same spec and weight again: unchanged), but many jobs share a
-    transaction (about ``batch_bytes`` of keys and values each) and ``concurrency``
-    transactions are in flight.
-
-    Every job is checked before anything is written: a bad id, spec or weight, or an
-    id given twice, raises ConfigError naming its position, and nothing is written.
-    A database error after some transactions committed is raised with a note saying
-    how many jobs were written; ``result`` (if given) holds the counts too. Adding the
-    same jobs again is safe. ``partitions`` applies only when this call creates the
-    role."""
-    check_database(db)
-    validate_name("role", role)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
-    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
-        raise ConfigError(f"batch_bytes must be an integer >= 1, got {batch_bytes!r}")
-    layout = Layout.for_root(root)
-    items: Iterable[Any] = jobs.items() if isinstance(jobs, Mapping) else jobs
-    checked: list[tuple[str, Any, float, bytes]] = []
-    seen: dict[str, int] = {}
-    now = time.time()
-    for i, item in enumerate(items):
-        if i % 2000 == 1999:
-            await checkpoint()  # a long input must not stall the loop
-        if not isinstance(item, tuple) or len(item) not in (2, 3):
-            raise ConfigError(
-                f"job {i}: expected (id, spec) or (id, spec, weight), got {item!r:.100}"
-            )
-        jid, spec = item[0], item[1]
-        w = item[2] if len(item) == 3 else weight
-        try:
-            value = check_job(jid, spec, w, now)
-        except ConfigError as e:
-            raise ConfigError(f"job {i} ({jid!r:.100}): {e}") from None
-        if jid in seen:
-            raise ConfigError(f"job {jid!r} is given twice (jobs {seen[jid]} and {i})")
-        seen[jid] = i
-        checked.append((jid, spec, float(w), value))
-    out = result if result is not None else AddJobsResult()
-    if not checked:
-        return out
-    cfg = await db.transact(tx_ensure_role, layout, role, partitions)
-    # In key order (partition, then id), by buckets: no long sort stalls the loop.
-    head = layout.jobs_range(role)[0]
-    buckets: dict[int, list[NewJob]] = {}
-    for i, (jid, spec, w, value) in enumerate(checked):
-        if i % 2000 == 1999:
-            await checkpoint()
-        job = prepare_job(head, cfg.partitions, jid, value, spec, w)
-        bucket = buckets.get(job.partition)
-        if bucket is None:
-            buckets[job.partition] = [job]
-        else:
-            bucket.append(job)
-    del checked
-    prepared: list[NewJob] = []
-    for i, p in enumerate(sorted(buckets)):
-        if i % 2000 == 1999:
-            await checkpoint()
-        bucket = buckets[p]
-        bucket.sort(key=lambda j: j.id)
-        prepared.extend(bucket)
-    del buckets
-    count = await db.transact(_tx_job_count, layout, role)
-    await add_jobs_in_batches(
-        db.transact,
-        layout,
-        role,
-        prepared,
-        out,
-        keys_per_partition=count / cfg.partitions,
-        max_bytes=batch_bytes,
-        concurrency=concurrency,
-    )
-    return out
-
-
-async def _tx_job_count(tr: Transaction, layout: Layout, role: str) -> int:
-    raw = await tr.snapshot.get(layout.job_count_key(role))
-    return max(0, int.from_bytes(raw, "little", signed=True)) if raw else 0
-
-
-async def remove_job(
-    db: Database, role: str, job_id: str, *, root: str | bytes | tuple[str, ...] | None = None
-) -> bool:
-    check_database(db)
-    validate_name("role", role)
-    return bool(await db.transact(tx_remove_job, Layout.for_root(root), role, job_id))
 
 
 install_job_runner(run_jobs)
