@@ -22,6 +22,7 @@ from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
 from fdbworkers._runner import runner as runner_module
+from fdbworkers._runner.changes import ChangeFeed
 from fdbworkers._store.claims import tx_claim_many, tx_take_handoffs
 from fdbworkers._store.events import read_recent_events
 from fdbworkers._store.jobs import JobRecord, tx_add_job
@@ -588,25 +589,26 @@ async def test_the_change_log_read_changes_nothing_until_it_committed() -> None:
     db = engine.open_database("w0")
     async with open_worker(db, ROLE, worker_id="w0", root=ROOT, options=OPTS) as worker:
         runner = JobRunner(worker, idle_handler)  # not started: nothing else reads the log
-        runner._last_change = (await db.transact(_read_version)).to_bytes(8, "big") + b"\0\0"
+        feed = runner.changes
+        feed.last_change = (await db.transact(_read_version)).to_bytes(8, "big") + b"\0\0"
         admin = engine.open_database("admin")
         for i in range(3):
             await add_job(admin, ROLE, f"late-{i}", root=ROOT, partitions=P)
-        before = (runner._last_change, set(runner._dirty_parts), runner._full_resync)
+        before = (feed.last_change, set(feed.dirty_parts), feed.full_resync)
         reads = []
         for _ in range(2):  # as if the first attempt's commit had failed
             tr = db.create_transaction()
-            read, watches = await runner._tx_read_changes(tr)
+            read, watches = await feed.tx_read_changes(tr)
             for w in watches:
                 w.cancel()
             tr.cancel()
             reads.append(read)
-            assert (runner._last_change, set(runner._dirty_parts), runner._full_resync) == before
+            assert (feed.last_change, set(feed.dirty_parts), feed.full_resync) == before
         assert reads[0].partitions == {job_partition(f"late-{i}", P) for i in range(3)}
         assert reads[1].partitions == reads[0].partitions
         assert reads[0].cursor == reads[1].cursor != before[0]
-        assert runner._apply_changes(reads[0])  # once committed, it is applied
-        assert runner._dirty_parts == reads[0].partitions
+        assert feed.apply_changes(reads[0])  # once committed, it is applied
+        assert feed.dirty_parts == reads[0].partitions
 
 
 async def _read_version(tr: Transaction) -> int:
@@ -670,7 +672,7 @@ async def test_garbage_in_other_records_is_survived() -> None:
         await admin.transact(garbage)
         for fw in fleet.live():  # make them read everything again
             assert fw.runner is not None
-            fw.runner._full_resync = True
+            fw.runner.changes.full_resync = True
             fw.runner.wake()
         await anyio.sleep(30)
         assert all(fw.alive and fw.error is None for fw in fleet.workers.values())
@@ -1226,13 +1228,13 @@ async def test_a_stream_of_job_changes_costs_each_worker_a_bounded_rate_of_reads
     now reads at most once per membership_read_gap while only job changes wake it; the
     jobs still all run."""
     counts: dict[int, int] = {}
-    real = JobRunner._tx_read_changes
+    real = ChangeFeed.tx_read_changes
 
-    async def counted(self: JobRunner, tr: Transaction) -> Any:
+    async def counted(self: ChangeFeed, tr: Transaction) -> Any:
         counts[id(self)] = counts.get(id(self), 0) + 1
         return await real(self, tr)
 
-    monkeypatch.setattr(JobRunner, "_tx_read_changes", counted)
+    monkeypatch.setattr(ChangeFeed, "tx_read_changes", counted)
     engine = Engine(rng=random.Random(6))
     ids = await add_jobs(engine, 20)
     admin = engine.open_database("churn")
@@ -1240,14 +1242,14 @@ async def test_a_stream_of_job_changes_costs_each_worker_a_bounded_rate_of_reads
         fleet = await start_fleet(nursery, engine, 10, ids)
         await anyio.sleep(5.0)
         runners = [fw.runner for fw in fleet.live() if fw.runner is not None]
-        before = {id(r): counts.get(id(r), 0) for r in runners}
+        before = {id(r.changes): counts.get(id(r.changes), 0) for r in runners}
         added = []
         for i in range(400):  # 40 adds a second for 10 s
             jid = f"churn-{i:03d}"
             await add_job(admin, ROLE, jid, root=ROOT, partitions=P)
             added.append(jid)
             await anyio.sleep(0.025)
-        reads = [counts.get(id(r), 0) - before[id(r)] for r in runners]
+        reads = [counts.get(id(r.changes), 0) - before[id(r.changes)] for r in runners]
         assert all(
             r.statistics().change_log_reads >= n for r, n in zip(runners, reads, strict=True)
         )

@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -41,17 +41,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core.assign import assign
 from .._core.claims import SupersededWaits
 from .._core.keys import (
-    VERSIONS_PER_SECOND,
     JobHealth,
-    decode,
-    stamp_version,
 )
 from .._core.membership import Membership
 from .._core.plan import Plan, PlanMap, plan_weights, view_weights
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS
 from .._core.states import WorkerState
 from .._db import Transaction, VersionstampFuture, run_transaction
-from .._errors import ConfigError, CorruptDataError, FDBError, FencedError
+from .._errors import ConfigError, FDBError, FencedError
 from .._loop import (
     CancelScope,
     Event,
@@ -62,7 +59,6 @@ from .._loop import (
     move_on_after,
     new_event,
     open_task_group,
-    sleep,
 )
 from .._store.claims import (
     CLAIM_BATCH,
@@ -74,15 +70,15 @@ from .._store.claims import (
     tx_take_handoffs,
 )
 from .._store.jobs import (
-    JOBCHANGE_RETENTION,
     JobRecord,
     tx_clear_job_health,
     tx_write_job_health,
 )
-from .._store.plan import NotCounted, recount, tx_read_plan, tx_read_plan_seq, tx_replan
+from .._store.plan import NotCounted, recount, tx_read_plan, tx_replan
 from .._store.share import ShareRead, read_share
 from .._worker import Worker, install_job_runner
 from .._worker_options import DEFAULT_PARTITIONS
+from .changes import ChangeFeed
 from .job import Handler, Job, OwnershipChange, RunnerStatistics
 
 T = TypeVar("T")
@@ -100,21 +96,6 @@ _OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
 #: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
 THREADED_ASSIGN_PARTITIONS = 16384
-
-
-@dataclass
-class _ChangeRead:
-    """What one read of the job change log found (applied only after it committed)."""
-
-    #: The cursor the read started after (None: no full read yet, nothing to apply).
-    since: bytes | None
-    #: The cursor after the last entry read.
-    cursor: bytes | None = None
-    full_resync: bool = False
-    changed: bool = False
-    partitions: set[int] = field(default_factory=set)
-    #: The stored plan's sequence number at the read (-2: not read).
-    plan_seq: int | None = -2
 
 
 @dataclass
@@ -283,12 +264,6 @@ class JobRunner:
         self._moves_window_end = -math.inf
         self._moves_left = 0
         self.restart_backoff = restart_backoff
-        #: The change log and the watches are re-armed this often (a safety net: O(1)).
-        self.resync_interval = resync_interval
-        #: All owned partitions are re-read this often even when nothing says so
-        #: (O(J/N) keys, O(P/N) requests): rare, so the cost at rest stays O(1).
-        self.full_resync_interval = full_resync_interval
-        self._last_full_resync = -math.inf
         self.claim_poll = claim_poll
         #: None: a thread above THREADED_ASSIGN_PARTITIONS; False on a virtual clock.
         self.assign_in_thread = assign_in_thread
@@ -331,12 +306,6 @@ class JobRunner:
         self._take_handoffs = True
         self._adoptions = 0
         self._wake = new_event()
-        self._full_resync = True
-        self._dirty_parts: set[int] = set()
-        self._last_change: bytes | None = None
-        #: Bumped (and the event set) whenever a full read moves the cursor.
-        self._cursor_moves = 0
-        self._cursor_moved = new_event()
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
         #: _replace_target, _start and _not_running, so a step costs O(what changed).
@@ -363,7 +332,17 @@ class JobRunner:
         self._log = worker.log.bind(component="jobs")
         self._started = self._stopped = self._crashes = 0
         self._claims = self._blocked = self._reconciles = self._deferred = 0
-        self._change_reads = 0
+        self.changes = ChangeFeed(
+            worker,
+            lambda: self.log,
+            self._rng,
+            resync_interval=resync_interval,
+            full_resync_interval=full_resync_interval,
+            wake=self.wake,
+            plan_seq=self._plan_seq,
+            plan_changed=self._plan_changed,
+            inbox_fired=self._inbox_fired,
+        )
         worker.on_stop_work(self._stop_all_and_release)
         worker.on_lease_renewed(self._lease_renewed)
 
@@ -388,7 +367,7 @@ class JobRunner:
             share_keys_read=self._share_keys,
             share_requests=self._share_requests,
             share_transactions=self._share_transactions,
-            change_log_reads=self._change_reads,
+            change_log_reads=self.changes.reads,
         )
 
     def subscribe(self, buffer: int = 64) -> MemoryObjectReceiveStream[OwnershipChange]:
@@ -402,7 +381,7 @@ class JobRunner:
     async def run(self) -> None:
         async with anyio.create_task_group() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._watch_loop)
+            nursery.start_soon(self.changes.watch_loop)
             nursery.start_soon(self._reconcile_loop)
 
     @property
@@ -414,137 +393,15 @@ class JobRunner:
             self._log_base, self._log = base, base.bind(component="jobs")
         return self._log
 
-    # -- watches: membership, job changes, inbox ---------------------------------------
+    def _plan_seq(self) -> int | None:
+        """The sequence number of the stored plan as last read (None: none)."""
+        return self._plan.seq if self._plan else None
 
-    async def _watch_loop(self) -> None:
-        """Wakes the reconciler on job changes and on our inbox (claims released for
-        us). Two watches, armed in the transaction that read the change log."""
-        w = self.w
-        last_read = -math.inf
-        gated = False
-        while True:
-            if gated:
-                # Only jobs_epoch fired: at most one change-log read per gap, so that a
-                # steady stream of job adds and removes costs each worker a bounded rate
-                # of reads (every change bumps jobs_epoch, which all N workers watch),
-                # not one per change. Inbox and plan fires are read at once.
-                wait = last_read + w.options.membership_read_gap - current_time()
-                if wait > 0:
-                    await sleep(wait)
-            last_read = current_time()
-            gated = False
-            moves = self._cursor_moves
-            try:
-                read, watches = await self.w.transact(self._tx_read_changes)
-                self._change_reads += 1
-            except FDBError as e:
-                self.log.warning("job_changes_read_failed", error=e.name)
-                await anyio.sleep(1.0)
-                continue
-            if self._apply_changes(read):
-                self.wake()
-            if self._cursor_moves != moves:
-                # A full read set the cursor back meanwhile (or for the first time):
-                # read the log from there at once, not at the next change.
-                for watch in watches:
-                    watch.cancel()
-                continue
-            try:
-                async with open_task_group() as n:
-                    fired: list[int] = []
+    def _plan_changed(self) -> None:
+        self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
 
-                    async def one(
-                        watch: Any, i: int, n: TaskGroup = n, fired: list[int] = fired
-                    ) -> None:
-                        try:
-                            await watch.wait()
-                        except FDBError as e:
-                            if e.code == 1032:
-                                await sleep(w.options.poll_interval)
-                        if i == 1:
-                            self._take_handoffs = True
-                        fired.append(i)
-                        n.cancel_scope.cancel()
-
-                    # watches = [jobs_epoch, inbox, plan] (_tx_read_changes): an
-                    # inbox fire may bring handoffs from a leaving worker.
-                    for i, watch in enumerate(watches):
-                        n.start_soon(one, watch, i)
-
-                    async def cursor_moved(ev: Event, n: TaskGroup = n) -> None:
-                        await ev.wait()
-                        n.cancel_scope.cancel()
-
-                    n.start_soon(cursor_moved, self._cursor_moved)
-                    with move_on_after(self.resync_interval * (0.5 + self._rng.random())):
-                        await anyio.sleep_forever()
-                    if current_time() - self._last_full_resync >= self.full_resync_interval:
-                        self._full_resync = True
-                    n.cancel_scope.cancel()
-                gated = fired == [0]
-            finally:
-                for watch in watches:
-                    watch.cancel()
-            self.wake()
-
-    async def _tx_read_changes(self, tr: Transaction) -> tuple[_ChangeRead, list[Any]]:
-        """Read the job change log after our cursor and arm the two watches. Changes
-        nothing outside the transaction (the retry loop may run it again, or its
-        commit may fail): the caller applies the result once it committed."""
-        layout, role = self.w.layout, self.w.role
-        begin, end = layout.jobchange_range(role)
-        cursor = self._last_change
-        if cursor is not None:
-            begin = layout.jobchange_after(role, cursor)
-        kvs = await tr.get_range(begin, end, limit=1001)
-        plan_seq = await tx_read_plan_seq(tr, layout, role)
-        watches = [
-            tr.watch(layout.jobs_epoch_key(role)),
-            tr.watch(layout.inbox_key(role, self.w.id)),
-            tr.watch(layout.plan_key(role)),
-        ]
-        if cursor is None:
-            # No full read yet: it sets the cursor to its own read version, so that no
-            # change committed after it is skipped (see _reconcile).
-            return _ChangeRead(cursor, plan_seq=plan_seq), watches
-        if len(kvs) > 1000:
-            last = await tr.get_range(begin, end, limit=1, reverse=True)
-            stamp = layout.jobchange_stamp(role, last[0].key)
-            return _ChangeRead(cursor, stamp, True, plan_seq=plan_seq), watches
-        rv = await tr.get_read_version()
-        read = _ChangeRead(cursor, cursor, plan_seq=plan_seq)
-        # Trimmed entries may be missing past a cursor this old.
-        read.full_resync = stamp_version(cursor) < rv - int(
-            JOBCHANGE_RETENTION / 2 * VERSIONS_PER_SECOND
-        )
-        for kv in kvs:
-            try:
-                obj = decode(kv.key, kv.value)
-                if "partitions" in obj:  # a bulk add: one entry per transaction
-                    read.partitions.update(int(p) for p in obj["partitions"])
-                else:
-                    read.partitions.add(int(obj["partition"]))
-            except (CorruptDataError, KeyError, ValueError, TypeError):
-                read.full_resync = True
-            read.cursor = layout.jobchange_stamp(role, kv.key)
-        read.changed = bool(kvs)
-        return read, watches
-
-    def _apply_changes(self, read: _ChangeRead) -> bool:
-        """Apply a committed change-log read; True if anything changed."""
-        plan_changed = read.plan_seq != -2 and read.plan_seq != (
-            self._plan.seq if self._plan else None
-        )
-        if plan_changed:
-            self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
-        # The job changes of the same read are applied too: the watches are re-armed
-        # from this read, so entries skipped here would wait for the periodic resync.
-        if read.cursor is None or self._last_change != read.since:
-            return plan_changed  # no full read yet, or a full read moved the cursor meanwhile
-        self._dirty_parts |= read.partitions
-        self._full_resync = self._full_resync or read.full_resync
-        self._last_change = read.cursor
-        return read.changed or read.full_resync or plan_changed
+    def _inbox_fired(self) -> None:
+        self._take_handoffs = True  # an inbox fire may bring handoffs from a leaver
 
     # -- reconcile ---------------------------------------------------------------------
 
@@ -557,7 +414,7 @@ class JobRunner:
                 # Stopping takes time: the state may have moved on meanwhile.
                 if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
                     await w.wait_state_change()
-                self._full_resync = True
+                self.changes.full_resync = True
                 continue
             if w.state is not WorkerState.ACTIVE or self._stopped_for_good:
                 await w.wait_state_change()
@@ -575,7 +432,7 @@ class JobRunner:
                 # _reconcile cleared the target and recorded the new partitions before
                 # its read failed: read them all again, or the next step would see an
                 # empty target and stop every running job until the periodic resync.
-                self._full_resync = True
+                self.changes.full_resync = True
                 more = True
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
@@ -743,22 +600,22 @@ class JobRunner:
         a = await self._plan_map(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
-        full = self._full_resync
+        full = self.changes.full_resync
         if full:
-            self._last_full_resync = current_time()
+            self.changes.last_full_resync = current_time()
             read_parts: set[int] = set(owned)
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
             # a membership change instead of a full re-read.
-            read_parts = set(owned - self._owned_parts) | (self._dirty_parts & owned)
-        dirty, self._dirty_parts = self._dirty_parts, set()
-        self._full_resync = False
+            read_parts = set(owned - self._owned_parts) | (self.changes.dirty_parts & owned)
+        dirty, self.changes.dirty_parts = self.changes.dirty_parts, set()
+        self.changes.full_resync = False
         try:
             share = await self._read_share(read_parts, full)
         except BaseException:
             # Nothing was applied: the next step reads the same partitions again.
-            self._dirty_parts |= dirty
-            self._full_resync = self._full_resync or full
+            self.changes.dirty_parts |= dirty
+            self.changes.full_resync = self.changes.full_resync or full
             raise
         if full:
             self._replace_target(share, None)
@@ -870,15 +727,7 @@ class JobRunner:
         self._share_transactions += share.transactions
         self.last_read = (len(parts), share.keys, share.requests, share.transactions)
         if full:
-            # Changes up to this version are in what we read: the change log is followed
-            # from here (re-reading a few entries is harmless; skipping one would lose
-            # a job until the next full read).
-            cursor = share.version.to_bytes(8, "big") + b"\0\0"
-            if self._last_change is None or cursor < self._last_change:
-                self._last_change = cursor
-                self._cursor_moves += 1
-                ev, self._cursor_moved = self._cursor_moved, new_event()
-                ev.set()
+            self.changes.follow_from(share.version)
         return share
 
     async def _transact_long(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -1453,7 +1302,7 @@ class JobRunner:
         await self._stop_jobs(stops, reason=reason, release=True)
         await self._release_many(list(self._unreleased))  # earlier ones that did not commit
         self._replace_target(ShareRead(), None)
-        self._full_resync = True
+        self.changes.full_resync = True
 
 
 async def run_jobs(worker: Worker, handler: Handler, **options: Any) -> None:
