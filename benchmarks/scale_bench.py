@@ -764,7 +764,7 @@ async def big_run(
         # 2. The storm: ``storm`` workers join at once.
         old = {fw.id for fw in fleet.live()}
         plans0 = len(PLAN_TIMES)
-        written0 = sum(fw.runner._plans_written for fw in fleet.live() if fw.runner)
+        written0 = sum(fw.runner.planner.plans_written for fw in fleet.live() if fw.runner)
         a = counters.snap()
         w0 = time.perf_counter()
         nursery.start_soon(start_many, [f"s{i:05d}" for i in range(storm)])
@@ -782,7 +782,9 @@ async def big_run(
             "old": win.__dict__,
             "new": newcomers.__dict__,
             "plans_computed": len(PLAN_TIMES) - plans0,
-            "plans_written": sum(fw.runner._plans_written for fw in fleet.live() if fw.runner)
+            "plans_written": sum(
+                fw.runner.planner.plans_written for fw in fleet.live() if fw.runner
+            )
             - written0,
             "settle_windows": max(1, math.ceil(took / opts.settle)),
         }

@@ -988,7 +988,7 @@ async def test_a_second_drift_within_the_settle_window_is_rebalanced_after_it() 
         # As if each had just written a drift plan (whether the second plan of the first
         # drift comes before or after the next remove depends on the schedule).
         for runner in (w0.runner, w1.runner):
-            runner._last_drift_plan = anyio.current_time()
+            runner.planner.last_drift_plan = anyio.current_time()
         for jid in sorted(w1.runner.running)[:4]:  # 10 / 6 within the window
             await remove_job(admin, ROLE, jid, root=ROOT)
         settle = w0.runner.w.options.settle

@@ -86,9 +86,9 @@ async def run_bounded(main: Callable[[], Any], printed: Printed) -> None:
 
 @pytest.fixture
 def inline_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fdbworkers._runner.runner
+    import fdbworkers._runner.planner
 
-    monkeypatch.setattr(fdbworkers._runner.runner, "THREADED_ASSIGN_PARTITIONS", 1 << 30)
+    monkeypatch.setattr(fdbworkers._runner.planner, "THREADED_ASSIGN_PARTITIONS", 1 << 30)
 
 
 def test_the_readme_has_the_snippets() -> None:

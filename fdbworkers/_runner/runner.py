@@ -27,7 +27,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -38,13 +38,12 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core.assign import assign
 from .._core.claims import SupersededWaits
 from .._core.keys import (
     JobHealth,
 )
 from .._core.membership import Membership
-from .._core.plan import Plan, PlanMap, plan_weights, view_weights
+from .._core.plan import PlanMap, plan_weights
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS
 from .._core.states import WorkerState
 from .._db import Transaction, VersionstampFuture, run_transaction
@@ -74,12 +73,12 @@ from .._store.jobs import (
     tx_clear_job_health,
     tx_write_job_health,
 )
-from .._store.plan import NotCounted, recount, tx_read_plan, tx_replan
 from .._store.share import ShareRead, read_share
 from .._worker import Worker, install_job_runner
 from .._worker_options import DEFAULT_PARTITIONS
 from .changes import ChangeFeed
 from .job import Handler, Job, OwnershipChange, RunnerStatistics
+from .planner import Planner
 
 T = TypeVar("T")
 
@@ -93,9 +92,6 @@ QUIET_STARTS = 100
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
 #: connection_failed (the dev server's client).
 _OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
-#: Above this partition count the map is computed in a worker thread (about 0.1 s at
-#: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
-THREADED_ASSIGN_PARTITIONS = 16384
 
 
 @dataclass
@@ -202,6 +198,78 @@ def _check_seconds(**values: Any) -> None:
                 raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
+class _MoveBudget:
+    """The velocity limit: at most ``max_moves`` of our running jobs stopped to move per
+    ``move_interval`` (a live-to-live move; starting a job nobody runs is not limited).
+    A window opens at its first move."""
+
+    def __init__(self, max_moves: int | None, move_interval: float) -> None:
+        self.max_moves = max_moves
+        #: With max_moves: at most max_moves moves in any window of this length.
+        self.move_interval = move_interval
+        #: The last reconcile step used up its window's moves (set by _reconcile).
+        self.limited = False
+        self.window_end = -math.inf
+        self.left = 0
+
+    def open(self, now: float) -> float:
+        """The moves a step may make now."""
+        if self.max_moves is None:
+            return math.inf
+        if now >= self.window_end:
+            self.left = self.max_moves  # a new window opens at its first move
+        return self.left
+
+    def close(self, now: float, budget: float) -> None:
+        """A step that began at ``now`` left ``budget`` moves."""
+        if self.max_moves is not None:
+            if budget < self.left and now >= self.window_end:
+                self.window_end = now + self.move_interval
+            self.left = int(budget)
+        self.limited = self.max_moves is not None and budget <= 0
+
+
+def _check_options(
+    handler: Handler,
+    *,
+    grace: float,
+    max_moves: int | None,
+    move_interval: float,
+    restart_backoff: tuple[float, float],
+    resync_interval: float,
+    full_resync_interval: float,
+    claim_poll: float,
+    park_after: int | None,
+    healthy_after: float,
+) -> None:
+    """ConfigError naming the first bad option of a JobRunner."""
+    if park_after is not None and (
+        isinstance(park_after, bool) or not isinstance(park_after, int) or park_after < 1
+    ):
+        raise ConfigError(f"park_after must be an integer >= 1 (or None), got {park_after!r}")
+    _check_seconds(healthy_after=healthy_after)
+    if healthy_after <= 0:
+        raise ConfigError(f"healthy_after must be > 0 seconds, got {healthy_after!r}")
+    _check_seconds(
+        grace=grace,
+        move_interval=move_interval,
+        restart_backoff=restart_backoff,
+        resync_interval=resync_interval,
+        full_resync_interval=full_resync_interval,
+        claim_poll=claim_poll,
+    )
+    if not callable(handler):
+        raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
+    if grace < 0:
+        raise ConfigError("grace must be >= 0")
+    if max_moves is not None and max_moves < 1:
+        raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
+    if not move_interval > 0 or not claim_poll > 0:
+        raise ConfigError("move_interval and claim_poll must be > 0 seconds")
+    if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
+        raise ConfigError("restart_backoff must be (initial > 0, maximum >= initial)")
+
+
 class JobRunner:
     """Runs ``handler(job)`` for each job this worker owns; see ``Worker.run_jobs``."""
 
@@ -223,74 +291,55 @@ class JobRunner:
         park_after: int | None = None,
         healthy_after: float = 60.0,
     ) -> None:
-        if park_after is not None and (
-            isinstance(park_after, bool) or not isinstance(park_after, int) or park_after < 1
-        ):
-            raise ConfigError(f"park_after must be an integer >= 1 (or None), got {park_after!r}")
-        _check_seconds(healthy_after=healthy_after)
-        if healthy_after <= 0:
-            raise ConfigError(f"healthy_after must be > 0 seconds, got {healthy_after!r}")
-        #: Park a job after this many failures in a row (None: restart it for ever).
-        self.park_after = park_after
-        #: A failing job counts as healthy again after running this long without failing.
-        self.healthy_after = healthy_after
-        self._job_failures = 0
-        _check_seconds(
+        _check_options(
+            handler,
             grace=grace,
+            max_moves=max_moves,
             move_interval=move_interval,
             restart_backoff=restart_backoff,
             resync_interval=resync_interval,
             full_resync_interval=full_resync_interval,
             claim_poll=claim_poll,
+            park_after=park_after,
+            healthy_after=healthy_after,
         )
-        if not callable(handler):
-            raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
-        if grace < 0:
-            raise ConfigError("grace must be >= 0")
-        if max_moves is not None and max_moves < 1:
-            raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
-        if not move_interval > 0 or not claim_poll > 0:
-            raise ConfigError("move_interval and claim_poll must be > 0 seconds")
-        if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
-            raise ConfigError("restart_backoff must be (initial > 0, maximum >= initial)")
         self.w = worker
-        self.handler = handler
-        self.grace = grace
-        self.max_moves = max_moves
-        #: With max_moves: at most max_moves moves in any window of this length.
-        self.move_interval = move_interval
-        #: The last reconcile step used up its window's moves (set by _reconcile).
-        self._velocity_limited = False
-        self._moves_window_end = -math.inf
-        self._moves_left = 0
-        self.restart_backoff = restart_backoff
+        self.moves = _MoveBudget(max_moves, move_interval)
         self.claim_poll = claim_poll
-        #: None: a thread above THREADED_ASSIGN_PARTITIONS; False on a virtual clock.
-        self.assign_in_thread = assign_in_thread
         self._rng = rng or random.Random()
+        self._init_target()
+        self._wake = new_event()
+        self._subscribers: list[MemoryObjectSendStream[OwnershipChange]] = []
+        self._stopped_for_good = False
+        self._log_base = worker.log
+        self._log = worker.log.bind(component="jobs")
+        self._init_handlers(handler, grace, restart_backoff, park_after, healthy_after)
+        self.planner = Planner(
+            worker,
+            lambda: self.log,
+            plan_grace=plan_grace,
+            assign_in_thread=assign_in_thread,
+        )
+        self.changes = ChangeFeed(
+            worker,
+            lambda: self.log,
+            self._rng,
+            resync_interval=resync_interval,
+            full_resync_interval=full_resync_interval,
+            wake=self.wake,
+            plan_seq=self.planner.plan_seq,
+            plan_changed=self.planner.mark_dirty,
+            inbox_fired=self._inbox_fired,
+        )
+        worker.on_stop_work(self._stop_all_and_release)
+        worker.on_lease_renewed(self._lease_renewed)
+
+    def _init_target(self) -> None:
+        """The jobs this worker runs and should run, the claims and handoffs it tracks,
+        and what its share reads found."""
         self.running: dict[str, _Running] = {}
         self.target: dict[str, JobRecord] = {}
         self.assignment: PlanMap | None = None
-        #: The stored plan as last read (None: none read yet, or there is none).
-        self._plan: Plan | None = None
-        self._plan_dirty = True
-        #: The map of the last plan reconciled against, and whether the plan was made
-        #: for the members of the last view: a reconcile that follows the same plan and
-        #: view (claim polls, job changes) computes neither again (O(P) and O(N)).
-        self._map: PlanMap | None = None
-        self._same_members: tuple[Membership, Plan, bool] | None = None
-        #: (epoch of the view that found the plan stale, when it did).
-        self._stale_since: tuple[bytes, float] | None = None
-        #: The plan is stale and another member writes it first: check again soon.
-        self._plan_pending = False
-        #: A member other than the first writes a stale plan after this many seconds.
-        self.plan_grace = plan_grace if plan_grace is not None else 2.0 * worker.options.op_timeout
-        self._last_drift_plan = -math.inf
-        self._drift_replan = False
-        #: When a rate-limited drift may be planned (the reconcile loop wakes then).
-        self._drift_due: float | None = None
-        self._jobs_total: int | None = None
-        self._plans_written = 0
         self._owned_parts: frozenset[int] = frozenset()
         #: Per job, the superseded holder we wait for (when we first saw it superseded,
         #: how long its lease may last): taken once that wait is over.
@@ -305,7 +354,7 @@ class JobRunner:
         self._adopted: dict[int, tuple[str, str]] = {}
         self._take_handoffs = True
         self._adoptions = 0
-        self._wake = new_event()
+        self._claims = self._blocked = self._reconciles = self._deferred = 0
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
         #: _replace_target, _start and _not_running, so a step costs O(what changed).
@@ -319,32 +368,34 @@ class JobRunner:
         #: Page size of the share read (keys, range requests per transaction).
         self._page_keys = PAGE_KEYS
         self._page_requests = PAGE_REQUESTS
-        self._gen: _Generation | None = None
-        self._releases = _GroupCommit(self._commit_releases, CLAIM_BATCH)
         self._share_reads = self._share_keys = 0
         self._share_requests = self._share_transactions = 0
         #: The last share read: (partitions, keys, requests, transactions).
         self.last_read: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def _init_handlers(
+        self,
+        handler: Handler,
+        grace: float,
+        restart_backoff: tuple[float, float],
+        park_after: int | None,
+        healthy_after: float,
+    ) -> None:
+        """The handlers' options and state: the generation they run in, the runner's
+        nursery, the releases of stopped jobs, and the counts of starts, stops and
+        failures."""
+        self.handler = handler
+        self.grace = grace
+        self.restart_backoff = restart_backoff
+        #: Park a job after this many failures in a row (None: restart it for ever).
+        self.park_after = park_after
+        #: A failing job counts as healthy again after running this long without failing.
+        self.healthy_after = healthy_after
+        self._gen: _Generation | None = None
         self._nursery: anyio.abc.TaskGroup | None = None
-        self._subscribers: list[MemoryObjectSendStream[OwnershipChange]] = []
-        self._stopped_for_good = False
-        self._log_base = worker.log
-        self._log = worker.log.bind(component="jobs")
+        self._releases = _GroupCommit(self._commit_releases, CLAIM_BATCH)
         self._started = self._stopped = self._crashes = 0
-        self._claims = self._blocked = self._reconciles = self._deferred = 0
-        self.changes = ChangeFeed(
-            worker,
-            lambda: self.log,
-            self._rng,
-            resync_interval=resync_interval,
-            full_resync_interval=full_resync_interval,
-            wake=self.wake,
-            plan_seq=self._plan_seq,
-            plan_changed=self._plan_changed,
-            inbox_fired=self._inbox_fired,
-        )
-        worker.on_stop_work(self._stop_all_and_release)
-        worker.on_lease_renewed(self._lease_renewed)
+        self._job_failures = 0
 
     def statistics(self) -> RunnerStatistics:
         return RunnerStatistics(
@@ -359,7 +410,7 @@ class JobRunner:
             reconciles=self._reconciles,
             moves_deferred=self._deferred,
             handoffs_adopted=self._adoptions,
-            plans_written=self._plans_written,
+            plans_written=self.planner.plans_written,
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
             job_failures=self._job_failures,
@@ -392,13 +443,6 @@ class JobRunner:
         if base is not self._log_base:
             self._log_base, self._log = base, base.bind(component="jobs")
         return self._log
-
-    def _plan_seq(self) -> int | None:
-        """The sequence number of the stored plan as last read (None: none)."""
-        return self._plan.seq if self._plan else None
-
-    def _plan_changed(self) -> None:
-        self._plan_dirty = True  # another member wrote a plan: _plan_map reads it
 
     def _inbox_fired(self) -> None:
         self._take_handoffs = True  # an inbox fire may bring handoffs from a leaver
@@ -437,12 +481,12 @@ class JobRunner:
             if w.membership is not m or w.state is not WorkerState.ACTIVE:
                 continue  # it changed while we reconciled: no wake-up was lost
             now = current_time()
-            if self._velocity_limited:
-                delay: float | None = max(0.0, self._moves_window_end - now)
+            if self.moves.limited:
+                delay: float | None = max(0.0, self.moves.window_end - now)
             else:
                 delay = self.claim_poll if more else None
-            if self._drift_due is not None:
-                due = max(0.0, self._drift_due - now)
+            if self.planner.drift_due is not None:
+                due = max(0.0, self.planner.drift_due - now)
                 delay = due if delay is None else min(delay, due)
             await self._wait_any(w.membership_waiter(), w.state_waiter(), delay=delay)
 
@@ -461,145 +505,37 @@ class JobRunner:
             if delay is not None:
                 n.cancel_scope.deadline = current_time() + delay
 
-    @property
-    def _partitions(self) -> int:
-        cfg = self.w.role_config
-        return cfg.partitions if cfg else DEFAULT_PARTITIONS
-
-    async def _warm(self, plan: Plan) -> None:
-        """Compute the plan's rendezvous map in a thread when it is large (cached: the
-        PlanMap built next finds it), so the event loop never stalls on it."""
-        in_thread = self.assign_in_thread
-        if in_thread is None:
-            in_thread = plan.partitions >= THREADED_ASSIGN_PARTITIONS
-        if in_thread and plan.members:
-            await anyio.to_thread.run_sync(
-                partial(assign, dict(plan.members), plan.partitions, balance=None)
-            )
-
-    async def _plan_map(self, m: Membership) -> PlanMap:
-        """The stored plan's map, after writing a new plan if it is ours to write
-        (docs/assignment.md, "The plan"): the plan is stale when our settled view is
-        newer than the membership it was made for and has other members. The member
-        first by id in the new membership writes it at once, the k-th after k times
-        ``plan_grace`` seconds if it is still stale then (the first ones may be paused,
-        gone, or run no jobs). Conditional writes: of concurrent planners one wins, the
-        others adopt its plan."""
-        w = self.w
-        if self._plan is None or self._plan_dirty:
-            self._plan_dirty = False
-            self._plan = await w.transact(tx_read_plan, w.layout, w.role)
-        plan = self._plan
-        weights: dict[str, float] | None = None
-        if plan is None or plan.partitions != self._partitions:
-            stale = True
-        elif m.view_key <= plan.epoch:
-            stale = False
-        elif self._same_members is not None and self._same_members[:2] == (m, plan):
-            stale = not self._same_members[2]  # decided for this view and plan (O(N))
-        else:
-            weights = view_weights(m.members)
-            same = plan.same_members(weights)
-            self._same_members = (m, plan, same)
-            stale = not same
-        if stale or self._drift_replan:
-            weights = view_weights(m.members) if weights is None else weights
-        if stale and weights and w.id in m.members:
-            # (A view without us is one we were evicted from: not ours to plan by.)
-            now = current_time()
-            if self._stale_since is None or self._stale_since[0] != m.view_key:
-                self._stale_since = (m.view_key, now)
-            # The k-th member by id waits k grace periods: the first writes at once,
-            # the next only if the first did not (paused, gone, or running no jobs).
-            order = sorted(weights)
-            rank = order.index(w.id) if w.id in weights else len(order)
-            if now - self._stale_since[1] >= self.plan_grace * rank:
-                plan = await self._replan(weights, m.view_key)
-            else:
-                self._plan_pending = True
-        elif self._drift_replan and weights is not None:
-            self._drift_replan = False
-            plan = await self._replan(weights, m.view_key, force=True)
-        if plan is None:
-            plan = Plan(0, b"", {}, self._partitions)
-        if self._map is not None and self._map.plan is plan:
-            return self._map
-        await self._warm(plan)
-        self._map = plan.map()
-        return self._map
-
-    def _drifted(self, a: PlanMap) -> bool:
-        """After a read of our share: jobs were added or removed since the plan and our
-        count is more than 1 away from our fair share (at most once per settle window).
-        The next reconcile then writes a plan for the same members and today's counts."""
-        plan = a.plan
-        total = self._jobs_total
-        self._drift_due = None
-        if not plan.members or total is None or total == plan.jobs:
-            return False
-        if self.w.id not in plan.members:
-            return False
-        fair = total * plan.members[self.w.id] / sum(plan.members.values())
-        if abs(len(self.target) - fair) <= 1.0:
-            return False
-        now = current_time()
-        due = self._last_drift_plan + self.w.options.settle
-        if now < due:
-            # Rate-limited, not forgotten: nothing else may come to wake us (a remove
-            # right after a drift plan left 8/12 against 10/10 until the next change).
-            self._drift_due = due
-            return False
-        self._last_drift_plan = now
-        self.log.info("plan_drift", jobs=len(self.target), fair_share=round(fair, 2))
-        return True
-
-    async def _replan(
-        self, weights: Mapping[str, float], epoch: bytes, *, force: bool = False
-    ) -> Plan | None:
-        w = self.w
-        seen = self._plan.seq if self._plan else None
-        for _ in range(2):
-            tr = w.db.create_transaction()
-            tr.set_timeout(max(w.options.op_timeout, 5.0))
-            try:
-                plan, wrote = await run_transaction(
-                    w.db,
-                    tr,
-                    tx_replan,
-                    w.layout,
-                    w.role,
-                    seen,
-                    weights,
-                    epoch,
-                    self._partitions,
-                    force=force,
-                )
-            except NotCounted:
-                await recount(w.db, w.layout, w.role, self._partitions)
-                continue
-            if wrote and plan is not None:
-                self._plans_written += 1
-                self.log.info(
-                    "plan_written",
-                    seq=plan.seq,
-                    members=len(plan.members),
-                    jobs=plan.jobs,
-                    overrides=len(plan.overrides),
-                    forced=force,
-                )
-            self._plan = plan
-            return plan
-        return self._plan
-
     async def _reconcile(self, m: Membership) -> bool:
         """One step towards the target; True if something is still pending."""
         self._reconciles += 1
-        self._velocity_limited = False
+        self.moves.limited = False
         w = self.w
-        self._plan_pending = False
-        a = await self._plan_map(m)
+        self.planner.pending = False
+        a = await self.planner.plan_map(m)
         self.assignment = a
         owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
+        await self._read_target(owned)
+        if self.planner.drifted(a, len(self.target)):
+            self.planner.drift_replan = True
+            self.planner.pending = True
+        await self._settle_kept_claims(a)
+        # Stop what we no longer own first, then start what we gained.
+        now = current_time()
+        budget = self.moves.open(now)
+        stopped, budget = await self._stop_moved(a, budget)
+        started, pending = await self._claim_all(m)
+        if started or stopped:
+            self._publish(
+                OwnershipChange(
+                    frozenset(started), frozenset(stopped), frozenset(self.running), m.epoch
+                )
+            )
+        self.moves.close(now, budget)
+        return pending or bool(self._unreleased) or self.moves.limited or self.planner.pending
+
+    async def _read_target(self, owned: frozenset[int]) -> None:
+        """Read the jobs of the partitions the step must read (all ``owned`` on a full
+        resync; else those gained and those the change log dirtied) into the target."""
         full = self.changes.full_resync
         if full:
             self.changes.last_full_resync = current_time()
@@ -622,20 +558,11 @@ class JobRunner:
         else:
             self._replace_target(share, read_parts | (self._owned_parts - owned))
         self._owned_parts = owned
-        if self._drifted(a):
-            self._drift_replan = True
-            self._plan_pending = True
-        await self._settle_kept_claims(a)
-        # Stop what we no longer own first, then start what we gained.
-        # Velocity limit: at most max_moves of our running jobs stopped to move per
-        # move_interval (a live-to-live move; starting a job nobody runs is not limited).
-        now = current_time()
-        if self.max_moves is None:
-            budget: float = math.inf
-        else:
-            if now >= self._moves_window_end:
-                self._moves_left = self.max_moves  # a new window opens at its first move
-            budget = self._moves_left
+
+    async def _stop_moved(self, a: PlanMap, budget: float) -> tuple[set[str], float]:
+        """Stop the running jobs no longer in the target, ``budget`` of them at most
+        (the velocity limit), each notifying its new owner; returns them and the
+        budget left."""
         lost = sorted(j for j in self._lost if j in self.running)
         stopped: set[str] = set()
         # Moved jobs stop concurrently: each may take its grace period to finish.
@@ -651,26 +578,20 @@ class JobRunner:
             stops.append((jid, a.owner(r.job.partition), False))
             stopped.add(jid)
         await self._stop_jobs(stops, reason="moved", release=True)
-        started, pending = await self._claim_all(m)
-        if started or stopped:
-            ch = OwnershipChange(
-                frozenset(started), frozenset(stopped), frozenset(self.running), m.epoch
-            )
-            self.log.info(
-                "ownership_changed",
-                started=len(started),
-                stopped=len(stopped),
-                running=len(self.running),
-            )
-            for s in list(self._subscribers):
-                with suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                    s.send_nowait(ch)
-        if self.max_moves is not None:
-            if budget < self._moves_left and now >= self._moves_window_end:
-                self._moves_window_end = now + self.move_interval
-            self._moves_left = int(budget)
-        self._velocity_limited = self.max_moves is not None and budget <= 0
-        return pending or bool(self._unreleased) or self._velocity_limited or self._plan_pending
+        return stopped, budget
+
+    def _publish(self, ch: OwnershipChange) -> None:
+        """Log a step's change and send it to every subscriber (dropped if one's buffer
+        is full or it is gone)."""
+        self.log.info(
+            "ownership_changed",
+            started=len(ch.started),
+            stopped=len(ch.stopped),
+            running=len(self.running),
+        )
+        for s in list(self._subscribers):
+            with suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                s.send_nowait(ch)
 
     def _replace_target(self, share: ShareRead, parts: Iterable[int] | None) -> None:
         """Make the jobs ``share`` read the target's jobs of the partitions ``parts``
@@ -720,7 +641,7 @@ class JobRunner:
             page_requests=self._page_requests,
         )
         self._density = share.keys_per_partition
-        self._jobs_total = share.job_count
+        self.planner.jobs_total = share.job_count
         self._share_reads += 1
         self._share_keys += share.keys
         self._share_requests += share.requests
@@ -1289,9 +1210,9 @@ class JobRunner:
             if others:
                 try:
                     with anyio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):
-                        plan = await self._replan(others, m.view_key, force=True)
+                        plan = await self.planner.replan(others, m.view_key, force=True)
                     if plan is not None:
-                        await self._warm(plan)
+                        await self.planner.warm(plan)
                         notify_map = plan.map()
                 except (FDBError, TimeoutError) as e:
                     self.log.warning("leave_plan_failed", error=getattr(e, "name", str(e)))
