@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from trio.testing import MockClock
 
 import fdbworkers._core.share as share_module
+import fdbworkers._runner.handlers as handlers_module
 import fdbworkers._runner.runner as runner_module
 from fdbworkers import (
     AddJobsResult,
@@ -489,7 +490,7 @@ async def test_the_releases_of_a_leave_share_transactions(
         batches.append(len(args[2]))
         return out
 
-    monkeypatch.setattr(runner_module, "tx_release_many", counted)
+    monkeypatch.setattr(handlers_module, "tx_release_many", counted)
 
     async def quick(job: Any) -> None:
         await job.stopping.wait()
@@ -654,7 +655,7 @@ async def test_group_commit_batches_and_survives_a_cancelled_leader(
         await trio.sleep(1.0)
         return True
 
-    group = runner_module._GroupCommit(commit, 10)
+    group = handlers_module._GroupCommit(commit, 10)
     results: dict[str, bool] = {}
 
     async def submit(item: str) -> None:

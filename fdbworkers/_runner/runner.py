@@ -23,14 +23,10 @@ commit only while the job's claim still carries the job's token.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -39,23 +35,15 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.claims import SupersededWaits
-from .._core.keys import (
-    JobHealth,
-)
 from .._core.membership import Membership
 from .._core.plan import PlanMap, plan_weights
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS
 from .._core.states import WorkerState
 from .._db import Transaction, VersionstampFuture, run_transaction
-from .._errors import ConfigError, FDBError, FencedError
+from .._errors import ConfigError, FDBError
 from .._loop import (
-    CancelScope,
-    Event,
-    TaskGroup,
-    cancel_scope,
     checkpoint,
     current_time,
-    move_on_after,
     new_event,
     open_task_group,
 )
@@ -63,27 +51,22 @@ from .._store.claims import (
     CLAIM_BATCH,
     ClaimOutcome,
     ClaimRequest,
-    ReleaseRequest,
     tx_claim_many,
-    tx_release_many,
     tx_take_handoffs,
 )
 from .._store.jobs import (
     JobRecord,
-    tx_clear_job_health,
-    tx_write_job_health,
 )
 from .._store.share import ShareRead, read_share
 from .._worker import Worker, install_job_runner
 from .._worker_options import DEFAULT_PARTITIONS
 from .changes import ChangeFeed
-from .job import Handler, Job, OwnershipChange, RunnerStatistics
+from .handlers import Handlers
+from .job import Handler, OwnershipChange, RunnerStatistics
 from .planner import Planner
 
 T = TypeVar("T")
 
-#: More jobs than this stop together (one grace, batched releases, one log line).
-BULK_STOP = 100
 #: A claim batch that starts more jobs than this logs one ``jobs_started`` line (info)
 #: instead of one ``job_started`` line per job (then at debug level).
 QUIET_STARTS = 100
@@ -92,101 +75,6 @@ QUIET_STARTS = 100
 #: commit_unknown_result, transaction_timed_out, cluster_version_changed,
 #: connection_failed (the dev server's client).
 _OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
-
-
-@dataclass
-class _Generation:
-    """Handlers started under one lease: cancelled together at its hard end."""
-
-    scope: CancelScope
-    nursery: TaskGroup
-    #: Its nursery has closed (the hard end passed, or the runner stops): nothing may
-    #: start in it any more.
-    closed: bool = False
-
-    def ended(self) -> bool:
-        """Its lease's hard end passed. Read from the clock too: trio's scope says
-        ``cancel_called`` once its deadline passed, anyio's asyncio scope only once its
-        timer ran (a renewal in between must not revive it)."""
-        return self.scope.cancel_called or self.scope.deadline <= current_time()
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    scope: CancelScope
-    done: Event
-    restarts: int = 0
-    #: Set once the job was stopped, removed and (if asked) released.
-    stopped: Event | None = None
-    #: Health: failures in a row, the latest error, the first failure's wall time,
-    #: a counter of failures (a recovery applies only if none came since), and whether
-    #: a health record of ours may be stored.
-    failures: int = 0
-    last_error: str = ""
-    failing_since: float = 0.0
-    health_gen: int = 0
-    health_written: bool = False
-    #: The generation it runs in (its lease's hard end).
-    gen: _Generation | None = None
-
-
-class _Waiter:
-    __slots__ = ("event", "result")
-
-    def __init__(self) -> None:
-        self.event = new_event()
-        self.result: bool | None = None
-
-
-class _GroupCommit:
-    """Work items submitted by many tasks, committed together: the first submitter that
-    finds no batch in flight commits batches (``commit(items) -> committed``) until the
-    queue is empty; the others wait, each on its own event (a leave submits one item per
-    job: a shared event would wake every waiter at every batch). A leader that is
-    cancelled puts its batch back and wakes one waiter to lead. No task of its own, so
-    it works wherever its callers run (also in a leave, after the runner's nursery
-    ended)."""
-
-    def __init__(self, commit: Callable[[list[str]], Awaitable[bool]], size: int) -> None:
-        self._commit = commit
-        self._size = size
-        self._queue: dict[str, list[_Waiter]] = {}
-        self._busy = False
-
-    async def submit(self, item: str) -> bool:
-        waiter = _Waiter()
-        self._queue.setdefault(item, []).append(waiter)
-        while waiter.result is None:
-            if not self._busy:
-                await self._lead()
-                continue
-            await waiter.event.wait()
-            if waiter.result is None:
-                waiter.event = new_event()  # woken to lead
-        return waiter.result
-
-    async def _lead(self) -> None:
-        self._busy = True
-        try:
-            while self._queue:
-                items = list(itertools.islice(self._queue, self._size))
-                waiters = [self._queue.pop(k) for k in items]
-                try:
-                    ok = await self._commit(items)
-                except BaseException:
-                    for k, ws in zip(items, waiters, strict=True):
-                        self._queue.setdefault(k, []).extend(ws)
-                    raise
-                for ws in waiters:
-                    for w in ws:
-                        w.result = ok
-                        w.event.set()
-        finally:
-            self._busy = False
-            for ws in self._queue.values():  # cancelled with work queued: hand it over
-                ws[0].event.set()
-                break
 
 
 def _check_seconds(**values: Any) -> None:
@@ -332,23 +220,17 @@ class JobRunner:
             inbox_fired=self._inbox_fired,
         )
         worker.on_stop_work(self._stop_all_and_release)
-        worker.on_lease_renewed(self._lease_renewed)
+        worker.on_lease_renewed(self.handlers.lease_renewed)
 
     def _init_target(self) -> None:
         """The jobs this worker runs and should run, the claims and handoffs it tracks,
         and what its share reads found."""
-        self.running: dict[str, _Running] = {}
         self.target: dict[str, JobRecord] = {}
         self.assignment: PlanMap | None = None
         self._owned_parts: frozenset[int] = frozenset()
         #: Per job, the superseded holder we wait for (when we first saw it superseded,
         #: how long its lease may last): taken once that wait is over.
         self._superseded = SupersededWaits()
-        #: Claims we may hold but do not run, to release unless the job is still ours:
-        #: stopped jobs whose release has not committed yet (or that a fenced stop
-        #: kept), and claims whose commit outcome was unknown (token None: any claim of
-        #: this incarnation). job -> (partition, token, new owner to notify, handoff).
-        self._unreleased: dict[str, tuple[int, bytes | None, str | None, bool]] = {}
         #: Partitions a leaving worker handed to us, kept while our settled view still
         #: lists that worker (that incarnation) as their owner: partition -> (wid, inc).
         self._adopted: dict[int, tuple[str, str]] = {}
@@ -381,30 +263,34 @@ class JobRunner:
         park_after: int | None,
         healthy_after: float,
     ) -> None:
-        """The handlers' options and state: the generation they run in, the runner's
-        nursery, the releases of stopped jobs, and the counts of starts, stops and
-        failures."""
-        self.handler = handler
-        self.grace = grace
-        self.restart_backoff = restart_backoff
-        #: Park a job after this many failures in a row (None: restart it for ever).
-        self.park_after = park_after
-        #: A failing job counts as healthy again after running this long without failing.
-        self.healthy_after = healthy_after
-        self._gen: _Generation | None = None
-        self._nursery: anyio.abc.TaskGroup | None = None
-        self._releases = _GroupCommit(self._commit_releases, CLAIM_BATCH)
-        self._started = self._stopped = self._crashes = 0
-        self._job_failures = 0
+        """The handlers' lifecycle (``_runner.handlers``): their running jobs are
+        ``running``, the claims held but not run ``_unreleased`` (the same dicts)."""
+        self.handlers = Handlers(
+            self.w,
+            lambda: self.log,
+            self._rng,
+            handler,
+            grace=grace,
+            restart_backoff=restart_backoff,
+            park_after=park_after,
+            healthy_after=healthy_after,
+            not_running=self._not_running,
+            now_running=self._now_running,
+            wake=self.wake,
+            density=lambda: self._density,
+            transact_long=self._transact_long,
+        )
+        self.running = self.handlers.running
+        self._unreleased = self.handlers.unreleased
 
     def statistics(self) -> RunnerStatistics:
         return RunnerStatistics(
             running=len(self.running),
             target=len(self.target),
             pending_claims=len(self._to_claim),
-            started=self._started,
-            stopped=self._stopped,
-            handler_crashes=self._crashes,
+            started=self.handlers.starts,
+            stopped=self.handlers.stops,
+            handler_crashes=self.handlers.crashes,
             claims_committed=self._claims,
             claims_blocked=self._blocked,
             reconciles=self._reconciles,
@@ -413,7 +299,7 @@ class JobRunner:
             plans_written=self.planner.plans_written,
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
-            job_failures=self._job_failures,
+            job_failures=self.handlers.job_failures,
             share_reads=self._share_reads,
             share_keys_read=self._share_keys,
             share_requests=self._share_requests,
@@ -431,7 +317,7 @@ class JobRunner:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as nursery:
-            self._nursery = nursery
+            self.handlers.nursery = nursery
             nursery.start_soon(self.changes.watch_loop)
             nursery.start_soon(self._reconcile_loop)
 
@@ -454,7 +340,7 @@ class JobRunner:
         while True:
             self._wake = new_event()
             if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
-                await self._stop_all(reason="fenced", release=False)
+                await self.handlers.stop_all(reason="fenced", release=False)
                 # Stopping takes time: the state may have moved on meanwhile.
                 if w.state is WorkerState.FENCED or w.state is WorkerState.REJOINING:
                     await w.wait_state_change()
@@ -577,7 +463,7 @@ class JobRunner:
             budget -= 1
             stops.append((jid, a.owner(r.job.partition), False))
             stopped.add(jid)
-        await self._stop_jobs(stops, reason="moved", release=True)
+        await self.handlers.stop_jobs(stops, reason="moved", release=True)
         return stopped, budget
 
     def _publish(self, ch: OwnershipChange) -> None:
@@ -617,6 +503,10 @@ class JobRunner:
                 self._lost.discard(jid)
             else:
                 self._to_claim[jid] = None
+
+    def _now_running(self, jid: str) -> None:
+        """``jid`` was started here: no longer one to claim."""
+        self._to_claim.pop(jid, None)
 
     def _not_running(self, jid: str) -> None:
         """``jid`` no longer runs here: claim it again if it is still ours."""
@@ -683,7 +573,7 @@ class JobRunner:
             except FDBError as e:
                 self.log.warning("claim_failed", jobs=len(batch), error=e.name)
                 return started, True
-            nursery = await self._job_nursery()
+            nursery = await self.handlers.job_nursery()
             if not w.lease_valid() or nursery.closed or nursery.ended():
                 # The lease ran out while the claims were in flight (a suspend seen
                 # meanwhile, or a freeze): no handler may start. The claims are ours:
@@ -703,7 +593,7 @@ class JobRunner:
                 if outcome.kind == "claimed" and outcome.token is not None:
                     if rec.id in self.running or self.target.get(rec.id) is not rec:
                         continue  # cannot happen: only this loop starts jobs
-                    self._start(rec, outcome.token, nursery, quiet=quiet)
+                    self.handlers.start(rec, outcome.token, nursery, quiet=quiet)
                     started.add(rec.id)
                     first = first or rec
                     count += 1
@@ -732,7 +622,7 @@ class JobRunner:
                 notify = a.owner(partition)
                 self._unreleased[jid] = (partition, token, notify, handoff)
             release.append(jid)
-        await self._release_many(release)
+        await self.handlers.release_many(release)
 
     async def _adopt(self, m: Membership, a: PlanMap) -> frozenset[int]:
         """Partitions handed to us by a leaving worker that we run before our settled
@@ -832,371 +722,6 @@ class JobRunner:
             result.append(out)
         return result
 
-    def _lease_renewed(self) -> None:
-        """A heartbeat committed (or a suspend aged the lease): every running handler
-        may run until the new hard end. One deadline for all: the generation's."""
-        g = self._gen
-        if g is not None and not g.ended():
-            g.scope.deadline = self.w.lease.hard_end
-
-    async def _job_nursery(self) -> _Generation:
-        """The generation new handlers start in: its cancel scope ends at the lease's
-        hard end, moved on by every renewal, so one deadline covers every handler (a
-        deadline per handler cost a heap update per handler and heartbeat). Once the
-        hard end passed, its handlers are cancelled and the next ones start in a new
-        generation."""
-        g = self._gen
-        if g is None or g.ended() or g.closed:
-            assert self._nursery is not None
-            g = self._gen = await self._nursery.start(self._run_generation)
-        return g
-
-    async def _run_generation(
-        self, task_status: anyio.abc.TaskStatus[_Generation] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        scope = cancel_scope(deadline=self.w.lease.hard_end)
-        with scope:
-            async with open_task_group() as nursery:
-                gen = _Generation(scope, nursery)
-                try:
-                    task_status.started(gen)
-                    await anyio.sleep_forever()
-                finally:
-                    gen.closed = True
-
-    def _start(
-        self, rec: JobRecord, token: bytes, gen: _Generation, *, quiet: bool = False
-    ) -> None:
-        job = Job(rec.id, self.w.role, rec.partition, rec.spec, rec.weight, token, self.w)
-        # The handler runs in its generation, whose scope ends at the lease's hard end,
-        # moved on by every renewal: a process that wakes from a freeze past it cancels
-        # the handler before the handler runs again, even before the lease watchdog
-        # task has run (G3). Its own scope is for stopping it alone.
-        r = _Running(job, cancel_scope(), new_event(), gen=gen)
-        job._on_failure = partial(self._job_reported_failure, r)
-        self.running[rec.id] = r
-        self._unreleased.pop(rec.id, None)  # the claim is the running job's now
-        self._started += 1
-        self._to_claim.pop(rec.id, None)
-        if quiet:
-            self.log.debug("job_started", job=rec.id, token=token.hex())
-        else:
-            self.log.info("job_started", job=rec.id, token=token.hex())
-        gen.nursery.start_soon(self._job_task, r)
-
-    async def _job_task(self, r: _Running) -> None:
-        lo, hi = self.restart_backoff
-        try:
-            with r.scope:
-                while True:
-                    # A handler runs its first lines before its first await: never call
-                    # it past the lease's hard end (this checkpoint raises then: a task
-                    # spawned just before a freeze) or without a valid lease.
-                    await checkpoint()
-                    if not self.w.lease_valid():
-                        await anyio.sleep_forever()  # a stop or the hard end ends this
-                    try:
-                        await self.handler(r.job)
-                        if r.job.stopping.is_set():
-                            return
-                        self.log.info("job_handler_returned", job=r.job.id)
-                        await anyio.sleep_forever()  # finished: stays owned until it moves
-                    except FencedError as e:
-                        if r.job.stopping.is_set():
-                            return
-                        self.log.warning("job_fenced", job=r.job.id, error=str(e))
-                        await anyio.sleep_forever()
-                    except Exception as e:
-                        self._crashes += 1
-                        r.restarts += 1
-                        self._job_failed(r, repr(e))
-                        if r.job.parked:
-                            await anyio.sleep_forever()  # not run again until it moves
-                        delay = min(hi, lo * 2 ** (r.restarts - 1)) * (0.5 + self._rng.random() / 2)
-                        self.log.error(
-                            "job_handler_crashed",
-                            job=r.job.id,
-                            error=repr(e),
-                            restarts=r.restarts,
-                            retry_in=round(delay, 3),
-                        )
-                        await anyio.sleep(delay)
-        finally:
-            r.done.set()
-            if r.health_written and self._nursery is not None:
-                self._nursery.start_soon(self._clear_health, r, None)  # it stops here
-            lease_ended = r.gen is not None and r.gen.ended()
-            if lease_ended and r.stopped is None and self.running.get(r.job.id) is r:
-                # The lease's hard end passed (a freeze) without a stop: the handler no
-                # longer runs, so it must not count as running; the next reconcile
-                # claims the job again (new token) if it is still ours.
-                del self.running[r.job.id]
-                self._not_running(r.job.id)
-                # Its claim is still ours: claimed again if the job stays ours, else
-                # released (otherwise its next owner would find it held forever).
-                self._unreleased[r.job.id] = (r.job.partition, r.job.token, None, False)
-                self.log.warning("job_lease_deadline", job=r.job.id, action="restart if owned")
-                self.wake()
-
-    # -- per-job health (the "jobhealth" key, see _core/keys.py) --------------------------
-
-    def _job_reported_failure(self, r: _Running, error: str) -> None:
-        r.restarts += 1
-        self._job_failed(r, error)
-
-    def _job_failed(self, r: _Running, error: str) -> None:
-        """A run of ``r`` failed: count it, publish the job's health, and park the job
-        after ``park_after`` failures in a row."""
-        if r.stopped is not None or self._nursery is None:
-            return
-        w = self.w
-        now = time.time()
-        r.failures += 1
-        r.health_gen += 1
-        self._job_failures += 1
-        if r.failures == 1:
-            r.failing_since = now
-        r.last_error = error
-        event = "job_failing" if r.failures == 1 else None
-        if self.park_after is not None and r.failures >= self.park_after and not r.job.parked:
-            r.job.parked = True
-            event = "job_parked"
-            self.log.error(
-                "job_parked", job=r.job.id, failures=r.failures, error=error, action="not run here"
-            )
-        health = JobHealth(
-            w.id,
-            w.incarnation,
-            r.job.token,
-            "parked" if r.job.parked else "failing",
-            r.failures,
-            r.restarts,
-            error,
-            r.failing_since,
-            now,
-        )
-        self._nursery.start_soon(self._publish_health, r, health, event, r.health_gen)
-
-    async def _publish_health(
-        self, r: _Running, health: JobHealth, event: str | None, gen: int
-    ) -> None:
-        w = self.w
-        try:
-            await w.transact(
-                tx_write_job_health,
-                w.layout,
-                w.role,
-                r.job.id,
-                health,
-                event,
-                w.options.event_retention,
-            )
-            r.health_written = True
-        except FDBError as e:
-            self.log.warning("job_health_write_failed", job=r.job.id, error=e.name)
-        if r.job.parked:
-            return
-        await anyio.sleep(self.healthy_after)
-        if r.health_gen == gen and r.stopped is None and self.running.get(r.job.id) is r:
-            r.failures = 0  # ran healthy_after seconds without failing
-            self.log.info("job_recovered", job=r.job.id)
-            await self._clear_health(r, "job_recovered")
-
-    async def _clear_health(self, r: _Running, event: str | None) -> None:
-        if not r.health_written:
-            return
-        w = self.w
-        try:
-            await w.transact(
-                tx_clear_job_health,
-                w.layout,
-                w.role,
-                r.job.id,
-                w.id,
-                w.incarnation,
-                r.job.token,
-                event,
-                w.options.event_retention,
-            )
-            r.health_written = False
-        except FDBError as e:
-            self.log.warning("job_health_clear_failed", job=r.job.id, error=e.name)
-
-    async def _stop_one(
-        self,
-        jid: str,
-        *,
-        reason: str,
-        release: bool,
-        notify: str | None = None,
-        handoff: bool = False,
-    ) -> None:
-        r = self.running.get(jid)
-        if r is None:
-            return
-        if r.stopped is not None:  # someone else is stopping it: wait for them
-            await r.stopped.wait()
-            return
-        r.stopped = new_event()
-        try:
-            r.job.stopping.set()
-            # Never past the lease's hard end: a fenced worker has at most margin / 2
-            # left, one resumed from a long freeze (or evicted: lease revoked) none.
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - current_time()))
-            with move_on_after(grace):
-                await r.done.wait()
-            r.scope.cancel()
-            await r.done.wait()
-            if self.running.get(jid) is r:
-                del self.running[jid]  # the handler has finished: it no longer runs
-                self._not_running(jid)
-            self._stopped += 1
-            self.log.info("job_stopped", job=jid, reason=reason)
-            # Released now, or (a fenced stop, where no commit can be trusted) by the
-            # first reconcile after the fence, if the job is no longer ours then.
-            self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
-            if release:
-                await self._release(jid)
-        finally:
-            if self.running.get(jid) is r:
-                del self.running[jid]
-                self._not_running(jid)
-            r.stopped.set()
-
-    async def _stop_jobs(
-        self, stops: list[tuple[str, str | None, bool]], *, reason: str, release: bool
-    ) -> None:
-        """Stop the jobs ``(job, notify, handoff)``: each in its own task (its release
-        as soon as its own handler finished) when there are few, all together above
-        BULK_STOP (see :meth:`_stop_many`)."""
-        if len(stops) > BULK_STOP:
-            await self._stop_many(stops, reason=reason, release=release)
-            return
-        async with open_task_group() as n:
-            for jid, notify, handoff in stops:
-                n.start_soon(
-                    partial(
-                        self._stop_one,
-                        jid,
-                        reason=reason,
-                        release=release,
-                        notify=notify,
-                        handoff=handoff,
-                    )
-                )
-
-    async def _stop_many(
-        self, stops: list[tuple[str, str | None, bool]], *, reason: str, release: bool
-    ) -> None:
-        """Stop many jobs at once, as :meth:`_stop_one` stops one (stopping set, the
-        grace, then cancellation; never past the lease's hard end), without a task per
-        job: a move of a large share, or a leave, would otherwise spawn and schedule a
-        task, a deadline and a release waiter per job. One grace for all; the releases
-        go CLAIM_BATCH per transaction once the handlers finished."""
-        mine: list[tuple[str, _Running, str | None, bool]] = []
-        others: list[_Running] = []
-        for jid, notify, handoff in stops:
-            r = self.running.get(jid)
-            if r is None:
-                continue
-            if r.stopped is not None:
-                others.append(r)  # someone else stops it: wait for them below
-                continue
-            r.stopped = new_event()
-            r.job.stopping.set()
-            mine.append((jid, r, notify, handoff))
-        try:
-            grace = max(0.0, min(self.grace, self.w.lease.hard_end - current_time()))
-            with move_on_after(grace):
-                for _, r, _, _ in mine:
-                    if not r.done.is_set():
-                        await r.done.wait()
-            for _, r, _, _ in mine:
-                r.scope.cancel()
-            for i, (jid, r, notify, handoff) in enumerate(mine):
-                if not r.done.is_set():
-                    await r.done.wait()
-                if self.running.get(jid) is r:
-                    del self.running[jid]  # the handler has finished: it no longer runs
-                    self._not_running(jid)
-                self._stopped += 1
-                self.log.debug("job_stopped", job=jid, reason=reason)
-                self._unreleased[jid] = (r.job.partition, r.job.token, notify, handoff)
-                if i % 1000 == 999:
-                    await checkpoint()
-            if mine:
-                self.log.info("jobs_stopped", jobs=len(mine), reason=reason)
-            if release:
-                await self._release_many([jid for jid, _, _, _ in mine])
-        finally:
-            for jid, r, _, _ in mine:
-                if self.running.get(jid) is r:
-                    del self.running[jid]
-                    self._not_running(jid)
-                assert r.stopped is not None
-                r.stopped.set()
-        for r in others:
-            assert r.stopped is not None
-            await r.stopped.wait()
-
-    async def _release(self, jid: str) -> bool:
-        """Clear our claim of a stopped job (and wake its new owner). A failure is
-        retried by every later reconcile: the new owner waits for this release. The
-        releases of jobs that stop at about the same time share transactions."""
-        return await self._releases.submit(jid)
-
-    async def _release_many(self, jids: Iterable[str]) -> None:
-        """Release the claims of ``jids`` in batches of CLAIM_BATCH."""
-        todo = list(jids)
-        for i in range(0, len(todo), CLAIM_BATCH):
-            await self._commit_releases(todo[i : i + CLAIM_BATCH])
-
-    async def _commit_releases(self, jids: list[str]) -> bool:
-        """One transaction releasing the claims of ``jids`` (those still tracked in
-        ``_unreleased``); True once it committed."""
-        w = self.w
-        requests = []
-        entries = {}
-        for jid in jids:
-            entry = self._unreleased.get(jid)
-            if entry is not None:
-                entries[jid] = entry
-                partition, token, notify, handoff = entry
-                notify = notify if notify != w.id else None
-                requests.append(ReleaseRequest(partition, jid, token, notify, handoff))
-        if not requests:
-            return True
-        try:
-            await self._transact_long(
-                tx_release_many,
-                w.layout,
-                w.role,
-                requests,
-                w.id,
-                w.incarnation,
-                self._density,
-            )
-        except FDBError as e:
-            self.log.warning(
-                "job_release_failed",
-                job=requests[0].job_id,
-                jobs=len(requests),
-                error=e.name,
-                action="retry later",
-            )
-            return False
-        for jid, entry in entries.items():
-            if self._unreleased.get(jid) is entry:  # not replaced meanwhile
-                del self._unreleased[jid]
-        return True
-
-    async def _stop_all(self, *, reason: str, release: bool) -> None:
-        if not self.running:
-            return
-        await self._stop_jobs(
-            [(jid, None, False) for jid in self.running], reason=reason, release=release
-        )
-
     async def _stop_all_and_release(self, reason: str) -> None:
         leaving = reason in ("drained", "left")
         if leaving:
@@ -1220,8 +745,8 @@ class JobRunner:
             (jid, notify_map.owner(r.job.partition) if notify_map else None, leaving)
             for jid, r in self.running.items()
         ]
-        await self._stop_jobs(stops, reason=reason, release=True)
-        await self._release_many(list(self._unreleased))  # earlier ones that did not commit
+        await self.handlers.stop_jobs(stops, reason=reason, release=True)
+        await self.handlers.release_many(list(self._unreleased))  # earlier ones that did not commit
         self._replace_target(ShareRead(), None)
         self.changes.full_resync = True
 
