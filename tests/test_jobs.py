@@ -21,7 +21,7 @@ from fdbworkers._core.assign import job_partition
 from fdbworkers._core.keys import Layout, encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
-from fdbworkers._runner import runner as runner_module
+from fdbworkers._runner import claims as claims_module
 from fdbworkers._runner.changes import ChangeFeed
 from fdbworkers._store.claims import tx_claim_many, tx_take_handoffs
 from fdbworkers._store.events import read_recent_events
@@ -1103,7 +1103,7 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
                 slow["then"] = None
         return await real_claim(tr, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "tx_claim_many", slow_claim)
+    monkeypatch.setattr(claims_module, "tx_claim_many", slow_claim)
     async with anyio.create_task_group() as nursery:
         fleet = Fleet(nursery, engine.open_database, role=ROLE, root=ROOT, options=OPTS)
         old = await fleet.start("w0", long_opts)
@@ -1124,15 +1124,15 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
 
         slow["then"] = restart_w0
         rec = JobRecord(job, job_partition(job, P))
-        outs = await w1.runner._claim([rec])
+        outs = await w1.runner.claims.claim([rec])
         holder = outs[0].holder
         assert outs[0].kind == "superseded" and outs[0].holder_timeout == 30.0
         assert holder is not None and holder.wid == "w0"
         (seen,) = superseded_at
         # Not one instant before 30 s after the supersession committed ...
-        assert w1.runner._superseded.take(job, seen + 30.0 - 0.01) == frozenset()
+        assert w1.runner.claims.superseded.take(job, seen + 30.0 - 0.01) == frozenset()
         # ... and at once after 30 s from when the claim returned.
-        took = w1.runner._superseded.take(job, anyio.current_time() + 30.0)
+        took = w1.runner.claims.superseded.take(job, anyio.current_time() + 30.0)
         assert took == frozenset({holder.incarnation})
         nursery.cancel_scope.cancel()
 

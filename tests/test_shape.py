@@ -22,7 +22,6 @@ MAX_MODULE_LINES = 650
 NOT_YET_SPLIT_FUNCTIONS: set[str] = set()
 NOT_YET_SPLIT_MODULES = {
     "fdbworkers/_core/keys.py",
-    "fdbworkers/_runner/runner.py",
 }
 
 

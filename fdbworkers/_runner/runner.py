@@ -34,13 +34,12 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core.claims import SupersededWaits
 from .._core.membership import Membership
 from .._core.plan import PlanMap, plan_weights
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS
 from .._core.states import WorkerState
-from .._db import Transaction, VersionstampFuture, run_transaction
-from .._errors import ConfigError, FDBError
+from .._db import run_transaction
+from .._errors import FDBError
 from .._loop import (
     checkpoint,
     current_time,
@@ -49,10 +48,6 @@ from .._loop import (
 )
 from .._store.claims import (
     CLAIM_BATCH,
-    ClaimOutcome,
-    ClaimRequest,
-    tx_claim_many,
-    tx_take_handoffs,
 )
 from .._store.jobs import (
     JobRecord,
@@ -61,8 +56,10 @@ from .._store.share import ShareRead, read_share
 from .._worker import Worker, install_job_runner
 from .._worker_options import DEFAULT_PARTITIONS
 from .changes import ChangeFeed
+from .claims import Claimer
 from .handlers import Handlers
 from .job import Handler, OwnershipChange, RunnerStatistics
+from .options import check_options
 from .planner import Planner
 
 T = TypeVar("T")
@@ -70,20 +67,6 @@ T = TypeVar("T")
 #: A claim batch that starts more jobs than this logs one ``jobs_started`` line (info)
 #: instead of one ``job_started`` line per job (then at debug level).
 QUIET_STARTS = 100
-
-#: Errors after which a claim's commit may have been applied without our knowing:
-#: commit_unknown_result, transaction_timed_out, cluster_version_changed,
-#: connection_failed (the dev server's client).
-_OUTCOME_UNKNOWN = frozenset({1021, 1031, 1039, 1026})
-
-
-def _check_seconds(**values: Any) -> None:
-    """ConfigError naming the option unless each value is a finite number (NaN passes
-    every ``<`` check, so the range checks alone would accept it)."""
-    for name, value in values.items():
-        for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
 class _MoveBudget:
@@ -117,47 +100,6 @@ class _MoveBudget:
         self.limited = self.max_moves is not None and budget <= 0
 
 
-def _check_options(
-    handler: Handler,
-    *,
-    grace: float,
-    max_moves: int | None,
-    move_interval: float,
-    restart_backoff: tuple[float, float],
-    resync_interval: float,
-    full_resync_interval: float,
-    claim_poll: float,
-    park_after: int | None,
-    healthy_after: float,
-) -> None:
-    """ConfigError naming the first bad option of a JobRunner."""
-    if park_after is not None and (
-        isinstance(park_after, bool) or not isinstance(park_after, int) or park_after < 1
-    ):
-        raise ConfigError(f"park_after must be an integer >= 1 (or None), got {park_after!r}")
-    _check_seconds(healthy_after=healthy_after)
-    if healthy_after <= 0:
-        raise ConfigError(f"healthy_after must be > 0 seconds, got {healthy_after!r}")
-    _check_seconds(
-        grace=grace,
-        move_interval=move_interval,
-        restart_backoff=restart_backoff,
-        resync_interval=resync_interval,
-        full_resync_interval=full_resync_interval,
-        claim_poll=claim_poll,
-    )
-    if not callable(handler):
-        raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
-    if grace < 0:
-        raise ConfigError("grace must be >= 0")
-    if max_moves is not None and max_moves < 1:
-        raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
-    if not move_interval > 0 or not claim_poll > 0:
-        raise ConfigError("move_interval and claim_poll must be > 0 seconds")
-    if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
-        raise ConfigError("restart_backoff must be (initial > 0, maximum >= initial)")
-
-
 class JobRunner:
     """Runs ``handler(job)`` for each job this worker owns; see ``Worker.run_jobs``."""
 
@@ -179,7 +121,7 @@ class JobRunner:
         park_after: int | None = None,
         healthy_after: float = 60.0,
     ) -> None:
-        _check_options(
+        check_options(
             handler,
             grace=grace,
             max_moves=max_moves,
@@ -202,14 +144,35 @@ class JobRunner:
         self._log_base = worker.log
         self._log = worker.log.bind(component="jobs")
         self._init_handlers(handler, grace, restart_backoff, park_after, healthy_after)
+        self._init_parts(plan_grace, assign_in_thread, resync_interval, full_resync_interval)
+        worker.on_stop_work(self._stop_all_and_release)
+        worker.on_lease_renewed(self.handlers.lease_renewed)
+
+    def _init_parts(
+        self,
+        plan_grace: float | None,
+        assign_in_thread: bool | None,
+        resync_interval: float,
+        full_resync_interval: float,
+    ) -> None:
+        """The runner's parts that own their state: the stored plan (``planner``), the
+        claims and handoffs (``claims``) and the change log (``changes``)."""
         self.planner = Planner(
-            worker,
+            self.w,
             lambda: self.log,
             plan_grace=plan_grace,
             assign_in_thread=assign_in_thread,
         )
+        self.claims = Claimer(
+            self.w,
+            lambda: self.log,
+            self._rng,
+            self._unreleased,
+            lambda: self._density,
+            self._transact_long,
+        )
         self.changes = ChangeFeed(
-            worker,
+            self.w,
             lambda: self.log,
             self._rng,
             resync_interval=resync_interval,
@@ -217,26 +180,16 @@ class JobRunner:
             wake=self.wake,
             plan_seq=self.planner.plan_seq,
             plan_changed=self.planner.mark_dirty,
-            inbox_fired=self._inbox_fired,
+            inbox_fired=self.claims.inbox_fired,
         )
-        worker.on_stop_work(self._stop_all_and_release)
-        worker.on_lease_renewed(self.handlers.lease_renewed)
 
     def _init_target(self) -> None:
-        """The jobs this worker runs and should run, the claims and handoffs it tracks,
-        and what its share reads found."""
+        """The jobs this worker should run (the target: by partition, to claim, lost),
+        what its share reads found, and the counts of its reconcile steps."""
         self.target: dict[str, JobRecord] = {}
         self.assignment: PlanMap | None = None
         self._owned_parts: frozenset[int] = frozenset()
-        #: Per job, the superseded holder we wait for (when we first saw it superseded,
-        #: how long its lease may last): taken once that wait is over.
-        self._superseded = SupersededWaits()
-        #: Partitions a leaving worker handed to us, kept while our settled view still
-        #: lists that worker (that incarnation) as their owner: partition -> (wid, inc).
-        self._adopted: dict[int, tuple[str, str]] = {}
-        self._take_handoffs = True
-        self._adoptions = 0
-        self._claims = self._blocked = self._reconciles = self._deferred = 0
+        self._reconciles = self._deferred = 0
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
         #: _replace_target, _start and _not_running, so a step costs O(what changed).
@@ -291,11 +244,11 @@ class JobRunner:
             started=self.handlers.starts,
             stopped=self.handlers.stops,
             handler_crashes=self.handlers.crashes,
-            claims_committed=self._claims,
-            claims_blocked=self._blocked,
+            claims_committed=self.claims.committed,
+            claims_blocked=self.claims.blocked,
             reconciles=self._reconciles,
             moves_deferred=self._deferred,
-            handoffs_adopted=self._adoptions,
+            handoffs_adopted=self.claims.adoptions,
             plans_written=self.planner.plans_written,
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
@@ -329,9 +282,6 @@ class JobRunner:
         if base is not self._log_base:
             self._log_base, self._log = base, base.bind(component="jobs")
         return self._log
-
-    def _inbox_fired(self) -> None:
-        self._take_handoffs = True  # an inbox fire may bring handoffs from a leaver
 
     # -- reconcile ---------------------------------------------------------------------
 
@@ -399,7 +349,7 @@ class JobRunner:
         self.planner.pending = False
         a = await self.planner.plan_map(m)
         self.assignment = a
-        owned = frozenset(a.partitions_of(w.id)) | await self._adopt(m, a)
+        owned = frozenset(a.partitions_of(w.id)) | await self.claims.adopt(m, a)
         await self._read_target(owned)
         if self.planner.drifted(a, len(self.target)):
             self.planner.drift_replan = True
@@ -569,7 +519,7 @@ class JobRunner:
                 continue
             batch.sort(key=lambda r: (r.partition, r.id))
             try:
-                outcomes = await self._claim(batch)
+                outcomes = await self.claims.claim(batch)
             except FDBError as e:
                 self.log.warning("claim_failed", jobs=len(batch), error=e.name)
                 return started, True
@@ -623,104 +573,6 @@ class JobRunner:
                 self._unreleased[jid] = (partition, token, notify, handoff)
             release.append(jid)
         await self.handlers.release_many(release)
-
-    async def _adopt(self, m: Membership, a: PlanMap) -> frozenset[int]:
-        """Partitions handed to us by a leaving worker that we run before our settled
-        view shows it gone.
-
-        A worker leaving for good stops its jobs, clears their claims and hands each
-        partition to the owner it computed without itself (``tx_release``). Waiting for
-        the membership to settle would leave those jobs without a runner for the settle
-        window plus a read; instead the successor adopts a partition at once, while its
-        own view still gives it to the leaver (that incarnation), i.e. exactly until its
-        view catches up: then the partition is ours by the map, or moves on like any
-        other. Safety does not depend on it: a claim is still taken only when absent."""
-        if self._take_handoffs:
-            self._take_handoffs = False
-            w = self.w
-            try:
-                handed = await self.w.transact(tx_take_handoffs, w.layout, w.role, w.id)
-            except FDBError as e:
-                self.log.warning("handoff_read_failed", error=e.name)
-                self._take_handoffs = True
-                handed = {}
-            for p, (frm, inc) in handed.items():
-                rec = m.members.get(frm)
-                if (
-                    0 <= p < a.partitions
-                    and a.owner(p) == frm
-                    and rec is not None
-                    and rec.incarnation == inc
-                ):
-                    self._adopted[p] = (frm, inc)
-                    self._adoptions += 1
-            if handed:
-                self.log.info("handoffs", received=len(handed), adopted=len(self._adopted))
-        for p, (frm, inc) in list(self._adopted.items()):
-            rec = m.members.get(frm)
-            if a.owner(p) != frm or rec is None or rec.incarnation != inc:
-                del self._adopted[p]
-        return frozenset(self._adopted)
-
-    async def _claim(self, recs: list[JobRecord]) -> list[ClaimOutcome]:
-        """Claim ``recs`` in one transaction (``tx_claim_many``: each by the rules of a
-        single claim). Tokens of the claims written are the commit's versionstamp."""
-        w = self.w
-        now = current_time()
-        requests = []
-        for rec in recs:
-            take = self._superseded.take(rec.id, now)
-            requests.append(ClaimRequest(rec.partition, rec.id, take))
-        nonce = f"{self._rng.getrandbits(64):016x}"
-        stamps: list[VersionstampFuture] = []
-
-        async def attempt(tr: Transaction) -> list[ClaimOutcome]:
-            outs = await tx_claim_many(
-                tr,
-                w.layout,
-                w.role,
-                requests,
-                w.id,
-                w.incarnation,
-                nonce,
-                w.options.timeout,
-                self._density,
-            )
-            stamps.clear()
-            if any(o.kind == "claimed" and o.token is None for o in outs):
-                stamps.append(tr.get_versionstamp())
-            return outs
-
-        try:
-            outs: list[ClaimOutcome] = await self._transact_long(attempt)
-        except FDBError as e:
-            if e.maybe_committed or e.code in _OUTCOME_UNKNOWN:
-                # The claims may have committed: track them, or they would be orphans
-                # that block the jobs' next owner once the partition moves (hole 2).
-                for rec in recs:
-                    self._unreleased.setdefault(rec.id, (rec.partition, None, None, False))
-            raise
-        token = await stamps[0].get() if stamps else None
-        # A holder seen superseded is waited for from now, after the read that saw it:
-        # the change of its record committed before that read, possibly long after the
-        # transaction started (retries, a slow cluster), and its lease is bounded only
-        # from that change. Counted from the start, the claimant took the job up to one
-        # transaction's duration early (see tests/test_claim_model.py).
-        seen_at = current_time()
-        result = []
-        for rec, out in zip(recs, outs, strict=True):
-            if out.kind == "claimed":
-                self._superseded.claimed(rec.id)
-                self._claims += 1
-                out = ClaimOutcome("claimed", out.token if out.token is not None else token)
-            elif out.kind == "superseded" and out.holder is not None:
-                self._superseded.superseded(
-                    rec.id, out.holder.incarnation, out.holder_timeout, seen_at
-                )
-            elif out.kind == "held":
-                self._blocked += 1
-            result.append(out)
-        return result
 
     async def _stop_all_and_release(self, reason: str) -> None:
         leaving = reason in ("drained", "left")
