@@ -252,6 +252,13 @@ def test_runner_options_are_validated() -> None:
     for bad in ({"move_interval": 0}, {"claim_poll": -1}, {"max_moves": 0}, {"grace": -1}):
         with pytest.raises(ConfigError):
             JobRunner(None, handler, **bad)  # type: ignore[arg-type]
+    # True and 2.5 were taken as move limits; a list backoff got a misleading message
+    # (seen when the runner was split).
+    for moves in (True, 2.5):
+        with pytest.raises(ConfigError, match="max_moves must be an integer"):
+            JobRunner(None, handler, max_moves=moves)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"restart_backoff must be a tuple \(initial, maximum\)"):
+        JobRunner(None, handler, restart_backoff=[0.5, 30.0])  # type: ignore[arg-type]
 
 
 async def test_a_worker_resumed_after_its_lease_ran_out_stops_its_handlers_at_once() -> None:

@@ -43,8 +43,12 @@ def check_options(
         raise ConfigError(f"handler must be an async function of a Job, got {handler!r}")
     if grace < 0:
         raise ConfigError("grace must be >= 0")
-    if max_moves is not None and max_moves < 1:
-        raise ConfigError("max_moves must be >= 1 (or None for no velocity limit)")
+    if max_moves is not None and (
+        isinstance(max_moves, bool) or not isinstance(max_moves, int) or max_moves < 1
+    ):
+        raise ConfigError(
+            f"max_moves must be an integer >= 1 (or None for no velocity limit), got {max_moves!r}"
+        )
     if not move_interval > 0 or not claim_poll > 0:
         raise ConfigError("move_interval and claim_poll must be > 0 seconds")
     if restart_backoff[0] <= 0 or restart_backoff[1] < restart_backoff[0]:
@@ -55,6 +59,10 @@ def _check_seconds(**values: Any) -> None:
     """ConfigError naming the option unless each value is a finite number (NaN passes
     every ``<`` check, so the range checks alone would accept it)."""
     for name, value in values.items():
+        if name == "restart_backoff" and not (isinstance(value, tuple) and len(value) == 2):
+            raise ConfigError(
+                f"restart_backoff must be a tuple (initial, maximum) of seconds, got {value!r}"
+            )
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
