@@ -96,7 +96,8 @@ from _replay import (
 )
 
 from fdbworkers._backends.engine import Engine, FaultPlan
-from fdbworkers._core.keys import Layout, MemberRecord, decode, encode, stamped_value
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import MemberRecord, decode, encode, stamped_value
 from fdbworkers._db import Transaction
 from fdbworkers._store.members import tx_register
 

@@ -58,7 +58,8 @@ from _common import (
 from fdbworkers import open_database
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import assign
-from fdbworkers._core.keys import Layout, MemberRecord
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import MemberRecord
 from fdbworkers._db import Database, Transaction
 from fdbworkers._store.claims import tx_claim
 from fdbworkers._store.jobs import tx_read_partitions

@@ -80,8 +80,9 @@ from _common import (
 from fdbworkers._backends.engine import Engine, EngineDatabase, EngineStatistics
 from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._core.assign import assign, job_partition
-from fdbworkers._core.keys import Layout, decode
+from fdbworkers._core.keys import Layout
 from fdbworkers._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
+from fdbworkers._core.records import decode
 from fdbworkers._core.share import plan_ranges
 from fdbworkers._db import Transaction
 from fdbworkers._runner.job import Job

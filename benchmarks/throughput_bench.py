@@ -58,7 +58,8 @@ from _common import ROLE, job_ids, load_jobs, median, note, pct, quiet_logs, tab
 
 from fdbworkers import open_database
 from fdbworkers._core.assign import job_partition
-from fdbworkers._core.keys import Layout, MemberRecord, stamped_value
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import MemberRecord, stamped_value
 from fdbworkers._db import Database, Transaction
 from fdbworkers._errors import FDBError
 from fdbworkers._store.claims import tx_claim

@@ -24,7 +24,8 @@ from ._worker_options import WorkerOptions
 
 if TYPE_CHECKING:
     from ._backends.engine import Engine
-    from ._core.keys import Layout, MemberRecord
+    from ._core.keys import Layout
+    from ._core.records import MemberRecord
 
 
 # --- the seeded fault simulation ----------------------------------------------------
@@ -147,7 +148,7 @@ class Simulation:
         """The liveness invariant: a bound after the last fault (a delayed restart is a
         fault too), every job runs on exactly one live worker and every claim belongs to
         a handler that runs."""
-        from ._core.keys import Claim
+        from ._core.records import Claim
 
         bound = self.liveness_bound(cfg)
         end = start + cfg.duration
@@ -330,7 +331,7 @@ class _SimRun:
         )
 
     def records(self) -> dict[str, MemberRecord]:
-        from ._core.keys import MemberRecord
+        from ._core.records import MemberRecord
 
         layout = self.layout
         out: dict[str, MemberRecord] = {}

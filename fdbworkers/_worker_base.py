@@ -19,9 +19,10 @@ from typing import Concatenate, ParamSpec, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._core.keys import Layout, MemberRecord, RoleConfig, validate_name
+from ._core.keys import Layout, validate_name
 from ._core.liveness import Lease, NeighbourTracker, SuspendMeter
 from ._core.membership import Membership, MembershipChange
+from ._core.records import MemberRecord, RoleConfig
 from ._core.ring import Ring
 from ._core.settle import Settler
 from ._core.states import WorkerState, allowed

@@ -10,7 +10,7 @@ import math
 import time
 from contextlib import suppress
 
-from ._core.keys import MemberRecord
+from ._core.records import MemberRecord
 from ._core.states import WorkerState
 from ._errors import ClusterUnreachableError, CorruptDataError, FDBError, FdbworkersError
 from ._loop import current_time, move_on_after, move_on_at, new_event, sleep

@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
-from ._core.keys import MemberRecord
 from ._core.membership import Membership, replaced_or_gone
+from ._core.records import MemberRecord
 from ._core.ring import ring_of, watched_neighbours
 from ._core.states import WorkerState
 from ._errors import FDBError

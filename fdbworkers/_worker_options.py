@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from ._core.assign import DEFAULT_PARTITIONS as ASSIGN_DEFAULT_PARTITIONS
-from ._core.keys import encode, validate_name
+from ._core.keys import validate_name
 from ._core.liveness import default_check_interval, default_fence_margin, max_fence_margin
+from ._core.records import encode
 from ._errors import ConfigError
 from ._store.events import DEFAULT_EVENT_RETENTION
 

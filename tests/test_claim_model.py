@@ -51,9 +51,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fdbworkers._core.claims import StoredClaim, SupersededWaits, decide_claim
-from fdbworkers._core.keys import MemberRecord, retire
 from fdbworkers._core.liveness import SUSPEND_JITTER, Lease, NeighbourTracker, SuspendMeter
 from fdbworkers._core.membership import Membership, replaced_or_gone
+from fdbworkers._core.records import MemberRecord, retire
 
 ROLE = "r"
 JOBS = ("j0", "j1", "j2")

@@ -16,7 +16,7 @@ from fdbworkers._core.claims import (
     decide_claim,
     superseded_wait,
 )
-from fdbworkers._core.keys import MemberRecord
+from fdbworkers._core.records import MemberRecord
 
 ME, MY_INC, NONCE = "me", "me-1", "n1"
 WIDS = ["me", "h"]

@@ -153,7 +153,7 @@ async def test_reported_failures_count_like_crashes() -> None:
 async def test_a_record_of_an_earlier_owner_does_not_count() -> None:
     """The record names the claim's token: after the job moved (or its owner died and
     the claim was taken over), the old record is ignored."""
-    from fdbworkers._core.keys import Claim, JobHealth
+    from fdbworkers._core.records import Claim, JobHealth
     from fdbworkers._store.admin import current_health
 
     claim = Claim(b"\x00" * 9 + b"\x02", "w2", "i2")

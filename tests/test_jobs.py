@@ -18,7 +18,8 @@ from aio_util import jump_clock
 from fdbworkers import JobRunner, WorkerOptions, add_job, open_worker, remove_job
 from fdbworkers._backends.engine import Engine
 from fdbworkers._core.assign import job_partition
-from fdbworkers._core.keys import Layout, encode, epoch_value
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import encode, epoch_value
 from fdbworkers._core.ring import checker_of
 from fdbworkers._db import Transaction
 from fdbworkers._runner import claims as claims_module

@@ -184,7 +184,7 @@ def test_importing_the_core_loads_no_io_library() -> None:
         "import sys\n"
         "import fdbworkers._core.keys, fdbworkers._core.assign, fdbworkers._core.insight\n"
         "import fdbworkers._core.liveness, fdbworkers._core.states, fdbworkers._core.tuples\n"
-        "import fdbworkers._core.claims, fdbworkers._core.insight_plan\n"
+        "import fdbworkers._core.claims, fdbworkers._core.insight_plan, fdbworkers._core.records\n"
         "bad = [m for m in ('trio', 'anyio', 'asyncio', 'fdb', 'structlog', 'socket',\n"
         "                   'threading', 'rich', 'click') if m in sys.modules]\n"
         "print(','.join(bad))\n"

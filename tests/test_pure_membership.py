@@ -9,22 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdbworkers._core.keys import (
+from fdbworkers._core.keys import Layout, parse_root, validate_name
+from fdbworkers._core.liveness import Lease, NeighbourTracker
+from fdbworkers._core.membership import Membership, apply_changes, diff, replaced_or_gone
+from fdbworkers._core.records import (
     Claim,
-    Layout,
     MemberRecord,
     RoleConfig,
     check_layout,
     decode,
     encode,
     layout_value,
-    parse_root,
     split_stamped,
     stamped_value,
-    validate_name,
 )
-from fdbworkers._core.liveness import Lease, NeighbourTracker
-from fdbworkers._core.membership import Membership, apply_changes, diff, replaced_or_gone
 from fdbworkers._core.ring import Ring, checker_of, ring_order, successors, watched_neighbours
 from fdbworkers._core.settle import Settler
 from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
@@ -388,8 +386,8 @@ def test_job_keys_sort_by_partition(p: int, job: str) -> None:
     st.sets(st.sampled_from([f"w{i}" for i in range(8)])),
 )
 def test_without_departed_drops_only_the_departed(before: set[str], after: set[str]) -> None:
-    from fdbworkers._core.keys import MemberRecord
     from fdbworkers._core.membership import Membership, without_departed
+    from fdbworkers._core.records import MemberRecord
 
     def view(ids: set[str], epoch: bytes, inc: str) -> Membership:
         return Membership("r", epoch, {w: MemberRecord(w, inc, 5.0) for w in ids})

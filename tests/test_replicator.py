@@ -22,7 +22,8 @@ from trio.testing import MockClock
 
 from fdbworkers import Database, FDBError, FencedError, Job, Transaction, WorkerOptions
 from fdbworkers._backends.engine import Engine, FaultPlan
-from fdbworkers._core.keys import Claim, Layout, MemberRecord
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import Claim, MemberRecord
 from fdbworkers.testing import Fleet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -41,9 +41,9 @@ from fdbworkers import (
 )
 from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.assign import job_partition
-from fdbworkers._core.keys import (
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import (
     Claim,
-    Layout,
     MemberRecord,
     decode,
     decode_retired,

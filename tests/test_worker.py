@@ -13,7 +13,8 @@ import pytest
 
 from fdbworkers import ConfigError, WorkerOptions, WorkerState, open_worker
 from fdbworkers._backends.engine import Engine, FaultPlan
-from fdbworkers._core.keys import Layout, MemberRecord
+from fdbworkers._core.keys import Layout
+from fdbworkers._core.records import MemberRecord
 from fdbworkers._core.ring import ring_order
 from fdbworkers._store.members import tx_read_membership
 from fdbworkers._worker_options import resolve_worker_id

@@ -11,7 +11,7 @@ reads them, calls :func:`decide_claim`, and writes) and from the claimant's own 
 * the holder id's member record carries the holder's incarnation: a live member, *held*
   (or a record nobody can read: held, an operator clears it);
 * the holder incarnation is retired (evicted, left, parked, or seen superseded for
-  longer than its timeout by some member: ``_core/keys.py: retire``): take it;
+  longer than its timeout by some member: ``_core/records.py: retire``): take it;
 * the holder was *superseded*: its id's record carries another incarnation, or is gone
   while the holder was not retired. Its heartbeats stopped committing before that
   change committed (its heartbeat reads its own record without snapshot), so its lease
@@ -33,7 +33,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from .keys import MemberRecord
+from .records import MemberRecord
 
 #: A member record of the holder's id that does not decode (garbage under the prefix).
 CORRUPT: Final[Literal["corrupt"]] = "corrupt"

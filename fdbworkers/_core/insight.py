@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .assign import assign, job_partition
-from .keys import stamp_version, validate_name
+from .keys import validate_name
 from .plan import Plan as StoredPlan
 from .plan import plan_weights
+from .records import stamp_version
 
 #: Event types that change the membership a role assigns with.
 MEMBERSHIP_EVENTS: Final = frozenset({"joined", "evicted", "left", "drained", "drain_requested"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .keys import MemberRecord
+from .records import MemberRecord
 
 
 @dataclass(frozen=True)

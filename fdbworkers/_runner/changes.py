@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from .._core.keys import VERSIONS_PER_SECOND, decode, stamp_version
+from .._core.records import VERSIONS_PER_SECOND, decode, stamp_version
 from .._db import Transaction
 from .._errors import CorruptDataError, FDBError
 from .._loop import (

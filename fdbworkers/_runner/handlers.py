@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._core.keys import JobHealth
+from .._core.records import JobHealth
 from .._errors import FDBError, FencedError
 from .._loop import (
     CancelScope,

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core.keys import Claim, MemberRecord, stamp_version
+from .._core.records import Claim, MemberRecord, stamp_version
 from .._db import Database, Transaction
 from .._errors import FencedError
 from .._loop import Event, new_event

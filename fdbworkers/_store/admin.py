@@ -19,18 +19,17 @@ from typing import Any, Final
 
 import anyio
 
-from .._core.keys import (
-    LAYOUT_VERSION,
+from .._core.keys import LAYOUT_VERSION, Layout
+from .._core.plan import Plan
+from .._core.records import (
     Claim,
     JobHealth,
-    Layout,
     MemberRecord,
     RoleConfig,
     check_layout,
     decode,
     split_stamped,
 )
-from .._core.plan import Plan
 from .._db import VERSIONSTAMP_SIZE, Database, Transaction
 from .._errors import CorruptDataError
 from .plan import tx_read_plan

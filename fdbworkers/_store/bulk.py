@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 
 from .._core.assign import stable_hash64
-from .._core.keys import Layout, encode, epoch_value
+from .._core.keys import Layout
+from .._core.records import encode, epoch_value
 from .._core.tuples import pack_int_str
 from .._db import Transaction
 from .._errors import CorruptDataError, FDBError

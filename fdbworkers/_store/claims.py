@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.claims import CORRUPT, ClaimDecision, HolderRecord, StoredClaim, decide_claim
-from .._core.keys import (
+from .._core.keys import Layout
+from .._core.records import (
     Claim,
-    Layout,
     MemberRecord,
     decode,
     decode_retired,
@@ -89,7 +89,7 @@ async def tx_claim_many(
     """Claim jobs for ``wid``/``incarnation`` in one transaction, each by the same rule,
     if nobody else may still run it: the claim is absent, or held by us, or its holder
     is no longer a member, or its holder incarnation is retired (see
-    ``_core.keys.retire``), or it was superseded by a newer incarnation of its id and
+    ``_core.records.retire``), or it was superseded by a newer incarnation of its id and
     the claimant already waited out the longest lease that holder may believe it holds
     (``take_superseded``: the claimant's own clock). One outcome per request, in order.
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core.keys import (
+from .._core.keys import Layout
+from .._core.records import (
     VERSIONS_PER_SECOND,
-    Layout,
     decode,
     encode,
     epoch_value,

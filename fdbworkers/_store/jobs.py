@@ -12,18 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition
-from .._core.keys import (
+from .._core.keys import Layout, validate_name
+from .._core.records import (
     VERSIONS_PER_SECOND,
     Claim,
     JobHealth,
-    Layout,
     RoleConfig,
     check_record_size,
     check_spec,
     decode,
     encode,
     epoch_value,
-    validate_name,
 )
 from .._db import ReadTransaction, Transaction
 from .._errors import ConfigError, CorruptDataError

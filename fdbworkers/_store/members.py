@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 from .._core.assign import ALGORITHM_VERSION
-from .._core.keys import (
+from .._core.keys import Layout
+from .._core.membership import Membership, apply_changes
+from .._core.records import (
     VERSIONS_PER_SECOND,
-    Layout,
     MemberRecord,
     RoleConfig,
     check_layout,
@@ -22,7 +23,6 @@ from .._core.keys import (
     stamp_version,
     stamped_value,
 )
-from .._core.membership import Membership, apply_changes
 from .._db import Transaction, Watch
 from .._errors import CorruptDataError
 from .._store.events import trim_events, write_event

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .._core.keys import Layout, decode, encode
+from .._core.keys import Layout
 from .._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
+from .._core.records import decode, encode
 from .._db import Database, ReadTransaction, Transaction, run_transaction
 from .._errors import CorruptDataError
 from .._log import get_logger

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .._core.keys import Claim, JobHealth, MemberRecord, jsonable, stamp_version
 from .._core.plan import Plan, plan_weights
+from .._core.records import Claim, JobHealth, MemberRecord, jsonable, stamp_version
 from .admin import JobInfoRecord, Observation, RoleSnapshot, current_health
 
 MEMBER_STATES: Final = ("ok", "suspect", "stale", "draining", "unknown")

@@ -29,8 +29,9 @@ from .._core.insight_plan import (
     Plan,
     plan_change,
 )
-from .._core.keys import Claim, Layout, MemberRecord, RoleConfig, validate_name
+from .._core.keys import Layout, validate_name
 from .._core.plan import Plan as StoredPlan
+from .._core.records import Claim, MemberRecord, RoleConfig
 from .._db import Database, Transaction
 from .._errors import ConfigError, CorruptDataError
 from .._store.admin import read_plan, read_role_snapshot, require_role

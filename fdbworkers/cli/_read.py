@@ -228,7 +228,7 @@ def members(ctx: click.Context, role: str, as_json: bool, observe: float) -> Non
 def spec_text(spec: Any, width: int | None) -> str:
     import json
 
-    from .._core.keys import jsonable
+    from .._core.records import jsonable
 
     text = "" if spec is None else json.dumps(jsonable(spec), separators=(",", ":"))
     if width is not None and len(text) > width:
@@ -327,7 +327,7 @@ def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
         return
     import json
 
-    from .._core.keys import jsonable
+    from .._core.records import jsonable
 
     fields = [
         ("job", j.id),

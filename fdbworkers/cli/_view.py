@@ -27,8 +27,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._core.keys import Claim, Layout, MemberRecord, RoleConfig
+from .._core.keys import Layout
 from .._core.plan import Plan
+from .._core.records import Claim, MemberRecord, RoleConfig
 from .._db import Database, Transaction, Watch
 from .._errors import FDBError, FdbworkersError
 from .._log import get_logger

@@ -11,7 +11,8 @@ from typing import IO, Any
 import click
 import trio
 
-from .._core.keys import MAX_SPEC_DEPTH, MAX_VALUE_BYTES, Layout, MemberRecord, check_spec
+from .._core.keys import Layout
+from .._core.records import MAX_SPEC_DEPTH, MAX_VALUE_BYTES, MemberRecord, check_spec
 from .._db import Database, Transaction
 from .._errors import ClusterUnreachableError, ConfigError, CorruptDataError
 from .._store.admin import HealthStamp, observe_health, require_role

@@ -23,7 +23,7 @@ import fdbworkers
 from fdbworkers import ConfigError, open_worker
 from fdbworkers._backends.engine import Engine
 from fdbworkers._backends.fdb import check_connection_string
-from fdbworkers._core.keys import MAX_SPEC_DEPTH, check_spec
+from fdbworkers._core.records import MAX_SPEC_DEPTH, check_spec
 
 SIM = ["--cluster", "sim://127.0.0.1:1"]
 WORKER = [*SIM, "worker", "--role", "r", "--demo-handler"]

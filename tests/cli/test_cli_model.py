@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fdbworkers._core.keys import Claim, MemberRecord, RoleConfig, jsonable
+from fdbworkers._core.records import Claim, MemberRecord, RoleConfig, jsonable
 from fdbworkers._store.admin import (
     JobInfoRecord,
     Observation,
