@@ -340,9 +340,9 @@ class Layout:
 @dataclass(frozen=True)
 class RoleSpace:
     """Every key of one role under one root: a role-bound subspace, in the style of
-    FoundationDB's ``Subspace``, so that code passes one value instead of the pair
-    ``(layout, role)``. Methods are pure; the root-level keys (layout version, role
-    configs, events) stay on :attr:`layout`."""
+    FoundationDB's ``Subspace``, so that code passes one value (by convention named
+    ``space``) instead of the pair ``(layout, role)``. Methods are pure; the root-level
+    keys (layout version, role configs, events) stay on :attr:`layout`."""
 
     layout: Layout
     role: str
@@ -361,6 +361,10 @@ class RoleSpace:
         begin = self.key(*parts)
         return (begin, strinc(begin)) if parts else (self.prefix + b"\x00", self.prefix + b"\xff")
 
+    def unpack(self, key: bytes) -> tuple[Any, ...]:
+        """The tuple elements of ``key`` after the root (see :meth:`Layout.unpack`)."""
+        return self.layout.unpack(key)
+
     def unpack_below(self, parent: bytes, key: bytes) -> tuple[Any, ...]:
         return self.layout.unpack_below(parent, key)
 
@@ -369,6 +373,7 @@ class RoleSpace:
         """The role's :class:`RoleConfig` (root level: ``(root, "role", role)``)."""
         return self.layout.role_key(self.role)
 
+    # Membership.
     @property
     def epoch_key(self) -> bytes:
         return self.key("epoch")
@@ -379,12 +384,65 @@ class RoleSpace:
     def members_range(self) -> tuple[bytes, bytes]:
         return self.range("member")
 
+    def member_keys(self, wids: Iterable[str]) -> list[bytes]:
+        """:meth:`member_key` of many ids (the role's prefix packed once)."""
+        head = self.key("member")
+        return [head + pack((wid,)) for wid in wids]
+
     def health_key(self, wid: str) -> bytes:
         return self.key("health", wid)
 
     def health_range(self) -> tuple[bytes, bytes]:
         return self.range("health")
 
+    def inbox_key(self, wid: str) -> bytes:
+        return self.key("inbox", wid)
+
+    def retired_key(self, wid: str) -> bytes:
+        """Incarnations of ``wid`` that run nothing any more (see :func:`.records.retire`)."""
+        return self.key("retired", wid)
+
+    def handoff_key(self, wid: str, partition: int) -> bytes:
+        return self.key("handoff", wid, partition)
+
+    def handoffs_range(self, wid: str) -> tuple[bytes, bytes]:
+        return self.range("handoff", wid)
+
+    def memberchange_range(self) -> tuple[bytes, bytes]:
+        return self.range("mchange")
+
+    def memberchange_key_template(self, wid: str) -> bytes:
+        """A SET_VERSIONSTAMPED_KEY parameter for a membership change-log entry
+        ``(..., "mchange", stamp, wid)``, written with every epoch bump."""
+        head = self.key("mchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
+        return head + VS_PLACEHOLDER + b"\0\0" + pack((wid,)) + struct.pack("<I", len(head))
+
+    def memberchange_entries(self, keys: Iterable[bytes]) -> list[tuple[bytes, str]]:
+        """:meth:`memberchange_entry` of many keys (the role's prefix packed once)."""
+        at = len(self.key("mchange")) + 1
+        return [self._memberchange_entry(at, key) for key in keys]
+
+    def memberchange_entry(self, key: bytes) -> tuple[bytes, str]:
+        """(versionstamp, worker id) of a membership change-log key."""
+        return self._memberchange_entry(len(self.key("mchange")) + 1, key)
+
+    def _memberchange_entry(self, at: int, key: bytes) -> tuple[bytes, str]:
+        if len(key) < at + VERSIONSTAMP_SIZE + 2 or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
+            raise CorruptDataError(f"membership change-log key {key!r} has no versionstamp")
+        try:
+            (wid,) = unpack(key, at + VERSIONSTAMP_SIZE + 2)
+        except Exception as e:
+            raise CorruptDataError(f"membership change-log key {key!r}: {e}") from e
+        return key[at : at + VERSIONSTAMP_SIZE], str(wid)
+
+    def memberchange_after(self, stamp: bytes) -> bytes:
+        """The first membership change-log key after every entry stamped ``stamp``."""
+        return strinc(self._stamp_key("mchange", stamp))
+
+    def memberchange_before_version(self, version: int) -> bytes:
+        return self._stamp_key("mchange", version.to_bytes(8, "big") + b"\0\0")
+
+    # Jobs and claims.
     @property
     def job_count_key(self) -> bytes:
         """An 8-byte little-endian counter of the role's jobs (atomic ADD)."""
@@ -409,35 +467,69 @@ class RoleSpace:
     def claims_range(self, partition: int | None = None) -> tuple[bytes, bytes]:
         return self.range("claim") if partition is None else self.range("claim", partition)
 
-    def inbox_key(self, wid: str) -> bytes:
-        return self.key("inbox", wid)
-
-    def retired_key(self, wid: str) -> bytes:
-        return self.key("retired", wid)
-
-    def handoff_key(self, wid: str, partition: int) -> bytes:
-        return self.key("handoff", wid, partition)
-
     def jobhealth_key(self, job_id: str) -> bytes:
         return self.key("jobhealth", job_id)
 
     def jobhealth_range(self) -> tuple[bytes, bytes]:
         return self.range("jobhealth")
 
-    def handoffs_range(self, wid: str) -> tuple[bytes, bytes]:
-        return self.range("handoff", wid)
-
     def jobchange_range(self) -> tuple[bytes, bytes]:
         return self.range("jobchange")
 
     def jobchange_key_template(self, job_id: str) -> bytes:
-        return self.layout.jobchange_key_template(self.role, job_id)
+        """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry
+        ``(..., "jobchange", stamp, job_id)``: the job id keeps several changes made
+        in one transaction (one stamp) apart."""
+        head = self.key("jobchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
+        return head + VS_PLACEHOLDER + b"\0\0" + pack((job_id,)) + struct.pack("<I", len(head))
 
     def jobchange_stamp(self, key: bytes) -> bytes:
-        return self.layout.jobchange_stamp(self.role, key)
+        """The versionstamp of a change-log key."""
+        at = len(self.key("jobchange")) + 1
+        if len(key) < at + VERSIONSTAMP_SIZE or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
+            raise CorruptDataError(f"change-log key {key!r} has no versionstamp")
+        return key[at : at + VERSIONSTAMP_SIZE]
 
     def jobchange_after(self, stamp: bytes) -> bytes:
-        return self.layout.jobchange_after(self.role, stamp)
+        """The first change-log key after every entry stamped ``stamp``."""
+        return strinc(self._stamp_key("jobchange", stamp))
 
     def jobchange_before_version(self, version: int) -> bytes:
-        return self.layout.jobchange_before_version(self.role, version)
+        return self._stamp_key("jobchange", version.to_bytes(8, "big") + b"\0\0")
+
+    # Per-partition job counts and the stored plan.
+    def part_count_key(self, partition: int) -> bytes:
+        """An 8-byte little-endian count of one partition's jobs (atomic ADD; cleared at
+        zero with COMPARE_AND_CLEAR, so only non-empty partitions have one)."""
+        return self.key("pcount", partition)
+
+    def part_counts_range(self) -> tuple[bytes, bytes]:
+        return self.range("pcount")
+
+    def part_counts_partition(self, key: bytes) -> int:
+        """The partition of a :meth:`part_count_key`."""
+        (p,) = self.unpack_below(self.key("pcount"), key)
+        if not isinstance(p, int):
+            raise CorruptDataError(f"partition count key {key!r} has no partition")
+        return p
+
+    @property
+    def counted_key(self) -> bytes:
+        """Present once every job of the role is in the per-partition counts (a role
+        created before the counts existed is recounted once, see _store/plan.py)."""
+        return self.key("pcounted")
+
+    @property
+    def plan_key(self) -> bytes:
+        """The stored plan's header: its sequence number and chunk count (_core/plan.py)."""
+        return self.key("plan")
+
+    def plan_chunk_key(self, index: int) -> bytes:
+        return self.key("planchunk", index)
+
+    def plan_chunks_range(self) -> tuple[bytes, bytes]:
+        return self.range("planchunk")
+
+    def _stamp_key(self, part: str, stamp: bytes) -> bytes:
+        # A tuple-layer Versionstamp element: code 0x33, 10-byte stamp, 2 user bytes (0).
+        return self.key(part) + bytes([_TUPLE_VERSIONSTAMP_CODE]) + stamp + b"\0\0"
