@@ -98,12 +98,12 @@ async def load_jobs(
     """Write jobs straight into their partitions (what ``add_job`` stores, without the
     change log, which only matters to running workers), and set the role's job counter
     to ``count`` (default ``len(ids)``)."""
-    layout = Layout.for_root(root)
+    space = Layout.for_root(root).role(role)
 
     async def ensure(tr: Transaction) -> None:
-        await tx_ensure_role(tr, layout, role, partitions)
+        await tx_ensure_role(tr, space, partitions)
         tr.set(
-            layout.job_count_key(role),
+            space.job_count_key,
             (len(ids) if count is None else count).to_bytes(8, "little", signed=True),
         )
 
@@ -114,8 +114,8 @@ async def load_jobs(
         async def write(tr: Transaction, chunk: Sequence[str] = chunk) -> None:
             for jid in chunk:
                 p = job_partition(jid, partitions)
-                tr.set(layout.job_key(role, p, jid), JobRecord(jid, p, None).encode())
-                tx_count_job(tr, layout, role, p, 1)  # what the stored plan balances
+                tr.set(space.job_key(p, jid), JobRecord(jid, p, None).encode())
+                tx_count_job(tr, space, p, 1)  # what the stored plan balances
 
         await db.transact(write)
         await anyio.lowlevel.checkpoint()  # (load_jobs runs under trio or asyncio)

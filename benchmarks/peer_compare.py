@@ -1255,7 +1255,7 @@ async def tx_seed_join(tr: Transaction, wid: str) -> None:
 
 async def joins(n: int, design: str, seed: int) -> dict[str, Any]:
     engine = Engine(rng=random.Random(seed), faults=FaultPlan(latency=(0.0005, 0.002)))
-    layout = Layout.for_root(ROOT)
+    space = Layout.for_root(ROOT).role(ROLE)
     dbs = [engine.open_database(f"w{i}") for i in range(n)]
     lat: list[float] = []
 
@@ -1265,7 +1265,7 @@ async def joins(n: int, design: str, seed: int) -> dict[str, Any]:
             await dbs[i].transact(tx_seed_join, f"w{i:04d}")
         else:
             rec = MemberRecord(f"w{i:04d}", "1", 10.0, 1.0, "h", 1, 0.0, {})
-            await dbs[i].transact(tx_register, layout, ROLE, rec, 3600.0)
+            await dbs[i].transact(tx_register, space, rec, 3600.0)
         lat.append(trio.current_time() - t)
 
     t0 = trio.current_time()

@@ -76,13 +76,13 @@ async def timed(n: int, fn: Callable[[int], Awaitable[Any]]) -> list[float]:
 
 
 async def measure(db: Database, args: argparse.Namespace, root: str) -> dict[str, Any]:
-    layout = Layout.for_root(root)
+    space = Layout.for_root(root).role(ROLE)
     members = {f"w{i:04d}": 1.0 for i in range(args.members)}
     ids = job_ids(args.jobs, args.seed)
     await load_jobs(db, ids, args.partitions, root=root)
     for wid in members:
         rec = MemberRecord(wid, "inc-" + wid, 10.0, 1.0, "bench", os.getpid(), time.time(), {})
-        await db.transact(tx_register, layout, ROLE, rec, 3600.0)
+        await db.transact(tx_register, space, rec, 3600.0)
     me = "w0000"
     owned = sorted(assign(members, args.partitions).partitions_of(me))
     out: dict[str, Any] = {"partitions_owned": len(owned)}
@@ -90,18 +90,14 @@ async def measure(db: Database, args: argparse.Namespace, root: str) -> dict[str
 
     # Warm up (connections, the first read version).
     for _ in range(20):
-        await db.transact(tx_heartbeat, layout, ROLE, me, "inc-" + me)
+        await db.transact(tx_heartbeat, space, me, "inc-" + me)
 
-    out["heartbeat"] = await timed(
-        n, lambda i: db.transact(tx_heartbeat, layout, ROLE, me, "inc-" + me)
-    )
-    out["membership read"] = await timed(
-        n, lambda i: db.transact(tx_read_membership, layout, ROLE, None)
-    )
+    out["heartbeat"] = await timed(n, lambda i: db.transact(tx_heartbeat, space, me, "inc-" + me))
+    out["membership read"] = await timed(n, lambda i: db.transact(tx_read_membership, space, None))
     jobs_seen: list[int] = []
 
     async def read_parts(i: int) -> None:
-        jobs, _claims = await db.transact(tx_read_partitions, layout, ROLE, owned, snapshot=True)
+        jobs, _claims = await db.transact(tx_read_partitions, space, owned, snapshot=True)
         jobs_seen.append(len(jobs))
 
     out["rebalance read"] = await timed(max(5, n // 10), read_parts)
@@ -113,9 +109,7 @@ async def measure(db: Database, args: argparse.Namespace, root: str) -> dict[str
     async def claim(i: int) -> None:
         jid = claimable[i % len(claimable)]
         p = job_partition(jid, args.partitions)
-        await db.transact(
-            tx_claim, layout, ROLE, p, jid, me, "inc-" + me, f"nonce-{i}", frozenset()
-        )
+        await db.transact(tx_claim, space, p, jid, me, "inc-" + me, f"nonce-{i}", frozenset())
 
     out["claim"] = await timed(min(n, len(claimable)), claim)
 
@@ -126,7 +120,7 @@ async def measure(db: Database, args: argparse.Namespace, root: str) -> dict[str
     async def hb_loop(wid: str) -> None:
         nonlocal count
         while time.perf_counter() < stop_at:
-            await db.transact(tx_heartbeat, layout, ROLE, wid, "inc-" + wid)
+            await db.transact(tx_heartbeat, space, wid, "inc-" + wid)
             count += 1
 
     t0 = time.perf_counter()

@@ -95,6 +95,7 @@ from fdbworkers._worker_options import WorkerOptions
 from fdbworkers.testing import Fleet, FleetWorker, wait_until
 
 LAYOUT = Layout.for_root(ROOT)
+SPACE = LAYOUT.role(ROLE)
 
 
 async def sleeper(job: Job) -> None:
@@ -268,7 +269,7 @@ async def fleet_run(
         assert victim.runner is not None
         victim_jobs = set(victim.runner.running)
         res.victim_jobs = len(victim_jobs)
-        member_key = LAYOUT.member_key(ROLE, victim.id)
+        member_key = SPACE.member_key(victim.id)
         tc = trio.current_time()
         victim.crash()
 
@@ -496,7 +497,7 @@ async def one_read(n: int, j: int, partitions: int, seed: int) -> dict[str, Any]
     await load_jobs(db, mine, partitions, count=j)
     reader = engine.open_database("reader")
     t = time.perf_counter()
-    share = await read_share(reader.transact, LAYOUT, ROLE, owned, partitions)
+    share = await read_share(reader.transact, SPACE, owned, partitions)
     read_wall = time.perf_counter() - t
     st = reader.engine_stats
     return {
@@ -1113,9 +1114,9 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 with trio.fail_after(120 + 2 * procs_n):
                     while True:
-                        m, _, _, _ = await db.transact(tx_read_membership, layout, ROLE, None)
+                        m, _, _, _ = await db.transact(tx_read_membership, SPACE, None)
                         if len(m.members) == procs_n:
-                            jobs, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                            jobs, claims = await db.transact(tx_list_jobs, SPACE)
                             owners = {c.wid for c in claims.values()}
                             if (
                                 len(jobs) == jobs_n
@@ -1154,7 +1155,7 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
         async def kill_and_observe() -> dict[str, Any]:
             db = RemoteDatabase(host, int(port))
             try:
-                _, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                _, claims = await db.transact(tx_list_jobs, SPACE)
                 victim_jobs = {j for j, c in claims.items() if c.wid == victim}
                 tk = time.time()
                 workers[victim].send_signal(signal.SIGKILL)
@@ -1167,7 +1168,7 @@ def wallclock_part(args: argparse.Namespace) -> dict[str, Any]:
                                 if ev.get("type") == "evicted" and ev.get("worker") == victim:
                                     evicted = float(ev["wall_time"]) - tk
                         if reassigned is None:
-                            _, claims = await db.transact(tx_list_jobs, layout, ROLE)
+                            _, claims = await db.transact(tx_list_jobs, SPACE)
                             held = [claims.get(j) for j in victim_jobs]
                             if all(c is not None and c.wid != victim for c in held):
                                 reassigned = time.time() - tk

@@ -333,7 +333,7 @@ async def exact_read(j: int, parts: set[int]) -> tuple[int, int, int, int]:
     """(keys, requests, transactions, ranges) of a paged read of ``parts`` with J jobs."""
     engine = Engine(rng=random.Random(1))
     db = engine.open_database("loader")
-    layout = Layout.for_root("share-bench")
+    space = Layout.for_root("share-bench").role(ROLE)
     ranges = plan_ranges(parts, j / P)
     covered = bytearray(P)
     for first, last in ranges:
@@ -341,8 +341,8 @@ async def exact_read(j: int, parts: set[int]) -> tuple[int, int, int, int]:
     mine = [(jid, p) for jid, p in ids_with_partitions(j) if covered[p]]
 
     async def ensure(tr: Transaction) -> None:
-        await tx_ensure_role(tr, layout, ROLE, P)
-        tr.set(layout.job_count_key(ROLE), j.to_bytes(8, "little", signed=True))
+        await tx_ensure_role(tr, space, P)
+        tr.set(space.job_count_key, j.to_bytes(8, "little", signed=True))
 
     await db.transact(ensure)
     value = JobRecord("", 0).encode()
@@ -352,11 +352,11 @@ async def exact_read(j: int, parts: set[int]) -> tuple[int, int, int, int]:
             tr: Transaction, chunk: Sequence[tuple[str, int]] = mine[i : i + 5000]
         ) -> None:
             for jid, p in chunk:
-                tr.set(layout.job_key(ROLE, p, jid), value)
+                tr.set(space.job_key(p, jid), value)
 
         await db.transact(write)
     reader = engine.open_database("reader")
-    share = await read_share(reader.transact, layout, ROLE, parts, P)
+    share = await read_share(reader.transact, space, parts, P)
     st = reader.engine_stats
     return st.keys_read, sum(st.reads_by_op.values()), share.transactions, len(ranges)
 

@@ -73,9 +73,10 @@ STAMPED = stamped_value({"wall_time": 1.0, "incarnation": "inc-w0000"})
 class Keys:
     def __init__(self, root: str, tasks: int) -> None:
         self.layout = Layout.for_root(root)
+        self.space = self.layout.role(ROLE)
         self.wids = [f"w{i:04d}" for i in range(tasks)]
-        self.member = [self.layout.member_key(ROLE, w) for w in self.wids]
-        self.health = [self.layout.health_key(ROLE, w) for w in self.wids]
+        self.member = [self.space.member_key(w) for w in self.wids]
+        self.health = [self.space.health_key(w) for w in self.wids]
 
 
 # --- the bare binding: blocking and pipelined ------------------------------------------
@@ -245,7 +246,7 @@ async def one_run(
 ) -> dict[str, tuple[float, float, float]]:
     handle = db._handle  # type: ignore[attr-defined]
     tasks, total = args.tasks, args.transactions
-    layout = keys.layout
+    space = keys.space
     out: dict[str, tuple[float, float, float]] = {}
 
     with Meter() as m:
@@ -269,11 +270,11 @@ async def one_run(
     out["tx_heartbeat"] = await run_concurrent(
         tasks,
         total,
-        lambda i, n: db.transact(tx_heartbeat, layout, ROLE, keys.wids[i], "inc-" + keys.wids[i]),
+        lambda i, n: db.transact(tx_heartbeat, space, keys.wids[i], "inc-" + keys.wids[i]),
     )
 
     async def clear_claims(tr: Transaction) -> None:
-        tr.clear_range(*layout.claims_range(ROLE))
+        tr.clear_range(*space.claims_range())
 
     await db.transact(clear_claims)
     per_task = -(-total // tasks)
@@ -283,8 +284,7 @@ async def one_run(
         wid = keys.wids[i]
         await db.transact(
             tx_claim,
-            layout,
-            ROLE,
+            space,
             job_partition(jid, PARTITIONS),
             jid,
             wid,
@@ -396,7 +396,7 @@ async def main_async(args: argparse.Namespace) -> None:
         note(f"registering {args.tasks} members, loading {len(jobs)} jobs ...")
         for wid in keys.wids:
             rec = MemberRecord(wid, "inc-" + wid, 10.0, 1.0, "bench", os.getpid(), time.time(), {})
-            await db.transact(tx_register, keys.layout, ROLE, rec, 3600.0)
+            await db.transact(tx_register, keys.space, rec, 3600.0)
         await load_jobs(db, jobs, PARTITIONS, root=root)
         # Warm up connections and the first read versions.
         await run_concurrent(

@@ -24,7 +24,7 @@ from ._worker_options import WorkerOptions
 
 if TYPE_CHECKING:
     from ._backends.engine import Engine
-    from ._core.keys import Layout
+    from ._core.keys import Layout, RoleSpace
     from ._core.records import MemberRecord
 
 
@@ -143,7 +143,7 @@ class Simulation:
         return t_max + check + settle_max + 2.0 + 3.0
 
     async def _check_liveness_after_faults(
-        self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig, start: float
+        self, fleet: Fleet, store: Any, space: RoleSpace, cfg: SimConfig, start: float
     ) -> None:
         """The liveness invariant: a bound after the last fault (a delayed restart is a
         fault too), every job runs on exactly one live worker and every claim belongs to
@@ -163,9 +163,7 @@ class Simulation:
             if self._last_event + bound <= current_time() + 1e-9:
                 break
         version = store.read_version()
-        jobs = {
-            str(layout.unpack(k)[-1]) for k, _ in store.get_range(*layout.jobs_range(role), version)
-        }
+        jobs = {str(space.unpack(k)[-1]) for k, _ in store.get_range(*space.jobs_range(), version)}
         owners = fleet.owners()
         for jid in sorted(jobs):
             if len(owners.get(jid, [])) != 1:
@@ -179,8 +177,8 @@ class Simulation:
                 continue
             for jid, r in fw.runner.running.items():
                 running[jid] = (fw.id, fw.worker.incarnation, r.job.token)
-        for k, v in store.get_range(*layout.claims_range(role), version):
-            jid = str(layout.unpack(k)[-1])
+        for k, v in store.get_range(*space.claims_range(), version):
+            jid = str(space.unpack(k)[-1])
             c = Claim.decode(k, v)
             if jid in jobs and running.get(jid) != (c.wid, c.incarnation, c.token):
                 self._violate(
@@ -218,22 +216,20 @@ class Simulation:
                     f"> bound {limit:.3f}{' (overlapping faults)' if overlapping else ''}",
                 )
 
-    def _check_at_rest(
-        self, fleet: Fleet, store: Any, layout: Any, role: str, cfg: SimConfig
-    ) -> None:
+    def _check_at_rest(self, fleet: Fleet, store: Any, space: RoleSpace, cfg: SimConfig) -> None:
         from ._core.plan import decode_plan
 
         version = store.read_version()
         jobs: dict[str, int] = {}
-        for k, _ in store.get_range(*layout.jobs_range(role), version):
-            t = layout.unpack(k)
+        for k, _ in store.get_range(*space.jobs_range(), version):
+            t = space.unpack(k)
             jobs[str(t[-1])] = int(t[-2])
         live = [fw for fw in fleet.live() if fw.worker is not None and fw.runner is not None]
         weights = {fw.id: fw.worker.options.weight for fw in live if fw.worker}
         if not weights:
             self._violate("G4 no workers", "no live worker at rest")
             return
-        plan_raw = [v for _, v in store.get_range(*layout.plan_chunks_range(role), version)]
+        plan_raw = [v for _, v in store.get_range(*space.plan_chunks_range(), version)]
         if not plan_raw:
             self._violate("G4 no plan", "no stored plan at rest")
             return
@@ -281,8 +277,7 @@ class _SimRun:
         self.engine = engine
         self.opts = WorkerOptions(timeout=cfg.timeout, settle=cfg.settle, partitions=cfg.partitions)
         self.root = "sim"
-        self.layout = layout
-        self.role = "sim"
+        self.space = layout.role("sim")
         self.store = engine.store
         self.start_time = current_time()
         self.admin = engine.open_database("admin")
@@ -321,7 +316,7 @@ class _SimRun:
         )
         engine = Engine(rng=random.Random(sim.rng.random()), faults=faults)
         run = cls(sim, engine, Layout.for_root("sim"))
-        await run.admin.transact(tx_ensure_role, run.layout, run.role, cfg.partitions)
+        await run.admin.transact(tx_ensure_role, run.space, cfg.partitions)
         return run
 
     def checks(self, live: list[FleetWorker]) -> float:
@@ -333,12 +328,12 @@ class _SimRun:
     def records(self) -> dict[str, MemberRecord]:
         from ._core.records import MemberRecord
 
-        layout = self.layout
+        space = self.space
         out: dict[str, MemberRecord] = {}
         version = self.store.read_version()
-        begin, end = layout.members_range(self.role)
+        begin, end = space.members_range()
         for k, v in self.store.get_range(begin, end, version):
-            wid = str(layout.unpack(k)[-1])
+            wid = str(space.unpack(k)[-1])
             out[wid] = MemberRecord.decode(wid, k, v)
         return out
 
@@ -379,7 +374,7 @@ class _SimRun:
         self.fleet = Fleet(
             nursery,
             self.engine.open_database,
-            role=self.role,
+            role=self.space.role,
             root=self.root,
             options=self.opts,
             handler=self.handler,
@@ -389,7 +384,9 @@ class _SimRun:
         for _ in range(cfg.workers):
             await self.join()
         for j in range(cfg.jobs):
-            await add_job_for_sim(self.admin, self.layout, self.role, f"j{j}", cfg.partitions)
+            await add_job_for_sim(
+                self.admin, self.space.layout, self.space.role, f"j{j}", cfg.partitions
+            )
         nursery.start_soon(self.monitor)
 
     async def join(self) -> None:
@@ -466,12 +463,14 @@ class _SimRun:
             self.nursery.start_soon(crash_loop_for, self.crashing, bad, dur, self.sim)
         elif kind == "add":
             jid = f"j{self.next_job}"
-            await add_job_for_sim(self.admin, self.layout, self.role, jid, cfg.partitions)
+            await add_job_for_sim(
+                self.admin, self.space.layout, self.space.role, jid, cfg.partitions
+            )
             self.sim._note(f"add job {jid}")
             self.next_job += 1
         else:
             jid = f"j{rng.randrange(self.next_job)}"
-            await remove_job_for_sim(self.admin, self.layout, self.role, jid)
+            await remove_job_for_sim(self.admin, self.space.layout, self.space.role, jid)
             self.sim._note(f"remove job {jid}")
 
     def record_crash(self, w: Worker, live: list[FleetWorker], now: float) -> None:
@@ -550,11 +549,9 @@ class _SimRun:
             fw.db.commits_stalled = False  # type: ignore[attr-defined]
         self.crashing.clear()
         sim._event("quiet period starts")  # the liveness bound counts from here at least
-        await sim._check_liveness_after_faults(
-            fleet, self.store, self.layout, self.role, cfg, self.start_time
-        )
+        await sim._check_liveness_after_faults(fleet, self.store, self.space, cfg, self.start_time)
         await sleep(max(0.0, self.start_time + cfg.duration - current_time()))
-        sim._check_at_rest(fleet, self.store, self.layout, self.role, cfg)
+        sim._check_at_rest(fleet, self.store, self.space, cfg)
         sim._check_liveness(
             self.crashes, self.gone_at, self.seen_records, self.fault_times, self.opts
         )
@@ -578,10 +575,10 @@ async def add_job_for_sim(
 ) -> None:
     from ._store.jobs import tx_add_job
 
-    await db.transact(tx_add_job, layout, role, job_id, {"sim": True}, 1.0, partitions)
+    await db.transact(tx_add_job, layout.role(role), job_id, {"sim": True}, 1.0, partitions)
 
 
 async def remove_job_for_sim(db: Database, layout: Any, role: str, job_id: str) -> None:
     from ._store.jobs import tx_remove_job
 
-    await db.transact(tx_remove_job, layout, role, job_id)
+    await db.transact(tx_remove_job, layout.role(role), job_id)

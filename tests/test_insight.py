@@ -49,6 +49,7 @@ ROLE = "sim"
 P = 64
 OPTS = WorkerOptions(timeout=3.0, settle=0.3, partitions=P)
 LAYOUT = Layout.for_root(ROOT)
+SPACE = LAYOUT.role(ROLE)
 
 
 # --- plan is exact (real workers on the virtual clock) ------------------------------------
@@ -79,7 +80,7 @@ async def settled(
     db = engine.open_database("observer")
     with trio.fail_after(limit):
         while True:
-            snap = await read_role_snapshot(db, LAYOUT, ROLE)
+            snap = await read_role_snapshot(db, SPACE)
             weights = {w: r.weight for w, r in snap.members.items()}
             if (expect is None or weights == dict(expect)) and converged(snap):
                 return snap
@@ -131,7 +132,7 @@ async def test_plan_matches_what_applying_the_change_moves(
             fleet.workers["w1"].crash()
         elif kind == "drain":
             n.start_soon(stop_when_left, fleet, "w2")
-            assert await app.transact(tx_request_drain, LAYOUT, ROLE, "w2", "test") == "requested"
+            assert await app.transact(tx_request_drain, SPACE, "w2", "test") == "requested"
         elif kind == "weight":
             fleet.workers["w3"].crash()  # restarted at once with another weight
             await fleet.start(
@@ -186,11 +187,11 @@ async def test_explain_replays_the_recorded_membership(autojump_clock: MockClock
         del expect["w0"]
         seen.append(member_states((await settled(engine, expect)).members))
         n.start_soon(stop_when_left, fleet, "w1")
-        await app.transact(tx_request_drain, LAYOUT, ROLE, "w1", "test")
+        await app.transact(tx_request_drain, SPACE, "w1", "test")
         del expect["w1"]
         final = await settled(engine, expect)
         seen.append(member_states(final.members))
-        h = await read_history(app, LAYOUT, ROLE, "job-07")
+        h = await read_history(app, SPACE, "job-07")
         replay = replay_membership(h.events, h.members)
         assert replay.exact and not replay.start
         epochs = [dict(e.members) for e in replay.epochs]
@@ -201,7 +202,7 @@ async def test_explain_replays_the_recorded_membership(autojump_clock: MockClock
         types = [e.event.type for e in replay.epochs]
         assert "evicted" in types and "drain_requested" in types and "drained" in types
         for jid, rec in final.jobs.items():
-            h = await read_history(app, LAYOUT, ROLE, jid)
+            h = await read_history(app, SPACE, jid)
             x = explain_job(
                 ROLE,
                 jid,

@@ -28,6 +28,7 @@ from fdbworkers.testing import wait_until
 ROOT = "health-test"
 ROLE = "h"
 LAYOUT = Layout.for_root(ROOT)
+SPACE = LAYOUT.role(ROLE)
 OPTS = WorkerOptions(timeout=3.0, settle=0.5, partitions=16)
 
 #: Every async test here runs under trio and under asyncio (tests/conftest.py).
@@ -37,7 +38,7 @@ CLOCKS = (anyio.current_time, anyio.current_time)
 
 
 async def views(engine: Engine) -> dict[str, Any]:
-    snap = await read_role_snapshot(engine.open_database("admin"), LAYOUT, ROLE)
+    snap = await read_role_snapshot(engine.open_database("admin"), SPACE)
     return {j.id: j for j in job_views(snap)}
 
 
@@ -70,7 +71,7 @@ async def test_a_crash_looping_handler_shows_failing_then_parked() -> None:
             assert bad.health is not None and bad.health.failures == 2
             assert bad.health.last_error == "RuntimeError('boom 2')"
             assert bad.to_json()["health"] == "failing" and bad.to_json()["failures"] == 2
-            snap = await read_role_snapshot(admin, LAYOUT, ROLE)
+            snap = await read_role_snapshot(admin, SPACE)
             status = evaluate_role(snap, member_views(snap, {}, list(v.values())), list(v.values()))
             check = {c.name: c for c in status.checks}["jobs_running"]
             assert not check.ok and "bad (failing on w1: 2 failure(s)" in check.detail
@@ -89,7 +90,7 @@ async def test_a_crash_looping_handler_shows_failing_then_parked() -> None:
             # Removing the job clears its record.
             await remove_job(admin, ROLE, "bad", root=ROOT)
             await wait_until(lambda: "bad" not in runner.running, 30)
-            snap = await read_role_snapshot(admin, LAYOUT, ROLE)
+            snap = await read_role_snapshot(admin, SPACE)
             assert dict(snap.health) == {}
             n.cancel_scope.cancel()
 

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.anyio
 ROOT = "fdbworkers-test"
 ROLE = "sim"
 LAYOUT = Layout.for_root(ROOT)
+SPACE = LAYOUT.role(ROLE)
 P = 64
 # A long settle window, so that "at once" and "after the settle window" differ clearly.
 OPTS = WorkerOptions(timeout=3.0, settle=2.0, partitions=P)
@@ -169,17 +170,17 @@ async def test_handoffs_from_non_members_or_corrupt_are_dropped() -> None:
         async def plant(tr: Transaction) -> None:
             # A ghost, a live member that is not leaving (wrong incarnation), junk.
             ghost = encode({"from": "ghost", "incarnation": "x"})
-            tr.set(LAYOUT.handoff_key(ROLE, "w0", 1), ghost)
+            tr.set(SPACE.handoff_key("w0", 1), ghost)
             wrong = encode({"from": "w1", "incarnation": "not-its-incarnation"})
-            tr.set(LAYOUT.handoff_key(ROLE, "w0", other), wrong)
-            tr.set(LAYOUT.handoff_key(ROLE, "w0", 2), b"\x00junk")
-            tr.set_versionstamped_value(LAYOUT.inbox_key(ROLE, "w0"), epoch_value())
+            tr.set(SPACE.handoff_key("w0", other), wrong)
+            tr.set(SPACE.handoff_key("w0", 2), b"\x00junk")
+            tr.set_versionstamped_value(SPACE.inbox_key("w0"), epoch_value())
 
         await admin.transact(plant)
         await anyio.sleep(5)
         assert settled(fleet, ids)
         assert w0.statistics().handoffs_adopted == 0
-        left = await admin.transact(tx_take_handoffs, LAYOUT, ROLE, "w0")
+        left = await admin.transact(tx_take_handoffs, SPACE, "w0")
         assert left == {}  # read and cleared by w0
         assert not fleet.ledger.violations
         nursery.cancel_scope.cancel()
@@ -197,13 +198,13 @@ async def test_removing_a_member_clears_the_handoffs_addressed_to_it() -> None:
         fw.crash()
 
         async def plant(tr: Transaction) -> None:
-            tr.set(LAYOUT.handoff_key(ROLE, "w0", 5), encode({"from": "a", "incarnation": "b"}))
+            tr.set(SPACE.handoff_key("w0", 5), encode({"from": "a", "incarnation": "b"}))
 
         await admin.transact(plant)
-        assert await admin.transact(tx_leave, LAYOUT, ROLE, "w0", inc, "left", 600.0)
+        assert await admin.transact(tx_leave, SPACE, "w0", inc, "left", 600.0)
 
         async def count(tr: Transaction) -> int:
-            return len(await tr.get_range(*LAYOUT.handoffs_range(ROLE, "w0")))
+            return len(await tr.get_range(*SPACE.handoffs_range("w0")))
 
         assert await admin.transact(count) == 0
         nursery.cancel_scope.cancel()
@@ -502,15 +503,13 @@ async def test_a_job_added_while_a_plan_is_written_runs_at_once() -> None:
     async with anyio.create_task_group() as nursery:
         fleet = await start_fleet(nursery, engine, 2, ids)
         admin = engine.open_database("admin")
-        plan = await admin.transact(tx_read_plan, LAYOUT, ROLE)
+        plan = await admin.transact(tx_read_plan, SPACE)
         assert plan is not None
 
         async def replan_and_add(tr: Transaction) -> None:
             assert plan is not None
-            await tx_replan(
-                tr, LAYOUT, ROLE, plan.seq, dict(plan.members), plan.epoch, P, force=True
-            )
-            await tx_add_job(tr, LAYOUT, ROLE, "job-new", None, 1.0, P)
+            await tx_replan(tr, SPACE, plan.seq, dict(plan.members), plan.epoch, P, force=True)
+            await tx_add_job(tr, SPACE, "job-new", None, 1.0, P)
 
         await admin.transact(replan_and_add)
         took = await wait_until(lambda: bool(fleet.owners().get("job-new")), 120, 0.01)
@@ -647,7 +646,7 @@ async def test_garbage_in_its_own_member_record_stops_jobs_gracefully_and_rejoin
         admin = engine.open_database("admin")
 
         async def garbage(tr: Transaction) -> None:
-            tr.set(LAYOUT.member_key(ROLE, "w0"), b"\xc1 not msgpack")
+            tr.set(SPACE.member_key("w0"), b"\xc1 not msgpack")
 
         await admin.transact(garbage)
         await wait_until(lambda: fw.worker is not None and fw.worker.incarnation != first, 30)
@@ -673,9 +672,9 @@ async def test_garbage_in_other_records_is_survived() -> None:
         bad_claim, bad_job = ids[0], ids[1]
 
         async def garbage(tr: Transaction) -> None:
-            tr.set(LAYOUT.member_key(ROLE, "zz-garbage"), b"\xc1")
-            tr.set(LAYOUT.claim_key(ROLE, job_partition(bad_claim, P), bad_claim), b"\x01\x02")
-            tr.set(LAYOUT.job_key(ROLE, job_partition(bad_job, P), bad_job), b"\xc1\xc1")
+            tr.set(SPACE.member_key("zz-garbage"), b"\xc1")
+            tr.set(SPACE.claim_key(job_partition(bad_claim, P), bad_claim), b"\x01\x02")
+            tr.set(SPACE.job_key(job_partition(bad_job, P), bad_job), b"\xc1\xc1")
 
         await admin.transact(garbage)
         for fw in fleet.live():  # make them read everything again

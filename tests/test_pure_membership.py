@@ -308,13 +308,13 @@ def test_member_record_round_trip(
 ) -> None:
     layout = Layout.for_root("t")
     r = MemberRecord(wid=wid, incarnation=inc, timeout=timeout, weight=weight, meta=meta)
-    key = layout.member_key("role", wid)
+    key = layout.role("role").member_key(wid)
     assert MemberRecord.decode(wid, key, r.encode()) == r
     assert layout.unpack(key)[-1] == wid
-    begin, _ = layout.members_range("role")
+    begin, _ = layout.role("role").members_range()
     assert layout.unpack_below(begin, key) == (wid,)
     with pytest.raises(CorruptDataError):
-        layout.unpack_below(layout.members_range("other")[0], key)
+        layout.unpack_below(layout.role("other").members_range()[0], key)
     with pytest.raises(CorruptDataError):
         layout.unpack_below(begin, begin + b"\x99junk")
 
@@ -367,17 +367,20 @@ def test_roots_and_names() -> None:
             validate_name("role", bad_name)
     a, b = Layout.for_root("a"), Layout.for_root("b")
     assert not a.member_key("r", "w").startswith(b.prefix)
-    assert Layout.for_root("t").member_key("r", "w") > Layout.for_root("t").members_range("r")[0]
+    assert (
+        Layout.for_root("t").role("r").member_key("w")
+        > Layout.for_root("t").role("r").members_range()[0]
+    )
 
 
 @settings(max_examples=50)
 @given(st.integers(min_value=0, max_value=2**31), st.text(min_size=1, max_size=30))
 def test_job_keys_sort_by_partition(p: int, job: str) -> None:
     layout = Layout.for_root("t")
-    k = layout.job_key("r", p, job)
-    lo, hi = layout.partition_range("r", p)
+    k = layout.role("r").job_key(p, job)
+    lo, hi = layout.role("r").partition_range(p)
     assert lo <= k < hi
-    jlo, jhi = layout.jobs_range("r")
+    jlo, jhi = layout.role("r").jobs_range()
     assert jlo <= lo and hi <= jhi
 
 
@@ -416,27 +419,27 @@ def test_role_space_keys_are_the_layouts_keys(role: str, wid: str, partition: in
 
     layout = Layout.for_root(("t",))
     space = layout.role(role)
-    assert space.epoch_key == layout.epoch_key(role)
-    assert space.member_key(wid) == layout.member_key(role, wid)
-    assert space.members_range() == layout.members_range(role)
-    assert space.health_key(wid) == layout.health_key(role, wid)
-    assert space.health_range() == layout.health_range(role)
-    assert space.job_count_key == layout.job_count_key(role)
-    assert space.jobs_epoch_key == layout.jobs_epoch_key(role)
-    assert space.job_key(partition, wid) == layout.job_key(role, partition, wid)
-    assert space.partition_range(partition) == layout.partition_range(role, partition)
-    assert space.jobs_range() == layout.jobs_range(role)
-    assert space.claim_key(partition, wid) == layout.claim_key(role, partition, wid)
-    assert space.claims_range() == layout.claims_range(role)
-    assert space.claims_range(partition) == layout.claims_range(role, partition)
-    assert space.inbox_key(wid) == layout.inbox_key(role, wid)
-    assert space.handoff_key(wid, partition) == layout.handoff_key(role, wid, partition)
-    assert space.handoffs_range(wid) == layout.handoffs_range(role, wid)
-    assert space.jobchange_range() == layout.jobchange_range(role)
-    assert space.config_key == layout.role_key(role)
+    assert space.epoch_key == layout.role(role).epoch_key
+    assert space.member_key(wid) == layout.role(role).member_key(wid)
+    assert space.members_range() == layout.role(role).members_range()
+    assert space.health_key(wid) == layout.role(role).health_key(wid)
+    assert space.health_range() == layout.role(role).health_range()
+    assert space.job_count_key == layout.role(role).job_count_key
+    assert space.jobs_epoch_key == layout.role(role).jobs_epoch_key
+    assert space.job_key(partition, wid) == layout.role(role).job_key(partition, wid)
+    assert space.partition_range(partition) == layout.role(role).partition_range(partition)
+    assert space.jobs_range() == layout.role(role).jobs_range()
+    assert space.claim_key(partition, wid) == layout.role(role).claim_key(partition, wid)
+    assert space.claims_range() == layout.role(role).claims_range()
+    assert space.claims_range(partition) == layout.role(role).claims_range(partition)
+    assert space.inbox_key(wid) == layout.role(role).inbox_key(wid)
+    assert space.handoff_key(wid, partition) == layout.role(role).handoff_key(wid, partition)
+    assert space.handoffs_range(wid) == layout.role(role).handoffs_range(wid)
+    assert space.jobchange_range() == layout.role(role).jobchange_range()
+    assert space.config_key == layout.role(role).config_key
     begin, end = space.range()
     assert begin < space.member_key(wid) < end
-    assert not begin <= layout.role_key(role) < end
+    assert not begin <= layout.role(role).config_key < end
 
 
 @given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), max_size=30))

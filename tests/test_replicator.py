@@ -95,8 +95,8 @@ class StallingStore(Store):
                 store = db.engine.store  # type: ignore[attr-defined]
                 before = frozen.get_committed_version() - 1
                 layout = worker.layout
-                mraw = store.get(layout.member_key(job.role, worker.id), before)
-                craw = store.get(layout.claim_key(job.role, job.partition, job.id), before)
+                mraw = store.get(layout.role(job.role).member_key(worker.id), before)
+                craw = store.get(layout.role(job.role).claim_key(job.partition, job.id), before)
                 member_ok = (
                     mraw is not None
                     and MemberRecord.decode(worker.id, b"", mraw).incarnation == worker.incarnation

@@ -41,7 +41,7 @@ from fdbworkers import (
 )
 from fdbworkers._backends.engine import Engine, FaultPlan
 from fdbworkers._core.assign import job_partition
-from fdbworkers._core.keys import Layout
+from fdbworkers._core.keys import Layout, RoleSpace
 from fdbworkers._core.records import (
     Claim,
     MemberRecord,
@@ -80,6 +80,7 @@ from fdbworkers.testing import Fleet, wait_until
 ROOT = "fdbworkers-test"
 ROLE = "big"
 LAYOUT = Layout.for_root(ROOT)
+SPACE = LAYOUT.role(ROLE)
 
 
 # --- the planner (pure) --------------------------------------------------------------
@@ -155,7 +156,7 @@ async def test_the_paged_read_returns_what_one_transaction_would(engine: Engine)
         wanted = {p for p in range(partitions) if rng.random() < rng.choice([0.02, 0.3, 0.9])}
         page_keys = rng.choice([17, 64, 500, 5000])
         share = await read_share(
-            db.transact, LAYOUT, ROLE, wanted, partitions, page_keys=page_keys, page_requests=3
+            db.transact, SPACE, wanted, partitions, page_keys=page_keys, page_requests=3
         )
         truth = {j for j in ids if job_partition(j, partitions) in wanted}
         assert set(share.jobs) == truth, (trial, page_keys)
@@ -175,8 +176,7 @@ async def test_the_paged_read_returns_what_one_transaction_would(engine: Engine)
 
 async def _reference_claim(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     partition: int,
     job_id: str,
     wid: str,
@@ -186,11 +186,11 @@ async def _reference_claim(
 ) -> ClaimOutcome:
     """The single-job claim as it was before claims were batched (a verbatim copy of
     its decisions, without the write): the oracle of the batch."""
-    me_key = layout.member_key(role, wid)
+    me_key = space.member_key(wid)
     me_raw = await tr.get(me_key)
     if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
         return ClaimOutcome("not_member")
-    ckey = layout.claim_key(role, partition, job_id)
+    ckey = space.claim_key(partition, job_id)
     raw = await tr.get(ckey)
     if raw is not None:
         stamp, obj = split_stamped(ckey, raw)
@@ -205,11 +205,11 @@ async def _reference_claim(
                 else None
             )
             holder = Claim(stamp, holder.wid, holder.incarnation, timeout)
-            hkey = layout.member_key(role, holder.wid)
+            hkey = space.member_key(holder.wid)
             hraw = await tr.get(hkey)
 
             async def retired() -> bool:
-                key = layout.retired_key(role, holder.wid)
+                key = space.retired_key(holder.wid)
                 try:
                     return holder.incarnation in decode_retired(key, await tr.get(key))
                 except CorruptDataError:
@@ -234,7 +234,7 @@ async def _reference_claim(
                     if hrec.replaced == holder.incarnation and hrec.replaced_timeout:
                         waits.append(hrec.replaced_timeout)
                     return ClaimOutcome("superseded", holder=holder, holder_timeout=max(waits))
-    if await tr.get(layout.job_key(role, partition, job_id)) is None:
+    if await tr.get(space.job_key(partition, job_id)) is None:
         return ClaimOutcome("gone")
     return ClaimOutcome("claimed")
 
@@ -246,17 +246,19 @@ async def _random_claim_world(
     me, my_inc, nonce = "me", "inc-me", "nonce-1"
     holders = [f"h{i}" for i in range(4)]
 
+    space = layout.role(ROLE)
+
     async def build(tr: Transaction) -> list[ClaimRequest]:
-        await tx_ensure_role(tr, layout, ROLE, partitions)
+        await tx_ensure_role(tr, space, partitions)
         if rng.random() < 0.9:
             inc = my_inc if rng.random() < 0.95 else "inc-old"
-            tr.set(layout.member_key(ROLE, me), MemberRecord(me, inc, 3.0).encode())
+            tr.set(space.member_key(me), MemberRecord(me, inc, 3.0).encode())
         for h in holders:
             kind = rng.random()
             if kind < 0.3:
                 continue  # gone
             if kind < 0.35:
-                tr.set(layout.member_key(ROLE, h), b"\xc1garbage")
+                tr.set(space.member_key(h), b"\xc1garbage")
                 continue
             inc = rng.choice([f"{h}-a", f"{h}-b"])
             replaced = rng.choice([None, f"{h}-a", f"{h}-b"])
@@ -267,18 +269,18 @@ async def _random_claim_world(
                 replaced=replaced,
                 replaced_timeout=rng.choice([None, 5.0, 20.0]) if replaced else None,
             )
-            tr.set(layout.member_key(ROLE, h), rec.encode())
+            tr.set(space.member_key(h), rec.encode())
             r = rng.random()
             if r < 0.3:
-                tr.set(layout.retired_key(ROLE, h), encode_retired({f"{h}-a": 1}))
+                tr.set(space.retired_key(h), encode_retired({f"{h}-a": 1}))
             elif r < 0.35:
-                tr.set(layout.retired_key(ROLE, h), b"\xc1")
+                tr.set(space.retired_key(h), b"\xc1")
         requests = []
         for i in range(rng.randint(1, 60)):
             jid = f"j{i:03d}"
             p = rng.randrange(partitions) if rng.random() < 0.5 else i % 3
             if rng.random() < 0.9:
-                tr.set(layout.job_key(ROLE, p, jid), JobRecord(jid, p).encode())
+                tr.set(space.job_key(p, jid), JobRecord(jid, p).encode())
             c = rng.random()
             value: dict[str, Any] | None = None
             if c < 0.15:
@@ -292,7 +294,7 @@ async def _random_claim_world(
                     value["timeout"] = rng.choice([1.0, 4.0, 30.0])
             if value is not None:
                 stamp = rng.getrandbits(80).to_bytes(10, "big")
-                tr.set(layout.claim_key(ROLE, p, jid), stamp + encode(value))
+                tr.set(space.claim_key(p, jid), stamp + encode(value))
             take = frozenset(f"{h}-{x}" for h in holders for x in "ab" if rng.random() < 0.15)
             requests.append(ClaimRequest(p, jid, take))
         return requests
@@ -310,14 +312,14 @@ async def test_claim_batches_decide_each_job_as_the_single_claim_did(engine: Eng
         tr = db.create_transaction()
         expected = [
             await _reference_claim(
-                tr, root, ROLE, r.partition, r.job_id, me, inc, nonce, r.take_superseded
+                tr, root.role(ROLE), r.partition, r.job_id, me, inc, nonce, r.take_superseded
             )
             for r in requests
         ]
         tr.cancel()
         tr = db.create_transaction()
         got = await tx_claim_many(
-            tr, root, ROLE, requests, me, inc, nonce, 3.0, rng.choice([0.0, 1.0, 9.0])
+            tr, root.role(ROLE), requests, me, inc, nonce, 3.0, rng.choice([0.0, 1.0, 9.0])
         )
         tr.cancel()
         assert got == expected, f"seed {seed}"
@@ -333,15 +335,15 @@ async def test_a_corrupt_claim_is_held_not_taken_and_does_not_fail_the_batch(
     db = engine.open_database("c")
 
     async def world(tr: Transaction) -> None:
-        await tx_ensure_role(tr, LAYOUT, ROLE, 8)
-        tr.set(LAYOUT.member_key(ROLE, "me"), MemberRecord("me", "i", 3.0).encode())
+        await tx_ensure_role(tr, SPACE, 8)
+        tr.set(SPACE.member_key("me"), MemberRecord("me", "i", 3.0).encode())
         for j in ("a", "b"):
-            tr.set(LAYOUT.job_key(ROLE, 1, j), JobRecord(j, 1).encode())
-        tr.set(LAYOUT.claim_key(ROLE, 1, "a"), b"\x01\x02")
+            tr.set(SPACE.job_key(1, j), JobRecord(j, 1).encode())
+        tr.set(SPACE.claim_key(1, "a"), b"\x01\x02")
 
     await db.transact(world)
     reqs = [ClaimRequest(1, "a"), ClaimRequest(1, "b")]
-    out = await db.transact(tx_claim_many, LAYOUT, ROLE, reqs, "me", "i", "n", 3.0)
+    out = await db.transact(tx_claim_many, SPACE, reqs, "me", "i", "n", 3.0)
     assert [o.kind for o in out] == ["held", "claimed"]
 
 
@@ -353,14 +355,14 @@ async def test_release_batches_clear_only_our_claims_and_wake_each_owner_once(
     async def world(tr: Transaction) -> None:
         for i, (wid, inc) in enumerate([("me", "i"), ("me", "old"), ("other", "x"), ("me", "i")]):
             tr.set_versionstamped_value(
-                LAYOUT.claim_key(ROLE, i, f"j{i}"),
+                SPACE.claim_key(i, f"j{i}"),
                 stamped_value({"wid": wid, "incarnation": inc, "nonce": "n"}),
             )
 
     await db.transact(world)
 
     async def token(tr: Transaction) -> bytes:
-        raw = await tr.get(LAYOUT.claim_key(ROLE, 3, "j3"))
+        raw = await tr.get(SPACE.claim_key(3, "j3"))
         assert raw is not None
         return raw[:10]
 
@@ -372,19 +374,19 @@ async def test_release_batches_clear_only_our_claims_and_wake_each_owner_once(
         ReleaseRequest(3, "j3", b"\x00" * 10, "w2"),  # another token: kept
         ReleaseRequest(4, "j4", None, None),  # no claim at all
     ]
-    out = await db.transact(tx_release_many, LAYOUT, ROLE, reqs, "me", "i")
+    out = await db.transact(tx_release_many, SPACE, reqs, "me", "i")
     assert out == [True, False, False, False, False]
-    out = await db.transact(tx_release_many, LAYOUT, ROLE, [ReleaseRequest(3, "j3", t3)], "me", "i")
+    out = await db.transact(tx_release_many, SPACE, [ReleaseRequest(3, "j3", t3)], "me", "i")
     assert out == [True]
 
     async def left(tr: Transaction) -> tuple[list[bytes], list[bytes], bytes | None]:
-        claims = [kv.key for kv in await tr.get_range(*LAYOUT.claims_range(ROLE))]
+        claims = [kv.key for kv in await tr.get_range(*SPACE.claims_range())]
         inboxes = [kv.key for kv in await tr.get_range(*LAYOUT.range("r", ROLE, "inbox"))]
-        return claims, inboxes, await tr.get(LAYOUT.handoff_key(ROLE, "w1", 0))
+        return claims, inboxes, await tr.get(SPACE.handoff_key("w1", 0))
 
     claims, inboxes, handoff = await db.transact(left)
-    assert claims == [LAYOUT.claim_key(ROLE, i, f"j{i}") for i in (1, 2)]
-    assert inboxes == [LAYOUT.inbox_key(ROLE, "w1"), LAYOUT.inbox_key(ROLE, "w2")]
+    assert claims == [SPACE.claim_key(i, f"j{i}") for i in (1, 2)]
+    assert inboxes == [SPACE.inbox_key("w1"), SPACE.inbox_key("w2")]
     assert handoff is not None and decode(b"", handoff)["from"] == "me"
     assert epoch_value()  # (the inbox bump is a versionstamped value)
 
@@ -541,16 +543,16 @@ async def test_add_jobs_adds_updates_and_leaves_alone_like_add_job(engine: Engin
     assert (r.added, r.updated, r.unchanged) == (1, 10, 0)
 
     async def check(tr: Transaction) -> tuple[int, list[dict[str, Any]]]:
-        raw = await tr.get(LAYOUT.job_count_key(ROLE))
+        raw = await tr.get(SPACE.job_count_key)
         assert raw is not None
-        log = [decode(kv.key, kv.value) for kv in await tr.get_range(*LAYOUT.jobchange_range(ROLE))]
+        log = [decode(kv.key, kv.value) for kv in await tr.get_range(*SPACE.jobchange_range())]
         return int.from_bytes(raw, "little", signed=True), log
 
     count, log = await db.transact(check)
     assert count == 3001
     # One change-log entry per transaction that changed something, listing partitions.
     assert all("partitions" in e for e in log) and len(log) == r.transactions + 14
-    share = await read_share(db.transact, LAYOUT, ROLE, range(256), 256)
+    share = await read_share(db.transact, SPACE, range(256), 256)
     assert share.jobs["job-0003"].spec == {"n": -3} and share.jobs["job-0003"].weight == 2.0
     assert share.jobs["job-0020"].spec == {"n": 20} and len(share.jobs) == 3001
 
@@ -683,6 +685,6 @@ async def test_group_commit_batches_and_survives_a_cancelled_leader(
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1, max_size=40), st.sampled_from([1, 7, 64, 1024, 65536, 10**6]))
 def test_a_prepared_job_is_in_job_partitions_partition(job_id: str, partitions: int) -> None:
-    job = prepare_job(LAYOUT.jobs_range(ROLE)[0], partitions, job_id, b"")
+    job = prepare_job(SPACE.jobs_range()[0], partitions, job_id, b"")
     assert job.partition == job_partition(job_id, partitions)
-    assert job.key == LAYOUT.job_key(ROLE, job.partition, job_id)
+    assert job.key == SPACE.job_key(job.partition, job_id)

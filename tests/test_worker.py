@@ -35,7 +35,7 @@ def fresh_engine(seed: int = 0, faults: FaultPlan | None = None) -> Engine:
 
 async def members_now(engine: Engine, role: str = "sim") -> dict[str, MemberRecord]:
     db = engine.open_database("observer")
-    m, _, _, _ = await db.transact(tx_read_membership, Layout.for_root(ROOT), role, None)
+    m, _, _, _ = await db.transact(tx_read_membership, Layout.for_root(ROOT).role(role), None)
     return dict(m.members)
 
 
@@ -246,7 +246,7 @@ async def test_drain_flag_makes_the_worker_leave() -> None:
             await anyio.sleep(2)
 
             async def set_drain(tr):  # type: ignore[no-untyped-def]
-                key = layout.member_key("sim", "b")
+                key = layout.role("sim").member_key("b")
                 rec = MemberRecord.decode("b", key, await tr.get(key))
                 tr.set(key, MemberRecord(**{**rec.__dict__, "drain": True}).encode())
 
@@ -433,23 +433,21 @@ async def test_an_incremental_membership_read_takes_one_round_trip_for_a_storm()
     from fdbworkers._store.members import tx_ensure_role, tx_read_membership_since, tx_register
 
     engine = fresh_engine(5)
-    layout = Layout.for_root(ROOT)
+    space = Layout.for_root(ROOT).role("sim")
     db = engine.open_database("joins")
-    await db.transact(tx_ensure_role, layout, "sim", 64)
+    await db.transact(tx_ensure_role, space, 64)
 
     def record(wid: str) -> MemberRecord:
         return MemberRecord(wid=wid, incarnation=f"{wid}-1", timeout=10.0)
 
-    await db.transact(tx_register, layout, "sim", record("w-first"), 600.0)
+    await db.transact(tx_register, space, record("w-first"), 600.0)
     reader = engine.open_database("reader")
-    known, *_ = await reader.transact(tx_read_membership_since, layout, "sim", None, None)
+    known, *_ = await reader.transact(tx_read_membership_since, space, None, None)
     for i in range(200):
-        await db.transact(tx_register, layout, "sim", record(f"w{i:03}"), 600.0)
+        await db.transact(tx_register, space, record(f"w{i:03}"), 600.0)
     engine.faults = FaultPlan(latency=(0.001, 0.001))
     t0 = anyio.current_time()
-    m, corrupt, _, _, full = await reader.transact(
-        tx_read_membership_since, layout, "sim", None, known
-    )
+    m, corrupt, _, _, full = await reader.transact(tx_read_membership_since, space, None, known)
     took = anyio.current_time() - t0
     assert not full and not corrupt and len(m.members) == 201
     assert took < 0.010, took  # a few round trips (version, epoch, log, records): not 200

@@ -207,7 +207,7 @@ def status(opts: Opts, as_json: bool) -> None:
     layout = Layout.for_root(opts.root)
 
     async def main(db: Database) -> list[dict[str, Any]]:
-        jobs, claims = await db.transact(tx_list_jobs, layout, ROLE)
+        jobs, claims = await db.transact(tx_list_jobs, layout.role(ROLE))
         out = []
         for j in jobs:
             spec = ReplicationSpec.parse(j.spec)

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._core.keys import LAYOUT_VERSION, Layout
+from .._core.keys import LAYOUT_VERSION, Layout, RoleSpace
 from .._core.plan import Plan
 from .._core.records import (
     Claim,
@@ -108,39 +108,40 @@ async def read_roles(db: Database, layout: Layout) -> list[RoleInfo]:
     configs = await read_role_configs(db, layout)
     out = []
     for role, cfg in sorted(configs.items()):
-        members = await count_keys(db, *layout.members_range(role))
-        jobs = await job_count(db, layout, role)
+        space = layout.role(role)
+        members = await count_keys(db, *space.members_range())
+        jobs = await job_count(db, space)
         out.append(RoleInfo(role, cfg.partitions, cfg.created_at, members, jobs))
     return out
 
 
-async def job_count(db: Database, layout: Layout, role: str) -> int:
+async def job_count(db: Database, space: RoleSpace) -> int:
     """The role's job counter (kept by job add/remove with atomic adds); a scan of the
     job table when there is no counter (a role written by an older version)."""
 
     async def tx(tr: Transaction) -> bytes | None:
-        return await tr.snapshot.get(layout.job_count_key(role))
+        return await tr.snapshot.get(space.job_count_key)
 
     raw = await db.transact(tx)
     if raw is not None and len(raw) == 8:
         return max(0, int.from_bytes(raw, "little", signed=True))
-    return await count_keys(db, *layout.jobs_range(role))
+    return await count_keys(db, *space.jobs_range())
 
 
-async def require_role(db: Database, layout: Layout, role: str) -> RoleConfig:
+async def require_role(db: Database, space: RoleSpace) -> RoleConfig:
     """The role's config; :class:`LookupError` naming the known roles if it does not
     exist."""
-    await read_layout_version(db, layout)
+    await read_layout_version(db, space.layout)
 
     async def tx(tr: Transaction) -> bytes | None:
-        return await tr.snapshot.get(layout.role_key(role))
+        return await tr.snapshot.get(space.config_key)
 
     raw = await db.transact(tx)
     if raw is None:
-        known = sorted(await read_role_configs(db, layout))
+        known = sorted(await read_role_configs(db, space.layout))
         hint = f"known roles: {', '.join(known)}" if known else "no role exists under this root"
-        raise LookupError(f"no role {role!r} under this root ({hint})")
-    return RoleConfig.decode(layout.role_key(role), raw)
+        raise LookupError(f"no role {space.role!r} under this root ({hint})")
+    return RoleConfig.decode(space.config_key, raw)
 
 
 # --- health observation ---------------------------------------------------------------
@@ -206,14 +207,14 @@ class Observation:
         self.last_seen = read_start
 
 
-async def read_health(db: Database, layout: Layout, role: str) -> dict[str, HealthStamp]:
+async def read_health(db: Database, space: RoleSpace) -> dict[str, HealthStamp]:
     """Every health stamp of a role in one range read."""
-    begin, end = layout.health_range(role)
+    begin, end = space.health_range()
 
     async def tx(tr: Transaction) -> dict[str, HealthStamp]:
         out = {}
         for kv in await tr.snapshot.get_range(begin, end):
-            wid = str(layout.unpack(kv.key)[-1])
+            wid = str(space.unpack(kv.key)[-1])
             out[wid] = HealthStamp.parse(kv.key, kv.value)
         return out
 
@@ -230,8 +231,7 @@ def resolved(rec: MemberRecord, obs: Observation | None, resolve_after: float) -
 
 async def observe_health(
     db: Database,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     members: Mapping[str, MemberRecord],
     *,
     cap: float,
@@ -247,7 +247,7 @@ async def observe_health(
     first = True
     while True:
         start = clock()
-        stamps = await read_health(db, layout, role)
+        stamps = await read_health(db, space)
         end = clock()
         for wid in members:
             h = stamps.get(wid, HealthStamp(None))
@@ -300,17 +300,17 @@ class JobInfoRecord:
 
 
 async def read_membership(
-    db: Database, layout: Layout, role: str
+    db: Database, space: RoleSpace
 ) -> tuple[bytes, dict[str, MemberRecord], list[bytes]]:
-    begin, end = layout.members_range(role)
+    begin, end = space.members_range()
 
     async def tx(tr: Transaction) -> tuple[bytes, dict[str, MemberRecord], list[bytes]]:
-        epoch = await tr.snapshot.get(layout.epoch_key(role)) or b""
+        epoch = await tr.snapshot.get(space.epoch_key) or b""
         members: dict[str, MemberRecord] = {}
         corrupt: list[bytes] = []
         for kv in await tr.snapshot.get_range(begin, end):
             try:
-                wid = str(layout.unpack(kv.key)[-1])
+                wid = str(space.unpack(kv.key)[-1])
                 members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
             except CorruptDataError:
                 corrupt.append(kv.key)
@@ -320,13 +320,13 @@ async def read_membership(
 
 
 async def read_jobs_and_claims(
-    db: Database, layout: Layout, role: str
+    db: Database, space: RoleSpace
 ) -> tuple[dict[str, JobInfoRecord], dict[str, Claim], list[str]]:
     jobs: dict[str, JobInfoRecord] = {}
     corrupt: list[str] = []
-    for key, value in await scan(db, *layout.jobs_range(role)):
+    for key, value in await scan(db, *space.jobs_range()):
         try:
-            t = layout.unpack(key)
+            t = space.unpack(key)
             jid, part = str(t[-1]), int(t[-2])
             obj = decode(key, value)
             jobs[jid] = JobInfoRecord(
@@ -339,38 +339,38 @@ async def read_jobs_and_claims(
         except (CorruptDataError, ValueError, TypeError, IndexError) as e:
             corrupt.append(f"job record {key!r}: {e}")
     claims: dict[str, Claim] = {}
-    for key, value in await scan(db, *layout.claims_range(role)):
+    for key, value in await scan(db, *space.claims_range()):
         try:
-            claims[str(layout.unpack(key)[-1])] = Claim.decode(key, value)
+            claims[str(space.unpack(key)[-1])] = Claim.decode(key, value)
         except (CorruptDataError, IndexError) as e:
             corrupt.append(f"claim {key!r}: {e}")
     return jobs, claims, corrupt
 
 
-async def read_role_snapshot(db: Database, layout: Layout, role: str) -> RoleSnapshot:
-    config = await require_role(db, layout, role)
-    epoch, members, corrupt_members = await read_membership(db, layout, role)
-    jobs, claims, corrupt = await read_jobs_and_claims(db, layout, role)
-    health = await read_job_health(db, layout, role, corrupt)
-    plan = await read_plan(db, layout, role)
+async def read_role_snapshot(db: Database, space: RoleSpace) -> RoleSnapshot:
+    config = await require_role(db, space)
+    epoch, members, corrupt_members = await read_membership(db, space)
+    jobs, claims, corrupt = await read_jobs_and_claims(db, space)
+    health = await read_job_health(db, space, corrupt)
+    plan = await read_plan(db, space)
     return RoleSnapshot(
-        role, config, epoch, members, corrupt_members, jobs, claims, corrupt, health, plan
+        space.role, config, epoch, members, corrupt_members, jobs, claims, corrupt, health, plan
     )
 
 
-async def read_plan(db: Database, layout: Layout, role: str) -> Plan | None:
+async def read_plan(db: Database, space: RoleSpace) -> Plan | None:
     """The role's stored plan (docs/assignment.md, "The plan")."""
-    return await db.transact(tx_read_plan, layout, role)  # small: the database's timeout
+    return await db.transact(tx_read_plan, space)  # small: the database's timeout
 
 
 async def read_job_health(
-    db: Database, layout: Layout, role: str, corrupt: list[str]
+    db: Database, space: RoleSpace, corrupt: list[str]
 ) -> dict[str, JobHealth]:
     """The role's job health records (only jobs that fail have one: a small range)."""
     out: dict[str, JobHealth] = {}
-    for key, value in await scan(db, *layout.jobhealth_range(role)):
+    for key, value in await scan(db, *space.jobhealth_range()):
         try:
-            out[str(layout.unpack(key)[-1])] = JobHealth.decode(key, value)
+            out[str(space.unpack(key)[-1])] = JobHealth.decode(key, value)
         except (CorruptDataError, IndexError) as e:
             corrupt.append(f"job health {key!r}: {e}")
     return out

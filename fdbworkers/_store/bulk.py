@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from .._core.assign import stable_hash64
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.records import encode, epoch_value
 from .._core.tuples import pack_int_str
 from .._db import Transaction
@@ -52,8 +52,7 @@ def prepare_job(
 
 async def tx_add_jobs(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     jobs: Sequence[NewJob],
     keys_per_partition: float = 0.0,
 ) -> list[str]:
@@ -92,16 +91,16 @@ async def tx_add_jobs(
         changed.add(job.partition)
         first = first or job.id
     if added:
-        tr.add(layout.job_count_key(role), added.to_bytes(8, "little", signed=True))
+        tr.add(space.job_count_key, added.to_bytes(8, "little", signed=True))
         for p, n in added_to.items():  # what the stored plan balances
-            tx_count_job(tr, layout, role, p, n)
+            tx_count_job(tr, space, p, n)
     if first is not None:
         tr.set_versionstamped_key(
-            layout.jobchange_key_template(role, first),
+            space.jobchange_key_template(first),
             encode({"partitions": sorted(changed), "op": "add", "jobs": len(jobs) - added}),
         )
-        tr.set_versionstamped_value(layout.jobs_epoch_key(role), epoch_value())
-        await trim_job_changes(tr, layout, role)
+        tr.set_versionstamped_value(space.jobs_epoch_key, epoch_value())
+        await trim_job_changes(tr, space)
     return out
 
 
@@ -145,8 +144,7 @@ def batches_by_size(
 
 async def add_jobs_in_batches(
     transact: Callable[..., Awaitable[Any]],
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     jobs: Sequence[NewJob],
     result: AddJobsResult,
     *,
@@ -170,9 +168,7 @@ async def add_jobs_in_batches(
                 return
             inflight[slot] = hi - lo
             try:
-                statuses = await transact(
-                    tx_add_jobs, layout, role, jobs[lo:hi], keys_per_partition
-                )
+                statuses = await transact(tx_add_jobs, space, jobs[lo:hi], keys_per_partition)
             except FDBError as e:
                 errors.append(e)
                 return

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.claims import CORRUPT, ClaimDecision, HolderRecord, StoredClaim, decide_claim
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.records import (
     Claim,
     MemberRecord,
@@ -59,8 +59,7 @@ CLAIM_BATCH = 1000
 
 async def tx_claim(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     partition: int,
     job_id: str,
     wid: str,
@@ -71,14 +70,13 @@ async def tx_claim(
 ) -> ClaimOutcome:
     """Claim one job (see :func:`tx_claim_many`, which applies the same rules to many)."""
     req = ClaimRequest(partition, job_id, take_superseded)
-    out = await tx_claim_many(tr, layout, role, [req], wid, incarnation, nonce, lease_timeout)
+    out = await tx_claim_many(tr, space, [req], wid, incarnation, nonce, lease_timeout)
     return out[0]
 
 
 async def tx_claim_many(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     requests: Sequence[ClaimRequest],
     wid: str,
     incarnation: str,
@@ -100,15 +98,15 @@ async def tx_claim_many(
     n = len(requests)
     if n == 0:
         return []
-    me_key = layout.member_key(role, wid)
+    me_key = space.member_key(wid)
     me_raw = await tr.get(me_key)  # conflicts with our own eviction
     if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
         return [ClaimOutcome("not_member")] * n
     order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
     parts = [requests[i].partition for i in order]
     ids = [requests[i].job_id for i in order]
-    ckeys = keys_below(layout.claims_range(role)[0], parts, ids)
-    jkeys = keys_below(layout.jobs_range(role)[0], parts, ids)
+    ckeys = keys_below(space.claims_range()[0], parts, ids)
+    jkeys = keys_below(space.jobs_range()[0], parts, ids)
     # Claims are written by claimers and releasers only: a conflict range over each run
     # of our own partitions costs far fewer calls than one per key. Jobs are written by
     # every add: one conflict per job key, so that adds next to it do not conflict.
@@ -116,11 +114,9 @@ async def tx_claim_many(
     jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
 
     claims, outcomes = _decode_claims(ckeys, raws)
-    members = await _read_holders(tr, layout, role, claims, wid, incarnation)
+    members = await _read_holders(tr, space, claims, wid, incarnation)
     takes = [requests[i].take_superseded for i in order]
-    await _decide_claims(
-        tr, layout, role, claims, members, takes, outcomes, wid, incarnation, nonce
-    )
+    await _decide_claims(tr, space, claims, members, takes, outcomes, wid, incarnation, nonce)
     return _write_claims(tr, ckeys, jobs, order, outcomes, wid, incarnation, nonce, lease_timeout)
 
 
@@ -156,8 +152,7 @@ def _decode_claims(
 
 async def _read_holders(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     claims: Sequence[_ReadClaim | None],
     wid: str,
     incarnation: str,
@@ -171,13 +166,11 @@ async def _read_holders(
             if c is not None and (c[1].wid, c[1].incarnation) != (wid, incarnation)
         }
     )
-    hraws = await _get_all(tr, [layout.member_key(role, h) for h in hwids])
+    hraws = await _get_all(tr, [space.member_key(h) for h in hwids])
     members: dict[str, HolderRecord] = {}
     for h, hraw in zip(hwids, hraws, strict=True):
         try:
-            members[h] = (
-                None if hraw is None else MemberRecord.decode(h, layout.member_key(role, h), hraw)
-            )
+            members[h] = None if hraw is None else MemberRecord.decode(h, space.member_key(h), hraw)
         except CorruptDataError:
             members[h] = CORRUPT
     return members
@@ -185,8 +178,7 @@ async def _read_holders(
 
 async def _decide_claims(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     claims: Sequence[_ReadClaim | None],
     members: dict[str, HolderRecord],
     takes: Sequence[frozenset[str]],
@@ -217,7 +209,7 @@ async def _decide_claims(
             if c and d and d.kind == "superseded"
         }
     )
-    retired = await _read_retired(tr, layout, role, rwids)
+    retired = await _read_retired(tr, space, rwids)
     for k, d in enumerate(decisions):
         c = claims[k]
         if d is None:
@@ -239,10 +231,10 @@ async def _decide_claims(
 
 
 async def _read_retired(
-    tr: Transaction, layout: Layout, role: str, rwids: Sequence[str]
+    tr: Transaction, space: RoleSpace, rwids: Sequence[str]
 ) -> dict[str, dict[str, int]]:
     """The retired incarnations of each holder id in ``rwids``."""
-    rkeys = [layout.retired_key(role, r) for r in rwids]
+    rkeys = [space.retired_key(r) for r in rwids]
     retired: dict[str, dict[str, int]] = {}
     for r, key, raw_retired in zip(rwids, rkeys, await _get_all(tr, rkeys), strict=True):
         try:
@@ -324,8 +316,7 @@ class ReleaseRequest:
 
 async def tx_release(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     partition: int,
     job_id: str,
     wid: str,
@@ -339,13 +330,12 @@ async def tx_release(
     it may claim the partition's jobs before its settled view shows us gone (see
     ``JobRunner._adopt``). Idempotent: a retry after 1021 writes the same keys."""
     req = ReleaseRequest(partition, job_id, token, notify, handoff)
-    return (await tx_release_many(tr, layout, role, [req], wid, incarnation))[0]
+    return (await tx_release_many(tr, space, [req], wid, incarnation))[0]
 
 
 async def tx_release_many(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     requests: Sequence[ReleaseRequest],
     wid: str,
     incarnation: str,
@@ -357,7 +347,7 @@ async def tx_release_many(
     order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
     parts = [requests[i].partition for i in order]
     ids = [requests[i].job_id for i in order]
-    ckeys = keys_below(layout.claims_range(role)[0], parts, ids)
+    ckeys = keys_below(space.claims_range()[0], parts, ids)
     raws = await read_keys(tr, ckeys, parts, keys_per_partition)
     released = [False] * n
     notified: set[str] = set()
@@ -380,25 +370,25 @@ async def tx_release_many(
         if req.notify is not None:
             if req.handoff:
                 tr.set(
-                    layout.handoff_key(role, req.notify, req.partition),
+                    space.handoff_key(req.notify, req.partition),
                     encode({"from": wid, "incarnation": incarnation}),
                 )
             notified.add(req.notify)
     for owner in sorted(notified):
-        tr.set_versionstamped_value(layout.inbox_key(role, owner), epoch_value())
+        tr.set_versionstamped_value(space.inbox_key(owner), epoch_value())
     return released
 
 
 async def tx_take_handoffs(
-    tr: Transaction, layout: Layout, role: str, wid: str
+    tr: Transaction, space: RoleSpace, wid: str
 ) -> dict[int, tuple[str, str]]:
     """Read and clear the partitions handed to ``wid``: partition -> (from, incarnation)."""
-    begin, end = layout.handoffs_range(role, wid)
+    begin, end = space.handoffs_range(wid)
     out: dict[int, tuple[str, str]] = {}
     for kv in await tr.get_range(begin, end, limit=MAX_HANDOFFS):
         try:
             obj = decode(kv.key, kv.value)
-            partition = int(layout.unpack_below(begin, kv.key)[0])
+            partition = int(space.unpack_below(begin, kv.key)[0])
             out[partition] = (str(obj["from"]), str(obj["incarnation"]))
         except (CorruptDataError, KeyError, ValueError, IndexError):
             get_logger("fdbworkers").error("corrupt_handoff", key=kv.key.hex())

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core.keys import Layout
+from .._core.keys import Layout, RoleSpace
 from .._core.records import (
     VERSIONS_PER_SECOND,
     decode,
@@ -24,11 +24,13 @@ from .scan import PAGE
 DEFAULT_EVENT_RETENTION = 7 * 24 * 3600.0
 
 
-def write_event(tr: Transaction, layout: Layout, kind: str, role: str, **data: Any) -> None:
-    """Append to the audit log (a versionstamped key: ordered, never conflicting)."""
+def write_event(tr: Transaction, space: RoleSpace, kind: str, **data: Any) -> None:
+    """Append an event of ``space``'s role to the audit log (a versionstamped key:
+    ordered, never conflicting; the log itself is root-level)."""
+    layout = space.layout
     tr.set_versionstamped_key(
         layout.event_key_template(),
-        encode({"type": kind, "role": role, "wall_time": time.time(), **data}),
+        encode({"type": kind, "role": space.role, "wall_time": time.time(), **data}),
     )
     # A blind atomic write (no read conflict): event writers never conflict on it.
     tr.set_versionstamped_value(layout.events_head_key, epoch_value())
@@ -44,10 +46,10 @@ async def trim_events(tr: Transaction, layout: Layout, retention: float) -> None
 
 
 async def tx_event(
-    tr: Transaction, /, layout: Layout, kind: str, role: str, retention: float, **data: Any
+    tr: Transaction, /, space: RoleSpace, kind: str, retention: float, **data: Any
 ) -> None:
-    write_event(tr, layout, kind, role, **data)
-    await trim_events(tr, layout, retention)
+    write_event(tr, space, kind, **data)
+    await trim_events(tr, space.layout, retention)
 
 
 @dataclass(frozen=True)

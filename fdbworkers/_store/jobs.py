@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.assign import DEFAULT_PARTITIONS, job_partition
-from .._core.keys import Layout, validate_name
+from .._core.keys import RoleSpace, validate_name
 from .._core.records import (
     VERSIONS_PER_SECOND,
     Claim,
@@ -68,21 +68,21 @@ class JobRecord:
 
 
 def _log_job_change(
-    tr: Transaction, layout: Layout, role: str, partition: int, job_id: str, op: str
+    tr: Transaction, space: RoleSpace, partition: int, job_id: str, op: str
 ) -> None:
     tr.set_versionstamped_key(
-        layout.jobchange_key_template(role, job_id),
+        space.jobchange_key_template(job_id),
         encode({"partition": partition, "job": job_id, "op": op}),
     )
-    tr.set_versionstamped_value(layout.jobs_epoch_key(role), epoch_value())
+    tr.set_versionstamped_value(space.jobs_epoch_key, epoch_value())
 
 
-async def trim_job_changes(tr: Transaction, layout: Layout, role: str) -> None:
+async def trim_job_changes(tr: Transaction, space: RoleSpace) -> None:
     rv = await tr.get_read_version()
     cut = rv - int(JOBCHANGE_RETENTION * VERSIONS_PER_SECOND)
     if cut > 0:
-        begin, _ = layout.jobchange_range(role)
-        tr.clear_range(begin, layout.jobchange_before_version(role, cut))
+        begin, _ = space.jobchange_range()
+        tr.clear_range(begin, space.jobchange_before_version(cut))
 
 
 def check_job(
@@ -111,8 +111,7 @@ def check_job(
 
 async def tx_add_job(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     job_id: str,
     spec: Any = None,
     weight: float = 1.0,
@@ -121,9 +120,9 @@ async def tx_add_job(
     """Add (or update) a job. Returns (record, changed). Idempotent: adding the same job
     with the same spec again changes nothing and wakes nobody."""
     check_job(job_id, spec, weight)
-    cfg = await tx_ensure_role(tr, layout, role, partitions)
+    cfg = await tx_ensure_role(tr, space, partitions)
     p = job_partition(job_id, cfg.partitions)
-    key = layout.job_key(role, p, job_id)
+    key = space.job_key(p, job_id)
     old = await tr.get(key)
     if old is not None:
         prev = JobRecord.decode(job_id, p, key, old)
@@ -132,29 +131,29 @@ async def tx_add_job(
     rec = JobRecord(job_id, p, spec, float(weight), time.time())
     tr.set(key, rec.encode())
     if old is None:
-        tr.add(layout.job_count_key(role), _ONE)
-        tx_count_job(tr, layout, role, p, 1)
-    _log_job_change(tr, layout, role, p, job_id, "add" if old is None else "update")
-    await trim_job_changes(tr, layout, role)
+        tr.add(space.job_count_key, _ONE)
+        tx_count_job(tr, space, p, 1)
+    _log_job_change(tr, space, p, job_id, "add" if old is None else "update")
+    await trim_job_changes(tr, space)
     return rec, True
 
 
-async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str) -> bool:
+async def tx_remove_job(tr: Transaction, space: RoleSpace, job_id: str) -> bool:
     """Remove a job; its owner stops it. False if there was no such job."""
     validate_name("job id", job_id)
-    cfg = await tx_role_config(tr, layout, role)
+    cfg = await tx_role_config(tr, space)
     if cfg is None:
         return False
     p = job_partition(job_id, cfg.partitions)
-    key = layout.job_key(role, p, job_id)
+    key = space.job_key(p, job_id)
     if await tr.get(key) is None:
         return False
     tr.clear(key)
-    tr.clear(layout.jobhealth_key(role, job_id))
-    tr.add(layout.job_count_key(role), _MINUS_ONE)
-    tx_count_job(tr, layout, role, p, -1)
-    _log_job_change(tr, layout, role, p, job_id, "remove")
-    await trim_job_changes(tr, layout, role)
+    tr.clear(space.jobhealth_key(job_id))
+    tr.add(space.job_count_key, _MINUS_ONE)
+    tx_count_job(tr, space, p, -1)
+    _log_job_change(tr, space, p, job_id, "remove")
+    await trim_job_changes(tr, space)
     return True
 
 
@@ -163,8 +162,7 @@ async def tx_remove_job(tr: Transaction, layout: Layout, role: str, job_id: str)
 
 async def tx_write_job_health(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     job_id: str,
     health: JobHealth,
     event: str | None = None,
@@ -172,13 +170,12 @@ async def tx_write_job_health(
 ) -> None:
     """Record that ``job_id`` fails on its owner (a blind write: idempotent), with an
     audit event (``job_failing``, ``job_parked``) when ``event`` is given."""
-    tr.set(layout.jobhealth_key(role, job_id), health.encode())
+    tr.set(space.jobhealth_key(job_id), health.encode())
     if event is not None:
         await tx_event(
             tr,
-            layout,
+            space,
             event,
-            role,
             event_retention,
             worker=health.wid,
             incarnation=health.incarnation,
@@ -190,8 +187,7 @@ async def tx_write_job_health(
 
 async def tx_clear_job_health(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     job_id: str,
     wid: str,
     incarnation: str,
@@ -201,7 +197,7 @@ async def tx_clear_job_health(
 ) -> bool:
     """Clear the job's health record if it is still the one this owner wrote (the job
     may have another owner by now, with a record of its own). True if cleared."""
-    key = layout.jobhealth_key(role, job_id)
+    key = space.jobhealth_key(job_id)
     raw = await tr.get(key)
     if raw is None:
         return False
@@ -216,9 +212,8 @@ async def tx_clear_job_health(
     if event is not None:
         await tx_event(
             tr,
-            layout,
+            space,
             event,
-            role,
             event_retention,
             worker=wid,
             incarnation=incarnation,
@@ -227,25 +222,24 @@ async def tx_clear_job_health(
     return True
 
 
-async def tx_role_config(tr: Transaction, layout: Layout, role: str) -> RoleConfig | None:
-    raw = await tr.get(layout.role_key(role))
-    return None if raw is None else RoleConfig.decode(layout.role_key(role), raw)
+async def tx_role_config(tr: Transaction, space: RoleSpace) -> RoleConfig | None:
+    raw = await tr.get(space.config_key)
+    return None if raw is None else RoleConfig.decode(space.config_key, raw)
 
 
-async def tx_get_job(tr: Transaction, layout: Layout, role: str, job_id: str) -> JobRecord | None:
-    cfg = await tx_role_config(tr, layout, role)
+async def tx_get_job(tr: Transaction, space: RoleSpace, job_id: str) -> JobRecord | None:
+    cfg = await tx_role_config(tr, space)
     if cfg is None:
         return None
     p = job_partition(job_id, cfg.partitions)
-    key = layout.job_key(role, p, job_id)
+    key = space.job_key(p, job_id)
     raw = await tr.get(key)
     return None if raw is None else JobRecord.decode(job_id, p, key, raw)
 
 
 async def tx_read_partitions(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     partitions: Iterable[int],
     *,
     snapshot: bool = False,
@@ -265,11 +259,11 @@ async def tx_read_partitions(
         return jobs, claims
     log = get_logger("fdbworkers")
     # Keys are decoded below these (the root and role are the same for every key).
-    jobs_begin, claims_begin = layout.jobs_range(role)[0], layout.claims_range(role)[0]
+    jobs_begin, claims_begin = space.jobs_range()[0], space.claims_range()[0]
 
     def take_job(key: bytes, value: bytes, wanted: set[int] | None) -> None:
         try:
-            t = layout.unpack_below(jobs_begin, key)
+            t = space.unpack_below(jobs_begin, key)
             p, jid = int(t[-2]), str(t[-1])
             if wanted is None or p in wanted:
                 jobs[jid] = JobRecord.decode(jid, p, key, value)
@@ -278,50 +272,50 @@ async def tx_read_partitions(
 
     def take_claim(key: bytes, value: bytes, wanted: set[int] | None) -> None:
         try:
-            t = layout.unpack_below(claims_begin, key)
+            t = space.unpack_below(claims_begin, key)
             if wanted is None or int(t[-2]) in wanted:
                 claims[str(t[-1])] = Claim.decode(key, value)
         except (CorruptDataError, ValueError, IndexError) as e:
             log.error("corrupt_claim", key=key.hex(), error=str(e))
 
-    if await _few_jobs(reader, layout, role, len(parts)):
+    if await _few_jobs(reader, space, len(parts)):
         wanted = set(parts)
-        for kv in await reader.get_range(*layout.jobs_range(role)):
+        for kv in await reader.get_range(*space.jobs_range()):
             take_job(kv.key, kv.value, wanted)
-        for kv in await reader.get_range(*layout.claims_range(role)):
+        for kv in await reader.get_range(*space.claims_range()):
             take_claim(kv.key, kv.value, wanted)
         return jobs, claims
 
     async def one(lo: int, hi: int) -> None:
         p = parts[lo]
-        for kv in await reader.get_range(*layout.partition_range(role, p)):
+        for kv in await reader.get_range(*space.partition_range(p)):
             take_job(kv.key, kv.value, None)
-        for kv in await reader.get_range(*layout.claims_range(role, p)):
+        for kv in await reader.get_range(*space.claims_range(p)):
             take_claim(kv.key, kv.value, None)
 
     await gather(one, [(i, i + 1) for i in range(len(parts))])
     return jobs, claims
 
 
-async def _few_jobs(reader: ReadTransaction, layout: Layout, role: str, parts: int) -> bool:
+async def _few_jobs(reader: ReadTransaction, space: RoleSpace, parts: int) -> bool:
     """True if the role's atomic job counter says at most two jobs per wanted partition
     (of ``parts``): then one scan of the role costs fewer requests than two per partition."""
-    raw_count = await reader.get(layout.job_count_key(role))
+    raw_count = await reader.get(space.job_count_key)
     count = int.from_bytes(raw_count, "little", signed=True) if raw_count else None
     return count is not None and count <= 2 * parts
 
 
 async def tx_list_jobs(
-    tr: Transaction, layout: Layout, role: str, *, limit: int = 0
+    tr: Transaction, space: RoleSpace, *, limit: int = 0
 ) -> tuple[list[JobRecord], dict[str, Claim]]:
     """Every job of the role with its claim (for operators: reads the whole table)."""
     out: list[JobRecord] = []
-    jb, je = layout.jobs_range(role)
+    jb, je = space.jobs_range()
     for kv in await tr.snapshot.get_range(jb, je, limit=limit):
-        t = layout.unpack(kv.key)
+        t = space.unpack(kv.key)
         out.append(JobRecord.decode(str(t[-1]), int(t[-2]), kv.key, kv.value))
     claims: dict[str, Claim] = {}
-    cb, ce = layout.claims_range(role)
+    cb, ce = space.claims_range()
     for kv in await tr.snapshot.get_range(cb, ce):
-        claims[str(layout.unpack(kv.key)[-1])] = Claim.decode(kv.key, kv.value)
+        claims[str(space.unpack(kv.key)[-1])] = Claim.decode(kv.key, kv.value)
     return out, claims

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
 from .._core.records import decode, encode
 from .._db import Database, ReadTransaction, Transaction, run_transaction
@@ -45,72 +45,73 @@ def _int64(n: int) -> bytes:
 _ZERO = _int64(0)
 
 
-def tx_count_job(tr: Transaction, layout: Layout, role: str, partition: int, delta: int) -> None:
+def tx_count_job(tr: Transaction, space: RoleSpace, partition: int, delta: int) -> None:
     """Count a job added (+1) to or removed (-1) from ``partition``. Blind atomic ops:
     no conflict with concurrent adds; the count is cleared when it reaches zero."""
-    key = layout.part_count_key(role, partition)
+    key = space.part_count_key(partition)
     tr.add(key, _int64(delta))
     if delta < 0:
         tr.compare_and_clear(key, _ZERO)
 
 
-async def tx_read_plan_seq(tr: Transaction, layout: Layout, role: str) -> int | None:
+async def tx_read_plan_seq(tr: Transaction, space: RoleSpace) -> int | None:
     """The stored plan's sequence number (None: no plan yet). One key."""
-    raw = await tr.get(layout.plan_key(role))
+    raw = await tr.get(space.plan_key)
     if raw is None:
         return None
     try:
-        return _header(layout, role, raw)[0]
+        return _header(space, raw)[0]
     except CorruptDataError:
         return -1  # matches no plan read: the next planner overwrites it
 
 
-def _header(layout: Layout, role: str, raw: bytes) -> PlanHeader:
-    obj = decode(layout.plan_key(role), raw)
+def _header(space: RoleSpace, raw: bytes) -> PlanHeader:
+    obj = decode(space.plan_key, raw)
     try:
         return int(obj["seq"]), int(obj["chunks"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CorruptDataError(f"the plan header of role {role!r} is malformed: {e}") from e
+        raise CorruptDataError(f"the plan header of role {space.role!r} is malformed: {e}") from e
 
 
-async def tx_read_plan(tr: Transaction, layout: Layout, role: str) -> Plan | None:
+async def tx_read_plan(tr: Transaction, space: RoleSpace) -> Plan | None:
     """The stored plan, or None when there is none (or it is corrupt: logged, and the
     next plan written replaces it). A plan of a newer format raises LayoutError."""
-    raw = await tr.get(layout.plan_key(role))
+    raw = await tr.get(space.plan_key)
     if raw is None:
         return None
     try:
-        seq, n = _header(layout, role, raw)
-        chunks = await tr.get_range(*layout.plan_chunks_range(role))
+        seq, n = _header(space, raw)
+        chunks = await tr.get_range(*space.plan_chunks_range())
         data = b"".join(kv.value for kv in chunks[:n])
         if len(chunks) < n:
-            raise CorruptDataError(f"the plan of role {role!r} has {len(chunks)} of {n} chunks")
-        plan = decode_plan(data, f"the plan of role {role!r}")
+            raise CorruptDataError(
+                f"the plan of role {space.role!r} has {len(chunks)} of {n} chunks"
+            )
+        plan = decode_plan(data, f"the plan of role {space.role!r}")
         if plan.seq != seq:
-            raise CorruptDataError(f"the plan of role {role!r} is torn: {plan.seq} != {seq}")
+            raise CorruptDataError(f"the plan of role {space.role!r} is torn: {plan.seq} != {seq}")
         return plan
     except CorruptDataError as e:
-        _log.error("plan_corrupt", role=role, error=str(e))
+        _log.error("plan_corrupt", role=space.role, error=str(e))
         return None
 
 
-async def tx_read_counts(tr: ReadTransaction, layout: Layout, role: str) -> dict[int, int] | None:
+async def tx_read_counts(tr: ReadTransaction, space: RoleSpace) -> dict[int, int] | None:
     """Partition -> jobs (non-empty partitions only), or None if the role was created
     before the counts existed and has not been recounted yet (:func:`recount`)."""
-    if await tr.get(layout.counted_key(role)) is None:
+    if await tr.get(space.counted_key) is None:
         return None
     out: dict[int, int] = {}
-    for kv in await tr.get_range(*layout.part_counts_range(role)):
+    for kv in await tr.get_range(*space.part_counts_range()):
         n = int.from_bytes(kv.value, "little", signed=True)
         if n > 0:
-            out[layout.part_counts_partition(role, kv.key)] = n
+            out[space.part_counts_partition(kv.key)] = n
     return out
 
 
 async def tx_replan(
     tr: Transaction,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     seen_seq: int | None,
     members: Mapping[str, float],
     epoch: bytes,
@@ -127,17 +128,17 @@ async def tx_replan(
     A stored plan made for a newer view is kept (a worker whose view lags never undoes
     a newer plan), and so is one for the same members unless ``force`` (the job counts
     drifted, or a leaver plans without itself)."""
-    current = await tx_read_plan(tr, layout, role)
-    cur_seq = await tx_read_plan_seq(tr, layout, role)
+    current = await tx_read_plan(tr, space)
+    cur_seq = await tx_read_plan_seq(tr, space)
     if cur_seq != seen_seq and current is not None:
         return current, False
     if current is not None and (
         current.epoch > epoch or (not force and current.same_members(members))
     ):
         return current, False
-    counts = await tx_read_counts(tr.snapshot, layout, role)
+    counts = await tx_read_counts(tr.snapshot, space)
     if counts is None:
-        raise NotCounted(role)
+        raise NotCounted(space.role)
     prev = current
     if prev is not None and prev.partitions != partitions:
         prev = None
@@ -145,10 +146,10 @@ async def tx_replan(
     if cur_seq is not None and plan.seq <= cur_seq:
         plan = Plan(cur_seq + 1, plan.epoch, plan.members, partitions, plan.overrides, plan.jobs)
     data = plan_chunks(encode_plan(plan))
-    tr.clear_range(*layout.plan_chunks_range(role))
+    tr.clear_range(*space.plan_chunks_range())
     for i, chunk in enumerate(data):
-        tr.set(layout.plan_chunk_key(role, i), chunk)
-    tr.set(layout.plan_key(role), encode({"seq": plan.seq, "chunks": len(data)}))
+        tr.set(space.plan_chunk_key(i), chunk)
+    tr.set(space.plan_key, encode({"seq": plan.seq, "chunks": len(data)}))
     return plan, True
 
 
@@ -156,7 +157,7 @@ class NotCounted(Exception):
     """The role's jobs are not counted yet: :func:`recount` first."""
 
 
-async def recount(db: Database, layout: Layout, role: str, partitions: int) -> int:
+async def recount(db: Database, space: RoleSpace, partitions: int) -> int:
     """Count the jobs of a role created before the per-partition counts, a page of
     partitions per transaction, then mark it counted. Safe with concurrent adds and
     removes: each page reads its partitions' job keys (a conflict read) and sets their
@@ -168,15 +169,15 @@ async def recount(db: Database, layout: Layout, role: str, partitions: int) -> i
 
         async def page(tr: Transaction, start: int = start, end: int = end) -> int:
             counts: dict[int, int] = {}
-            begin = layout.partition_range(role, start)[0]
-            stop = layout.partition_range(role, end - 1)[1]
+            begin = space.partition_range(start)[0]
+            stop = space.partition_range(end - 1)[1]
             for kv in await tr.get_range(begin, stop):
-                p = layout.unpack(kv.key)[-2]
+                p = space.unpack(kv.key)[-2]
                 if isinstance(p, int):
                     counts[p] = counts.get(p, 0) + 1
-            tr.clear_range(layout.part_count_key(role, start), layout.part_count_key(role, end))
+            tr.clear_range(space.part_count_key(start), space.part_count_key(end))
             for p, n in counts.items():
-                tr.set(layout.part_count_key(role, p), _int64(n))
+                tr.set(space.part_count_key(p), _int64(n))
             return sum(counts.values())
 
         tr = db.create_transaction()
@@ -184,8 +185,8 @@ async def recount(db: Database, layout: Layout, role: str, partitions: int) -> i
         total += await run_transaction(db, tr, page)
 
     async def mark(tr: Transaction) -> None:
-        tr.set(layout.counted_key(role), b"")
+        tr.set(space.counted_key, b"")
 
     await run_transaction(db, db.create_transaction(), mark)
-    _log.info("jobs_recounted", role=role, jobs=total)
+    _log.info("jobs_recounted", role=space.role, jobs=total)
     return total

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS, plan_ranges, request_limit
 from .._db import KeyValue, Transaction
 from .._errors import CorruptDataError
@@ -61,17 +61,16 @@ async def tx_read_ranges(
     return out
 
 
-async def tx_share_start(tr: Transaction, layout: Layout, role: str) -> tuple[int, int]:
+async def tx_share_start(tr: Transaction, space: RoleSpace) -> tuple[int, int]:
     """(read version, the role's job counter): what a paged read starts from."""
-    raw = await tr.snapshot.get(layout.job_count_key(role))
+    raw = await tr.snapshot.get(space.job_count_key)
     count = int.from_bytes(raw, "little", signed=True) if raw else 0
     return await tr.get_read_version(), max(0, count)
 
 
 async def read_share(
     transact: Transact,
-    layout: Layout,
-    role: str,
+    space: RoleSpace,
     partitions: Iterable[int],
     partition_count: int,
     *,
@@ -93,18 +92,16 @@ async def read_share(
     ``partitions`` that a merged range returns are dropped."""
     wanted = set(partitions)
     out = ShareRead()
-    out.version, out.job_count = await transact(tx_share_start, layout, role)
+    out.version, out.job_count = await transact(tx_share_start, space)
     out.transactions = 1
     out.keys_per_partition = out.job_count / max(1, partition_count)
     if not wanted:
         return out
     log = get_logger("fdbworkers")
-    jobs_begin = layout.jobs_range(role)[0]
+    jobs_begin = space.jobs_range()[0]
     queue: deque[tuple[bytes, bytes]] = deque()
     for first, last in plan_ranges(wanted, out.keys_per_partition):
-        queue.append(
-            (layout.partition_range(role, first)[0], layout.partition_range(role, last)[1])
-        )
+        queue.append((space.partition_range(first)[0], space.partition_range(last)[1]))
     while queue:
         batch = [queue.popleft() for _ in range(min(page_requests, len(queue)))]
         limit = request_limit(len(batch), page_keys)
@@ -113,7 +110,7 @@ async def read_share(
         out.requests += len(batch)
         for (_, end), kvs in zip(batch, results, strict=True):
             out.keys += len(kvs)
-            await _take_jobs(out, layout, jobs_begin, wanted, kvs, log)
+            await _take_jobs(out, space, jobs_begin, wanted, kvs, log)
             if len(kvs) >= limit:
                 # Maybe more: the rest of this range goes first in the next page.
                 queue.appendleft((kvs[-1].key + b"\x00", end))
@@ -123,7 +120,7 @@ async def read_share(
 
 async def _take_jobs(
     out: ShareRead,
-    layout: Layout,
+    space: RoleSpace,
     jobs_begin: bytes,
     wanted: set[int],
     kvs: Sequence[KeyValue],
@@ -136,7 +133,7 @@ async def _take_jobs(
         if i % 1000 == 999:
             await checkpoint()  # short steps: heartbeats go on
         try:
-            t = layout.unpack_below(jobs_begin, kv.key)
+            t = space.unpack_below(jobs_begin, kv.key)
             p, jid = int(t[0]), str(t[1])
             if p in wanted:
                 jobs[jid] = JobRecord.decode(jid, p, kv.key, kv.value)

@@ -18,7 +18,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import trio
 
-from .._core.keys import Layout
+from .._core.keys import Layout, RoleSpace
 from .._db import Database
 from .._errors import (
     BackendUnavailableError,
@@ -82,6 +82,10 @@ class Settings:
             return Layout.for_root(self.root)
         except ConfigError as e:
             raise click.BadParameter(str(e), param_hint="'--root'") from e
+
+    def space(self, role: str) -> RoleSpace:
+        """The keys of ``role`` under the root (``--root``)."""
+        return self.layout.role(role)
 
     def address(self) -> str:
         if self.cluster is None:

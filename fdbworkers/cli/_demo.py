@@ -41,7 +41,7 @@ from typing import Any, Final
 
 import trio
 
-from .._core.keys import Layout
+from .._core.keys import Layout, RoleSpace
 from .._core.liveness import default_check_interval
 from .._db import Database, Transaction
 from .._errors import FDBError
@@ -282,27 +282,27 @@ class Demo:
     # One job per transaction: the job change log keys its entries by the commit's
     # versionstamp, so several changes in one transaction would share one entry.
 
-    async def add_jobs(self, db: Database, layout: Layout, ids: list[str]) -> None:
+    async def add_jobs(self, db: Database, space: RoleSpace, ids: list[str]) -> None:
         async def one(jid: str) -> None:
             spec = {"n": int(jid.split("-")[1])}
-            await db.transact(tx_add_job, layout, ROLE, jid, spec, 1.0, DEMO_PARTITIONS)
+            await db.transact(tx_add_job, space, jid, spec, 1.0, DEMO_PARTITIONS)
 
         await _bounded_each(one, ids)
 
-    async def remove_jobs(self, db: Database, layout: Layout, ids: list[str]) -> None:
+    async def remove_jobs(self, db: Database, space: RoleSpace, ids: list[str]) -> None:
         async def one(jid: str) -> None:
-            await db.transact(tx_remove_job, layout, ROLE, jid)
+            await db.transact(tx_remove_job, space, jid)
 
         await _bounded_each(one, ids)
 
-    async def timeline_run(self, db: Database, layout: Layout, nursery: trio.Nursery) -> None:
+    async def timeline_run(self, db: Database, space: RoleSpace, nursery: trio.Nursery) -> None:
         """The steps at their share of the duration, each waited out until the role is at
         rest: start, a crash, a join, a drain, more jobs, fewer jobs."""
         o = self.o
         rest_limit = max(15.0, o.worker_timeout * 4 + o.settle * 3)
         job_ids = [f"job-{i:03d}" for i in range(1, o.jobs + 1)]
         jobs_now = set(job_ids)
-        await self.add_jobs(db, layout, job_ids)
+        await self.add_jobs(db, space, job_ids)
         self.note(f"added {len(job_ids)} jobs")
         for _ in range(o.workers):
             await self.spawn_worker(nursery)
@@ -321,12 +321,12 @@ class Demo:
 
         # 3. a drain
         await self.until(0.5)
-        await self._drain_one(db, layout, new, jobs_now, rest_limit)
+        await self._drain_one(db, space, new, jobs_now, rest_limit)
 
         # 4. more jobs
         await self.until(0.65)
         extra = [f"job-{i:03d}" for i in range(o.jobs + 1, o.jobs + 1 + max(1, o.jobs // 4))]
-        await self.add_jobs(db, layout, extra)
+        await self.add_jobs(db, space, extra)
         jobs_now |= set(extra)
         self.note(f"added {len(extra)} jobs")
         await self.wait_rest(
@@ -336,7 +336,7 @@ class Demo:
         # 5. fewer jobs
         await self.until(0.8)
         gone = self.rng.sample(job_ids, max(1, o.jobs // 4))
-        await self.remove_jobs(db, layout, gone)
+        await self.remove_jobs(db, space, gone)
         jobs_now -= set(gone)
         self.note(f"removed {len(gone)} jobs")
         await self.wait_rest(
@@ -370,14 +370,14 @@ class Demo:
         )
 
     async def _drain_one(
-        self, db: Database, layout: Layout, new: str, jobs_now: set[str], rest_limit: float
+        self, db: Database, space: RoleSpace, new: str, jobs_now: set[str], rest_limit: float
     ) -> None:
         """3. Drain the first live worker other than the newcomer; it must leave, then exit
         with code 0."""
         from .._store.members import tx_request_drain
 
         drained = sorted(w for w in self.live_workers() if w != new)[0]
-        await db.transact(tx_request_drain, layout, ROLE, drained, "demo")
+        await db.transact(tx_request_drain, space, drained, "demo")
         self.procs[drained].drained = True
         self.note(f"drain requested for {drained}")
         await self.wait_rest(
@@ -479,13 +479,13 @@ class Demo:
 
                 db = open_database(self.address)
                 db.default_timeout = o.op_timeout
-                layout = Layout.for_root(self.root)
+                space = Layout.for_root(self.root).role(ROLE)
                 self.live = LiveRole(
-                    db, layout, ROLE, cluster=self.address, events=6, on_event=self.on_event
+                    db, space, cluster=self.address, events=6, on_event=self.on_event
                 )
                 from .._store.members import tx_ensure_role
 
-                await db.transact(tx_ensure_role, layout, ROLE, DEMO_PARTITIONS)
+                await db.transact(tx_ensure_role, space, DEMO_PARTITIONS)
                 self.live.started_at = self.t0
                 await nursery.start(self.live.run)
                 nursery.start_soon(self._render_loop)
@@ -495,12 +495,12 @@ class Demo:
 
                     with Live(console=Console(), auto_refresh=False, transient=False) as view:
                         self._live_view = view
-                        await self.timeline_run(db, layout, nursery)
+                        await self.timeline_run(db, space, nursery)
                         view.update(render_view(self.frame()), refresh=True)
                         self._live_view = None  # the last frame stays: the role at rest
                     await self.stop_all()
                 else:
-                    await self.timeline_run(db, layout, nursery)
+                    await self.timeline_run(db, space, nursery)
                     self.out(render_plain(self.frame()))  # the role at rest, before stopping
                     await self.stop_all()
                 nursery.cancel_scope.cancel()

@@ -44,14 +44,14 @@ WATCHES_PER_WORKER = 4
 
 
 async def role_status(db: Database, s: Settings, role: str, observe: float | None) -> RoleStatus:
-    snap = await read_role_snapshot(db, s.layout, role)
+    snap = await read_role_snapshot(db, s.space(role))
     cap = observe
     if cap is None:
         cap = max([m.timeout for m in snap.members.values()] + [0.0]) + 0.5
     start_obs: dict[str, Observation] = {}
     if snap.members and cap > 0:
         start_obs = await observe_health(
-            db, s.layout, role, snap.members, cap=cap, resolve_after=1.0
+            db, s.space(role), snap.members, cap=cap, resolve_after=1.0
         )
     jobs = job_views(snap)
     return evaluate_role(snap, member_views(snap, start_obs, jobs), jobs)

@@ -29,7 +29,7 @@ from .._core.insight_plan import (
     Plan,
     plan_change,
 )
-from .._core.keys import Layout, validate_name
+from .._core.keys import RoleSpace, validate_name
 from .._core.plan import Plan as StoredPlan
 from .._core.records import Claim, MemberRecord, RoleConfig
 from .._db import Database, Transaction
@@ -75,49 +75,49 @@ class History:
     plan: StoredPlan | None = None
 
 
-async def read_history(db: Database, layout: Layout, role: str, job_id: str) -> History:
+async def read_history(db: Database, space: RoleSpace, job_id: str) -> History:
     """Every retained event of ``role``, then (in one transaction, so the membership is
     the state after the last event read) the live membership, the job and its claim, and
     any event committed meanwhile."""
-    config = await require_role(db, layout, role)
-    found, _ = await read_events_after(db, layout, None)
+    config = await require_role(db, space)
+    found, _ = await read_events_after(db, space.layout, None)
     events = list(found)
     p = job_partition(job_id, config.partitions)
 
     async def tail(
         tr: Transaction, after: bytes | None
     ) -> tuple[list[EventInfo], dict[str, MemberRecord], bytes | None, bytes | None]:
-        begin, end = layout.events_range()
+        begin, end = space.layout.events_range()
         if after is not None:
             begin = after + b"\x00"
         kvs = await tr.snapshot.get_range(begin, end)
-        new = [parse_event(layout, kv.key, kv.value) for kv in kvs]
+        new = [parse_event(space.layout, kv.key, kv.value) for kv in kvs]
         members: dict[str, MemberRecord] = {}
-        mb, me = layout.members_range(role)
+        mb, me = space.members_range()
         for kv in await tr.snapshot.get_range(mb, me):
-            wid = str(layout.unpack(kv.key)[-1])
+            wid = str(space.unpack(kv.key)[-1])
             try:
                 members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
             except CorruptDataError as e:
                 raise CliError(f"the member record of {wid!r} is corrupt: {e}") from e
-        job = await tr.snapshot.get(layout.job_key(role, p, job_id))
-        claim = await tr.snapshot.get(layout.claim_key(role, p, job_id))
+        job = await tr.snapshot.get(space.job_key(p, job_id))
+        claim = await tr.snapshot.get(space.claim_key(p, job_id))
         return new, members, job, claim
 
     new, members, job_raw, claim_raw = await db.transact(tail, events[-1].key if events else None)
     events.extend(new)
     claim = None
     if claim_raw is not None:
-        c = Claim.decode(layout.claim_key(role, p, job_id), claim_raw)
+        c = Claim.decode(space.claim_key(p, job_id), claim_raw)
         claim = ClaimInfo(c.wid, c.incarnation, c.token)
     return History(
         config,
-        [recorded(e) for e in events if e.role == role],
+        [recorded(e) for e in events if e.role == space.role],
         recorded(events[0]) if events else None,
         member_states(members),
         claim,
         p if job_raw is not None else None,
-        await read_plan(db, layout, role),
+        await read_plan(db, space),
     )
 
 
@@ -214,8 +214,8 @@ def explain(ctx: click.Context, role: str, job_id: str, limit: int, as_json: boo
       fdbworkers explain replicator db1-to-db2 --json | jq '.owners[] | {owner, reason}'
     """
     s = settings(ctx)
-    layout = s.layout
-    h = run(s, lambda db: read_history(db, layout, role, job_id))
+    space = s.space(role)
+    h = run(s, lambda db: read_history(db, space, job_id))
     replay = limit_replay(replay_membership(h.events, h.members), limit)
     try:
         x = explain_job(
@@ -386,7 +386,7 @@ def plan(
         raise click.UsageError(
             "nothing to plan: give --add, --add-id, --remove, --drain or --weight"
         )
-    snap = run(s, lambda db: read_role_snapshot(db, s.layout, role))
+    snap = run(s, lambda db: read_role_snapshot(db, s.space(role)))
     members = member_states(snap.members)
     jobs = {j: r.partition for j, r in snap.jobs.items()}
     claims = {j: c.wid for j, c in snap.claims.items()}

@@ -128,12 +128,12 @@ def roles(ctx: click.Context, as_json: bool) -> None:
 async def observed_role(
     db: Database, s: Settings, role: str, *, observe: float, resolve_after: float
 ) -> tuple[RoleSnapshot, list[MemberView], list[JobView], float]:
-    snap = await read_role_snapshot(db, s.layout, role)
+    snap = await read_role_snapshot(db, s.space(role))
     start = trio.current_time()
     obs: dict[str, Observation] = {}
     if snap.members and observe > 0:
         obs = await observe_health(
-            db, s.layout, role, snap.members, cap=observe, resolve_after=resolve_after
+            db, s.space(role), snap.members, cap=observe, resolve_after=resolve_after
         )
     jobs = job_views(snap)
     return snap, member_views(snap, obs, jobs), jobs, trio.current_time() - start
@@ -263,7 +263,7 @@ def jobs(
       fdbworkers jobs replicator --state moving --state unclaimed --json
     """
     s = settings(ctx)
-    snap = run(s, lambda db: read_role_snapshot(db, s.layout, role))
+    snap = run(s, lambda db: read_role_snapshot(db, s.space(role)))
     views = [
         j
         for j in job_views(snap)
@@ -317,7 +317,7 @@ def health_text(j: JobView, error_width: int | None = 60) -> str:
 
 
 def show_job(s: Settings, role: str, job_id: str, as_json: bool) -> None:
-    snap = run(s, lambda db: read_role_snapshot(db, s.layout, role))
+    snap = run(s, lambda db: read_role_snapshot(db, s.space(role)))
     views = {j.id: j for j in job_views(snap)}
     j = views.get(job_id)
     if j is None:
@@ -495,8 +495,8 @@ def watch(ctx: click.Context, role: str, once: bool, n_events: int) -> None:
     from ._view import LiveRole
 
     async def main(db: Database) -> None:
-        await guarded(s, read_role_snapshot(db, s.layout, role))  # the role must exist
-        live = LiveRole(db, s.layout, role, cluster=str(s.cluster), events=n_events)
+        await guarded(s, read_role_snapshot(db, s.space(role)))  # the role must exist
+        live = LiveRole(db, s.space(role), cluster=str(s.cluster), events=n_events)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(s.timeout * 3 + 2):
                 await nursery.start(live.run)

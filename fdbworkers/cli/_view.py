@@ -27,7 +27,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.plan import Plan
 from .._core.records import Claim, MemberRecord, RoleConfig
 from .._db import Database, Transaction, Watch
@@ -250,8 +250,7 @@ class LiveRole:
     def __init__(
         self,
         db: Database,
-        layout: Layout,
-        role: str,
+        space: RoleSpace,
         *,
         cluster: str = "",
         events: int = 8,
@@ -259,8 +258,7 @@ class LiveRole:
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.db = db
-        self.layout = layout
-        self.role = role
+        self.space = space
         self.cluster = cluster
         self.events_kept = events
         self.on_event = on_event
@@ -279,7 +277,7 @@ class LiveRole:
         self._fired_at: dict[str, float] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.log = get_logger("fdbworkers").bind(component="live_view", role=role)
+        self.log = get_logger("fdbworkers").bind(component="live_view", role=space.role)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -290,7 +288,7 @@ class LiveRole:
         s = self._s
         obs = {wid: replace(o, last_seen=now) for wid, o in self._obs.items()}
         snap = RoleSnapshot(
-            self.role,
+            self.space.role,
             s.config or RoleConfig(1),
             s.epoch,
             s.members,
@@ -303,7 +301,7 @@ class LiveRole:
         jobs = job_views(snap) if s.config is not None else []
         members = member_views(snap, obs, jobs)
         return ViewSnapshot(
-            self.role,
+            self.space.role,
             self.cluster,
             s.epoch,
             members,
@@ -320,7 +318,7 @@ class LiveRole:
         if s.config is None:
             return None
         return RoleSnapshot(
-            self.role, s.config, s.epoch, dict(s.members), list(s.corrupt_members),
+            self.space.role, s.config, s.epoch, dict(s.members), list(s.corrupt_members),
             dict(s.jobs), dict(s.claims), list(s.corrupt), plan=s.plan,
         )  # fmt: skip
 
@@ -379,43 +377,41 @@ class LiveRole:
             n.cancel_scope.deadline = trio.current_time() + RESYNC_INTERVAL
 
     async def _read_all(self) -> list[Watch]:
-        layout, role = self.layout, self.role
+        space = self.space
         watches: list[Watch] = []
         try:
 
             async def structure(
                 tr: Transaction,
             ) -> tuple[bytes | None, bytes, dict[str, MemberRecord], list[bytes], list[Watch]]:
-                raw_cfg = await tr.snapshot.get(layout.role_key(role))
-                epoch = await tr.snapshot.get(layout.epoch_key(role)) or b""
+                raw_cfg = await tr.snapshot.get(space.config_key)
+                epoch = await tr.snapshot.get(space.epoch_key) or b""
                 members: dict[str, MemberRecord] = {}
                 corrupt: list[bytes] = []
-                begin, end = layout.members_range(role)
+                begin, end = space.members_range()
                 for kv in await tr.snapshot.get_range(begin, end):
                     try:
-                        wid = str(layout.unpack(kv.key)[-1])
+                        wid = str(space.unpack(kv.key)[-1])
                         members[wid] = MemberRecord.decode(wid, kv.key, kv.value)
                     except FdbworkersError:
                         corrupt.append(kv.key)
                 ws = [
-                    tr.watch(layout.epoch_key(role)),
-                    tr.watch(layout.jobs_epoch_key(role)),
-                    tr.watch(layout.role_key(role)),
-                    tr.watch(layout.plan_key(role)),
+                    tr.watch(space.epoch_key),
+                    tr.watch(space.jobs_epoch_key),
+                    tr.watch(space.config_key),
+                    tr.watch(space.plan_key),
                 ]
                 return raw_cfg, epoch, members, corrupt, ws
 
             raw_cfg, epoch, members, corrupt, ws = await self.db.transact(structure)
             watches.extend(ws)
             s = self._s
-            s.config = (
-                None if raw_cfg is None else RoleConfig.decode(layout.role_key(role), raw_cfg)
-            )
+            s.config = None if raw_cfg is None else RoleConfig.decode(space.config_key, raw_cfg)
             s.epoch, s.members, s.corrupt_members = epoch, members, corrupt
             await self._read_events(watches)
-            jobs, claims, corrupt_jobs = await read_jobs_and_claims(self.db, layout, role)
+            jobs, claims, corrupt_jobs = await read_jobs_and_claims(self.db, space)
             s.jobs, s.claims, s.corrupt = jobs, claims, corrupt_jobs
-            s.plan = await read_plan(self.db, layout, role)
+            s.plan = await read_plan(self.db, space)
             self._sync_health_watchers()
             watches.extend(await self._motion_watches())
         except BaseException:
@@ -427,25 +423,27 @@ class LiveRole:
     async def _read_events(self, watches: list[Watch]) -> None:
         if self._last_event_key is None:
             self._events = await read_recent_events(
-                self.db, self.layout, limit=self.events_kept, role=self.role
+                self.db, self.space.layout, limit=self.events_kept, role=self.space.role
             )
             if self._events:
                 self._last_event_key = self._events[-1].key
             else:
                 # Start following from the newest event of any role.
                 async def newest(tr: Transaction) -> bytes | None:
-                    begin, end = self.layout.events_range()
+                    begin, end = self.space.layout.events_range()
                     kvs = await tr.snapshot.get_range(begin, end, limit=1, reverse=True)
                     return kvs[0].key if kvs else None
 
                 self._last_event_key = await self.db.transact(newest)
-        new, watch = await read_events_after(self.db, self.layout, self._last_event_key, arm=True)
+        new, watch = await read_events_after(
+            self.db, self.space.layout, self._last_event_key, arm=True
+        )
         if watch is not None:
             watches.append(watch)
         now = self.clock()
         for ev in new:
             self._last_event_key = ev.key
-            if ev.role != self.role:
+            if ev.role != self.space.role:
                 continue
             self._events.append(ev)
             if self.on_event is not None:
@@ -463,13 +461,13 @@ class LiveRole:
         moving = [j for j in job_views(snap) if j.state != "owned"][:MOTION_WATCH_CAP]
         if not moving:
             return []
-        layout, role = self.layout, self.role
+        space = self.space
 
         async def tx(tr: Transaction) -> tuple[bool, list[Watch]]:
             stale = False
             ws: list[Watch] = []
             for j in moving:
-                key = layout.claim_key(role, j.partition, j.id)
+                key = space.claim_key(j.partition, j.id)
                 raw = await tr.get(key)
                 token = raw[:10] if raw is not None else None
                 if token != j.token:
@@ -500,7 +498,7 @@ class LiveRole:
                 self._nursery.start_soon(self._health_loop, wid, rec.incarnation, scope)
 
     async def _health_loop(self, wid: str, incarnation: str, scope: trio.CancelScope) -> None:
-        key = self.layout.health_key(self.role, wid)
+        key = self.space.health_key(wid)
         with scope:
             while True:
 

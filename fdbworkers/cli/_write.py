@@ -11,7 +11,7 @@ from typing import IO, Any
 import click
 import trio
 
-from .._core.keys import Layout
+from .._core.keys import RoleSpace
 from .._core.records import MAX_SPEC_DEPTH, MAX_VALUE_BYTES, MemberRecord, check_spec
 from .._db import Database, Transaction
 from .._errors import ClusterUnreachableError, ConfigError, CorruptDataError
@@ -207,17 +207,16 @@ def job_add(
         return
     if job_id is None:
         raise click.UsageError("missing JOB (or --from-file FILE)")
+    space = s.space(role)
 
     async def main(db: Database) -> tuple[Any, bool, bool]:
         async def existed(tr: Transaction) -> bool:
             from .._store.jobs import tx_get_job
 
-            return await tx_get_job(tr, s.layout, role, job_id) is not None
+            return await tx_get_job(tr, space, job_id) is not None
 
         before = await db.transact(existed)
-        rec, changed = await db.transact(
-            tx_add_job, s.layout, role, job_id, spec, weight, partitions
-        )
+        rec, changed = await db.transact(tx_add_job, space, job_id, spec, weight, partitions)
         return rec, changed, before
 
     rec, changed, existed = run(s, main)
@@ -240,7 +239,7 @@ def job_remove(ctx: click.Context, role: str, job_id: str, missing_ok: bool) -> 
     from .._store.jobs import tx_remove_job
 
     s = settings(ctx)
-    removed = run(s, lambda db: db.transact(tx_remove_job, s.layout, role, job_id))
+    removed = run(s, lambda db: db.transact(tx_remove_job, s.space(role), job_id))
     if removed:
         echo(f"removed job {job_id!r} from role {role!r}")
     elif missing_ok:
@@ -300,24 +299,20 @@ def add_from_file(s: Settings, role: str, stream: IO[str], weight: float, partit
 # --- evict -----------------------------------------------------------------------------
 
 
-async def read_member(
-    db: Database, layout: Layout, role: str, wid: str
-) -> tuple[MemberRecord, HealthStamp]:
-    await require_role(db, layout, role)
+async def read_member(db: Database, space: RoleSpace, wid: str) -> tuple[MemberRecord, HealthStamp]:
+    await require_role(db, space)
 
     async def tx(tr: Transaction) -> tuple[bytes | None, bytes | None]:
-        return await tr.get(layout.member_key(role, wid)), await tr.get(
-            layout.health_key(role, wid)
-        )
+        return await tr.get(space.member_key(wid)), await tr.get(space.health_key(wid))
 
     raw, hraw = await db.transact(tx)
     if raw is None:
-        raise CliError(f"no member {wid!r} in role {role!r}")
+        raise CliError(f"no member {wid!r} in role {space.role!r}")
     try:
-        rec = MemberRecord.decode(wid, layout.member_key(role, wid), raw)
+        rec = MemberRecord.decode(wid, space.member_key(wid), raw)
     except CorruptDataError as e:
         raise CliError(f"the member record of {wid!r} is corrupt: {e}") from e
-    return rec, HealthStamp.parse(layout.health_key(role, wid), hraw)
+    return rec, HealthStamp.parse(space.health_key(wid), hraw)
 
 
 def confirm_or_refuse(question: str, yes: bool) -> None:
@@ -360,8 +355,8 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
       fdbworkers evict replicator host3-77aa --yes --force
     """
     s = settings(ctx)
-    layout = s.layout
-    rec, health = run(s, lambda db: read_member(db, layout, role, worker))
+    space = s.space(role)
+    rec, health = run(s, lambda db: read_member(db, space, worker))
     stamp = health.stamp
     silent = 0.0
     if not force:
@@ -376,7 +371,7 @@ def evict(ctx: click.Context, role: str, worker: str, yes: bool, force: bool) ->
     by = operator()
     reason = "forced by an operator" if force else "silent for its timeout, evicted by an operator"
 
-    if run(s, lambda db: evict_member(db, s, role, worker, rec, stamp, silent, by, reason, force)):
+    if run(s, lambda db: evict_member(db, space, worker, rec, stamp, silent, by, reason, force)):
         echo(f"evicted {worker} from role {role!r}")
     else:
         raise CliError(
@@ -396,7 +391,7 @@ def watch_silence(
 
     async def watch_it(db: Database) -> tuple[bytes | None, float, bool]:
         obs = await observe_health(
-            db, s.layout, role, {worker: rec}, cap=rec.timeout + 0.5, resolve_after=1.0
+            db, s.space(role), {worker: rec}, cap=rec.timeout + 0.5, resolve_after=1.0
         )
         o = obs[worker]
         return o.stamp, o.silent_for, o.changed
@@ -417,8 +412,7 @@ def watch_silence(
 
 async def evict_member(
     db: Database,
-    s: Settings,
-    role: str,
+    space: RoleSpace,
     worker: str,
     rec: MemberRecord,
     stamp: bytes | None,
@@ -432,12 +426,12 @@ async def evict_member(
     current = stamp
     for _ in range(3 if force else 1):
         done = await db.transact(
-            tx_evict, s.layout, role, worker, rec.incarnation, current, by, silent, reason,
+            tx_evict, space, worker, rec.incarnation, current, by, silent, reason,
             DEFAULT_EVENT_RETENTION, retire=not force,
         )  # fmt: skip
         if done or not force:
             return bool(done)
-        _, h = await read_member(db, s.layout, role, worker)  # a heartbeat raced us
+        _, h = await read_member(db, space, worker)  # a heartbeat raced us
         current = h.stamp
     return False
 
@@ -463,11 +457,11 @@ def drain(ctx: click.Context, role: str, worker: str, wait_s: float | None) -> N
       fdbworkers drain replicator host1-3f2a --wait 60
     """
     s = settings(ctx)
-    layout = s.layout
+    space = s.space(role)
 
     async def main(db: Database) -> str:
-        await require_role(db, layout, role)
-        return str(await db.transact(tx_request_drain, layout, role, worker, operator()))
+        await require_role(db, space)
+        return str(await db.transact(tx_request_drain, space, worker, operator()))
 
     outcome = run(s, main)
     if outcome == "missing":
@@ -485,7 +479,7 @@ def drain(ctx: click.Context, role: str, worker: str, wait_s: float | None) -> N
             while True:
 
                 async def tx(tr: Transaction) -> tuple[bool, Any]:
-                    key = layout.member_key(role, worker)
+                    key = space.member_key(worker)
                     present = await tr.get(key) is not None
                     return present, (tr.watch(key) if present else None)
 
