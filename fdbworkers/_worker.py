@@ -258,8 +258,7 @@ class Worker(WorkerBase):
                 if kind == "restarting":
                     await self.transact(
                         tx_park,
-                        self.layout,
-                        self.role,
+                        self.space,
                         self.id,
                         self.incarnation,
                         self.options.event_retention,
@@ -267,8 +266,7 @@ class Worker(WorkerBase):
                 else:
                     await self.transact(
                         tx_leave,
-                        self.layout,
-                        self.role,
+                        self.space,
                         self.id,
                         self.incarnation,
                         kind,

@@ -51,11 +51,12 @@ class WorkerBase:
         clocks: tuple[Callable[[], float], Callable[[], float]] | None = None,
     ) -> None:
         self.db = db
-        self.role = validate_name("role", role)
+        role = validate_name("role", role)
         self.id = validate_name("worker id", worker_id)
         self.options = options
-        self.layout = Layout.for_root(root)
-        self._members_scope = self.layout.members_range(self.role)[0]
+        #: Every key of this worker's role (the root's keys are on ``space.layout``).
+        self.space = Layout.for_root(root).role(role)
+        self._members_scope = self.space.members_range()[0]
         self._rng = rng or random.Random()
         self.incarnation = self._new_incarnation()
         self.state = WorkerState.STARTING
@@ -180,6 +181,16 @@ class WorkerBase:
             joined_at=time.time(),
             meta=meta,
         )
+
+    @property
+    def role(self) -> str:
+        """The role this worker is a member of."""
+        return self.space.role
+
+    @property
+    def layout(self) -> Layout:
+        """The keys of the root (``space.layout``)."""
+        return self.space.layout
 
     @property
     def unreachable_for(self) -> float:

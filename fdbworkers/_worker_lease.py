@@ -40,13 +40,12 @@ async def register(worker: WorkerBase) -> None:
     while True:
         try:
             worker.role_config = await worker.transact(
-                tx_ensure_role, worker.layout, worker.role, worker.options.partitions
+                tx_ensure_role, worker.space, worker.options.partitions
             )
             started = current_time()
             rec = await worker.transact(
                 tx_register,
-                worker.layout,
-                worker.role,
+                worker.space,
                 worker._record(),
                 worker.options.event_retention,
             )
@@ -122,9 +121,7 @@ async def heartbeat_loop(worker: WorkerBase) -> None:
         start = current_time()
         worker.heartbeat_in_flight = True
         try:
-            rec = await worker.transact(
-                tx_heartbeat, worker.layout, worker.role, worker.id, worker.incarnation
-            )
+            rec = await worker.transact(tx_heartbeat, worker.space, worker.id, worker.incarnation)
         except CorruptDataError as e:
             worker.heartbeat_in_flight = False
             await own_record_corrupt(worker, str(e))
@@ -197,9 +194,8 @@ async def emit_fence_event(worker: WorkerBase) -> None:
     with move_on_after(worker.options.op_timeout), suppress(FDBError):
         await worker.transact(
             tx_event,
-            worker.layout,
+            worker.space,
             "self_fenced",
-            worker.role,
             worker.options.event_retention,
             worker=worker.id,
             incarnation=worker.incarnation,
@@ -251,9 +247,8 @@ async def own_record_corrupt(worker: WorkerBase, error: str) -> None:
     with move_on_after(worker.options.op_timeout), suppress(FDBError):
         await worker.transact(
             tx_event,
-            worker.layout,
+            worker.space,
             "own_record_corrupt",
-            worker.role,
             worker.options.event_retention,
             worker=worker.id,
             incarnation=worker.incarnation,

@@ -32,8 +32,7 @@ async def membership_loop(worker: WorkerBase) -> None:
         try:
             m, corrupt, _rv, watches, full = await worker.transact(
                 tx_read_membership_since,
-                worker.layout,
-                worker.role,
+                worker.space,
                 worker.id if arm else None,
                 worker.latest,
             )
@@ -92,9 +91,7 @@ async def wait_membership_watches(worker: WorkerBase, m: Membership, watches: li
         if arm is not None:
             return arm
         try:
-            epoch, watches = await worker.transact(
-                tx_check_epoch, worker.layout, worker.role, worker.id
-            )
+            epoch, watches = await worker.transact(tx_check_epoch, worker.space, worker.id)
         except FDBError as e:
             worker.log.info("epoch_check_failed", error=e.name)
             return True

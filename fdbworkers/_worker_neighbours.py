@@ -50,9 +50,7 @@ async def check_loop(worker: WorkerBase) -> None:
         neighbours = neighbours + former
         worker._tracker.retain(set(neighbours))
         try:
-            stamps, watches = await worker.transact(
-                tx_watch_health, worker.layout, worker.role, neighbours
-            )
+            stamps, watches = await worker.transact(tx_watch_health, worker.space, neighbours)
         except FDBError as e:
             worker.log.warning("neighbour_read_failed", error=e.name)
             await sleep(interval)
@@ -143,7 +141,7 @@ async def retire_ghosts(worker: WorkerBase, now: float) -> bool:
     crash-looping pod). False if a retirement failed (tried again later)."""
     for wid, incarnation in worker._tracker.ghosts_due(now):
         try:
-            await worker.transact(tx_retire, worker.layout, worker.role, wid, incarnation)
+            await worker.transact(tx_retire, worker.space, wid, incarnation)
         except FDBError as e:
             worker.log.warning("retire_failed", neighbour=wid, error=e.name)
             return False
@@ -158,8 +156,7 @@ async def evict(
     try:
         done = await worker.transact(
             tx_evict,
-            worker.layout,
-            worker.role,
+            worker.space,
             wid,
             rec.incarnation,
             stamp,

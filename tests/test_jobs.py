@@ -1102,8 +1102,8 @@ async def test_a_claimant_counts_its_wait_for_a_superseded_holder_from_after_its
     slow: dict[str, Any] = {"job": None, "then": None}
 
     async def slow_claim(tr: Transaction, *args: Any, **kwargs: Any) -> Any:
-        requests = args[2]
-        if args[3] == "w1" and any(r.job_id == slow["job"] for r in requests):
+        requests = args[1]
+        if args[2] == "w1" and any(r.job_id == slow["job"] for r in requests):
             await anyio.sleep(4.0)  # before the reads: the supersession commits meanwhile
             if slow["then"] is not None:
                 await slow["then"]()

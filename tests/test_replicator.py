@@ -94,9 +94,9 @@ class StallingStore(Store):
                 # (a commit linearized before the eviction is the holder's, not stale).
                 store = db.engine.store  # type: ignore[attr-defined]
                 before = frozen.get_committed_version() - 1
-                layout = worker.layout
-                mraw = store.get(layout.role(job.role).member_key(worker.id), before)
-                craw = store.get(layout.role(job.role).claim_key(job.partition, job.id), before)
+                space = worker.space
+                mraw = store.get(space.member_key(worker.id), before)
+                craw = store.get(space.claim_key(job.partition, job.id), before)
                 member_ok = (
                     mraw is not None
                     and MemberRecord.decode(worker.id, b"", mraw).incarnation == worker.incarnation

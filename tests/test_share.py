@@ -489,7 +489,7 @@ async def test_the_releases_of_a_leave_share_transactions(
 
     async def counted(tr: Transaction, *args: Any, **kwargs: Any) -> list[bool]:
         out = await real(tr, *args, **kwargs)
-        batches.append(len(args[2]))
+        batches.append(len(args[1]))
         return out
 
     monkeypatch.setattr(handlers_module, "tx_release_many", counted)

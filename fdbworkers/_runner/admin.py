@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._core.keys import Layout, validate_name
+from .._core.keys import Layout, RoleSpace, validate_name
 from .._db import Database, Transaction
 from .._errors import ConfigError
 from .._loop import checkpoint
@@ -32,8 +32,8 @@ async def add_job(
     this call creates the role."""
     check_database(db)
     validate_name("role", role)
-    layout = Layout.for_root(root)
-    _, changed = await db.transact(tx_add_job, layout, role, job_id, spec, weight, partitions)
+    space = Layout.for_root(root).role(role)
+    _, changed = await db.transact(tx_add_job, space, job_id, spec, weight, partitions)
     return bool(changed)
 
 
@@ -67,20 +67,19 @@ async def add_jobs(
         raise ConfigError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
         raise ConfigError(f"batch_bytes must be an integer >= 1, got {batch_bytes!r}")
-    layout = Layout.for_root(root)
+    space = Layout.for_root(root).role(role)
     items: Iterable[Any] = jobs.items() if isinstance(jobs, Mapping) else jobs
     checked = await _check_jobs(items, weight)
     out = result if result is not None else AddJobsResult()
     if not checked:
         return out
-    cfg = await db.transact(tx_ensure_role, layout, role, partitions)
-    prepared = await _in_key_order(layout.jobs_range(role)[0], cfg.partitions, checked)
+    cfg = await db.transact(tx_ensure_role, space, partitions)
+    prepared = await _in_key_order(space.jobs_range()[0], cfg.partitions, checked)
     del checked
-    count = await db.transact(_tx_job_count, layout, role)
+    count = await db.transact(_tx_job_count, space)
     await add_jobs_in_batches(
         db.transact,
-        layout,
-        role,
+        space,
         prepared,
         out,
         keys_per_partition=count / cfg.partitions,
@@ -142,8 +141,8 @@ async def _in_key_order(
     return prepared
 
 
-async def _tx_job_count(tr: Transaction, layout: Layout, role: str) -> int:
-    raw = await tr.snapshot.get(layout.job_count_key(role))
+async def _tx_job_count(tr: Transaction, space: RoleSpace) -> int:
+    raw = await tr.snapshot.get(space.job_count_key)
     return max(0, int.from_bytes(raw, "little", signed=True)) if raw else 0
 
 
@@ -152,4 +151,4 @@ async def remove_job(
 ) -> bool:
     check_database(db)
     validate_name("role", role)
-    return bool(await db.transact(tx_remove_job, Layout.for_root(root), role, job_id))
+    return bool(await db.transact(tx_remove_job, Layout.for_root(root).role(role), job_id))

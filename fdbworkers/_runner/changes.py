@@ -170,17 +170,17 @@ class ChangeFeed:
         """Read the job change log after our cursor and arm the two watches. Changes
         nothing outside the transaction (the retry loop may run it again, or its
         commit may fail): the caller applies the result once it committed."""
-        layout, role = self.w.layout, self.w.role
-        begin, end = layout.jobchange_range(role)
+        space = self.w.space
+        begin, end = space.jobchange_range()
         cursor = self.last_change
         if cursor is not None:
-            begin = layout.jobchange_after(role, cursor)
+            begin = space.jobchange_after(cursor)
         kvs = await tr.get_range(begin, end, limit=1001)
-        plan_seq = await tx_read_plan_seq(tr, layout, role)
+        plan_seq = await tx_read_plan_seq(tr, space)
         watches = [
-            tr.watch(layout.jobs_epoch_key(role)),
-            tr.watch(layout.inbox_key(role, self.w.id)),
-            tr.watch(layout.plan_key(role)),
+            tr.watch(space.jobs_epoch_key),
+            tr.watch(space.inbox_key(self.w.id)),
+            tr.watch(space.plan_key),
         ]
         if cursor is None:
             # No full read yet: it sets the cursor to its own read version, so that no
@@ -188,7 +188,7 @@ class ChangeFeed:
             return _ChangeRead(cursor, plan_seq=plan_seq), watches
         if len(kvs) > 1000:
             last = await tr.get_range(begin, end, limit=1, reverse=True)
-            stamp = layout.jobchange_stamp(role, last[0].key)
+            stamp = space.jobchange_stamp(last[0].key)
             return _ChangeRead(cursor, stamp, True, plan_seq=plan_seq), watches
         rv = await tr.get_read_version()
         read = _ChangeRead(cursor, cursor, plan_seq=plan_seq)
@@ -205,7 +205,7 @@ class ChangeFeed:
                     read.partitions.add(int(obj["partition"]))
             except (CorruptDataError, KeyError, ValueError, TypeError):
                 read.full_resync = True
-            read.cursor = layout.jobchange_stamp(role, kv.key)
+            read.cursor = space.jobchange_stamp(kv.key)
         read.changed = bool(kvs)
         return read, watches
 

@@ -76,7 +76,7 @@ class Claimer:
             self._take_handoffs = False
             w = self.w
             try:
-                handed = await self.w.transact(tx_take_handoffs, w.layout, w.role, w.id)
+                handed = await self.w.transact(tx_take_handoffs, w.space, w.id)
             except FDBError as e:
                 self.log.warning("handoff_read_failed", error=e.name)
                 self._take_handoffs = True
@@ -114,8 +114,7 @@ class Claimer:
         async def attempt(tr: Transaction) -> list[ClaimOutcome]:
             outs = await tx_claim_many(
                 tr,
-                w.layout,
-                w.role,
+                w.space,
                 requests,
                 w.id,
                 w.incarnation,

@@ -339,8 +339,7 @@ class Handlers:
         try:
             await w.transact(
                 tx_write_job_health,
-                w.layout,
-                w.role,
+                w.space,
                 r.job.id,
                 health,
                 event,
@@ -364,8 +363,7 @@ class Handlers:
         try:
             await w.transact(
                 tx_clear_job_health,
-                w.layout,
-                w.role,
+                w.space,
                 r.job.id,
                 w.id,
                 w.incarnation,
@@ -524,8 +522,7 @@ class Handlers:
         try:
             await self._transact_long(
                 tx_release_many,
-                w.layout,
-                w.role,
+                w.space,
                 requests,
                 w.id,
                 w.incarnation,

@@ -73,9 +73,9 @@ class Job:
         raises FencedError: a worker that lost the job, or was evicted while paused in
         the middle of a transaction, never commits a fenced write."""
         w = self._worker
-        layout, role = w.layout, self.role
-        ckey = layout.claim_key(role, self.partition, self.id)
-        mkey = layout.member_key(role, w.id)
+        space = w.space
+        ckey = space.claim_key(self.partition, self.id)
+        mkey = space.member_key(w.id)
         raw = await tr.get(ckey)
         if raw is None or Claim.decode(ckey, raw).token != self.token:
             raise FencedError(f"job {self.id!r}: the claim with this token is gone")

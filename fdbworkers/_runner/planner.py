@@ -97,7 +97,7 @@ class Planner:
         w = self.w
         if self.plan is None or self._dirty:
             self._dirty = False
-            self.plan = await w.transact(tx_read_plan, w.layout, w.role)
+            self.plan = await w.transact(tx_read_plan, w.space)
         plan = self.plan
         weights: dict[str, float] | None = None
         if plan is None or plan.partitions != self._partitions:
@@ -176,8 +176,7 @@ class Planner:
                     w.db,
                     tr,
                     tx_replan,
-                    w.layout,
-                    w.role,
+                    w.space,
                     seen,
                     weights,
                     epoch,
@@ -185,7 +184,7 @@ class Planner:
                     force=force,
                 )
             except NotCounted:
-                await recount(w.db, w.layout, w.role, self._partitions)
+                await recount(w.db, w.space, self._partitions)
                 continue
             if wrote and plan is not None:
                 self.plans_written += 1

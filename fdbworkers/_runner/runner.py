@@ -473,8 +473,7 @@ class JobRunner:
         cfg = w.role_config
         share = await read_share(
             self._transact_long,
-            w.layout,
-            w.role,
+            w.space,
             parts,
             cfg.partitions if cfg else DEFAULT_PARTITIONS,
             page_keys=self._page_keys,
