@@ -25,6 +25,7 @@ from fdbworkers._core.records import (
 )
 from fdbworkers._core.ring import Ring, checker_of, ring_order, successors, watched_neighbours
 from fdbworkers._core.settle import Settler
+from fdbworkers._core.tuples import pack
 from fdbworkers._errors import ConfigError, CorruptDataError, LayoutError
 
 ids = st.lists(st.text(alphabet="abcdefghij0123456789-", min_size=1, max_size=8), unique=True)
@@ -308,10 +309,11 @@ def test_member_record_round_trip(
 ) -> None:
     layout = Layout.for_root("t")
     r = MemberRecord(wid=wid, incarnation=inc, timeout=timeout, weight=weight, meta=meta)
-    key = layout.role("role").member_key(wid)
+    space = layout.role("role")
+    key = space.member_key(wid)
     assert MemberRecord.decode(wid, key, r.encode()) == r
     assert layout.unpack(key)[-1] == wid
-    begin, _ = layout.role("role").members_range()
+    begin, _ = space.members_range()
     assert layout.unpack_below(begin, key) == (wid,)
     with pytest.raises(CorruptDataError):
         layout.unpack_below(layout.role("other").members_range()[0], key)
@@ -366,21 +368,19 @@ def test_roots_and_names() -> None:
         with pytest.raises(ConfigError):
             validate_name("role", bad_name)
     a, b = Layout.for_root("a"), Layout.for_root("b")
-    assert not a.member_key("r", "w").startswith(b.prefix)
-    assert (
-        Layout.for_root("t").role("r").member_key("w")
-        > Layout.for_root("t").role("r").members_range()[0]
-    )
+    assert not a.role("r").member_key("w").startswith(b.prefix)
+    space = Layout.for_root("t").role("r")
+    assert space.member_key("w") > space.members_range()[0]
 
 
 @settings(max_examples=50)
 @given(st.integers(min_value=0, max_value=2**31), st.text(min_size=1, max_size=30))
 def test_job_keys_sort_by_partition(p: int, job: str) -> None:
-    layout = Layout.for_root("t")
-    k = layout.role("r").job_key(p, job)
-    lo, hi = layout.role("r").partition_range(p)
+    space = Layout.for_root("t").role("r")
+    k = space.job_key(p, job)
+    lo, hi = space.partition_range(p)
     assert lo <= k < hi
-    jlo, jhi = layout.role("r").jobs_range()
+    jlo, jhi = space.jobs_range()
     assert jlo <= lo and hi <= jhi
 
 
@@ -413,33 +413,70 @@ def test_without_departed_drops_only_the_departed(before: set[str], after: set[s
     st.text(min_size=1, max_size=12).filter(str.isprintable),
     st.integers(0, 65535),
 )
-def test_role_space_keys_are_the_layouts_keys(role: str, wid: str, partition: int) -> None:
-    """RoleSpace is the role-bound form of Layout's per-role keys: the same bytes."""
+def test_role_space_keys_are_the_documented_layout(role: str, wid: str, partition: int) -> None:
+    """RoleSpace holds every per-role key: ``(root, "r", role, ...)`` as _core/keys.py
+    documents it (the bytes Layout's per-role methods wrote before they moved here)."""
     from fdbworkers._core.keys import Layout
 
     layout = Layout.for_root(("t",))
     space = layout.role(role)
-    assert space.epoch_key == layout.role(role).epoch_key
-    assert space.member_key(wid) == layout.role(role).member_key(wid)
-    assert space.members_range() == layout.role(role).members_range()
-    assert space.health_key(wid) == layout.role(role).health_key(wid)
-    assert space.health_range() == layout.role(role).health_range()
-    assert space.job_count_key == layout.role(role).job_count_key
-    assert space.jobs_epoch_key == layout.role(role).jobs_epoch_key
-    assert space.job_key(partition, wid) == layout.role(role).job_key(partition, wid)
-    assert space.partition_range(partition) == layout.role(role).partition_range(partition)
-    assert space.jobs_range() == layout.role(role).jobs_range()
-    assert space.claim_key(partition, wid) == layout.role(role).claim_key(partition, wid)
-    assert space.claims_range() == layout.role(role).claims_range()
-    assert space.claims_range(partition) == layout.role(role).claims_range(partition)
-    assert space.inbox_key(wid) == layout.role(role).inbox_key(wid)
-    assert space.handoff_key(wid, partition) == layout.role(role).handoff_key(wid, partition)
-    assert space.handoffs_range(wid) == layout.role(role).handoffs_range(wid)
-    assert space.jobchange_range() == layout.role(role).jobchange_range()
-    assert space.config_key == layout.role(role).config_key
+    r = ("r", role)
+    assert space.epoch_key == layout.key(*r, "epoch")
+    assert space.member_key(wid) == layout.key(*r, "member", wid)
+    assert space.member_keys([wid, "z"]) == [space.member_key(wid), space.member_key("z")]
+    assert space.members_range() == layout.range(*r, "member")
+    assert space.health_key(wid) == layout.key(*r, "health", wid)
+    assert space.health_range() == layout.range(*r, "health")
+    assert space.job_count_key == layout.key(*r, "job_count")
+    assert space.jobs_epoch_key == layout.key(*r, "jobs_epoch")
+    assert space.job_key(partition, wid) == layout.key(*r, "job", partition, wid)
+    assert space.partition_range(partition) == layout.range(*r, "job", partition)
+    assert space.jobs_range() == layout.range(*r, "job")
+    assert space.claim_key(partition, wid) == layout.key(*r, "claim", partition, wid)
+    assert space.claims_range() == layout.range(*r, "claim")
+    assert space.claims_range(partition) == layout.range(*r, "claim", partition)
+    assert space.inbox_key(wid) == layout.key(*r, "inbox", wid)
+    assert space.retired_key(wid) == layout.key(*r, "retired", wid)
+    assert space.handoff_key(wid, partition) == layout.key(*r, "handoff", wid, partition)
+    assert space.handoffs_range(wid) == layout.range(*r, "handoff", wid)
+    assert space.jobhealth_key(wid) == layout.key(*r, "jobhealth", wid)
+    assert space.jobhealth_range() == layout.range(*r, "jobhealth")
+    assert space.jobchange_range() == layout.range(*r, "jobchange")
+    assert space.memberchange_range() == layout.range(*r, "mchange")
+    assert space.part_count_key(partition) == layout.key(*r, "pcount", partition)
+    assert space.part_counts_range() == layout.range(*r, "pcount")
+    assert space.part_counts_partition(space.part_count_key(partition)) == partition
+    assert space.counted_key == layout.key(*r, "pcounted")
+    assert space.plan_key == layout.key(*r, "plan")
+    assert space.plan_chunk_key(partition) == layout.key(*r, "planchunk", partition)
+    assert space.plan_chunks_range() == layout.range(*r, "planchunk")
+    assert space.config_key == layout.role_key(role) == layout.key("role", role)
     begin, end = space.range()
     assert begin < space.member_key(wid) < end
-    assert not begin <= layout.role(role).config_key < end
+    assert not begin <= layout.role_key(role) < end
+    # Change-log keys: the stamp sits after the range's prefix, the id after the stamp.
+    stamp = bytes([partition % 256]) * 10
+    mkey = space.memberchange_after(stamp)[:-1] + b"\x00" + pack((wid,))
+    assert space.memberchange_entry(mkey) == (stamp, wid)
+    assert space.memberchange_entries([mkey]) == [(stamp, wid)]
+    assert space.memberchange_range()[0] < mkey < space.memberchange_range()[1]
+    jkey = space.jobchange_after(stamp)[:-1] + b"\x00" + pack((wid,))
+    assert space.jobchange_stamp(jkey) == stamp
+    assert space.jobchange_range()[0] < jkey < space.jobchange_range()[1]
+
+
+def test_role_space_key_bytes_are_pinned() -> None:
+    """A change of these bytes would make a new version misread an old cluster."""
+    from fdbworkers._core.keys import Layout
+
+    space = Layout.for_root(("t",)).role("r")
+    assert space.member_key("w") == b"\x02t\x00\x02r\x00\x02r\x00\x02member\x00\x02w\x00"
+    assert space.claim_key(7, "j") == b"\x02t\x00\x02r\x00\x02r\x00\x02claim\x00\x15\x07\x02j\x00"
+    assert space.config_key == b"\x02t\x00\x02role\x00\x02r\x00"
+    assert space.memberchange_key_template("w") == (
+        b"\x02t\x00\x02r\x00\x02r\x00\x02mchange\x00\x33" + b"\xff" * 10 + b"\x00\x00\x02w\x00"
+        b"\x13\x00\x00\x00"
+    )
 
 
 @given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), max_size=30))

@@ -102,7 +102,8 @@ def parse_root(root: str | bytes | tuple[str, ...] | None) -> bytes:
 
 @dataclass(frozen=True)
 class Layout:
-    """Every key of one root; methods are pure."""
+    """The root-level keys of one root (layout version, role configs, events); the keys
+    of one role are on its :class:`RoleSpace` (:meth:`role`). Methods are pure."""
 
     prefix: bytes
 
@@ -152,158 +153,7 @@ class Layout:
     def roles_range(self) -> tuple[bytes, bytes]:
         return self.range("role")
 
-    # Per-role keys.
-    def epoch_key(self, role: str) -> bytes:
-        return self.key("r", role, "epoch")
-
-    def member_key(self, role: str, wid: str) -> bytes:
-        return self.key("r", role, "member", wid)
-
-    def members_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "member")
-
-    def member_keys(self, role: str, wids: Iterable[str]) -> list[bytes]:
-        """:meth:`member_key` of many ids (the role's prefix packed once)."""
-        head = self.key("r", role, "member")
-        return [head + pack((wid,)) for wid in wids]
-
-    def health_key(self, role: str, wid: str) -> bytes:
-        return self.key("r", role, "health", wid)
-
-    def health_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "health")
-
-    def job_count_key(self, role: str) -> bytes:
-        """An 8-byte little-endian counter of the role's jobs (atomic ADD)."""
-        return self.key("r", role, "job_count")
-
-    def jobs_epoch_key(self, role: str) -> bytes:
-        return self.key("r", role, "jobs_epoch")
-
-    def part_count_key(self, role: str, partition: int) -> bytes:
-        """An 8-byte little-endian count of one partition's jobs (atomic ADD; cleared at
-        zero with COMPARE_AND_CLEAR, so only non-empty partitions have one)."""
-        return self.key("r", role, "pcount", partition)
-
-    def part_counts_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "pcount")
-
-    def part_counts_partition(self, role: str, key: bytes) -> int:
-        """The partition of a :meth:`part_count_key`."""
-        (p,) = self.unpack_below(self.key("r", role, "pcount"), key)
-        if not isinstance(p, int):
-            raise CorruptDataError(f"partition count key {key!r} has no partition")
-        return p
-
-    def counted_key(self, role: str) -> bytes:
-        """Present once every job of the role is in the per-partition counts (a role
-        created before the counts existed is recounted once, see _store/plan.py)."""
-        return self.key("r", role, "pcounted")
-
-    def plan_key(self, role: str) -> bytes:
-        """The stored plan's header: its sequence number and chunk count (_core/plan.py)."""
-        return self.key("r", role, "plan")
-
-    def plan_chunk_key(self, role: str, index: int) -> bytes:
-        return self.key("r", role, "planchunk", index)
-
-    def plan_chunks_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "planchunk")
-
-    def job_key(self, role: str, partition: int, job_id: str) -> bytes:
-        return self.key("r", role, "job", partition, job_id)
-
-    def partition_range(self, role: str, partition: int) -> tuple[bytes, bytes]:
-        return self.range("r", role, "job", partition)
-
-    def jobs_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "job")
-
-    def claim_key(self, role: str, partition: int, job_id: str) -> bytes:
-        return self.key("r", role, "claim", partition, job_id)
-
-    def claims_range(self, role: str, partition: int | None = None) -> tuple[bytes, bytes]:
-        if partition is None:
-            return self.range("r", role, "claim")
-        return self.range("r", role, "claim", partition)
-
-    def inbox_key(self, role: str, wid: str) -> bytes:
-        return self.key("r", role, "inbox", wid)
-
-    def retired_key(self, role: str, wid: str) -> bytes:
-        """Incarnations of ``wid`` that run nothing any more (see :func:`.records.retire`)."""
-        return self.key("r", role, "retired", wid)
-
-    def handoff_key(self, role: str, wid: str, partition: int) -> bytes:
-        return self.key("r", role, "handoff", wid, partition)
-
-    def jobhealth_key(self, role: str, job_id: str) -> bytes:
-        return self.key("r", role, "jobhealth", job_id)
-
-    def jobhealth_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "jobhealth")
-
-    def handoffs_range(self, role: str, wid: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "handoff", wid)
-
-    def jobchange_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "jobchange")
-
-    def memberchange_range(self, role: str) -> tuple[bytes, bytes]:
-        return self.range("r", role, "mchange")
-
-    def memberchange_key_template(self, role: str, wid: str) -> bytes:
-        """A SET_VERSIONSTAMPED_KEY parameter for a membership change-log entry
-        ``(..., "mchange", stamp, wid)``, written with every epoch bump."""
-        head = self.key("r", role, "mchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
-        return head + VS_PLACEHOLDER + b"\0\0" + pack((wid,)) + struct.pack("<I", len(head))
-
-    def memberchange_entries(self, role: str, keys: Iterable[bytes]) -> list[tuple[bytes, str]]:
-        """:meth:`memberchange_entry` of many keys (the role's prefix packed once)."""
-        at = len(self.key("r", role, "mchange")) + 1
-        return [self._memberchange_entry(at, key) for key in keys]
-
-    def memberchange_entry(self, role: str, key: bytes) -> tuple[bytes, str]:
-        """(versionstamp, worker id) of a membership change-log key."""
-        return self._memberchange_entry(len(self.key("r", role, "mchange")) + 1, key)
-
-    def _memberchange_entry(self, at: int, key: bytes) -> tuple[bytes, str]:
-        if len(key) < at + VERSIONSTAMP_SIZE + 2 or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
-            raise CorruptDataError(f"membership change-log key {key!r} has no versionstamp")
-        try:
-            (wid,) = unpack(key, at + VERSIONSTAMP_SIZE + 2)
-        except Exception as e:
-            raise CorruptDataError(f"membership change-log key {key!r}: {e}") from e
-        return key[at : at + VERSIONSTAMP_SIZE], str(wid)
-
-    def memberchange_after(self, role: str, stamp: bytes) -> bytes:
-        """The first membership change-log key after every entry stamped ``stamp``."""
-        return strinc(self._stamp_key(("r", role, "mchange"), stamp))
-
-    def memberchange_before_version(self, role: str, version: int) -> bytes:
-        return self._stamp_key(("r", role, "mchange"), version.to_bytes(8, "big") + b"\0\0")
-
-    def jobchange_key_template(self, role: str, job_id: str) -> bytes:
-        """A SET_VERSIONSTAMPED_KEY parameter for a new change-log entry
-        ``(..., "jobchange", stamp, job_id)``: the job id keeps several changes made
-        in one transaction (one stamp) apart."""
-        head = self.key("r", role, "jobchange") + bytes([_TUPLE_VERSIONSTAMP_CODE])
-        return head + VS_PLACEHOLDER + b"\0\0" + pack((job_id,)) + struct.pack("<I", len(head))
-
-    def jobchange_stamp(self, role: str, key: bytes) -> bytes:
-        """The versionstamp of a change-log key."""
-        at = len(self.key("r", role, "jobchange")) + 1
-        if len(key) < at + VERSIONSTAMP_SIZE or key[at - 1] != _TUPLE_VERSIONSTAMP_CODE:
-            raise CorruptDataError(f"change-log key {key!r} has no versionstamp")
-        return key[at : at + VERSIONSTAMP_SIZE]
-
-    def jobchange_after(self, role: str, stamp: bytes) -> bytes:
-        """The first change-log key after every entry stamped ``stamp``."""
-        return strinc(self._stamp_key(("r", role, "jobchange"), stamp))
-
-    def jobchange_before_version(self, role: str, version: int) -> bytes:
-        return self._stamp_key(("r", role, "jobchange"), version.to_bytes(8, "big") + b"\0\0")
-
+    # The events (root level: the audit log of every role).
     def events_range(self) -> tuple[bytes, bytes]:
         return self.range("events")
 
