@@ -222,7 +222,8 @@ async def tx_check_epoch(
     tr: Transaction, space: RoleSpace, arm_for: str
 ) -> tuple[bytes, list[Watch]]:
     """The epoch alone (one key) and fresh watches on it and on our member key: the
-    cheap check that a membership watch was not lost (see Worker._membership_loop)."""
+    cheap check that a membership watch was not lost (see
+    ``_worker_membership.wait_membership_watches``)."""
     epoch = await tr.get(space.epoch_key) or b""
     return epoch, [tr.watch(space.epoch_key), tr.watch(space.member_key(arm_for))]
 
