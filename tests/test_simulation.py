@@ -54,3 +54,13 @@ def test_leaves_still_draining_do_not_count_toward_the_live_workers() -> None:
     # a runner). A harness fault, not the library's: the picker now counts only workers
     # that are staying.
     assert soak_main(["--seeds", "10117", "--parallel", "1"]) == 0
+
+
+def test_a_claim_whose_job_moved_while_it_was_in_flight_is_released() -> None:
+    # Seeds 13,869 and 11,834 of the second soak: a worker that had just rejoined
+    # claimed a batch; while the claims were in flight a new plan gave one of the jobs
+    # to a newcomer. The claim committed, the runner saw the job no longer in its
+    # target and skipped it without releasing it: a live worker held a claim it did
+    # not run, and the job's owner waited on it for the rest of the run.
+    assert soak_main(["--seeds", "13869", "--parallel", "1"]) == 0
+    assert soak_main(["--seeds", "11834", "--parallel", "1"]) == 0

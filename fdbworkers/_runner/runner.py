@@ -540,8 +540,18 @@ class JobRunner:
             count = 0
             for rec, outcome in zip(batch, outcomes, strict=True):
                 if outcome.kind == "claimed" and outcome.token is not None:
-                    if rec.id in self.running or self.target.get(rec.id) is not rec:
+                    if rec.id in self.running:
                         continue  # cannot happen: only this loop starts jobs
+                    if self.target.get(rec.id) is not rec:
+                        # The target changed while the claim was in flight (a new plan
+                        # gave the job to another member): the claim is ours and runs
+                        # nothing, so it is released by the next step, or its next
+                        # owner would wait on it for as long as we live (seed 13,869).
+                        self._unreleased.setdefault(
+                            rec.id, (rec.partition, outcome.token, None, False)
+                        )
+                        pending = True
+                        continue
                     self.handlers.start(rec, outcome.token, nursery, quiet=quiet)
                     started.add(rec.id)
                     first = first or rec
