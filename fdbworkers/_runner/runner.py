@@ -529,9 +529,7 @@ class JobRunner:
                 # kept, and claimed again (or released) by the next step.
                 for rec, outcome in zip(batch, outcomes, strict=True):
                     if outcome.kind == "claimed" and outcome.token is not None:
-                        self._unreleased.setdefault(
-                            rec.id, (rec.partition, outcome.token, None, False)
-                        )
+                        self._keep_claim(rec, outcome.token)
                 return started, True
             # A batch of many starts is logged in one line (each job at debug level):
             # a million jobs should not make a million log lines.
@@ -543,13 +541,8 @@ class JobRunner:
                     if rec.id in self.running:
                         continue  # cannot happen: only this loop starts jobs
                     if self.target.get(rec.id) is not rec:
-                        # The target changed while the claim was in flight (a new plan
-                        # gave the job to another member): the claim is ours and runs
-                        # nothing, so it is released by the next step, or its next
-                        # owner would wait on it for as long as we live (seed 13,869).
-                        self._unreleased.setdefault(
-                            rec.id, (rec.partition, outcome.token, None, False)
-                        )
+                        # A new plan took the job while the claim was in flight.
+                        self._keep_claim(rec, outcome.token)
                         pending = True
                         continue
                     self.handlers.start(rec, outcome.token, nursery, quiet=quiet)
@@ -564,6 +557,13 @@ class JobRunner:
                 self.log.info("jobs_started", jobs=count, first=first.id, last=batch[-1].id)
             await checkpoint()
         return started, pending
+
+    def _keep_claim(self, rec: JobRecord, token: bytes) -> None:
+        """A claim of ours that starts no handler (the lease ran out, or a new plan took
+        the job while the claim was in flight, seed 13,869): kept, and released or
+        claimed again by the next step, so that the job's next owner never waits on a
+        claim nobody runs."""
+        self._unreleased.setdefault(rec.id, (rec.partition, token, None, False))
 
     async def _settle_kept_claims(self, a: PlanMap) -> None:
         """Claims we hold but do not run (kept through a fenced stop, or of a claim
