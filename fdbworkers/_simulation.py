@@ -202,7 +202,11 @@ class Simulation:
             # G1 is stated with the dead incarnation's own timeout (its member record's,
             # which its checker waits out), not the base options' (a restart may change it).
             bound = last_ok + timeout + check + slack
-            overlapping = any(t_crash - timeout <= t <= bound and t != t_crash for t in fault_times)
+            # A fault overlaps if it falls in the eviction's countdown, which starts at
+            # the last heartbeat: a worker stalled long before it crashed (seed 14,964)
+            # has its checker crash inside that countdown, well before t_crash - timeout.
+            start = min(last_ok, t_crash - timeout)
+            overlapping = any(start <= t <= bound and t != t_crash for t in fault_times)
             limit = bound if not overlapping else last_ok + 3 * timeout + 3 * slack
             gone = gone_at.get((wid, inc))
             if gone is None:

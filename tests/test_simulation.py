@@ -64,3 +64,12 @@ def test_a_claim_whose_job_moved_while_it_was_in_flight_is_released() -> None:
     # not run, and the job's owner waited on it for the rest of the run.
     assert soak_main(["--seeds", "13869", "--parallel", "1"]) == 0
     assert soak_main(["--seeds", "11834", "--parallel", "1"]) == 0
+
+
+def test_a_checker_crash_during_a_stalled_workers_countdown_overlaps() -> None:
+    # Seed 14,964: w3's commits stalled at 20.2 s (last heartbeat 19.6 s), w2 crashed at
+    # 21.0 s, w3 was evicted at 25.7 s, then crashed at 27.2 s. G1 looked for
+    # overlapping faults only from the crash minus a timeout (24.2 s), missed w2's crash
+    # and held the eviction to the lone-crash bound (24.3 s). The countdown starts at
+    # the last heartbeat: overlapping faults are counted from there.
+    assert soak_main(["--seeds", "14964", "--parallel", "1"]) == 0
