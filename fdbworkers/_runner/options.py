@@ -31,6 +31,11 @@ def check_options(
     _check_seconds(healthy_after=healthy_after)
     if healthy_after <= 0:
         raise ConfigError(f"healthy_after must be > 0 seconds, got {healthy_after!r}")
+    if not (isinstance(restart_backoff, tuple) and len(restart_backoff) == 2):
+        raise ConfigError(
+            "restart_backoff must be a tuple (initial, maximum) of seconds, "
+            f"got {restart_backoff!r}"
+        )
     _check_seconds(
         grace=grace,
         move_interval=move_interval,
@@ -59,10 +64,6 @@ def _check_seconds(**values: Any) -> None:
     """ConfigError naming the option unless each value is a finite number (NaN passes
     every ``<`` check, so the range checks alone would accept it)."""
     for name, value in values.items():
-        if name == "restart_backoff" and not (isinstance(value, tuple) and len(value) == 2):
-            raise ConfigError(
-                f"restart_backoff must be a tuple (initial, maximum) of seconds, got {value!r}"
-            )
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
