@@ -146,6 +146,11 @@ class ChangeFeed:
                         await sleep(w.options.poll_interval)
                 if i == 1:
                     self._inbox_fired()
+                elif i == 2:
+                    # Another member wrote a plan: the runner reads it at its next
+                    # step (woken below), not only after the change-log read that
+                    # follows this wait (a round trip later, on the failover path).
+                    self._plan_changed()
                 fired.append(i)
                 n.cancel_scope.cancel()
 

@@ -62,6 +62,8 @@ class Planner:
         self.drift_due: float | None = None
         self.jobs_total: int | None = None
         self.plans_written = 0
+        #: The members and partitions of the map warmed last.
+        self._warmed: tuple[dict[str, float], int] | None = None
 
     def plan_seq(self) -> int | None:
         """The sequence number of the stored plan as last read (None: none)."""
@@ -81,10 +83,15 @@ class Planner:
         in_thread = self.assign_in_thread
         if in_thread is None:
             in_thread = plan.partitions >= THREADED_ASSIGN_PARTITIONS
-        if in_thread and plan.members:
-            await anyio.to_thread.run_sync(
-                partial(assign, dict(plan.members), plan.partitions, balance=None)
-            )
+        if not in_thread or not plan.members:
+            return
+        key = (dict(plan.members), plan.partitions)
+        if key == self._warmed:
+            return  # computed already (assign keeps the last few maps)
+        await anyio.to_thread.run_sync(
+            partial(assign, dict(plan.members), plan.partitions, balance=None)
+        )
+        self._warmed = key
 
     async def plan_map(self, m: Membership) -> PlanMap:
         """The stored plan's map, after writing a new plan if it is ours to write
@@ -115,6 +122,12 @@ class Planner:
             weights = view_weights(m.members) if weights is None else weights
         if stale and weights and w.id in m.members:
             # (A view without us is one we were evicted from: not ours to plan by.)
+            # The new plan's base map is the map of these weights: compute it now, in
+            # a thread when large. The member that writes the plan then does not
+            # compute it on the event loop inside its transaction, and the others have
+            # it at hand when the plan arrives: a failover waits for one computation,
+            # not two in a row.
+            await self.warm(Plan(0, m.view_key, weights, self._partitions))
             now = current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
                 self._stale_since = (m.view_key, now)
