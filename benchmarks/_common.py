@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ def quiet_logs(level: int = logging.ERROR) -> None:
     )
 
 
-def _monotonic_stamp(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _monotonic_stamp(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     event["t"] = round(time.monotonic(), 4)
     return event
 
