@@ -93,6 +93,12 @@ class Planner:
         )
         self._warmed = key
 
+    async def warm_for(self, weights: Mapping[str, float]) -> None:
+        """Compute the base map of a plan for ``weights`` ahead of the plan (see
+        :meth:`warm`): ``make_plan`` then finds it, and does not compute it on the event
+        loop inside its transaction."""
+        await self.warm(Plan(0, b"", weights, self._partitions))
+
     async def plan_map(self, m: Membership) -> PlanMap:
         """The stored plan's map, after writing a new plan if it is ours to write
         (docs/assignment.md, "The plan"): the plan is stale when our settled view is
@@ -127,7 +133,7 @@ class Planner:
             # compute it on the event loop inside its transaction, and the others have
             # it at hand when the plan arrives: a failover waits for one computation,
             # not two in a row.
-            await self.warm(Plan(0, m.view_key, weights, self._partitions))
+            await self.warm_for(weights)
             now = current_time()
             if self._stale_since is None or self._stale_since[0] != m.view_key:
                 self._stale_since = (m.view_key, now)

@@ -596,6 +596,7 @@ class JobRunner:
             if others:
                 try:
                     with anyio.fail_after(max(self.w.options.op_timeout, 5.0) * 2):
+                        await self.planner.warm_for(others)
                         plan = await self.planner.replan(others, m.view_key, force=True)
                     if plan is not None:
                         await self.planner.warm(plan)
