@@ -44,6 +44,8 @@ from fdbworkers._core.assign import (
     job_partition,
     stable_hash64,
 )
+from fdbworkers._core.matching import DIRECT_MAX_MEMBERS, _Solver, direct_primaries
+from fdbworkers._core.rendezvous import _member_keys
 
 
 def uncached_assign(workers: dict[str, float], partitions: int = DEFAULT_PARTITIONS) -> object:
@@ -448,6 +450,41 @@ def section_partitions(sz: Sizes) -> None:
     log()
 
 
+def section_direct(quick: bool) -> None:
+    """The pure map (no capacities, one replica: every stored plan's base map) through
+    the solver and through the direct path that assign() takes up to
+    DIRECT_MAX_MEMBERS members; both must agree exactly."""
+    p = 4096 if quick else DEFAULT_PARTITIONS
+    runs = 3 if quick else 7
+    log(f"== Pure map, solver vs direct path (P={p}; min / median / max of {runs} runs, ms) ==")
+    log(f"{'N':>4} {'weights':>8} {'solver':>20} {'direct':>20} {'direct/solver':>14}")
+    for n in (2, 4, 5, 8, 16, 32, 64, 100):
+        for uniform in (True, False):
+            ids = tuple(sorted(f"w{i}" for i in range(n)))
+            weights = tuple(1.0 if uniform else 1.0 + i % 3 for i in range(n))
+            keys = _member_keys(ids)
+            ts: list[float] = []
+            td: list[float] = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                a = _Solver(weights, keys, p, None).solve(1)[0]
+                ts.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                b = direct_primaries(weights, keys, p)
+                td.append(time.perf_counter() - t)
+                assert np.array_equal(a, b), (n, uniform)
+            mark = " (assign's path)" if n <= DIRECT_MAX_MEMBERS else ""
+            log(
+                f"{n:>4} {'equal' if uniform else '1,2,3':>8} {_mmm(ts):>20} {_mmm(td):>20}"
+                f" {statistics.median(td) / statistics.median(ts):>14.2f}{mark}"
+            )
+    log()
+
+
+def _mmm(xs: list[float]) -> str:
+    return " / ".join(f"{f(xs) * 1e3:.1f}" for f in (min, statistics.median, max))
+
+
 def section_targets(sz: Sizes, results: dict[str, float]) -> None:
     log("== Targets (issue 5) ==")
 
@@ -478,6 +515,7 @@ def section_targets(sz: Sizes, results: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
+    ap.add_argument("--part", choices=["all", "direct"], default="all", help="what to run")
     args = ap.parse_args(argv)
     sz = QUICK if args.quick else FULL
     log(
@@ -488,6 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log()
     t0 = time.perf_counter()
     results: dict[str, float] = {}
+    section_direct(args.quick)
+    if args.part == "direct":
+        return 0
     section_time(sz, results)
     section_quality(sz, results)
     section_partitions(sz)

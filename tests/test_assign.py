@@ -33,7 +33,7 @@ from fdbworkers._core.assign import (
     next_step,
     stable_hash64,
 )
-from fdbworkers._core.matching import _capacities
+from fdbworkers._core.matching import DIRECT_MAX_MEMBERS, _capacities, _Solver, direct_primaries
 from fdbworkers._core.rendezvous import _GOLDEN, _Domain, _exp_score, _ln, _member_keys, _mix64
 from fdbworkers._errors import ConfigError
 
@@ -166,6 +166,45 @@ def test_solver_matches_brute_force(
     primaries, owners = reference(members, partitions, replicas, balance)
     assert list(a.primaries()) == primaries
     assert [a.owners(p) for p in range(partitions)] == owners
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(ids_st, weight_st, min_size=1, max_size=DIRECT_MAX_MEMBERS + 3),
+    st.one_of(partitions_st, st.sampled_from([4096, 65536])),
+    st.booleans(),
+)
+def test_direct_path_is_the_solver_bit_for_bit(
+    members: dict[str, float], partitions: int, uniform: bool
+) -> None:
+    # assign() takes the direct path up to DIRECT_MAX_MEMBERS members without
+    # capacities; it must give the solver's map exactly, equal scores included.
+    ids = tuple(sorted(members))
+    weights = tuple(1.0 if uniform else members[i] for i in ids)
+    keys = _member_keys(ids)
+    solver = _Solver(weights, keys, partitions, None).solve(1)[0]
+    assert np.array_equal(direct_primaries(weights, keys, partitions), solver)
+
+
+def test_direct_path_breaks_equal_ranks_like_the_solver() -> None:
+    # Equal ranks of one partition for two members (uniform weights): frequent at small
+    # P. Pick a case that has them, so the tie-break branch is exercised for sure.
+    for n in range(2, 9):
+        ids = tuple(f"m{i}" for i in range(n))
+        keys = _member_keys(ids)
+        domain = _Domain.of(7)
+        parts = np.arange(7, dtype=np.uint64)
+        ranks = [
+            domain.unpermute(parts, np.broadcast_to(keys[i, :4], (7, 4))).tolist() for i in range(n)
+        ]
+        if any(len({r[p] for r in ranks}) < n for p in range(7)):
+            break
+    weights = (1.0,) * n
+    solver = _Solver(weights, keys, 7, None).solve(1)[0]
+    assert np.array_equal(direct_primaries(weights, keys, 7), solver)
+    assert list(assign(dict.fromkeys(ids, 1.0), 7, balance=None).primaries()) == [
+        ids[m] for m in solver
+    ]
 
 
 @settings(max_examples=60, deadline=None)

@@ -49,7 +49,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from .._errors import ConfigError
-from .matching import _capacities, _Solver
+from .matching import DIRECT_MAX_MEMBERS, _capacities, _Solver, direct_primaries
 from .rendezvous import _member_keys, lazy_numpy
 
 if TYPE_CHECKING:
@@ -384,6 +384,9 @@ def _assign(
         return Assignment(ids, weights, p, replicas, balance, empty, np.zeros((p, 0), np.int64))
     keys = _member_keys(ids)
     caps = None if balance is None else _capacities(weights, keys, p, balance)
+    if caps is None and replicas == 1 and len(ids) <= DIRECT_MAX_MEMBERS:
+        primary = direct_primaries(weights, keys, p)  # the solver's result, faster
+        return Assignment(ids, weights, p, replicas, balance, primary, np.zeros((p, 0), np.int64))
     primary, prefs = _Solver(weights, keys, p, caps).solve(replicas)
     if replicas == 1:  # owners() is the primary alone: keep no preference lists
         prefs = np.zeros((p, 0), dtype=np.int64)

@@ -33,6 +33,45 @@ _MIN_PREFIX = 16
 _AUTO_GAIN = 0.04
 
 
+#: Up to this many members, a map without capacities and with one replica is computed
+#: directly (:func:`direct_primaries`): N passes over the partitions beat listing and
+#: sorting candidate pairs (benchmarks/assign_bench.py ``--part direct``).
+DIRECT_MAX_MEMBERS = 32
+
+
+# ------------------------------------------------------------------ direct path
+
+
+def direct_primaries(weights: tuple[float, ...], keys: U64Array, partitions: int) -> I64Array:
+    """The primary of every partition when nothing caps a member: the member first in
+    the pair order (score, tie-break, member index), the order :class:`_Solver` sorts
+    by (``_Solver._order``), so the result is the solver's, bit for bit. One pass over
+    all partitions per member (its ranks by the inverse permutation), keeping the best
+    so far: O(N * P) work, O(P) memory."""
+    p = partitions
+    domain = _Domain.of(p)
+    w = np.asarray(weights, dtype=np.float64)
+    uniform = bool(np.all(w == w[0]))
+    parts = np.arange(p, dtype=np.uint64)
+    best_m = np.zeros(p, dtype=np.int64)
+    best_s = np.zeros(0, dtype=np.float64)
+    for i in range(len(weights)):
+        rank = domain.unpermute(parts, np.broadcast_to(keys[i, :4], (p, 4))).astype(np.int64)
+        score = rank.astype(np.float64) if uniform else _exp_score(rank, p) / w[i]
+        if i == 0:
+            best_s = score
+            continue
+        better = score < best_s
+        tied = np.flatnonzero(score == best_s)
+        if tied.size:  # equal scores: the lower tie-break, then the lower index (best's)
+            mine = _pair_ties(keys[i, 4], tied)
+            theirs = _pair_ties(keys[best_m[tied], 4], tied)
+            better[tied[mine < theirs]] = True
+        best_s = np.where(better, score, best_s)
+        best_m[better] = i
+    return best_m
+
+
 # ----------------------------------------------------------------------- solver
 
 
