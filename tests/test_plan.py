@@ -176,6 +176,15 @@ def test_lumpy_partitions_end_within_one_partition_of_the_quota(
         assert abs(n - f[w]) < 1 + biggest
 
 
+def test_a_member_a_partition_above_quota_frees_it_when_that_is_nearer() -> None:
+    # Found by Hypothesis (the test above): three partitions of 5 jobs, members weighted
+    # 1, 0.5 and 1 (quotas 6, 3, 6). The map gives "bg" two of them; freeing only
+    # within its excess of 4 freed nothing, and the plan ended 0 / 5 / 10.
+    counts = {0: 5, 1: 5, 94: 5}
+    plan = make_plan(None, {"a": 1, "b": 0.5, "bg": 1}, counts, P, b"e")
+    assert loads(plan, counts) == {"a": 5, "b": 5, "bg": 5}
+
+
 @given(members_st, single_st)
 @settings(max_examples=50, deadline=None)
 def test_the_plan_is_deterministic_and_survives_its_codec(

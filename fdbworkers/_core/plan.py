@@ -386,6 +386,36 @@ def _free_excess(
         owner[cand[sel[take]]] = -1
         held -= freed
         left -= freed
+    _free_overshoot(owner, held, left, cand, cnt, nz, tkeys)
+
+
+def _free_overshoot(
+    owner: I64Array,
+    held: I64Array,
+    left: I64Array,
+    cand: I64Array,
+    cnt: I64Array,
+    nz: I64Array,
+    tkeys: U64Array,
+) -> None:
+    """Step 3a, last: a member still ``left`` jobs above quota frees its smallest
+    partition too when that leaves it nearer its quota (``c < 2 * left``: below it by
+    ``c - left``). With partitions of several jobs each, freeing only within the excess
+    could keep a member a whole partition above quota and another as far below (found
+    by Hypothesis: three partitions of 5 jobs on members weighted 1, 0.5 and 1 ended
+    0 / 5 / 10 against quotas 6 / 3 / 6; now 5 / 5 / 5)."""
+    rem = cand[owner[cand] >= 0]
+    rem = rem[left[owner[rem]] > 0]
+    if not rem.size:
+        return
+    rm = owner[rem]
+    rem = rem[np.lexsort((_ties(tkeys[rm], nz[rem]), cnt[rem], rm))]
+    rm = owner[rem]
+    first = rem[np.unique(rm, return_index=True)[1]]
+    m = owner[first]
+    go = cnt[first] < 2 * left[m]
+    owner[first[go]] = -1
+    held[m[go]] -= cnt[first[go]]
 
 
 def _place_free(
