@@ -1,7 +1,8 @@
 """Benchmark of the job-to-worker assignment (fdbworkers._core.assign) against baselines.
 
-    python benchmarks/assign_bench.py            # full sizes, about two minutes
-    python benchmarks/assign_bench.py --quick    # CI smoke run, a few seconds
+    python benchmarks/assign_bench.py                # full sizes, about three minutes
+    python benchmarks/assign_bench.py --quick        # CI smoke run, a few seconds
+    python benchmarks/assign_bench.py --part direct  # only the first table (~40 s)
 
 Measured in one run, on the same job ids and worker ids:
 
@@ -15,6 +16,11 @@ Measured in one run, on the same job ids and worker ids:
 * kazoo's ``SetPartitioner`` default ``partition_func`` (sorted members, sorted items,
   round robin), called directly (no ZooKeeper needed).
 
+And first, ours alone: the map without capacities (``balance=None``, one replica)
+through the capacity solver and through the direct path ``assign`` takes for few
+members; both give the same owners (checked), the times decide the rule of the
+threshold (``--part direct``: only this table).
+
 Jobs are real ids (``job-<seed>-<i>``) put in partitions with ``job_partition``.
 "Balance" is the largest number of jobs of one worker over the mean (weighted: the
 largest ``|jobs / (J * w / W) - 1|``). "Movement" is the jobs that change owner on one
@@ -25,6 +31,7 @@ and over J/N.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import statistics
@@ -44,7 +51,7 @@ from fdbworkers._core.assign import (
     job_partition,
     stable_hash64,
 )
-from fdbworkers._core.matching import DIRECT_MAX_MEMBERS, _Solver, direct_primaries
+from fdbworkers._core.matching import _Solver, direct_pays, direct_primaries
 from fdbworkers._core.rendezvous import _member_keys
 
 
@@ -70,6 +77,8 @@ class Sizes:
     events: int
     naive_jobs: int
     p_table: tuple[int, ...]
+    direct: tuple[tuple[int, tuple[int, ...]], ...]  # (P, member counts)
+    direct_runs: int
 
 
 FULL = Sizes(
@@ -84,6 +93,13 @@ FULL = Sizes(
     events=3,
     naive_jobs=2000,
     p_table=(4096, 16384, 65536, 262144),
+    direct=(
+        (DEFAULT_PARTITIONS, (2, 4, 5, 8, 16, 32, 48, 64, 80, 100)),
+        (1024, (2, 4, 8, 12, 16, 32)),
+        (4097, (2, 4, 8, 12, 16, 32)),
+        (100_000, (2, 8, 16, 24, 32, 48)),
+    ),
+    direct_runs=5,
 )
 QUICK = Sizes(
     bal_jobs=20_000,
@@ -97,6 +113,8 @@ QUICK = Sizes(
     events=1,
     naive_jobs=200,
     p_table=(4096, 65536),
+    direct=((4097, (2, 8)),),
+    direct_runs=3,
 )
 
 
@@ -450,39 +468,46 @@ def section_partitions(sz: Sizes) -> None:
     log()
 
 
-def section_direct(quick: bool) -> None:
-    """The pure map (no capacities, one replica: every stored plan's base map) through
-    the solver and through the direct path that assign() takes up to
-    DIRECT_MAX_MEMBERS members; both must agree exactly."""
-    p = 4096 if quick else DEFAULT_PARTITIONS
-    runs = 3 if quick else 7
-    log(f"== Pure map, solver vs direct path (P={p}; min / median / max of {runs} runs, ms) ==")
-    log(f"{'N':>4} {'weights':>8} {'solver':>20} {'direct':>20} {'direct/solver':>14}")
-    for n in (2, 4, 5, 8, 16, 32, 64, 100):
-        for uniform in (True, False):
-            ids = tuple(sorted(f"w{i}" for i in range(n)))
-            weights = tuple(1.0 if uniform else 1.0 + i % 3 for i in range(n))
+def _three_ms(xs: Sequence[float]) -> str:
+    return "/".join(f"{x * 1e3:.1f}" for x in (min(xs), statistics.median(xs), max(xs)))
+
+
+def _solver_map(weights: tuple[float, ...], keys: NDArray[np.uint64], p: int) -> Owners:
+    return _Solver(weights, keys, p, None).solve(1)[0]
+
+
+def section_direct(sz: Sizes) -> None:
+    """The map without capacities (``balance=None``, one owner: the stored plan's base
+    map, computed by every survivor on a failover): the capacity solver against the
+    direct path (every member's rank of every partition, a running best), which
+    ``assign`` takes while ``direct_pays``. Both must give the same owners."""
+    log("== Map without capacities: solver vs direct (ms, min/median/max) ==")
+    log(
+        f"{'P':>7} {'N':>4} {'weights':>8} {'solver':>18} {'direct':>18} "
+        f"{'solver/direct':>13} {'assign takes':>12}"
+    )
+    for p, ns in sz.direct:
+        for n in ns:
+            ids = worker_ids(n, 7)
             keys = _member_keys(ids)
-            ts: list[float] = []
-            td: list[float] = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                a = _Solver(weights, keys, p, None).solve(1)[0]
-                ts.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                b = direct_primaries(weights, keys, p)
-                td.append(time.perf_counter() - t)
-                assert np.array_equal(a, b), (n, uniform)
-            mark = " (assign's path)" if n <= DIRECT_MAX_MEMBERS else ""
-            log(
-                f"{n:>4} {'equal' if uniform else '1,2,3':>8} {_mmm(ts):>20} {_mmm(td):>20}"
-                f" {statistics.median(td) / statistics.median(ts):>14.2f}{mark}"
-            )
+            for label, weights in (
+                ("equal", (1.0,) * n),
+                ("1,2,4", tuple((1.0, 2.0, 4.0)[i % 3] for i in range(n))),
+            ):
+                solved = _solver_map(weights, keys, p)
+                if not np.array_equal(solved, direct_primaries(weights, keys, p)):
+                    raise AssertionError(f"direct map differs from the solver's: P={p} N={n}")
+                ts, td = [], []
+                for _ in range(sz.direct_runs):  # interleaved: both see the same load
+                    ts.append(timed(functools.partial(_solver_map, weights, keys, p)))
+                    td.append(timed(functools.partial(direct_primaries, weights, keys, p)))
+                ratio = statistics.median(ts) / statistics.median(td)
+                took = "direct" if direct_pays(n, p) else "solver"
+                log(
+                    f"{p:>7} {n:>4} {label:>8} {_three_ms(ts):>18} {_three_ms(td):>18} "
+                    f"{ratio:>13.2f} {took:>12}"
+                )
     log()
-
-
-def _mmm(xs: list[float]) -> str:
-    return " / ".join(f"{f(xs) * 1e3:.1f}" for f in (min, statistics.median, max))
 
 
 def section_targets(sz: Sizes, results: dict[str, float]) -> None:
@@ -526,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log()
     t0 = time.perf_counter()
     results: dict[str, float] = {}
-    section_direct(args.quick)
+    section_direct(sz)
     if args.part == "direct":
         return 0
     section_time(sz, results)

@@ -19,9 +19,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from fdbworkers._core import assign as assign_module
 from fdbworkers._core.assign import (
     DEFAULT_PARTITIONS,
     MAX_PARTITIONS,
@@ -33,8 +34,16 @@ from fdbworkers._core.assign import (
     next_step,
     stable_hash64,
 )
-from fdbworkers._core.matching import DIRECT_MAX_MEMBERS, _capacities, _Solver, direct_primaries
-from fdbworkers._core.rendezvous import _GOLDEN, _Domain, _exp_score, _ln, _member_keys, _mix64
+from fdbworkers._core.matching import _capacities, _Solver, direct_pays, direct_primaries
+from fdbworkers._core.rendezvous import (
+    _GOLDEN,
+    _Domain,
+    _exp_score,
+    _ln,
+    _member_keys,
+    _mix64,
+    _pair_ties,
+)
 from fdbworkers._errors import ConfigError
 
 # ----------------------------------------------------------------------- helpers
@@ -132,6 +141,18 @@ def test_golden_assignments() -> None:
     big = assign({f"w{i}": 1.0 for i in range(100)})
     digest = hashlib.blake2b("\n".join(big.primaries()).encode(), digest_size=16)  # type: ignore[arg-type]
     assert digest.hexdigest() == "02dd79e615de874065f02711ce24c322"
+    # Maps without capacities of few members (the direct path; pinned by the solver).
+    for members, p, want in [
+        ({f"w{i}": 1.0 for i in range(5)}, 65536, "2d5eb9fb485543cf93f153ee697654c1"),
+        (
+            {f"w{i}": (1.0, 2.0, 0.5)[i % 3] for i in range(12)},
+            65536,
+            "1c47b2790a611902caaa665fa9e7ae16",
+        ),
+        ({f"w{i}": 1.0 for i in range(4)}, 4097, "a62a3162614fd9e168ec0ad630af6e3b"),
+    ]:
+        got = assign(members, p, balance=None).primaries()
+        assert hashlib.blake2b("\n".join(got).encode(), digest_size=16).hexdigest() == want  # type: ignore[arg-type]
 
 
 def test_same_map_in_another_process() -> None:
@@ -168,22 +189,39 @@ def test_solver_matches_brute_force(
     assert [a.owners(p) for p in range(partitions)] == owners
 
 
-@settings(max_examples=80, deadline=None)
+def _ids(n: int) -> list[str]:
+    return [f"x{i}" for i in range(n)]
+
+
+@settings(max_examples=40, deadline=None)
 @given(
-    st.dictionaries(ids_st, weight_st, min_size=1, max_size=DIRECT_MAX_MEMBERS + 3),
-    st.one_of(partitions_st, st.sampled_from([4096, 65536])),
+    st.one_of(
+        st.integers(min_value=1, max_value=300),
+        st.sampled_from([1023, 1025, 4095, 4097, 65536]),
+    ),
+    st.lists(ids_st, min_size=1, max_size=70, unique=True),
+    st.lists(weight_st, min_size=70, max_size=70),
     st.booleans(),
 )
+# The default P on both sides of the threshold (60 members there), and cycle walking.
+@example(65536, _ids(60), [1.0, 2.0] * 35, False)
+@example(65536, _ids(61), [1.0] * 70, True)
+@example(65536, _ids(3), [1.0] * 70, True)
+@example(4097, _ids(12), [0.5, 3.7] * 35, False)
+@example(4097, _ids(13), [1.0] * 70, True)
 def test_direct_path_is_the_solver_bit_for_bit(
-    members: dict[str, float], partitions: int, uniform: bool
+    partitions: int, ids: list[str], drawn: list[float], uniform: bool
 ) -> None:
-    # assign() takes the direct path up to DIRECT_MAX_MEMBERS members without
-    # capacities; it must give the solver's map exactly, equal scores included.
-    ids = tuple(sorted(members))
-    weights = tuple(1.0 if uniform else members[i] for i in ids)
+    """The map without capacities is computed directly for few members: the same owner
+    for every partition as the solver's (forced here), uniform and weighted, with cycle
+    walking (P not a power of 4), for N on both sides of the threshold."""
+    ids.sort()
+    weights = tuple(1.0 if uniform else drawn[i] for i in range(len(ids)))
     keys = _member_keys(ids)
     solver = _Solver(weights, keys, partitions, None).solve(1)[0]
     assert np.array_equal(direct_primaries(weights, keys, partitions), solver)
+    got = assign(dict(zip(ids, weights, strict=True)), partitions, balance=None)
+    assert got.primaries() == tuple(ids[m] for m in solver.tolist())
 
 
 def test_direct_path_breaks_equal_ranks_like_the_solver() -> None:
@@ -205,6 +243,58 @@ def test_direct_path_breaks_equal_ranks_like_the_solver() -> None:
     assert list(assign(dict.fromkeys(ids, 1.0), 7, balance=None).primaries()) == [
         ids[m] for m in solver
     ]
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (2.0, 2.0, 0.5)])
+def test_direct_path_breaks_equal_scores_either_way(weights: tuple[float, ...]) -> None:
+    # Two members may rank a partition alike (their permutations are independent):
+    # find such partitions, won by the tie-break either way, and check their owners.
+    p = 4096
+    assert direct_pays(len(weights), p)
+    domain = _Domain.of(p)
+    found = {0: 0, 1: 0}
+    for i in range(40):
+        ids = tuple(f"tie{i}-{j}" for j in range(len(weights)))
+        keys = _member_keys(ids)
+        r0, r1 = (domain.ranks(keys[m]).astype(np.int64) for m in (0, 1))
+        tied = np.flatnonzero(r0 == r1)
+        if not tied.size:
+            continue
+        later = _pair_ties(keys[[1], 4], tied) < _pair_ties(keys[[0], 4], tied)
+        solver = _Solver(weights, keys, p, None).solve(1)[0]
+        a = assign(dict(zip(ids, weights, strict=True)), p, balance=None)
+        assert a.primaries() == tuple(ids[m] for m in solver.tolist())
+        if len(weights) == 3:  # (first two weigh alike) no tie when the third is preferred
+            r2 = domain.ranks(keys[2]).astype(np.int64)
+            first = _exp_score(r0, p) / weights[0] < _exp_score(r2, p) / weights[2]
+            tied, later = tied[first[tied]], later[first[tied]]
+        for q, m1_wins in zip(tied.tolist(), later.tolist(), strict=True):
+            assert a.owner(q) == ids[1 if m1_wins else 0]
+            found[int(m1_wins)] += 1
+    assert found[0] and found[1]
+
+
+def test_small_pure_maps_take_the_direct_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stored plan's map (balance=None, one owner) of a few members at the default P
+    # is computed without the solver; with capacities or standbys it is the solver's.
+    class NoSolver:
+        def __init__(self, *args: object) -> None:
+            raise AssertionError("the solver was used")
+
+    monkeypatch.setattr(assign_module, "_Solver", NoSolver)
+    assign_module._assign.cache_clear()
+    members = {f"d{i}": 1.0 + i % 2 for i in range(32)}
+    assert len(assign(members, balance=None).load()) == 32
+    with pytest.raises(AssertionError, match="the solver was used"):
+        assign(members, balance="auto")
+    with pytest.raises(AssertionError, match="the solver was used"):
+        assign(members, replicas=2, balance=None)
+    assign_module._assign.cache_clear()
+    # The rule's bounds (docs/assignment.md): lower where cycle walking makes the
+    # Feistel domain larger than P, or where the fixed cost per member weighs more.
+    sizes = (1024, 4097, 65536, 100_000)
+    bounds = {p: max(n for n in range(1, 200) if direct_pays(n, p)) for p in sizes}
+    assert bounds == {1024: 12, 4097: 12, 65536: 60, 100_000: 24}
 
 
 @settings(max_examples=60, deadline=None)
@@ -385,6 +475,8 @@ def test_member_permutations_are_bijections(partitions: int, wid: str) -> None:
     parts = d.permute(ranks.copy(), keys)
     assert sorted(parts.tolist()) == list(range(partitions))
     assert np.array_equal(d.unpermute(parts.copy(), keys), ranks)
+    # All ranks at once (the direct path): a table of the domain, walked by lookups.
+    assert np.array_equal(d.ranks(keys[0]), d.unpermute(ranks.copy(), keys))
 
 
 @settings(max_examples=100, deadline=None)

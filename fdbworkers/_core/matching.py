@@ -5,8 +5,9 @@ Member ``i`` may own at most ``cap_i = floor(fair_i + slack_i + d_i)`` partition
 (with their rank-rendezvous preference orders, :mod:`fdbworkers._core.rendezvous`) and
 capacities, computed by :class:`_Solver` as vectorized deferred acceptance over
 candidate pairs listed lazily (about ``_BAND`` per partition), so it costs ``O(P)``
-pairs, not ``O(P * N)``. The map's API is :mod:`fdbworkers._core.assign`; reasons and
-measurements in docs/assignment.md.
+pairs, not ``O(P * N)``. Without capacities and with one replica, a map of few members
+is cheaper computed directly (:func:`direct_primaries`, the same owners). The map's API
+is :mod:`fdbworkers._core.assign`; reasons and measurements in docs/assignment.md.
 """
 
 from __future__ import annotations
@@ -33,43 +34,64 @@ _MIN_PREFIX = 16
 _AUTO_GAIN = 0.04
 
 
-#: Up to this many members, a map without capacities and with one replica is computed
-#: directly (:func:`direct_primaries`): N passes over the partitions beat listing and
-#: sorting candidate pairs (benchmarks/assign_bench.py ``--part direct``).
-DIRECT_MAX_MEMBERS = 32
+#: The map without capacities and with one replica is computed directly
+#: (:func:`direct_primaries`) while ``N * (domain size + _DIRECT_CALL) <= _DIRECT_GAIN * P``
+#: (:func:`direct_pays`): the solver's cost grows with ``P`` and hardly with ``N``, the
+#: direct one with ``N`` passes over the Feistel domain plus a fixed cost per member
+#: (``_DIRECT_CALL``, in entries of a pass). Measured with benchmarks/assign_bench.py
+#: ``--part direct`` (docs/assignment.md): at P = 65536 the direct path is faster up to
+#: N = 80-100, and the rule takes it up to N = 60.
+_DIRECT_GAIN = 64
+_DIRECT_CALL = 4096
 
 
 # ------------------------------------------------------------------ direct path
 
 
+def direct_pays(members: int, partitions: int) -> bool:
+    """Whether :func:`direct_primaries` is cheaper than the solver (rule above)."""
+    size = _Domain.of(partitions).size
+    return members == 1 or members * (size + _DIRECT_CALL) <= _DIRECT_GAIN * partitions
+
+
 def direct_primaries(weights: tuple[float, ...], keys: U64Array, partitions: int) -> I64Array:
-    """The primary of every partition when nothing caps a member: the member first in
-    the pair order (score, tie-break, member index), the order :class:`_Solver` sorts
-    by (``_Solver._order``), so the result is the solver's, bit for bit. One pass over
-    all partitions per member (its ranks by the inverse permutation), keeping the best
-    so far: O(N * P) work, O(P) memory."""
-    p = partitions
+    """The primary of every partition when nothing caps a member, computed directly.
+
+    Without capacities the solver gives each partition its first candidate: the member
+    first in the pair order (score, tie-break, member index) that ``_Solver._order``
+    sorts by. Here every member's rank of every partition is computed
+    (:meth:`_Domain.ranks`), one member at a time, with a running best: a member takes
+    a partition when its score is lower, or equal with a lower tie-break
+    (:func:`_pair_ties`; equal tie-breaks keep the lower index, the earlier member).
+    The scores are the solver's value for value (ranks with equal weights, else
+    ``E(rank) / w`` from the same elementwise operations), so the result is the
+    solver's, bit for bit. O(N * domain) work, O(P) memory whatever N.
+    """
+    n, p = len(weights), partitions
+    best = np.zeros(p, dtype=np.int64)
+    if n == 1:
+        return best
     domain = _Domain.of(p)
     w = np.asarray(weights, dtype=np.float64)
-    uniform = bool(np.all(w == w[0]))
-    parts = np.arange(p, dtype=np.uint64)
-    best_m = np.zeros(p, dtype=np.int64)
-    best_s = np.zeros(0, dtype=np.float64)
-    for i in range(len(weights)):
-        rank = domain.unpermute(parts, np.broadcast_to(keys[i, :4], (p, 4))).astype(np.int64)
-        score = rank.astype(np.float64) if uniform else _exp_score(rank, p) / w[i]
-        if i == 0:
-            best_s = score
-            continue
-        better = score < best_s
-        tied = np.flatnonzero(score == best_s)
-        if tied.size:  # equal scores: the lower tie-break, then the lower index (best's)
-            mine = _pair_ties(keys[i, 4], tied)
-            theirs = _pair_ties(keys[best_m[tied], 4], tied)
-            better[tied[mine < theirs]] = True
-        best_s = np.where(better, score, best_s)
-        best_m[better] = i
-    return best_m
+    # The solver's scores: with one weight for everybody the ranks, else E(rank) / w
+    # (a table of E over all ranks: the same values as scoring each rank alone).
+    exp = None if bool(np.all(w == w[0])) else _exp_score(np.arange(p, dtype=np.int64), p)
+
+    def scores(m: int) -> F64Array:
+        rank = domain.ranks(keys[m])  # < P: exact as float64, valid as an index
+        return rank.astype(np.float64) if exp is None else exp[rank] / w[m]
+
+    low = scores(0)
+    for m in range(1, n):
+        score = scores(m)
+        better = score < low
+        tied = np.flatnonzero(score == low)
+        if tied.size:
+            mine = _pair_ties(np.full(tied.size, keys[m, 4], dtype=np.uint64), tied)
+            better[tied[mine < _pair_ties(keys[best[tied], 4], tied)]] = True
+        best[better] = m
+        np.minimum(low, score, out=low)
+    return best
 
 
 # ----------------------------------------------------------------------- solver

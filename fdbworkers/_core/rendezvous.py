@@ -142,6 +142,26 @@ class _Domain:
         bits = max(2, (partitions - 1).bit_length())
         return cls(partitions, (bits + 1) // 2)
 
+    @property
+    def size(self) -> int:
+        """The Feistel domain's size ``4**half`` (``>= partitions``)."""
+        return 1 << (2 * self.half)
+
+    def ranks(self, keys: U64Array) -> U64Array:
+        """One member's rank of every partition (``keys``: its 4 round keys), the same
+        values as ``unpermute(arange(P))``: one pass of the inverse network over the
+        whole domain, then cycle walking by lookups in it (a step of a walk is a lookup,
+        not a pass of the network: the walks cost ``size - P`` evaluations in all)."""
+        table = self._feistel_inv(np.arange(self.size, dtype=np.uint64), keys[None, :4])
+        if self.size == self.partitions:
+            return table
+        out = table[: self.partitions].copy()
+        bad = np.flatnonzero(out >= self.partitions)
+        while bad.size:
+            out[bad] = table[out[bad]]
+            bad = bad[out[bad] >= self.partitions]
+        return out
+
     def permute(self, ranks: U64Array, keys: U64Array) -> U64Array:
         """Member permutation: rank -> partition (``keys``: n x 4 round keys per rank)."""
         out = self._feistel(ranks, keys)
