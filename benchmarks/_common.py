@@ -80,6 +80,11 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
+def three(xs: Sequence[float]) -> str:
+    """min / median / max, each as :func:`fmt` writes it."""
+    return " / ".join(fmt(float(x)) for x in (min(xs), statistics.median(xs), max(xs)))
+
+
 def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub markdown table, printed and returned."""
     lines = [f"\n### {title}\n", "| " + " | ".join(headers) + " |"]

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from _common import three
 from numpy.typing import NDArray
 
 from fdbworkers._core import assign as assign_module
@@ -468,10 +469,6 @@ def section_partitions(sz: Sizes) -> None:
     log()
 
 
-def _three_ms(xs: Sequence[float]) -> str:
-    return "/".join(f"{x * 1e3:.1f}" for x in (min(xs), statistics.median(xs), max(xs)))
-
-
 def _solver_map(weights: tuple[float, ...], keys: NDArray[np.uint64], p: int) -> Owners:
     return _Solver(weights, keys, p, None).solve(1)[0]
 
@@ -503,8 +500,9 @@ def section_direct(sz: Sizes) -> None:
                     td.append(timed(functools.partial(direct_primaries, weights, keys, p)))
                 ratio = statistics.median(ts) / statistics.median(td)
                 took = "direct" if direct_pays(n, p) else "solver"
+                solver_ms, direct_ms = three([t * 1e3 for t in ts]), three([t * 1e3 for t in td])
                 log(
-                    f"{p:>7} {n:>4} {label:>8} {_three_ms(ts):>18} {_three_ms(td):>18} "
+                    f"{p:>7} {n:>4} {label:>8} {solver_ms:>18} {direct_ms:>18} "
                     f"{ratio:>13.2f} {took:>12}"
                 )
     log()

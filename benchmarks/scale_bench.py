@@ -75,6 +75,7 @@ from _common import (
     quiet_logs,
     start_devserver,
     table,
+    three,
 )
 
 from fdbworkers._backends.engine import Engine, EngineDatabase, EngineStatistics
@@ -650,11 +651,6 @@ class Counters:
         )
 
 
-def _three(xs: Sequence[float]) -> str:
-    """min / median / max"""
-    return " / ".join(fmt(x) for x in (min(xs), statistics.median(xs), max(xs)))
-
-
 def _spread(xs: Sequence[float]) -> str:
     if not xs:
         return "-"
@@ -1027,7 +1023,7 @@ def plan_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) ->
                 r["n"],
                 r["j"],
                 r["what"],
-                _three(r["cpu"]),
+                three(r["cpu"]),
                 r["overrides"],
                 r["plan_bytes"],
                 r["jobs"],
