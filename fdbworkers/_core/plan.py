@@ -409,10 +409,10 @@ def _free_overshoot(
     if not rem.size:
         return
     rm = owner[rem]
-    rem = rem[np.lexsort((_ties(tkeys[rm], nz[rem]), cnt[rem], rm))]
-    rm = owner[rem]
-    first = rem[np.unique(rm, return_index=True)[1]]
-    m = owner[first]
+    order = np.lexsort((_ties(tkeys[rm], nz[rem]), cnt[rem], rm))
+    rem, rm = rem[order], rm[order]
+    at = np.unique(rm, return_index=True)[1]  # each member's smallest partition
+    first, m = rem[at], rm[at]
     go = cnt[first] < 2 * left[m]
     owner[first[go]] = -1
     held[m[go]] -= cnt[first[go]]
