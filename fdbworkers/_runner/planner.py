@@ -88,9 +88,7 @@ class Planner:
         key = (dict(plan.members), plan.partitions)
         if key == self._warmed:
             return  # computed already (assign keeps the last few maps)
-        await anyio.to_thread.run_sync(
-            partial(assign, dict(plan.members), plan.partitions, balance=None)
-        )
+        await anyio.to_thread.run_sync(partial(assign, key[0], plan.partitions, balance=None))
         self._warmed = key
 
     async def warm_for(self, weights: Mapping[str, float]) -> None:
