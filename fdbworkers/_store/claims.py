@@ -99,25 +99,47 @@ async def tx_claim_many(
     if n == 0:
         return []
     me_key = space.member_key(wid)
-    me_raw = await tr.get(me_key)  # conflicts with our own eviction
-    if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
-        return [ClaimOutcome("not_member")] * n
     order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
     parts = [requests[i].partition for i in order]
     ids = [requests[i].job_id for i in order]
     ckeys = keys_below(space.claims_range()[0], parts, ids)
     jkeys = keys_below(space.jobs_range()[0], parts, ids)
-    # Claims are written by claimers and releasers only: a conflict range over each run
-    # of our own partitions costs far fewer calls than one per key. Jobs are written by
-    # every add: one conflict per job key, so that adds next to it do not conflict.
-    raws = await read_keys(tr, ckeys, parts, keys_per_partition, conflicts="runs")
-    jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
+    read = await _read_claim_keys(tr, me_key, ckeys, jkeys, parts, keys_per_partition)
+    if read is None or MemberRecord.decode(wid, me_key, read[0]).incarnation != incarnation:
+        return [ClaimOutcome("not_member")] * n
+    _, raws, jobs = read
 
     claims, outcomes = _decode_claims(ckeys, raws)
     members = await _read_holders(tr, space, claims, wid, incarnation)
     takes = [requests[i].take_superseded for i in order]
     await _decide_claims(tr, space, claims, members, takes, outcomes, wid, incarnation, nonce)
     return _write_claims(tr, ckeys, jobs, order, outcomes, wid, incarnation, nonce, lease_timeout)
+
+
+async def _read_claim_keys(
+    tr: Transaction,
+    me_key: bytes,
+    ckeys: Sequence[bytes],
+    jkeys: Sequence[bytes],
+    parts: Sequence[int],
+    keys_per_partition: float,
+) -> tuple[bytes, list[bytes | None], list[bytes | None]] | None:
+    """Our own member record (its read conflicts with our own eviction), then the claim
+    and the job of each request, or None where the record is gone (nothing more read).
+    A single job (an add, a claim retried alone) reads its three keys in one round trip,
+    with the conflicts of three gets."""
+    if len(ckeys) == 1:
+        me_raw, raw, job = await tr.get_many([me_key, ckeys[0], jkeys[0]])
+        return None if me_raw is None else (me_raw, [raw], [job])
+    me_raw = await tr.get(me_key)
+    if me_raw is None:
+        return None
+    # Claims are written by claimers and releasers only: a conflict range over each run
+    # of our own partitions costs far fewer calls than one per key. Jobs are written by
+    # every add: one conflict per job key, so that adds next to it do not conflict.
+    raws = await read_keys(tr, ckeys, parts, keys_per_partition, conflicts="runs")
+    jobs = await read_keys(tr, jkeys, parts, keys_per_partition)
+    return me_raw, raws, jobs
 
 
 #: A claim as read: the claim, and what is stored of it (the rule decides on the latter).
