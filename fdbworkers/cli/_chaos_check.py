@@ -158,8 +158,10 @@ class ChaosRecord:
         self._check_wakes(rep, runs)
         self._check_gaps(rep, by_job, owner_of_pid)
         self._check_end(rep, by_job, owner_of_pid, cli)
+        # Not faults of their own: freezes that did not take, or did not hold.
+        notes = ("freeze_not_effective", "freeze_broken")
         rep.add(
-            f"faults: {sum(v for k, v in self.counts.items() if k != 'freeze_not_effective')} "
+            f"faults: {sum(v for k, v in self.counts.items() if k not in notes)} "
             + " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()) if k != "added")
             + f"; handler runs: {len(runs)}; jobs: {len(self.current_jobs())}"
         )
