@@ -176,7 +176,11 @@ class Chaos(ChaosRecord):
         return True
 
     def resume(self, wid: str) -> None:
-        proc = self.procs[wid]
+        self._thaw(self.procs[wid])
+
+    def _thaw(self, proc: Proc) -> None:
+        """SIGCONT a process frozen by us and record its freeze (nothing if it is not
+        frozen, or its freeze already broke: :meth:`_watch_freezes`)."""
         if proc.frozen_at is not None:
             proc.popen.send_signal(signal.SIGCONT)
             self.frozen[proc.popen.pid].append((proc.frozen_at, time.monotonic()))
@@ -354,10 +358,7 @@ class Chaos(ChaosRecord):
             self.timers = [(0.0, *t[1:]) for t in self.timers]
             self._due_timers()
         for proc in self.shadowed:
-            if proc.frozen_at is not None:
-                proc.popen.send_signal(signal.SIGCONT)
-                self.frozen[proc.popen.pid].append((proc.frozen_at, time.monotonic()))
-                proc.frozen_at = None
+            self._thaw(proc)
         for wid in sorted(self.procs):
             self.resume(wid)
             if not self.up(wid):
@@ -475,10 +476,7 @@ def scenario_restart_shorter_timeout(c: Chaos) -> None:
     c.spawn(wid, TIMEOUTS[0])  # the same id again, elsewhere, with timeout 3
     c.faults.append(Fault("same id, timeout 3", wid, time.monotonic(), time.monotonic()))
     c._wait(40.0)
-    if old.frozen_at is not None:  # (else the freeze broke, and is recorded as such)
-        old.popen.send_signal(signal.SIGCONT)
-        c.frozen[old.popen.pid].append((old.frozen_at, time.monotonic()))
-        old.frozen_at = None
+    c._thaw(old)
     c._wait(3.0)
 
 
