@@ -23,6 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fdbworkers._core import assign as assign_module
+from fdbworkers._core import direct
 from fdbworkers._core.assign import (
     DEFAULT_PARTITIONS,
     MAX_PARTITIONS,
@@ -222,6 +223,30 @@ def test_direct_path_is_the_solver_bit_for_bit(
     assert np.array_equal(direct_primaries(weights, keys, partitions), solver)
     got = assign(dict(zip(ids, weights, strict=True)), partitions, balance=None)
     assert got.primaries() == tuple(ids[m] for m in solver.tolist())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from([1, 2, 3, 7, 16, 17, 255, 256, 257, 1000, 4096, 4097, 16384]),
+    st.lists(ids_st, min_size=1, max_size=14, unique=True),
+)
+@example(65536, [f"w{i}" for i in range(60)])
+@example(65536, ["solo"])
+def test_the_map_without_numpy_is_numpys_bit_for_bit(partitions: int, ids: list[str]) -> None:
+    """fdbworkers._core.direct (the standard library: bytes.translate rounds and 32-bit
+    lanes of one int) gives numpy's ranks and direct owners, cycle walking included."""
+    ids.sort()
+    keys = _member_keys(ids)
+    pure_keys = direct.member_keys(ids)
+    assert pure_keys == [tuple(int(v) for v in row) for row in keys]
+    want = direct_primaries((1.0,) * len(ids), keys, partitions)
+    assert direct.primaries(len(ids), pure_keys, partitions).tolist() == want.tolist()
+    lanes = direct.ranks(pure_keys[-1], partitions)
+    got = [(lanes >> (32 * p)) & 0xFFFFFFFF for p in range(partitions)]
+    assert got == _Domain.of(partitions).ranks(keys[-1]).tolist()
+    assert direct.pair_tie(pure_keys[0][4], partitions - 1) == int(
+        _pair_ties(keys[:1, 4], np.asarray([partitions - 1], dtype=np.int64))[0]
+    )
 
 
 def test_direct_path_breaks_equal_ranks_like_the_solver() -> None:
@@ -425,7 +450,7 @@ def test_jobs_balance_for_100k_jobs_over_100_workers() -> None:
         parts = np.array([job_partition(j, p) for j in names])
         ids = [f"s{seed}-w{i}" for i in range(workers)]
         a = assign(dict.fromkeys(ids, 1.0), p)
-        per_worker = np.bincount(a._primary[parts], minlength=workers)
+        per_worker = np.bincount(np.asarray(a._primary)[parts], minlength=workers)
         ours.append(per_worker.max() / (jobs / workers))
         h = np.array([stable_hash64(j.encode()) for j in names], dtype=np.uint64)
         keys = np.array([stable_hash64(i.encode()) for i in ids], dtype=np.uint64)
@@ -443,7 +468,7 @@ def test_weighted_workers_get_proportional_shares() -> None:
     weights = {f"w{seed}-{i}": float(w) for i, w in enumerate([1, 2, 4] * 10)}
     per_part = jobs_per_partition(100_000, DEFAULT_PARTITIONS, seed)
     a = assign(weights)
-    per_worker = np.bincount(a._primary, weights=per_part, minlength=len(weights))
+    per_worker = np.bincount(np.asarray(a._primary), weights=per_part, minlength=len(weights))
     total_w = sum(weights.values())
     for i, wid in enumerate(sorted(weights)):
         expect = 100_000 * weights[wid] / total_w
@@ -581,7 +606,7 @@ def test_assignment_is_immutable() -> None:
     a = assign({"a": 1.0, "b": 1.0}, 16)
     with pytest.raises(AttributeError):
         a._partitions = 3
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         a._primary[0] = 1
     with pytest.raises(TypeError):
         a.members["c"] = 1.0  # type: ignore[index]

@@ -1,7 +1,8 @@
-"""A library user who never touches the CLI, and a worker before it computes a map, load
-neither numpy nor rich nor click nor structlog (issue 18, goal 5: memory): numpy comes
-with the first map, rich with the first table printed to a terminal, click and
-structlog with the CLI. Each check runs in a fresh interpreter."""
+"""A library user who never touches the CLI, and a worker that runs jobs, load neither
+numpy nor rich nor click nor structlog (issue 18, goal 5: memory): numpy comes only with
+a map the standard library does not compute (weights that differ, or more than 60
+members: module fdbworkers._core.direct), rich with the first table printed to a
+terminal, click and structlog with the CLI. Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -76,15 +77,62 @@ def test_an_asyncio_worker_imports_no_trio_either() -> None:
     assert _loaded_after(code) == []
 
 
-def test_numpy_comes_with_the_first_map() -> None:
+def test_workers_that_run_jobs_and_write_plans_load_none_of_them() -> None:
+    # Three workers of one weight: each computes the plan's map, one writes the plan,
+    # all run jobs, one leaves and the plan is written again.
+    code = """
+        import trio, trio.testing
+        import fdbworkers
+
+        live = {}
+
+        async def handler(job):
+            live[job.id] = live.get(job.id, 0) + 1
+            try:
+                await job.stopping.wait()
+            finally:
+                live[job.id] -= 1
+
+        async def main():
+            db = fdbworkers.open_database("memory")
+            await fdbworkers.add_jobs(db, "lazy", {f"job-{i}": None for i in range(300)})
+            async with trio.open_nursery() as n:
+                scopes = []
+                for k in range(3):
+                    async def one(k=k, task_status=trio.TASK_STATUS_IGNORED):
+                        with trio.CancelScope() as scope:
+                            task_status.started(scope)
+                            async with fdbworkers.open_worker(
+                                db, "lazy", timeout=1, settle=0.5, worker_id=f"w{k}"
+                            ) as w:
+                                await w.run_jobs(handler)
+                    scopes.append(await n.start(one))
+                await trio.sleep(20)
+                assert sorted(set(live.values())) == [1] and len(live) == 300, live
+                scopes[0].cancel()
+                await trio.sleep(20)
+                assert sorted(set(live.values())) == [1] and len(live) == 300, live
+                n.cancel_scope.cancel()
+            await db.aclose()
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    """
+    assert _loaded_after(code) == []
+
+
+def test_numpy_comes_only_with_a_map_the_standard_library_does_not_compute() -> None:
     code = """
         import sys
         from fdbworkers._core.assign import assign, job_partition
         assert job_partition("job-1", 1024) == job_partition("job-1", 1024)
+        a = assign({"a": 1.0, "b": 1.0}, 1024, balance=None)
+        one = assign({"a": 2.0}, 1024)
         assert "numpy" not in sys.modules
-        a = assign({"a": 1.0, "b": 2.0}, 1024)
-        assert "numpy" in sys.modules
         assert len(a.partitions_of("a")) + len(a.partitions_of("b")) == 1024
+        assert len(one.partitions_of("a")) == 1024
+        w = assign({"a": 1.0, "b": 2.0}, 1024)  # weights that differ: numpy
+        assert "numpy" in sys.modules
+        assert len(w.partitions_of("a")) + len(w.partitions_of("b")) == 1024
         sys.modules.pop("numpy")  # only the answer below matters
     """
     assert _loaded_after(code) == []
@@ -100,5 +148,30 @@ def test_the_cli_logs_without_rich_and_still_prints_rich_tables() -> None:
         for name in ("structlog", "click"):
             sys.modules.pop(name)
         sys.modules.pop("rich")
+    """
+    assert _loaded_after(code) == []
+
+
+def test_the_cli_imports_a_commands_module_when_the_command_runs() -> None:
+    # Every command is in LAZY_COMMANDS under the module that defines it, and a worker
+    # command's process does not import the read, write, health and insight commands.
+    code = """
+        import importlib, sys
+        from fdbworkers.cli._app import LAZY_COMMANDS, cli
+        assert not any(f"fdbworkers.cli.{m}" in sys.modules for m in set(LAZY_COMMANDS.values()))
+        import click
+        ctx = click.Context(cli)
+        assert cli.get_command(ctx, "worker").name == "worker"
+        for m in ("_read", "_health", "_write", "_insight"):
+            assert f"fdbworkers.cli.{m}" not in sys.modules, m
+        assert cli.get_command(ctx, "no-such-command") is None
+        defined = {}
+        for m in set(LAZY_COMMANDS.values()):
+            for c in importlib.import_module(f"fdbworkers.cli.{m}").COMMANDS:
+                defined[c.name] = m
+        assert defined == LAZY_COMMANDS
+        assert cli.list_commands(ctx) == sorted(defined)
+        for name in ("click", "structlog"):
+            sys.modules.pop(name, None)
     """
     assert _loaded_after(code) == []

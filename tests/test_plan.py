@@ -10,7 +10,6 @@ import math
 import random
 from fractions import Fraction
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from fdbworkers._core.assign import job_partition
 from fdbworkers._core.plan import (
     Plan,
-    _quota_array,
+    _quota_list,
     decode_plan,
     encode_plan,
     make_plan,
@@ -314,17 +313,12 @@ TestPlanSequence.settings = settings(max_examples=60, stateful_step_count=25, de
 
 @settings(max_examples=200, deadline=None)
 @given(members_st, st.integers(0, 10_000), st.data())
-def test_the_quota_array_is_the_quotas_of_exact_rationals(
+def test_the_quota_list_is_the_quotas_of_exact_rationals(
     members: dict[str, float], total: int, data: st.DataObject
 ) -> None:
-    """make_plan computes the quotas once per distinct weight, as an array: the same
+    """make_plan computes the quotas once per distinct weight, as a list: the same
     integers as :func:`quotas`, which does it member by member."""
     ids = tuple(sorted(members))
     held = {w: data.draw(st.integers(0, total)) for w in ids}
-    got = _quota_array(
-        ids,
-        tuple(members[w] for w in ids),
-        total,
-        np.asarray([held[w] for w in ids], dtype=np.int64),
-    )
-    assert dict(zip(ids, got.tolist(), strict=True)) == quotas(members, total, held)
+    got = _quota_list(ids, tuple(members[w] for w in ids), total, [held[w] for w in ids])
+    assert dict(zip(ids, got, strict=True)) == quotas(members, total, held)

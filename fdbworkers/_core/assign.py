@@ -45,12 +45,16 @@ import functools
 import hashlib
 import math
 import numbers
+from array import array
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from .._errors import ConfigError
+from . import direct
 from .matching import _capacities, _Solver, direct_pays, direct_primaries
 from .rendezvous import _member_keys, lazy_numpy
 
@@ -196,8 +200,10 @@ class Assignment:
     _partitions: int
     _replicas: int
     _balance: float | str | None
-    _primary: NDArray[np.int32]
-    _prefs: NDArray[np.int32]
+    #: The primary of every partition (a read-only view of int32 member indices).
+    _primary: memoryview
+    #: Standbys per partition (solver maps of several replicas), else None.
+    _prefs: NDArray[np.int32] | None
     _by_member: dict[int, frozenset[int]]
     _names: list[tuple[str | None, ...]]
 
@@ -208,13 +214,14 @@ class Assignment:
         partitions: int,
         replicas: int,
         balance: float | str | None,
-        primary: I64Array,
-        prefs: I64Array,
+        primary: I64Array | array[int],
+        prefs: I64Array | None,
     ) -> None:
-        primary = primary.astype(np.int32)
-        prefs = prefs.astype(np.int32)
-        primary.setflags(write=False)
-        prefs.setflags(write=False)
+        if not isinstance(primary, array):
+            primary = array("i", primary.astype(np.int32).tobytes())
+        if prefs is not None:
+            prefs = prefs.astype(np.int32)
+            prefs.setflags(write=False)
         setter = object.__setattr__
         setter(self, "_ids", ids)
         setter(self, "_index", MappingProxyType({w: i for i, w in enumerate(ids)}))
@@ -222,7 +229,7 @@ class Assignment:
         setter(self, "_partitions", partitions)
         setter(self, "_replicas", replicas)
         setter(self, "_balance", balance)
-        setter(self, "_primary", primary)
+        setter(self, "_primary", memoryview(primary).toreadonly())
         setter(self, "_prefs", prefs)
         setter(self, "_by_member", {})
         setter(self, "_names", [])
@@ -251,7 +258,7 @@ class Assignment:
 
     def __repr__(self) -> str:
         loads = self._loads()
-        spread = f"{int(loads.min())}..{int(loads.max())}" if loads.size else "-"
+        spread = f"{min(loads)}..{max(loads)}" if loads else "-"
         return (
             f"<Assignment {len(self._ids)} members, {self._partitions} partitions, "
             f"replicas={self._replicas}, balance={self._balance}, load {spread}>"
@@ -263,8 +270,8 @@ class Assignment:
         return (
             self._ids == other._ids
             and self._partitions == other._partitions
-            and np.array_equal(self._primary, other._primary)
-            and np.array_equal(self._prefs, other._prefs)
+            and self._primary == other._primary
+            and _same_prefs(self._prefs, other._prefs)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -292,6 +299,8 @@ class Assignment:
             return ()
         first = int(self._primary[p])
         out = [self._ids[first]]
+        if self._prefs is None:
+            return tuple(out)
         for m in self._prefs[p].tolist():
             if len(out) >= self._replicas:
                 break
@@ -306,7 +315,7 @@ class Assignment:
             return frozenset()
         got = self._by_member.get(i)
         if got is None:
-            got = frozenset(np.flatnonzero(self._primary == i).tolist())
+            got = frozenset(compress(range(self._partitions), map(i.__eq__, self._primary)))
             self._by_member[i] = got
         return got
 
@@ -314,14 +323,13 @@ class Assignment:
         """Fraction of the partitions ``worker`` owns as primary."""
         return len(self.partitions_of(worker)) / self._partitions
 
-    def _loads(self) -> I64Array:
-        if not self._ids:
-            return np.zeros(0, dtype=np.int64)
-        return np.bincount(self._primary, minlength=len(self._ids)).astype(np.int64)
+    def _loads(self) -> list[int]:
+        counts = Counter(self._primary)
+        return [counts.get(i, 0) for i in range(len(self._ids))]
 
     def load(self) -> dict[str, int]:
         """Worker id -> number of partitions it owns as primary."""
-        return dict(zip(self._ids, self._loads().tolist(), strict=True))
+        return dict(zip(self._ids, self._loads(), strict=True))
 
     def primaries(self) -> tuple[str | None, ...]:
         """The primary owner of every partition, indexed by partition."""
@@ -382,17 +390,29 @@ def _assign(
     """:func:`assign` after validation; memoized (the result is immutable), since every
     reconcile of a worker asks for the map of the same settled membership."""
     if not ids:
-        empty = np.zeros(p, dtype=np.int64)
-        return Assignment(ids, weights, p, replicas, balance, empty, np.zeros((p, 0), np.int64))
+        return Assignment(ids, weights, p, replicas, balance, array("i", bytes(4 * p)), None)
+    uncapped = (balance is None or len(ids) == 1) and replicas == 1
+    pays = uncapped and direct_pays(len(ids), p)
+    if uncapped and direct.computes(weights, p, pays):
+        # Without numpy (module direct): the owners of direct_primaries, bit for bit.
+        primary = direct.primaries(len(ids), direct.member_keys(ids), p)
+        return Assignment(ids, weights, p, replicas, balance, primary, None)
     keys = _member_keys(ids)
     caps = None if balance is None else _capacities(weights, keys, p, balance)
-    if caps is None and replicas == 1 and direct_pays(len(ids), p):
-        primary = direct_primaries(weights, keys, p)  # the solver's result, faster
-        return Assignment(ids, weights, p, replicas, balance, primary, np.zeros((p, 0), np.int64))
-    primary, prefs = _Solver(weights, keys, p, caps).solve(replicas)
-    if replicas == 1:  # owners() is the primary alone: keep no preference lists
-        prefs = np.zeros((p, 0), dtype=np.int64)
-    return Assignment(ids, weights, p, replicas, balance, primary, prefs)
+    if caps is None and replicas == 1 and pays:
+        primary_np = direct_primaries(weights, keys, p)  # the solver's result, faster
+        return Assignment(ids, weights, p, replicas, balance, primary_np, None)
+    primary_np, prefs = _Solver(weights, keys, p, caps).solve(replicas)
+    # owners() of one replica is the primary alone: keep no preference lists.
+    return Assignment(
+        ids, weights, p, replicas, balance, primary_np, prefs if replicas > 1 else None
+    )
+
+
+def _same_prefs(a: NDArray[np.int32] | None, b: NDArray[np.int32] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a, b))
 
 
 def moved(old: Assignment, new: Assignment) -> frozenset[int]:

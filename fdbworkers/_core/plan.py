@@ -35,23 +35,20 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import accumulate
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgpack
 
 from .._errors import ConfigError, CorruptDataError, LayoutError
 from .assign import ALGORITHM_VERSION, assign, stable_hash64
-from .rendezvous import lazy_numpy
-
-if TYPE_CHECKING:
-    import numpy as np
-    from numpy.typing import NDArray
-else:
-    np = lazy_numpy(globals())  # numpy is loaded with the first map, not on import
+from .direct import from_le, pair_tie, to_le
+from .partset import PartitionSet
 
 __all__ = [
     "PLAN_FORMAT",
@@ -69,10 +66,6 @@ __all__ = [
 PLAN_FORMAT: Final = 1
 #: Largest stored value of a plan chunk (FoundationDB's limit is 100,000 bytes).
 CHUNK_BYTES: Final = 90_000
-
-if TYPE_CHECKING:
-    I64Array = NDArray[np.int64]
-    U64Array = NDArray[np.uint64]
 
 
 class _Weighted(Protocol):
@@ -147,17 +140,12 @@ class PlanMap:
         self._base = base
         self._ids: tuple[str, ...] = tuple(sorted(plan.members))
         index = {w: i for i, w in enumerate(self._ids)}
-        owner = np.asarray(base._primary, dtype=np.int64).copy() if self._ids else None
-        if owner is not None and plan.overrides:
-            ps = np.fromiter(plan.overrides.keys(), dtype=np.int64, count=len(plan.overrides))
-            ms = np.fromiter(
-                (index[w] for w in plan.overrides.values()),
-                dtype=np.int64,
-                count=len(plan.overrides),
-            )
-            owner[ps] = ms
+        owner = array("i", base._primary.tobytes()) if self._ids else None
+        if owner is not None:
+            for p, w in plan.overrides.items():
+                owner[p] = index[w]
         self._owner = owner
-        self._by_member: dict[str, frozenset[int]] = {}
+        self._by_member: dict[str, PartitionSet] = {}
 
     @property
     def partitions(self) -> int:
@@ -172,25 +160,26 @@ class PlanMap:
             raise ConfigError(f"partition {partition} outside [0, {self.plan.partitions})")
         if self._owner is None:
             return None
-        return self._ids[int(self._owner[partition])]
+        return self._ids[self._owner[partition]]
 
     @property
     def member_ids(self) -> tuple[str, ...]:
         """The members, sorted: what :meth:`owner_indices` indexes."""
         return self._ids
 
-    def owner_indices(self) -> I64Array | None:
-        """Index (into the sorted member ids) of every partition's owner."""
-        return self._owner
+    def owner_indices(self) -> Sequence[int] | None:
+        """Index (into the sorted member ids) of every partition's owner (read-only)."""
+        return None if self._owner is None else memoryview(self._owner).toreadonly()
 
-    def partitions_of(self, worker: str) -> frozenset[int]:
+    def partitions_of(self, worker: str) -> PartitionSet:
+        """The partitions ``worker`` owns, as a bitmap (8 KB at 65,536 partitions, where
+        a frozenset of all of them takes about 4 MB)."""
         got = self._by_member.get(worker)
         if got is None:
             if self._owner is None or worker not in self.plan.members:
-                got = frozenset()
+                got = PartitionSet()
             else:
-                i = self._ids.index(worker)
-                got = frozenset(np.flatnonzero(self._owner == i).tolist())
+                got = PartitionSet.where(self._owner, self._ids.index(worker))
             self._by_member[worker] = got
         return got
 
@@ -200,30 +189,14 @@ class PlanMap:
         if self._owner is None:
             return out
         for p, c in counts.items():
-            out[self._ids[int(self._owner[p])]] += c
+            out[self._ids[self._owner[p]]] += c
         return out
 
 
-def _tie_keys(ids: tuple[str, ...]) -> U64Array:
+def _tie_keys(ids: tuple[str, ...]) -> list[int]:
     """Per member: the 64-bit key of its tie-breaks (BLAKE2b of the id, so the same in
     every process)."""
-    return np.fromiter(
-        (stable_hash64(b"fdbw.plan.tie\0" + w.encode()) for w in ids),
-        dtype=np.uint64,
-        count=len(ids),
-    )
-
-
-def _ties(keys: U64Array, parts: I64Array) -> U64Array:
-    """Tie-break of each (member key, partition) pair: SplitMix64's finalizer over the
-    member's key and the partition (vectorized, integer operations only)."""
-    x = keys ^ (parts.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
+    return [stable_hash64(b"fdbw.plan.tie\0" + w.encode()) for w in ids]
 
 
 def quotas(members: Mapping[str, float], total: int, held: Mapping[str, int]) -> dict[str, int]:
@@ -248,12 +221,11 @@ def quotas(members: Mapping[str, float], total: int, held: Mapping[str, int]) ->
     return out
 
 
-def _quota_array(
-    ids: tuple[str, ...], weights: tuple[float, ...], total: int, held: I64Array
-) -> I64Array:
-    """:func:`quotas` for the sorted ``ids`` as an array, with the exact rationals
+def _quota_list(
+    ids: tuple[str, ...], weights: tuple[float, ...], total: int, held: list[int]
+) -> list[int]:
+    """:func:`quotas` for the sorted ``ids`` as a list, with the exact rationals
     computed once per distinct weight (a fleet has a few), not once per member."""
-    n = len(ids)
     mult: dict[float, int] = {}
     for x in weights:
         mult[x] = mult.get(x, 0) + 1
@@ -264,19 +236,15 @@ def _quota_array(
         f = total * Fraction(x) / wsum
         floor_of[x] = math.floor(f)
         whole_of[x] = f == floor_of[x]
-    out = np.fromiter((floor_of[x] for x in weights), dtype=np.int64, count=n)
-    extra = total - int(out.sum())
+    out = [floor_of[x] for x in weights]
+    extra = total - sum(out)
     if extra > 0:
-        frac = np.flatnonzero(~np.fromiter((whole_of[x] for x in weights), dtype=bool, count=n))
-        h = np.fromiter(
-            (stable_hash64(ids[i].encode()) for i in frac.tolist()),
-            dtype=np.uint64,
-            count=frac.size,
-        )
+        frac = [i for i, x in enumerate(weights) if not whole_of[x]]
         # By (-(held - floor), hash of the id, id); the ids are sorted, so the index
         # stands for the id.
-        order = np.lexsort((frac, h, -(held[frac] - out[frac])))
-        out[frac[order[:extra]]] += 1
+        frac.sort(key=lambda i: (out[i] - held[i], stable_hash64(ids[i].encode()), i))
+        for i in frac[:extra]:
+            out[i] += 1
     return out
 
 
@@ -291,8 +259,9 @@ def make_plan(
     job ``counts`` (partition -> jobs, zeros may be left out). Deterministic: the same
     inputs give the same plan in every process (module docstring).
 
-    Vector operations over the non-empty partitions and the members; a Python loop
-    only over the partitions that change owner (step 3b), ``O(log N)`` each."""
+    Plain Python over the non-empty partitions and the members (no numpy: a worker that
+    runs jobs does without it, module :mod:`~fdbworkers._core.direct`): sorts and
+    single passes, ``O(K log K + N log N)`` for ``K`` non-empty partitions."""
     if prev is not None and prev.partitions != partitions:
         raise ConfigError(f"plan of {prev.partitions} partitions for a role of {partitions}")
     ids = tuple(sorted(members))
@@ -301,40 +270,37 @@ def make_plan(
         return Plan(seq, epoch, {}, partitions, {}, 0)
     n = len(ids)
     weights = tuple(float(members[w]) for w in ids)
-    base = assign(dict(members), partitions, balance=None)
+    primary = assign(dict(members), partitions, balance=None)._primary
     nz, cnt = _nonempty(counts)
-    total = int(cnt.sum())
-    base_of = np.asarray(base._primary, dtype=np.int64)[nz]
+    total = sum(cnt)
+    base_of = [primary[p] for p in nz]
     # 1. Current owners (index into ids; -1: free) by the previous plan; a departed
     # member's partitions are free.
     owner = _kept_owners(prev, ids, nz, base_of)
-    had = owner >= 0
-    held = np.bincount(owner[had], weights=cnt[had], minlength=n).astype(np.int64)
+    held = [0] * n
+    for o, c in zip(owner, cnt, strict=True):
+        if o >= 0:
+            held[o] += c
     # 2. Quotas.
-    quota = _quota_array(ids, weights, total, held)
+    quota = _quota_list(ids, weights, total, held)
     tkeys = _tie_keys(ids)
     # 3a. Members above quota free partitions (``owner`` and ``held`` change in place).
     _free_excess(owner, held, quota, nz, cnt, base_of, tkeys)
     # 3b. Free partitions go to their rendezvous owner or the member with most room.
     _place_free(owner, held, quota, nz, cnt, base_of, tkeys)
-    moved = np.flatnonzero(owner != base_of)
-    overrides = dict(zip(nz[moved].tolist(), (ids[i] for i in owner[moved].tolist()), strict=True))
+    overrides = {p: ids[o] for p, o, b in zip(nz, owner, base_of, strict=True) if o != b}
     return Plan(seq, epoch, dict(members), partitions, overrides, total)
 
 
-def _nonempty(counts: Mapping[int, int]) -> tuple[I64Array, I64Array]:
+def _nonempty(counts: Mapping[int, int]) -> tuple[list[int], list[int]]:
     """The non-empty partitions of ``counts``, sorted, and their job counts."""
-    ps = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-    cs = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-    nonzero = cs > 0
-    ps, cs = ps[nonzero], cs[nonzero]
-    by_p = np.argsort(ps, kind="stable")
-    return ps[by_p], cs[by_p]
+    items = sorted((int(p), int(c)) for p, c in counts.items() if c > 0)
+    return [p for p, _ in items], [c for _, c in items]
 
 
 def _kept_owners(
-    prev: Plan | None, ids: tuple[str, ...], nz: I64Array, base_of: I64Array
-) -> I64Array:
+    prev: Plan | None, ids: tuple[str, ...], nz: list[int], base_of: list[int]
+) -> list[int]:
     """Step 1: the owner (index into ``ids``; -1: free) of each partition of ``nz`` by
     the previous plan, a departed member's partitions free; without a previous plan,
     the rendezvous owners ``base_of``."""
@@ -342,115 +308,141 @@ def _kept_owners(
     old_idx = old.owner_indices() if old is not None else None
     if old is not None and old_idx is not None:
         index = {w: i for i, w in enumerate(ids)}
-        old_ids = old.member_ids
-        remap = np.fromiter((index.get(w, -1) for w in old_ids), dtype=np.int64, count=len(old_ids))
-        owner: I64Array = remap[old_idx[nz]]
-        return owner
-    return base_of.copy()
+        remap = [index.get(w, -1) for w in old.member_ids]
+        return [remap[old_idx[p]] for p in nz]
+    return list(base_of)
 
 
 def _free_excess(
-    owner: I64Array,
-    held: I64Array,
-    quota: I64Array,
-    nz: I64Array,
-    cnt: I64Array,
-    base_of: I64Array,
-    tkeys: U64Array,
+    owner: list[int],
+    held: list[int],
+    quota: list[int],
+    nz: list[int],
+    cnt: list[int],
+    base_of: list[int],
+    tkeys: list[int],
 ) -> None:
     """Step 3a: members above quota free partitions (``owner`` -1, ``held`` lowered, in
-    place): those whose rendezvous owner is below quota first (the move also removes an
-    override), then the smallest, then by hash, never more jobs than the excess. Sorted
-    so, each (member, group)'s greedy take is a prefix: the partitions whose running sum
-    of jobs stays within the excess left."""
-    n = held.size
-    had = owner >= 0
-    excess = held - quota
-    cand = np.flatnonzero(had & (excess[np.maximum(owner, 0)] > 0))
-    if not cand.size:
+    place): those whose rendezvous owner is below quota first (group 0: the move also
+    removes an override), then the smallest, then by tie-break (:func:`pair_tie`), then
+    by partition, never more jobs than the excess. Each (member, group)'s take is the
+    longest prefix of that order whose jobs stay within the excess the member had when
+    the group began.
+
+    Jobs only grow along the order, so the prefix is every level of job count below
+    some ``c`` and the first ``t`` of level ``c``: the tie-breaks are computed for that
+    one level only (a hash per partition of all of them would cost more than the rest
+    of the plan)."""
+    cands: dict[int, tuple[list[int], list[int]]] = {}
+    for k, o in enumerate(owner):
+        if o >= 0 and held[o] > quota[o]:
+            b = base_of[k]
+            group = 0 if b != o and held[b] < quota[b] else 1
+            cands.setdefault(o, ([], []))[group].append(k)
+    if not cands:
         return
-    co, cb, cc = owner[cand], base_of[cand], cnt[cand]
-    better = np.where((cb != co) & (held[cb] < quota[cb]), 0, 1)
-    srt = np.lexsort((_ties(tkeys[co], nz[cand]), cc, better, co))
-    cand, co, better, cc = cand[srt], co[srt], better[srt], cc[srt]
-    left = excess.copy()
+    left = [h - q for h, q in zip(held, quota, strict=True)]
     for group in (0, 1):
-        sel = np.flatnonzero(better == group)
-        if not sel.size:
+        freed: dict[int, int] = {}
+        for m, lists in cands.items():
+            got = _take_within(lists[group], left[m], cnt, nz, tkeys[m])
+            for k in got:
+                owner[k] = -1
+            if got:
+                freed[m] = sum(cnt[k] for k in got)
+        for m, f in freed.items():
+            held[m] -= f
+            left[m] -= f
+    _free_overshoot(owner, held, left, cands, cnt, nz, tkeys)
+
+
+def _take_within(ks: list[int], budget: int, cnt: list[int], nz: list[int], tkey: int) -> list[int]:
+    """The longest prefix of ``ks`` ordered by (jobs, tie-break, index) whose jobs stay
+    within ``budget`` (``ks`` ascending; see :func:`_free_excess`)."""
+    if budget <= 0 or not ks:
+        return []
+    ks = sorted(ks, key=cnt.__getitem__)  # stable: by (jobs, index)
+    out: list[int] = []
+    i, n = 0, len(ks)
+    while i < n:
+        c = cnt[ks[i]]
+        j = i + 1
+        while j < n and cnt[ks[j]] == c:
+            j += 1
+        fit = budget // c
+        if fit >= j - i:
+            out.extend(ks[i:j])
+            budget -= c * (j - i)
+            i = j
             continue
-        gm, gc = co[sel], cc[sel]  # sorted by member, then jobs
-        run = np.cumsum(gc)
-        first = np.searchsorted(gm, gm, side="left")
-        take = run - (run[first] - gc[first]) <= left[gm]
-        freed = np.bincount(gm[take], weights=gc[take], minlength=n).astype(np.int64)
-        owner[cand[sel[take]]] = -1
-        held -= freed
-        left -= freed
-    _free_overshoot(owner, held, left, cand, cnt, nz, tkeys)
+        if fit > 0:
+            level = sorted(ks[i:j], key=lambda k: (pair_tie(tkey, nz[k]), k))
+            out.extend(level[:fit])
+        break
+    return out
 
 
 def _free_overshoot(
-    owner: I64Array,
-    held: I64Array,
-    left: I64Array,
-    cand: I64Array,
-    cnt: I64Array,
-    nz: I64Array,
-    tkeys: U64Array,
+    owner: list[int],
+    held: list[int],
+    left: list[int],
+    cands: dict[int, tuple[list[int], list[int]]],
+    cnt: list[int],
+    nz: list[int],
+    tkeys: list[int],
 ) -> None:
     """Step 3a, last: a member still ``left`` jobs above quota frees its smallest
-    partition too when that leaves it nearer its quota (``c < 2 * left``: below it by
-    ``c - left``). With partitions of several jobs each, freeing only within the excess
-    could keep a member a whole partition above quota and another as far below (found
-    by Hypothesis: three partitions of 5 jobs on members weighted 1, 0.5 and 1 ended
-    0 / 5 / 10 against quotas 6 / 3 / 6; now 5 / 5 / 5)."""
-    rem = cand[owner[cand] >= 0]
-    rem = rem[left[owner[rem]] > 0]
-    if not rem.size:
-        return
-    rm = owner[rem]
-    order = np.lexsort((_ties(tkeys[rm], nz[rem]), cnt[rem], rm))
-    rem, rm = rem[order], rm[order]
-    at = np.unique(rm, return_index=True)[1]  # each member's smallest partition
-    first, m = rem[at], rm[at]
-    go = cnt[first] < 2 * left[m]
-    owner[first[go]] = -1
-    held[m[go]] -= cnt[first[go]]
+    partition too (by jobs, tie-break, group, index) when that leaves it nearer its
+    quota (``c < 2 * left``: below it by ``c - left``). With partitions of several jobs
+    each, freeing only within the excess could keep a member a whole partition above
+    quota and another as far below (found by Hypothesis: three partitions of 5 jobs on
+    members weighted 1, 0.5 and 1 ended 0 / 5 / 10 against quotas 6 / 3 / 6; now 5 / 5
+    / 5)."""
+    for m, lists in cands.items():
+        if left[m] <= 0:
+            continue
+        rest = [(g, k) for g in (0, 1) for k in lists[g] if owner[k] >= 0]
+        if not rest:
+            continue
+        c = min(cnt[k] for _, k in rest)
+        if c >= 2 * left[m]:
+            continue
+        _, _, k = min((pair_tie(tkeys[m], nz[k]), g, k) for g, k in rest if cnt[k] == c)
+        owner[k] = -1
+        held[m] -= c
 
 
 def _place_free(
-    owner: I64Array,
-    held: I64Array,
-    quota: I64Array,
-    nz: I64Array,
-    cnt: I64Array,
-    base_of: I64Array,
-    tkeys: U64Array,
+    owner: list[int],
+    held: list[int],
+    quota: list[int],
+    nz: list[int],
+    cnt: list[int],
+    base_of: list[int],
+    tkeys: list[int],
 ) -> None:
     """Step 3b: every free partition (``owner`` -1), largest first (then by partition),
     goes to its rendezvous owner if it has room, else to the member furthest below
     quota (ties by its key); ``owner`` is set in place. A heap of the members by room."""
-    n = held.size
-    free = np.flatnonzero(owner < 0)
-    if not free.size:
+    n = len(held)
+    free = [k for k, o in enumerate(owner) if o < 0]
+    if not free:
         return
-    free = free[np.lexsort((nz[free], -cnt[free]))]
-    room = (quota - held).tolist()
-    key = tkeys.tolist()
-    heap = [(-room[i], key[i], i) for i in range(n)]
+    free.sort(key=lambda k: (-cnt[k], nz[k]))
+    room = [q - h for q, h in zip(quota, held, strict=True)]
+    heap = [(-room[i], tkeys[i], i) for i in range(n)]
     heapq.heapify(heap)
-    got: list[int] = []
-    for c, b in zip(cnt[free].tolist(), base_of[free].tolist(), strict=True):
+    for k in free:
+        c, b = cnt[k], base_of[k]
         if room[b] >= c:
             to = b
         else:
             while -heap[0][0] != room[heap[0][2]]:
                 heapq.heappop(heap)  # an entry from before the member's room changed
             to = heap[0][2]
-        got.append(to)
+        owner[k] = to
         room[to] -= c
-        heapq.heappush(heap, (-room[to], key[to], to))
-    owner[free] = np.asarray(got, dtype=np.int64)
+        heapq.heappush(heap, (-room[to], tkeys[to], to))
 
 
 # ------------------------------------------------------------------------- codec
@@ -461,8 +453,8 @@ def encode_plan(plan: Plan) -> bytes:
     ids = sorted(plan.members)
     index = {w: i for i, w in enumerate(ids)}
     ps = sorted(plan.overrides)
-    deltas = np.diff(np.asarray([0, *ps], dtype=np.int64)).astype("<u4").tobytes() if ps else b""
-    who = np.asarray([index[plan.overrides[p]] for p in ps], dtype="<u4").tobytes()
+    deltas = to_le(array("I", [b - a for a, b in zip([0, *ps], ps, strict=False)]))
+    who = to_le(array("I", [index[plan.overrides[p]] for p in ps]))
     body: dict[str, Any] = {
         "format": PLAN_FORMAT,
         "algorithm": ALGORITHM_VERSION,
@@ -521,15 +513,15 @@ def _decode_plan(data: bytes, where: str) -> Plan:
     try:
         members = {str(w): float(x) for w, x in body["members"]}
         ids = sorted(members)
-        deltas = np.frombuffer(body["p"], dtype="<u4").astype(np.int64)
-        who = np.frombuffer(body["m"], dtype="<u4").astype(np.int64)
-        ps = np.cumsum(deltas).tolist()
+        deltas = from_le(body["p"], "I")
+        who = from_le(body["m"], "I")
+        ps = list(accumulate(deltas))
         partitions = int(body["partitions"])
-        if len(ps) != len(who) or bool((deltas[1:] < 1).any()):
+        if len(ps) != len(who) or 0 in deltas[1:]:
             raise ValueError("override arrays do not match")
         if ps and not 0 <= ps[-1] < partitions:
             raise ValueError("an override's partition is out of range")
-        overrides = {int(p): ids[int(m)] for p, m in zip(ps, who.tolist(), strict=True)}
+        overrides = {p: ids[m] for p, m in zip(ps, who, strict=True)}
         epoch = body["epoch"]
         if not isinstance(epoch, bytes):
             raise ValueError("epoch is not bytes")

@@ -22,7 +22,10 @@ from .._worker import Worker
 from .._worker_options import DEFAULT_PARTITIONS
 
 #: Above this partition count the map is computed in a worker thread (about 0.1 s at
-#: 65536 partitions; numpy releases the GIL), so the event loop never stalls.
+#: 65536 partitions and 60 members), so the event loop is not held for all of it: the
+#: computation is big-integer and bytes operations of a fraction of a millisecond each
+#: (module fdbworkers._core.direct), or numpy for larger fleets, and the loop takes the
+#: GIL between them.
 THREADED_ASSIGN_PARTITIONS = 16384
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.membership import Membership
+from .._core.partset import PartitionSet
 from .._core.plan import PlanMap, plan_weights
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS
 from .._core.states import WorkerState
@@ -188,7 +190,7 @@ class JobRunner:
         what its share reads found, and the counts of its reconcile steps."""
         self.target: dict[str, JobRecord] = {}
         self.assignment: PlanMap | None = None
-        self._owned_parts: frozenset[int] = frozenset()
+        self._owned_parts: AbstractSet[int] = PartitionSet()
         self._reconciles = self._deferred = 0
         #: The target's jobs by partition, the target's jobs not running here (to
         #: claim), and running jobs no longer in the target (to stop): kept in step by
@@ -349,7 +351,7 @@ class JobRunner:
         self.planner.pending = False
         a = await self.planner.plan_map(m)
         self.assignment = a
-        owned = frozenset(a.partitions_of(w.id)) | await self.claims.adopt(m, a)
+        owned = a.partitions_of(w.id) | await self.claims.adopt(m, a)  # a bitmap
         await self._read_target(owned)
         if self.planner.drifted(a, len(self.target)):
             self.planner.drift_replan = True
@@ -369,7 +371,7 @@ class JobRunner:
         self.moves.close(now, budget)
         return pending or bool(self._unreleased) or self.moves.limited or self.planner.pending
 
-    async def _read_target(self, owned: frozenset[int]) -> None:
+    async def _read_target(self, owned: AbstractSet[int]) -> None:
         """Read the jobs of the partitions the step must read (all ``owned`` on a full
         resync; else those gained and those the change log dirtied) into the target."""
         full = self.changes.full_resync
@@ -379,7 +381,8 @@ class JobRunner:
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
             # a membership change instead of a full re-read.
-            read_parts = set(owned - self._owned_parts) | (self.changes.dirty_parts & owned)
+            read_parts = set(owned - self._owned_parts)
+            read_parts.update(p for p in self.changes.dirty_parts if p in owned)
         dirty, self.changes.dirty_parts = self.changes.dirty_parts, set()
         self.changes.full_resync = False
         try:
@@ -392,7 +395,7 @@ class JobRunner:
         if full:
             self._replace_target(share, None)
         else:
-            self._replace_target(share, read_parts | (self._owned_parts - owned))
+            self._replace_target(share, read_parts.union(self._owned_parts - owned))
         self._owned_parts = owned
 
     async def _stop_moved(self, a: PlanMap, budget: float) -> tuple[set[str], float]:
