@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -53,7 +54,33 @@ def _check_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-@click.group(context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+#: Command name -> the module that defines it (in its ``COMMANDS``). A command's module is
+#: imported when the command runs (or help lists it): ``fdbworkers worker`` does not
+#: load the read, write, health and insight commands (memory: docs/benchmarks.md).
+LAZY_COMMANDS: dict[str, str] = {
+    **dict.fromkeys(("roles", "members", "jobs", "events", "watch"), "_read"),
+    **dict.fromkeys(("status", "doctor"), "_health"),
+    **dict.fromkeys(("job", "evict", "drain"), "_write"),
+    **dict.fromkeys(("worker", "devserver", "demo"), "_run"),
+    **dict.fromkeys(("explain", "plan"), "_insight"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands (:data:`LAZY_COMMANDS`) are imported when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*LAZY_COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = LAZY_COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            for command in importlib.import_module(f"{__package__}.{module}").COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @click.option(
     "--cluster",
     envvar="FDBWORKERS_CLUSTER",
@@ -110,17 +137,6 @@ def cli(
     )
     ctx.obj = Settings(address, source, root, timeout, verbose)
     configure_logging({0: "warning", 1: "info"}.get(verbose, "debug"))
-
-
-def _register() -> None:
-    from . import _health, _insight, _read, _run, _write
-
-    for module in (_read, _health, _write, _run, _insight):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import click
 import trio
 
-from .._core.keys import Layout, RoleSpace
+from .._core.keys import Layout, RoleSpace, validate_name
 from .._db import Database
 from .._errors import (
     BackendUnavailableError,
@@ -431,3 +431,17 @@ def configure_logging(level: str = "warning", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def name_arg(kind: str) -> Any:
+    """A click callback that checks a role or job name (``kind``) argument."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return validate_name(kind, value)
+        except ConfigError as e:
+            raise click.BadParameter(str(e)) from e
+
+    return check

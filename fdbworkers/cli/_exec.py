@@ -272,9 +272,8 @@ class ExecRunner:
         failures = 0
         log = (log or self.log).bind(job=label)
         while not stopping.is_set():
-            env = {**os.environ, **o.env, **env_for(attempt)}
             started = trio.current_time()
-            code, stopped = await self._run_once(env, stopping, log, label, attempt)
+            code, stopped = await self._run_once(env_for(attempt), stopping, log, label, attempt)
             if stopped:
                 return
             ran = trio.current_time() - started
@@ -302,15 +301,17 @@ class ExecRunner:
                 await stopping.wait()
 
     async def _run_once(
-        self, env: dict[str, str], stopping: Event, log: Any, label: str, attempt: int
+        self, extra_env: Mapping[str, str], stopping: Event, log: Any, label: str, attempt: int
     ) -> tuple[int | None, bool]:
         """Start the command once and supervise it: its exit code (None: it did not
-        start), and whether ``stopping`` ended it."""
+        start), and whether ``stopping`` ended it. ``extra_env`` goes over our own
+        environment; the whole environment is built for the start only (a copy of
+        ``os.environ`` kept per running process would be kilobytes each)."""
         o = self.options
         try:
             proc = await trio.lowlevel.open_process(
                 list(o.argv),
-                env=env,
+                env={**os.environ, **o.env, **extra_env},
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.prefix_output else None,

@@ -28,12 +28,13 @@ from ._common import (
     FiniteFloatRange,
     Settings,
     echo,
+    name_arg,
     print_json,
     run,
     settings,
     stdout_is_terminal,
 )
-from ._read import json_option, name_arg, observe_option
+from ._read import json_option, observe_option
 
 #: Watches each worker process holds (membership: epoch + own record; jobs: jobs_epoch
 #: + inbox), for doctor's capacity figure.

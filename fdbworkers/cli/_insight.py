@@ -36,8 +36,17 @@ from .._db import Database, Transaction
 from .._errors import ConfigError, CorruptDataError
 from .._store.admin import read_plan, read_role_snapshot, require_role
 from .._store.events import EventInfo, parse_event, read_events_after
-from ._common import CliError, FiniteFloatRange, echo, print_json, print_table, run, settings
-from ._read import json_option, name_arg
+from ._common import (
+    CliError,
+    FiniteFloatRange,
+    echo,
+    name_arg,
+    print_json,
+    print_table,
+    run,
+    settings,
+)
+from ._read import json_option
 
 SCHEMAS: Final = {"explain": "fdbworkers.explain/1", "plan": "fdbworkers.plan/1"}
 #: Membership changes explain replays by default (each distinct membership costs one

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import click
 import trio
 
-from .._core.keys import Layout, validate_name
+from .._core.keys import Layout
 from .._db import Database, Transaction
-from .._errors import ConfigError, FDBError
+from .._errors import FDBError
 from .._store.admin import (
     SCHEMAS,
     Observation,
@@ -34,6 +34,7 @@ from ._common import (
     Settings,
     echo,
     guarded,
+    name_arg,
     print_json,
     print_json_line,
     print_table,
@@ -44,18 +45,6 @@ from ._common import (
 
 if TYPE_CHECKING:
     from ._view import LiveRole
-
-
-def name_arg(kind: str) -> Any:
-    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return validate_name(kind, value)
-        except ConfigError as e:
-            raise click.BadParameter(str(e)) from e
-
-    return check
 
 
 json_option = click.option(

@@ -16,11 +16,11 @@ from ._common import (
     FiniteFloatRange,
     Settings,
     configure_logging,
+    name_arg,
     resolve_cluster,
     settings,
     unwrap,
 )
-from ._read import name_arg
 from ._worker_process import run_worker_process
 
 

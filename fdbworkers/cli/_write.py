@@ -25,11 +25,12 @@ from ._common import (
     FiniteFloatRange,
     Settings,
     echo,
+    name_arg,
     run,
     settings,
     translate,
 )
-from ._read import json_option, name_arg, show_job
+from ._read import json_option, show_job
 
 
 def operator() -> str:
