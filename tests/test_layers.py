@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, list[str]]] = [
 #: Imports the pure core may make outside the package (no I/O, no event loop).
 CORE_ALLOWED = {
     "__future__",
+    "array",
     "base64",
     "bisect",
     "collections",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -45,6 +44,8 @@ _LANE: Final = 32
 
 if array("i").itemsize != 4 or array("I").itemsize != 4:  # pragma: no cover
     raise ImportError("fdbworkers needs a platform whose C int has 32 bits")
+#: This machine stores an array's items big-endian (arrays are stored little-endian).
+_BIG_ENDIAN: Final = array("H", [1]).tobytes() == b"\x00\x01"
 
 
 def mix64(x: int) -> int:
@@ -141,7 +142,7 @@ def ranks(keys: tuple[int, ...], partitions: int) -> int:
 
 def to_le(a: array[int]) -> bytes:
     """An array's items as little-endian bytes (its machine order may differ)."""
-    if sys.byteorder == "big":
+    if _BIG_ENDIAN:
         a = array(a.typecode, a)
         a.byteswap()
     return a.tobytes()
@@ -151,7 +152,7 @@ def from_le(data: bytes, typecode: str) -> array[int]:
     """:func:`to_le`'s inverse (a ``ValueError`` when ``data`` is not whole items)."""
     out = array(typecode)
     out.frombytes(data)
-    if sys.byteorder == "big":
+    if _BIG_ENDIAN:
         out.byteswap()
     return out
 
