@@ -284,10 +284,11 @@ def make_plan(
     # 2. Quotas.
     quota = _quota_list(ids, weights, total, held)
     tkeys = _tie_keys(ids)
+    work = _Work(nz, cnt, base_of, tkeys, owner, held, quota)
     # 3a. Members above quota free partitions (``owner`` and ``held`` change in place).
-    _free_excess(owner, held, quota, nz, cnt, base_of, tkeys)
+    _free_excess(work)
     # 3b. Free partitions go to their rendezvous owner or the member with most room.
-    _place_free(owner, held, quota, nz, cnt, base_of, tkeys)
+    _place_free(work)
     overrides = {p: ids[o] for p, o, b in zip(nz, owner, base_of, strict=True) if o != b}
     return Plan(seq, epoch, dict(members), partitions, overrides, total)
 
@@ -313,15 +314,21 @@ def _kept_owners(
     return list(base_of)
 
 
-def _free_excess(
-    owner: list[int],
-    held: list[int],
-    quota: list[int],
-    nz: list[int],
-    cnt: list[int],
-    base_of: list[int],
-    tkeys: list[int],
-) -> None:
+@dataclass(slots=True)
+class _Work:
+    """Step 3's state, by index ``k`` into the non-empty partitions ``nz`` (sorted) and
+    index ``m`` into the sorted member ids: what steps 3a and 3b read and change."""
+
+    nz: list[int]  # the partitions
+    cnt: list[int]  # their jobs
+    base_of: list[int]  # their rendezvous owners
+    tkeys: list[int]  # per member: the key of its tie-breaks
+    owner: list[int]  # their owners now (-1: free); changed in place
+    held: list[int]  # per member: the jobs it holds now; changed in place
+    quota: list[int]  # per member: its quota
+
+
+def _free_excess(w: _Work) -> None:
     """Step 3a: members above quota free partitions (``owner`` -1, ``held`` lowered, in
     place): those whose rendezvous owner is below quota first (group 0: the move also
     removes an override), then the smallest, then by tie-break (:func:`pair_tie`), then
@@ -333,6 +340,7 @@ def _free_excess(
     some ``c`` and the first ``t`` of level ``c``: the tie-breaks are computed for that
     one level only (a hash per partition of all of them would cost more than the rest
     of the plan)."""
+    owner, held, quota, base_of = w.owner, w.held, w.quota, w.base_of
     cands: dict[int, tuple[list[int], list[int]]] = {}
     for k, o in enumerate(owner):
         if o >= 0 and held[o] > quota[o]:
@@ -345,15 +353,15 @@ def _free_excess(
     for group in (0, 1):
         freed: dict[int, int] = {}
         for m, lists in cands.items():
-            got = _take_within(lists[group], left[m], cnt, nz, tkeys[m])
+            got = _take_within(lists[group], left[m], w.cnt, w.nz, w.tkeys[m])
             for k in got:
                 owner[k] = -1
             if got:
-                freed[m] = sum(cnt[k] for k in got)
+                freed[m] = sum(w.cnt[k] for k in got)
         for m, f in freed.items():
             held[m] -= f
             left[m] -= f
-    _free_overshoot(owner, held, left, cands, cnt, nz, tkeys)
+    _free_overshoot(w, left, cands)
 
 
 def _take_within(ks: list[int], budget: int, cnt: list[int], nz: list[int], tkey: int) -> list[int]:
@@ -383,13 +391,7 @@ def _take_within(ks: list[int], budget: int, cnt: list[int], nz: list[int], tkey
 
 
 def _free_overshoot(
-    owner: list[int],
-    held: list[int],
-    left: list[int],
-    cands: dict[int, tuple[list[int], list[int]]],
-    cnt: list[int],
-    nz: list[int],
-    tkeys: list[int],
+    w: _Work, left: list[int], cands: dict[int, tuple[list[int], list[int]]]
 ) -> None:
     """Step 3a, last: a member still ``left`` jobs above quota frees its smallest
     partition too (by jobs, tie-break, group, index) when that leaves it nearer its
@@ -398,6 +400,7 @@ def _free_overshoot(
     quota and another as far below (found by Hypothesis: three partitions of 5 jobs on
     members weighted 1, 0.5 and 1 ended 0 / 5 / 10 against quotas 6 / 3 / 6; now 5 / 5
     / 5)."""
+    owner, cnt = w.owner, w.cnt
     for m, lists in cands.items():
         if left[m] <= 0:
             continue
@@ -407,23 +410,17 @@ def _free_overshoot(
         c = min(cnt[k] for _, k in rest)
         if c >= 2 * left[m]:
             continue
-        _, _, k = min((pair_tie(tkeys[m], nz[k]), g, k) for g, k in rest if cnt[k] == c)
+        _, _, k = min((pair_tie(w.tkeys[m], w.nz[k]), g, k) for g, k in rest if cnt[k] == c)
         owner[k] = -1
-        held[m] -= c
+        w.held[m] -= c
 
 
-def _place_free(
-    owner: list[int],
-    held: list[int],
-    quota: list[int],
-    nz: list[int],
-    cnt: list[int],
-    base_of: list[int],
-    tkeys: list[int],
-) -> None:
+def _place_free(w: _Work) -> None:
     """Step 3b: every free partition (``owner`` -1), largest first (then by partition),
     goes to its rendezvous owner if it has room, else to the member furthest below
     quota (ties by its key); ``owner`` is set in place. A heap of the members by room."""
+    owner, held, quota, cnt, nz, tkeys = w.owner, w.held, w.quota, w.cnt, w.nz, w.tkeys
+    base_of = w.base_of
     n = len(held)
     free = [k for k, o in enumerate(owner) if o < 0]
     if not free:
