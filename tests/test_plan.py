@@ -245,6 +245,31 @@ def test_corrupt_or_newer_plans_are_refused_clearly() -> None:
         decode_plan(zlib.compress(msgpack.packb(body, use_bin_type=True)))
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["p", "m"]),
+    st.one_of(
+        st.binary(max_size=13), st.text(max_size=3), st.integers(-(2**63), 2**63 - 1), st.none()
+    ),
+)
+def test_malformed_override_arrays_are_refused_clearly(field: str, value: object) -> None:
+    """The overrides are two arrays of little-endian uint32 (partition deltas, member
+    indices): any other value there is a CorruptDataError, never another exception."""
+    import zlib
+
+    import msgpack
+
+    plan = make_plan(None, {"a": 1.0, "b": 1.0}, {p: 1 for p in range(40)}, P, b"e")
+    body = msgpack.unpackb(zlib.decompress(encode_plan(plan)), raw=False)
+    body[field] = value
+    try:
+        got = decode_plan(zlib.compress(msgpack.packb(body, use_bin_type=True)))
+    except CorruptDataError:
+        return
+    # Accepted only when it is a plan: partitions in range and members that exist.
+    assert all(0 <= q < P and w in got.members for q, w in got.overrides.items())
+
+
 # --- a stateful run: any sequence of joins, leaves, reweights, adds and removes ----------
 
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
