@@ -66,11 +66,17 @@ def test_every_visible_option_has_help() -> None:
             if visible and not getattr(p, "help", None):
                 missing.append((" ".join(path), p.opts))
         if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):  # the lazy group imports each command
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None, name
+                walked.append(" ".join([*path, name]))
                 walk(sub, [*path, name])
 
+    walked: list[str] = []
     walk(group, [])
     assert missing == []
+    assert "worker" in walked and "job add" in walked, walked
     assert "share of the jobs" in bare("worker", "--help").stdout
 
 
