@@ -33,7 +33,10 @@ this module holds the API, the checks of its input and the result (:class:`Assig
    ``slack_i = (balance - 1) * fair_i``; ``None`` removes capacities (pure rendezvous,
    whose movement is exactly minimal). Without capacities and with one replica, few
    members' maps are computed directly (every member's rank of every partition, a
-   running best): the solver's owners, bit for bit, several times faster.
+   running best): the solver's owners, bit for bit, several times faster. When those
+   members have one weight and ``P <= 65536`` that map is computed without numpy
+   (:mod:`fdbworkers._core.direct`, the same owners), so a worker of such a role never
+   imports it; numpy comes with the other maps.
 
 Golden vectors in the tests pin the map: changing any constant here changes every
 deployment's map, so it must bump :data:`ALGORITHM_VERSION`.
