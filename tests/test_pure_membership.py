@@ -412,8 +412,11 @@ def test_without_departed_drops_only_the_departed(before: set[str], after: set[s
     st.text(min_size=1, max_size=12).filter(str.isprintable),
     st.text(min_size=1, max_size=12).filter(str.isprintable),
     st.integers(0, 65535),
+    st.integers(-(2**70), 2**70),
 )
-def test_role_space_keys_are_the_documented_layout(role: str, wid: str, partition: int) -> None:
+def test_role_space_keys_are_the_documented_layout(
+    role: str, wid: str, partition: int, wide: int
+) -> None:
     """RoleSpace holds every per-role key: ``(root, "r", role, ...)`` as _core/keys.py
     documents it (the bytes Layout's per-role methods wrote before they moved here)."""
     from fdbworkers._core.keys import Layout
@@ -435,6 +438,11 @@ def test_role_space_keys_are_the_documented_layout(role: str, wid: str, partitio
     assert space.claim_key(partition, wid) == layout.key(*r, "claim", partition, wid)
     assert space.claims_range() == layout.range(*r, "claim")
     assert space.claims_range(partition) == layout.range(*r, "claim", partition)
+    # The heads that the claim and add paths build keys from (any int, any text).
+    assert space.job_head == space.jobs_range()[0]
+    assert space.claim_head == space.claims_range()[0]
+    assert space.job_key(wide, wid) == layout.key(*r, "job", wide, wid)
+    assert space.claim_key(wide, wid) == layout.key(*r, "claim", wide, wid)
     assert space.inbox_key(wid) == layout.key(*r, "inbox", wid)
     assert space.retired_key(wid) == layout.key(*r, "retired", wid)
     assert space.handoff_key(wid, partition) == layout.key(*r, "handoff", wid, partition)

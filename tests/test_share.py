@@ -69,6 +69,7 @@ from fdbworkers._store.claims import (
     ClaimOutcome,
     ClaimRequest,
     ReleaseRequest,
+    tx_claim,
     tx_claim_many,
     tx_release_many,
 )
@@ -323,6 +324,16 @@ async def test_claim_batches_decide_each_job_as_the_single_claim_did(engine: Eng
         )
         tr.cancel()
         assert got == expected, f"seed {seed}"
+        # The single-job claim (its own path: one round trip, absent claims decided at
+        # once) decides each job the same way, and so does a batch of one.
+        for r, want in zip(requests, expected, strict=True):
+            args = (r.partition, r.job_id, me, inc, nonce, r.take_superseded, 3.0)
+            tr = db.create_transaction()
+            assert await tx_claim(tr, root.role(ROLE), *args) == want, f"seed {seed} {r}"
+            tr.cancel()
+            tr = db.create_transaction()
+            assert await tx_claim_many(tr, root.role(ROLE), [r], me, inc, nonce, 3.0) == [want]
+            tr.cancel()
         kinds = {o.kind for o in got}
         seen_kinds.update(kinds)
     # The scenarios reach every outcome.

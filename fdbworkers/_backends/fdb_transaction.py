@@ -83,7 +83,8 @@ class _FdbReads(ReadTransaction):
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         for key in keys:
-            _check_key(key)
+            if type(key) is not bytes:
+                _check_key(key)
         ptr, snap = self._ptr, self._snap
         futures = [_capi._c.transaction_get(ptr, key, len(key), snap) for key in keys]
         try:

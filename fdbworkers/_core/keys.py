@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._errors import ConfigError, CorruptDataError
-from .tuples import VERSIONSTAMP_SIZE, pack, strinc, unpack
+from .tuples import VERSIONSTAMP_SIZE, pack, pack_int_str, strinc, unpack
 
 #: The layout this version of fdbworkers reads and writes.
 LAYOUT_VERSION: Final = 1
@@ -198,10 +198,18 @@ class RoleSpace:
     role: str
     #: ``(root, "r", role)`` packed: every key below starts with it.
     prefix: bytes = field(init=False, repr=False, compare=False)
+    #: The packed heads of the job and claim keys (``prefix + pack(("job",))``...): a
+    #: job or claim key is its head and the packed (partition, job id), built on every
+    #: claim and add without packing the head again.
+    job_head: bytes = field(init=False, repr=False, compare=False)
+    claim_head: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_name("role", self.role)
-        object.__setattr__(self, "prefix", self.layout.key("r", self.role))
+        prefix = self.layout.key("r", self.role)
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "job_head", prefix + pack(("job",)))
+        object.__setattr__(self, "claim_head", prefix + pack(("claim",)))
 
     def key(self, *parts: Any) -> bytes:
         return self.prefix + pack(parts)
@@ -303,6 +311,8 @@ class RoleSpace:
         return self.key("jobs_epoch")
 
     def job_key(self, partition: int, job_id: str) -> bytes:
+        if type(partition) is int and type(job_id) is str:
+            return self.job_head + pack_int_str(partition, job_id)
         return self.key("job", partition, job_id)
 
     def partition_range(self, partition: int) -> tuple[bytes, bytes]:
@@ -312,6 +322,8 @@ class RoleSpace:
         return self.range("job")
 
     def claim_key(self, partition: int, job_id: str) -> bytes:
+        if type(partition) is int and type(job_id) is str:
+            return self.claim_head + pack_int_str(partition, job_id)
         return self.key("claim", partition, job_id)
 
     def claims_range(self, partition: int | None = None) -> tuple[bytes, bytes]:

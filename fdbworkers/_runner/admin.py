@@ -74,7 +74,7 @@ async def add_jobs(
     if not checked:
         return out
     cfg = await db.transact(tx_ensure_role, space, partitions)
-    prepared = await _in_key_order(space.jobs_range()[0], cfg.partitions, checked)
+    prepared = await _in_key_order(space.job_head, cfg.partitions, checked)
     del checked
     count = await db.transact(_tx_job_count, space)
     await add_jobs_in_batches(

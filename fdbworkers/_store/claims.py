@@ -21,6 +21,7 @@ from .._core.records import (
     split_stamped,
     stamped_value,
 )
+from .._core.tuples import pack_int_str
 from .._db import Transaction
 from .._errors import CorruptDataError
 from .._log import get_logger
@@ -53,6 +54,12 @@ class ClaimRequest:
     take_superseded: frozenset[str] = frozenset()
 
 
+#: The outcomes that carry nothing but their kind (immutable: shared, not rebuilt per
+#: claim; a claim's token is its commit's versionstamp, read after the commit).
+_GONE = ClaimOutcome("gone")
+_NOT_MEMBER = ClaimOutcome("not_member")
+_CLAIMED = ClaimOutcome("claimed")
+
 #: Claims (or releases) per transaction: about 150 bytes written and two keys read each.
 CLAIM_BATCH = 1000
 
@@ -68,10 +75,37 @@ async def tx_claim(
     take_superseded: frozenset[str],
     lease_timeout: float | None = None,
 ) -> ClaimOutcome:
-    """Claim one job (see :func:`tx_claim_many`, which applies the same rules to many)."""
-    req = ClaimRequest(partition, job_id, take_superseded)
-    out = await tx_claim_many(tr, space, [req], wid, incarnation, nonce, lease_timeout)
-    return out[0]
+    """Claim one job (see :func:`tx_claim_many`, which applies the same rules to many).
+
+    Its three keys (our member record, the claim, the job) are read in one round trip,
+    with the conflicts of three gets. The common case, no claim, is decided here: the
+    rule takes an absent claim (``decide_claim(claim=None)`` is "take") without reading
+    anything more; a claim present goes through the same steps as a batch."""
+    me_key = space.member_key(wid)
+    tail = pack_int_str(partition, job_id)
+    ckey = space.claim_head + tail
+    me_raw, raw, job = await tr.get_many([me_key, ckey, space.job_head + tail])
+    if me_raw is None or MemberRecord.decode(wid, me_key, me_raw).incarnation != incarnation:
+        return _NOT_MEMBER
+    if raw is None:
+        if job is None:
+            return _GONE
+        tr.set_versionstamped_value(ckey, _claim_value(wid, incarnation, nonce, lease_timeout))
+        return _CLAIMED
+    outs = await _decide_and_write(
+        tr,
+        space,
+        [ckey],
+        [raw],
+        [job],
+        [0],
+        [take_superseded],
+        wid,
+        incarnation,
+        nonce,
+        lease_timeout,
+    )
+    return outs[0]
 
 
 async def tx_claim_many(
@@ -98,20 +132,53 @@ async def tx_claim_many(
     n = len(requests)
     if n == 0:
         return []
+    if n == 1:
+        r = requests[0]
+        one = await tx_claim(
+            tr,
+            space,
+            r.partition,
+            r.job_id,
+            wid,
+            incarnation,
+            nonce,
+            r.take_superseded,
+            lease_timeout,
+        )
+        return [one]
     me_key = space.member_key(wid)
     order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
     parts = [requests[i].partition for i in order]
     ids = [requests[i].job_id for i in order]
-    ckeys = keys_below(space.claims_range()[0], parts, ids)
-    jkeys = keys_below(space.jobs_range()[0], parts, ids)
+    ckeys = keys_below(space.claim_head, parts, ids)
+    jkeys = keys_below(space.job_head, parts, ids)
     read = await _read_claim_keys(tr, me_key, ckeys, jkeys, parts, keys_per_partition)
     if read is None or MemberRecord.decode(wid, me_key, read[0]).incarnation != incarnation:
-        return [ClaimOutcome("not_member")] * n
+        return [_NOT_MEMBER] * n
     _, raws, jobs = read
+    takes = [requests[i].take_superseded for i in order]
+    return await _decide_and_write(
+        tr, space, ckeys, raws, jobs, order, takes, wid, incarnation, nonce, lease_timeout
+    )
 
+
+async def _decide_and_write(
+    tr: Transaction,
+    space: RoleSpace,
+    ckeys: Sequence[bytes],
+    raws: Sequence[bytes | None],
+    jobs: Sequence[bytes | None],
+    order: Sequence[int],
+    takes: Sequence[frozenset[str]],
+    wid: str,
+    incarnation: str,
+    nonce: str,
+    lease_timeout: float | None,
+) -> list[ClaimOutcome]:
+    """The rule over the claims and jobs read (in key order): the holders' records are
+    read where it needs them, our claim is written over each job left to take."""
     claims, outcomes = _decode_claims(ckeys, raws)
     members = await _read_holders(tr, space, claims, wid, incarnation)
-    takes = [requests[i].take_superseded for i in order]
     await _decide_claims(tr, space, claims, members, takes, outcomes, wid, incarnation, nonce)
     return _write_claims(tr, ckeys, jobs, order, outcomes, wid, incarnation, nonce, lease_timeout)
 
@@ -125,12 +192,7 @@ async def _read_claim_keys(
     keys_per_partition: float,
 ) -> tuple[bytes, list[bytes | None], list[bytes | None]] | None:
     """Our own member record (its read conflicts with our own eviction), then the claim
-    and the job of each request, or None where the record is gone (nothing more read).
-    A single job (an add, a claim retried alone) reads its three keys in one round trip,
-    with the conflicts of three gets."""
-    if len(ckeys) == 1:
-        me_raw, raw, job = await tr.get_many([me_key, ckeys[0], jkeys[0]])
-        return None if me_raw is None else (me_raw, [raw], [job])
+    and the job of each request, or None where the record is gone (nothing more read)."""
     me_raw = await tr.get(me_key)
     if me_raw is None:
         return None
@@ -280,21 +342,27 @@ def _write_claims(
     """Write our claim (its commit versionstamp is the token) over each job left to
     take; "gone" where the job is not there. The outcomes in request order."""
     n = len(ckeys)
-    value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
-    if lease_timeout is not None:
-        value["timeout"] = lease_timeout
-    stamped = stamped_value(value)
-    result: list[ClaimOutcome] = [ClaimOutcome("gone")] * n
+    stamped = _claim_value(wid, incarnation, nonce, lease_timeout)
+    result: list[ClaimOutcome] = [_GONE] * n
     for k in range(n):
         out = outcomes[k]
         if out is None:
             if jobs[k] is None:
-                out = ClaimOutcome("gone")
+                out = _GONE
             else:
                 tr.set_versionstamped_value(ckeys[k], stamped)
-                out = ClaimOutcome("claimed")
+                out = _CLAIMED
         result[order[k]] = out
     return result
+
+
+def _claim_value(wid: str, incarnation: str, nonce: str, lease_timeout: float | None) -> bytes:
+    """The SET_VERSIONSTAMPED_VALUE parameter of our claim: the commit's stamp is its
+    token, the tail names the holder (and its lease timeout when it has one)."""
+    value: dict[str, Any] = {"wid": wid, "incarnation": incarnation, "nonce": nonce}
+    if lease_timeout is not None:
+        value["timeout"] = lease_timeout
+    return stamped_value(value)
 
 
 def _member(
@@ -369,7 +437,7 @@ async def tx_release_many(
     order = sorted(range(n), key=lambda i: (requests[i].partition, requests[i].job_id))
     parts = [requests[i].partition for i in order]
     ids = [requests[i].job_id for i in order]
-    ckeys = keys_below(space.claims_range()[0], parts, ids)
+    ckeys = keys_below(space.claim_head, parts, ids)
     raws = await read_keys(tr, ckeys, parts, keys_per_partition)
     released = [False] * n
     notified: set[str] = set()

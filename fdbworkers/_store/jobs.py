@@ -259,7 +259,7 @@ async def tx_read_partitions(
         return jobs, claims
     log = get_logger("fdbworkers")
     # Keys are decoded below these (the root and role are the same for every key).
-    jobs_begin, claims_begin = space.jobs_range()[0], space.claims_range()[0]
+    jobs_begin, claims_begin = space.job_head, space.claim_head
 
     def take_job(key: bytes, value: bytes, wanted: set[int] | None) -> None:
         try:

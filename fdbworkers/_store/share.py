@@ -98,7 +98,7 @@ async def read_share(
     if not wanted:
         return out
     log = get_logger("fdbworkers")
-    jobs_begin = space.jobs_range()[0]
+    jobs_begin = space.job_head
     queue: deque[tuple[bytes, bytes]] = deque()
     for first, last in plan_ranges(wanted, out.keys_per_partition):
         queue.append((space.partition_range(first)[0], space.partition_range(last)[1]))
