@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ READS: list[ReadSample] = []
 _orig_read_share = JobRunner._read_share
 
 
-async def _counted_read_share(self: JobRunner, parts: set[int], full: bool) -> ShareRead:
+async def _counted_read_share(self: JobRunner, parts: AbstractSet[int], full: bool) -> ShareRead:
     out = await _orig_read_share(self, parts, full)
     # The paged read's own counts, plus the job counter it reads first.
     READS.append(

@@ -61,3 +61,22 @@ def test_a_whole_role_is_a_bitmap_of_its_size() -> None:
     every = PartitionSet.where(array("i", bytes(4 * 65536)), 0)
     assert len(every) == 65536 and 65535 in every and 65536 not in every
     assert len(every._map) == 8192  # one bit per partition
+
+
+@given(st.frozensets(st.integers(0, 300), max_size=200))
+def test_runs_from_the_bitmap_are_the_runs_of_the_sorted_partitions(a: frozenset[int]) -> None:
+    from fdbworkers._core.share import runs
+
+    want: list[tuple[int, int]] = []
+    for p in sorted(a):
+        if want and want[-1][1] == p - 1:
+            want[-1] = (want[-1][0], p)
+        else:
+            want.append((p, p))
+    assert PartitionSet(a).runs() == want
+    assert runs(PartitionSet(a)) == runs(a) == want
+
+
+def test_a_whole_role_is_one_run() -> None:
+    assert PartitionSet(range(65_536)).runs() == [(0, 65_535)]
+    assert PartitionSet([0, 2, 65_535]).runs() == [(0, 0), (2, 2), (65_535, 65_535)]

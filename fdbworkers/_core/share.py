@@ -23,6 +23,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from .partset import PartitionSet
+
 #: A range request costs about as much as reading this many keys (measured on the local
 #: FoundationDB through the seam: ~150 us per request, ~5 us per key, both in Python).
 REQUEST_COST: Final = 32.0
@@ -30,6 +32,8 @@ REQUEST_COST: Final = 32.0
 
 def runs(partitions: Iterable[int]) -> list[tuple[int, int]]:
     """Maximal runs ``(first, last)`` of adjacent partitions, in order."""
+    if isinstance(partitions, PartitionSet):
+        return partitions.runs()  # from the bitmap, no set or sorted list of ints
     out: list[tuple[int, int]] = []
     for p in sorted(set(partitions)):
         if out and out[-1][1] == p - 1:

@@ -374,15 +374,19 @@ class JobRunner:
     async def _read_target(self, owned: AbstractSet[int]) -> None:
         """Read the jobs of the partitions the step must read (all ``owned`` on a full
         resync; else those gained and those the change log dirtied) into the target."""
+        # Bitmaps throughout: a share can be all 65,536 partitions, and a set of them
+        # (with its int objects) is megabytes, allocated at every step.
+        if not isinstance(owned, PartitionSet):
+            owned = PartitionSet(owned)
         full = self.changes.full_resync
         if full:
             self.changes.last_full_resync = current_time()
-            read_parts: set[int] = set(owned)
+            read_parts: AbstractSet[int] = owned
         else:
             # Only what we gained, and partitions whose jobs changed: O(J/N^2) keys on
             # a membership change instead of a full re-read.
-            read_parts = set(owned - self._owned_parts)
-            read_parts.update(p for p in self.changes.dirty_parts if p in owned)
+            dirty_owned = PartitionSet(p for p in self.changes.dirty_parts if p in owned)
+            read_parts = (owned - self._owned_parts) | dirty_owned
         dirty, self.changes.dirty_parts = self.changes.dirty_parts, set()
         self.changes.full_resync = False
         try:
@@ -395,7 +399,7 @@ class JobRunner:
         if full:
             self._replace_target(share, None)
         else:
-            self._replace_target(share, read_parts.union(self._owned_parts - owned))
+            self._replace_target(share, read_parts | (self._owned_parts - owned))
         self._owned_parts = owned
 
     async def _stop_moved(self, a: PlanMap, budget: float) -> tuple[set[str], float]:
@@ -467,7 +471,7 @@ class JobRunner:
         if jid in self.target:
             self._to_claim[jid] = None
 
-    async def _read_share(self, parts: set[int], full: bool) -> ShareRead:
+    async def _read_share(self, parts: AbstractSet[int], full: bool) -> ShareRead:
         """The jobs of ``parts``, read in pages (``_store.scan.read_share``). A full read
         moves the change-log cursor back to the version read before its first page, so
         that every change the pages may have missed is read from the log and its

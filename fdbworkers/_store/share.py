@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .._core.keys import RoleSpace
+from .._core.partset import PartitionSet
 from .._core.share import PAGE_KEYS, PAGE_REQUESTS, plan_ranges, request_limit
 from .._db import KeyValue, Transaction
 from .._errors import CorruptDataError
@@ -90,7 +92,7 @@ async def read_share(
     ``_core.share.plan_ranges`` (runs of adjacent partitions, merged across short gaps
     when reading the gap is cheaper than another request); keys of partitions outside
     ``partitions`` that a merged range returns are dropped."""
-    wanted = set(partitions)
+    wanted = partitions if isinstance(partitions, PartitionSet) else PartitionSet(partitions)
     out = ShareRead()
     out.version, out.job_count = await transact(tx_share_start, space)
     out.transactions = 1
@@ -122,7 +124,7 @@ async def _take_jobs(
     out: ShareRead,
     space: RoleSpace,
     jobs_begin: bytes,
-    wanted: set[int],
+    wanted: AbstractSet[int],
     kvs: Sequence[KeyValue],
     log: Logger,
 ) -> None:

@@ -331,29 +331,28 @@ class ExecRunner:
 
     async def _supervise(self, proc: trio.Process, stopping: Event, log: Any) -> int | None:
         """Wait for the process; on ``stopping`` SIGTERM its group, then SIGKILL after the
-        grace; on cancellation SIGKILL at once. Returns after the process is reaped."""
+        grace; on cancellation SIGKILL at once. Returns after the process is reaped.
+
+        One task of its own per process (the waiter, which ends the wait for
+        ``stopping`` when the process exits by itself): a worker supervises hundreds,
+        and every task and nursery is kilobytes of memory each."""
         self._live[proc.pid] = proc
         try:
             async with trio.open_nursery() as n:
-
-                async def stopper() -> None:
-                    await stopping.wait()
-                    if proc.returncode is None and _signal_group(proc.pid, signal.SIGTERM):
-                        self._terminated += 1
-                        log.info(
-                            "job_process_terminating", pid=proc.pid, grace=self.options.stop_grace
-                        )
-                    with trio.move_on_after(self.options.stop_grace):
-                        await proc.wait()
-                    if proc.returncode is None:
-                        self._kill(proc, log, "grace period over")
 
                 async def waiter() -> None:
                     await proc.wait()
                     n.cancel_scope.cancel()
 
-                n.start_soon(stopper)
                 n.start_soon(waiter)
+                await stopping.wait()
+                if proc.returncode is None and _signal_group(proc.pid, signal.SIGTERM):
+                    self._terminated += 1
+                    log.info("job_process_terminating", pid=proc.pid, grace=self.options.stop_grace)
+                with trio.move_on_after(self.options.stop_grace):
+                    await proc.wait()
+                if proc.returncode is None:
+                    self._kill(proc, log, "grace period over")
         except BaseException:
             # Cancelled (the runner's grace ran out, or a hard stop): kill and reap.
             with trio.CancelScope(shield=True):
@@ -373,25 +372,20 @@ class ExecRunner:
         self, proc: trio.Process, stopping: Event, log: Any, label: str
     ) -> int | None:
         """``_supervise``, with the process's stdout and stderr copied to ours, each line
-        prefixed with ``[JOB-ID] `` (several jobs share the worker's output)."""
+        prefixed with ``[JOB-ID] `` (several jobs share the worker's output): a task per
+        stream, in the same nursery as the supervision."""
         if proc.stdout is None and proc.stderr is None:
             return await self._supervise(proc, stopping, log)
         prefix = f"[{label}] ".encode()
         async with trio.open_nursery() as n:
-            pumps = trio.CancelScope()
-
-            async def pumping() -> None:
-                with pumps:
-                    async with trio.open_nursery() as p:
-                        if proc.stdout is not None:
-                            p.start_soon(copy_lines, proc.stdout, sys.stdout, prefix)
-                        if proc.stderr is not None:
-                            p.start_soon(copy_lines, proc.stderr, sys.stderr, prefix)
-
-            n.start_soon(pumping)
+            if proc.stdout is not None:
+                n.start_soon(copy_lines, proc.stdout, sys.stdout, prefix)
+            if proc.stderr is not None:
+                n.start_soon(copy_lines, proc.stderr, sys.stderr, prefix)
             code = await self._supervise(proc, stopping, log)
-            # A child that escaped the group may hold the pipes open: not for long.
-            pumps.deadline = trio.current_time() + 1.0
+            # A child that escaped the group may hold the pipes open: not for long (the
+            # deadline cancels only the copies: the supervision has returned).
+            n.cancel_scope.deadline = trio.current_time() + 1.0
         return code
 
     def _kill(self, proc: trio.Process, log: Any, why: str) -> None:
