@@ -393,7 +393,19 @@ def fake_c(monkeypatch: pytest.MonkeyPatch) -> FakeFutures:
     return fake
 
 
-async def test_bridge_wakes_from_another_thread(fake_c: FakeFutures) -> None:
+@pytest.fixture(params=["eventfd", "socketpair"])
+def wakeup_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the network thread wakes the leader: an eventfd written through libc
+    with the GIL held (Linux), and the socket pair used where there is no eventfd."""
+    kind: str = request.param
+    if kind == "socketpair":
+        monkeypatch.setattr(fdb_bridge, "_new_wakeup", fdb_bridge._SocketWakeup)
+    elif not hasattr(os, "eventfd"):  # pragma: no cover - not Linux
+        pytest.skip("no eventfd on this platform")
+    return kind
+
+
+async def test_bridge_wakes_from_another_thread(fake_c: FakeFutures, wakeup_kind: str) -> None:
     before = threading.active_count()
     timer = threading.Timer(0.05, fake_c.set_ready, (1,))  # stands in for FDB's network thread
     timer.start()
@@ -429,19 +441,29 @@ async def test_many_ready_futures_take_one_wake_up(
     fake_c: FakeFutures, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wake_ups = 0
-    signal, drain = fdb_bridge._TrioHub.signal, fdb_bridge._TrioHub.drain
+    drain = fdb_bridge._TrioHub.drain
+    new_wakeup = fdb_bridge._new_wakeup
 
-    def counting_signal(hub: Any) -> None:
-        nonlocal wake_ups
-        wake_ups += 1
-        signal(hub)
+    def counting_wakeup() -> Any:
+        wakeup = new_wakeup()
+        signal = wakeup.signal
+
+        class Counting:
+            fd, take, close = wakeup.fd, wakeup.take, wakeup.close
+
+            def signal(self) -> None:
+                nonlocal wake_ups
+                wake_ups += 1
+                signal()
+
+        return Counting()
 
     def counting_drain(hub: Any) -> None:
         nonlocal wake_ups
         wake_ups += 1
         drain(hub)
 
-    monkeypatch.setattr(fdb_bridge._TrioHub, "signal", counting_signal)
+    monkeypatch.setattr(fdb_bridge, "_new_wakeup", counting_wakeup)
     monkeypatch.setattr(fdb_bridge._TrioHub, "drain", counting_drain)
     woken: list[int] = []
 
@@ -449,7 +471,7 @@ async def test_many_ready_futures_take_one_wake_up(
         await fdb_bridge._wait(f)
         woken.append(f)
 
-    # A leader (the first waiter) wakes the others: one byte on the hub's socket.
+    # A leader (the first waiter) wakes the others: one signal of the hub's wake-up fd.
     async with trio.open_nursery() as nursery:
         for f in range(100):
             nursery.start_soon(waiter, f)
