@@ -151,6 +151,10 @@ async def serve_jobs(
             m = WorkerMetrics(w, runner, db=db, exec_runner=exec_runner)
             port = await n.start(serve_metrics, m, metrics[0], metrics[1])
             log.info("metrics_endpoint", url=f"http://{metrics[0]}:{port}/metrics")
+        if exec_runner is not None:
+            # One task copies every job process's output (it outlives the jobs'
+            # graceful stop: the worker's leave stops them before this ends).
+            await n.start(exec_runner.run_output)
         n.start_soon(runner.run)
         log.info(
             "worker_running",

@@ -6,6 +6,7 @@ exits. Real processes on the real clock (short: about a second each); then the w
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,13 @@ import trio
 from cli_util import Cli, cli_on, started_devserver, wait_for
 
 from fdbworkers._errors import ConfigError
-from fdbworkers.cli._exec import ExecOptions, ExecRunner, job_environment, split_command
+from fdbworkers.cli._exec import (
+    ExecOptions,
+    ExecRunner,
+    OutputPump,
+    job_environment,
+    split_command,
+)
 
 PY = sys.executable
 
@@ -290,3 +297,154 @@ def test_an_exec_program_that_keeps_failing_shows_failing_then_parked(
         e["type"] for e in json.loads(cli("events", "--role", "fail", "--json").stdout)["events"]
     ]
     assert "job_failing" in types and "job_parked" in types
+
+
+# --- one task copies every process's output ------------------------------------------
+
+
+class Collector:
+    """A text target without a ``buffer``: what was written, as one string."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def lines(self) -> list[str]:
+        return "".join(self.parts).splitlines()
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def all_tasks() -> int:
+    """Tasks alive in this trio run."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo, count = [root], 0
+    while todo:
+        task = todo.pop()
+        count += 1
+        todo.extend(t for nursery in task.child_nurseries for t in nursery.child_tasks)
+    return count
+
+
+needs_epoll = pytest.mark.skipif(not OutputPump.available(), reason="no epoll on this platform")
+
+
+@needs_epoll
+async def test_the_output_pump_copies_many_pipes_line_by_line() -> None:
+    pump, target = OutputPump(), Collector()
+    async with trio.open_nursery() as n:
+        await n.start(pump.run)
+        pipes = [os.pipe() for _ in range(3)]
+        streams = [pump.add(r, target, f"[p{i}] ".encode()) for i, (r, _) in enumerate(pipes)]
+        for i, (_, w) in enumerate(pipes):
+            os.write(w, f"one {i}\ntwo ".encode())
+        await trio.sleep(0.05)
+        for i, (_, w) in enumerate(pipes):
+            os.write(w, f"halves {i}\nno newline {i}".encode())
+            os.close(w)  # the end of the pipe: the unfinished line is written out
+        await pump.finish(streams, linger=5)
+        assert all(s.closed for s in streams)
+        n.cancel_scope.cancel()
+    for i in range(3):
+        mine = [line for line in target.lines if line.startswith(f"[p{i}] ")]
+        assert mine == [f"[p{i}] one {i}", f"[p{i}] two halves {i}", f"[p{i}] no newline {i}"]
+
+
+@needs_epoll
+async def test_the_pump_closes_a_pipe_still_held_open_after_the_linger() -> None:
+    pump, target = OutputPump(), Collector()
+    before = open_fds()
+    async with trio.open_nursery() as n:
+        await n.start(pump.run)
+        r, w = os.pipe()
+        stream = pump.add(r, target, b"[x] ")
+        os.write(w, b"done\npartial")
+        start = trio.current_time()
+        await pump.finish([stream], linger=0.2)  # the writer (an escaped child) holds on
+        assert 0.15 < trio.current_time() - start < 5
+        assert stream.closed and target.lines == ["[x] done", "[x] partial"]
+        os.close(w)
+        n.cancel_scope.cancel()
+    assert open_fds() == before
+
+
+@needs_epoll
+async def test_a_stopped_pump_closes_its_pipes_and_refuses_new_ones() -> None:
+    pump, target = OutputPump(), Collector()
+    before = open_fds()
+    async with trio.open_nursery() as n:
+        await n.start(pump.run)
+        r, w = os.pipe()
+        stream = pump.add(r, target, b"[y] ")
+        os.write(w, b"cut short")
+        await trio.sleep(0.05)
+        n.cancel_scope.cancel()
+    assert not pump.running and stream.closed
+    assert target.lines == ["[y] cut short"]
+    r2, w2 = os.pipe()
+    late = pump.add(r2, target, b"[z] ")  # the worker is on its way out: closed at once
+    assert late.closed
+    with pytest.raises(OSError):
+        os.fstat(r2)
+    os.close(w)
+    os.close(w2)
+    assert open_fds() == before
+
+
+#: A job program that writes a line to each stream, then waits to be stopped.
+TWO_STREAMS = r"""
+import os, signal, sys, time
+job = os.environ["FDBWORKERS_JOB_ID"]
+signal.signal(signal.SIGTERM, lambda *a: (print("bye from", job, flush=True), sys.exit(0)))
+print("out from", job, flush=True)
+print("err from", job, file=sys.stderr, flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@needs_epoll
+async def test_exec_runner_copies_every_process_output_through_one_pump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prog = tmp_path / "two.py"
+    prog.write_text(TWO_STREAMS)
+    out, err = Collector(), Collector()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    r = ExecRunner(ExecOptions((PY, str(prog)), stop_grace=5.0))
+    stopping = anyio.Event()
+    before = open_fds()
+
+    def job(j: str) -> Any:
+        return lambda: r.run_job(lambda attempt: {"FDBWORKERS_JOB_ID": j}, stopping, label=j)
+
+    async with trio.open_nursery() as n:
+        await n.start(r.run_output)
+        tasks_before = all_tasks()
+        async with trio.open_nursery() as jobs:
+            for j in ("a", "b", "c"):
+                jobs.start_soon(job(j))
+            with trio.fail_after(10):
+                while len(err.lines) < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            # Per process: its handler's task and the one that waits for its exit; no
+            # task per stream.
+            assert all_tasks() == tasks_before + 3 * 2
+            stopping.set()
+        assert r.statistics().terminated == 3 and r.statistics().running == 0
+        assert all_tasks() == tasks_before
+        n.cancel_scope.cancel()
+    for j in ("a", "b", "c"):
+        assert f"[{j}] out from {j}" in out.lines and f"[{j}] bye from {j}" in out.lines
+        assert f"[{j}] err from {j}" in err.lines
+    assert open_fds() == before
