@@ -9,7 +9,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -359,35 +360,37 @@ async def test_the_output_pump_copies_many_pipes_line_by_line() -> None:
         assert mine == [f"[p{i}] one {i}", f"[p{i}] two halves {i}", f"[p{i}] no newline {i}"]
 
 
-@needs_epoll
-async def test_the_pump_closes_a_pipe_still_held_open_after_the_linger() -> None:
+@asynccontextmanager
+async def one_pumped_pipe(prefix: bytes) -> AsyncIterator[tuple[OutputPump, Collector, Any, int]]:
+    """A running pump copying one new pipe: (pump, target, its stream, the write end).
+    The pump stops at the end of the block."""
     pump, target = OutputPump(), Collector()
-    before = open_fds()
     async with trio.open_nursery() as n:
         await n.start(pump.run)
         r, w = os.pipe()
-        stream = pump.add(r, target, b"[x] ")
+        yield pump, target, pump.add(r, target, prefix), w
+        n.cancel_scope.cancel()
+
+
+@needs_epoll
+async def test_the_pump_closes_a_pipe_still_held_open_after_the_linger() -> None:
+    before = open_fds()
+    async with one_pumped_pipe(b"[x] ") as (pump, target, stream, w):
         os.write(w, b"done\npartial")
         start = trio.current_time()
         await pump.finish([stream], linger=0.2)  # the writer (an escaped child) holds on
         assert 0.15 < trio.current_time() - start < 5
         assert stream.closed and target.lines == ["[x] done", "[x] partial"]
         os.close(w)
-        n.cancel_scope.cancel()
     assert open_fds() == before
 
 
 @needs_epoll
 async def test_a_stopped_pump_closes_its_pipes_and_refuses_new_ones() -> None:
-    pump, target = OutputPump(), Collector()
     before = open_fds()
-    async with trio.open_nursery() as n:
-        await n.start(pump.run)
-        r, w = os.pipe()
-        stream = pump.add(r, target, b"[y] ")
+    async with one_pumped_pipe(b"[y] ") as (pump, target, stream, w):
         os.write(w, b"cut short")
         await trio.sleep(0.05)
-        n.cancel_scope.cancel()
     assert not pump.running and stream.closed
     assert target.lines == ["[y] cut short"]
     r2, w2 = os.pipe()
