@@ -287,13 +287,15 @@ class OutputPump:
     async def finish(self, streams: Sequence[_PumpedStream], *, linger: float) -> None:
         """Wait up to ``linger`` seconds for ``streams`` to end (their last lines
         copied), then close what is still open: a process that escaped its group may
-        hold a pipe open for ever."""
-        with trio.move_on_after(linger):
-            for stream in streams:
-                if not stream.closed:
-                    stream.done = stream.done or trio.Event()
-                    await stream.done.wait()
-        self.close(streams)
+        hold a pipe open for ever. Cancelled, they are closed at once."""
+        try:
+            with trio.move_on_after(linger):
+                for stream in streams:
+                    if not stream.closed:
+                        stream.done = stream.done or trio.Event()
+                        await stream.done.wait()
+        finally:
+            self.close(streams)
 
     def close(self, streams: Sequence[_PumpedStream]) -> None:
         """Close ``streams`` now (their unfinished lines are written out)."""

@@ -383,6 +383,13 @@ async def test_the_pump_closes_a_pipe_still_held_open_after_the_linger() -> None
         assert stream.closed and target.lines == ["[x] done", "[x] partial"]
         os.close(w)
     assert open_fds() == before
+    # Cancelled while it lingers: closed at once.
+    async with one_pumped_pipe(b"[c] ") as (pump, target, stream, w):
+        with trio.move_on_after(0.1):
+            await pump.finish([stream], linger=60)
+        assert stream.closed
+        os.close(w)
+    assert open_fds() == before
 
 
 @needs_epoll
