@@ -159,6 +159,10 @@ def _signal_group(pid: int, sig: int) -> bool:
         return False
 
 
+#: How long a process's output is still copied once it is gone (a child that escaped
+#: its group may hold the pipes open).
+OUTPUT_LINGER: Final = 1.0
+
 #: A line longer than this is written out in pieces, each with the prefix.
 MAX_LINE: Final = 64 * 1024
 
@@ -177,6 +181,11 @@ def prefix_lines(prefix: bytes, pending: bytes, data: bytes) -> tuple[bytes, byt
         out.append(prefix + buf[: nl + 1] + (b"" if buf[nl : nl + 1] == b"\n" else b"\n"))
         buf = buf[nl + 1 :]
     return b"".join(out), buf
+
+
+def last_line(prefix: bytes, pending: bytes) -> bytes:
+    """The unfinished line left at the end of a stream, prefixed and ended (pure)."""
+    return prefix_lines(prefix, pending, b"\n")[0]
 
 
 def write_out(target: Any, chunk: bytes) -> None:
@@ -208,7 +217,7 @@ async def copy_lines(stream: Any, target: Any, prefix: bytes) -> None:
             write_out(target, lines)
     finally:
         if pending:
-            write_out(target, prefix_lines(prefix, pending, b"\n")[0])
+            write_out(target, last_line(prefix, pending))
         await trio.aclose_forcefully(stream)
 
 
@@ -266,9 +275,9 @@ class OutputPump:
                     if stream is not None:
                         self._read(stream)
         finally:
-            self._epoll = None
             for stream in list(self._streams.values()):
-                self._close(stream, epoll)
+                self._close(stream)
+            self._epoll = None
             epoll.close()
 
     def add(self, fd: int, target: Any, prefix: bytes) -> _PumpedStream:
@@ -277,7 +286,7 @@ class OutputPump:
         and its output lost."""
         stream = _PumpedStream(fd, target, prefix)
         if self._epoll is None:
-            self._close(stream, None)
+            self._close(stream)
             return stream
         os.set_blocking(fd, False)
         self._streams[fd] = stream
@@ -300,7 +309,7 @@ class OutputPump:
     def close(self, streams: Sequence[_PumpedStream]) -> None:
         """Close ``streams`` now (their unfinished lines are written out)."""
         for stream in streams:
-            self._close(stream, self._epoll)
+            self._close(stream)
 
     def _read(self, stream: _PumpedStream) -> None:
         try:
@@ -310,22 +319,22 @@ class OutputPump:
         except OSError:
             data = b""
         if not data:
-            self._close(stream, self._epoll)
+            self._close(stream)
             return
         lines, stream.pending = prefix_lines(stream.prefix, stream.pending, data)
         write_out(stream.target, lines)
 
-    def _close(self, stream: _PumpedStream, epoll: Any) -> None:
+    def _close(self, stream: _PumpedStream) -> None:
         if stream.closed:
             return
         stream.closed = True
         self._streams.pop(stream.fd, None)
-        if epoll is not None:
+        if self._epoll is not None:
             with suppress(OSError, ValueError):
-                epoll.unregister(stream.fd)
+                self._epoll.unregister(stream.fd)
         os.close(stream.fd)
         if stream.pending:
-            write_out(stream.target, prefix_lines(stream.prefix, stream.pending, b"\n")[0])
+            write_out(stream.target, last_line(stream.prefix, stream.pending))
             stream.pending = b""
         if stream.done is not None:
             stream.done.set()
@@ -541,7 +550,7 @@ class ExecRunner:
             code = await self._supervise(proc, stopping, log)
             # A child that escaped the group may hold the pipes open: not for long (the
             # deadline cancels only the copies: the supervision has returned).
-            n.cancel_scope.deadline = trio.current_time() + 1.0
+            n.cancel_scope.deadline = trio.current_time() + OUTPUT_LINGER
         return code
 
     async def _supervise_pumped(
@@ -566,7 +575,7 @@ class ExecRunner:
             raise
         # Its last lines: a process that escaped the group may hold the pipes open,
         # not for long.
-        await self._pump.finish(streams, linger=1.0)
+        await self._pump.finish(streams, linger=OUTPUT_LINGER)
         return code
 
     def _kill(self, proc: trio.Process, log: Any, why: str) -> None:
