@@ -84,6 +84,7 @@ from fdbworkers._backends.remote import RemoteDatabase
 from fdbworkers._core.assign import assign, job_partition
 from fdbworkers._core.keys import Layout
 from fdbworkers._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
+from fdbworkers._core.plan_delta import apply_plan_delta, encode_plan_delta
 from fdbworkers._core.records import decode
 from fdbworkers._core.share import plan_ranges
 from fdbworkers._db import Transaction
@@ -164,6 +165,8 @@ class FleetResult:
     #: Every key any transaction of a worker read from the join until settled
     #: (membership reads included): mean and max over workers.
     join_keys_all: dict[str, float] = field(default_factory=dict)
+    #: The bytes of those reads (keys and values): mean and max over workers.
+    join_bytes_all: dict[str, float] = field(default_factory=dict)
     double_runners: int = 0
     join_conflicts: int = 0
 
@@ -312,6 +315,12 @@ async def fleet_run(
             if w in {fw.id for fw in fleet.live()}
         ]
         res.join_keys_all = {"mean": sum(all_keys) / len(all_keys), "max": max(all_keys)}
+        all_bytes = [
+            st.bytes_read - (sj0[w][0].bytes_read if w in sj0 else 0)
+            for w, (st, _, _) in sj1.items()
+            if w in {fw.id for fw in fleet.live()}
+        ]
+        res.join_bytes_all = {"mean": sum(all_bytes) / len(all_bytes), "max": max(all_bytes)}
         after = owners(fleet)
         res.double_runners = sum(1 for ws in after.values() if len(ws) > 1)
         res.join_moved = sum(1 for jid, ws in after.items() if before.get(jid) != ws[0])
@@ -452,6 +461,8 @@ def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespa
             "all keys read per worker, mean",
             "max",
             "max / (J/N + N)",
+            "all bytes read per worker, mean",
+            "max",
         ],
         [
             (
@@ -470,6 +481,8 @@ def fleet_part(configs: Sequence[tuple[int, int, float]], args: argparse.Namespa
                 r.join_keys_all["mean"],
                 int(r.join_keys_all["max"]),
                 r.join_keys_all["max"] / (r.j / r.n + r.n),
+                r.join_bytes_all["mean"],
+                int(r.join_bytes_all["max"]),
             )
             for r in results
         ],
@@ -972,6 +985,7 @@ def _plan_timings(n: int, j: int, p: int, runs: int, seed: int) -> list[dict[str
     cpu: dict[str, list[float]] = {}
     nxt: Plan | None = None
     data = b""
+    delta: bytes | None = None
     jobs = 0
     for _ in range(runs):
         assign_mod._assign.cache_clear()  # nothing of these memberships computed yet
@@ -994,7 +1008,19 @@ def _plan_timings(n: int, j: int, p: int, runs: int, seed: int) -> list[dict[str
             time.process_time() - c0
         )
         jobs = sum(counts.get(q, 0) for q in mine)
-    assert nxt is not None
+        delta = encode_plan_delta(first, nxt, len(data))
+        assert delta is not None, "a join's delta is smaller than the plan"
+        assign_mod._assign.cache_clear()
+        first = decode_plan(encode_plan(first))  # the reader's own copy, digest not computed
+        want = nxt.digest()
+        c0 = time.process_time()
+        got = apply_plan_delta(first, delta)
+        assert got.digest() == want
+        got.map().partitions_of("w00001")
+        cpu.setdefault(
+            "a worker's own share from the delta (apply, check, map, its partitions)", []
+        ).append(time.process_time() - c0)
+    assert nxt is not None and delta is not None
     return [
         {
             "n": n,
@@ -1003,6 +1029,7 @@ def _plan_timings(n: int, j: int, p: int, runs: int, seed: int) -> list[dict[str
             "cpu": sorted(cs),
             "overrides": len(nxt.overrides),
             "plan_bytes": len(data),
+            "delta_bytes": len(delta),
             "jobs": jobs,
         }
         for what, cs in cpu.items()
@@ -1018,7 +1045,16 @@ def plan_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) ->
     table(
         f"The map computation (CPU seconds of this process, {args.runs} runs: min / median / "
         f"max), P = {args.partitions}",
-        ["N", "J", "what", "CPU s", "overrides", "plan bytes (zlib)", "jobs of w00001"],
+        [
+            "N",
+            "J",
+            "what",
+            "CPU s",
+            "overrides",
+            "plan bytes (zlib)",
+            "join's delta bytes (zlib)",
+            "jobs of w00001",
+        ],
         [
             (
                 r["n"],
@@ -1027,6 +1063,7 @@ def plan_part(ns: Sequence[int], js: Sequence[int], args: argparse.Namespace) ->
                 three(r["cpu"]),
                 r["overrides"],
                 r["plan_bytes"],
+                r["delta_bytes"],
                 r["jobs"],
             )
             for r in rows

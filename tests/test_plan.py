@@ -6,6 +6,7 @@ figures of issue 16 (60 jobs on 5 workers are 12 each, ...) at small and large J
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from fractions import Fraction
@@ -24,6 +25,7 @@ from fdbworkers._core.plan import (
     plan_chunks,
     quotas,
 )
+from fdbworkers._core.plan_delta import apply_plan_delta, encode_plan_delta
 from fdbworkers._errors import CorruptDataError, LayoutError
 
 P = 4096
@@ -347,3 +349,142 @@ def test_the_quota_list_is_the_quotas_of_exact_rationals(
     held = {w: data.draw(st.integers(0, total)) for w in ids}
     got = _quota_list(ids, tuple(members[w] for w in ids), total, [held[w] for w in ids])
     assert dict(zip(ids, got, strict=True)) == quotas(members, total, held)
+
+
+# ------------------------------------------------------------------------- deltas
+
+
+def _repack(data: bytes, **changes: object) -> bytes:
+    import zlib
+
+    import msgpack
+
+    body = msgpack.unpackb(zlib.decompress(data), raw=False)
+    body.update(changes)
+    return zlib.compress(msgpack.packb(body, use_bin_type=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    members_st,
+    single_st,
+    st.text("xyz", min_size=1, max_size=3),
+    st.booleans(),
+    st.floats(0.5, 4.0),
+    single_st,
+)
+def test_a_delta_makes_the_next_plan_of_the_previous_one(
+    members: dict[str, float],
+    counts: dict[int, int],
+    joiner: str,
+    leave: bool,
+    weight: float,
+    more: dict[int, int],
+) -> None:
+    """Joins, leaves, reweights and job-count changes: the previous plan and the delta
+    give the next plan exactly (same content, same digest), and a delta applies to
+    nothing but the plan it was made from."""
+    prev = make_plan(None, members, counts, P, b"\x01")
+    after = dict(members)
+    after[joiner] = weight
+    if leave and len(after) > 1:
+        del after[min(after)]
+    nxt = make_plan(prev, after, {**counts, **more}, P, b"\x02")
+    delta = encode_plan_delta(prev, nxt)
+    assert delta is not None
+    got = apply_plan_delta(prev, delta)
+    assert got == nxt
+    assert got.digest() == nxt.digest()
+    assert decode_plan(encode_plan(nxt)).digest() == nxt.digest()
+    # Applied to any other plan (here: the next one) it is refused.
+    with pytest.raises(CorruptDataError, match="does not follow"):
+        apply_plan_delta(nxt, delta)
+
+
+def test_the_digest_names_the_content_and_nothing_else() -> None:
+    a = make_plan(None, {"a": 1, "b": 2.0}, {1: 3, 9: 1}, P, b"e")
+    same = Plan(a.seq, a.epoch, {"b": 2.0, "a": 1.0}, a.partitions, dict(a.overrides), a.jobs)
+    assert same.digest() == a.digest() and len(a.digest()) == 16
+    for other in (
+        Plan(a.seq + 1, a.epoch, a.members, a.partitions, a.overrides, a.jobs),
+        Plan(a.seq, b"f", a.members, a.partitions, a.overrides, a.jobs),
+        Plan(a.seq, a.epoch, {"a": 1.0, "b": 2.5}, a.partitions, a.overrides, a.jobs),
+        Plan(a.seq, a.epoch, a.members, a.partitions, {**a.overrides, 7: "a"}, a.jobs),
+        Plan(a.seq, a.epoch, a.members, a.partitions, a.overrides, a.jobs + 1),
+    ):
+        assert other.digest() != a.digest()
+
+
+def test_a_join_in_a_large_fleet_is_a_small_delta() -> None:
+    """A thousand members, 100,000 jobs: the whole plan is tens of KB, the delta of
+    one join a few hundred bytes (the newcomer and the overrides that changed)."""
+    members = {f"w{i:05d}": 1.0 for i in range(1000)}
+    counts = counts_of([f"job-{i}" for i in range(100_000)], 65536)
+    prev = make_plan(None, members, counts, 65536, b"\x01")
+    nxt = make_plan(prev, {**members, "w-new": 1.0}, counts, 65536, b"\x02")
+    full = encode_plan(nxt)
+    delta = encode_plan_delta(prev, nxt, len(full))
+    assert delta is not None
+    print(f"plan {len(full)} bytes, delta {len(delta)} bytes")
+    assert len(delta) * 10 < len(full)
+    assert apply_plan_delta(prev, delta) == nxt
+
+
+def test_no_delta_where_the_whole_plan_is_as_small_or_none_applies() -> None:
+    a = make_plan(None, {"a": 1.0}, {1: 1}, P, b"e")
+    b = make_plan(a, {"a": 1.0, "b": 1.0}, {1: 1, 2: 1}, P, b"f")
+    assert encode_plan_delta(a, b, limit=1) is None  # not smaller than the plan
+    assert encode_plan_delta(b, a) is None  # not its successor
+    other = make_plan(None, {"a": 1.0}, {1: 1}, P * 2, b"e")
+    assert encode_plan_delta(other, b) is None  # other partitions
+
+
+def test_corrupt_foreign_or_newer_deltas_are_refused_clearly() -> None:
+    a = make_plan(None, {"a": 1.0, "b": 1.0}, {1: 1, 2: 5, 3: 1}, P, b"e")
+    b = make_plan(a, {"a": 1.0, "b": 1.0, "c": 2.0}, {1: 1, 2: 5, 3: 1, 4: 2}, P, b"f")
+    delta = encode_plan_delta(a, b)
+    assert delta is not None
+    with pytest.raises(CorruptDataError, match="cannot be decoded"):
+        apply_plan_delta(a, b"not a delta")
+    with pytest.raises(LayoutError, match="newer"):
+        apply_plan_delta(a, _repack(delta, format=99))
+    with pytest.raises(CorruptDataError, match="does not follow"):
+        apply_plan_delta(a, _repack(delta, base=b"\0" * 16))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        apply_plan_delta(a, _repack(delta, drop=["nobody"]))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        apply_plan_delta(a, _repack(delta, names=["nobody"], to=b"\0\0\0\0", set=b"\1\0\0\0"))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        apply_plan_delta(a, _repack(delta, set=(P + 1).to_bytes(4, "little"), to=b"\0\0\0\0"))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        apply_plan_delta(a, _repack(delta, unset=(5).to_bytes(4, "little")))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        apply_plan_delta(a, _repack(delta, epoch="text"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["add", "drop", "set", "names", "to", "unset", "jobs", "seq"]),
+    st.one_of(
+        st.binary(max_size=13),
+        st.text(max_size=3),
+        st.integers(-(2**63), 2**63 - 1),
+        st.none(),
+        st.lists(
+            st.one_of(
+                st.text(max_size=2),
+                st.integers(-(2**63), 2**63 - 1),
+                st.lists(st.integers(-(2**63), 2**63 - 1)),
+            )
+        ),
+    ),
+)
+def test_malformed_deltas_are_a_corrupt_data_error(field: str, value: object) -> None:
+    """Any value in any field of a delta either applies or is a CorruptDataError (the
+    reader then reads the whole plan), never another exception."""
+    a = make_plan(None, {"a": 1.0, "b": 1.0}, {1: 1, 2: 5, 3: 1}, P, b"e")
+    b = make_plan(a, {"a": 1.0, "c": 2.0}, {1: 1, 2: 5, 4: 2}, P, b"f")
+    delta = encode_plan_delta(a, b)
+    assert delta is not None
+    with contextlib.suppress(CorruptDataError):
+        apply_plan_delta(a, _repack(delta, **{field: value}))

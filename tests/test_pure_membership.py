@@ -458,6 +458,9 @@ def test_role_space_keys_are_the_documented_layout(
     assert space.plan_key == layout.key(*r, "plan")
     assert space.plan_chunk_key(partition) == layout.key(*r, "planchunk", partition)
     assert space.plan_chunks_range() == layout.range(*r, "planchunk")
+    assert space.plan_delta_key(partition) == layout.key(*r, "plandelta", partition)
+    assert space.plan_deltas_range() == layout.range(*r, "plandelta")
+    assert space.plan_delta_seq(space.plan_delta_key(partition)) == partition
     assert space.config_key == layout.role_key(role) == layout.key("role", role)
     begin, end = space.range()
     assert begin < space.member_key(wid) < end

@@ -392,6 +392,20 @@ class RoleSpace:
     def plan_chunks_range(self) -> tuple[bytes, bytes]:
         return self.range("planchunk")
 
+    def plan_delta_key(self, seq: int) -> bytes:
+        """What changed from plan ``seq - 1`` to plan ``seq`` (_core/plan.py, "deltas")."""
+        return self.key("plandelta", seq)
+
+    def plan_deltas_range(self) -> tuple[bytes, bytes]:
+        return self.range("plandelta")
+
+    def plan_delta_seq(self, key: bytes) -> int:
+        """The plan sequence number of a :meth:`plan_delta_key`."""
+        t = self.unpack_below(self.key("plandelta"), key)
+        if len(t) != 1 or not isinstance(t[0], int):
+            raise CorruptDataError(f"plan delta key {key!r} has no sequence number")
+        return t[0]
+
     def _stamp_key(self, part: str, stamp: bytes) -> bytes:
         # A tuple-layer Versionstamp element: code 0x33, 10-byte stamp, 2 user bytes (0).
         return self.key(part) + bytes([_TUPLE_VERSIONSTAMP_CODE]) + stamp + b"\0\0"

@@ -32,6 +32,7 @@ quota; with larger partitions a member may end up to one partition's jobs away.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import zlib
@@ -118,6 +119,16 @@ class Plan:
 
     def same_members(self, members: Mapping[str, float]) -> bool:
         return dict(self.members) == dict(members)
+
+    def digest(self) -> bytes:
+        """16 bytes that name the plan's content (BLAKE2b of its canonical encoding,
+        computed once per plan object): what the stored header carries, what a delta
+        names as its base, and how a plan rebuilt from deltas is checked."""
+        got: bytes | None = self.__dict__.get("_digest")
+        if got is None:
+            got = hashlib.blake2b(_packed(self), digest_size=16).digest()
+            object.__setattr__(self, "_digest", got)
+        return got
 
     def map(self) -> PlanMap:
         """The plan's map, computed once per plan object (plans are immutable)."""
@@ -447,6 +458,12 @@ def _place_free(w: _Work) -> None:
 
 def encode_plan(plan: Plan) -> bytes:
     """The plan as bytes (msgpack, then zlib); split with :func:`plan_chunks`."""
+    return zlib.compress(_packed(plan), 6)
+
+
+def _packed(plan: Plan) -> bytes:
+    """The plan's canonical msgpack (members and overrides sorted, weights as floats):
+    the same bytes for the same content in every process."""
     ids = sorted(plan.members)
     index = {w: i for i, w in enumerate(ids)}
     ps = sorted(plan.overrides)
@@ -463,7 +480,8 @@ def encode_plan(plan: Plan) -> bytes:
         "p": deltas,
         "m": who,
     }
-    return zlib.compress(msgpack.packb(body, use_bin_type=True), 6)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def plan_chunks(data: bytes) -> list[bytes]:

@@ -111,7 +111,7 @@ class Planner:
         w = self.w
         if self.plan is None or self._dirty:
             self._dirty = False
-            self.plan = await w.transact(tx_read_plan, w.space)
+            self.plan = await w.transact(tx_read_plan, w.space, self.plan)
         plan = self.plan
         weights: dict[str, float] | None = None
         if plan is None or plan.partitions != self._partitions:

@@ -1,7 +1,9 @@
 """The stored plan and the per-partition job counts (transactions; rules in _core/plan.py).
 
 A role's plan (``(root, "r", role, "plan")`` header + ``"planchunk"`` chunks) says which
-member owns which partition. Every worker reads it; a new one is written when the
+member owns which partition, and ``"plandelta"`` keeps the last few plans as deltas of
+the one before (a worker one plan behind reads a few hundred bytes, not the whole plan).
+Every worker reads it; a new one is written when the
 membership it was made for changed, or when the jobs drifted out of balance
 (:func:`tx_replan`). The per-partition counts (``"pcount"``) are kept by every job add and
 remove with atomic ADDs, so they never conflict; a role created before the counts existed
@@ -14,9 +16,16 @@ from collections.abc import Mapping
 
 from .._core.keys import RoleSpace
 from .._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
+from .._core.plan_delta import (
+    PLAN_DELTAS_KEPT,
+    apply_plan_delta,
+    encode_plan_delta,
+    rebuilt_plan,
+    share_plan,
+)
 from .._core.records import decode, encode
 from .._db import Database, ReadTransaction, Transaction, run_transaction
-from .._errors import CorruptDataError
+from .._errors import CorruptDataError, LayoutError
 from .._log import get_logger
 
 __all__ = [
@@ -32,7 +41,7 @@ __all__ = [
 
 _log = get_logger()
 
-PlanHeader = tuple[int, int]  # (seq, chunks)
+PlanHeader = tuple[int, int, bytes | None]  # (seq, chunks, digest: None before deltas)
 
 #: Partitions recounted per transaction (a role created before the counts existed).
 RECOUNT_PAGE = 2048
@@ -68,19 +77,33 @@ async def tx_read_plan_seq(tr: Transaction, space: RoleSpace) -> int | None:
 def _header(space: RoleSpace, raw: bytes) -> PlanHeader:
     obj = decode(space.plan_key, raw)
     try:
-        return int(obj["seq"]), int(obj["chunks"])
+        digest = obj.get("digest")
+        return int(obj["seq"]), int(obj["chunks"]), digest if isinstance(digest, bytes) else None
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptDataError(f"the plan header of role {space.role!r} is malformed: {e}") from e
 
 
-async def tx_read_plan(tr: Transaction, space: RoleSpace) -> Plan | None:
+async def tx_read_plan(tr: Transaction, space: RoleSpace, known: Plan | None = None) -> Plan | None:
     """The stored plan, or None when there is none (or it is corrupt: logged, and the
-    next plan written replaces it). A plan of a newer format raises LayoutError."""
+    next plan written replaces it). A plan of a newer format raises LayoutError.
+
+    ``known``: the plan the caller holds. When the stored plan is the same it is
+    returned as is (one key read); when it is at most PLAN_DELTAS_KEPT plans newer, the
+    deltas since ``known`` are read and applied (one short range) instead of the whole
+    plan, and the result is used only if its digest is the header's (_core/plan_delta.py);
+    otherwise the whole plan is read."""
     raw = await tr.get(space.plan_key)
     if raw is None:
         return None
     try:
-        seq, n = _header(space, raw)
+        seq, n, digest = _header(space, raw)
+        if known is not None and digest is not None:
+            if known.seq == seq and known.digest() == digest:
+                return known
+            if 0 < seq - known.seq <= PLAN_DELTAS_KEPT:
+                got = await _read_by_deltas(tr, space, known, seq, digest)
+                if got is not None:
+                    return got
         chunks = await tr.get_range(*space.plan_chunks_range())
         data = b"".join(kv.value for kv in chunks[:n])
         if len(chunks) < n:
@@ -94,6 +117,32 @@ async def tx_read_plan(tr: Transaction, space: RoleSpace) -> Plan | None:
     except CorruptDataError as e:
         _log.error("plan_corrupt", role=space.role, error=str(e))
         return None
+
+
+async def _read_by_deltas(
+    tr: Transaction, space: RoleSpace, known: Plan, seq: int, digest: bytes
+) -> Plan | None:
+    """Plan ``seq`` from ``known`` and the deltas between them, or None (then the
+    caller reads the whole plan): a delta missing, of a newer format, corrupt, or not
+    made from the plan it would apply to, or a result whose digest is not ``digest``."""
+    kvs = await tr.get_range(space.plan_delta_key(known.seq + 1), space.plan_delta_key(seq + 1))
+    try:
+        if [space.plan_delta_seq(kv.key) for kv in kvs] != list(range(known.seq + 1, seq + 1)):
+            return None  # trimmed, or written by a version without deltas
+        got = rebuilt_plan(digest)
+        if got is not None and got.seq == seq:
+            return got  # another worker of this process applied the same deltas
+        plan = known
+        for kv in kvs:
+            plan = apply_plan_delta(plan, kv.value, f"delta {plan.seq + 1} of role {space.role!r}")
+    except (CorruptDataError, LayoutError) as e:
+        _log.warning("plan_delta_unusable", role=space.role, seq=seq, error=str(e))
+        return None
+    if plan.digest() != digest:
+        _log.warning("plan_delta_unusable", role=space.role, seq=seq, error="digest differs")
+        return None
+    share_plan(plan)
+    return plan
 
 
 async def tx_read_counts(tr: ReadTransaction, space: RoleSpace) -> dict[int, int] | None:
@@ -145,11 +194,24 @@ async def tx_replan(
     plan = make_plan(prev, members, counts, partitions, max(epoch, prev.epoch if prev else b""))
     if cur_seq is not None and plan.seq <= cur_seq:
         plan = Plan(cur_seq + 1, plan.epoch, plan.members, partitions, plan.overrides, plan.jobs)
-    data = plan_chunks(encode_plan(plan))
+    full = encode_plan(plan)
+    data = plan_chunks(full)
     tr.clear_range(*space.plan_chunks_range())
     for i, chunk in enumerate(data):
         tr.set(space.plan_chunk_key(i), chunk)
-    tr.set(space.plan_key, encode({"seq": plan.seq, "chunks": len(data)}))
+    # The delta from the plan read here, in the same transaction: a reader that holds
+    # it reads this instead of the chunks. Deltas older than the last PLAN_DELTAS_KEPT
+    # go; without a delta (no plan before, other partitions, or a delta as large as
+    # the plan) all go, and readers read the whole plan.
+    delta = encode_plan_delta(current, plan, len(full)) if current is not None else None
+    begin, end = space.plan_deltas_range()
+    if delta is None:
+        tr.clear_range(begin, end)
+    else:
+        tr.clear_range(begin, space.plan_delta_key(max(1, plan.seq - PLAN_DELTAS_KEPT + 1)))
+        tr.set(space.plan_delta_key(plan.seq), delta)
+    header = {"seq": plan.seq, "chunks": len(data), "digest": plan.digest()}
+    tr.set(space.plan_key, encode(header))
     return plan, True
 
 
