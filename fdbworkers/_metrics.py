@@ -268,6 +268,17 @@ class _Collector:
             "Moves postponed by the velocity limit (max_moves).",
             rs.moves_deferred,
         )
+        yield self._counter(
+            "fdbworkers_plans_written", "Plans this worker wrote.", rs.plans_written
+        )
+        yield self._counter(
+            "fdbworkers_plan_reads_delta",
+            "Stored plans read as the deltas since the plan held (docs/assignment.md).",
+            rs.plans_read_by_delta,
+        )
+        yield self._counter(
+            "fdbworkers_plan_reads_whole", "Stored plans read whole.", rs.plans_read_whole
+        )
 
     def _exec(self, es: Any) -> Iterator[Any]:
         """The --exec runner's job processes."""

@@ -1267,3 +1267,36 @@ async def test_a_stream_of_job_changes_costs_each_worker_a_bounded_rate_of_reads
         await wait_until(lambda: settled(fleet, ids + added), 60)
         assert not fleet.ledger.violations, fleet.ledger.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_after_a_join_the_others_read_the_plan_by_its_delta() -> None:
+    """docs/assignment.md, "Plan deltas": a worker that holds the previous plan reads
+    the delta of the new one, not the whole plan; the newcomer, holding none, reads the
+    whole plan."""
+    engine = Engine(rng=random.Random(7))
+    ids = await add_jobs(engine, 40)
+    async with anyio.create_task_group() as nursery:
+        fleet = await start_fleet(nursery, engine, 4, ids)
+        before = {
+            w: (st.plans_written, st.plans_read_by_delta, st.plans_read_whole)
+            for w, fw in fleet.workers.items()
+            if fw.runner is not None
+            for st in [fw.runner.statistics()]
+        }
+        await fleet.start("w4")
+        await wait_until(lambda: settled(fleet, ids), 60)
+        for w, (written0, delta0, whole0) in before.items():
+            runner = fleet.workers[w].runner
+            assert runner is not None
+            st = runner.statistics()
+            # Each either wrote the new plan (the first by id: it holds it) or read it
+            # by its delta; none read the whole plan again.
+            assert st.plans_written > written0 or st.plans_read_by_delta > delta0, (w, st)
+            assert st.plans_read_whole == whole0, (w, st)
+        by_delta = [fleet.workers[w].runner for w in before]
+        assert sum(r.statistics().plans_read_by_delta for r in by_delta if r) >= len(before) - 1
+        newcomer = fleet.workers["w4"].runner
+        assert newcomer is not None
+        assert newcomer.statistics().plans_read_whole >= 1
+        assert not fleet.ledger.violations, fleet.ledger.violations
+        nursery.cancel_scope.cancel()

@@ -115,6 +115,10 @@ class RunnerStatistics:
     handoffs_adopted: int = 0
     #: Plans this worker wrote (docs/assignment.md, "The plan").
     plans_written: int = 0
+    #: Reads of the stored plan: the deltas since the plan this worker held, or the
+    #: whole plan (docs/assignment.md, "Plan deltas").
+    plans_read_by_delta: int = 0
+    plans_read_whole: int = 0
     #: Jobs whose runs fail (crash or reported failure) and have not run
     #: ``healthy_after`` seconds since; jobs parked; failed runs in all.
     jobs_failing: int = 0

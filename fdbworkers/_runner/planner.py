@@ -17,7 +17,7 @@ from .._core.membership import Membership
 from .._core.plan import Plan, PlanMap, view_weights
 from .._db import run_transaction
 from .._loop import current_time
-from .._store.plan import NotCounted, recount, tx_read_plan, tx_replan
+from .._store.plan import NotCounted, PlanRead, recount, tx_read_plan_since, tx_replan
 from .._worker import Worker
 from .._worker_options import DEFAULT_PARTITIONS
 
@@ -65,6 +65,8 @@ class Planner:
         self.drift_due: float | None = None
         self.jobs_total: int | None = None
         self.plans_written = 0
+        #: Reads of the stored plan, by how they went (``tx_read_plan_since``).
+        self.plan_reads: dict[PlanRead, int] = dict.fromkeys(("none", "same", "delta", "whole"), 0)
         #: The members and partitions of the map warmed last.
         self._warmed: tuple[dict[str, float], int] | None = None
 
@@ -111,7 +113,8 @@ class Planner:
         w = self.w
         if self.plan is None or self._dirty:
             self._dirty = False
-            self.plan = await w.transact(tx_read_plan, w.space, self.plan)
+            self.plan, how = await w.transact(tx_read_plan_since, w.space, self.plan)
+            self.plan_reads[how] += 1
         plan = self.plan
         weights: dict[str, float] | None = None
         if plan is None or plan.partitions != self._partitions:

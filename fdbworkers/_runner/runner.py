@@ -252,6 +252,8 @@ class JobRunner:
             moves_deferred=self._deferred,
             handoffs_adopted=self.claims.adoptions,
             plans_written=self.planner.plans_written,
+            plans_read_by_delta=self.planner.plan_reads["delta"],
+            plans_read_whole=self.planner.plan_reads["whole"],
             jobs_failing=sum(1 for r in self.running.values() if r.failures and not r.job.parked),
             jobs_parked=sum(1 for r in self.running.values() if r.job.parked),
             job_failures=self.handlers.job_failures,

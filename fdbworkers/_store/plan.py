@@ -13,6 +13,7 @@ is recounted once, page by page (:func:`recount`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from .._core.keys import RoleSpace
 from .._core.plan import Plan, decode_plan, encode_plan, make_plan, plan_chunks
@@ -31,11 +32,13 @@ from .._log import get_logger
 __all__ = [
     "NotCounted",
     "PlanHeader",
+    "PlanRead",
     "recount",
     "tx_count_job",
     "tx_read_counts",
     "tx_read_plan",
     "tx_read_plan_seq",
+    "tx_read_plan_since",
     "tx_replan",
 ]
 
@@ -86,6 +89,19 @@ def _header(space: RoleSpace, raw: bytes) -> PlanHeader:
 async def tx_read_plan(tr: Transaction, space: RoleSpace, known: Plan | None = None) -> Plan | None:
     """The stored plan, or None when there is none (or it is corrupt: logged, and the
     next plan written replaces it). A plan of a newer format raises LayoutError.
+    ``known``: see :func:`tx_read_plan_since`."""
+    return (await tx_read_plan_since(tr, space, known))[0]
+
+
+#: How :func:`tx_read_plan_since` read the plan: "none" (no plan, or a corrupt one),
+#: "same" (the header names ``known``), "delta" (the deltas since ``known``), "whole".
+PlanRead = Literal["none", "same", "delta", "whole"]
+
+
+async def tx_read_plan_since(
+    tr: Transaction, space: RoleSpace, known: Plan | None
+) -> tuple[Plan | None, PlanRead]:
+    """The stored plan, and how it was read (:data:`PlanRead`).
 
     ``known``: the plan the caller holds. When the stored plan is the same it is
     returned as is (one key read); when it is at most PLAN_DELTAS_KEPT plans newer, the
@@ -94,16 +110,16 @@ async def tx_read_plan(tr: Transaction, space: RoleSpace, known: Plan | None = N
     otherwise the whole plan is read."""
     raw = await tr.get(space.plan_key)
     if raw is None:
-        return None
+        return None, "none"
     try:
         seq, n, digest = _header(space, raw)
         if known is not None and digest is not None:
             if known.seq == seq and known.digest() == digest:
-                return known
+                return known, "same"
             if 0 < seq - known.seq <= PLAN_DELTAS_KEPT:
                 got = await _read_by_deltas(tr, space, known, seq, digest)
                 if got is not None:
-                    return got
+                    return got, "delta"
         chunks = await tr.get_range(*space.plan_chunks_range())
         data = b"".join(kv.value for kv in chunks[:n])
         if len(chunks) < n:
@@ -113,10 +129,10 @@ async def tx_read_plan(tr: Transaction, space: RoleSpace, known: Plan | None = N
         plan = decode_plan(data, f"the plan of role {space.role!r}")
         if plan.seq != seq:
             raise CorruptDataError(f"the plan of role {space.role!r} is torn: {plan.seq} != {seq}")
-        return plan
+        return plan, "whole"
     except CorruptDataError as e:
         _log.error("plan_corrupt", role=space.role, error=str(e))
-        return None
+        return None, "none"
 
 
 async def _read_by_deltas(
