@@ -507,13 +507,19 @@ def decode_plan(data: bytes, where: str = "the stored plan") -> Plan:
     return got
 
 
-def _decode_plan(data: bytes, where: str) -> Plan:
+def unpack_compressed(data: bytes, where: str) -> dict[str, Any]:
+    """A zlib-compressed msgpack map (a plan, a plan delta), or CorruptDataError."""
     try:
         body = msgpack.unpackb(zlib.decompress(data), raw=False)
     except Exception as e:  # zlib.error, msgpack's several errors
         raise CorruptDataError(f"{where} cannot be decoded: {e}") from e
     if not isinstance(body, dict):
         raise CorruptDataError(f"{where} is not a record")
+    return body
+
+
+def _decode_plan(data: bytes, where: str) -> Plan:
+    body = unpack_compressed(data, where)
     fmt = body.get("format")
     if isinstance(fmt, int) and fmt > PLAN_FORMAT:
         raise LayoutError(

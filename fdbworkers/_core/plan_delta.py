@@ -14,6 +14,7 @@ the whole plan, as before: deltas save reads, they never decide an owner.
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from array import array
 from itertools import accumulate
@@ -23,7 +24,7 @@ import msgpack
 
 from .._errors import CorruptDataError, LayoutError
 from .direct import from_le, to_le
-from .plan import CHUNK_BYTES, PLAN_MEMO_SIZE, Plan
+from .plan import CHUNK_BYTES, Plan, unpack_compressed
 
 __all__ = [
     "PLAN_DELTAS_KEPT",
@@ -88,12 +89,7 @@ def apply_plan_delta(prev: Plan, data: bytes, where: str = "a plan delta") -> Pl
     CorruptDataError when the delta cannot be decoded, does not apply to ``prev`` (its
     base is another plan) or makes no valid plan, LayoutError when it is of a newer
     format: the caller then reads the whole plan."""
-    try:
-        body = msgpack.unpackb(zlib.decompress(data), raw=False)
-    except Exception as e:  # zlib.error, msgpack's several errors
-        raise CorruptDataError(f"{where} cannot be decoded: {e}") from e
-    if not isinstance(body, dict):
-        raise CorruptDataError(f"{where} is not a record")
+    body = unpack_compressed(data, where)
     fmt = body.get("format")
     if isinstance(fmt, int) and fmt > PLAN_DELTA_FORMAT:
         raise LayoutError(f"{where} has format {fmt}, newer than {PLAN_DELTA_FORMAT}")
@@ -128,20 +124,20 @@ def apply_plan_delta(prev: Plan, data: bytes, where: str = "a plan delta") -> Pl
     return plan
 
 
-#: Plans rebuilt from deltas lately, by digest (see :func:`shared_plan`).
-_BY_DIGEST: dict[bytes, Plan] = {}
+#: Plans rebuilt from deltas that some worker of this process still holds, by digest
+#: (weak: a plan no worker holds any more is not kept alive here).
+_BY_DIGEST: weakref.WeakValueDictionary[bytes, Plan] = weakref.WeakValueDictionary()
 
 
 def rebuilt_plan(digest: bytes) -> Plan | None:
-    """A plan of this digest rebuilt from deltas lately in this process, if any."""
+    """A plan of this digest rebuilt from deltas in this process and still held."""
     return _BY_DIGEST.get(digest)
 
 
 def share_plan(plan: Plan) -> None:
-    """Remember a plan rebuilt from deltas by its digest: workers in one process that
-    rebuild the same plan (a simulation of many workers) then share one object and its
-    map (:func:`rebuilt_plan`), as :func:`decode_plan` shares plans decoded from the
-    same bytes, instead of each applying the deltas to a copy of N members."""
-    if len(_BY_DIGEST) >= PLAN_MEMO_SIZE:
-        del _BY_DIGEST[next(iter(_BY_DIGEST))]  # the oldest
+    """Remember a plan rebuilt from deltas by its digest, while it is held: workers in
+    one process that rebuild the same plan (a simulation of many workers) then share
+    one object and its map (:func:`rebuilt_plan`), as :func:`decode_plan` shares plans
+    decoded from the same bytes, instead of each applying the deltas to a copy of N
+    members and computing its own map."""
     _BY_DIGEST[plan.digest()] = plan
