@@ -17,7 +17,8 @@ Parts:
   transactions, keys read and written per virtual second, conflicts, watches held. Then
   a crash (time to eviction, time until all its jobs run elsewhere), a join (time to a
   settled balanced map, jobs moved against the optimum) and the keys read by every
-  rebalance read (the paged share read, ``_store/share.py``) during the join.
+  rebalance read (the paged share read, ``_store/share.py``) during the join, and all
+  the keys and bytes each worker read from the join until settled.
 * ``reads``: the keys and requests of one worker's full rebalance read for J up to
   1,000,000 and N up to 1,000: exact, by loading only the jobs of that worker's
   partitions (and their claims) into an engine whose job counter says J, then running
@@ -32,7 +33,9 @@ Parts:
 * ``plan``: the map computation alone for N up to 10,000 and J up to 10M (the
   per-partition counts of J uniformly hashed jobs): the first plan, the plan after a
   join with the new rendezvous map computed cold, and a worker's own share (decode the
-  stored plan, compute its map, take its partitions), CPU seconds, ``--runs`` times.
+  stored plan, compute its map, take its partitions; or apply the join's delta to the
+  plan before, check its digest, and the same), CPU seconds, ``--runs`` times; the
+  bytes of the whole plan and of a join's delta.
 * ``wallclock``: a dev server and ``--procs`` worker processes (``python -m fdbworkers
   worker --demo-handler``) with real timeouts: CPU per worker at rest, detection and
   reassignment after a SIGKILL against the bound ``timeout + check_interval``.
