@@ -393,7 +393,7 @@ class RoleSpace:
         return self.range("planchunk")
 
     def plan_delta_key(self, seq: int) -> bytes:
-        """What changed from plan ``seq - 1`` to plan ``seq`` (_core/plan.py, "deltas")."""
+        """What changed from plan ``seq - 1`` to plan ``seq`` (_core/plan_delta.py)."""
         return self.key("plandelta", seq)
 
     def plan_deltas_range(self) -> tuple[bytes, bytes]:
