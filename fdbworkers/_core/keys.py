@@ -370,10 +370,14 @@ class RoleSpace:
 
     def part_counts_partition(self, key: bytes) -> int:
         """The partition of a :meth:`part_count_key`."""
-        (p,) = self.unpack_below(self.key("pcount"), key)
-        if not isinstance(p, int):
-            raise CorruptDataError(f"partition count key {key!r} has no partition")
-        return p
+        return self._int_below("pcount", key, "partition count key", "partition")
+
+    def _int_below(self, part: str, key: bytes, what: str, name: str) -> int:
+        """The one integer after ``part`` in ``key`` (a partition, a sequence number)."""
+        t = self.unpack_below(self.key(part), key)
+        if len(t) != 1 or not isinstance(t[0], int):
+            raise CorruptDataError(f"{what} {key!r} has no {name}")
+        return t[0]
 
     @property
     def counted_key(self) -> bytes:
@@ -401,10 +405,7 @@ class RoleSpace:
 
     def plan_delta_seq(self, key: bytes) -> int:
         """The plan sequence number of a :meth:`plan_delta_key`."""
-        t = self.unpack_below(self.key("plandelta"), key)
-        if len(t) != 1 or not isinstance(t[0], int):
-            raise CorruptDataError(f"plan delta key {key!r} has no sequence number")
-        return t[0]
+        return self._int_below("plandelta", key, "plan delta key", "sequence number")
 
     def _stamp_key(self, part: str, stamp: bytes) -> bytes:
         # A tuple-layer Versionstamp element: code 0x33, 10-byte stamp, 2 user bytes (0).
