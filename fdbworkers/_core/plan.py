@@ -126,8 +126,13 @@ class Plan:
         names as its base, and how a plan rebuilt from deltas is checked."""
         got: bytes | None = self.__dict__.get("_digest")
         if got is None:
-            got = hashlib.blake2b(_packed(self), digest_size=16).digest()
-            object.__setattr__(self, "_digest", got)
+            got = self._remember_digest(_packed(self))
+        return got
+
+    def _remember_digest(self, packed: bytes) -> bytes:
+        """Keep the digest of ``packed``, this plan's canonical encoding (:func:`_packed`)."""
+        got = hashlib.blake2b(packed, digest_size=16).digest()
+        object.__setattr__(self, "_digest", got)
         return got
 
     def map(self) -> PlanMap:
@@ -457,8 +462,12 @@ def _place_free(w: _Work) -> None:
 
 
 def encode_plan(plan: Plan) -> bytes:
-    """The plan as bytes (msgpack, then zlib); split with :func:`plan_chunks`."""
-    return zlib.compress(_packed(plan), 6)
+    """The plan as bytes (msgpack, then zlib); split with :func:`plan_chunks`. The plan
+    keeps the digest of the same encoding: the writer, which stores both, encodes once."""
+    packed = _packed(plan)
+    if "_digest" not in plan.__dict__:
+        plan._remember_digest(packed)
+    return zlib.compress(packed, 6)
 
 
 def _packed(plan: Plan) -> bytes:
