@@ -307,14 +307,14 @@ def test_small_pure_maps_take_the_direct_path(monkeypatch: pytest.MonkeyPatch) -
             raise AssertionError("the solver was used")
 
     monkeypatch.setattr(assign_module, "_Solver", NoSolver)
-    assign_module._assign.cache_clear()
+    assign_module._MAPS.clear()
     members = {f"d{i}": 1.0 + i % 2 for i in range(32)}
     assert len(assign(members, balance=None).load()) == 32
     with pytest.raises(AssertionError, match="the solver was used"):
         assign(members, balance="auto")
     with pytest.raises(AssertionError, match="the solver was used"):
         assign(members, replicas=2, balance=None)
-    assign_module._assign.cache_clear()
+    assign_module._MAPS.clear()
     # The rule's bounds (docs/assignment.md): lower where cycle walking makes the
     # Feistel domain larger than P, or where the fixed cost per member weighs more.
     sizes = (1024, 4097, 65536, 100_000)

@@ -79,7 +79,7 @@ CORE_ALLOWED = {
     "types",
     "typing",
     "uuid",
-    "weakref",  # no I/O: plans shared while some worker holds them (_core/plan_delta.py)
+    "weakref",  # no I/O: plans and maps shared while some worker holds them (_core/memo.py)
     "zlib",
 }
 

@@ -44,7 +44,6 @@ deployment's map, so it must bump :data:`ALGORITHM_VERSION`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import numbers
@@ -59,6 +58,7 @@ from typing import TYPE_CHECKING, Final
 from .._errors import ConfigError
 from . import direct
 from .matching import _capacities, _Solver, direct_pays, direct_primaries
+from .memo import HeldMemo
 from .rendezvous import _member_keys, lazy_numpy
 
 if TYPE_CHECKING:
@@ -185,6 +185,7 @@ class Assignment:
     """
 
     __slots__ = (
+        "__weakref__",
         "_balance",
         "_by_member",
         "_ids",
@@ -382,7 +383,10 @@ def assign(
     return _assign(ids, weights, int(partitions), int(replicas), balance)
 
 
-@functools.lru_cache(maxsize=4)
+#: Maps computed in this process, while held (see :mod:`fdbworkers._core.memo`).
+_MAPS: HeldMemo[tuple[object, ...], Assignment] = HeldMemo(keep_last=True)
+
+
 def _assign(
     ids: tuple[str, ...],
     weights: tuple[float, ...],
@@ -391,7 +395,22 @@ def _assign(
     balance: float | str | None,
 ) -> Assignment:
     """:func:`assign` after validation; memoized (the result is immutable), since every
-    reconcile of a worker asks for the map of the same settled membership."""
+    reconcile of a worker asks for the map of the same settled membership, and workers
+    simulated in one process ask for the same maps."""
+    key = (ids, weights, p, replicas, balance)
+    got = _MAPS.get(key)
+    if got is None:
+        got = _MAPS.put(key, _compute(ids, weights, p, replicas, balance))
+    return got
+
+
+def _compute(
+    ids: tuple[str, ...],
+    weights: tuple[float, ...],
+    p: int,
+    replicas: int,
+    balance: float | str | None,
+) -> Assignment:
     if not ids:
         return Assignment(ids, weights, p, replicas, balance, array("i", bytes(4 * p)), None)
     uncapped = (balance is None or len(ids) == 1) and replicas == 1

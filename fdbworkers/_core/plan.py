@@ -49,6 +49,7 @@ import msgpack
 from .._errors import ConfigError, CorruptDataError, LayoutError
 from .assign import ALGORITHM_VERSION, assign, stable_hash64
 from .direct import from_le, pair_tie, to_le
+from .memo import HeldMemo
 from .partset import PartitionSet
 
 __all__ = [
@@ -497,9 +498,8 @@ def plan_chunks(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
 
 
-#: Plans decoded lately, by their bytes (see :func:`decode_plan`).
-PLAN_MEMO_SIZE: Final = 4
-_PLAN_MEMO: dict[bytes, Plan] = {}
+#: Plans decoded in this process, by their bytes, while held (see :func:`decode_plan`).
+_PLAN_MEMO: HeldMemo[bytes, Plan] = HeldMemo(keep_last=False)
 
 
 def decode_plan(data: bytes, where: str = "the stored plan") -> Plan:
@@ -509,10 +509,7 @@ def decode_plan(data: bytes, where: str = "the stored plan") -> Plan:
     holding a copy each (N members, up to P overrides, P owners)."""
     got = _PLAN_MEMO.get(data)
     if got is None:
-        got = _decode_plan(data, where)
-        if len(_PLAN_MEMO) >= PLAN_MEMO_SIZE:
-            del _PLAN_MEMO[next(iter(_PLAN_MEMO))]  # the oldest
-        _PLAN_MEMO[data] = got
+        got = _PLAN_MEMO.put(data, _decode_plan(data, where))
     return got
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .._core.assign import assign
+from .._core.assign import Assignment, assign
 from .._core.membership import Membership
 from .._core.plan import Plan, PlanMap, view_weights
 from .._db import run_transaction
@@ -67,8 +67,10 @@ class Planner:
         self.plans_written = 0
         #: Reads of the stored plan, by how they went (``tx_read_plan_since``).
         self.plan_reads: dict[PlanRead, int] = dict.fromkeys(("none", "same", "delta", "whole"), 0)
-        #: The members and partitions of the map warmed last.
-        self._warmed: tuple[dict[str, float], int] | None = None
+        #: The members and partitions of the map warmed last, and that map: held here,
+        #: so that ``assign``'s memo (which keeps the maps someone holds) still has it
+        #: when the plan that needs it is made or read.
+        self._warmed: tuple[tuple[dict[str, float], int], Assignment] | None = None
 
     def plan_seq(self) -> int | None:
         """The sequence number of the stored plan as last read (None: none)."""
@@ -91,10 +93,10 @@ class Planner:
         if not in_thread or not plan.members:
             return
         key = (dict(plan.members), plan.partitions)
-        if key == self._warmed:
-            return  # computed already (assign keeps the last few maps)
-        await anyio.to_thread.run_sync(partial(assign, key[0], plan.partitions, balance=None))
-        self._warmed = key
+        if self._warmed is not None and key == self._warmed[0]:
+            return  # computed already, and held
+        got = await anyio.to_thread.run_sync(partial(assign, key[0], plan.partitions, balance=None))
+        self._warmed = (key, got)
 
     async def warm_for(self, weights: Mapping[str, float]) -> None:
         """Compute the base map of a plan for ``weights`` ahead of the plan (see
@@ -154,6 +156,8 @@ class Planner:
             plan = await self.replan(weights, m.view_key, force=True)
         if plan is None:
             plan = Plan(0, b"", {}, self._partitions)
+        if self._same_members is not None and self._same_members[1] is not plan:
+            self._same_members = None  # of a plan gone: do not keep it (and its map) alive
         if self._map is not None and self._map.plan is plan:
             return self._map
         await self.warm(plan)
