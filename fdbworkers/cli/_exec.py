@@ -36,6 +36,7 @@ is done and it is not restarted (the job stays owned until it moves).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -55,6 +56,7 @@ from .._errors import ConfigError
 from .._log import get_logger
 from .._loop import Event
 from .._runner.job import Job
+from ._fdlimit import OpenFileLimit, hint
 
 RESTART_MODES: Final = ("always", "on-failure")
 
@@ -362,6 +364,9 @@ class ExecRunner:
         #: otherwise each process's streams get a task of their own.
         self._pump = OutputPump()
         self.log = get_logger("fdbworkers").bind(component="exec")
+        #: Raised as the processes need (module :mod:`fdbworkers.cli._fdlimit`).
+        self._fd_limit = OpenFileLimit(self.log)
+        self._runs = 0  # runs started and not ended (each holds descriptors)
 
     async def run_output(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -454,6 +459,18 @@ class ExecRunner:
         start), and whether ``stopping`` ended it. ``extra_env`` goes over our own
         environment; the whole environment is built for the start only (a copy of
         ``os.environ`` kept per running process would be kilobytes each)."""
+        # A run holds descriptors from its start to its end: count every run, starts
+        # still in flight too, before this one opens any (hundreds start at once).
+        self._fd_limit.before_start(self._runs)
+        self._runs += 1
+        try:
+            return await self._start_and_supervise(extra_env, stopping, log, label, attempt)
+        finally:
+            self._runs -= 1
+
+    async def _start_and_supervise(
+        self, extra_env: Mapping[str, str], stopping: Event, log: Any, label: str, attempt: int
+    ) -> tuple[int | None, bool]:
         o = self.options
         pumped = self.prefix_output and self._pump.running
         pipes: list[tuple[int, int]] = []
@@ -481,7 +498,8 @@ class ExecRunner:
             if not isinstance(e, OSError):
                 raise
             self._spawn_failures += 1
-            log.error("job_process_spawn_failed", command=o.argv[0], error=str(e))
+            more = {"hint": hint(*self._fd_limit.limits())} if e.errno == errno.EMFILE else {}
+            log.error("job_process_spawn_failed", command=o.argv[0], error=str(e), **more)
             return None, False
         self._started += 1
         log.info("job_process_started", pid=proc.pid, attempt=attempt)

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import anyio
 import pytest
 import trio
 from cli_util import Cli, cli_on, started_devserver, wait_for
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fdbworkers._errors import ConfigError
 from fdbworkers.cli._exec import (
@@ -27,6 +30,7 @@ from fdbworkers.cli._exec import (
     job_environment,
     split_command,
 )
+from fdbworkers.cli._fdlimit import DESCRIPTORS_PER_PROCESS, RESERVED_DESCRIPTORS, raised_limit
 
 PY = sys.executable
 
@@ -458,3 +462,63 @@ async def test_exec_runner_copies_every_process_output_through_one_pump(
         assert f"[{j}] out from {j}" in out.lines and f"[{j}] bye from {j}" in out.lines
         assert f"[{j}] err from {j}" in err.lines
     assert open_fds() == before
+
+
+# --- the open-file limit -----------------------------------------------------------------
+
+
+@given(
+    soft=st.one_of(st.none(), st.integers(1, 1 << 20)),
+    hard=st.one_of(st.none(), st.integers(1, 1 << 21)),
+    processes=st.integers(0, 100_000),
+)
+def test_the_limit_is_raised_to_what_the_processes_need_within_the_hard_limit(
+    soft: int | None, hard: int | None, processes: int
+) -> None:
+    if soft is not None and hard is not None and soft > hard:
+        soft, hard = hard, soft
+    got = raised_limit(soft, hard, processes)
+    need = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_PROCESS * (processes + 1)
+    if soft is None or soft >= need:
+        assert got is None  # unlimited or enough: left alone
+    elif got is None:
+        assert hard is not None and hard <= soft  # at the hard limit: nothing to do
+    else:
+        assert got > soft  # never lowered
+        assert hard is None or got <= hard
+        assert got >= need or got == hard
+        assert got >= min(2 * soft, hard if hard is not None else 2 * soft)  # few raises
+
+
+@needs_epoll
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/fd")
+async def test_a_runner_under_a_low_open_file_limit_starts_every_process() -> None:
+    # A soft limit that leaves room for a few processes only (each holds up to four
+    # descriptors): the runner raises it as its processes need, and none fails to start
+    # (with the limit as it was, most of the 40 would fail with EMFILE).
+    import resource
+
+    soft0, hard0 = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = len(os.listdir("/proc/self/fd")) + 24  # about 24 free descriptors
+    if hard0 != resource.RLIM_INFINITY and hard0 < 4 * low + 1024:
+        pytest.skip(f"the hard open-file limit ({hard0}) is too low for this test")
+    r = ExecRunner(ExecOptions(("sleep", "3600"), stop_grace=5.0))
+    stopping = anyio.Event()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard0))
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(r.run_output)
+            async with trio.open_nursery() as jobs:
+                for i in range(40):
+                    jobs.start_soon(partial(r.run_job, lambda attempt: {}, stopping, label=f"j{i}"))
+                with trio.fail_after(20):
+                    while r.statistics().started < 40:
+                        assert r.statistics().spawn_failures == 0
+                        await trio.sleep(0.02)
+                raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                stopping.set()
+            n.cancel_scope.cancel()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft0, hard0))
+    assert r.statistics().spawn_failures == 0 and r.statistics().running == 0
+    assert raised >= RESERVED_DESCRIPTORS + DESCRIPTORS_PER_PROCESS * 40
