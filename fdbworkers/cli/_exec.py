@@ -59,6 +59,11 @@ from .._runner.job import Job
 from ._fdlimit import OpenFileLimit, hint
 
 RESTART_MODES: Final = ("always", "on-failure")
+#: Processes started at once (each start is a ``Popen`` in a worker thread). More
+#: threads start them no sooner (the GIL: 200 processes in 0.14-0.20 s with 40 threads,
+#: 0.15-0.17 s with 4), and each thread's malloc arena stays in the worker's memory
+#: (0.7 MB of RSS in a worker with 200 processes; docs/benchmarks.md).
+SPAWNS_AT_ONCE: Final = 4
 
 
 def _jsonable(value: Any) -> Any:
@@ -367,6 +372,7 @@ class ExecRunner:
         #: Raised as the processes need (module :mod:`fdbworkers.cli._fdlimit`).
         self._fd_limit = OpenFileLimit(self.log)
         self._runs = 0  # runs started and not ended (each holds descriptors)
+        self._spawning = trio.CapacityLimiter(SPAWNS_AT_ONCE)
 
     async def run_output(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -483,14 +489,15 @@ class ExecRunner:
                 out = err = subprocess.PIPE
             else:
                 out = err = None
-            proc = await trio.lowlevel.open_process(
-                list(o.argv),
-                env={**os.environ, **o.env, **extra_env},
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-            )
+            async with self._spawning:
+                proc = await trio.lowlevel.open_process(
+                    list(o.argv),
+                    env={**os.environ, **o.env, **extra_env},
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                )
         except BaseException as e:
             for r, w in pipes:
                 os.close(r)

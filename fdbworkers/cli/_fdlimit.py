@@ -27,8 +27,8 @@ __all__ = ["DESCRIPTORS_PER_PROCESS", "RESERVED_DESCRIPTORS", "OpenFileLimit", "
 DESCRIPTORS_PER_PROCESS: Final = 4
 #: Descriptors kept for the rest of the worker: the database client's connections, the
 #: event loop's, the output pump's epoll set, log files, the metrics server, and the
-#: starts in flight (each opens an error pipe and /dev/null for a moment; trio starts at
-#: most 40 at once, one per worker thread).
+#: starts in flight (each opens an error pipe and /dev/null for a moment; the runner
+#: starts at most ``SPAWNS_AT_ONCE`` at once).
 RESERVED_DESCRIPTORS: Final = 256
 
 
