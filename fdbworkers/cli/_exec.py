@@ -431,7 +431,16 @@ class ExecRunner:
         log = (log or self.log).bind(job=label)
         while not stopping.is_set():
             started = trio.current_time()
-            code, stopped = await self._run_once(env_for(attempt), stopping, log, label, attempt)
+            # A run holds descriptors from its start to its end: count every run, starts
+            # still in flight too, before this one opens any (hundreds start at once).
+            self._fd_limit.before_start(self._runs)
+            self._runs += 1
+            try:
+                code, stopped = await self._run_once(
+                    env_for(attempt), stopping, log, label, attempt
+                )
+            finally:
+                self._runs -= 1
             if stopped:
                 return
             ran = trio.current_time() - started
@@ -465,18 +474,6 @@ class ExecRunner:
         start), and whether ``stopping`` ended it. ``extra_env`` goes over our own
         environment; the whole environment is built for the start only (a copy of
         ``os.environ`` kept per running process would be kilobytes each)."""
-        # A run holds descriptors from its start to its end: count every run, starts
-        # still in flight too, before this one opens any (hundreds start at once).
-        self._fd_limit.before_start(self._runs)
-        self._runs += 1
-        try:
-            return await self._start_and_supervise(extra_env, stopping, log, label, attempt)
-        finally:
-            self._runs -= 1
-
-    async def _start_and_supervise(
-        self, extra_env: Mapping[str, str], stopping: Event, log: Any, label: str, attempt: int
-    ) -> tuple[int | None, bool]:
         o = self.options
         pumped = self.prefix_output and self._pump.running
         pipes: list[tuple[int, int]] = []
