@@ -380,28 +380,18 @@ def assign(
     _check_replicas(replicas)
     _check_balance(balance)
     ids, weights = _check_members(members)
-    return _assign(ids, weights, int(partitions), int(replicas), balance)
+    # Memoized (the result is immutable): every reconcile of a worker asks for the map
+    # of the same settled membership, and workers simulated in one process ask for the
+    # same maps.
+    key = (ids, weights, int(partitions), int(replicas), balance)
+    got = _MAPS.get(key)
+    if got is None:
+        got = _MAPS.put(key, _compute(*key))
+    return got
 
 
 #: Maps computed in this process, while held (see :mod:`fdbworkers._core.memo`).
 _MAPS: HeldMemo[tuple[object, ...], Assignment] = HeldMemo(keep_last=True)
-
-
-def _assign(
-    ids: tuple[str, ...],
-    weights: tuple[float, ...],
-    p: int,
-    replicas: int,
-    balance: float | str | None,
-) -> Assignment:
-    """:func:`assign` after validation; memoized (the result is immutable), since every
-    reconcile of a worker asks for the map of the same settled membership, and workers
-    simulated in one process ask for the same maps."""
-    key = (ids, weights, p, replicas, balance)
-    got = _MAPS.get(key)
-    if got is None:
-        got = _MAPS.put(key, _compute(ids, weights, p, replicas, balance))
-    return got
 
 
 def _compute(
@@ -411,6 +401,7 @@ def _compute(
     replicas: int,
     balance: float | str | None,
 ) -> Assignment:
+    """The map of :func:`assign`, after validation (not memoized)."""
     if not ids:
         return Assignment(ids, weights, p, replicas, balance, array("i", bytes(4 * p)), None)
     uncapped = (balance is None or len(ids) == 1) and replicas == 1
