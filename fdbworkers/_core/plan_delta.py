@@ -14,7 +14,6 @@ the whole plan, as before: deltas save reads, they never decide an owner.
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from array import array
 from itertools import accumulate
@@ -24,6 +23,7 @@ import msgpack
 
 from .._errors import CorruptDataError, LayoutError
 from .direct import from_le, to_le
+from .memo import HeldMemo
 from .plan import CHUNK_BYTES, Plan, unpack_compressed
 
 __all__ = [
@@ -125,8 +125,8 @@ def apply_plan_delta(prev: Plan, data: bytes, where: str = "a plan delta") -> Pl
 
 
 #: Plans rebuilt from deltas that some worker of this process still holds, by digest
-#: (weak: a plan no worker holds any more is not kept alive here).
-_BY_DIGEST: weakref.WeakValueDictionary[bytes, Plan] = weakref.WeakValueDictionary()
+#: (a plan no worker holds any more is not kept alive here).
+_BY_DIGEST: HeldMemo[bytes, Plan] = HeldMemo(keep_last=False)
 
 
 def rebuilt_plan(digest: bytes) -> Plan | None:
@@ -140,4 +140,4 @@ def share_plan(plan: Plan) -> None:
     one object and its map (:func:`rebuilt_plan`), as :func:`decode_plan` shares plans
     decoded from the same bytes, instead of each applying the deltas to a copy of N
     members and computing its own map."""
-    _BY_DIGEST[plan.digest()] = plan
+    _BY_DIGEST.put(plan.digest(), plan)
