@@ -58,8 +58,7 @@ def hint(soft: int | None, hard: int | None) -> str:
     return (
         f"the worker's open-file limit is reached (soft {_show(soft)}, hard {_show(hard)}):"
         f" each supervised process holds up to {DESCRIPTORS_PER_PROCESS} descriptors in the"
-        " worker;"
-        " raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)"
+        " worker; raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)"
     )
 
 
